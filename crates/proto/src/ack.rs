@@ -1,0 +1,259 @@
+//! ACK messages and the per-publish [`AckCollector`].
+//!
+//! An ACK is an ordinary signed bus message on `<prefix>.<env>.gilmsg.ack`
+//! whose `msg` is `{"ack_msg_id": ..., "ack_digest": "sha256:<hex>"}`. The
+//! signer is the name on the ACK's certificate; there is no sender field to
+//! forge. `ack_digest` is our addition: the SHA-256 of the canonical signed
+//! part of the acknowledged body, so an ACK proves the recipient saw *that*
+//! body and not merely a message carrying the same id. Python gilmsg sends no
+//! digest; an ACK without one is accepted, one with a wrong digest never is.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::canonical::CanonicalError;
+use crate::envelope::{DecodeError, Envelope};
+
+/// `msg` field of an ACK naming the acknowledged message.
+pub const ACK_MSG_ID_FIELD: &str = "ack_msg_id";
+/// `msg` field of an ACK carrying the body digest.
+pub const ACK_DIGEST_FIELD: &str = "ack_digest";
+
+/// The payload of an ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckBody {
+    /// The acknowledged message's id.
+    pub ack_msg_id: String,
+    /// `sha256:<hex>` of the acknowledged body's signed part, if sent.
+    pub ack_digest: Option<String>,
+}
+
+impl AckBody {
+    /// The ACK for a received message.
+    pub fn for_message(message: &Envelope) -> Result<Self, CanonicalError> {
+        Ok(AckBody {
+            ack_msg_id: message.msg_id().to_owned(),
+            ack_digest: Some(body_digest(message)?),
+        })
+    }
+
+    /// Reads an ACK payload from a message's `msg`.
+    pub fn from_msg(msg: &Value) -> Result<Self, DecodeError> {
+        let ack_msg_id = msg
+            .get(ACK_MSG_ID_FIELD)
+            .and_then(Value::as_str)
+            .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
+        let ack_digest = match msg.get(ACK_DIGEST_FIELD) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
+        };
+        Ok(AckBody { ack_msg_id: ack_msg_id.to_owned(), ack_digest })
+    }
+
+    /// The `msg` value to publish.
+    pub fn to_msg(&self) -> Value {
+        match &self.ack_digest {
+            Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d }),
+            None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
+        }
+    }
+}
+
+/// `sha256:<hex>` over the canonical signed part of `message`.
+pub fn body_digest(message: &Envelope) -> Result<String, CanonicalError> {
+    Ok(digest_of_signed_part(&message.signed_part()?))
+}
+
+/// `sha256:<hex>` over already-canonical signed bytes.
+pub fn digest_of_signed_part(signed_part: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, signed_part.as_bytes());
+    format!("sha256:{}", hex::encode(digest.as_ref()))
+}
+
+/// One recipient's ACK, as recorded in a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRecord {
+    /// Who acked (the certificate name).
+    pub recipient: String,
+    /// Time from the first send to the ACK's arrival.
+    pub after: Duration,
+    /// Whether the ACK carried a digest that matched (Python ACKs carry none).
+    pub digest_checked: bool,
+}
+
+/// What [`AckCollector::on_ack`] made of an ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Counted; `complete` says whether every recipient has now acked.
+    Counted {
+        /// All recipients have acked.
+        complete: bool,
+    },
+    /// Already counted for this signer.
+    Duplicate,
+    /// The signer is not a declared recipient of this message.
+    NotARecipient,
+    /// The ACK is for another message.
+    WrongMessage,
+    /// The ACK's digest does not match the body we sent.
+    DigestMismatch,
+}
+
+impl AckOutcome {
+    /// A short stable name for counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AckOutcome::Counted { .. } => "counted",
+            AckOutcome::Duplicate => "duplicate",
+            AckOutcome::NotARecipient => "not_a_recipient",
+            AckOutcome::WrongMessage => "wrong_msg_id",
+            AckOutcome::DigestMismatch => "digest_mismatch",
+        }
+    }
+}
+
+/// ACK bookkeeping for one published message: which declared recipients have
+/// sent a valid ACK for this `msg_id` and digest, and when. Pure state; the
+/// caller has already verified the ACK's signature and passes the signer name.
+#[derive(Debug, Clone)]
+pub struct AckCollector {
+    msg_id: String,
+    digest: String,
+    first_sent: Option<Instant>,
+    /// Declared recipients in declaration order, with their ACK once seen.
+    slots: Vec<(String, Option<AckRecord>)>,
+    index: HashMap<String, usize>,
+    remaining: usize,
+}
+
+impl AckCollector {
+    /// Expects ACKs for `msg_id` (whose signed part has `digest`) from each of
+    /// `recipients`. Duplicate names count once.
+    pub fn new<I, S>(msg_id: &str, digest: &str, recipients: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut slots = Vec::new();
+        let mut index = HashMap::new();
+        for name in recipients {
+            let name = name.into();
+            if !index.contains_key(&name) {
+                index.insert(name.clone(), slots.len());
+                slots.push((name, None));
+            }
+        }
+        let remaining = slots.len();
+        AckCollector {
+            msg_id: msg_id.to_owned(),
+            digest: digest.to_owned(),
+            first_sent: None,
+            slots,
+            index,
+            remaining,
+        }
+    }
+
+    /// The message this collector waits for.
+    pub fn msg_id(&self) -> &str {
+        &self.msg_id
+    }
+
+    /// Records the time of the first send; ACK delays are measured from it.
+    pub fn mark_sent(&mut self, at: Instant) {
+        self.first_sent.get_or_insert(at);
+    }
+
+    /// Whether the message has been sent at least once.
+    pub fn was_sent(&self) -> bool {
+        self.first_sent.is_some()
+    }
+
+    /// Considers a verified ACK from `signer`.
+    pub fn on_ack(&mut self, signer: &str, ack: &AckBody, at: Instant) -> AckOutcome {
+        if ack.ack_msg_id != self.msg_id {
+            return AckOutcome::WrongMessage;
+        }
+        let Some(&slot) = self.index.get(signer) else {
+            return AckOutcome::NotARecipient;
+        };
+        if let Some(digest) = &ack.ack_digest {
+            if *digest != self.digest {
+                return AckOutcome::DigestMismatch;
+            }
+        }
+        if self.slots[slot].1.is_some() {
+            return AckOutcome::Duplicate;
+        }
+        let after = self.first_sent.map(|t| at.saturating_duration_since(t)).unwrap_or_default();
+        self.slots[slot].1 = Some(AckRecord {
+            recipient: signer.to_owned(),
+            after,
+            digest_checked: ack.ack_digest.is_some(),
+        });
+        self.remaining -= 1;
+        AckOutcome::Counted { complete: self.remaining == 0 }
+    }
+
+    /// Whether every recipient has acked.
+    pub fn is_complete(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// The ACKs received, in declaration order.
+    pub fn acked(&self) -> Vec<AckRecord> {
+        self.slots.iter().filter_map(|(_, r)| r.clone()).collect()
+    }
+
+    /// The recipients that have not acked, in declaration order.
+    pub fn missing(&self) -> Vec<String> {
+        self.slots.iter().filter(|(_, r)| r.is_none()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The declared recipients.
+    pub fn recipients(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(id: &str, digest: Option<&str>) -> AckBody {
+        AckBody { ack_msg_id: id.into(), ack_digest: digest.map(Into::into) }
+    }
+
+    #[test]
+    fn counts_each_recipient_once_and_reports_missing() {
+        let t0 = Instant::now();
+        let mut c = AckCollector::new("m1", "sha256:aa", ["a", "b", "c", "a"]);
+        c.mark_sent(t0);
+        assert_eq!(c.missing(), vec!["a", "b", "c"]);
+        assert_eq!(c.on_ack("b", &ack("m1", Some("sha256:aa")), t0), AckOutcome::Counted { complete: false });
+        assert_eq!(c.on_ack("b", &ack("m1", None), t0), AckOutcome::Duplicate);
+        assert_eq!(c.on_ack("x", &ack("m1", None), t0), AckOutcome::NotARecipient);
+        assert_eq!(c.on_ack("a", &ack("m2", None), t0), AckOutcome::WrongMessage);
+        assert_eq!(c.on_ack("a", &ack("m1", Some("sha256:bb")), t0), AckOutcome::DigestMismatch);
+        assert_eq!(c.missing(), vec!["a", "c"]);
+        assert_eq!(c.on_ack("a", &ack("m1", None), t0), AckOutcome::Counted { complete: false });
+        assert_eq!(c.on_ack("c", &ack("m1", None), t0), AckOutcome::Counted { complete: true });
+        assert!(c.is_complete());
+        let acked = c.acked();
+        assert_eq!(acked.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(acked[1].digest_checked && !acked[0].digest_checked);
+    }
+
+    #[test]
+    fn ack_body_roundtrip_and_shape_errors() {
+        let body = ack("m1", Some("sha256:00"));
+        assert_eq!(AckBody::from_msg(&body.to_msg()).unwrap(), body);
+        assert!(AckBody::from_msg(&json!({"ack_msg_id": 5})).is_err());
+        assert!(AckBody::from_msg(&json!("x")).is_err());
+        assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
+        assert_eq!(AckBody::from_msg(&json!({"ack_msg_id": "m"})).unwrap().ack_digest, None);
+    }
+}

@@ -1,0 +1,38 @@
+//! # gilmsg-proto: the protocol, with no I/O
+//!
+//! Everything gilmsg puts on the wire and every rule it applies to what comes
+//! off it, as plain data and pure functions. Sockets, threads and clocks live
+//! in the `gilmsg` crate; keys and certificates in `gilmsg-crypto`. Keeping
+//! this crate free of both makes it unit-testable and fuzzable on its own,
+//! the way rustls keeps its state machines apart from sockets.
+//!
+//! ## Layout
+//! - [`canonical`]: Python-identical canonical JSON, the bytes that are signed.
+//! - [`envelope`]: the fedmsg body (`topic`, `msg`, `msg_id`, ...), frame
+//!   decoding with size and shape checks, topic naming.
+//! - [`auth`]: the [`Signer`](auth::Signer) / [`Verifier`](auth::Verifier)
+//!   traits the crypto crate implements.
+//! - [`validate`]: signature + routing policy, including the one Python
+//!   compatibility rule.
+//! - [`policy`]: fedmsg's `routing_policy` / `routing_nitpicky`.
+//! - [`ack`]: ACK payloads and the per-message [`AckCollector`](ack::AckCollector).
+//! - [`inflight`]: the publisher's table of messages awaiting ACKs, with
+//!   RFC 6298-style re-send timers.
+//! - [`dedupe`]: the consumer's bounded memory of seen `msg_id`s.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod ack;
+pub mod auth;
+pub mod canonical;
+pub mod dedupe;
+pub mod envelope;
+pub mod inflight;
+pub mod policy;
+pub mod validate;
+
+pub use ack::{AckBody, AckCollector, AckOutcome, AckRecord};
+pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
+pub use envelope::{DecodeError, Draft, Envelope, TopicScheme};
+pub use validate::{Rejection, Validated, Validator};
