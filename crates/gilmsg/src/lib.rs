@@ -1,1 +1,58 @@
+//! # gilmsg: acknowledged publishing on a fedmsg-compatible ZeroMQ bus
+//!
+//! A critical producer names the recipients that must get a message;
+//! [`Bus::publish`] returns a [`Receipt`] only when each of them has sent
+//! back a valid signed ACK for that very message, and otherwise fails with
+//! [`Error::Timeout`] naming who did not reply.
+//!
+//! ```no_run
+//! # async fn demo(config: gilmsg::Config) -> Result<(), gilmsg::Error> {
+//! use std::time::Duration;
+//! let bus = gilmsg::Bus::builder(&config).modname("billing").build()?;
+//! let receipt = bus
+//!     .publish("invoice.paid", serde_json::json!({"id": 42}), &["ledger", "mailer"], Duration::from_secs(3))
+//!     .await?;
+//! println!("acked by {} recipients in {:?}", receipt.acks.len(), receipt.elapsed);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`bus`]: [`Bus`], the async, cloneable publisher handle, and [`Receipt`].
+//! - [`blocking`]: the same for non-async producers.
+//! - [`consumer`]: [`Consumer`] and [`Delivery`], the ACK-sending consumer.
+//! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
+//! - `publisher`: the socket thread behind a [`Bus`] (readiness, re-sends,
+//!   ACK verification).
+//! - `wire`: ZeroMQ plumbing: socket options, mailboxes, readiness monitors.
+//! - [`error`]: the crate's [`Error`].
+//!
+//! The protocol itself (envelope, canonical JSON, ACK bookkeeping) is in
+//! `gilmsg-proto`, without any I/O; keys and certificates in `gilmsg-crypto`;
+//! the configuration in `gilmsg-config`.
+//!
+//! Every socket is owned by one thread (libzmq sockets are not thread-safe);
+//! handles talk to that thread through a channel and a wake-up socketpair.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod blocking;
+pub mod bus;
+pub mod consumer;
+pub mod error;
+mod publisher;
+pub mod relay;
+mod setup;
+mod stats;
+mod wire;
+
+pub use bus::{Bus, BusBuilder, Receipt};
+pub use consumer::{Consumer, ConsumerBuilder, Delivery, Readiness};
+pub use error::{Error, Result, TimeoutError};
+pub use relay::Relay;
+pub use stats::Stats;
+
+pub use gilmsg_config::{Config, ConfigError};
+pub use gilmsg_crypto as crypto;
+pub use gilmsg_proto as proto;
+pub use gilmsg_proto::AckRecord;

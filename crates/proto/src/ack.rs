@@ -69,8 +69,20 @@ pub fn body_digest(message: &Envelope) -> Result<String, CanonicalError> {
 
 /// `sha256:<hex>` over already-canonical signed bytes.
 pub fn digest_of_signed_part(signed_part: &str) -> String {
+    format_digest(&digest_bytes(signed_part))
+}
+
+/// The raw SHA-256 of canonical signed bytes.
+pub fn digest_bytes(signed_part: &str) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, signed_part.as_bytes());
-    format!("sha256:{}", hex::encode(digest.as_ref()))
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The `ack_digest` text for a raw digest.
+pub fn format_digest(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", hex::encode(digest))
 }
 
 /// One recipient's ACK, as recorded in a receipt.

@@ -15,8 +15,10 @@ use std::sync::Arc;
 pub enum Seen {
     /// Given to the handler, no verdict yet.
     InProgress,
-    /// The handler succeeded (ACK sent if one was asked for).
-    Done,
+    /// The handler succeeded. Holds the SHA-256 of the handled body's signed
+    /// part when an ACK was sent, so a re-send is re-acked only if it is the
+    /// same body.
+    Done(Option<[u8; 32]>),
     /// The handler failed or the delivery was dropped: never ACKed.
     Failed,
 }
@@ -111,8 +113,8 @@ mod tests {
         for id in ["a", "b", "c"] {
             cache.first_sight(id).unwrap();
         }
-        cache.set("a", Seen::Done);
-        assert_eq!(cache.first_sight("a"), Err(Seen::Done));
+        cache.set("a", Seen::Done(None));
+        assert_eq!(cache.first_sight("a"), Err(Seen::Done(None)));
         cache.first_sight("d").unwrap();
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get("a"), None);

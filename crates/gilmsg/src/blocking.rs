@@ -1,0 +1,67 @@
+//! A blocking facade for producers that are not async, in the manner of
+//! mini-redis's `blocking_client`: the async [`crate::Bus`] driven by a
+//! current-thread tokio runtime owned by the handle.
+
+use std::time::Duration;
+
+use gilmsg_config::Config;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::{Receipt, Stats};
+
+/// A blocking publisher handle. Not for use inside an async runtime (its
+/// calls block the thread); use [`crate::Bus`] there.
+pub struct Bus {
+    inner: crate::Bus,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Bus {
+    /// A handle from `config` with default settings.
+    pub fn new(config: &Config) -> Result<Bus> {
+        Bus::from_async(crate::Bus::new(config)?)
+    }
+
+    /// Wraps an async handle built with [`crate::Bus::builder`].
+    pub fn from_async(inner: crate::Bus) -> Result<Bus> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start runtime: {e}")))?;
+        Ok(Bus { inner, runtime })
+    }
+
+    /// See [`crate::Bus::publish`].
+    pub fn publish<S: AsRef<str>>(
+        &self,
+        topic: &str,
+        msg: Value,
+        recipients: &[S],
+        ack_timeout: Duration,
+    ) -> Result<Receipt> {
+        self.runtime.block_on(self.inner.publish(topic, msg, recipients, ack_timeout))
+    }
+
+    /// See [`crate::Bus::send`].
+    pub fn send(&self, topic: &str, msg: Value) -> Result<Receipt> {
+        self.runtime.block_on(self.inner.send(topic, msg))
+    }
+
+    /// See [`crate::Bus::stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// See [`crate::Bus::close`].
+    pub fn close(self) {
+        let Bus { inner, runtime } = self;
+        runtime.block_on(inner.close());
+    }
+}

@@ -1,0 +1,310 @@
+//! [`Bus`]: the long-lived, cloneable publisher handle.
+//!
+//! A handle signs on the caller's task (so many publishes sign in parallel)
+//! and hands finished frames to its socket thread, which owns every socket
+//! (see [`crate::publisher`]). Each publish gets its own ACK state in the
+//! thread's in-flight table, so any number can be in flight at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gilmsg_config::Config;
+use gilmsg_proto::ack::digest_of_signed_part;
+use gilmsg_proto::{AckCollector, AckRecord, Draft, Signer, TopicScheme};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::publisher::{Actor, Command, Outgoing, Setup};
+use crate::setup;
+use crate::stats::{Counters, Stats};
+use crate::wire::{self, Mailbox, SocketTuning};
+
+/// Proof that every recipient acked one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message id.
+    pub msg_id: String,
+    /// Its full topic.
+    pub topic: String,
+    /// One record per recipient, in the order they were named.
+    pub acks: Vec<AckRecord>,
+    /// How many times the message was sent (1 unless something was lost).
+    pub sends: u32,
+    /// From accepting the publish to the last ACK.
+    pub elapsed: Duration,
+}
+
+/// Builds a [`Bus`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct BusBuilder {
+    config: Config,
+    modname: String,
+    certname: Option<String>,
+    active: Option<bool>,
+}
+
+impl BusBuilder {
+    /// The module name in topics `<prefix>.<env>.<modname>.<topic>`
+    /// (default: the executable's name).
+    pub fn modname(mut self, modname: impl Into<String>) -> Self {
+        self.modname = modname.into();
+        self
+    }
+
+    /// Sign as this identity instead of the one the config's rules pick.
+    pub fn certname(mut self, certname: impl Into<String>) -> Self {
+        self.certname = Some(certname.into());
+        self
+    }
+
+    /// Publish through the relay (`relay_inbound`) instead of binding
+    /// `endpoints[name]`; overrides the config's `active`.
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// Loads keys, binds or connects the sockets and starts the socket thread.
+    pub fn build(self) -> Result<Bus> {
+        let BusBuilder { config, modname, certname, active } = self;
+        config.validate()?;
+        let certname = certname.unwrap_or_else(|| config.certname(&modname));
+        let signer = if config.sign_messages { Some(setup::load_signer(&config, &certname)?) } else { None };
+        // ACKs are always verified, whatever `validate_signatures` says:
+        // counting an unverified ACK would be a false positive waiting to happen.
+        let validator = Some(setup::load_validator(&config)?);
+        let active = active.unwrap_or(config.active);
+        let own = if active { Vec::new() } else { config.own_endpoints().map(<[String]>::to_vec).unwrap_or_default() };
+        if !active && own.is_empty() {
+            return Err(Error::InvalidArgument(
+                "nowhere to publish: set `active = true` with `relay_inbound`, or `name` with an entry in `endpoints`"
+                    .into(),
+            ));
+        }
+        let ack_endpoints: Vec<String> =
+            config.subscribe_endpoints().into_iter().filter(|e| !own.contains(e)).collect();
+        let counters = Counters::default();
+        let setup = Setup {
+            tuning: SocketTuning::from_config(&config),
+            bind: own,
+            connect: if active { config.relay_inbound.clone() } else { Vec::new() },
+            ack_endpoints: ack_endpoints.clone(),
+            ack_topic: config.ack_topic(),
+            max_message_size: config.max_message_size,
+            validator,
+            retransmit: setup::retransmit_policy(&config),
+            counters: counters.clone(),
+        };
+        let (mailbox, inbox) = wire::mailbox()?;
+        // Sockets are created on the thread that will own them; the result of
+        // that set-up comes back before `build` returns.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("gilmsg-publisher".into())
+            .spawn(move || {
+                match Actor::new(setup, inbox) {
+                    Ok((actor, bound)) => {
+                        let _ = ready_tx.send(Ok(bound));
+                        actor.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::InvalidArgument(format!("cannot start publisher thread: {e}")))?;
+        let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
+        drop(thread);
+        let (_, year) = setup::now_secs_and_year();
+        let _ = year;
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                mailbox,
+                signer,
+                scheme: TopicScheme::new(&config.topic_prefix, &config.environment),
+                modname,
+                default_timeout: config.ack_timeout,
+                sequence: AtomicU64::new(0),
+                username: setup::username(),
+                counters,
+                bound,
+                has_ack_endpoints: !ack_endpoints.is_empty(),
+                done: std::sync::Mutex::new(Some(done_rx)),
+            }),
+        })
+    }
+}
+
+/// A long-lived publisher handle: cheap to clone, safe to share across
+/// tasks; the socket thread stops when the last clone is dropped or
+/// [`Bus::close`] is called.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mailbox: Mailbox<Command>,
+    signer: Option<Arc<dyn Signer>>,
+    scheme: TopicScheme,
+    modname: String,
+    default_timeout: Duration,
+    sequence: AtomicU64,
+    username: String,
+    counters: Counters,
+    bound: Vec<String>,
+    has_ack_endpoints: bool,
+    done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.mailbox.send(Command::Shutdown);
+    }
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("prefix", &self.inner.scheme.prefix())
+            .field("modname", &self.inner.modname)
+            .field("signer", &self.inner.signer.as_deref().map(gilmsg_proto::auth::SignerDebug))
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_modname() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'), "_"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "app".to_owned())
+}
+
+impl Bus {
+    /// A handle from `config` with default settings.
+    pub fn new(config: &Config) -> Result<Bus> {
+        Bus::builder(config).build()
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder(config: &Config) -> BusBuilder {
+        BusBuilder { config: config.clone(), modname: default_modname(), certname: None, active: None }
+    }
+
+    /// Endpoints the publisher bound (with wildcard ports resolved).
+    pub fn bound_endpoints(&self) -> &[String] {
+        &self.inner.bound
+    }
+
+    /// The identity this handle signs as, if signing.
+    pub fn signer_name(&self) -> Option<&str> {
+        self.inner.signer.as_deref().map(Signer::name)
+    }
+
+    /// Publishes `msg` on `<prefix>.<env>.<modname>.<topic>` and waits until
+    /// every one of `recipients` has acked it, re-sending as needed. With no
+    /// recipients this is a plain fedmsg publish (see [`Bus::send`]).
+    pub async fn publish<S: AsRef<str>>(
+        &self,
+        topic: &str,
+        msg: Value,
+        recipients: &[S],
+        ack_timeout: Duration,
+    ) -> Result<Receipt> {
+        let full = self.inner.scheme.topic(&self.inner.modname, topic);
+        self.publish_full(full, msg, recipients, ack_timeout).await
+    }
+
+    /// Like [`Bus::publish`] with the handle's default timeout (`ack_timeout`).
+    pub async fn publish_default<S: AsRef<str>>(&self, topic: &str, msg: Value, recipients: &[S]) -> Result<Receipt> {
+        self.publish(topic, msg, recipients, self.inner.default_timeout).await
+    }
+
+    /// Like [`Bus::publish`] with a full topic given as is.
+    pub async fn publish_full<S: AsRef<str>>(
+        &self,
+        full_topic: String,
+        msg: Value,
+        recipients: &[S],
+        ack_timeout: Duration,
+    ) -> Result<Receipt> {
+        if full_topic == self.inner.scheme.ack_topic() {
+            return Err(Error::InvalidArgument("the ACK topic is reserved for ACKs".into()));
+        }
+        let recipients: Vec<String> = recipients.iter().map(|r| r.as_ref().trim().to_owned()).collect();
+        if recipients.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument("empty recipient name".into()));
+        }
+        if !recipients.is_empty() && !self.inner.has_ack_endpoints {
+            return Err(Error::NoAckEndpoints);
+        }
+        let (timestamp, year) = setup::now_secs_and_year();
+        let msg_id = gilmsg_proto::envelope::new_msg_id(year);
+        let draft = Draft {
+            topic: full_topic.clone(),
+            msg,
+            msg_id: msg_id.clone(),
+            i: self.inner.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp,
+            username: self.inner.username.clone(),
+            wants_ack: !recipients.is_empty(),
+        };
+        let envelope = draft.build(self.inner.signer.as_deref())?;
+        let signed = envelope.signed_part().map_err(gilmsg_proto::envelope::BuildError::from)?;
+        let frames = envelope.encode().map_err(gilmsg_proto::envelope::BuildError::from)?;
+        let collector = if recipients.is_empty() {
+            None
+        } else {
+            Some(AckCollector::new(&msg_id, &digest_of_signed_part(&signed), recipients))
+        };
+        let (reply, response) = oneshot::channel();
+        let outgoing = Outgoing { msg_id: msg_id.clone(), topic: full_topic, frames, collector, timeout: ack_timeout, reply };
+        self.inner.mailbox.send(Command::Publish(Box::new(outgoing)))?;
+        let mut guard = CancelOnDrop { mailbox: &self.inner.mailbox, msg_id: Some(msg_id) };
+        let result = response.await.map_err(|_| Error::Closed)?;
+        guard.msg_id = None;
+        result
+    }
+
+    /// A plain fedmsg publish: no ACKs. Waits (up to the default
+    /// `ack_timeout`) for at least one subscriber so the message is not
+    /// dropped by ZeroMQ, then hands it over.
+    pub async fn send(&self, topic: &str, msg: Value) -> Result<Receipt> {
+        self.publish::<&str>(topic, msg, &[], self.inner.default_timeout).await
+    }
+
+    /// Counters: sent, re-sent, acked, timed out, and every refused ACK by reason.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Stops the socket thread after flushing queued messages (up to
+    /// `zmq_linger`), failing publishes still waiting with [`Error::Closed`].
+    pub async fn close(self) {
+        let done = self.inner.done.lock().ok().and_then(|mut d| d.take());
+        let _ = self.inner.mailbox.send(Command::Shutdown);
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+/// Tells the socket thread to forget a publish whose caller stopped waiting.
+struct CancelOnDrop<'a> {
+    mailbox: &'a Mailbox<Command>,
+    msg_id: Option<String>,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(msg_id) = self.msg_id.take() {
+            let _ = self.mailbox.send(Command::Cancel(msg_id));
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The ACK-sending consumer: subscribe, validate, dedupe, deliver, then ACK.
+//!
+//! A socket thread owns the SUB that receives messages and the XPUB that
+//! sends ACKs. It drops (and counts) anything malformed, unsigned where
+//! signatures are required, badly signed or refused by the routing policy;
+//! it hands each new `msg_id` to the application exactly once as a
+//! [`Delivery`]; and it sends the signed ACK only when the application says
+//! the message was handled ([`Delivery::ack`]). A delivery that is dropped or
+//! failed is never acked, so the producer's timeout tells the truth. (Python
+//! gilmsg acks before the handler runs.)
+//!
+//! Re-sends of a handled message are re-acked without reaching the handler
+//! again, and only if their body is the one that was handled. Messages that
+//! do not ask for an ACK (no `gilmsg_version`), and ACKs themselves, are
+//! delivered but never acked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use gilmsg_config::Config;
+use gilmsg_proto::ack::{digest_bytes, format_digest, AckBody};
+use gilmsg_proto::dedupe::{DedupeCache, Seen};
+use gilmsg_proto::{Draft, Envelope, Signer, TopicScheme, Validator};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::setup;
+use crate::stats::{Counters, Stats};
+use crate::wire::{self, Inbox, Mailbox, Monitor, SocketTuning, Subscriptions};
+
+/// How far the consumer's sockets have come up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness {
+    /// Endpoints the SUB has completed a handshake with.
+    pub connected: usize,
+    /// Endpoints it connects to.
+    pub expected: usize,
+    /// Whether ACKs have somewhere to go (the relay has subscribed to our
+    /// ACK socket, or we bind our own endpoint, or ACKs are off).
+    pub ack_path: bool,
+}
+
+impl Readiness {
+    /// Every endpoint connected and the ACK path up.
+    pub fn is_complete(&self) -> bool {
+        self.connected >= self.expected && self.ack_path
+    }
+}
+
+/// Builds a [`Consumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerBuilder {
+    config: Config,
+    topics: Vec<String>,
+    certname: Option<String>,
+    active: Option<bool>,
+    send_acks: bool,
+    queue: usize,
+}
+
+impl ConsumerBuilder {
+    /// Topic prefixes to subscribe to (full topics; `""` for everything).
+    /// Default: everything under `<topic_prefix>.<environment>.`.
+    pub fn topics<I: IntoIterator<Item = S>, S: Into<String>>(mut self, topics: I) -> Self {
+        self.topics = topics.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The identity to sign ACKs as (default: the config's rules, modname `gilmsg`).
+    pub fn certname(mut self, certname: impl Into<String>) -> Self {
+        self.certname = Some(certname.into());
+        self
+    }
+
+    /// Send ACKs through the relay instead of binding `endpoints[name]`.
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// Whether to send ACKs at all (off: a plain validating tail).
+    pub fn send_acks(mut self, send: bool) -> Self {
+        self.send_acks = send;
+        self
+    }
+
+    /// How many deliveries may wait for the application before new messages
+    /// are dropped (and counted, and left unacked, so the producer re-sends).
+    pub fn queue(mut self, capacity: usize) -> Self {
+        self.queue = capacity.max(1);
+        self
+    }
+
+    /// Starts the socket thread.
+    pub fn build(self) -> Result<Consumer> {
+        let ConsumerBuilder { config, mut topics, certname, active, send_acks, queue } = self;
+        config.validate()?;
+        let scheme = TopicScheme::new(&config.topic_prefix, &config.environment);
+        if topics.is_empty() {
+            topics.push(format!("{}.", scheme.prefix()));
+        }
+        let validator = if config.validate_signatures { Some(setup::load_validator(&config)?) } else { None };
+        let signer = if send_acks {
+            let certname = certname.unwrap_or_else(|| config.certname("gilmsg"));
+            Some(setup::load_signer(&config, &certname)?)
+        } else {
+            None
+        };
+        let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
+        let own: Vec<String> = config.own_endpoints().map(<[String]>::to_vec).unwrap_or_default();
+        let (ack_bind, ack_connect) = match (send_acks, active) {
+            (false, _) => (Vec::new(), Vec::new()),
+            (true, true) if config.relay_inbound.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "nowhere to send ACKs: set `relay_inbound`, or `name` with an entry in `endpoints`".into(),
+                ))
+            }
+            (true, true) => (Vec::new(), config.relay_inbound.clone()),
+            (true, false) => (own.clone(), Vec::new()),
+        };
+        let endpoints: Vec<String> =
+            config.subscribe_endpoints().into_iter().filter(|e| !ack_bind.contains(e)).collect();
+        if endpoints.is_empty() {
+            return Err(Error::InvalidArgument("`endpoints` lists nothing to subscribe to".into()));
+        }
+        let acker = signer.map(|signer| {
+            Arc::new(Acker {
+                signer,
+                ack_topic: scheme.ack_topic(),
+                sequence: AtomicU64::new(0),
+                username: setup::username(),
+            })
+        });
+        let counters = Counters::default();
+        let (deliveries_tx, deliveries) = mpsc::channel(queue);
+        let (mailbox, inbox) = wire::mailbox()?;
+        let (readiness_tx, readiness) = watch::channel(Readiness::default());
+        let setup = ActorSetup {
+            tuning: SocketTuning::from_config(&config),
+            endpoints,
+            topics,
+            ack_bind,
+            ack_connect,
+            max_message_size: config.max_message_size,
+            dedupe_capacity: config.dedupe_capacity,
+            validator,
+            acker: acker.clone(),
+            ack_topic: scheme.ack_topic(),
+            counters: counters.clone(),
+            readiness: readiness_tx,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let deliver_mailbox = mailbox.clone();
+        std::thread::Builder::new()
+            .name("gilmsg-consumer".into())
+            .spawn(move || {
+                match Actor::new(setup, inbox, deliveries_tx, deliver_mailbox) {
+                    Ok((actor, bound)) => {
+                        let _ = ready_tx.send(Ok(bound));
+                        actor.run();
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::InvalidArgument(format!("cannot start consumer thread: {e}")))?;
+        let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
+        Ok(Consumer {
+            deliveries,
+            readiness,
+            shared: Arc::new(Shared { mailbox, counters, done: std::sync::Mutex::new(Some(done_rx)) }),
+            bound,
+            signer_name: acker.as_ref().map(|a| a.signer.name().to_owned()),
+        })
+    }
+}
+
+/// Signs ACKs; shared by deliveries (first ACK) and the thread (re-ACKs).
+struct Acker {
+    signer: Arc<dyn Signer>,
+    ack_topic: String,
+    sequence: AtomicU64,
+    username: String,
+}
+
+impl Acker {
+    fn frames(&self, msg_id: &str, digest: &[u8; 32]) -> Result<[Vec<u8>; 2]> {
+        let (timestamp, year) = setup::now_secs_and_year();
+        let body = AckBody { ack_msg_id: msg_id.to_owned(), ack_digest: Some(format_digest(digest)) };
+        let draft = Draft {
+            topic: self.ack_topic.clone(),
+            msg: body.to_msg(),
+            msg_id: gilmsg_proto::envelope::new_msg_id(year),
+            i: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp,
+            username: self.username.clone(),
+            wants_ack: false,
+        };
+        let envelope = draft.build(Some(self.signer.as_ref()))?;
+        Ok(envelope.encode().map_err(gilmsg_proto::envelope::BuildError::from)?)
+    }
+}
+
+struct Shared {
+    mailbox: Mailbox<Command>,
+    counters: Counters,
+    done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let _ = self.mailbox.send(Command::Shutdown);
+    }
+}
+
+enum Command {
+    /// The application's verdict on a delivery, with the ACK to send if any.
+    Settle { msg_id: String, handled: bool, ack: Option<([Vec<u8>; 2], [u8; 32])> },
+    Shutdown,
+}
+
+/// A subscription that yields each new message once, as a [`Delivery`].
+pub struct Consumer {
+    deliveries: mpsc::Receiver<Delivery>,
+    readiness: watch::Receiver<Readiness>,
+    shared: Arc<Shared>,
+    bound: Vec<String>,
+    signer_name: Option<String>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("signer", &self.signer_name).finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// A builder with defaults from `config`.
+    pub fn builder(config: &Config) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config: config.clone(),
+            topics: Vec::new(),
+            certname: None,
+            active: None,
+            send_acks: true,
+            queue: 1024,
+        }
+    }
+
+    /// The next new message, or `None` once the consumer has stopped.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        self.deliveries.recv().await
+    }
+
+    /// Waits until every endpoint is connected and ACKs have a path out.
+    pub async fn ready(&mut self) -> Readiness {
+        match self.readiness.wait_for(Readiness::is_complete).await {
+            Ok(r) => *r,
+            Err(_) => *self.readiness.borrow(),
+        }
+    }
+
+    /// The readiness now, and a receiver to watch it change.
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Endpoints the ACK socket bound (with wildcard ports resolved).
+    pub fn bound_endpoints(&self) -> &[String] {
+        &self.bound
+    }
+
+    /// The identity ACKs are signed as.
+    pub fn signer_name(&self) -> Option<&str> {
+        self.signer_name.as_deref()
+    }
+
+    /// Counters: received, delivered, duplicates, ACKs sent, and every
+    /// dropped message by reason.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Runs `handler` on each new message; ACKs when it returns `Ok`.
+    pub async fn run<F, Fut, E>(mut self, mut handler: F) -> Result<()>
+    where
+        F: FnMut(&Delivery) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        while let Some(delivery) = self.next().await {
+            match handler(&delivery).await {
+                Ok(()) => delivery.ack()?,
+                Err(e) => {
+                    tracing::warn!(msg_id = delivery.msg_id(), "handler failed, not acking: {e}");
+                    delivery.fail();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the socket thread, flushing ACKs already queued.
+    pub async fn close(self) {
+        let done = self.shared.done.lock().ok().and_then(|mut d| d.take());
+        let _ = self.shared.mailbox.send(Command::Shutdown);
+        drop(self.deliveries);
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+/// One message, delivered once. Call [`Delivery::ack`] after handling it;
+/// dropping it (or [`Delivery::fail`]) means it was not handled, and no ACK
+/// is ever sent for it.
+pub struct Delivery {
+    message: Envelope,
+    signer: Option<String>,
+    received: Instant,
+    acker: Option<Arc<Acker>>,
+    mailbox: Mailbox<Command>,
+    is_ack: bool,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("msg_id", &self.msg_id())
+            .field("topic", &self.topic())
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// The whole message.
+    pub fn message(&self) -> &Envelope {
+        &self.message
+    }
+
+    /// Its full topic.
+    pub fn topic(&self) -> &str {
+        self.message.topic()
+    }
+
+    /// Its payload.
+    pub fn msg(&self) -> &Value {
+        self.message.msg()
+    }
+
+    /// Its id.
+    pub fn msg_id(&self) -> &str {
+        self.message.msg_id()
+    }
+
+    /// The verified signer (`None` when signatures are not validated).
+    pub fn signer(&self) -> Option<&str> {
+        self.signer.as_deref()
+    }
+
+    /// Whether the sender asked for an ACK (and this is not itself an ACK).
+    pub fn wants_ack(&self) -> bool {
+        self.message.wants_ack() && !self.is_ack
+    }
+
+    /// When the socket thread received it.
+    pub fn received_at(&self) -> Instant {
+        self.received
+    }
+
+    /// Marks the message handled and, if the sender asked, sends the ACK.
+    pub fn ack(mut self) -> Result<()> {
+        self.settled = true;
+        let msg_id = self.msg_id().to_owned();
+        let ack = match (&self.acker, self.wants_ack()) {
+            (Some(acker), true) => {
+                let signed = self.message.signed_part().map_err(gilmsg_proto::envelope::BuildError::from)?;
+                let digest = digest_bytes(&signed);
+                Some((acker.frames(&msg_id, &digest)?, digest))
+            }
+            _ => None,
+        };
+        self.mailbox.send(Command::Settle { msg_id, handled: true, ack })
+    }
+
+    /// Marks the message as not handled: it will never be acked.
+    pub fn fail(mut self) {
+        self.settled = true;
+        let _ = self.mailbox.send(Command::Settle { msg_id: self.msg_id().to_owned(), handled: false, ack: None });
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            let _ = self.mailbox.send(Command::Settle { msg_id: self.msg_id().to_owned(), handled: false, ack: None });
+        }
+    }
+}
+
+struct ActorSetup {
+    tuning: SocketTuning,
+    endpoints: Vec<String>,
+    topics: Vec<String>,
+    ack_bind: Vec<String>,
+    ack_connect: Vec<String>,
+    max_message_size: usize,
+    dedupe_capacity: usize,
+    validator: Option<Arc<Validator>>,
+    acker: Option<Arc<Acker>>,
+    ack_topic: String,
+    counters: Counters,
+    readiness: watch::Sender<Readiness>,
+}
+
+struct Actor {
+    _context: zmq::Context,
+    sub: zmq::Socket,
+    ackout: Option<zmq::Socket>,
+    ack_path_needs_subscriber: bool,
+    monitor: Monitor,
+    subscriptions: Subscriptions,
+    inbox: Inbox<Command>,
+    deliveries: mpsc::Sender<Delivery>,
+    mailbox: Mailbox<Command>,
+    dedupe: DedupeCache,
+    max_message_size: usize,
+    validator: Option<Arc<Validator>>,
+    acker: Option<Arc<Acker>>,
+    ack_topic: String,
+    counters: Counters,
+    readiness: watch::Sender<Readiness>,
+}
+
+impl Actor {
+    fn new(
+        setup: ActorSetup,
+        inbox: Inbox<Command>,
+        deliveries: mpsc::Sender<Delivery>,
+        mailbox: Mailbox<Command>,
+    ) -> Result<(Self, Vec<String>)> {
+        let context = zmq::Context::new();
+        let (ackout, bound) = if setup.ack_bind.is_empty() && setup.ack_connect.is_empty() {
+            (None, Vec::new())
+        } else {
+            let socket = setup.tuning.socket(&context, zmq::XPUB, "ACK publisher")?;
+            let bound = wire::bind_all(&socket, &setup.ack_bind, "ACK publisher")?;
+            wire::connect_all(&socket, &setup.ack_connect, "ACK publisher")?;
+            (Some(socket), bound)
+        };
+        let sub = setup.tuning.socket(&context, zmq::SUB, "subscriber")?;
+        for topic in &setup.topics {
+            sub.set_subscribe(topic.as_bytes())
+                .map_err(|e| Error::socket(format!("subscribe to {topic:?}"), e))?;
+        }
+        let mut monitor = Monitor::attach(&context, &sub, "subscriber")?;
+        wire::connect_all(&sub, &setup.endpoints, "subscriber")?;
+        monitor.expected = setup.endpoints.len();
+        let actor = Actor {
+            _context: context,
+            sub,
+            ack_path_needs_subscriber: !setup.ack_connect.is_empty(),
+            ackout,
+            monitor,
+            subscriptions: Subscriptions::default(),
+            inbox,
+            deliveries,
+            mailbox,
+            dedupe: DedupeCache::new(setup.dedupe_capacity),
+            max_message_size: setup.max_message_size,
+            validator: setup.validator,
+            acker: setup.acker,
+            ack_topic: setup.ack_topic,
+            counters: setup.counters,
+            readiness: setup.readiness,
+        };
+        actor.publish_readiness();
+        Ok((actor, bound))
+    }
+
+    fn publish_readiness(&self) {
+        let readiness = Readiness {
+            connected: self.monitor.connected(),
+            expected: self.monitor.expected,
+            ack_path: !self.ack_path_needs_subscriber || self.subscriptions.any(),
+        };
+        self.readiness.send_if_modified(|r| {
+            let changed = *r != readiness;
+            *r = readiness;
+            changed
+        });
+    }
+
+    fn run(mut self) {
+        let mut commands = Vec::new();
+        loop {
+            let inbox_fd = self.inbox.fd();
+            let mut items = vec![
+                zmq::PollItem::from_fd(inbox_fd, zmq::POLLIN),
+                self.sub.as_poll_item(zmq::POLLIN),
+                self.monitor.socket().as_poll_item(zmq::POLLIN),
+            ];
+            if let Some(ackout) = &self.ackout {
+                items.push(ackout.as_poll_item(zmq::POLLIN));
+            }
+            if let Err(e) = zmq::poll(&mut items, -1) {
+                tracing::error!("consumer poll failed: {e}");
+                break;
+            }
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            drop(items);
+            if ready[0] {
+                let alive = self.inbox.drain(&mut commands).is_ok();
+                let mut shutdown = !alive;
+                for command in commands.drain(..) {
+                    match command {
+                        Command::Settle { msg_id, handled, ack } => self.settle(&msg_id, handled, ack),
+                        Command::Shutdown => shutdown = true,
+                    }
+                }
+                if shutdown {
+                    break;
+                }
+            }
+            let mut readiness_changed = false;
+            if ready[2] {
+                readiness_changed |= self.monitor.process();
+            }
+            if ready.get(3).copied().unwrap_or(false) {
+                if let Some(ackout) = &self.ackout {
+                    readiness_changed |= self.subscriptions.drain_from(ackout);
+                }
+            }
+            if readiness_changed {
+                self.publish_readiness();
+            }
+            if ready[1] {
+                for _ in 0..1024 {
+                    match wire::try_recv_multipart(&self.sub) {
+                        Ok(Some(frames)) => self.on_message(frames),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!("receive failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn settle(&mut self, msg_id: &str, handled: bool, ack: Option<([Vec<u8>; 2], [u8; 32])>) {
+        if !handled {
+            self.counters.bump("handler", "failed");
+            self.dedupe.set(msg_id, Seen::Failed);
+            return;
+        }
+        self.counters.bump("handler", "ok");
+        match ack {
+            Some((frames, digest)) => {
+                self.dedupe.set(msg_id, Seen::Done(Some(digest)));
+                self.send_ack(&frames);
+            }
+            None => self.dedupe.set(msg_id, Seen::Done(None)),
+        }
+    }
+
+    fn send_ack(&self, frames: &[Vec<u8>; 2]) {
+        let Some(ackout) = &self.ackout else { return };
+        match wire::send_frames(ackout, frames) {
+            Ok(()) => self.counters.bump("ack", "sent"),
+            Err(e) => {
+                self.counters.bump("ack", "send_failed");
+                tracing::warn!("ACK send failed: {e}");
+            }
+        }
+    }
+
+    fn on_message(&mut self, frames: Vec<Vec<u8>>) {
+        self.counters.bump("message", "received");
+        let message = match Envelope::decode(&frames, self.max_message_size) {
+            Ok(m) => m,
+            Err(e) => return self.counters.bump("invalid", e.kind()),
+        };
+        let signer = match &self.validator {
+            None => None,
+            Some(v) => match v.validate(&message) {
+                Ok(valid) => {
+                    if valid.unsigned_gilmsg_version {
+                        self.counters.bump("message", "legacy_unsigned_gilmsg_version");
+                    }
+                    valid.signer
+                }
+                Err(r) => return self.counters.bump("rejected", r.kind()),
+            },
+        };
+        let is_ack = message.topic() == self.ack_topic;
+        let wants_ack = message.wants_ack() && !is_ack;
+        match self.dedupe.first_sight(message.msg_id()) {
+            Ok(()) => {}
+            Err(Seen::Done(Some(digest))) if wants_ack => return self.reack(&message, &digest),
+            Err(Seen::Done(_)) => return self.counters.bump("duplicate", "done"),
+            Err(Seen::InProgress) => return self.counters.bump("duplicate", "in_progress"),
+            Err(Seen::Failed) => return self.counters.bump("duplicate", "failed"),
+        }
+        let msg_id = message.msg_id().to_owned();
+        let delivery = Delivery {
+            message,
+            signer,
+            received: Instant::now(),
+            acker: self.acker.clone(),
+            mailbox: self.mailbox.clone(),
+            is_ack,
+            settled: false,
+        };
+        match self.deliveries.try_send(delivery) {
+            Ok(()) => self.counters.bump("message", "delivered"),
+            Err(mpsc::error::TrySendError::Full(mut d)) => {
+                // Not handled, so not remembered: a re-send gets another chance.
+                d.settled = true;
+                self.dedupe.forget(&msg_id);
+                self.counters.bump("dropped", "queue_full");
+            }
+            Err(mpsc::error::TrySendError::Closed(mut d)) => {
+                d.settled = true;
+                self.dedupe.forget(&msg_id);
+                self.counters.bump("dropped", "consumer_closed");
+            }
+        }
+    }
+
+    /// A re-send of a message already handled: ACK again (the first ACK may
+    /// have been lost), but only for the very body that was handled.
+    fn reack(&self, message: &Envelope, handled_digest: &[u8; 32]) {
+        let Ok(signed) = message.signed_part() else { return };
+        if digest_bytes(&signed) != *handled_digest {
+            return self.counters.bump("duplicate", "different_body");
+        }
+        self.counters.bump("duplicate", "reacked");
+        if let Some(acker) = &self.acker {
+            match acker.frames(message.msg_id(), handled_digest) {
+                Ok(frames) => self.send_ack(&frames),
+                Err(e) => tracing::warn!("cannot sign ACK: {e}"),
+            }
+        }
+    }
+}
