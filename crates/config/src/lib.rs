@@ -1,1 +1,59 @@
-//! placeholder
+//! # gilmsg-config: what a gilmsg bus process reads at start-up
+//!
+//! One configuration file per process, with fedmsg's key names wherever
+//! fedmsg has one, so that an existing fedmsg deployment migrates with
+//! `fedmsg-config > bus.json`. Two syntaxes carry the same keys:
+//!
+//! - **TOML**, gilmsg's native format. Secure by default: `sign_messages`
+//!   and `validate_signatures` are on unless the file turns them off.
+//! - **fedmsg JSON**, as printed by Python's `fedmsg-config`. Keys the file
+//!   leaves out take fedmsg's defaults where those differ from ours
+//!   (signing and validation off), so the migrated bus behaves as before.
+//!
+//! Unknown keys are not errors, since fedmsg configs carry many keys gilmsg
+//! has no use for (`irc`, `logging`, `persistent_store`, ...); they are
+//! listed in [`Config::ignored_keys`] so a CLI can warn about typos.
+//!
+//! ```
+//! use gilmsg_config::Config;
+//! use std::path::Path;
+//!
+//! let cfg = Config::from_toml_str(r#"
+//!     environment = "stg"
+//!     name = "bodhi.app01"
+//!     [endpoints]
+//!     "bodhi.app01" = "tcp://127.0.0.1:3000"
+//! "#, Path::new("/etc/gilmsg/gilmsg.toml")).unwrap();
+//! assert_eq!(cfg.topic("bodhi", "update.request"),
+//!            "org.fedoraproject.stg.bodhi.update.request");
+//! assert_eq!(cfg.own_endpoints(), Some(&["tcp://127.0.0.1:3000".to_string()][..]));
+//! ```
+//!
+//! ## Layout
+//! - `config.rs`: the [`Config`] struct, its defaults, the derived values
+//!   (certificate name, CA/CRL paths, topics, endpoints) and the cross-key
+//!   [`Config::validate`], plus [`Config::to_toml_string`].
+//! - `parse.rs`: turning a TOML or JSON document into a [`Config`], key by
+//!   key, with the exact key path of anything wrong.
+//! - [`check`]: the per-value rules (ZeroMQ endpoint shape, no URLs where a
+//!   local path is needed, topic segments), public so a CLI can check a
+//!   value given on its command line the same way.
+//! - `load.rs`: files: [`Format`] choice by extension or sniffing, and the
+//!   search order `explicit` -> `$GILMSG_CONFIG` -> `/etc/gilmsg/gilmsg.toml`.
+//! - `error.rs`: [`ConfigError`], which always names the file and the key.
+//!
+//! Test vectors (a full TOML file, a `fedmsg-config` JSON dump) live in
+//! `tests/data/`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod check;
+mod config;
+mod error;
+mod load;
+mod parse;
+
+pub use config::Config;
+pub use error::ConfigError;
+pub use load::{Format, DEFAULT_PATH, ENV_VAR};

@@ -1,0 +1,597 @@
+//! The [`Config`] struct: every key a gilmsg process reads, its default, and
+//! the values derived from several keys (certificate name, CA and CRL paths,
+//! topics, endpoints to subscribe to), plus the cross-key checks.
+//!
+//! Reading files lives in [`load`](crate::load) and [`parse`](crate::parse);
+//! this module knows nothing about syntax, so that a test or a demo can build
+//! a `Config` in code with the same meaning as one read from disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::check;
+use crate::error::{join, ConfigError};
+
+/// The configuration of one gilmsg bus process.
+///
+/// Field names are the configuration keys; where fedmsg has the key, the
+/// meaning is fedmsg's. Build one with [`Config::default`] and assign
+/// fields, or read one with [`Config::load`] / [`Config::from_path`].
+///
+/// Durations: in files, a duration is a humantime string (`"250ms"`,
+/// `"3s"`) or a bare number whose unit is the key's fedmsg unit, given on
+/// each field below (seconds unless stated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// First part of every topic. Default `"org.fedoraproject"`.
+    pub topic_prefix: String,
+    /// Second part of every topic: `dev`, `stg` or `prod` in fedmsg; any
+    /// non-empty string without dots is accepted. Default `"dev"`.
+    pub environment: String,
+    /// This process's key in [`endpoints`](Self::endpoints): where it binds
+    /// its publisher when not [`active`](Self::active). fedmsg spells these
+    /// `"<modname>.<hostname>"` (e.g. `bodhi.app01`), or `relay_outbound`.
+    pub name: Option<String>,
+    /// Overrides the machine's short hostname (see [`Config::hostname`]).
+    pub hostname: Option<String>,
+    /// fedmsg's "service key" -> ZeroMQ endpoints. Subscribing to the bus
+    /// means connecting to all of them. In files a value may be one string
+    /// or a list, as in fedmsg.
+    pub endpoints: BTreeMap<String, Vec<String>>,
+    /// Where the relay listens for `active` publishers. A string or a list
+    /// in files.
+    pub relay_inbound: Vec<String>,
+    /// Publish by connecting to [`relay_inbound`](Self::relay_inbound)
+    /// instead of binding `endpoints[name]` (what `fedmsg-logger` does).
+    /// Default `false`.
+    pub active: bool,
+    /// Sign outgoing messages. Default `true` in TOML; when reading fedmsg
+    /// JSON, fedmsg's default (`false`) applies if the file leaves it out.
+    pub sign_messages: bool,
+    /// Reject incoming messages whose signature or routing policy fails.
+    /// Default `true` in TOML; fedmsg JSON: `false` if left out, as in
+    /// fedmsg's `load_config`.
+    pub validate_signatures: bool,
+    /// Directory of certificates and keys. Default `/etc/pki/fedmsg`.
+    pub ssldir: PathBuf,
+    /// The CA certificate; `None` means `ssldir/ca.crt`. Local paths only.
+    pub ca_cert_location: Option<PathBuf>,
+    /// The certificate revocation list; `None` means `ssldir/crl.pem` if that
+    /// file exists, else no CRL. Local paths only.
+    pub crl_location: Option<PathBuf>,
+    /// fedmsg's map from `"<modname>.<hostname>"` to a certificate name
+    /// (the file stem of `<name>.crt` / `<name>.key` in `ssldir`).
+    pub certnames: BTreeMap<String, String>,
+    /// Certificate name stem used when `certnames` has no entry. Default
+    /// `"shell"`, fedmsg's prefix for command-line tools.
+    pub cert_prefix: String,
+    /// Explicit certificate name; wins over everything (gilmsg key).
+    pub certname: Option<String>,
+    /// Fully-qualified topic -> certificate names allowed to send it.
+    pub routing_policy: BTreeMap<String, Vec<String>>,
+    /// Refuse topics that have no `routing_policy` entry. Default `false`.
+    pub routing_nitpicky: bool,
+    /// How long a publisher waits for every expected ACK. Default 5 s.
+    /// Bare numbers are seconds.
+    pub ack_timeout: Duration,
+    /// First re-send delay for an un-ACKed message. Default 50 ms; seconds.
+    pub resend_initial: Duration,
+    /// Lower bound of the adaptive re-send delay. Default 10 ms; seconds.
+    pub resend_min: Duration,
+    /// Upper bound of the re-send delay (exponential back-off stops here).
+    /// Default 1 s; seconds.
+    pub resend_max: Duration,
+    /// Largest message accepted off the wire, in bytes. Default 1 MiB.
+    pub max_message_size: usize,
+    /// How many recent `msg_id`s a consumer remembers to drop re-sends.
+    /// Default 32768.
+    pub dedupe_capacity: usize,
+    /// ZeroMQ high-water mark for our sockets; 0 = unlimited (fedmsg's
+    /// recommendation). Default 0.
+    pub high_water_mark: i32,
+    /// ZeroMQ linger on close. Default 1 s. Bare numbers are
+    /// **milliseconds**, as in fedmsg (`zmq_linger: 1000`).
+    pub zmq_linger: Duration,
+    /// ZeroMQ reconnect interval. Default 100 ms. Bare numbers are
+    /// **milliseconds**, as in fedmsg.
+    pub zmq_reconnect_ivl: Duration,
+    /// ZeroMQ maximum reconnect interval. Default 2 s. Bare numbers are
+    /// **milliseconds**, as in fedmsg.
+    pub zmq_reconnect_ivl_max: Duration,
+    /// Turn on TCP keepalive on our sockets. Default `false`. fedmsg writes
+    /// it as an integer (0/1); both forms are accepted.
+    pub zmq_tcp_keepalive: bool,
+    /// fedmsg's `post_init_sleep` (seconds). Accepted so fedmsg configs load,
+    /// but **unused**: gilmsg waits for subscriptions to be ready instead of
+    /// sleeping and hoping.
+    pub post_init_sleep: Option<Duration>,
+    /// Top-level keys the file had that gilmsg does not use, sorted; for a
+    /// CLI to warn about (a typo looks exactly like an unused fedmsg key).
+    pub ignored_keys: Vec<String>,
+    /// The file this came from; relative paths were resolved against its
+    /// directory.
+    pub(crate) source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            topic_prefix: "org.fedoraproject".into(),
+            environment: "dev".into(),
+            name: None,
+            hostname: None,
+            endpoints: BTreeMap::new(),
+            relay_inbound: Vec::new(),
+            active: false,
+            sign_messages: true,
+            validate_signatures: true,
+            ssldir: PathBuf::from("/etc/pki/fedmsg"),
+            ca_cert_location: None,
+            crl_location: None,
+            certnames: BTreeMap::new(),
+            cert_prefix: "shell".into(),
+            certname: None,
+            routing_policy: BTreeMap::new(),
+            routing_nitpicky: false,
+            ack_timeout: Duration::from_secs(5),
+            resend_initial: Duration::from_millis(50),
+            resend_min: Duration::from_millis(10),
+            resend_max: Duration::from_secs(1),
+            max_message_size: 1 << 20,
+            dedupe_capacity: 32768,
+            high_water_mark: 0,
+            zmq_linger: Duration::from_secs(1),
+            zmq_reconnect_ivl: Duration::from_millis(100),
+            zmq_reconnect_ivl_max: Duration::from_secs(2),
+            zmq_tcp_keepalive: false,
+            post_init_sleep: None,
+            ignored_keys: Vec::new(),
+            source: None,
+        }
+    }
+}
+
+impl Config {
+    /// The file this configuration was read from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// The hostname used in certificate names: [`hostname`](Self::hostname)
+    /// if set, else the machine's short hostname (text before the first
+    /// `.`), as fedmsg's `socket.gethostname().split('.')[0]`.
+    ///
+    /// The machine's name is read from `/proc/sys/kernel/hostname`, then
+    /// `$HOSTNAME`, then `"localhost"`: no `unsafe` `gethostname(2)` call.
+    pub fn hostname(&self) -> String {
+        match &self.hostname {
+            Some(h) => h.clone(),
+            None => machine_hostname(),
+        }
+    }
+
+    /// The certificate name a module signs with, by fedmsg's rule:
+    /// `certname` if set; else `certnames["<modname>.<hostname>"]`; else
+    /// `certnames["<cert_prefix>.<hostname>"]` (how fedmsg resolves a
+    /// `cert_prefix`); else `"<cert_prefix>.<hostname>"`.
+    pub fn certname(&self, modname: &str) -> String {
+        if let Some(explicit) = &self.certname {
+            return explicit.clone();
+        }
+        let host = self.hostname();
+        let by_module = format!("{modname}.{host}");
+        let by_prefix = format!("{}.{host}", self.cert_prefix);
+        self.certnames
+            .get(&by_module)
+            .or_else(|| self.certnames.get(&by_prefix))
+            .cloned()
+            .unwrap_or(by_prefix)
+    }
+
+    /// The CA certificate: `ca_cert_location`, or `ssldir/ca.crt`.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        match &self.ca_cert_location {
+            Some(p) => p.clone(),
+            None => self.ssldir.join("ca.crt"),
+        }
+    }
+
+    /// The CRL: `crl_location`, or `ssldir/crl.pem` when that file exists,
+    /// else `None` (no revocation checking). A `crl_location` that is set
+    /// is returned even if missing, so that the crypto layer reports it
+    /// instead of silently skipping revocation.
+    pub fn crl_path(&self) -> Option<PathBuf> {
+        match &self.crl_location {
+            Some(p) => Some(p.clone()),
+            None => {
+                let default = self.ssldir.join("crl.pem");
+                default.is_file().then_some(default)
+            }
+        }
+    }
+
+    /// Every endpoint in `endpoints`, once each, ordered by service key and
+    /// then by position in its list (stable across runs, so logs compare).
+    pub fn subscribe_endpoints(&self) -> Vec<String> {
+        let mut seen = BTreeSet::new();
+        self.endpoints
+            .values()
+            .flatten()
+            .filter(|e| seen.insert(e.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// The endpoints this process binds its publisher to: `endpoints[name]`.
+    pub fn own_endpoints(&self) -> Option<&[String]> {
+        let name = self.name.as_ref()?;
+        self.endpoints.get(name).map(Vec::as_slice)
+    }
+
+    /// The topic ACKs are published on: `<topic_prefix>.<environment>.gilmsg.ack`.
+    pub fn ack_topic(&self) -> String {
+        self.topic("gilmsg", "ack")
+    }
+
+    /// A fully-qualified topic: `<topic_prefix>.<environment>.<modname>.<topic>`.
+    pub fn topic(&self, modname: &str, topic: &str) -> String {
+        format!(
+            "{}.{}.{modname}.{topic}",
+            self.topic_prefix, self.environment
+        )
+    }
+
+    /// Checks every value and the rules that involve several keys:
+    /// `active` needs `relay_inbound`; a `name` must be a key of
+    /// `endpoints` unless `active`; `max_message_size`, `dedupe_capacity`
+    /// and `ack_timeout` are positive; `resend_min <= resend_initial <=
+    /// resend_max`; endpoints look like endpoints; CA/CRL are not URLs.
+    ///
+    /// Reading a file runs this already; call it on a `Config` built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let file = self.source.as_deref();
+        let bad = |key: &str, reason: String| Err(ConfigError::invalid(file, key, reason));
+
+        if let Err(r) = check::topic_prefix(&self.topic_prefix) {
+            return bad("topic_prefix", r);
+        }
+        if let Err(r) = check::environment(&self.environment) {
+            return bad("environment", r);
+        }
+        for (service, list) in &self.endpoints {
+            if list.is_empty() {
+                return bad(&join("endpoints", service), "no endpoints listed".into());
+            }
+            for (i, e) in list.iter().enumerate() {
+                if let Err(r) = check::endpoint(e) {
+                    return bad(&format!("{}[{i}]", join("endpoints", service)), r);
+                }
+            }
+        }
+        for (i, e) in self.relay_inbound.iter().enumerate() {
+            if let Err(r) = check::endpoint(e) {
+                return bad(&format!("relay_inbound[{i}]"), r);
+            }
+        }
+        let paths = [
+            ("ssldir", Some(&self.ssldir)),
+            ("ca_cert_location", self.ca_cert_location.as_ref()),
+            ("crl_location", self.crl_location.as_ref()),
+        ];
+        for (key, path) in paths {
+            if let Some(Err(r)) = path.map(|p| check::local_path(p)) {
+                return bad(key, r);
+            }
+        }
+        if self.high_water_mark < 0 {
+            return bad(
+                "high_water_mark",
+                format!("{} is negative; 0 means unlimited", self.high_water_mark),
+            );
+        }
+
+        if self.active && self.relay_inbound.is_empty() {
+            return bad(
+                "relay_inbound",
+                "active = true publishes by connecting to relay_inbound, which is empty".into(),
+            );
+        }
+        if let (Some(name), false) = (&self.name, self.active) {
+            if !self.endpoints.contains_key(name) {
+                return bad(
+                    "name",
+                    format!(
+                        "{name:?} is not a key of endpoints, so there is nowhere to bind \
+                         (add endpoints.{} or set active = true)",
+                        crate::error::segment(name)
+                    ),
+                );
+            }
+        }
+        if self.max_message_size == 0 {
+            return bad("max_message_size", "must be greater than 0".into());
+        }
+        if self.dedupe_capacity == 0 {
+            return bad("dedupe_capacity", "must be greater than 0".into());
+        }
+        if self.ack_timeout.is_zero() {
+            return bad("ack_timeout", "must be greater than 0".into());
+        }
+        if self.resend_min > self.resend_initial {
+            return bad(
+                "resend_min",
+                format!(
+                    "{} is above resend_initial ({}); need resend_min <= resend_initial <= resend_max",
+                    show(self.resend_min),
+                    show(self.resend_initial)
+                ),
+            );
+        }
+        if self.resend_initial > self.resend_max {
+            return bad(
+                "resend_initial",
+                format!(
+                    "{} is above resend_max ({}); need resend_min <= resend_initial <= resend_max",
+                    show(self.resend_initial),
+                    show(self.resend_max)
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// This configuration as gilmsg TOML, which [`Config::from_toml_str`]
+    /// reads back to an equal `Config` (except `ignored_keys` and the
+    /// source). For demos and tests that write throwaway configs.
+    ///
+    /// Durations are written as humantime strings. Relative paths are
+    /// written as they are and will be resolved against the directory of
+    /// wherever the text is saved. Paths that are not UTF-8 are written
+    /// lossily (TOML strings are UTF-8).
+    pub fn to_toml_string(&self) -> String {
+        use toml::{Table, Value};
+        let s = |v: &str| Value::String(v.to_owned());
+        let d = |v: Duration| Value::String(show(v));
+        let p = |v: &Path| Value::String(v.to_string_lossy().into_owned());
+        let list = |v: &[String]| Value::Array(v.iter().map(|x| s(x)).collect());
+
+        let mut t = Table::new();
+        t.insert("topic_prefix".into(), s(&self.topic_prefix));
+        t.insert("environment".into(), s(&self.environment));
+        if let Some(v) = &self.name {
+            t.insert("name".into(), s(v));
+        }
+        if let Some(v) = &self.hostname {
+            t.insert("hostname".into(), s(v));
+        }
+        t.insert("active".into(), Value::Boolean(self.active));
+        t.insert("relay_inbound".into(), list(&self.relay_inbound));
+        t.insert("sign_messages".into(), Value::Boolean(self.sign_messages));
+        t.insert(
+            "validate_signatures".into(),
+            Value::Boolean(self.validate_signatures),
+        );
+        t.insert("ssldir".into(), p(&self.ssldir));
+        if let Some(v) = &self.ca_cert_location {
+            t.insert("ca_cert_location".into(), p(v));
+        }
+        if let Some(v) = &self.crl_location {
+            t.insert("crl_location".into(), p(v));
+        }
+        t.insert("cert_prefix".into(), s(&self.cert_prefix));
+        if let Some(v) = &self.certname {
+            t.insert("certname".into(), s(v));
+        }
+        t.insert(
+            "routing_nitpicky".into(),
+            Value::Boolean(self.routing_nitpicky),
+        );
+        t.insert("ack_timeout".into(), d(self.ack_timeout));
+        t.insert("resend_initial".into(), d(self.resend_initial));
+        t.insert("resend_min".into(), d(self.resend_min));
+        t.insert("resend_max".into(), d(self.resend_max));
+        // usize -> i64 only fails above 2^63 bytes, which no machine has.
+        let int = |v: usize| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
+        t.insert("max_message_size".into(), int(self.max_message_size));
+        t.insert("dedupe_capacity".into(), int(self.dedupe_capacity));
+        t.insert(
+            "high_water_mark".into(),
+            Value::Integer(self.high_water_mark.into()),
+        );
+        t.insert("zmq_linger".into(), d(self.zmq_linger));
+        t.insert("zmq_reconnect_ivl".into(), d(self.zmq_reconnect_ivl));
+        t.insert(
+            "zmq_reconnect_ivl_max".into(),
+            d(self.zmq_reconnect_ivl_max),
+        );
+        t.insert(
+            "zmq_tcp_keepalive".into(),
+            Value::Boolean(self.zmq_tcp_keepalive),
+        );
+        if let Some(v) = self.post_init_sleep {
+            t.insert("post_init_sleep".into(), d(v));
+        }
+        let table_of_lists = |m: &BTreeMap<String, Vec<String>>| {
+            Value::Table(m.iter().map(|(k, v)| (k.clone(), list(v))).collect())
+        };
+        t.insert("endpoints".into(), table_of_lists(&self.endpoints));
+        t.insert(
+            "certnames".into(),
+            Value::Table(
+                self.certnames
+                    .iter()
+                    .map(|(k, v)| (k.clone(), s(v)))
+                    .collect(),
+            ),
+        );
+        t.insert(
+            "routing_policy".into(),
+            table_of_lists(&self.routing_policy),
+        );
+        format!("# gilmsg configuration\n{t}")
+    }
+}
+
+/// A duration as humantime writes it (`50ms`, `1s 500ms`), which is also
+/// what the parser reads.
+fn show(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+fn machine_hostname() -> String {
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let from_env = || std::env::var("HOSTNAME").ok();
+    let full = from_proc
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| from_env().filter(|h| !h.trim().is_empty()))
+        .unwrap_or_else(|| "localhost".into());
+    short_hostname(full.trim()).to_owned()
+}
+
+/// fedmsg keys certificates by the host's short name.
+fn short_hostname(full: &str) -> &str {
+    full.split('.').next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config {
+            hostname: Some("app01".into()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn short_hostname_cuts_at_first_dot() {
+        assert_eq!(short_hostname("app01.phx2.fedoraproject.org"), "app01");
+        assert_eq!(short_hostname("box"), "box");
+    }
+
+    #[test]
+    fn certname_rule() {
+        let mut c = cfg();
+        // Nothing configured: fedmsg's "<cert_prefix>.<hostname>".
+        assert_eq!(c.certname("bodhi"), "shell.app01");
+        c.cert_prefix = "relay".into();
+        assert_eq!(c.certname("bodhi"), "relay.app01");
+        // certnames entry for the prefix wins over the bare fallback.
+        c.certnames
+            .insert("relay.app01".into(), "relay-app01.example.org".into());
+        assert_eq!(c.certname("bodhi"), "relay-app01.example.org");
+        // certnames entry for "<modname>.<hostname>" wins over both.
+        c.certnames
+            .insert("bodhi.app01".into(), "bodhi-app01.example.org".into());
+        assert_eq!(c.certname("bodhi"), "bodhi-app01.example.org");
+        assert_eq!(c.certname("other"), "relay-app01.example.org");
+        // Explicit certname wins over everything.
+        c.certname = Some("explicit".into());
+        assert_eq!(c.certname("bodhi"), "explicit");
+    }
+
+    #[test]
+    fn hostname_override_is_used() {
+        assert_eq!(cfg().hostname(), "app01");
+        assert!(!Config::default().hostname().is_empty());
+    }
+
+    #[test]
+    fn ca_and_crl_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg();
+        c.ssldir = dir.path().to_path_buf();
+        assert_eq!(c.ca_cert_path(), dir.path().join("ca.crt"));
+        // No crl.pem in ssldir: no CRL.
+        assert_eq!(c.crl_path(), None);
+        std::fs::write(dir.path().join("crl.pem"), "x").unwrap();
+        assert_eq!(c.crl_path(), Some(dir.path().join("crl.pem")));
+        c.ca_cert_location = Some("/x/ca.pem".into());
+        c.crl_location = Some("/x/missing.pem".into());
+        assert_eq!(c.ca_cert_path(), PathBuf::from("/x/ca.pem"));
+        assert_eq!(c.crl_path(), Some(PathBuf::from("/x/missing.pem")));
+    }
+
+    #[test]
+    fn endpoints_and_topics() {
+        let mut c = cfg();
+        c.endpoints.insert(
+            "relay_outbound".into(),
+            vec!["tcp://a:1".into(), "tcp://b:2".into()],
+        );
+        c.endpoints.insert(
+            "bodhi.app01".into(),
+            vec!["tcp://b:2".into(), "tcp://c:3".into()],
+        );
+        assert_eq!(
+            c.subscribe_endpoints(),
+            ["tcp://b:2", "tcp://c:3", "tcp://a:1"]
+        );
+        assert_eq!(c.own_endpoints(), None);
+        c.name = Some("bodhi.app01".into());
+        assert_eq!(
+            c.own_endpoints(),
+            Some(&["tcp://b:2".to_string(), "tcp://c:3".to_string()][..])
+        );
+        c.environment = "prod".into();
+        assert_eq!(c.ack_topic(), "org.fedoraproject.prod.gilmsg.ack");
+        assert_eq!(
+            c.topic("bodhi", "update.comment"),
+            "org.fedoraproject.prod.bodhi.update.comment"
+        );
+    }
+
+    fn key_of(c: &Config) -> String {
+        c.validate().unwrap_err().key().unwrap().to_owned()
+    }
+
+    #[test]
+    fn validate_cross_checks() {
+        let mut ok = cfg();
+        ok.endpoints
+            .insert("svc.app01".into(), vec!["tcp://127.0.0.1:3000".into()]);
+        ok.name = Some("svc.app01".into());
+        ok.validate().unwrap();
+
+        let mut c = ok.clone();
+        c.active = true;
+        assert_eq!(key_of(&c), "relay_inbound");
+        c.relay_inbound = vec!["tcp://127.0.0.1:2001".into()];
+        c.name = Some("not-there".into());
+        // Active processes connect, so their name need not be bound.
+        c.validate().unwrap();
+        c.active = false;
+        assert_eq!(key_of(&c), "name");
+
+        let mut c = ok.clone();
+        c.max_message_size = 0;
+        assert_eq!(key_of(&c), "max_message_size");
+
+        let mut c = ok.clone();
+        c.resend_min = Duration::from_millis(60);
+        assert_eq!(key_of(&c), "resend_min");
+        let mut c = ok.clone();
+        c.resend_max = Duration::from_millis(40);
+        assert_eq!(key_of(&c), "resend_initial");
+        let mut c = ok.clone();
+        c.resend_min = c.resend_initial;
+        c.resend_max = c.resend_initial;
+        c.validate().unwrap();
+
+        let mut c = ok.clone();
+        c.environment = "a.b".into();
+        assert_eq!(key_of(&c), "environment");
+        let mut c = ok.clone();
+        c.endpoints.insert("x.y".into(), vec!["nope".into()]);
+        assert_eq!(key_of(&c), "endpoints.\"x.y\"[0]");
+        let mut c = ok.clone();
+        c.ca_cert_location = Some("https://example.org/ca.crt".into());
+        assert_eq!(key_of(&c), "ca_cert_location");
+        let mut c = ok;
+        c.high_water_mark = -1;
+        assert_eq!(key_of(&c), "high_water_mark");
+    }
+}

@@ -1,0 +1,540 @@
+//! Turning a parsed document into a [`Config`], one known key at a time.
+//!
+//! Both syntaxes are first brought to a `serde_json::Value` tree (TOML has
+//! nothing JSON cannot hold, except datetimes, which no key of ours takes),
+//! so there is one code path for the keys and both formats give the same
+//! errors. Each key is taken out of the top-level map and deserialized on
+//! its own through `serde_path_to_error`, which yields the path inside the
+//! value (`[1]`, `.bodhi`); whatever is left in the map afterwards is an
+//! unknown key and goes to [`Config::ignored_keys`].
+//!
+//! We deliberately avoid `#[serde(flatten)]` / `untagged` here: with
+//! serde_json's `arbitrary_precision` (on in this workspace) numbers inside
+//! buffered content arrive as maps and such derives fail on them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::check;
+use crate::config::Config;
+use crate::error::{join, segment, ConfigError};
+
+/// Which defaults apply to keys the file leaves out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// gilmsg TOML: secure defaults.
+    Gilmsg,
+    /// `fedmsg-config` JSON: fedmsg's defaults where they differ.
+    Fedmsg,
+}
+
+impl Config {
+    /// Reads gilmsg TOML. `origin` is the file the text came from: it names
+    /// the file in errors and is the base for relative paths.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => {
+                    let (l, c) = line_col(text, span.start);
+                    (Some(l), Some(c))
+                }
+                None => (None, None),
+            };
+            ConfigError::Syntax {
+                path: origin.to_path_buf(),
+                line,
+                column,
+                // toml's messages can span lines; errors here are one line.
+                message: e.message().trim().lines().collect::<Vec<_>>().join("; "),
+            }
+        })?;
+        let map = table
+            .into_iter()
+            .map(|(k, v)| (k, toml_to_json(v)))
+            .collect();
+        from_map(map, origin, Dialect::Gilmsg)
+    }
+
+    /// Reads the JSON that fedmsg's `fedmsg-config` prints. Keys the file
+    /// leaves out take fedmsg's defaults where they differ from gilmsg's
+    /// (`sign_messages` and `validate_signatures` are then `false`), and a
+    /// `null` value counts as left out, as fedmsg's `None` does.
+    pub fn from_fedmsg_json_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            let full = e.to_string();
+            // serde_json appends " at line L column C"; we report those as fields.
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
+            let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
+            ConfigError::Syntax {
+                path: origin.to_path_buf(),
+                line: (e.line() > 0).then_some(e.line()),
+                column: (e.column() > 0).then_some(e.column()),
+                message,
+            }
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::Syntax {
+                path: origin.to_path_buf(),
+                line: None,
+                column: None,
+                message: "expected a JSON object of configuration keys at the top level".into(),
+            });
+        };
+        from_map(map, origin, Dialect::Fedmsg)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::from(i),
+        // Non-finite floats have no JSON form; as text they still fail with
+        // a readable "invalid type" if given to a key we use.
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(f.to_string())),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+/// The top-level map being consumed, and where it came from.
+struct Reader<'a> {
+    map: Map<String, Value>,
+    origin: &'a Path,
+}
+
+impl Reader<'_> {
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(Some(self.origin), key, reason)
+    }
+
+    /// Removes `key` and deserializes it; `None` when absent or `null`.
+    fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+        let value = match self.map.remove(key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(v) => v,
+        };
+        serde_path_to_error::deserialize(value)
+            .map(Some)
+            .map_err(|e| {
+                let mut path = segment(key);
+                for seg in e.path() {
+                    match seg {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            path.push_str(&format!("[{index}]"))
+                        }
+                        serde_path_to_error::Segment::Map { key } => path = join(&path, key),
+                        serde_path_to_error::Segment::Enum { variant } => {
+                            path = join(&path, variant)
+                        }
+                        serde_path_to_error::Segment::Unknown => path.push_str(".?"),
+                    }
+                }
+                self.invalid(path, e.into_inner().to_string())
+            })
+    }
+
+    /// A local path, refused if it is a URL, resolved against the config
+    /// file's directory if relative (so test and demo configs can be moved
+    /// around with their certificates).
+    fn take_path(&mut self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(raw) = self.take::<String>(key)? else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(&raw);
+        check::local_path(&path).map_err(|r| self.invalid(key, r))?;
+        Ok(Some(match self.origin.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }))
+    }
+
+    fn check_endpoints(&self, key: &str, list: &OneOrMany) -> Result<(), ConfigError> {
+        match list {
+            OneOrMany::One(e) => check::endpoint(e).map_err(|r| self.invalid(key, r)),
+            OneOrMany::Many(v) => v.iter().enumerate().try_for_each(|(i, e)| {
+                check::endpoint(e).map_err(|r| self.invalid(format!("{key}[{i}]"), r))
+            }),
+        }
+    }
+}
+
+fn from_map(
+    map: Map<String, Value>,
+    origin: &Path,
+    dialect: Dialect,
+) -> Result<Config, ConfigError> {
+    let mut r = Reader { map, origin };
+    let mut c = Config::default();
+    if dialect == Dialect::Fedmsg {
+        // fedmsg.load_config() has no default for these, and fedmsg reads
+        // them with .get(), so a fedmsg deployment that never mentions them
+        // runs unsigned. Keep that when migrating; TOML stays secure.
+        c.sign_messages = false;
+        c.validate_signatures = false;
+    }
+
+    // Keys whose file type is the field type.
+    macro_rules! plain {
+        ($($field:ident),* $(,)?) => {$(
+            if let Some(v) = r.take(stringify!($field))? {
+                c.$field = v;
+            }
+        )*};
+    }
+    // Keys read through a wrapper type that converts into the field type.
+    macro_rules! via {
+        ($($field:ident: $wrapper:ty),* $(,)?) => {$(
+            if let Some(v) = r.take::<$wrapper>(stringify!($field))? {
+                c.$field = v.into();
+            }
+        )*};
+    }
+    plain!(
+        topic_prefix,
+        environment,
+        active,
+        sign_messages,
+        validate_signatures,
+        certnames,
+        cert_prefix,
+        routing_policy,
+        routing_nitpicky,
+    );
+    via!(
+        ack_timeout: Secs,
+        resend_initial: Secs,
+        resend_min: Secs,
+        resend_max: Secs,
+        zmq_linger: Millis,
+        zmq_reconnect_ivl: Millis,
+        zmq_reconnect_ivl_max: Millis,
+        zmq_tcp_keepalive: Flag,
+    );
+    if let Some(Count(n)) = r.take("max_message_size")? {
+        c.max_message_size = usize::try_from(n)
+            .map_err(|_| r.invalid("max_message_size", format!("{n} is too large")))?;
+    }
+    if let Some(Count(n)) = r.take("dedupe_capacity")? {
+        c.dedupe_capacity = usize::try_from(n)
+            .map_err(|_| r.invalid("dedupe_capacity", format!("{n} is too large")))?;
+    }
+    if let Some(Count(n)) = r.take("high_water_mark")? {
+        // ZeroMQ takes an int; 0 already means unlimited.
+        c.high_water_mark = i32::try_from(n).map_err(|_| {
+            r.invalid(
+                "high_water_mark",
+                format!("{n} is too large (0 means unlimited)"),
+            )
+        })?;
+    }
+    c.name = r.take("name")?;
+    c.hostname = r.take("hostname")?;
+    c.certname = r.take("certname")?;
+    c.post_init_sleep = r.take::<Secs>("post_init_sleep")?.map(Into::into);
+
+    if let Some(map) = r.take::<BTreeMap<String, OneOrMany>>("endpoints")? {
+        for (service, list) in &map {
+            r.check_endpoints(&join("endpoints", service), list)?;
+        }
+        c.endpoints = map.into_iter().map(|(k, v)| (k, v.into())).collect();
+    }
+    if let Some(list) = r.take::<OneOrMany>("relay_inbound")? {
+        r.check_endpoints("relay_inbound", &list)?;
+        c.relay_inbound = list.into();
+    }
+    if let Some(p) = r.take_path("ssldir")? {
+        c.ssldir = p;
+    }
+    c.ca_cert_location = r.take_path("ca_cert_location")?;
+    c.crl_location = r.take_path("crl_location")?;
+
+    c.ignored_keys = r.map.keys().cloned().collect();
+    c.ignored_keys.sort();
+    c.source = Some(origin.to_path_buf());
+    c.validate()?;
+    Ok(c)
+}
+
+/// fedmsg's `iterate()`: a value that may be one string or a list of them.
+/// Remembers which, so an error on a single string is reported at the key
+/// itself rather than at a `[0]` the file does not contain.
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Vec<String> {
+    fn from(v: OneOrMany) -> Self {
+        match v {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an endpoint string or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(s.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration whose bare numbers are seconds (gilmsg's keys, fedmsg's
+/// `post_init_sleep`).
+struct Secs(Duration);
+/// A duration whose bare numbers are milliseconds (fedmsg's `zmq_*` keys,
+/// passed straight to ZeroMQ, which counts in ms).
+struct Millis(Duration);
+
+impl From<Secs> for Duration {
+    fn from(v: Secs) -> Duration {
+        v.0
+    }
+}
+impl From<Millis> for Duration {
+    fn from(v: Millis) -> Duration {
+        v.0
+    }
+}
+
+struct DurationVisitor {
+    /// Seconds per bare unit: 1.0 or 0.001.
+    unit: f64,
+}
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.unit == 1.0 {
+            f.write_str("a duration: a string such as \"250ms\" or a number of seconds")
+        } else {
+            f.write_str("a duration: a string such as \"250ms\" or a number of milliseconds")
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
+        Ok(if self.unit == 1.0 {
+            Duration::from_secs(n)
+        } else {
+            Duration::from_millis(n)
+        })
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(E::invalid_value(de::Unexpected::Signed(n), &self)),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Duration, E> {
+        if !(x.is_finite() && x >= 0.0) {
+            return Err(E::invalid_value(de::Unexpected::Float(x), &self));
+        }
+        Duration::try_from_secs_f64(x * self.unit)
+            .map_err(|_| E::invalid_value(de::Unexpected::Float(x), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+        humantime::parse_duration(s.trim())
+            .map_err(|e| E::custom(format_args!("invalid duration {s:?}: {e}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor { unit: 1.0 }).map(Secs)
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(DurationVisitor { unit: 0.001 })
+            .map(Millis)
+    }
+}
+
+/// A non-negative whole number (sizes, capacities, the high-water mark),
+/// with a clearer refusal of `-1` or `1.5` than the integer impls give
+/// through `arbitrary_precision` numbers ("invalid number").
+struct Count(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a whole number, 0 or more")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+                Ok(n)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+                u64::try_from(n).map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<u64, E> {
+                Err(E::invalid_value(de::Unexpected::Float(x), &self))
+            }
+        }
+        d.deserialize_any(V).map(Count)
+    }
+}
+
+/// fedmsg's `zmq_tcp_keepalive` is an int "interpreted as a boolean"; ours
+/// is a bool. Take both.
+struct Flag(bool);
+
+impl From<Flag> for bool {
+    fn from(v: Flag) -> bool {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a boolean, or 0 / 1 as fedmsg writes it")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<bool, E> {
+                Ok(b)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<bool, E> {
+                Ok(n != 0)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<bool, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(n), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V).map(Flag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/cfg/bus.toml"))
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn durations_in_both_units() {
+        let c = toml(
+            r#"
+            ack_timeout = 0.25
+            resend_max = 3
+            resend_initial = "250ms"
+            zmq_linger = 1000
+            zmq_reconnect_ivl = 100.5
+            zmq_reconnect_ivl_max = "3s"
+            post_init_sleep = 0.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.ack_timeout, Duration::from_millis(250));
+        assert_eq!(c.resend_max, Duration::from_secs(3));
+        assert_eq!(c.resend_initial, Duration::from_millis(250));
+        // zmq_* bare numbers are milliseconds.
+        assert_eq!(c.zmq_linger, Duration::from_secs(1));
+        assert_eq!(c.zmq_reconnect_ivl, Duration::from_micros(100_500));
+        assert_eq!(c.zmq_reconnect_ivl_max, Duration::from_secs(3));
+        assert_eq!(c.post_init_sleep, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn bad_durations_name_the_key() {
+        for (text, key) in [
+            ("ack_timeout = -1", "ack_timeout"),
+            ("ack_timeout = \"soon\"", "ack_timeout"),
+            ("ack_timeout = \"5\"", "ack_timeout"),
+            ("zmq_linger = true", "zmq_linger"),
+            ("resend_max = nan", "resend_max"),
+        ] {
+            let e = toml(text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn keepalive_takes_bool_or_int() {
+        assert!(toml("zmq_tcp_keepalive = 1").unwrap().zmq_tcp_keepalive);
+        assert!(!toml("zmq_tcp_keepalive = 0").unwrap().zmq_tcp_keepalive);
+        assert!(toml("zmq_tcp_keepalive = true").unwrap().zmq_tcp_keepalive);
+        assert!(toml("zmq_tcp_keepalive = -1").is_err());
+    }
+
+    #[test]
+    fn type_errors_carry_the_inner_path() {
+        let e = toml("[routing_policy]\n\"org.x.dev.a.b\" = [\"ok\", 5]").unwrap_err();
+        assert_eq!(e.key(), Some("routing_policy.\"org.x.dev.a.b\"[1]"));
+        let e = toml("[endpoints]\nrelay_outbound = [\"tcp://a:1\", 2]").unwrap_err();
+        assert_eq!(e.key(), Some("endpoints.relay_outbound[1]"));
+        let e = toml("high_water_mark = \"lots\"").unwrap_err();
+        assert_eq!(e.key(), Some("high_water_mark"));
+    }
+
+    #[test]
+    fn counts_are_whole_and_in_range() {
+        for (text, key) in [
+            ("max_message_size = -1", "max_message_size"),
+            ("dedupe_capacity = 1.5", "dedupe_capacity"),
+            ("high_water_mark = -1", "high_water_mark"),
+            ("high_water_mark = 3000000000", "high_water_mark"),
+        ] {
+            let e = toml(text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+        }
+        let c = toml("max_message_size = 10\nhigh_water_mark = 7").unwrap();
+        assert_eq!((c.max_message_size, c.high_water_mark), (10, 7));
+    }
+}

@@ -1,0 +1,420 @@
+//! Reading whole configuration files: the TOML and fedmsg JSON test vectors
+//! in `tests/data/`, and the errors a person editing a file will meet.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gilmsg_config::{Config, ConfigError};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn full_toml_example() {
+    let path = data("full.toml");
+    let c = Config::from_path(&path).unwrap();
+    let dir = path.parent().unwrap();
+
+    assert_eq!(c.source(), Some(path.as_path()));
+    assert_eq!(c.topic_prefix, "org.example");
+    assert_eq!(c.environment, "stg");
+    assert_eq!(c.name.as_deref(), Some("bodhi.app01"));
+    assert_eq!(c.hostname(), "app01");
+    assert!(!c.active);
+    assert_eq!(
+        c.relay_inbound,
+        strings(&[
+            "tcp://relay.example.org:2001",
+            "tcp://relay.example.org:2002"
+        ])
+    );
+    assert!(!c.sign_messages);
+    assert!(c.validate_signatures);
+    assert_eq!(c.ssldir, dir.join("pki"));
+    assert_eq!(c.ca_cert_path(), dir.join("pki/root-ca.crt"));
+    assert_eq!(
+        c.crl_path(),
+        Some(PathBuf::from("/var/cache/fedmsg/crl.pem"))
+    );
+    assert_eq!(c.cert_prefix, "bodhi");
+    assert_eq!(c.certname("anything"), "bodhi-app01.example.org");
+    assert_eq!(c.certnames.len(), 2);
+    assert!(c.routing_nitpicky);
+    assert_eq!(
+        c.routing_policy["org.example.stg.bodhi.update.request"],
+        strings(&["bodhi-app01.example.org"])
+    );
+
+    assert_eq!(c.ack_timeout, Duration::from_secs(3));
+    assert_eq!(c.resend_initial, Duration::from_millis(100));
+    assert_eq!(c.resend_min, Duration::from_millis(20));
+    assert_eq!(c.resend_max, Duration::from_secs(2));
+    assert_eq!(c.max_message_size, 65536);
+    assert_eq!(c.dedupe_capacity, 1024);
+    assert_eq!(c.high_water_mark, 1000);
+    assert_eq!(c.zmq_linger, Duration::from_millis(500));
+    assert_eq!(c.zmq_reconnect_ivl, Duration::from_millis(250));
+    assert_eq!(c.zmq_reconnect_ivl_max, Duration::from_secs(4));
+    assert!(c.zmq_tcp_keepalive);
+    assert_eq!(c.post_init_sleep, Some(Duration::from_millis(500)));
+    assert!(c.ignored_keys.is_empty(), "{:?}", c.ignored_keys);
+
+    // A single string and a list are both accepted for endpoints.
+    assert_eq!(
+        c.endpoints["relay_outbound"],
+        strings(&["tcp://relay.example.org:4001"])
+    );
+    assert_eq!(
+        c.own_endpoints().unwrap(),
+        strings(&[
+            "tcp://app01.example.org:3000",
+            "tcp://app01.example.org:3001"
+        ])
+    );
+    assert_eq!(
+        c.subscribe_endpoints(),
+        strings(&[
+            "tcp://app01.example.org:3000",
+            "tcp://app01.example.org:3001",
+            "ipc:///run/gilmsg/demo.sock",
+            "inproc://demo",
+            "tcp://relay.example.org:4001",
+        ])
+    );
+    assert_eq!(c.ack_topic(), "org.example.stg.gilmsg.ack");
+}
+
+#[test]
+fn toml_defaults_are_secure() {
+    let c = Config::from_toml_str("", Path::new("/etc/gilmsg/gilmsg.toml")).unwrap();
+    let d = Config::default();
+    assert!(c.sign_messages && c.validate_signatures);
+    assert_eq!(c.topic_prefix, "org.fedoraproject");
+    assert_eq!(c.environment, "dev");
+    assert_eq!(c.ssldir, PathBuf::from("/etc/pki/fedmsg"));
+    assert_eq!(c.ca_cert_path(), PathBuf::from("/etc/pki/fedmsg/ca.crt"));
+    assert_eq!(c.ack_timeout, Duration::from_secs(5));
+    assert_eq!(c.resend_initial, Duration::from_millis(50));
+    assert_eq!(c.resend_min, Duration::from_millis(10));
+    assert_eq!(c.resend_max, Duration::from_secs(1));
+    assert_eq!(c.max_message_size, 1_048_576);
+    assert_eq!(c.dedupe_capacity, 32768);
+    assert_eq!(c.zmq_linger, Duration::from_secs(1));
+    assert_eq!(c.zmq_reconnect_ivl, Duration::from_millis(100));
+    assert_eq!(c.zmq_reconnect_ivl_max, Duration::from_secs(2));
+    assert_eq!(c.cert_prefix, "shell");
+    // Only the source differs from Config::default().
+    assert_eq!(c.ack_timeout, d.ack_timeout);
+    assert_eq!(d.source(), None);
+}
+
+#[test]
+fn fedmsg_json_dump() {
+    let path = data("fedmsg-config.json");
+    let c = Config::from_path(&path).unwrap();
+
+    assert_eq!(c.topic_prefix, "org.fedoraproject");
+    assert_eq!(c.environment, "stg");
+    assert!(c.sign_messages && c.validate_signatures);
+    assert_eq!(c.ssldir, PathBuf::from("/etc/pki/fedmsg"));
+    assert_eq!(c.ca_cert_path(), PathBuf::from("/etc/pki/fedmsg/ca.crt"));
+    assert_eq!(
+        c.endpoints["bodhi.app01"],
+        strings(&[
+            "tcp://app01.stg.phx2.fedoraproject.org:3000",
+            "tcp://app01.stg.phx2.fedoraproject.org:3001"
+        ])
+    );
+    // fedmsg allows a bare string; it becomes a one-element list.
+    assert_eq!(
+        c.endpoints["pkgdb.pkgdb01"],
+        strings(&["tcp://pkgdb01.stg.phx2.fedoraproject.org:3002"])
+    );
+    assert_eq!(
+        c.relay_inbound,
+        strings(&["tcp://busgateway01.stg.phx2.fedoraproject.org:9941"])
+    );
+    assert_eq!(c.subscribe_endpoints().len(), 4);
+    assert_eq!(c.certnames.len(), 2);
+    assert!(!c.routing_nitpicky);
+    assert_eq!(c.routing_policy.len(), 1);
+    assert_eq!(c.high_water_mark, 0);
+    // fedmsg writes zmq durations as integer milliseconds.
+    assert_eq!(c.zmq_linger, Duration::from_secs(1));
+    assert_eq!(c.zmq_reconnect_ivl, Duration::from_millis(100));
+    assert_eq!(c.zmq_reconnect_ivl_max, Duration::from_secs(1));
+    assert!(c.zmq_tcp_keepalive);
+    assert_eq!(c.post_init_sleep, Some(Duration::from_millis(500)));
+    // gilmsg keys the dump lacks keep gilmsg's defaults.
+    assert_eq!(c.ack_timeout, Duration::from_secs(5));
+
+    let expected_ignored = [
+        "ca_cert_cache",
+        "ca_cert_cache_expiry",
+        "crl_cache",
+        "crl_cache_expiry",
+        "crypto_backend",
+        "crypto_validate_backends",
+        "fedmsg.consumers.gateway.port",
+        "io_threads",
+        "irc",
+        "logging",
+        "persistent_store",
+        "timeout",
+        "topic_prefix_re",
+        "zmq_enabled",
+        "zmq_strict",
+        "zmq_tcp_keepalive_cnt",
+        "zmq_tcp_keepalive_idle",
+        "zmq_tcp_keepalive_intvl",
+    ];
+    assert_eq!(c.ignored_keys, strings(&expected_ignored));
+}
+
+#[test]
+fn fedmsg_json_leaves_signing_to_fedmsg_defaults() {
+    let text = fs::read_to_string(data("fedmsg-config.json")).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let obj = doc.as_object_mut().unwrap();
+    obj.remove("sign_messages");
+    obj.remove("validate_signatures");
+    let origin = Path::new("/etc/gilmsg/bus.json");
+    let c = Config::from_fedmsg_json_str(&doc.to_string(), origin).unwrap();
+    assert!(!c.sign_messages, "fedmsg's default is False");
+    assert!(!c.validate_signatures, "fedmsg's default is False");
+
+    // null is fedmsg's None: left out.
+    let c = Config::from_fedmsg_json_str(r#"{"sign_messages": null}"#, origin).unwrap();
+    assert!(!c.sign_messages);
+    // The same omission in TOML keeps gilmsg's secure defaults.
+    let c = Config::from_toml_str("", Path::new("/etc/gilmsg/bus.toml")).unwrap();
+    assert!(c.sign_messages && c.validate_signatures);
+}
+
+#[test]
+fn json_is_sniffed_when_extension_is_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.conf");
+    fs::write(&path, "\n  {\"environment\": \"prod\"}\n").unwrap();
+    let c = Config::from_path(&path).unwrap();
+    assert_eq!(c.environment, "prod");
+    assert!(!c.sign_messages, "read as fedmsg JSON, so fedmsg defaults");
+}
+
+#[test]
+fn endpoints_string_or_list() {
+    let origin = Path::new("/cfg/bus.toml");
+    let c = Config::from_toml_str(
+        r#"
+        relay_inbound = "tcp://127.0.0.1:2001"
+        [endpoints]
+        one = "tcp://127.0.0.1:4001"
+        many = ["tcp://127.0.0.1:4002", "tcp://127.0.0.1:4003"]
+        "#,
+        origin,
+    )
+    .unwrap();
+    assert_eq!(c.endpoints["one"], strings(&["tcp://127.0.0.1:4001"]));
+    assert_eq!(
+        c.endpoints["many"],
+        strings(&["tcp://127.0.0.1:4002", "tcp://127.0.0.1:4003"])
+    );
+    assert_eq!(c.relay_inbound, strings(&["tcp://127.0.0.1:2001"]));
+
+    let e = Config::from_toml_str("[endpoints]\nx = 5", origin).unwrap_err();
+    assert_eq!(e.key(), Some("endpoints.x"), "{e}");
+}
+
+#[test]
+fn duration_forms() {
+    let c = Config::from_fedmsg_json_str(
+        r#"{"ack_timeout": "1m 30s", "resend_max": 1.5, "resend_initial": 1,
+            "zmq_linger": 250, "zmq_reconnect_ivl": "2s"}"#,
+        Path::new("/cfg/bus.json"),
+    )
+    .unwrap();
+    assert_eq!(c.ack_timeout, Duration::from_secs(90));
+    assert_eq!(c.resend_max, Duration::from_millis(1500));
+    assert_eq!(c.resend_initial, Duration::from_secs(1));
+    assert_eq!(c.zmq_linger, Duration::from_millis(250));
+    assert_eq!(c.zmq_reconnect_ivl, Duration::from_secs(2));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("demo");
+    fs::create_dir_all(sub.join("pki")).unwrap();
+    fs::write(sub.join("pki/crl.pem"), "").unwrap();
+    let path = sub.join("bus.toml");
+    fs::write(
+        &path,
+        "ssldir = \"pki\"\nca_cert_location = \"../ca.pem\"\n",
+    )
+    .unwrap();
+
+    let c = Config::from_path(&path).unwrap();
+    assert_eq!(c.ssldir, sub.join("pki"));
+    assert_eq!(c.ca_cert_path(), sub.join("../ca.pem"));
+    // Default CRL is found inside the resolved ssldir.
+    assert_eq!(c.crl_path(), Some(sub.join("pki/crl.pem")));
+
+    // Absolute paths are left alone.
+    let c = Config::from_toml_str("ssldir = \"/srv/pki\"", &path).unwrap();
+    assert_eq!(c.ssldir, PathBuf::from("/srv/pki"));
+}
+
+#[test]
+fn url_for_ca_cert_is_refused_naming_the_key() {
+    let origin = Path::new("/etc/gilmsg/bus.json");
+    let e = Config::from_fedmsg_json_str(
+        r#"{"ca_cert_location": "https://fedoraproject.org/fedmsg/ca.crt"}"#,
+        origin,
+    )
+    .unwrap_err();
+    assert_eq!(e.key(), Some("ca_cert_location"));
+    assert_eq!(e.path(), Some(origin));
+    let msg = e.to_string();
+    assert!(msg.starts_with("config /etc/gilmsg/bus.json: key ca_cert_location: "));
+    assert!(msg.contains("download"), "{msg}");
+
+    let e = Config::from_toml_str(
+        "crl_location = \"http://example.org/crl.pem\"",
+        Path::new("/x.toml"),
+    )
+    .unwrap_err();
+    assert_eq!(e.key(), Some("crl_location"));
+}
+
+#[test]
+fn bad_endpoint_names_its_key_path() {
+    let origin = Path::new("/path/bus.toml");
+    let e = Config::from_toml_str(
+        "[endpoints]\nrelay_outbound = [\"tcp://127.0.0.1:4001\", \"foo\"]",
+        origin,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "config /path/bus.toml: key endpoints.relay_outbound[1]: not a ZeroMQ endpoint: \"foo\" \
+         (expected tcp://host:port, ipc://path or inproc://name)"
+    );
+
+    // A single string is reported at the key itself.
+    let e = Config::from_toml_str("relay_inbound = \"tcp://nowhere\"", origin).unwrap_err();
+    assert_eq!(e.key(), Some("relay_inbound"));
+    let e = Config::from_fedmsg_json_str(
+        r#"{"endpoints": {"bodhi.app01": ["tcp://a:1", "tcp://b"]}}"#,
+        Path::new("/x.json"),
+    )
+    .unwrap_err();
+    assert_eq!(e.key(), Some("endpoints.\"bodhi.app01\"[1]"));
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    let origin = Path::new("/path/bus.toml");
+    let e = Config::from_toml_str("environment = \"stg\"\n\nname = = 3\n", origin).unwrap_err();
+    match &e {
+        ConfigError::Syntax { path, line, .. } => {
+            assert_eq!(path, origin);
+            assert_eq!(*line, Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        e.to_string()
+            .starts_with("config /path/bus.toml: syntax error at line 3, column "),
+        "{e}"
+    );
+
+    let origin = Path::new("/path/bus.json");
+    let e = Config::from_fedmsg_json_str("{\n  \"a\": 1,\n  \"b\" 2\n}", origin).unwrap_err();
+    match &e {
+        ConfigError::Syntax { path, line, .. } => {
+            assert_eq!(path, origin);
+            assert_eq!(*line, Some(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !e.to_string().contains(" at line 3 column"),
+        "no duplicate: {e}"
+    );
+
+    let e = Config::from_fedmsg_json_str("[1, 2]", origin).unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+}
+
+#[test]
+fn missing_explicit_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let e = Config::load(Some(&missing)).unwrap_err();
+    match &e {
+        ConfigError::NotFound { looked_in } => {
+            assert_eq!(looked_in, std::slice::from_ref(&missing))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("nope.toml"), "{e}");
+}
+
+#[test]
+fn type_errors_name_key_and_file() {
+    let e = Config::from_toml_str("active = \"yes\"", Path::new("/p/bus.toml")).unwrap_err();
+    assert_eq!(e.key(), Some("active"));
+    assert!(
+        e.to_string()
+            .starts_with("config /p/bus.toml: key active: invalid type"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cross_key_rules_apply_when_reading() {
+    let origin = Path::new("/p/bus.toml");
+    let e = Config::from_toml_str("active = true", origin).unwrap_err();
+    assert_eq!(e.key(), Some("relay_inbound"));
+    assert_eq!(e.path(), Some(origin));
+    let e = Config::from_toml_str("name = \"svc.host\"", origin).unwrap_err();
+    assert_eq!(e.key(), Some("name"));
+    let e = Config::from_toml_str("resend_min = \"1s\"", origin).unwrap_err();
+    assert_eq!(e.key(), Some("resend_min"));
+    let e = Config::from_toml_str("max_message_size = 0", origin).unwrap_err();
+    assert_eq!(e.key(), Some("max_message_size"));
+    let e = Config::from_toml_str("environment = \"a.b\"", origin).unwrap_err();
+    assert_eq!(e.key(), Some("environment"));
+}
+
+#[test]
+fn toml_round_trip() {
+    let path = data("full.toml");
+    let original = Config::from_path(&path).unwrap();
+    let text = original.to_toml_string();
+    // Same origin, so the source matches; paths were made absolute by the
+    // first read, so nothing is re-resolved.
+    let back = Config::from_toml_str(&text, &path).unwrap();
+    assert_eq!(back, original, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("written.toml");
+    // A config built in code writes out and reads back too.
+    let mut c = Config::default();
+    c.name = Some("demo.localhost".into());
+    c.endpoints
+        .insert("demo.localhost".into(), strings(&["tcp://127.0.0.1:5555"]));
+    c.resend_max = Duration::from_millis(1500);
+    c.validate().unwrap();
+    let back = Config::from_toml_str(&c.to_toml_string(), &path).unwrap();
+    assert_eq!(back.resend_max, Duration::from_millis(1500));
+    assert_eq!(back.own_endpoints(), c.own_endpoints());
+}
