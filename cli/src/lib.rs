@@ -1,1 +1,20 @@
-//! Shared glue for the gilmsg binaries.
+//! # gilmsg-cli: the command-line tools, as glue over the `gilmsg` library
+//!
+//! Each binary in `src/bin/` is a few lines that call into a module here,
+//! so the demo can start real relay and consumer processes by re-running
+//! its own executable in another role.
+//!
+//! ## Layout
+//! - [`common`]: exit statuses, config loading, duration parsing, logging.
+//! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
+//! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
+//! - [`relay`]: `gilmsg-relay`.
+//! - [`procs`]: child processes with readiness lines and kill-on-drop.
+//! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
+
+pub mod common;
+pub mod consumer;
+pub mod demo;
+pub mod logger;
+pub mod procs;
+pub mod relay;

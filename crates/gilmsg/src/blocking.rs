@@ -46,7 +46,8 @@ impl Bus {
         recipients: &[S],
         ack_timeout: Duration,
     ) -> Result<Receipt> {
-        self.runtime.block_on(self.inner.publish(topic, msg, recipients, ack_timeout))
+        self.runtime
+            .block_on(self.inner.publish(topic, msg, recipients, ack_timeout))
     }
 
     /// See [`crate::Bus::send`].

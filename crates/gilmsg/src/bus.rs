@@ -68,28 +68,51 @@ impl BusBuilder {
 
     /// Loads keys, binds or connects the sockets and starts the socket thread.
     pub fn build(self) -> Result<Bus> {
-        let BusBuilder { config, modname, certname, active } = self;
+        let BusBuilder {
+            config,
+            modname,
+            certname,
+            active,
+        } = self;
         config.validate()?;
         let certname = certname.unwrap_or_else(|| config.certname(&modname));
-        let signer = if config.sign_messages { Some(setup::load_signer(&config, &certname)?) } else { None };
+        let signer = if config.sign_messages {
+            Some(setup::load_signer(&config, &certname)?)
+        } else {
+            None
+        };
         // ACKs are always verified, whatever `validate_signatures` says:
         // counting an unverified ACK would be a false positive waiting to happen.
         let validator = Some(setup::load_validator(&config)?);
         let active = active.unwrap_or(config.active);
-        let own = if active { Vec::new() } else { config.own_endpoints().map(<[String]>::to_vec).unwrap_or_default() };
+        let own = if active {
+            Vec::new()
+        } else {
+            config
+                .own_endpoints()
+                .map(<[String]>::to_vec)
+                .unwrap_or_default()
+        };
         if !active && own.is_empty() {
             return Err(Error::InvalidArgument(
                 "nowhere to publish: set `active = true` with `relay_inbound`, or `name` with an entry in `endpoints`"
                     .into(),
             ));
         }
-        let ack_endpoints: Vec<String> =
-            config.subscribe_endpoints().into_iter().filter(|e| !own.contains(e)).collect();
+        let ack_endpoints: Vec<String> = config
+            .subscribe_endpoints()
+            .into_iter()
+            .filter(|e| !own.contains(e))
+            .collect();
         let counters = Counters::default();
         let setup = Setup {
             tuning: SocketTuning::from_config(&config),
             bind: own,
-            connect: if active { config.relay_inbound.clone() } else { Vec::new() },
+            connect: if active {
+                config.relay_inbound.clone()
+            } else {
+                Vec::new()
+            },
             ack_endpoints: ack_endpoints.clone(),
             ack_topic: config.ack_topic(),
             max_message_size: config.max_message_size,
@@ -172,7 +195,14 @@ impl std::fmt::Debug for Bus {
         f.debug_struct("Bus")
             .field("prefix", &self.inner.scheme.prefix())
             .field("modname", &self.inner.modname)
-            .field("signer", &self.inner.signer.as_deref().map(gilmsg_proto::auth::SignerDebug))
+            .field(
+                "signer",
+                &self
+                    .inner
+                    .signer
+                    .as_deref()
+                    .map(gilmsg_proto::auth::SignerDebug),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -181,7 +211,12 @@ fn default_modname() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'), "_"))
+        .map(|s| {
+            s.replace(
+                |c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "_",
+            )
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "app".to_owned())
 }
@@ -194,7 +229,12 @@ impl Bus {
 
     /// A builder for non-default settings.
     pub fn builder(config: &Config) -> BusBuilder {
-        BusBuilder { config: config.clone(), modname: default_modname(), certname: None, active: None }
+        BusBuilder {
+            config: config.clone(),
+            modname: default_modname(),
+            certname: None,
+            active: None,
+        }
     }
 
     /// Endpoints the publisher bound (with wildcard ports resolved).
@@ -222,8 +262,14 @@ impl Bus {
     }
 
     /// Like [`Bus::publish`] with the handle's default timeout (`ack_timeout`).
-    pub async fn publish_default<S: AsRef<str>>(&self, topic: &str, msg: Value, recipients: &[S]) -> Result<Receipt> {
-        self.publish(topic, msg, recipients, self.inner.default_timeout).await
+    pub async fn publish_default<S: AsRef<str>>(
+        &self,
+        topic: &str,
+        msg: Value,
+        recipients: &[S],
+    ) -> Result<Receipt> {
+        self.publish(topic, msg, recipients, self.inner.default_timeout)
+            .await
     }
 
     /// Like [`Bus::publish`] with a full topic given as is.
@@ -235,9 +281,14 @@ impl Bus {
         ack_timeout: Duration,
     ) -> Result<Receipt> {
         if full_topic == self.inner.scheme.ack_topic() {
-            return Err(Error::InvalidArgument("the ACK topic is reserved for ACKs".into()));
+            return Err(Error::InvalidArgument(
+                "the ACK topic is reserved for ACKs".into(),
+            ));
         }
-        let recipients: Vec<String> = recipients.iter().map(|r| r.as_ref().trim().to_owned()).collect();
+        let recipients: Vec<String> = recipients
+            .iter()
+            .map(|r| r.as_ref().trim().to_owned())
+            .collect();
         if recipients.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("empty recipient name".into()));
         }
@@ -256,17 +307,37 @@ impl Bus {
             wants_ack: !recipients.is_empty(),
         };
         let envelope = draft.build(self.inner.signer.as_deref())?;
-        let signed = envelope.signed_part().map_err(gilmsg_proto::envelope::BuildError::from)?;
-        let frames = envelope.encode().map_err(gilmsg_proto::envelope::BuildError::from)?;
+        let signed = envelope
+            .signed_part()
+            .map_err(gilmsg_proto::envelope::BuildError::from)?;
+        let frames = envelope
+            .encode()
+            .map_err(gilmsg_proto::envelope::BuildError::from)?;
         let collector = if recipients.is_empty() {
             None
         } else {
-            Some(AckCollector::new(&msg_id, &digest_of_signed_part(&signed), recipients))
+            Some(AckCollector::new(
+                &msg_id,
+                &digest_of_signed_part(&signed),
+                recipients,
+            ))
         };
         let (reply, response) = oneshot::channel();
-        let outgoing = Outgoing { msg_id: msg_id.clone(), topic: full_topic, frames, collector, timeout: ack_timeout, reply };
-        self.inner.mailbox.send(Command::Publish(Box::new(outgoing)))?;
-        let mut guard = CancelOnDrop { mailbox: &self.inner.mailbox, msg_id: Some(msg_id) };
+        let outgoing = Outgoing {
+            msg_id: msg_id.clone(),
+            topic: full_topic,
+            frames,
+            collector,
+            timeout: ack_timeout,
+            reply,
+        };
+        self.inner
+            .mailbox
+            .send(Command::Publish(Box::new(outgoing)))?;
+        let mut guard = CancelOnDrop {
+            mailbox: &self.inner.mailbox,
+            msg_id: Some(msg_id),
+        };
         let result = response.await.map_err(|_| Error::Closed)?;
         guard.msg_id = None;
         result
@@ -276,7 +347,8 @@ impl Bus {
     /// `ack_timeout`) for at least one subscriber so the message is not
     /// dropped by ZeroMQ, then hands it over.
     pub async fn send(&self, topic: &str, msg: Value) -> Result<Receipt> {
-        self.publish::<&str>(topic, msg, &[], self.inner.default_timeout).await
+        self.publish::<&str>(topic, msg, &[], self.inner.default_timeout)
+            .await
     }
 
     /// Counters: sent, re-sent, acked, timed out, and every refused ACK by reason.

@@ -34,7 +34,7 @@ pub enum Error {
     Config(#[from] gilmsg_config::ConfigError),
     /// Keys, certificates or the trust store could not be loaded.
     #[error(transparent)]
-    Crypto(#[from] gilmsg_crypto::CryptoError),
+    Crypto(#[from] gilmsg_crypto::Error),
     /// The message could not be built (payload not canonicalisable, signer failed).
     #[error("cannot build message: {0}")]
     Message(#[from] gilmsg_proto::envelope::BuildError),
@@ -64,7 +64,10 @@ impl Error {
     }
 
     pub(crate) fn socket(context: impl Into<String>, source: zmq::Error) -> Self {
-        Error::Socket { context: context.into(), source }
+        Error::Socket {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -99,7 +102,11 @@ impl fmt::Display for TimeoutError {
             "no ACK within {} from {} (acked: {}) for {} on {}",
             humanize(self.waited),
             self.missing.join(", "),
-            if self.acked.is_empty() { "none".to_string() } else { self.acked_names().join(", ") },
+            if self.acked.is_empty() {
+                "none".to_string()
+            } else {
+                self.acked_names().join(", ")
+            },
             self.msg_id,
             self.topic,
         )?;
@@ -144,11 +151,18 @@ mod tests {
             msg_id: "2026-x".into(),
             topic: "t".into(),
             missing: vec!["d".into()],
-            acked: vec![AckRecord { recipient: "a".into(), after: Duration::ZERO, digest_checked: true }],
+            acked: vec![AckRecord {
+                recipient: "a".into(),
+                after: Duration::ZERO,
+                digest_checked: true,
+            }],
             sends: 3,
             waited: Duration::from_millis(1500),
         };
-        assert_eq!(t.to_string(), "no ACK within 1.5s from d (acked: a) for 2026-x on t");
+        assert_eq!(
+            t.to_string(),
+            "no ACK within 1.5s from d (acked: a) for 2026-x on t"
+        );
         assert_eq!(humanize(Duration::from_millis(250)), "250ms");
     }
 }

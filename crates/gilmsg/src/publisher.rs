@@ -167,7 +167,10 @@ impl Actor {
                 self.read_acks();
             }
             let now = Instant::now();
-            if readiness_changed || !self.plain.is_empty() || self.inflight.unsent().next().is_some() {
+            if readiness_changed
+                || !self.plain.is_empty()
+                || self.inflight.unsent().next().is_some()
+            {
                 self.send_ready(now);
             }
             self.fire_timers(now);
@@ -187,7 +190,8 @@ impl Actor {
         }
         let waiting = !self.plain.is_empty() || self.inflight.unsent().next().is_some();
         let grace_end = self.created + CONNECT_GRACE;
-        if waiting && self.monitor.connected() < self.monitor.expected && Instant::now() < grace_end {
+        if waiting && self.monitor.connected() < self.monitor.expected && Instant::now() < grace_end
+        {
             consider(grace_end);
         }
         next
@@ -204,9 +208,22 @@ impl Actor {
         match out.collector {
             None => self.plain.push((out, deadline)),
             Some(_) => {
-                let Outgoing { msg_id, topic, frames, collector, timeout, reply } = *out;
+                let Outgoing {
+                    msg_id,
+                    topic,
+                    frames,
+                    collector,
+                    timeout,
+                    reply,
+                } = *out;
                 let Some(collector) = collector else { return };
-                let pending = Pending { topic, frames, timeout, started: now, reply };
+                let pending = Pending {
+                    topic,
+                    frames,
+                    timeout,
+                    started: now,
+                    reply,
+                };
                 if let Err(pending) = self.inflight.insert(collector, deadline, pending) {
                     let _ = pending.reply.send(Err(Error::InvalidArgument(format!(
                         "message id {msg_id} is already in flight"
@@ -221,7 +238,9 @@ impl Actor {
         let acks_ready = self.acks_ready(now);
         let unsent: Vec<String> = self.inflight.unsent().map(str::to_owned).collect();
         for msg_id in unsent {
-            let Some(pending) = self.inflight.payload(&msg_id) else { continue };
+            let Some(pending) = self.inflight.payload(&msg_id) else {
+                continue;
+            };
             if !(acks_ready && self.subscriptions.matches(pending.topic.as_bytes())) {
                 continue;
             }
@@ -258,7 +277,9 @@ impl Actor {
         for event in self.inflight.poll_timers(now) {
             match event {
                 TimerEvent::Resend(msg_id) => {
-                    let Some(pending) = self.inflight.payload(&msg_id) else { continue };
+                    let Some(pending) = self.inflight.payload(&msg_id) else {
+                        continue;
+                    };
                     if wire::send_frames(&self.out, &pending.frames).is_ok() {
                         self.counters.bump("publish", "resent");
                     }
@@ -274,7 +295,10 @@ impl Actor {
                         sends: done.sends,
                         waited: done.payload.timeout,
                     };
-                    let _ = done.payload.reply.send(Err(Error::Timeout(Box::new(error))));
+                    let _ = done
+                        .payload
+                        .reply
+                        .send(Err(Error::Timeout(Box::new(error))));
                 }
             }
         }
@@ -283,7 +307,10 @@ impl Actor {
             if self.plain[i].1 <= now {
                 let (out, _) = self.plain.swap_remove(i);
                 self.counters.bump("publish", "no_subscriber");
-                let _ = out.reply.send(Err(Error::NoSubscribers { topic: out.topic, waited: out.timeout }));
+                let _ = out.reply.send(Err(Error::NoSubscribers {
+                    topic: out.topic,
+                    waited: out.timeout,
+                }));
             } else {
                 i += 1;
             }

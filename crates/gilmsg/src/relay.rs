@@ -36,24 +36,33 @@ pub struct Relay {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("inbound", &self.inbound).field("outbound", &self.outbound).finish()
+        f.debug_struct("Relay")
+            .field("inbound", &self.inbound)
+            .field("outbound", &self.outbound)
+            .finish()
     }
 }
 
 impl Relay {
     /// Binds `relay_inbound` and `endpoints.relay_outbound` from the config.
     pub fn start(config: &Config) -> Result<Relay> {
-        let outbound = config.endpoints.get(RELAY_OUTBOUND).cloned().unwrap_or_default();
+        let outbound = config
+            .endpoints
+            .get(RELAY_OUTBOUND)
+            .cloned()
+            .unwrap_or_default();
         if config.relay_inbound.is_empty() || outbound.is_empty() {
             return Err(Error::InvalidArgument(format!(
                 "a relay needs `relay_inbound` and `endpoints.{RELAY_OUTBOUND}` in the config"
             )));
         }
-        Relay::bind(&config.relay_inbound, &outbound, SocketTuning::from_config(config))
+        Relay::bind(config, &config.relay_inbound, &outbound)
     }
 
-    /// Binds the given endpoints (a `tcp://127.0.0.1:*` port is resolved).
-    pub(crate) fn bind(inbound: &[String], outbound: &[String], tuning: SocketTuning) -> Result<Relay> {
+    /// Binds the given endpoints instead of the config's (a
+    /// `tcp://127.0.0.1:*` port is resolved); socket options come from `config`.
+    pub fn bind(config: &Config, inbound: &[String], outbound: &[String]) -> Result<Relay> {
+        let tuning = SocketTuning::from_config(config);
         let (mailbox, inbox) = wire::mailbox()?;
         let counters = Counters::default();
         let thread_counters = counters.clone();
@@ -76,7 +85,13 @@ impl Relay {
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start relay thread: {e}")))?;
         let (inbound, outbound) = ready_rx.recv().map_err(|_| Error::Closed)??;
-        Ok(Relay { mailbox, inbound, outbound, counters, done: Some(done_rx) })
+        Ok(Relay {
+            mailbox,
+            inbound,
+            outbound,
+            counters,
+            done: Some(done_rx),
+        })
     }
 
     /// Where publishers connect.
@@ -130,11 +145,13 @@ impl Forwarder {
     ) -> Result<(Self, Bound)> {
         let context = zmq::Context::new();
         let sub = tuning.socket(&context, zmq::SUB, "relay inbound")?;
-        sub.set_subscribe(b"").map_err(|e| Error::socket("subscribe relay inbound", e))?;
+        sub.set_subscribe(b"")
+            .map_err(|e| Error::socket("subscribe relay inbound", e))?;
         let bound_in = wire::bind_all(&sub, inbound, "relay inbound")?;
         let xpub = tuning.socket(&context, zmq::XPUB, "relay outbound")?;
         // Verbose: see every subscription, so `subscribers` counts peers.
-        xpub.set_xpub_verbose(true).map_err(|e| Error::socket("set xpub_verbose", e))?;
+        xpub.set_xpub_verbose(true)
+            .map_err(|e| Error::socket("set xpub_verbose", e))?;
         let bound_out = wire::bind_all(&xpub, outbound, "relay outbound")?;
         let forwarder = Forwarder {
             _context: context,
@@ -159,7 +176,11 @@ impl Forwarder {
                 tracing::error!("relay poll failed: {e}");
                 return;
             }
-            let ready = [items[0].is_readable(), items[1].is_readable(), items[2].is_readable()];
+            let ready = [
+                items[0].is_readable(),
+                items[1].is_readable(),
+                items[2].is_readable(),
+            ];
             if ready[0] {
                 let alive = self.inbox.drain(&mut commands).is_ok();
                 if !alive || commands.drain(..).any(|Command::Shutdown| true) {
@@ -167,7 +188,8 @@ impl Forwarder {
                 }
             }
             if ready[2] && self.subscriptions.drain_from(&self.outbound) {
-                self.counters.set("relay", "subscriptions", self.subscriptions_count());
+                self.counters
+                    .set("relay", "subscriptions", self.subscriptions_count());
             }
             if ready[1] {
                 self.forward_batch();
@@ -196,7 +218,11 @@ impl Forwarder {
                 }
                 frames += 1;
                 let more = message.get_more();
-                let flags = if more { zmq::SNDMORE | zmq::DONTWAIT } else { zmq::DONTWAIT };
+                let flags = if more {
+                    zmq::SNDMORE | zmq::DONTWAIT
+                } else {
+                    zmq::DONTWAIT
+                };
                 let outgoing = std::mem::replace(&mut message, zmq::Message::new());
                 if let Err(e) = self.outbound.send(outgoing, flags) {
                     tracing::warn!("relay send failed: {e}");

@@ -22,8 +22,11 @@ pub(crate) fn load_signer(config: &Config, certname: &str) -> Result<Arc<dyn Sig
 pub(crate) fn load_validator(config: &Config) -> Result<Arc<Validator>> {
     let crl = config.crl_path();
     let store = TrustStore::load(&config.ca_cert_path(), crl.as_deref())?;
-    let rules: HashMap<String, Vec<String>> =
-        config.routing_policy.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let rules: HashMap<String, Vec<String>> = config
+        .routing_policy
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let policy = RoutingPolicy::new(rules, config.routing_nitpicky);
     Ok(Arc::new(Validator::new(Arc::new(store), policy)))
 }

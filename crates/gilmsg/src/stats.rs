@@ -32,7 +32,10 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> Stats {
         let counters = match self.inner.lock() {
-            Ok(map) => map.iter().map(|((g, n), v)| (format!("{g}.{n}"), *v)).collect(),
+            Ok(map) => map
+                .iter()
+                .map(|((g, n), v)| (format!("{g}.{n}"), *v))
+                .collect(),
             Err(_) => BTreeMap::new(),
         };
         Stats { counters }
@@ -54,13 +57,21 @@ impl Stats {
 
     /// The sum of every counter whose name starts with `prefix`.
     pub fn sum(&self, prefix: &str) -> u64 {
-        self.counters.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 
 impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let parts: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         f.write_str(&parts.join(" "))
     }
 }

@@ -25,7 +25,6 @@ use gilmsg_config::Config;
 
 use crate::error::{Error, Result};
 
-
 /// Socket tuning that every socket gets, from the config's fedmsg keys.
 #[derive(Debug, Clone)]
 pub(crate) struct SocketTuning {
@@ -49,7 +48,9 @@ impl SocketTuning {
             reconnect_ivl: config.zmq_reconnect_ivl,
             reconnect_ivl_max: config.zmq_reconnect_ivl_max,
             tcp_keepalive: config.zmq_tcp_keepalive,
-            hard_max_message: (config.max_message_size as i64).saturating_mul(4).max(1 << 16),
+            hard_max_message: (config.max_message_size as i64)
+                .saturating_mul(4)
+                .max(1 << 16),
         }
     }
 
@@ -57,16 +58,29 @@ impl SocketTuning {
     /// context, so dropping it at shutdown waits (up to `linger`) for queued
     /// messages to leave: a one-shot logger must not exit with its message
     /// still in a queue.
-    pub(crate) fn socket(&self, context: &zmq::Context, kind: zmq::SocketType, what: &str) -> Result<zmq::Socket> {
-        let socket = context.socket(kind).map_err(|e| Error::socket(format!("create {what} socket"), e))?;
+    pub(crate) fn socket(
+        &self,
+        context: &zmq::Context,
+        kind: zmq::SocketType,
+        what: &str,
+    ) -> Result<zmq::Socket> {
+        let socket = context
+            .socket(kind)
+            .map_err(|e| Error::socket(format!("create {what} socket"), e))?;
         let apply = |r: zmq::Result<()>, opt: &str| {
             r.map_err(|e| Error::socket(format!("set {opt} on {what} socket"), e))
         };
         apply(socket.set_sndhwm(self.high_water_mark), "sndhwm")?;
         apply(socket.set_rcvhwm(self.high_water_mark), "rcvhwm")?;
         apply(socket.set_linger(ms(self.linger)), "linger")?;
-        apply(socket.set_reconnect_ivl(ms(self.reconnect_ivl)), "reconnect_ivl")?;
-        apply(socket.set_reconnect_ivl_max(ms(self.reconnect_ivl_max)), "reconnect_ivl_max")?;
+        apply(
+            socket.set_reconnect_ivl(ms(self.reconnect_ivl)),
+            "reconnect_ivl",
+        )?;
+        apply(
+            socket.set_reconnect_ivl_max(ms(self.reconnect_ivl_max)),
+            "reconnect_ivl_max",
+        )?;
         apply(socket.set_maxmsgsize(self.hard_max_message), "maxmsgsize")?;
         if self.tcp_keepalive {
             apply(socket.set_tcp_keepalive(1), "tcp_keepalive")?;
@@ -81,7 +95,11 @@ fn ms(d: Duration) -> i32 {
 
 /// Binds `socket` to each endpoint and returns the endpoints actually bound
 /// (a `tcp://127.0.0.1:*` wildcard comes back with its port).
-pub(crate) fn bind_all(socket: &zmq::Socket, endpoints: &[String], what: &str) -> Result<Vec<String>> {
+pub(crate) fn bind_all(
+    socket: &zmq::Socket,
+    endpoints: &[String],
+    what: &str,
+) -> Result<Vec<String>> {
     let mut bound = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         socket
@@ -133,7 +151,10 @@ pub(crate) struct Mailbox<C> {
 
 impl<C> Clone for Mailbox<C> {
     fn clone(&self) -> Self {
-        Mailbox { commands: self.commands.clone(), waker: self.waker.clone() }
+        Mailbox {
+            commands: self.commands.clone(),
+            waker: self.waker.clone(),
+        }
     }
 }
 
@@ -202,8 +223,21 @@ pub(crate) fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
         .and_then(|()| writer.set_nonblocking(true))
         .map_err(|e| Error::InvalidArgument(format!("cannot configure wake-up socketpair: {e}")))?;
     let (tx, rx) = mpsc::channel();
-    let waker = Arc::new(Waker { writer, pending: AtomicBool::new(false) });
-    Ok((Mailbox { commands: tx, waker: waker.clone() }, Inbox { commands: rx, reader, waker }))
+    let waker = Arc::new(Waker {
+        writer,
+        pending: AtomicBool::new(false),
+    });
+    Ok((
+        Mailbox {
+            commands: tx,
+            waker: waker.clone(),
+        },
+        Inbox {
+            commands: rx,
+            reader,
+            waker,
+        },
+    ))
 }
 
 /// Handshake tracking for one socket through libzmq's socket monitor.
@@ -218,8 +252,13 @@ impl Monitor {
     /// Starts monitoring `socket`; call before connecting it.
     pub(crate) fn attach(context: &zmq::Context, socket: &zmq::Socket, what: &str) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let address = format!("inproc://gilmsg-monitor-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+        let address = format!(
+            "inproc://gilmsg-monitor-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let events =
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
         socket
             .monitor(&address, events)
             .map_err(|e| Error::socket(format!("monitor {what} socket"), e))?;
@@ -229,7 +268,11 @@ impl Monitor {
         reader
             .connect(&address)
             .map_err(|e| Error::socket(format!("connect monitor of {what}"), e))?;
-        Ok(Monitor { socket: reader, connected: BTreeSet::new(), expected: 0 })
+        Ok(Monitor {
+            socket: reader,
+            connected: BTreeSet::new(),
+            expected: 0,
+        })
     }
 
     pub(crate) fn socket(&self) -> &zmq::Socket {
@@ -359,6 +402,9 @@ mod tests {
         let now = Instant::now();
         assert_eq!(poll_timeout(None, now), -1);
         assert_eq!(poll_timeout(Some(now), now), 0);
-        assert_eq!(poll_timeout(Some(now + Duration::from_micros(1500)), now), 2);
+        assert_eq!(
+            poll_timeout(Some(now + Duration::from_micros(1500)), now),
+            2
+        );
     }
 }

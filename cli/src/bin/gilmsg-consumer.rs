@@ -1,0 +1,9 @@
+//! `gilmsg-consumer`: see [`gilmsg_cli::consumer`].
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    gilmsg_cli::common::init_logging();
+    let args = gilmsg_cli::consumer::Args::parse();
+    gilmsg_cli::common::report("gilmsg-consumer", gilmsg_cli::consumer::run(args))
+}

@@ -1,0 +1,9 @@
+//! `gilmsg-logger`: see [`gilmsg_cli::logger`].
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    gilmsg_cli::common::init_logging();
+    let args = gilmsg_cli::logger::Args::parse();
+    gilmsg_cli::common::report("gilmsg-logger", gilmsg_cli::logger::run(args))
+}

@@ -1,0 +1,9 @@
+//! `gilmsg-relay`: see [`gilmsg_cli::relay`].
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    gilmsg_cli::common::init_logging();
+    let args = gilmsg_cli::relay::Args::parse();
+    gilmsg_cli::common::report("gilmsg-relay", gilmsg_cli::relay::run(args))
+}

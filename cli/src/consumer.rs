@@ -1,0 +1,186 @@
+//! `gilmsg-consumer`: the ACK-sending consumer for shell use.
+//!
+//! Prints each new message (human-readable, or JSON lines with `--json`),
+//! or with `--exec CMD` runs `sh -c CMD` per message with the body on stdin
+//! and acks only when it exits 0. A message is acked only after it was
+//! printed or its command succeeded; a failure means no ACK, ever.
+//!
+//! Readiness and counters go to stderr: `gilmsg-consumer: ready ...` once
+//! every endpoint is connected and ACKs have a path out (scripts and tests
+//! wait for that line instead of sleeping), and `gilmsg-consumer: stats ...`
+//! on SIGUSR1 and at exit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use clap::Parser;
+use gilmsg::Delivery;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::common::{self, Failure};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gilmsg-consumer",
+    version,
+    about = "Receive messages from a gilmsg/fedmsg bus, validate them, and send signed ACKs once handled."
+)]
+pub struct Args {
+    /// Config file (default: $GILMSG_CONFIG, then /etc/gilmsg/gilmsg.toml).
+    #[arg(long, alias = "config-filename", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Sign ACKs as this identity (default: the config's certname rules, modname "gilmsg").
+    #[arg(long)]
+    pub certname: Option<String>,
+    /// Topic prefix to subscribe to, full (repeatable; default: <topic_prefix>.<environment>.).
+    #[arg(long = "topic", value_name = "PREFIX")]
+    pub topics: Vec<String>,
+    /// Print one JSON object per line: {"topic", "msg_id", "signer", "body"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Run `sh -c CMD` per message, body on stdin; ACK only if it exits 0.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Do not send ACKs (a validating tail).
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Also show ACK messages sent by other consumers.
+    #[arg(long)]
+    pub include_acks: bool,
+    /// Exit after handling this many messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Deliveries that may wait for the handler before new ones are dropped.
+    #[arg(long, default_value_t = 1024)]
+    pub queue: usize,
+}
+
+/// Runs the consumer until a signal or `--count`.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let config = common::load_config(args.config.as_deref())?;
+    let runtime = common::runtime()?;
+    runtime.block_on(async move {
+        let mut builder = gilmsg::Consumer::builder(&config).send_acks(!args.no_ack).deliver_acks(args.include_acks).queue(args.queue);
+        if !args.topics.is_empty() {
+            builder = builder.topics(args.topics.clone());
+        }
+        if let Some(certname) = &args.certname {
+            builder = builder.certname(certname);
+        }
+        let mut consumer = builder.build()?;
+        let readiness = consumer.ready().await;
+        eprintln!(
+            "gilmsg-consumer: ready certname={} endpoints={}/{}",
+            consumer.signer_name().unwrap_or("-"),
+            readiness.connected,
+            readiness.expected
+        );
+        let stats = |c: &gilmsg::Consumer| eprintln!("gilmsg-consumer: stats {}", c.stats());
+        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .map_err(|e| Failure::usage(format!("error: cannot watch signals: {e}")))?;
+        let exit = crate::relay::wait_for_exit(|| {});
+        tokio::pin!(exit);
+        let mut handled = 0u64;
+        let result = loop {
+            if args.count.is_some_and(|n| handled >= n) {
+                break Ok(());
+            }
+            tokio::select! {
+                delivery = consumer.next() => {
+                    let Some(delivery) = delivery else { break Ok(()) };
+                    match handle(&args, &delivery).await {
+                        Ok(()) => {
+                            handled += 1;
+                            delivery.ack()?;
+                        }
+                        Err(HandlerError::Failed(why)) => {
+                            eprintln!("gilmsg-consumer: handler failed for {}: {why}; not acking", delivery.msg_id());
+                            delivery.fail();
+                        }
+                        Err(HandlerError::Fatal(why)) => {
+                            delivery.fail();
+                            break Err(Failure { status: common::EXIT_BUS, message: format!("error: {why}") });
+                        }
+                    }
+                }
+                _ = usr1.recv() => stats(&consumer),
+                r = &mut exit => break r,
+            }
+        };
+        stats(&consumer);
+        consumer.close().await;
+        result
+    })
+}
+
+enum HandlerError {
+    /// This message was not handled; carry on with the next.
+    Failed(String),
+    /// Stop (stdout is gone).
+    Fatal(String),
+}
+
+async fn handle(args: &Args, delivery: &Delivery) -> Result<(), HandlerError> {
+    match &args.exec {
+        Some(command) => run_command(command, delivery).await,
+        None => print(args.json, delivery),
+    }
+}
+
+fn print(json_lines: bool, delivery: &Delivery) -> Result<(), HandlerError> {
+    let line = if json_lines {
+        json!({
+            "topic": delivery.topic(),
+            "msg_id": delivery.msg_id(),
+            "signer": delivery.signer(),
+            "body": Value::Object(delivery.message().body().clone()),
+        })
+        .to_string()
+    } else {
+        format!(
+            "{} {} signer={} {}",
+            delivery.topic(),
+            delivery.msg_id(),
+            delivery.signer().unwrap_or("-"),
+            delivery.msg()
+        )
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| HandlerError::Fatal(format!("cannot write to stdout: {e}")))
+}
+
+async fn run_command(command: &str, delivery: &Delivery) -> Result<(), HandlerError> {
+    let body = Value::Object(delivery.message().body().clone()).to_string();
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("GILMSG_TOPIC", delivery.topic())
+        .env("GILMSG_MSG_ID", delivery.msg_id())
+        .env("GILMSG_SIGNER", delivery.signer().unwrap_or(""))
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HandlerError::Failed(format!("cannot run {command:?}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that ignores its stdin closes the pipe early; that is
+        // its business, so a write error here is not a handler failure.
+        let _ = stdin.write_all(body.as_bytes()).await;
+        let _ = stdin.write_all(b"\n").await;
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| HandlerError::Failed(format!("waiting for {command:?}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(HandlerError::Failed(format!(
+            "{command:?} exited with {status}"
+        )))
+    }
+}
