@@ -1,1 +1,58 @@
-//! placeholder
+//! Identities, certificates and signature schemes for gilmsg.
+//!
+//! gilmsg signs the canonical JSON of each message as fedmsg does; the
+//! protocol crate (`gilmsg-proto`) only sees the [`Signer`] and [`Verifier`]
+//! traits. This crate implements them with `ring` (signatures, digests),
+//! `rcgen` (certificate and CRL generation) and `x509-parser` (parsing and
+//! chain signature checks). No cryptography is implemented here.
+//!
+//! # Layout
+//!
+//! - [`pki`]: the CA directory on disk (`ca.crt`, `ca.key`, `crl.pem`,
+//!   `<name>.crt`, `<name>.key`): `init`, `issue`, `revoke`, `list`. Used by
+//!   the `gilmsg-pki` binary.
+//! - [`Identity`] (`identity.rs`): a private key plus its certificate;
+//!   implements [`Signer`]. Ed25519 today; fedmsg's RSA `"x509"` scheme is to
+//!   be added as a second key kind behind it.
+//! - [`TrustStore`] (`trust.rs`): trusted CA(s) plus CRL; implements
+//!   [`Verifier`] with a cache of validated certificates and a CRL that is
+//!   re-read when the file changes. Verifies both `"ed25519"` and `"x509"`.
+//! - [`Error`] (`error.rs`): the one error type, naming the file involved.
+//!   Verification failures use `gilmsg_proto::VerifyError` instead.
+//! - `files.rs`: reading/writing with permissions, PEM helpers.
+//!
+//! # Example
+//!
+//! ```
+//! use gilmsg_crypto::{pki, Identity, TrustStore};
+//! use gilmsg_proto::{Signer as _, Verifier as _};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let ssldir = dir.path().join("pki");
+//! pki::init(&ssldir, &pki::InitOptions::default())?;
+//! pki::issue(&ssldir, "web01", &pki::IssueOptions::default())?;
+//!
+//! let me = Identity::load(&ssldir, "web01")?;
+//! let sig = me.sign(b"{\"msg\":1}")?;
+//!
+//! let trust = TrustStore::load(&ssldir.join("ca.crt"), Some(&ssldir.join("crl.pem")))?;
+//! let who = trust.verify(me.scheme(), me.certificate(), &sig, b"{\"msg\":1}")?;
+//! assert_eq!(who.name, "web01");
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod files;
+mod identity;
+pub mod pki;
+mod trust;
+
+pub use error::{Error, Result};
+pub use gilmsg_proto::{Signer, Verifier};
+pub use identity::{Identity, SCHEME_ED25519, SCHEME_X509};
+pub use trust::{TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL};

@@ -1,0 +1,171 @@
+//! `gilmsg-pki`: create the bus's CA, issue and revoke identities, list them.
+//!
+//! Glue over `gilmsg_crypto::pki`; see that module for the directory layout.
+//! Exit status: 0 on success, 2 on a usage error or any failure, with one
+//! `gilmsg-pki: error: ...` line on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use gilmsg_crypto::pki;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Manage the certificate authority and identities of a gilmsg bus.
+#[derive(Parser, Debug)]
+#[command(name = "gilmsg-pki", version)]
+struct Cli {
+    /// PKI directory (fedmsg's ssldir).
+    #[arg(long, global = true, env = "GILMSG_SSLDIR", default_value = "./pki")]
+    ssldir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the directory with a new Ed25519 CA and an empty CRL.
+    Init {
+        /// The CA certificate's common name.
+        #[arg(long, default_value = "gilmsg CA")]
+        ca_name: String,
+        /// Validity of the CA certificate, in days.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+    },
+    /// Issue NAME.key and NAME.crt, signed by the CA.
+    Issue {
+        /// Identity name (letters, digits, '.', '-', '_'); becomes the CN.
+        name: String,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Replace an existing key and certificate of that name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add NAME's certificate to the CRL.
+    Revoke {
+        /// Identity name.
+        name: String,
+    },
+    /// List issued identities.
+    List,
+}
+
+fn days(n: u32) -> Duration {
+    DAY * n
+}
+
+fn show(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = &cli.ssldir;
+    match cli.command {
+        Command::Init { ca_name, days: d } => {
+            let r = pki::init(
+                dir,
+                &pki::InitOptions {
+                    ca_name,
+                    validity: days(d),
+                },
+            )?;
+            println!("wrote {}", show(&r.ca_key));
+            println!("wrote {}", show(&r.ca_cert));
+            println!("wrote {}", show(&r.crl));
+        }
+        Command::Issue {
+            name,
+            days: d,
+            force,
+        } => {
+            let opts = pki::IssueOptions {
+                replace: force,
+                ..pki::IssueOptions::valid_for(days(d))
+            };
+            let r = pki::issue(dir, &name, &opts)?;
+            println!("wrote {}", show(&r.key));
+            println!("wrote {} (serial {})", show(&r.cert), r.serial);
+        }
+        Command::Revoke { name } => {
+            let r = pki::revoke(dir, &name)?;
+            if r.newly_revoked {
+                println!("revoked {name} (serial {})", r.serial);
+            } else {
+                println!("{name} (serial {}) was already revoked", r.serial);
+            }
+            println!("wrote {} (CRL number {})", show(&r.crl), r.crl_number);
+        }
+        Command::List => {
+            let certs = pki::list(dir)?;
+            if certs.is_empty() {
+                println!("no identities in {}", show(dir));
+            }
+            let width = certs.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+            println!(
+                "{:width$}  {:32}  {:20}  STATUS",
+                "NAME", "SERIAL", "NOT_AFTER"
+            );
+            let now = SystemTime::now();
+            for c in certs {
+                let status = if c.revoked {
+                    "revoked"
+                } else if c.not_after < now {
+                    "expired"
+                } else if c.not_before > now {
+                    "not yet valid"
+                } else {
+                    "valid"
+                };
+                println!(
+                    "{:width$}  {:32}  {:20}  {status}",
+                    c.name,
+                    c.serial,
+                    humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            let text = e.render().to_string();
+            // clap's message is its first paragraph (it may continue on
+            // indented lines, e.g. the missing arguments); usage follows.
+            let message = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("gilmsg-pki: error: {message} (try --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the library's errors already name the file involved.
+            eprintln!("gilmsg-pki: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
