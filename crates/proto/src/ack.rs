@@ -50,7 +50,10 @@ impl AckBody {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
         };
-        Ok(AckBody { ack_msg_id: ack_msg_id.to_owned(), ack_digest })
+        Ok(AckBody {
+            ack_msg_id: ack_msg_id.to_owned(),
+            ack_digest,
+        })
     }
 
     /// The `msg` value to publish.
@@ -200,14 +203,19 @@ impl AckCollector {
         if self.slots[slot].1.is_some() {
             return AckOutcome::Duplicate;
         }
-        let after = self.first_sent.map(|t| at.saturating_duration_since(t)).unwrap_or_default();
+        let after = self
+            .first_sent
+            .map(|t| at.saturating_duration_since(t))
+            .unwrap_or_default();
         self.slots[slot].1 = Some(AckRecord {
             recipient: signer.to_owned(),
             after,
             digest_checked: ack.ack_digest.is_some(),
         });
         self.remaining -= 1;
-        AckOutcome::Counted { complete: self.remaining == 0 }
+        AckOutcome::Counted {
+            complete: self.remaining == 0,
+        }
     }
 
     /// Whether every recipient has acked.
@@ -222,7 +230,11 @@ impl AckCollector {
 
     /// The recipients that have not acked, in declaration order.
     pub fn missing(&self) -> Vec<String> {
-        self.slots.iter().filter(|(_, r)| r.is_none()).map(|(n, _)| n.clone()).collect()
+        self.slots
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The declared recipients.
@@ -236,7 +248,10 @@ mod tests {
     use super::*;
 
     fn ack(id: &str, digest: Option<&str>) -> AckBody {
-        AckBody { ack_msg_id: id.into(), ack_digest: digest.map(Into::into) }
+        AckBody {
+            ack_msg_id: id.into(),
+            ack_digest: digest.map(Into::into),
+        }
     }
 
     #[test]
@@ -245,17 +260,41 @@ mod tests {
         let mut c = AckCollector::new("m1", "sha256:aa", ["a", "b", "c", "a"]);
         c.mark_sent(t0);
         assert_eq!(c.missing(), vec!["a", "b", "c"]);
-        assert_eq!(c.on_ack("b", &ack("m1", Some("sha256:aa")), t0), AckOutcome::Counted { complete: false });
+        assert_eq!(
+            c.on_ack("b", &ack("m1", Some("sha256:aa")), t0),
+            AckOutcome::Counted { complete: false }
+        );
         assert_eq!(c.on_ack("b", &ack("m1", None), t0), AckOutcome::Duplicate);
-        assert_eq!(c.on_ack("x", &ack("m1", None), t0), AckOutcome::NotARecipient);
-        assert_eq!(c.on_ack("a", &ack("m2", None), t0), AckOutcome::WrongMessage);
-        assert_eq!(c.on_ack("a", &ack("m1", Some("sha256:bb")), t0), AckOutcome::DigestMismatch);
+        assert_eq!(
+            c.on_ack("x", &ack("m1", None), t0),
+            AckOutcome::NotARecipient
+        );
+        assert_eq!(
+            c.on_ack("a", &ack("m2", None), t0),
+            AckOutcome::WrongMessage
+        );
+        assert_eq!(
+            c.on_ack("a", &ack("m1", Some("sha256:bb")), t0),
+            AckOutcome::DigestMismatch
+        );
         assert_eq!(c.missing(), vec!["a", "c"]);
-        assert_eq!(c.on_ack("a", &ack("m1", None), t0), AckOutcome::Counted { complete: false });
-        assert_eq!(c.on_ack("c", &ack("m1", None), t0), AckOutcome::Counted { complete: true });
+        assert_eq!(
+            c.on_ack("a", &ack("m1", None), t0),
+            AckOutcome::Counted { complete: false }
+        );
+        assert_eq!(
+            c.on_ack("c", &ack("m1", None), t0),
+            AckOutcome::Counted { complete: true }
+        );
         assert!(c.is_complete());
         let acked = c.acked();
-        assert_eq!(acked.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            acked
+                .iter()
+                .map(|r| r.recipient.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert!(acked[1].digest_checked && !acked[0].digest_checked);
     }
 
@@ -266,6 +305,11 @@ mod tests {
         assert!(AckBody::from_msg(&json!({"ack_msg_id": 5})).is_err());
         assert!(AckBody::from_msg(&json!("x")).is_err());
         assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
-        assert_eq!(AckBody::from_msg(&json!({"ack_msg_id": "m"})).unwrap().ack_digest, None);
+        assert_eq!(
+            AckBody::from_msg(&json!({"ack_msg_id": "m"}))
+                .unwrap()
+                .ack_digest,
+            None
+        );
     }
 }

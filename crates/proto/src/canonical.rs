@@ -284,8 +284,10 @@ mod tests {
 
     #[test]
     fn keys_sorted_compact_separators() {
-        assert_eq!(canon(r#"{"b": 1, "a": [1, 2, {"d": null, "c": true}]}"#),
-            r#"{"a":[1,2,{"c":true,"d":null}],"b":1}"#);
+        assert_eq!(
+            canon(r#"{"b": 1, "a": [1, 2, {"d": null, "c": true}]}"#),
+            r#"{"a":[1,2,{"c":true,"d":null}],"b":1}"#
+        );
     }
 
     #[test]
@@ -299,20 +301,29 @@ mod tests {
 
     #[test]
     fn big_and_negative_zero_integers() {
-        assert_eq!(canon("123456789012345678901234567890"), "123456789012345678901234567890");
+        assert_eq!(
+            canon("123456789012345678901234567890"),
+            "123456789012345678901234567890"
+        );
         assert_eq!(canon("-0"), "0");
         assert_eq!(canon("-17"), "-17");
     }
 
     #[test]
     fn floats_from_text_are_reformatted() {
-        assert_eq!(canon("[1.10, 1E5, 2.5e-5, 1e16]"), "[1.1,100000.0,2.5e-05,1e+16]");
+        assert_eq!(
+            canon("[1.10, 1E5, 2.5e-5, 1e16]"),
+            "[1.1,100000.0,2.5e-05,1e+16]"
+        );
     }
 
     #[test]
     fn overflowing_float_is_refused() {
         let value: Value = serde_json::from_str("1e400").unwrap();
-        assert!(matches!(to_string(&value), Err(CanonicalError::NonFinite(_))));
+        assert!(matches!(
+            to_string(&value),
+            Err(CanonicalError::NonFinite(_))
+        ));
     }
 
     #[test]

@@ -93,7 +93,9 @@ pub struct TopicScheme {
 impl TopicScheme {
     /// A scheme for `topic_prefix` and `environment`.
     pub fn new(topic_prefix: &str, environment: &str) -> Self {
-        TopicScheme { prefix: format!("{topic_prefix}.{environment}") }
+        TopicScheme {
+            prefix: format!("{topic_prefix}.{environment}"),
+        }
     }
 
     /// `<topic_prefix>.<environment>`.
@@ -147,7 +149,10 @@ impl Draft {
         body.insert("timestamp".into(), Value::from(self.timestamp));
         body.insert("username".into(), Value::String(self.username));
         if self.wants_ack {
-            body.insert(GILMSG_VERSION_FIELD.into(), Value::String(GILMSG_VERSION.into()));
+            body.insert(
+                GILMSG_VERSION_FIELD.into(),
+                Value::String(GILMSG_VERSION.into()),
+            );
         }
         let mut envelope = Envelope::from_map(body);
         if let Some(signer) = signer {
@@ -191,7 +196,8 @@ impl Envelope {
         if frames.len() != 2 {
             return Err(DecodeError::FrameCount(frames.len()));
         }
-        let topic = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::TopicNotUtf8)?;
+        let topic =
+            std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::TopicNotUtf8)?;
         let envelope = Self::parse_body(frames[1].as_ref(), max_size)?;
         if envelope.topic() != topic {
             return Err(DecodeError::TopicMismatch {
@@ -205,7 +211,10 @@ impl Envelope {
     /// Parses and shape-checks a body on its own.
     pub fn parse_body(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
         if bytes.len() > max_size {
-            return Err(DecodeError::Oversize { size: bytes.len(), limit: max_size });
+            return Err(DecodeError::Oversize {
+                size: bytes.len(),
+                limit: max_size,
+            });
         }
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
@@ -218,15 +227,25 @@ impl Envelope {
         for (field, check, expected) in [
             ("i", Value::is_number as fn(&Value) -> bool, "a number"),
             ("timestamp", Value::is_number, "a number"),
-            ("username", |v: &Value| v.is_string() || v.is_null(), "a string"),
+            (
+                "username",
+                |v: &Value| v.is_string() || v.is_null(),
+                "a string",
+            ),
             ("crypto", Value::is_string, "a string"),
             ("signature", Value::is_string, "a string"),
             ("certificate", Value::is_string, "a string"),
-            (GILMSG_VERSION_FIELD, |v: &Value| v.is_string() || v.is_number(), "a string"),
+            (
+                GILMSG_VERSION_FIELD,
+                |v: &Value| v.is_string() || v.is_number(),
+                "a string",
+            ),
         ] {
             if let Some(v) = body.get(field) {
                 if !check(v) {
-                    return Err(DecodeError::Shape(format!("field {field:?} is not {expected}")));
+                    return Err(DecodeError::Shape(format!(
+                        "field {field:?} is not {expected}"
+                    )));
                 }
             }
         }
@@ -235,11 +254,16 @@ impl Envelope {
 
     /// Signs in place: sets `crypto`, then `signature` and `certificate`.
     pub fn sign(&mut self, signer: &dyn Signer) -> Result<(), BuildError> {
-        self.body.insert("crypto".into(), Value::String(signer.scheme().to_owned()));
+        self.body
+            .insert("crypto".into(), Value::String(signer.scheme().to_owned()));
         let canonical = self.signed_part()?;
         let signature = signer.sign(canonical.as_bytes())?;
-        self.body.insert("signature".into(), Value::String(signature));
-        self.body.insert("certificate".into(), Value::String(signer.certificate().to_owned()));
+        self.body
+            .insert("signature".into(), Value::String(signature));
+        self.body.insert(
+            "certificate".into(),
+            Value::String(signer.certificate().to_owned()),
+        );
         Ok(())
     }
 
@@ -312,7 +336,9 @@ fn require(
 ) -> Result<(), DecodeError> {
     match body.get(field) {
         None => Err(DecodeError::Shape(format!("missing field {field:?}"))),
-        Some(v) if !check(v) => Err(DecodeError::Shape(format!("field {field:?} is not {expected}"))),
+        Some(v) if !check(v) => Err(DecodeError::Shape(format!(
+            "field {field:?} is not {expected}"
+        ))),
         Some(_) => Ok(()),
     }
 }
@@ -370,13 +396,34 @@ mod tests {
         let topic = b"org.test.dev.logger.log".to_vec();
         let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
             (vec![b"garbage".to_vec()], "bad_frame_count"),
-            (vec![topic.clone(), b"{}".to_vec(), b"x".to_vec()], "bad_frame_count"),
+            (
+                vec![topic.clone(), b"{}".to_vec(), b"x".to_vec()],
+                "bad_frame_count",
+            ),
             (vec![vec![0xff, 0xfe], b"{}".to_vec()], "topic_not_utf8"),
             (vec![topic.clone(), b"not json".to_vec()], "not_json"),
             (vec![topic.clone(), b"[1,2]".to_vec()], "wrong_shape"),
-            (vec![topic.clone(), br#"{"topic":"org.test.dev.logger.log","msg":1}"#.to_vec()], "wrong_shape"),
-            (vec![topic.clone(), br#"{"topic":"org.test.dev.logger.log","msg":1,"msg_id":7}"#.to_vec()], "wrong_shape"),
-            (vec![b"other".to_vec(), br#"{"topic":"org.test.dev.logger.log","msg":1,"msg_id":"x"}"#.to_vec()], "topic_mismatch"),
+            (
+                vec![
+                    topic.clone(),
+                    br#"{"topic":"org.test.dev.logger.log","msg":1}"#.to_vec(),
+                ],
+                "wrong_shape",
+            ),
+            (
+                vec![
+                    topic.clone(),
+                    br#"{"topic":"org.test.dev.logger.log","msg":1,"msg_id":7}"#.to_vec(),
+                ],
+                "wrong_shape",
+            ),
+            (
+                vec![
+                    b"other".to_vec(),
+                    br#"{"topic":"org.test.dev.logger.log","msg":1,"msg_id":"x"}"#.to_vec(),
+                ],
+                "topic_mismatch",
+            ),
             (vec![topic.clone(), vec![b' '; 100]], "oversize"),
         ];
         for (frames, kind) in cases {
@@ -388,7 +435,10 @@ mod tests {
     #[test]
     fn topics() {
         let scheme = TopicScheme::new("org.fedoraproject", "dev");
-        assert_eq!(scheme.topic("logger", "log"), "org.fedoraproject.dev.logger.log");
+        assert_eq!(
+            scheme.topic("logger", "log"),
+            "org.fedoraproject.dev.logger.log"
+        );
         assert_eq!(scheme.ack_topic(), "org.fedoraproject.dev.gilmsg.ack");
         let id = new_msg_id(2026);
         assert!(id.starts_with("2026-") && id.len() == 41);

@@ -51,7 +51,11 @@ pub struct RttEstimator {
 impl RttEstimator {
     /// An estimator with no samples yet.
     pub fn new(policy: RetransmitPolicy) -> Self {
-        RttEstimator { policy, srtt: None, rttvar: Duration::ZERO }
+        RttEstimator {
+            policy,
+            srtt: None,
+            rttvar: Duration::ZERO,
+        }
     }
 
     /// Feeds one round-trip sample.
@@ -194,7 +198,12 @@ impl<T> InFlight<T> {
 
     /// Adds a message that has not been sent yet; it expires at `deadline`.
     /// Returns the payload back if the id is already in flight.
-    pub fn insert(&mut self, collector: AckCollector, deadline: Instant, payload: T) -> Result<(), T> {
+    pub fn insert(
+        &mut self,
+        collector: AckCollector,
+        deadline: Instant,
+        payload: T,
+    ) -> Result<(), T> {
         let msg_id = collector.msg_id().to_owned();
         if self.entries.contains_key(&msg_id) {
             return Err(payload);
@@ -215,7 +224,9 @@ impl<T> InFlight<T> {
 
     /// Records that `msg_id` was (re-)sent at `now` and arms its re-send timer.
     pub fn mark_sent(&mut self, msg_id: &str, now: Instant) {
-        let Some(entry) = self.entries.get_mut(msg_id) else { return };
+        let Some(entry) = self.entries.get_mut(msg_id) else {
+            return;
+        };
         entry.sends += 1;
         entry.first_sent.get_or_insert(now);
         entry.collector.mark_sent(now);
@@ -250,7 +261,11 @@ impl<T> InFlight<T> {
     pub fn remove(&mut self, msg_id: &str) -> Option<Finished<T>> {
         let entry = self.entries.remove(msg_id)?;
         self.compact_timers();
-        Some(Finished { collector: entry.collector, payload: entry.payload, sends: entry.sends })
+        Some(Finished {
+            collector: entry.collector,
+            payload: entry.payload,
+            sends: entry.sends,
+        })
     }
 
     /// When the next timer fires, if any message is in flight.
@@ -275,8 +290,12 @@ impl<T> InFlight<T> {
                 break;
             }
             let generation = *generation;
-            let Some(Reverse((_, _, msg_id))) = self.timers.pop() else { break };
-            let Some(entry) = self.entries.get(&msg_id) else { continue };
+            let Some(Reverse((_, _, msg_id))) = self.timers.pop() else {
+                break;
+            };
+            let Some(entry) = self.entries.get(&msg_id) else {
+                continue;
+            };
             if entry.timer_gen != generation {
                 continue;
             }
@@ -297,7 +316,10 @@ impl<T> InFlight<T> {
 
     /// Messages never sent yet, e.g. waiting for the first subscriber.
     pub fn unsent(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().filter(|(_, e)| e.sends == 0).map(|(k, _)| k.as_str())
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.sends == 0)
+            .map(|(k, _)| k.as_str())
     }
 
     fn schedule(&mut self, msg_id: &str) {
@@ -305,8 +327,13 @@ impl<T> InFlight<T> {
         let generation = self.generation;
         if let Some(entry) = self.entries.get_mut(msg_id) {
             entry.timer_gen = generation;
-            let wake = if entry.sends == 0 { entry.deadline } else { entry.wakeup() };
-            self.timers.push(Reverse((wake, generation, msg_id.to_owned())));
+            let wake = if entry.sends == 0 {
+                entry.deadline
+            } else {
+                entry.wakeup()
+            };
+            self.timers
+                .push(Reverse((wake, generation, msg_id.to_owned())));
         }
         self.compact_timers();
     }
@@ -331,7 +358,10 @@ mod tests {
     use super::*;
 
     fn ack(id: &str) -> AckBody {
-        AckBody { ack_msg_id: id.into(), ack_digest: None }
+        AckBody {
+            ack_msg_id: id.into(),
+            ack_digest: None,
+        }
     }
 
     fn table() -> InFlight<&'static str> {
@@ -346,11 +376,25 @@ mod tests {
     fn completes_on_last_ack() {
         let t0 = Instant::now();
         let mut t = table();
-        t.insert(AckCollector::new("m", "d", ["a", "b"]), t0 + Duration::from_secs(1), "p").unwrap();
+        t.insert(
+            AckCollector::new("m", "d", ["a", "b"]),
+            t0 + Duration::from_secs(1),
+            "p",
+        )
+        .unwrap();
         t.mark_sent("m", t0);
-        assert!(matches!(t.on_ack("a", &ack("m"), t0), AckEffect::Judged(AckOutcome::Counted { complete: false })));
-        assert!(matches!(t.on_ack("z", &ack("m"), t0), AckEffect::Judged(AckOutcome::NotARecipient)));
-        assert!(matches!(t.on_ack("a", &ack("other"), t0), AckEffect::Unknown));
+        assert!(matches!(
+            t.on_ack("a", &ack("m"), t0),
+            AckEffect::Judged(AckOutcome::Counted { complete: false })
+        ));
+        assert!(matches!(
+            t.on_ack("z", &ack("m"), t0),
+            AckEffect::Judged(AckOutcome::NotARecipient)
+        ));
+        assert!(matches!(
+            t.on_ack("a", &ack("other"), t0),
+            AckEffect::Unknown
+        ));
         match t.on_ack("b", &ack("m"), t0 + Duration::from_millis(3)) {
             AckEffect::Completed(done) => {
                 assert_eq!(done.payload, "p");
@@ -368,7 +412,12 @@ mod tests {
     fn resends_with_backoff_then_expires() {
         let t0 = Instant::now();
         let mut t = table();
-        t.insert(AckCollector::new("m", "d", ["a"]), t0 + Duration::from_millis(1000), "p").unwrap();
+        t.insert(
+            AckCollector::new("m", "d", ["a"]),
+            t0 + Duration::from_millis(1000),
+            "p",
+        )
+        .unwrap();
         t.mark_sent("m", t0);
         // initial rto 100ms, then 200, 400, capped at 400
         let mut now = t0;
@@ -399,7 +448,12 @@ mod tests {
     fn unsent_message_only_expires() {
         let t0 = Instant::now();
         let mut t = table();
-        t.insert(AckCollector::new("m", "d", ["a"]), t0 + Duration::from_millis(50), "p").unwrap();
+        t.insert(
+            AckCollector::new("m", "d", ["a"]),
+            t0 + Duration::from_millis(50),
+            "p",
+        )
+        .unwrap();
         assert_eq!(t.unsent().collect::<Vec<_>>(), vec!["m"]);
         assert!(t.poll_timers(t0 + Duration::from_millis(49)).is_empty());
         let events = t.poll_timers(t0 + Duration::from_millis(50));
@@ -410,8 +464,12 @@ mod tests {
     fn duplicate_insert_is_refused() {
         let t0 = Instant::now();
         let mut t = table();
-        t.insert(AckCollector::new("m", "d", ["a"]), t0, "p").unwrap();
-        assert_eq!(t.insert(AckCollector::new("m", "d", ["a"]), t0, "q"), Err("q"));
+        t.insert(AckCollector::new("m", "d", ["a"]), t0, "p")
+            .unwrap();
+        assert_eq!(
+            t.insert(AckCollector::new("m", "d", ["a"]), t0, "q"),
+            Err("q")
+        );
     }
 
     #[test]
@@ -420,14 +478,27 @@ mod tests {
         let mut t = table();
         for i in 0..20 {
             let id = format!("m{i}");
-            t.insert(AckCollector::new(&id, "d", ["a"]), t0 + Duration::from_secs(5), "p").unwrap();
+            t.insert(
+                AckCollector::new(&id, "d", ["a"]),
+                t0 + Duration::from_secs(5),
+                "p",
+            )
+            .unwrap();
             t.mark_sent(&id, t0);
             t.on_ack("a", &ack(&id), t0 + Duration::from_millis(2));
         }
         let srtt = t.rtt().srtt().unwrap();
-        assert!(srtt >= Duration::from_millis(1) && srtt <= Duration::from_millis(3), "{srtt:?}");
+        assert!(
+            srtt >= Duration::from_millis(1) && srtt <= Duration::from_millis(3),
+            "{srtt:?}"
+        );
         assert_eq!(t.rtt().rto(), Duration::from_millis(10));
-        t.insert(AckCollector::new("r", "d", ["a"]), t0 + Duration::from_secs(5), "p").unwrap();
+        t.insert(
+            AckCollector::new("r", "d", ["a"]),
+            t0 + Duration::from_secs(5),
+            "p",
+        )
+        .unwrap();
         t.mark_sent("r", t0);
         t.mark_sent("r", t0);
         t.on_ack("a", &ack("r"), t0 + Duration::from_secs(3));
@@ -440,7 +511,12 @@ mod tests {
         let mut t = table();
         for i in 0..10_000 {
             let id = format!("m{i}");
-            t.insert(AckCollector::new(&id, "d", ["a"]), t0 + Duration::from_secs(60), "p").unwrap();
+            t.insert(
+                AckCollector::new(&id, "d", ["a"]),
+                t0 + Duration::from_secs(60),
+                "p",
+            )
+            .unwrap();
             t.mark_sent(&id, t0);
             t.on_ack("a", &ack(&id), t0);
         }

@@ -42,7 +42,10 @@ impl RoutingPolicy {
     pub fn check(&self, topic: &str, signer: &str) -> Result<(), PolicyError> {
         match self.rules.get(topic) {
             Some(names) if names.iter().any(|n| n == signer) => Ok(()),
-            Some(_) => Err(PolicyError::NotAllowed { topic: topic.into(), signer: signer.into() }),
+            Some(_) => Err(PolicyError::NotAllowed {
+                topic: topic.into(),
+                signer: signer.into(),
+            }),
             None if self.nitpicky => Err(PolicyError::Unlisted(topic.into())),
             None => Ok(()),
         }
@@ -58,10 +61,16 @@ mod tests {
         let rules = HashMap::from([("t.a".to_string(), vec!["alice".to_string()])]);
         let lax = RoutingPolicy::new(rules.clone(), false);
         assert!(lax.check("t.a", "alice").is_ok());
-        assert!(matches!(lax.check("t.a", "bob"), Err(PolicyError::NotAllowed { .. })));
+        assert!(matches!(
+            lax.check("t.a", "bob"),
+            Err(PolicyError::NotAllowed { .. })
+        ));
         assert!(lax.check("t.b", "bob").is_ok());
         let strict = RoutingPolicy::new(rules, true);
         assert!(strict.check("t.a", "alice").is_ok());
-        assert!(matches!(strict.check("t.b", "bob"), Err(PolicyError::Unlisted(_))));
+        assert!(matches!(
+            strict.check("t.b", "bob"),
+            Err(PolicyError::Unlisted(_))
+        ));
     }
 }

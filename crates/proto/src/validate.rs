@@ -66,14 +66,20 @@ pub struct Validator {
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Validator").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("Validator")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
 impl Validator {
     /// A validator trusting `verifier` and applying `policy`.
     pub fn new(verifier: Arc<dyn Verifier>, policy: RoutingPolicy) -> Self {
-        Validator { verifier, policy, accept_unsigned_gilmsg_version: true }
+        Validator {
+            verifier,
+            policy,
+            accept_unsigned_gilmsg_version: true,
+        }
     }
 
     /// Whether to accept Python gilmsg's unsigned `gilmsg_version` (default on).
@@ -93,13 +99,19 @@ impl Validator {
         };
         let signed = message.signed_part()?;
         let (signer, unsigned_gilmsg_version) =
-            match self.verifier.verify(scheme, certificate, signature, signed.as_bytes()) {
+            match self
+                .verifier
+                .verify(scheme, certificate, signature, signed.as_bytes())
+            {
                 Ok(signer) => (signer, false),
                 Err(VerifyError::BadSignature(who))
                     if self.accept_unsigned_gilmsg_version && message.wants_ack() =>
                 {
                     let legacy = message.signed_part_without_gilmsg_version()?;
-                    match self.verifier.verify(scheme, certificate, signature, legacy.as_bytes()) {
+                    match self
+                        .verifier
+                        .verify(scheme, certificate, signature, legacy.as_bytes())
+                    {
                         Ok(signer) => (signer, true),
                         Err(_) => return Err(VerifyError::BadSignature(who).into()),
                     }
@@ -107,7 +119,10 @@ impl Validator {
                 Err(e) => return Err(e.into()),
             };
         self.policy.check(message.topic(), &signer.name)?;
-        Ok(Validated { signer: Some(signer.name), unsigned_gilmsg_version })
+        Ok(Validated {
+            signer: Some(signer.name),
+            unsigned_gilmsg_version,
+        })
     }
 }
 
@@ -138,7 +153,13 @@ mod tests {
     }
     struct ToyVerifier;
     impl Verifier for ToyVerifier {
-        fn verify(&self, scheme: &str, cert: &str, sig: &str, canonical: &[u8]) -> Result<VerifiedSigner, VerifyError> {
+        fn verify(
+            &self,
+            scheme: &str,
+            cert: &str,
+            sig: &str,
+            canonical: &[u8],
+        ) -> Result<VerifiedSigner, VerifyError> {
             if scheme != "toy" {
                 return Err(VerifyError::UnknownScheme(scheme.into()));
             }
@@ -170,10 +191,14 @@ mod tests {
 
     #[test]
     fn accepts_signed_and_applies_policy() {
-        let ok = validator(false).validate(&message(true, Some(&Toy("alice")))).unwrap();
+        let ok = validator(false)
+            .validate(&message(true, Some(&Toy("alice"))))
+            .unwrap();
         assert_eq!(ok.signer.as_deref(), Some("alice"));
         assert!(!ok.unsigned_gilmsg_version);
-        let err = validator(false).validate(&message(true, Some(&Toy("bob")))).unwrap_err();
+        let err = validator(false)
+            .validate(&message(true, Some(&Toy("bob"))))
+            .unwrap_err();
         assert_eq!(err.kind(), "policy_not_allowed");
         let err = validator(false).validate(&message(true, None)).unwrap_err();
         assert_eq!(err, Rejection::Unsigned);
@@ -188,12 +213,18 @@ mod tests {
         let legacy = Envelope::decode(&frames, 1 << 20).unwrap();
         let ok = validator(false).validate(&legacy).unwrap();
         assert!(ok.unsigned_gilmsg_version);
-        assert!(validator(false).accept_unsigned_gilmsg_version(false).validate(&legacy).is_err());
+        assert!(validator(false)
+            .accept_unsigned_gilmsg_version(false)
+            .validate(&legacy)
+            .is_err());
 
         // Any other change still fails.
         body["msg"] = json!({"x": 22});
         let frames = [b"t.a".to_vec(), serde_json::to_vec(&body).unwrap()];
         let tampered = Envelope::decode(&frames, 1 << 20).unwrap();
-        assert_eq!(validator(false).validate(&tampered).unwrap_err().kind(), "bad_signature");
+        assert_eq!(
+            validator(false).validate(&tampered).unwrap_err().kind(),
+            "bad_signature"
+        );
     }
 }
