@@ -27,7 +27,8 @@ pub struct Args {
     /// The message to send (default: one message per line of stdin).
     #[arg(long)]
     pub message: Option<String>,
-    /// Parse the message (or each stdin line) as JSON instead of sending `{"log": text}`.
+    /// Parse the message as JSON (stdin: one JSON value per line, or the whole input as one value)
+    /// instead of sending `{"log": text}`.
     #[arg(long)]
     pub json_input: bool,
     /// Sub-topic: the full topic is <topic_prefix>.<environment>.<modname>.<topic>.
@@ -82,18 +83,69 @@ async fn publish_all(bus: &gilmsg::Bus, args: &Args, timeout: Duration) -> Resul
             .map_err(|e| Failure::usage(format!("error: --message: {e}")))?;
         return publish_one(bus, args, msg, timeout).await;
     }
+    if args.json_input {
+        // Read everything first: fedmsg-logger takes all of stdin as one JSON
+        // value, and JSON lines are a natural extension; nothing is published
+        // unless the whole input parses.
+        let mut input = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+            .map_err(|e| Failure::usage(format!("error: reading stdin: {e}")))?;
+        for msg in parse_json_input(&input).map_err(|e| Failure::usage(format!("error: {e}")))? {
+            publish_one(bus, args, msg, timeout).await?;
+        }
+        return Ok(());
+    }
     let stdin = std::io::stdin();
-    for (index, line) in stdin.lock().lines().enumerate() {
+    for line in stdin.lock().lines() {
         let line = line.map_err(|e| Failure::usage(format!("error: reading stdin: {e}")))?;
+        let text = line.trim();
+        if !text.is_empty() {
+            publish_one(bus, args, json!({ "log": text }), timeout).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `--json-input` on stdin: one JSON value per line (JSON lines), or, as
+/// fedmsg-logger reads it, the whole input as one JSON value.
+pub fn parse_json_input(input: &str) -> Result<Vec<Value>, String> {
+    let mut values = Vec::new();
+    let mut first_error = None;
+    for (index, line) in input.lines().enumerate() {
         let text = line.trim();
         if text.is_empty() {
             continue;
         }
-        let msg = to_msg(text, args.json_input)
-            .map_err(|e| Failure::usage(format!("error: stdin line {}: {e}", index + 1)))?;
-        publish_one(bus, args, msg, timeout).await?;
+        match serde_json::from_str(text) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                first_error = Some(format!("stdin line {}: not valid JSON: {e}", index + 1));
+                break;
+            }
+        }
     }
-    Ok(())
+    match first_error {
+        None if values.is_empty() => Err("stdin: no JSON input".into()),
+        None => Ok(values),
+        Some(line_error) => match serde_json::from_str::<Value>(input) {
+            Ok(whole) => Ok(vec![whole]),
+            Err(_) => Err(line_error),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_input_forms() {
+        assert_eq!(parse_json_input("{\"a\":1}\n\n[2]\n").unwrap(), vec![json!({"a": 1}), json!([2])]);
+        assert_eq!(parse_json_input("{\n  \"a\": 1\n}\n").unwrap(), vec![json!({"a": 1})]);
+        let err = parse_json_input("{\"a\":1}\n{oops\n").unwrap_err();
+        assert!(err.contains("stdin line 2"), "{err}");
+        assert!(parse_json_input("  \n").is_err());
+    }
 }
 
 fn to_msg(text: &str, json_input: bool) -> Result<Value, String> {
