@@ -4,10 +4,11 @@
 #
 # Usage: scripts/python-peers.sh [VENV_DIR]
 #   VENV_DIR defaults to <repo>/target/python-peers.
+#   The interpreter can be overridden with PYTHON=/path/to/python3.
 #
-# The script is idempotent: when the venv already holds the pinned versions
-# (recorded in a stamp file), nothing is reinstalled. The absolute venv path
-# is printed on the last line of stdout.
+# Idempotent: when the venv already holds the pinned set (recorded in a stamp
+# file inside the venv), nothing is reinstalled. The absolute venv path is
+# printed on the last line of stdout; everything else goes to stderr.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,65 +19,90 @@ python_bin="${PYTHON:-python3}"
 # Pinned set. Changing anything here changes the stamp and forces a reinstall.
 pip_main=(fedmsg==1.1.7 'pyOpenSSL<24.3' 'cryptography<44' moksha.hub click pygments psutil)
 pip_nodeps=(gilmsg==0.1.2)
-stamp_version=1
+# gilmsg imports pkg_resources; newer interpreters no longer seed setuptools
+# into a venv, and recent setuptools releases drop pkg_resources.
+pip_fallback_setuptools='setuptools<81'
+stamp_version=2
 stamp_content="stamp=${stamp_version}
 main=${pip_main[*]}
 nodeps=${pip_nodeps[*]}"
 
-log() { printf '%s\n' "python-peers: $*" >&2; }
+log() { printf 'python-peers: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
 
-if ! command -v "${python_bin}" >/dev/null 2>&1; then
-    log "error: ${python_bin} not found"
-    exit 1
-fi
+command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
 
 mkdir -p "$(dirname "${venv_dir}")"
 venv_dir="$(cd "$(dirname "${venv_dir}")" && pwd)/$(basename "${venv_dir}")"
 stamp_file="${venv_dir}/.python-peers-stamp"
 venv_py="${venv_dir}/bin/python"
 
-# Shims for running these old packages on a modern Python 3. Imported
-# automatically by every interpreter started from the venv (site module).
+# Compatibility shims for running these old packages on a modern Python 3.
+# site imports sitecustomize in every interpreter started from the venv, so
+# console scripts (gilmsg-logger, fedmsg-relay, fedmsg-tail, ...) get them too.
 write_sitecustomize() {
     local site_packages
     site_packages="$("${venv_py}" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     cat > "${site_packages}/sitecustomize.py" <<'PY'
-# Installed by scripts/python-peers.sh: compatibility shims that let the
-# reference fedmsg/gilmsg peers run on Python >= 3.9.
+# Written by scripts/python-peers.sh: compatibility shims that let the
+# reference fedmsg/gilmsg peers run on current Python 3 releases.
+import logging
 import threading
 
-# Thread.isAlive() was removed in Python 3.9; gilmsg still calls it.
+# Thread.isAlive() was removed in Python 3.9; gilmsg.publish still calls it.
 if not hasattr(threading.Thread, "isAlive"):
     threading.Thread.isAlive = threading.Thread.is_alive
+
+# Logger.warn() is gone in Python 3.13; fedmsg and gilmsg still call it.
+if not hasattr(logging.Logger, "warn"):
+    logging.Logger.warn = logging.Logger.warning
+PY
+}
+
+smoke_test() {
+    "${venv_py}" - <<'PY' >/dev/null 2>&1
+import threading
+import fedmsg, fedmsg.config, fedmsg.crypto, fedmsg.consumers  # noqa: F401
+import gilmsg  # noqa: F401
+assert hasattr(threading.Thread, "isAlive")
 PY
 }
 
 if [[ -x "${venv_py}" && -f "${stamp_file}" ]] \
-    && [[ "$(cat "${stamp_file}")" == "${stamp_content}" ]] \
-    && "${venv_py}" -c 'import fedmsg, gilmsg' >/dev/null 2>&1; then
-    log "already installed"
+    && [[ "$(cat "${stamp_file}")" == "${stamp_content}" ]]; then
     write_sitecustomize
-    printf '%s\n' "${venv_dir}"
-    exit 0
+    if smoke_test; then
+        log "already installed"
+        printf '%s\n' "${venv_dir}"
+        exit 0
+    fi
+    log "existing venv fails its smoke test; rebuilding"
+fi
+
+if [[ -e "${venv_dir}" ]]; then
+    if [[ -f "${venv_dir}/pyvenv.cfg" ]]; then
+        venv_args=(--clear)
+    elif [[ -z "$(ls -A "${venv_dir}")" ]]; then
+        venv_args=()
+    else
+        die "${venv_dir} exists and is not a virtualenv; refusing to touch it"
+    fi
+else
+    venv_args=()
 fi
 
 log "creating venv in ${venv_dir}"
-rm -f "${stamp_file}"
-"${python_bin}" -m venv "${venv_dir}"
+"${python_bin}" -m venv ${venv_args[@]+"${venv_args[@]}"} "${venv_dir}"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "${venv_py}" -m pip install --quiet "${pip_main[@]}" >&2
 "${venv_py}" -m pip install --quiet --no-deps "${pip_nodeps[@]}" >&2
+if ! "${venv_py}" -c 'import pkg_resources' >/dev/null 2>&1; then
+    "${venv_py}" -m pip install --quiet "${pip_fallback_setuptools}" >&2
+fi
 
 write_sitecustomize
-
-# Smoke test: the modules import and the shim is active.
-"${venv_py}" - <<'PY' >&2
-import threading
-import fedmsg, fedmsg.crypto, fedmsg.config  # noqa: F401
-import gilmsg  # noqa: F401
-assert hasattr(threading.Thread, "isAlive")
-PY
+smoke_test || die "smoke test failed: fedmsg/gilmsg do not import in ${venv_dir}"
 
 printf '%s\n' "${stamp_content}" > "${stamp_file}"
 log "installed"
