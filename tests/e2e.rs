@@ -1,0 +1,74 @@
+//! End to end: real relay and consumer processes, the library as publisher.
+
+use std::time::Duration;
+
+use gilmsg_tests::{within_async, Bus};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const NAMES: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
+
+#[test]
+fn publish_to_three_consumers_returns_a_receipt_naming_all_three() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&NAMES);
+        let consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        let receipt = publisher
+            .publish("greeting", json!({"n": 1}), &NAMES, Duration::from_secs(10))
+            .await
+            .expect("every consumer acks");
+        let acked: Vec<&str> = receipt.acks.iter().map(|a| a.recipient.as_str()).collect();
+        assert_eq!(acked, NAMES);
+        assert!(receipt.acks.iter().all(|a| a.digest_checked), "{receipt:?}");
+        assert_eq!(receipt.topic, bus.topic("greeting"));
+        assert!(receipt.sends >= 1);
+        // Each consumer handled (printed) that very message before acking.
+        for c in &consumers {
+            let line = c.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
+            let shown: Value = serde_json::from_str(&line).expect("--json line");
+            assert_eq!(shown["msg_id"], json!(receipt.msg_id));
+            assert_eq!(shown["signer"], json!("publisher"));
+            assert_eq!(shown["body"]["msg"], json!({"n": 1}));
+        }
+        let stats = publisher.stats();
+        assert_eq!(stats.get("ack.counted"), 3, "{stats}");
+        assert_eq!(stats.sum("ack.rejected"), 0, "{stats}");
+    })
+}
+
+#[test]
+fn timeout_names_exactly_the_recipient_that_is_not_running() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&["consumer-a", "consumer-b", "consumer-c", "consumer-d"]);
+        let _consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        let everyone = ["consumer-a", "consumer-b", "consumer-c", "consumer-d"];
+        let err = publisher
+            .publish(
+                "greeting",
+                json!({"n": 2}),
+                &everyone,
+                Duration::from_secs(1),
+            )
+            .await
+            .expect_err("consumer-d is not running");
+        let timeout = err
+            .as_timeout()
+            .unwrap_or_else(|| panic!("not a timeout: {err}"));
+        assert_eq!(timeout.missing, ["consumer-d"]);
+        assert_eq!(timeout.acked_names(), NAMES);
+        assert_eq!(timeout.topic, bus.topic("greeting"));
+        assert_eq!(timeout.waited, Duration::from_secs(1));
+        assert!(timeout.sends >= 2, "re-sent while waiting: {timeout:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no ACK within 1s from consumer-d (acked: consumer-a, consumer-b, consumer-c) for {} on {}",
+                timeout.msg_id, timeout.topic
+            )
+        );
+        let stats = publisher.stats();
+        assert_eq!(stats.get("publish.timed_out"), 1, "{stats}");
+    })
+}

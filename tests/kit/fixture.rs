@@ -1,0 +1,452 @@
+//! [`Bus`]: one throwaway bus: a PKI, a relay process, a config file.
+//!
+//! ```no_run
+//! let bus = gilmsg_tests::Bus::start(&["a", "b"]);
+//! let consumers = bus.consumers(&["a", "b"], &[]);
+//! let publisher = bus.publisher();
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use gilmsg_cli::procs::{field, Proc};
+use gilmsg_crypto::{pki, Identity};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::bins::bin;
+use crate::guard::{self, Registry};
+use crate::{ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX};
+
+/// A child process registered with the test's guard.
+struct Child {
+    proc: Proc,
+    registry: Registry,
+}
+
+impl Child {
+    fn spawn(name: &str, command: Command, registry: &Registry) -> Child {
+        let proc =
+            Proc::spawn(name, command).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        registry.add(proc.pid());
+        Child {
+            proc,
+            registry: registry.clone(),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.proc.kill();
+        self.registry.remove(self.proc.pid());
+    }
+}
+
+/// A temporary bus: CA and identities in `ssldir`, a `gilmsg-relay` process
+/// on ephemeral loopback ports, and `config_path` pointing at both.
+pub struct Bus {
+    dir: TempDir,
+    /// The PKI directory (`ca.crt`, `crl.pem`, `<name>.crt`, `<name>.key`).
+    pub ssldir: PathBuf,
+    /// The config file every process of this bus uses.
+    pub config_path: PathBuf,
+    /// Where publishers connect (the relay's inbound SUB).
+    pub inbound: String,
+    /// Where consumers connect (the relay's outbound XPUB).
+    pub outbound: String,
+    relay: Child,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("dir", &self.dir.path())
+            .field("inbound", &self.inbound)
+            .field("outbound", &self.outbound)
+            .finish()
+    }
+}
+
+impl Bus {
+    /// A bus with identities for [`PUBLISHER`] and each of `names`.
+    pub fn start(names: &[&str]) -> Bus {
+        Bus::start_with(names, "")
+    }
+
+    /// Like [`Bus::start`], with extra top-level TOML lines in the config
+    /// (e.g. `max_message_size = 4096`).
+    pub fn start_with(names: &[&str], extra_toml: &str) -> Bus {
+        let registry = guard::current();
+        let dir = tempfile::Builder::new()
+            .prefix("gilmsg-test-")
+            .tempdir()
+            .expect("tempdir");
+        let ssldir = dir.path().join("pki");
+        pki::init(
+            &ssldir,
+            &pki::InitOptions {
+                ca_name: "gilmsg-test-ca".into(),
+                validity: Duration::from_secs(86_400),
+            },
+        )
+        .expect("pki init");
+        for name in std::iter::once(&PUBLISHER).chain(names) {
+            pki::issue(&ssldir, name, &pki::IssueOptions::default())
+                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
+        }
+
+        let mut command = Command::new(bin("gilmsg-relay"));
+        command.args([
+            "--inbound",
+            "tcp://127.0.0.1:*",
+            "--outbound",
+            "tcp://127.0.0.1:*",
+        ]);
+        let relay = Child::spawn("relay", command, &registry);
+        let line = relay
+            .proc
+            .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let inbound = field(&line, "inbound").expect("inbound=").to_owned();
+        let outbound = field(&line, "outbound").expect("outbound=").to_owned();
+        assert!(inbound.starts_with("tcp://127.0.0.1:"), "{line}");
+        assert!(outbound.starts_with("tcp://127.0.0.1:"), "{line}");
+
+        let config_path = dir.path().join("bus.toml");
+        let bus = Bus {
+            ssldir,
+            config_path,
+            inbound,
+            outbound,
+            relay,
+            registry,
+            dir,
+        };
+        bus.write_config(
+            &bus.config_path,
+            extra_toml,
+            &format!("[{:?}]", bus.outbound),
+        );
+        bus
+    }
+
+    /// The temporary directory holding everything of this bus.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a config for this bus at `path`, with `extra_toml` top-level
+    /// lines and `relay_outbound` set to `outbound_value` (TOML syntax).
+    pub fn write_config(&self, path: &Path, extra_toml: &str, outbound_value: &str) {
+        let text = format!(
+            r#"# Written by the gilmsg integration tests.
+topic_prefix = "{TOPIC_PREFIX}"
+environment = "{ENVIRONMENT}"
+ssldir = {ssldir:?}
+sign_messages = true
+validate_signatures = true
+active = true
+relay_inbound = [{inbound:?}]
+ack_timeout = "5s"
+{extra_toml}
+
+[endpoints]
+relay_outbound = {outbound_value}
+"#,
+            ssldir = self.ssldir.display().to_string(),
+            inbound = self.inbound,
+        );
+        std::fs::write(path, text).expect("write config");
+    }
+
+    /// The bus's configuration, as the library reads it.
+    pub fn config(&self) -> gilmsg::Config {
+        gilmsg::Config::from_path(&self.config_path).expect("fixture config loads")
+    }
+
+    /// Issues another identity from this bus's CA.
+    pub fn issue(&self, name: &str) {
+        self.issue_with(name, &pki::IssueOptions::default());
+    }
+
+    /// Issues an identity with explicit validity.
+    pub fn issue_with(&self, name: &str, options: &pki::IssueOptions) {
+        pki::issue(&self.ssldir, name, options).unwrap_or_else(|e| panic!("issue {name}: {e}"));
+    }
+
+    /// Revokes an identity (rewrites `crl.pem`).
+    pub fn revoke(&self, name: &str) {
+        pki::revoke(&self.ssldir, name).unwrap_or_else(|e| panic!("revoke {name}: {e}"));
+    }
+
+    /// Loads an identity of this bus's PKI, to sign with.
+    pub fn identity(&self, name: &str) -> Identity {
+        Identity::load(&self.ssldir, name).unwrap_or_else(|e| panic!("load {name}: {e}"))
+    }
+
+    /// `<prefix>.<env>.<MODNAME>.<sub>`: the topic `publisher().publish(sub, ..)` uses.
+    pub fn topic(&self, sub: &str) -> String {
+        format!("{TOPIC_PREFIX}.{ENVIRONMENT}.{MODNAME}.{sub}")
+    }
+
+    /// `<prefix>.<env>.`: what every consumer subscribes to by default.
+    pub fn prefix(&self) -> String {
+        format!("{TOPIC_PREFIX}.{ENVIRONMENT}.")
+    }
+
+    /// The ACK topic.
+    pub fn ack_topic(&self) -> String {
+        format!("{TOPIC_PREFIX}.{ENVIRONMENT}.gilmsg.ack")
+    }
+
+    /// An in-process publisher signing as [`PUBLISHER`], through the relay.
+    pub fn publisher(&self) -> gilmsg::Bus {
+        self.publisher_from(&self.config())
+    }
+
+    /// An in-process publisher built from a (modified) config.
+    pub fn publisher_from(&self, config: &gilmsg::Config) -> gilmsg::Bus {
+        gilmsg::Bus::builder(config)
+            .modname(MODNAME)
+            .certname(PUBLISHER)
+            .active(true)
+            .build()
+            .expect("build publisher")
+    }
+
+    /// Starts `gilmsg-consumer --config <bus> --certname <name> --json <args>`
+    /// and waits for its ready line.
+    pub fn consumer(&self, name: &str, args: &[&str]) -> Consumer {
+        let consumer = self.spawn_consumer(name, args);
+        consumer.wait_ready();
+        consumer
+    }
+
+    /// Starts several consumers at once, then waits for each to be ready.
+    pub fn consumers(&self, names: &[&str], args: &[&str]) -> Vec<Consumer> {
+        let consumers: Vec<Consumer> = names.iter().map(|n| self.spawn_consumer(n, args)).collect();
+        for c in &consumers {
+            c.wait_ready();
+        }
+        consumers
+    }
+
+    fn spawn_consumer(&self, name: &str, args: &[&str]) -> Consumer {
+        let mut command = Command::new(bin("gilmsg-consumer"));
+        command
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["--certname", name, "--json"])
+            .args(args)
+            .env("GILMSG_LOG", "warn")
+            .stdin(Stdio::null());
+        Consumer {
+            name: name.to_owned(),
+            child: Child::spawn(name, command, &self.registry),
+        }
+    }
+
+    /// Runs `gilmsg-logger <args>` with `stdin`, bounded by `limit`.
+    pub fn logger(&self, args: &[&str], stdin: &str, limit: Duration) -> ToolOutput {
+        run_tool(&bin("gilmsg-logger"), args, stdin, limit, &self.registry)
+    }
+
+    /// The relay's counters (SIGUSR1, then its stats line).
+    pub fn relay_stats(&self) -> gilmsg::Stats {
+        stats_of(&self.relay.proc, "gilmsg-relay: stats")
+    }
+}
+
+/// A running `gilmsg-consumer` process.
+pub struct Consumer {
+    /// Its certname.
+    pub name: String,
+    child: Child,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("pid", &self.child.proc.pid())
+            .finish()
+    }
+}
+
+impl Consumer {
+    fn wait_ready(&self) {
+        let line = self
+            .child
+            .proc
+            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(field(&line, "certname"), Some(self.name.as_str()), "{line}");
+        assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
+    }
+
+    /// Its counters now (SIGUSR1, then its stats line).
+    pub fn stats(&self) -> gilmsg::Stats {
+        stats_of(&self.child.proc, "gilmsg-consumer: stats")
+    }
+
+    /// Polls its counters until `done` holds, for at most `limit`.
+    pub fn wait_stats(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&gilmsg::Stats) -> bool,
+    ) -> gilmsg::Stats {
+        let deadline = Instant::now() + limit;
+        loop {
+            let stats = self.stats();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: gave up waiting for {what}; last stats: {stats}",
+                self.name
+            );
+        }
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    pub fn wait_stdout(&self, needle: &str, limit: Duration) -> String {
+        self.child
+            .proc
+            .wait_stdout(needle, limit)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next stdout line within `limit`, if any.
+    pub fn next_stdout(&self, limit: Duration) -> Option<String> {
+        self.child.proc.next_stdout(limit)
+    }
+
+    /// Stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.child.proc.stderr_so_far()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(mut self) -> Option<ExitStatus> {
+        self.child.proc.terminate(Duration::from_secs(5))
+    }
+}
+
+fn stats_of(proc: &Proc, needle: &str) -> gilmsg::Stats {
+    proc.signal(Signal::SIGUSR1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let line = proc
+        .wait_stderr(needle, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    parse_stats(&line)
+}
+
+/// Parses the `k=v k=v` part of a `... stats k=v ...` line.
+pub fn parse_stats(line: &str) -> gilmsg::Stats {
+    let rest = line
+        .split_once(" stats")
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("not a stats line: {line:?}"));
+    let counters: BTreeMap<String, u64> = rest
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad stats item {kv:?} in {line:?}"));
+            let v = v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad stats value {kv:?} in {line:?}"));
+            (k.to_owned(), v)
+        })
+        .collect();
+    gilmsg::Stats { counters }
+}
+
+/// What a finished command-line run produced.
+#[derive(Debug, Clone)]
+pub struct ToolOutput {
+    /// Exit code (`None`: killed by a signal).
+    pub status: Option<i32>,
+    /// All of stdout.
+    pub stdout: String,
+    /// All of stderr.
+    pub stderr: String,
+}
+
+impl ToolOutput {
+    /// Stderr's non-empty lines.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+}
+
+/// Runs `program args` with `stdin`, collecting output; kills it and panics
+/// if it runs longer than `limit`.
+pub fn run_tool(
+    program: &Path,
+    args: &[&str],
+    stdin: &str,
+    limit: Duration,
+    registry: &Registry,
+) -> ToolOutput {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("GILMSG_LOG", "warn")
+        .env_remove("GILMSG_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let pid = child.id();
+    registry.add(pid);
+    let mut input = child.stdin.take().expect("stdin");
+    let text = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("try_wait") {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                registry.remove(pid);
+                panic!(
+                    "{} {args:?} ran longer than {limit:?}; stderr: {}",
+                    program.display(),
+                    err.join().unwrap_or_default()
+                );
+            }
+            // Paces the wait for the child's exit; not a synchronisation sleep.
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    registry.remove(pid);
+    let _ = writer.join();
+    ToolOutput {
+        status: status.code(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,59 @@
+//! Building messages and ACKs by hand, the way a peer (honest or not) would.
+
+use gilmsg_proto::ack::AckBody;
+use gilmsg_proto::envelope::new_msg_id;
+use gilmsg_proto::{Draft, Envelope, Signer};
+use serde_json::{Map, Value};
+
+/// A message on `topic`, signed by `signer` if given.
+pub fn message(topic: &str, msg: Value, wants_ack: bool, signer: Option<&dyn Signer>) -> Envelope {
+    Draft {
+        topic: topic.to_owned(),
+        msg,
+        msg_id: new_msg_id(2026),
+        i: 1,
+        timestamp: unix_now(),
+        username: "gilmsg-tests".into(),
+        wants_ack,
+    }
+    .build(signer)
+    .expect("build message")
+}
+
+/// An ACK carrying `body` on `ack_topic`, signed by `signer` if given.
+pub fn ack(ack_topic: &str, body: AckBody, signer: Option<&dyn Signer>) -> Envelope {
+    message(ack_topic, body.to_msg(), false, signer)
+}
+
+/// The honest ACK of `message` (right msg_id and digest) by `signer`.
+pub fn honest_ack(ack_topic: &str, message: &Envelope, signer: &dyn Signer) -> Envelope {
+    let body = AckBody::for_message(message).expect("digest");
+    ack(ack_topic, body, Some(signer))
+}
+
+/// The two frames of `envelope`, as a peer sends them.
+pub fn frames(envelope: &Envelope) -> Vec<Vec<u8>> {
+    envelope.encode().expect("encode").to_vec()
+}
+
+/// The frames of `envelope` after `edit` changed its body (after signing).
+pub fn tampered(envelope: &Envelope, edit: impl FnOnce(&mut Map<String, Value>)) -> Vec<Vec<u8>> {
+    let mut body = envelope.body().clone();
+    edit(&mut body);
+    let topic = body
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    vec![
+        topic.into_bytes(),
+        serde_json::to_vec(&Value::Object(body)).expect("serialise"),
+    ]
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,46 @@
+//! # gilmsg-tests: the integration test kit
+//!
+//! The tests in this package start the real binaries (`gilmsg-relay`,
+//! `gilmsg-consumer`, `gilmsg-logger`) on 127.0.0.1 with ephemeral ports,
+//! talk to them with the `gilmsg` library and with raw ZeroMQ sockets, and
+//! stop every process they started, by PID, when the fixture is dropped.
+//!
+//! ## Layout
+//! - [`guard`]: the hard time limit every test body runs under
+//!   ([`guard::within`], [`guard::within_async`]); on overrun the test's
+//!   child processes are killed and the test fails instead of hanging CI.
+//! - [`bins`]: finding the built executables next to the test executable.
+//! - [`fixture`]: [`Bus`], a temporary PKI + relay process + config file,
+//!   with helpers to start consumers ([`Consumer`]), run the logger
+//!   ([`ToolOutput`]) and build an in-process publisher.
+//! - [`raw`]: raw ZeroMQ peers: [`raw::RawPub`] (connected to the relay's
+//!   inbound, sends only once the relay has subscribed), [`raw::RawSub`],
+//!   and [`raw::FakeRecipient`], a hand-driven recipient that can send
+//!   forged ACKs.
+//! - [`forge`]: building ACKs and messages by hand, correct or not.
+//!
+//! Nothing here sleeps to synchronise: readiness comes from the processes'
+//! `ready` lines, from ZeroMQ subscription messages, from process exit, or
+//! from counters polled in bounded loops.
+
+pub mod bins;
+pub mod fixture;
+pub mod forge;
+pub mod guard;
+pub mod raw;
+
+pub use fixture::{parse_stats, Bus, Consumer, ToolOutput};
+pub use guard::{within, within_async};
+
+use std::time::Duration;
+
+/// How long a process may take to print its `ready` line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The topic prefix every fixture bus uses.
+pub const TOPIC_PREFIX: &str = "org.gilmsg.test";
+/// The environment every fixture bus uses.
+pub const ENVIRONMENT: &str = "dev";
+/// The modname of the in-process publisher.
+pub const MODNAME: &str = "test";
+/// The identity the in-process publisher signs as.
+pub const PUBLISHER: &str = "publisher";
