@@ -1,0 +1,324 @@
+//! ACKs that must never be counted.
+//!
+//! The test plays the recipient with raw sockets: it receives the published
+//! message from the relay and answers with an ACK it built itself. Each
+//! forgery must leave the publish timing out, naming the recipient, and the
+//! publisher's counters must show the ACK was seen and refused for the
+//! right reason. A positive control (the honest ACK through the same
+//! harness) proves the harness can make a publish succeed.
+
+use std::time::{Duration, SystemTime};
+
+use gilmsg_crypto::{pki, Identity};
+use gilmsg_proto::ack::{digest_of_signed_part, AckBody};
+use gilmsg_proto::Envelope;
+use gilmsg_tests::raw::FakeRecipient;
+use gilmsg_tests::{forge, within_async, Bus};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// What the publisher ended with, and its counters.
+struct Outcome {
+    result: gilmsg::Result<gilmsg::Receipt>,
+    stats: gilmsg::Stats,
+}
+
+/// Publishes to `recipient` on a fresh bus (after `setup`), answers the
+/// message with the frames `reply` builds, and returns the outcome.
+async fn answer_with(
+    recipient: &'static str,
+    setup: impl FnOnce(&Bus),
+    reply: impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>>,
+) -> Outcome {
+    let bus = Bus::start(&["rcpt", "intruder"]);
+    setup(&bus);
+    let topic = bus.topic("forged");
+    let fake = FakeRecipient::connect(&bus, &topic);
+    // Built after `setup`, so its trust store has the CRL as setup left it.
+    let publisher = bus.publisher();
+    let handle = publisher.clone();
+    let task = tokio::spawn(async move {
+        handle
+            .publish("forged", json!({"pay": 100}), &[recipient], ACK_TIMEOUT)
+            .await
+    });
+    let message = fake.receive(&topic, Duration::from_secs(10));
+    assert!(message.wants_ack(), "the publish asks for ACKs");
+    fake.send(&reply(&bus, &message));
+    let result = task.await.expect("publish task");
+    Outcome {
+        result,
+        stats: publisher.stats(),
+    }
+}
+
+/// Asserts the publish timed out naming `recipient` and `counter` rose.
+fn assert_refused(outcome: Outcome, recipient: &str, counter: &str) {
+    let stats = outcome.stats;
+    let err = match outcome.result {
+        Ok(receipt) => panic!("a forged ACK was counted: {receipt:?}; stats {stats}"),
+        Err(e) => e,
+    };
+    let timeout = err
+        .as_timeout()
+        .unwrap_or_else(|| panic!("expected a timeout, got {err}"));
+    assert_eq!(timeout.missing, [recipient], "{err}");
+    assert!(timeout.acked.is_empty(), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("from {recipient} (acked: none)")),
+        "{err}"
+    );
+    assert!(
+        stats.get("ack.received") >= 1,
+        "the ACK never arrived: {stats}"
+    );
+    assert!(stats.get(counter) >= 1, "{counter} not counted: {stats}");
+    assert_eq!(stats.get("ack.counted"), 0, "{stats}");
+}
+
+#[test]
+fn positive_control_the_honest_ack_completes_the_publish() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                forge::frames(&forge::honest_ack(
+                    &bus.ack_topic(),
+                    message,
+                    &bus.identity("rcpt"),
+                ))
+            },
+        )
+        .await;
+        let receipt = outcome.result.expect("the honest ACK counts");
+        assert_eq!(receipt.acks.len(), 1);
+        assert_eq!(receipt.acks[0].recipient, "rcpt");
+        assert!(receipt.acks[0].digest_checked);
+        assert_eq!(outcome.stats.get("ack.counted"), 1, "{}", outcome.stats);
+    })
+}
+
+#[test]
+fn positive_control_an_ack_without_digest_counts_unchecked() {
+    // Python gilmsg sends no ack_digest; such an ACK is accepted, flagged.
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let body = AckBody {
+                    ack_msg_id: message.msg_id().to_owned(),
+                    ack_digest: None,
+                };
+                let ack = forge::ack(&bus.ack_topic(), body, Some(&bus.identity("rcpt")));
+                forge::frames(&ack)
+            },
+        )
+        .await;
+        let receipt = outcome.result.expect("a digest-less ACK counts");
+        assert!(!receipt.acks[0].digest_checked);
+    })
+}
+
+#[test]
+fn ack_signed_by_a_valid_identity_that_is_not_a_recipient() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                forge::frames(&forge::honest_ack(
+                    &bus.ack_topic(),
+                    message,
+                    &bus.identity("intruder"),
+                ))
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.not_a_recipient");
+    })
+}
+
+#[test]
+fn ack_signed_by_a_revoked_identity() {
+    // The revoked identity is the declared recipient: only the CRL stops it.
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "gone",
+            |bus| {
+                bus.issue("gone");
+                bus.revoke("gone");
+            },
+            |bus, message| {
+                forge::frames(&forge::honest_ack(
+                    &bus.ack_topic(),
+                    message,
+                    &bus.identity("gone"),
+                ))
+            },
+        )
+        .await;
+        assert_refused(outcome, "gone", "ack.rejected.revoked_certificate");
+    })
+}
+
+#[test]
+fn ack_signed_by_a_certificate_from_another_ca() {
+    // Same name as the recipient, but issued by a CA the bus does not trust.
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let other = bus.dir().join("other-pki");
+                pki::init(
+                    &other,
+                    &pki::InitOptions {
+                        ca_name: "gilmsg-test-ca".into(),
+                        validity: DAY,
+                    },
+                )
+                .expect("second CA");
+                pki::issue(&other, "rcpt", &pki::IssueOptions::default()).expect("issue");
+                let impostor = Identity::load(&other, "rcpt").expect("load impostor");
+                forge::frames(&forge::honest_ack(&bus.ack_topic(), message, &impostor))
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.rejected.untrusted_certificate");
+    })
+}
+
+#[test]
+fn ack_signed_by_an_expired_certificate() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "old",
+            |bus| {
+                let now = SystemTime::now();
+                bus.issue_with(
+                    "old",
+                    &pki::IssueOptions {
+                        not_before: now - 3 * DAY,
+                        not_after: now - DAY,
+                        replace: false,
+                    },
+                );
+            },
+            |bus, message| {
+                forge::frames(&forge::honest_ack(
+                    &bus.ack_topic(),
+                    message,
+                    &bus.identity("old"),
+                ))
+            },
+        )
+        .await;
+        assert_refused(outcome, "old", "ack.rejected.expired_certificate");
+    })
+}
+
+#[test]
+fn ack_altered_after_signing_has_a_bad_signature() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let ack = forge::honest_ack(&bus.ack_topic(), message, &bus.identity("rcpt"));
+                forge::tampered(&ack, |body| {
+                    body.insert("i".into(), json!(4242));
+                })
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.rejected.bad_signature");
+    })
+}
+
+#[test]
+fn ack_with_its_digest_altered_after_signing_has_a_bad_signature() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let ack = forge::honest_ack(&bus.ack_topic(), message, &bus.identity("rcpt"));
+                forge::tampered(&ack, |body| {
+                    body["msg"]["ack_digest"] = json!(digest_of_signed_part("something else"));
+                })
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.rejected.bad_signature");
+    })
+}
+
+#[test]
+fn ack_from_the_recipient_for_another_msg_id() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let body = AckBody {
+                    ack_msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+                    ack_digest: Some(gilmsg_proto::ack::body_digest(message).expect("digest")),
+                };
+                forge::frames(&forge::ack(
+                    &bus.ack_topic(),
+                    body,
+                    Some(&bus.identity("rcpt")),
+                ))
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.unknown_msg_id");
+    })
+}
+
+#[test]
+fn ack_from_the_recipient_for_another_body() {
+    // Right msg_id, right signer, but the digest is of a different body:
+    // the recipient did not see what we sent.
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let body = AckBody {
+                    ack_msg_id: message.msg_id().to_owned(),
+                    ack_digest: Some(digest_of_signed_part("{\"msg\":\"other\"}")),
+                };
+                forge::frames(&forge::ack(
+                    &bus.ack_topic(),
+                    body,
+                    Some(&bus.identity("rcpt")),
+                ))
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.digest_mismatch");
+    })
+}
+
+#[test]
+fn unsigned_ack() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let body = AckBody::for_message(message).expect("digest");
+                forge::frames(&forge::ack(&bus.ack_topic(), body, None))
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.rejected.unsigned");
+    })
+}
