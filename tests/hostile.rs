@@ -1,0 +1,181 @@
+//! Hostile input on the bus: consumers and the publisher drop and count
+//! every malformed, unsigned or badly signed frame, and keep working.
+
+use std::time::{Duration, Instant};
+
+use gilmsg_tests::raw::RawPub;
+use gilmsg_tests::{forge, within_async, Bus};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const MAX: usize = 4096;
+const NAMES: [&str; 2] = ["c1", "c2"];
+
+/// Polls the publisher's counters (paced, bounded) until `done` holds.
+async fn wait_publisher(
+    publisher: &gilmsg::Bus,
+    what: &str,
+    done: impl Fn(&gilmsg::Stats) -> bool,
+) -> gilmsg::Stats {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = publisher.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publisher never counted {what}: {stats}"
+        );
+        // Pacing of a bounded counter poll, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn publish_to_all(bus: &Bus, publisher: &gilmsg::Bus, n: u64) -> gilmsg::Receipt {
+    let receipt = publisher
+        .publish("ok", json!({"n": n}), &NAMES, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("acknowledged publish {n} failed: {e}"));
+    assert_eq!(receipt.topic, bus.topic("ok"));
+    assert_eq!(
+        receipt
+            .acks
+            .iter()
+            .map(|a| a.recipient.as_str())
+            .collect::<Vec<_>>(),
+        NAMES
+    );
+    receipt
+}
+
+#[test]
+fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        publish_to_all(&bus, &publisher, 1).await;
+
+        let raw = RawPub::connect(&bus.inbound);
+        let topic = bus.topic("hostile");
+        let t = topic.as_bytes();
+        let signer = bus.identity("c1");
+        let good = |msg| forge::message(&topic, msg, true, Some(&signer));
+
+        // Messages for consumers.
+        raw.send(&[b"not-our-prefix".as_slice(), b"\x00\xff"]); // filtered by SUB, harmless
+        raw.send(&[t, b"x", b"y"]); // invalid.bad_frame_count
+        raw.send(&[t]); // invalid.bad_frame_count
+        let mut bad_topic = bus.prefix().into_bytes();
+        bad_topic.extend_from_slice(b"\xff\xfe");
+        raw.send(&[bad_topic.as_slice(), b"{}"]); // invalid.topic_not_utf8
+        raw.send(&[t, b"not json at all"]); // invalid.not_json
+        raw.send(&[t, b"[1, 2, 3]"]); // invalid.wrong_shape
+        let no_msg_id = json!({"topic": topic, "msg": 1}).to_string();
+        raw.send(&[t, no_msg_id.as_bytes()]); // invalid.wrong_shape
+        let int_msg_id = json!({"topic": topic, "msg": 1, "msg_id": 7}).to_string();
+        raw.send(&[t, int_msg_id.as_bytes()]); // invalid.wrong_shape
+        let mismatched = forge::frames(&good(json!({"x": 1})));
+        raw.send(&[bus.topic("elsewhere").as_bytes(), &mismatched[1]]); // invalid.topic_mismatch
+        raw.send(&forge::frames(&forge::message(
+            &topic,
+            json!({"x": 2}),
+            true,
+            None,
+        ))); // rejected.unsigned
+        raw.send(&forge::frames(&good(json!({"pad": "z".repeat(2 * MAX)})))); // invalid.oversize
+        raw.send(&forge::tampered(&good(json!({"amount": 1})), |b| {
+            b["msg"] = json!({"amount": 1000});
+        })); // rejected.bad_signature
+
+        // ACK-topic frames for the publisher (consumers skip the ACK topic).
+        let ack_topic = bus.ack_topic();
+        let a = ack_topic.as_bytes();
+        raw.send(&[a, b"garbage"]); // ack.invalid.not_json
+        raw.send(&[a]); // ack.invalid.bad_frame_count
+        raw.send(&[a, b"[]"]); // ack.invalid.wrong_shape
+        let not_an_ack = forge::message(&ack_topic, json!("hello"), false, Some(&signer));
+        raw.send(&forge::frames(&not_an_ack)); // ack.invalid.wrong_shape
+        let big_ack = forge::message(
+            &ack_topic,
+            json!({"ack_msg_id": "x", "pad": "z".repeat(2 * MAX)}),
+            false,
+            Some(&signer),
+        );
+        raw.send(&forge::frames(&big_ack)); // ack.invalid.oversize
+        let wrong_body_topic = json!({"topic": topic, "msg": {"ack_msg_id": "x"}, "msg_id": "m"});
+        raw.send(&[a, wrong_body_topic.to_string().as_bytes()]); // ack.invalid.topic_mismatch
+                                                                 // A longer topic that the ACK subscription's prefix match lets through;
+                                                                 // consumers see it as an ordinary (unsigned) message.
+        let longer = format!("{ack_topic}x");
+        raw.send(&forge::frames(&forge::message(
+            &longer,
+            json!({"ack_msg_id": "x"}),
+            false,
+            None,
+        ))); // publisher: ack.other_topic; consumers: rejected.unsigned
+
+        for c in &consumers {
+            let stats = c.wait_stats("the hostile frames", Duration::from_secs(10), |s| {
+                s.sum("invalid.") + s.sum("rejected.") >= 12
+            });
+            let expect = [
+                ("invalid.bad_frame_count", 2),
+                ("invalid.topic_not_utf8", 1),
+                ("invalid.not_json", 1),
+                ("invalid.wrong_shape", 3),
+                ("invalid.topic_mismatch", 1),
+                ("invalid.oversize", 1),
+                ("rejected.unsigned", 2),
+                ("rejected.bad_signature", 1),
+            ];
+            for (name, n) in expect {
+                assert_eq!(stats.get(name), n, "{}: {name} in {stats}", c.name);
+            }
+            assert_eq!(stats.get("message.delivered"), 1, "{}: {stats}", c.name);
+            assert_eq!(stats.get("handler.ok"), 1, "{}: {stats}", c.name);
+        }
+        let stats = wait_publisher(&publisher, "the hostile ACK frames", |s| {
+            s.sum("ack.invalid.") >= 6 && s.get("ack.other_topic") >= 1
+        })
+        .await;
+        let expect = [
+            ("ack.invalid.not_json", 1),
+            ("ack.invalid.bad_frame_count", 1),
+            ("ack.invalid.wrong_shape", 2),
+            ("ack.invalid.oversize", 1),
+            ("ack.invalid.topic_mismatch", 1),
+            ("ack.other_topic", 1),
+        ];
+        for (name, n) in expect {
+            assert_eq!(stats.get(name), n, "publisher: {name} in {stats}");
+        }
+
+        // Everyone still works.
+        let receipt = publish_to_all(&bus, &publisher, 2).await;
+        for c in &consumers {
+            c.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
+        }
+    })
+}
+
+#[test]
+fn a_message_above_the_socket_hard_limit_does_not_break_consumers() {
+    // libzmq drops a connection that carries a message over the socket's
+    // maxmsgsize (64 KiB here); the consumer must reconnect and the
+    // publisher's re-sends must still get the next message through.
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        publish_to_all(&bus, &publisher, 1).await;
+        let raw = RawPub::connect(&bus.inbound);
+        let topic = bus.topic("huge");
+        raw.send(&[topic.as_bytes(), &vec![b' '; 200_000]]);
+        let receipt = publish_to_all(&bus, &publisher, 2).await;
+        for c in &consumers {
+            c.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
+        }
+    })
+}
