@@ -1,0 +1,198 @@
+//! `gilmsg-logger`: exit statuses and what stderr says, as scripts see them.
+
+use std::time::Duration;
+
+use gilmsg_tests::{within, Bus};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const RUN: Duration = Duration::from_secs(20);
+
+fn base<'a>(bus: &'a Bus) -> Vec<&'a str> {
+    vec![
+        "--config",
+        bus.config_path.to_str().expect("utf-8 path"),
+        "--certname",
+        "publisher",
+    ]
+}
+
+#[test]
+fn success_exits_0_with_empty_stderr() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["a"]);
+        let a = bus.consumer("a", &[]);
+        let mut args = base(&bus);
+        args.extend(["--recipients", "a", "--message", "hello", "--print-receipt"]);
+        let out = bus.logger(&args, "", RUN);
+        assert_eq!(out.status, Some(0), "{out:?}");
+        assert_eq!(out.stderr, "", "{out:?}");
+        let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("one JSON receipt");
+        assert_eq!(receipt["acks"][0]["recipient"], json!("a"));
+        assert_eq!(receipt["acks"][0]["digest_checked"], json!(true));
+        assert_eq!(receipt["topic"], json!("org.gilmsg.test.dev.logger.log"));
+        let msg_id = receipt["msg_id"].as_str().expect("msg_id");
+        let line = a.wait_stdout(msg_id, Duration::from_secs(5));
+        let shown: Value = serde_json::from_str(&line).expect("--json line");
+        assert_eq!(shown["body"]["msg"], json!({"log": "hello"}));
+    })
+}
+
+#[test]
+fn timeout_exits_1_with_one_line_naming_the_missing_recipient() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["a", "b", "offline"]);
+        let _consumers = bus.consumers(&["a", "b"], &[]);
+        let mut args = base(&bus);
+        args.extend([
+            "--recipients",
+            "a,offline",
+            "b",
+            "--ack-timeout",
+            "500ms",
+            "--message",
+            "hello",
+        ]);
+        let out = bus.logger(&args, "", RUN);
+        assert_eq!(out.status, Some(1), "{out:?}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(
+            lines[0].starts_with(
+                "gilmsg-logger: timeout: no ACK within 500ms from offline (acked: a, b) for "
+            ),
+            "{out:?}"
+        );
+        assert!(
+            lines[0].ends_with(" on org.gilmsg.test.dev.logger.log"),
+            "{out:?}"
+        );
+    })
+}
+
+#[test]
+fn ack_timeout_accepts_humantime_and_bare_seconds() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["offline"]);
+        for form in ["250ms", "0.25"] {
+            let mut args = base(&bus);
+            args.extend([
+                "--recipients",
+                "offline",
+                "--ack-timeout",
+                form,
+                "--message",
+                "x",
+            ]);
+            let out = bus.logger(&args, "", RUN);
+            assert_eq!(out.status, Some(1), "{form}: {out:?}");
+            assert!(
+                out.stderr
+                    .contains("no ACK within 250ms from offline (acked: none)"),
+                "{form}: {out:?}"
+            );
+        }
+        let mut args = base(&bus);
+        args.extend([
+            "--recipients",
+            "offline",
+            "--ack-timeout",
+            "soon",
+            "--message",
+            "x",
+        ]);
+        let out = bus.logger(&args, "", RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        assert!(out.stderr.contains("--ack-timeout"), "{out:?}");
+    })
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_file_and_the_key() {
+    within(LIMIT, || {
+        let bus = Bus::start(&[]);
+        let path = bus.dir().join("bad.toml");
+        bus.write_config(&path, "", "\"not-an-endpoint\"");
+        let path_text = path.to_str().expect("utf-8 path");
+        let out = bus.logger(&["--config", path_text, "--message", "x"], "", RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(lines[0].starts_with("gilmsg-logger: error: "), "{out:?}");
+        assert!(lines[0].contains(path_text), "{out:?}");
+        assert!(lines[0].contains("endpoints.relay_outbound"), "{out:?}");
+        assert!(lines[0].contains("not-an-endpoint"), "{out:?}");
+
+        let missing = bus.dir().join("missing.toml");
+        let missing_text = missing.to_str().expect("utf-8 path");
+        let out = bus.logger(&["--config", missing_text, "--message", "x"], "", RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        assert!(out.stderr.contains(missing_text), "{out:?}");
+    })
+}
+
+#[test]
+fn missing_key_file_exits_2_naming_the_file() {
+    within(LIMIT, || {
+        let bus = Bus::start(&[]);
+        let config = bus.config_path.to_str().expect("utf-8 path");
+        let out = bus.logger(
+            &["--config", config, "--certname", "nosuch", "--message", "x"],
+            "",
+            RUN,
+        );
+        assert_eq!(out.status, Some(2), "{out:?}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        let key = bus.ssldir.join("nosuch.key");
+        assert!(
+            lines[0].contains(key.to_str().expect("utf-8 path")),
+            "{out:?}"
+        );
+    })
+}
+
+#[test]
+fn bad_json_input_exits_2_naming_the_line_and_publishes_nothing() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["a"]);
+        let a = bus.consumer("a", &[]);
+        let mut args = base(&bus);
+        args.extend(["--json-input", "--recipients", "a"]);
+        let out = bus.logger(&args, "{\"n\": 1}\n{not json\n{\"n\": 3}\n", RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(lines[0].contains("line 2"), "{out:?}");
+        // The whole input is parsed before anything is published. Had line 1
+        // gone out, the logger would have waited for a's ACK before exiting,
+        // so a would have handled it by now.
+        let stats = a.stats();
+        assert_eq!(stats.get("handler.ok"), 0, "{stats}");
+        assert_eq!(stats.get("message.received"), 0, "{stats}");
+
+        // The same lines, all valid: each is published and acked in turn.
+        let out = bus.logger(&args, "{\"n\": 1}\n\n{\"n\": 3}\n", RUN);
+        assert_eq!(out.status, Some(0), "{out:?}");
+        a.wait_stdout("\"msg\":{\"n\":1}", Duration::from_secs(5));
+        a.wait_stdout("\"msg\":{\"n\":3}", Duration::from_secs(5));
+    })
+}
+
+#[test]
+fn help_lists_the_exit_statuses() {
+    within(LIMIT, || {
+        let out = gilmsg_tests::fixture::run_tool(
+            &gilmsg_tests::bins::bin("gilmsg-logger"),
+            &["--help"],
+            "",
+            RUN,
+            &gilmsg_tests::guard::current(),
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        assert!(out.stdout.contains("Exit status:"), "{out:?}");
+        for status in ["0  success", "1  timeout", "2  usage", "3  bus error"] {
+            assert!(out.stdout.contains(status), "{status}: {out:?}");
+        }
+    })
+}
