@@ -96,8 +96,11 @@ pub(crate) fn pem_blocks(path: &Path, text: &[u8], label: &str) -> Result<Vec<Ve
     Ok(out)
 }
 
-/// The certificate as PEM text, as M2Crypto's `X509.as_pem()` writes it:
-/// fedmsg puts base64 of exactly this text in the `certificate` field.
+/// The certificate as canonical PEM text (64-column base64 between the
+/// `-----BEGIN CERTIFICATE-----` and `-----END CERTIFICATE-----` lines, each
+/// line ending in `\n`), as Python's `cryptography` writes it with
+/// `public_bytes(Encoding.PEM)`: fedmsg puts base64 of exactly this text in
+/// the `certificate` field.
 pub(crate) fn certificate_pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
@@ -108,6 +111,21 @@ pub(crate) fn certificate_pem(der: &[u8]) -> String {
         out.push('\n');
     }
     out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// Base64 as Python's `base64.encodebytes` writes it, which is how fedmsg
+/// fills its `signature` and `certificate` fields: lines of 76 characters,
+/// each ending in `\n` (so the text always ends in `\n`; empty input gives
+/// the empty string).
+pub(crate) fn base64_wrapped(bytes: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 76 + 1);
+    for chunk in b64.as_bytes().chunks(76) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
     out
 }
 

@@ -1,17 +1,33 @@
 //! A signing identity: a private key plus the CA-issued certificate that names
 //! it, implementing `gilmsg_proto::Signer`.
 //!
-//! Key kinds sit behind the private [`SigningKey`] enum. Today only Ed25519
-//! (the native `"ed25519"` scheme); fedmsg's `"x509"` scheme (RSA PKCS#1 v1.5
-//! over SHA-1, base64 wrapped at 76 columns with a trailing newline) is to be
-//! added as a second variant backed by the `openssl` crate, without changing
-//! `Identity`'s API: only `SigningKey::{from_pem, scheme, sign}` grow a case.
+//! Key kinds sit behind the private [`SigningKey`] enum, one scheme each:
+//!
+//! - Ed25519 keys sign the native `"ed25519"` scheme (ring).
+//! - RSA keys sign fedmsg's `"x509"` scheme: RSA PKCS#1 v1.5 over SHA-1 of the
+//!   canonical JSON, exactly as fedmsg 1.1.7's `x509_ng.sign` does
+//!   (`rsa_private.sign(data, PKCS1v15(), SHA1())`). ring cannot *sign* with
+//!   SHA-1, so this one operation goes through the system OpenSSL (`openssl`
+//!   crate). PKCS#1 v1.5 is deterministic: the same key and bytes give the
+//!   same signature as Python, byte for byte.
+//!
+//! For `"x509"` both fields are written as fedmsg writes them: `signature` is
+//! base64 of the raw signature and `certificate` is base64 of the
+//! certificate's canonical PEM text, each wrapped at 76 columns with `\n`
+//! and a trailing `\n` (Python's `base64.encodebytes`).
+//!
+//! RSA keys below 2048 bits still sign (fedmsg accepts them, and so do
+//! Python validators), but gilmsg's own [`TrustStore`](crate::TrustStore)
+//! verifies RSA with ring, which only takes 2048 to 8192-bit keys: Rust peers
+//! would reject every message. Loading such a key logs a warning.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use gilmsg_proto::{SignError, Signer};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
 
@@ -23,41 +39,76 @@ pub const SCHEME_ED25519: &str = "ed25519";
 /// The `crypto` field value of fedmsg's RSA/X.509 scheme.
 pub const SCHEME_X509: &str = "x509";
 
+/// The smallest RSA modulus gilmsg's verifier (ring) accepts.
+const RSA_MIN_VERIFIABLE_BITS: u32 = 2048;
+
 /// The private half, by kind. Each variant knows its scheme name and how to
 /// produce the `signature` field.
 enum SigningKey {
     Ed25519(Ed25519KeyPair),
-    // Rsa(openssl::pkey::PKey<openssl::pkey::Private>) -- scheme "x509".
+    /// An RSA key, scheme `"x509"`.
+    Rsa(PKey<Private>),
+}
+
+/// A private key as found in a PEM file, before we know what it is for.
+enum KeyDer {
+    /// `BEGIN PRIVATE KEY`: PKCS#8, any algorithm.
+    Pkcs8(Vec<u8>),
+    /// `BEGIN RSA PRIVATE KEY`: PKCS#1, as older `openssl genrsa` writes it.
+    Pkcs1Rsa(Vec<u8>),
 }
 
 impl SigningKey {
-    /// Loads the PKCS#8 key in `key_der` for a certificate whose public key is
-    /// `spki` (the certificate decides which kind to expect).
+    /// Loads the key in `key` for a certificate whose public key is `spki`
+    /// (the certificate decides which kind to expect).
     fn load(
         key_path: &Path,
         cert_path: &Path,
-        key_der: &[u8],
+        key: &KeyDer,
         spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
     ) -> Result<Self> {
+        let mismatch = || Error::KeyMismatch {
+            key: key_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
+        };
         if spki.algorithm.algorithm == OID_SIG_ED25519 {
+            let KeyDer::Pkcs8(der) = key else {
+                return Err(mismatch());
+            };
             // maybe_unchecked: accepts PKCS#8 v1 too (as openssl writes it);
             // the public key is compared with the certificate's right after.
-            let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(key_der)
+            let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                 .map_err(|_| Error::malformed(key_path, "not an Ed25519 PKCS#8 private key"))?;
             if kp.public_key().as_ref() != &*spki.subject_public_key.data {
-                return Err(Error::KeyMismatch {
-                    key: key_path.to_path_buf(),
-                    cert: cert_path.to_path_buf(),
-                });
+                return Err(mismatch());
             }
             Ok(SigningKey::Ed25519(kp))
         } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
-            Err(Error::UnsupportedKey {
-                path: cert_path.to_path_buf(),
-                detail:
-                    "RSA (fedmsg's \"x509\" scheme) can be verified but not yet used for signing"
-                        .to_owned(),
-            })
+            let bad = |e: openssl::error::ErrorStack| {
+                Error::malformed(key_path, format!("not a usable RSA private key: {e}"))
+            };
+            let pkey = match key {
+                KeyDer::Pkcs8(der) => PKey::private_key_from_pkcs8(der).map_err(bad)?,
+                KeyDer::Pkcs1Rsa(der) => openssl::rsa::Rsa::private_key_from_der(der)
+                    .and_then(PKey::from_rsa)
+                    .map_err(bad)?,
+            };
+            // An Ed25519 or EC key next to an RSA certificate is a mismatch,
+            // not a different scheme.
+            let rsa = pkey.rsa().map_err(|_| mismatch())?;
+            let public = rsa.public_key_to_der_pkcs1().map_err(bad)?;
+            if public != *spki.subject_public_key.data {
+                return Err(mismatch());
+            }
+            if rsa.size() * 8 < RSA_MIN_VERIFIABLE_BITS {
+                tracing::warn!(
+                    key = %key_path.display(),
+                    bits = rsa.size() * 8,
+                    "RSA key is smaller than 2048 bits: Python fedmsg peers accept its \
+                     signatures, but gilmsg peers will reject them"
+                );
+            }
+            Ok(SigningKey::Rsa(pkey))
         } else {
             Err(Error::UnsupportedKey {
                 path: cert_path.to_path_buf(),
@@ -69,6 +120,16 @@ impl SigningKey {
     fn scheme(&self) -> &'static str {
         match self {
             SigningKey::Ed25519(_) => SCHEME_ED25519,
+            SigningKey::Rsa(_) => SCHEME_X509,
+        }
+    }
+
+    /// The `certificate` field for a certificate with this DER encoding.
+    fn certificate_field(&self, cert_der: &[u8]) -> String {
+        let pem = files::certificate_pem(cert_der);
+        match self {
+            SigningKey::Ed25519(_) => base64::engine::general_purpose::STANDARD.encode(pem),
+            SigningKey::Rsa(_) => files::base64_wrapped(pem.as_bytes()),
         }
     }
 
@@ -76,6 +137,16 @@ impl SigningKey {
         match self {
             SigningKey::Ed25519(kp) => {
                 Ok(base64::engine::general_purpose::STANDARD.encode(kp.sign(canonical).as_ref()))
+            }
+            SigningKey::Rsa(pkey) => {
+                // openssl's default padding for an RSA key is PKCS#1 v1.5.
+                let signature = openssl::sign::Signer::new(MessageDigest::sha1(), pkey)
+                    .and_then(|mut s| {
+                        s.update(canonical)?;
+                        s.sign_to_vec()
+                    })
+                    .map_err(|e| SignError(format!("RSA-SHA1 signing failed: {e}")))?;
+                Ok(files::base64_wrapped(&signature))
             }
         }
     }
@@ -101,11 +172,17 @@ impl Identity {
         )
     }
 
-    /// Loads a PKCS#8 PEM private key and the PEM certificate for it.
+    /// Loads a PEM private key and the PEM certificate for it.
     ///
-    /// Refuses a key file that group or others can access, and a key that
-    /// does not match the certificate. The certificate is not checked against
-    /// a CA here; receivers do that.
+    /// The key may be PKCS#8 (`BEGIN PRIVATE KEY`, Ed25519 or RSA) or, for
+    /// RSA, PKCS#1 (`BEGIN RSA PRIVATE KEY`); it must not be encrypted. An
+    /// RSA key signs with fedmsg's `"x509"` scheme, an Ed25519 key with
+    /// `"ed25519"`.
+    ///
+    /// Refuses a key file that group or others can access (keys made with
+    /// `openssl req -nodes` are often mode 0644: `chmod 600` them), and a key
+    /// that does not match the certificate. The certificate is not checked
+    /// against a CA here; receivers do that.
     pub fn load_files(key_path: &Path, cert_path: &Path) -> Result<Self> {
         files::check_private(key_path)?;
         let key_pem = files::read(key_path)?;
@@ -115,8 +192,7 @@ impl Identity {
         let name = files::common_name(cert.subject())
             .ok_or_else(|| Error::malformed(cert_path, "certificate subject has no CN"))?;
         let key = SigningKey::load(key_path, cert_path, &key_der, cert.public_key())?;
-        let certificate_field =
-            base64::engine::general_purpose::STANDARD.encode(files::certificate_pem(&cert_der));
+        let certificate_field = key.certificate_field(&cert_der);
         Ok(Identity {
             name,
             certificate_field,
@@ -125,23 +201,31 @@ impl Identity {
     }
 }
 
-fn pem_private_key(path: &Path, text: &[u8]) -> Result<Vec<u8>> {
+fn pem_private_key(path: &Path, text: &[u8]) -> Result<KeyDer> {
+    let encrypted = |detail: &str| Error::UnsupportedKey {
+        path: path.to_path_buf(),
+        detail: format!("{detail}; decrypt it first (e.g. `openssl pkey -in KEY -out KEY.plain`)"),
+    };
+    // Legacy encrypted PEM (`Proc-Type: 4,ENCRYPTED` headers) would otherwise
+    // surface as a confusing DER error.
+    if text.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(encrypted("the private key is encrypted"));
+    }
     if let Some(der) = files::pem_blocks(path, text, "PRIVATE KEY")?
         .into_iter()
         .next()
     {
-        return Ok(der);
+        return Ok(KeyDer::Pkcs8(der));
     }
-    let other = PathBuf::from(path);
-    if !files::pem_blocks(path, text, "RSA PRIVATE KEY")?.is_empty() {
-        return Err(Error::UnsupportedKey {
-            path: other,
-            detail: "PKCS#1 RSA key; signing with RSA is not supported yet".to_owned(),
-        });
+    if let Some(der) = files::pem_blocks(path, text, "RSA PRIVATE KEY")?
+        .into_iter()
+        .next()
+    {
+        return Ok(KeyDer::Pkcs1Rsa(der));
     }
     Err(Error::malformed(
-        other,
-        "no PKCS#8 \"PRIVATE KEY\" PEM block",
+        path,
+        "no \"PRIVATE KEY\" (PKCS#8) or \"RSA PRIVATE KEY\" (PKCS#1) PEM block",
     ))
 }
 

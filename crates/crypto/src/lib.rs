@@ -3,8 +3,9 @@
 //! gilmsg signs the canonical JSON of each message as fedmsg does; the
 //! protocol crate (`gilmsg-proto`) only sees the [`Signer`] and [`Verifier`]
 //! traits. This crate implements them with `ring` (signatures, digests),
-//! `rcgen` (certificate and CRL generation) and `x509-parser` (parsing and
-//! chain signature checks). No cryptography is implemented here.
+//! `openssl` (RSA-SHA1 signing for fedmsg's `"x509"` scheme only), `rcgen`
+//! (certificate and CRL generation) and `x509-parser` (parsing and chain
+//! signature checks). No cryptography is implemented here.
 //!
 //! # Layout
 //!
@@ -12,8 +13,10 @@
 //!   `<name>.crt`, `<name>.key`): `init`, `issue`, `revoke`, `list`. Used by
 //!   the `gilmsg-pki` binary.
 //! - [`Identity`] (`identity.rs`): a private key plus its certificate;
-//!   implements [`Signer`]. Ed25519 today; fedmsg's RSA `"x509"` scheme is to
-//!   be added as a second key kind behind it.
+//!   implements [`Signer`]. An Ed25519 key signs the native `"ed25519"`
+//!   scheme; an RSA key signs fedmsg's `"x509"` scheme (RSA PKCS#1 v1.5 over
+//!   SHA-1, byte-identical to Python fedmsg), through the system OpenSSL
+//!   because ring cannot sign SHA-1.
 //! - [`TrustStore`] (`trust.rs`): trusted CA(s) plus CRL; implements
 //!   [`Verifier`] with a cache of validated certificates and a CRL that is
 //!   re-read when the file changes. Verifies both `"ed25519"` and `"x509"`.

@@ -8,6 +8,22 @@
 //! public key; what can change between messages (the clock, the CRL) is
 //! checked on every call. The CRL file is re-read when its mtime or size
 //! changes, looked at no more than once per [`DEFAULT_CRL_CHECK_INTERVAL`].
+//!
+//! Compatibility with fedmsg's `x509` validator (pyOpenSSL's `X509Store` with
+//! `CRL_CHECK | CRL_CHECK_ALL`), and where we differ:
+//!
+//! - Signatures and certificates may be base64 wrapped at 76 columns (as
+//!   fedmsg writes them) or not; whitespace is ignored.
+//! - The leaf must be issued directly by a trusted CA: no intermediates, as
+//!   in fedmsg. fedmsg uses only the *first* certificate of
+//!   `ca_cert_location`; we trust every certificate in the file, which is
+//!   the same for the usual one-CA file.
+//! - A CRL whose `nextUpdate` has passed makes every certificate of its
+//!   issuer untrusted until the file is refreshed, as OpenSSL's "CRL has
+//!   expired" does in fedmsg.
+//! - RSA is verified with ring, which takes 2048 to 8192-bit keys only: an
+//!   RSA-1024 certificate that Python fedmsg accepts is refused here (as a
+//!   malformed certificate naming the key size).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -33,6 +49,10 @@ pub const CACHE_CAPACITY: usize = 4096;
 
 /// How often, at most, `verify` looks at the CRL file's mtime.
 pub const DEFAULT_CRL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// RSA modulus sizes ring's PKCS#1 verifier accepts.
+const RSA_MIN_BITS: usize = 2048;
+const RSA_MAX_BITS: usize = 8192;
 
 /// One trust anchor.
 struct TrustedCa {
@@ -63,10 +83,14 @@ struct Validated {
     key: PublicKey,
 }
 
-/// Revoked serials per issuer (raw DER name), from every CRL in the file.
+/// Revoked serials per issuer (raw DER name), from every CRL in the file,
+/// and when each issuer's CRL stops being valid.
 #[derive(Default)]
 struct Revocations {
     by_issuer: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    /// Earliest `nextUpdate` (Unix seconds) among the issuer's CRLs; absent
+    /// when none of them has one.
+    next_update: HashMap<Vec<u8>, i64>,
 }
 
 impl Revocations {
@@ -74,6 +98,13 @@ impl Revocations {
         self.by_issuer
             .get(issuer_raw)
             .is_some_and(|s| s.contains(serial))
+    }
+
+    fn expired_at(&self, issuer_raw: &[u8], now: i64) -> Option<i64> {
+        self.next_update
+            .get(issuer_raw)
+            .copied()
+            .filter(|&next| now > next)
     }
 }
 
@@ -217,6 +248,14 @@ fn load_crl(path: &Path, cas: &[TrustedCa]) -> Result<CrlState> {
                 detail: format!("signature does not verify with the key of {}", crl.issuer()),
             });
         }
+        if let Some(next) = crl.next_update() {
+            let next = next.timestamp();
+            revocations
+                .next_update
+                .entry(crl.issuer().as_raw().to_vec())
+                .and_modify(|t| *t = (*t).min(next))
+                .or_insert(next);
+        }
         let serials = revocations
             .by_issuer
             .entry(crl.issuer().as_raw().to_vec())
@@ -288,9 +327,22 @@ fn validate(cas: &[TrustedCa], field: &str) -> std::result::Result<Validated, Ve
     let key = if spki.algorithm.algorithm == OID_SIG_ED25519 {
         PublicKey::Ed25519(key_bytes)
     } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
-        PublicKey::Rsa(key_bytes)
+        match spki.parsed() {
+            Ok(x509_parser::public_key::PublicKey::RSA(rsa))
+                if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&rsa.key_size()) =>
+            {
+                PublicKey::Unsupported(format!(
+                    "{}-bit RSA key (gilmsg verifies {RSA_MIN_BITS} to {RSA_MAX_BITS} bits)",
+                    rsa.key_size()
+                ))
+            }
+            _ => PublicKey::Rsa(key_bytes),
+        }
     } else {
-        PublicKey::Unsupported(spki.algorithm.algorithm.to_id_string())
+        PublicKey::Unsupported(format!(
+            "algorithm {}",
+            spki.algorithm.algorithm.to_id_string()
+        ))
     };
     let validity = cert.validity();
     Ok(Validated {
@@ -427,11 +479,19 @@ impl TrustStore {
             return Err(VerifyError::Expired(v.name.clone()));
         }
         if let Some(src) = &self.crl {
-            if read(&src.state)
-                .revocations
-                .contains(&v.issuer_raw, &v.serial)
-            {
+            let state = read(&src.state);
+            if state.revocations.contains(&v.issuer_raw, &v.serial) {
                 return Err(VerifyError::Revoked(v.name.clone()));
+            }
+            if let Some(next) = state.revocations.expired_at(&v.issuer_raw, now) {
+                let when = time::OffsetDateTime::from_unix_timestamp(next)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| next.to_string());
+                return Err(VerifyError::Untrusted(format!(
+                    "{:?}: the CRL {} expired at {when} (nextUpdate); publish a fresh one",
+                    v.name,
+                    src.path.display()
+                )));
             }
         }
 
@@ -453,10 +513,8 @@ impl TrustStore {
                     .verify(canonical, &sig)
                     .is_ok()
             }
-            (_, PublicKey::Unsupported(alg)) => {
-                return Err(malformed_cert(format!(
-                    "unsupported public key algorithm {alg}"
-                )))
+            (_, PublicKey::Unsupported(what)) => {
+                return Err(malformed_cert(format!("unsupported public key: {what}")))
             }
             // The scheme and the certificate's key kind disagree: no
             // signature can be valid.
