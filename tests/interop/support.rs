@@ -1,0 +1,552 @@
+//! Support for the interoperability tests against the real Python peers
+//! (fedmsg 1.1.7, gilmsg 0.1.2): finding the venv, a throwaway RSA PKI made
+//! with the `openssl` CLI, a per-test directory holding `fedmsg.d/` (what the
+//! Python side reads from its working directory) and the matching gilmsg TOML,
+//! and starting Python and Rust processes that announce readiness on a line.
+//!
+//! Every process is a [`Proc`]: killed by PID when dropped, and registered
+//! with the test's hard-limit guard. Every Python process also arms its own
+//! SIGALRM (`peers.py --limit`), so it dies even if this test process is
+//! killed.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gilmsg_cli::procs::Proc;
+use gilmsg_tests::bins::bin;
+use gilmsg_tests::guard;
+use serde_json::Value;
+
+/// The environment variable naming the venv made by `scripts/python-peers.sh`.
+pub const PEERS_VAR: &str = "GILMSG_PYTHON_PEERS";
+/// How long a process may take to print its ready line.
+pub const READY: Duration = Duration::from_secs(30);
+/// Topic prefix and environment of every interop bus.
+pub const PREFIX: &str = "org.example";
+pub const ENV: &str = "dev";
+
+/// The Python side: the venv and our helper script.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub venv: PathBuf,
+    pub python: PathBuf,
+    pub script: PathBuf,
+}
+
+/// The venv named by `GILMSG_PYTHON_PEERS`, or `None` after printing a SKIP
+/// notice (the interop tests then pass without running; `scripts/test`
+/// always sets the variable, so CI runs them).
+pub fn peers(test: &str) -> Option<Peers> {
+    let Some(venv) = std::env::var_os(PEERS_VAR).filter(|v| !v.is_empty()) else {
+        eprintln!(
+            "SKIP interop::{test}: {PEERS_VAR} is not set. Run scripts/test, or \
+             `export {PEERS_VAR}=$(scripts/python-peers.sh | tail -n1)` first."
+        );
+        return None;
+    };
+    let venv = PathBuf::from(venv);
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "{PEERS_VAR}={} has no bin/python: run scripts/python-peers.sh",
+        venv.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/peers.py");
+    Some(Peers {
+        venv,
+        python,
+        script,
+    })
+}
+
+/// A free TCP port on 127.0.0.1, chosen by the kernel. (Python's relay
+/// cannot bind `:*`, so its ports are picked here; the tiny window between
+/// closing this listener and the relay binding is the only race.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Runs a short command to completion, panicking with its output on failure.
+pub fn run(mut cmd: Command, what: &str) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A throwaway CA with RSA-2048 leaves, made with the openssl CLI by the
+/// recipe fedmsg's x509 backend accepts (leaves signed directly by the CA,
+/// a CRL, PEM files `<ssldir>/<cn>.{key,crt}`, keys mode 0600).
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+const CA_CNF: &str = "\
+[ ca ]
+default_ca = test_ca
+[ test_ca ]
+database         = ./index.txt
+new_certs_dir    = ./newcerts
+serial           = ./serial
+crlnumber        = ./crlnumber
+certificate      = ./ca.crt
+private_key      = ./ca.key
+default_md       = sha256
+default_days     = 3650
+default_crl_days = 3650
+policy           = policy_any
+unique_subject   = no
+copy_extensions  = none
+[ policy_any ]
+commonName = supplied
+[ req ]
+distinguished_name = dn
+prompt = no
+[ dn ]
+CN = unused
+[ v3_ca ]
+basicConstraints     = critical,CA:TRUE
+keyUsage             = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[ v3_leaf ]
+basicConstraints       = CA:FALSE
+keyUsage               = critical,digitalSignature
+subjectKeyIdentifier   = hash
+authorityKeyIdentifier = keyid
+";
+
+impl Pki {
+    fn openssl(&self, args: &[&str], what: &str) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(&self.dir);
+        run(cmd, what);
+    }
+
+    /// Makes the CA, one leaf per name (CN = file stem) and an empty CRL.
+    pub fn make(dir: &Path, names: &[&str]) -> Pki {
+        fs::create_dir_all(dir.join("newcerts")).unwrap();
+        fs::write(dir.join("ca.cnf"), CA_CNF).unwrap();
+        fs::write(dir.join("index.txt"), "").unwrap();
+        fs::write(dir.join("serial"), "1000\n").unwrap();
+        fs::write(dir.join("crlnumber"), "1000\n").unwrap();
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        pki.openssl(
+            &[
+                "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days",
+                "3650", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=interop-test-ca",
+                "-config", "ca.cnf", "-extensions", "v3_ca",
+            ],
+            "openssl req (CA)",
+        );
+        for name in names {
+            pki.issue(name);
+        }
+        pki.gencrl();
+        pki
+    }
+
+    /// Issues `<name>.key` / `<name>.crt` with CN=name.
+    pub fn issue(&self, name: &str) {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        self.openssl(
+            &[
+                "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
+                "-subj", &format!("/CN={name}"), "-config", "ca.cnf",
+            ],
+            "openssl req (leaf)",
+        );
+        self.openssl(
+            &[
+                "ca", "-batch", "-config", "ca.cnf", "-extensions", "v3_leaf", "-notext", "-in",
+                &csr, "-out", &crt,
+            ],
+            "openssl ca (leaf)",
+        );
+        let _ = fs::remove_file(self.dir.join(&csr));
+        fs::set_permissions(self.dir.join(&key), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Revokes `name` and rewrites the CRL.
+    pub fn revoke(&self, name: &str) {
+        let crt = format!("{name}.crt");
+        self.openssl(
+            &["ca", "-batch", "-config", "ca.cnf", "-revoke", &crt],
+            "openssl ca -revoke",
+        );
+        self.gencrl();
+    }
+
+    fn gencrl(&self) {
+        self.openssl(
+            &["ca", "-batch", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
+            "openssl ca -gencrl",
+        );
+        fs::set_permissions(
+            self.dir.join("ca.key"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+}
+
+/// One test's world: a temp dir with the PKI, `fedmsg.d/test.py` (for the
+/// Python processes, which run in `dir`), `gilmsg.toml` (for the Rust side)
+/// and the relay's two endpoints.
+pub struct World {
+    pub peers: Peers,
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub inbound: String,
+    pub outbound: String,
+    pub toml: PathBuf,
+}
+
+/// Identities every world issues. `py-shell` is what Python's loggers sign
+/// as (cert_prefix "shell"); `rust-pub` what Rust publishers sign as.
+pub const IDENTITIES: &[&str] = &[
+    "py-shell",
+    "py-a",
+    "py-b",
+    "py-revoked",
+    "rust-pub",
+    "rust-consumer",
+];
+
+impl World {
+    /// A PKI and config files for a bus whose relay binds `inbound` and
+    /// `outbound` (both on 127.0.0.1, ports chosen here).
+    pub fn new(peers: &Peers) -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("gilmsg-interop-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        fs::create_dir_all(dir.join("home")).unwrap();
+        let pki = Pki::make(&dir.join("pki"), IDENTITIES);
+        let inbound = format!("tcp://127.0.0.1:{}", free_port());
+        let outbound = format!("tcp://127.0.0.1:{}", free_port());
+        let world = World {
+            peers: peers.clone(),
+            dir: dir.clone(),
+            pki,
+            inbound,
+            outbound,
+            toml: dir.join("gilmsg.toml"),
+            tmp,
+        };
+        world.write_configs();
+        world
+    }
+
+    /// Points both configs at a relay whose endpoints are only known once it
+    /// has bound them (gilmsg-relay with `tcp://127.0.0.1:*`).
+    pub fn set_relay(&mut self, inbound: &str, outbound: &str) {
+        self.inbound = inbound.to_owned();
+        self.outbound = outbound.to_owned();
+        self.write_configs();
+    }
+
+    fn write_configs(&self) {
+        let pki = self.pki.dir.display().to_string();
+        let names: Vec<String> = IDENTITIES.iter().map(|n| format!("{n:?}")).collect();
+        let fedmsg_d = format!(
+            r#"# Written by tests/interop.rs: the Python peers' configuration.
+import socket as _socket
+_H = _socket.gethostname().split('.')[0]
+_PKI = {pki:?}
+_NAMES = [{names}]
+config = dict(
+    topic_prefix={PREFIX:?},
+    environment={ENV:?},
+    zmq_enabled=True,
+    endpoints={{'relay_outbound': [{out:?}]}},
+    relay_inbound=[{inb:?}],
+    sign_messages=True,
+    validate_signatures=True,
+    ssldir=_PKI,
+    ca_cert_location=_PKI + '/ca.crt',
+    crl_location=_PKI + '/crl.pem',
+    certnames=dict([('shell.' + _H, 'py-shell')] + [(n + '.' + _H, n) for n in _NAMES]),
+    post_init_sleep=0.2,
+    zmq_linger=2000,
+)
+"#,
+            names = names.join(", "),
+            out = self.outbound,
+            inb = self.inbound,
+        );
+        fs::create_dir_all(self.dir.join("fedmsg.d")).unwrap();
+        fs::write(self.dir.join("fedmsg.d/test.py"), fedmsg_d).unwrap();
+
+        let mut config = gilmsg_config::Config::default();
+        config.topic_prefix = PREFIX.into();
+        config.environment = ENV.into();
+        config
+            .endpoints
+            .insert("relay_outbound".into(), vec![self.outbound.clone()]);
+        config.relay_inbound = vec![self.inbound.clone()];
+        config.sign_messages = true;
+        config.validate_signatures = true;
+        config.ssldir = self.pki.dir.clone();
+        config.ca_cert_location = Some(self.pki.ca());
+        config.crl_location = Some(self.pki.crl());
+        config.certnames = BTreeMap::new();
+        fs::write(&self.toml, config.to_toml_string()).unwrap();
+    }
+
+    fn python_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.peers.python);
+        cmd.arg(&self.peers.script)
+            .args(args)
+            .current_dir(&self.dir)
+            // ~/.fedmsg.d and ~/.fedmsg-config.py must not leak in.
+            .env("HOME", self.dir.join("home"))
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("PYTHONPATH")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `peers.py ARGS` (its first argument is the sub-command; the
+    /// `--limit` seconds are added here).
+    pub fn python(&self, name: &str, sub: &str, limit: Duration, args: &[&str]) -> Proc {
+        let limit = format!("{}", limit.as_secs_f64());
+        let mut all = vec![sub, "--limit", &limit];
+        all.extend_from_slice(args);
+        spawn(name, self.python_cmd(&all))
+    }
+
+    /// Starts the Python fedmsg-relay and waits for `peers: ready relay`.
+    pub fn fedmsg_relay(&self) -> Proc {
+        let relay = self.python("fedmsg-relay", "relay", Duration::from_secs(120), &[]);
+        relay
+            .wait_stdout("peers: ready relay", READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        relay
+    }
+
+    /// Starts gilmsg-relay on ephemeral ports and points the configs at it.
+    pub fn gilmsg_relay(&mut self) -> Proc {
+        let mut cmd = Command::new(bin("gilmsg-relay"));
+        cmd.args([
+            "--inbound",
+            "tcp://127.0.0.1:*",
+            "--outbound",
+            "tcp://127.0.0.1:*",
+        ]);
+        let relay = spawn("gilmsg-relay", cmd);
+        let line = relay
+            .wait_stderr("gilmsg-relay: ready", READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let inbound = field(&line, "inbound").expect("inbound= in ready line");
+        let outbound = field(&line, "outbound").expect("outbound= in ready line");
+        self.set_relay(&inbound, &outbound);
+        relay
+    }
+
+    /// Starts gilmsg-consumer (JSON lines on stdout) signing ACKs as
+    /// `certname`, with the TOML config (or `config`), and waits for ready.
+    pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("gilmsg-consumer"));
+        cmd.arg("--config")
+            .arg(config.unwrap_or(&self.toml))
+            .args(["--certname", certname, "--json"])
+            .args(extra)
+            .stdin(Stdio::null());
+        let consumer = spawn(&format!("gilmsg-consumer {certname}"), cmd);
+        consumer
+            .wait_stderr("gilmsg-consumer: ready", READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        consumer
+    }
+
+    /// Starts a Python gilmsg consumer signing as `name` and waits for ready.
+    pub fn python_consumer(&self, name: &str) -> Proc {
+        let consumer = self.python(
+            &format!("python consumer {name}"),
+            "consume",
+            Duration::from_secs(120),
+            &["--name", name],
+        );
+        consumer
+            .wait_stdout(&format!("peers: ready consume name={name}"), READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        consumer
+    }
+
+    /// Runs `peers.py SUB ARGS` to completion, bounded by `limit`.
+    pub fn python_once(&self, sub: &str, args: &[&str], limit: Duration) -> Outcome {
+        let proc = self.python(sub, sub, limit, args);
+        finish(proc, limit + Duration::from_secs(5))
+    }
+
+    /// Runs a console script of the venv (`fedmsg-logger`, `gilmsg-logger`,
+    /// `fedmsg-config`) in `dir`, bounded by `limit`; returns its outcome.
+    pub fn python_tool(&self, script: &str, args: &[&str], limit: Duration) -> Outcome {
+        let mut all = vec![script];
+        all.extend_from_slice(args);
+        let proc = self.python(script, "run", limit, &all);
+        finish(proc, limit + Duration::from_secs(5))
+    }
+
+    /// Runs gilmsg-logger with the TOML config (or `config`), stdin from `input`.
+    pub fn rust_logger(&self, args: &[&str], config: Option<&Path>, input: Option<&str>) -> Outcome {
+        let mut cmd = Command::new(bin("gilmsg-logger"));
+        cmd.arg("--config")
+            .arg(config.unwrap_or(&self.toml))
+            .args(args);
+        if let Some(text) = input {
+            let path = self.dir.join(format!("stdin-{}.txt", free_port()));
+            fs::write(&path, text).unwrap();
+            cmd.stdin(fs::File::open(&path).unwrap());
+        } else {
+            cmd.stdin(Stdio::null());
+        }
+        finish(spawn("gilmsg-logger", cmd), Duration::from_secs(60))
+    }
+}
+
+/// A finished process: exit code (None if killed at its time limit), output.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn stderr_text(&self) -> String {
+        self.stderr.join("\n")
+    }
+    pub fn stdout_text(&self) -> String {
+        self.stdout.join("\n")
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.elapsed,
+            self.stdout_text(),
+            self.stderr_text()
+        )
+    }
+}
+
+/// Spawns with piped output and registers the PID with the test's guard.
+pub fn spawn(name: &str, cmd: Command) -> Proc {
+    let proc = Proc::spawn(name, cmd).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    guard::current().add(proc.pid());
+    proc
+}
+
+/// Waits up to `limit` for exit (killing it then), collecting every line.
+pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut stdout = Vec::new();
+    let status = loop {
+        while let Some(line) = proc.next_stdout(Duration::from_millis(20)) {
+            stdout.push(line);
+        }
+        if let Some(status) = proc.wait_timeout(Duration::from_millis(1)) {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            proc.kill();
+            break None;
+        }
+    };
+    // The pipes close at exit; drain what is left.
+    while let Some(line) = proc.next_stdout(Duration::from_millis(200)) {
+        stdout.push(line);
+    }
+    guard::current().remove(proc.pid());
+    Outcome {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr: proc.stderr_so_far(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// `key=value` out of a ready/stats line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    gilmsg_cli::procs::field(line, key).map(str::to_owned)
+}
+
+/// Reads stdout lines until one starting with `prefix` (after `peers: got `
+/// style prefixes) parses as JSON and satisfies `pred`; returns it.
+pub fn wait_json(proc: &Proc, prefix: &str, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = proc.next_stdout(left) else { break };
+        if let Some(rest) = line.strip_prefix(prefix) {
+            if let Ok(v) = serde_json::from_str::<Value>(rest) {
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+        seen.push(line);
+    }
+    panic!(
+        "{}: no matching {prefix:?} line within {timeout:?}; stdout lines: {seen:#?}; stderr: {:#?}",
+        proc.name(),
+        proc.stderr_so_far()
+    );
+}
+
+/// Sends SIGUSR1 to a gilmsg process and returns its next stats line.
+pub fn stats(proc: &Proc, program: &str) -> BTreeMap<String, u64> {
+    proc.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let line = proc
+        .wait_stderr(&format!("{program}: stats"), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    line.split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! The library API against real consumer processes: many publishes in
+//! flight on one handle, the blocking facade, and plain (un-ACKed) publish.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use gilmsg_tests::{within, within_async, Bus};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(90);
+const NAMES: [&str; 2] = ["c1", "c2"];
+const IN_FLIGHT: u64 = 200;
+
+#[test]
+fn many_publishes_in_flight_on_one_handle_each_get_their_own_receipt() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&NAMES);
+        let consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        let mut tasks = tokio::task::JoinSet::new();
+        for k in 0..IN_FLIGHT {
+            let handle = publisher.clone();
+            tasks.spawn(async move {
+                let receipt = handle
+                    .publish("burst", json!({"k": k}), &NAMES, Duration::from_secs(30))
+                    .await;
+                (k, receipt)
+            });
+        }
+        let mut receipts = HashMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (k, receipt) = joined.expect("task");
+            let receipt = receipt.unwrap_or_else(|e| panic!("publish {k}: {e}"));
+            let acked: Vec<&str> = receipt.acks.iter().map(|a| a.recipient.as_str()).collect();
+            assert_eq!(acked, NAMES, "publish {k}");
+            receipts.insert(k, receipt);
+        }
+        assert_eq!(receipts.len() as u64, IN_FLIGHT);
+        let ids: HashSet<&str> = receipts.values().map(|r| r.msg_id.as_str()).collect();
+        assert_eq!(
+            ids.len() as u64,
+            IN_FLIGHT,
+            "every publish has its own msg_id"
+        );
+
+        // Each receipt is for the message that carried its own payload.
+        for c in &consumers {
+            let mut seen = HashMap::new();
+            while (seen.len() as u64) < IN_FLIGHT {
+                let line = c
+                    .next_stdout(Duration::from_secs(10))
+                    .unwrap_or_else(|| panic!("{}: only {} lines", c.name, seen.len()));
+                let shown: Value = serde_json::from_str(&line).expect("--json line");
+                let id = shown["msg_id"].as_str().expect("msg_id").to_owned();
+                let k = shown["body"]["msg"]["k"].as_u64().expect("k");
+                assert!(seen.insert(id, k).is_none(), "{}: delivered twice", c.name);
+            }
+            for (k, receipt) in &receipts {
+                assert_eq!(seen.get(&receipt.msg_id), Some(k), "{}", c.name);
+            }
+        }
+        let stats = publisher.stats();
+        assert_eq!(stats.get("publish.acked"), IN_FLIGHT, "{stats}");
+        assert_eq!(stats.get("ack.counted"), 2 * IN_FLIGHT, "{stats}");
+        assert_eq!(stats.get("publish.timed_out"), 0, "{stats}");
+    })
+}
+
+#[test]
+fn blocking_facade_publishes_and_times_out() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["c1", "offline"]);
+        let _c1 = bus.consumer("c1", &[]);
+        let publisher = gilmsg::blocking::Bus::from_async(bus.publisher()).expect("blocking bus");
+        let receipt = publisher
+            .publish(
+                "blocking",
+                json!({"n": 1}),
+                &["c1"],
+                Duration::from_secs(10),
+            )
+            .expect("c1 acks");
+        assert_eq!(receipt.acks[0].recipient, "c1");
+        let err = publisher
+            .publish(
+                "blocking",
+                json!({"n": 2}),
+                &["c1", "offline"],
+                Duration::from_millis(500),
+            )
+            .expect_err("offline never acks");
+        let timeout = err
+            .as_timeout()
+            .unwrap_or_else(|| panic!("not a timeout: {err}"));
+        assert_eq!(timeout.missing, ["offline"]);
+        assert_eq!(timeout.acked_names(), ["c1"]);
+        assert_eq!(publisher.stats().get("publish.acked"), 1);
+        publisher.close();
+    })
+}
+
+#[test]
+fn plain_publish_without_recipients_reaches_consumers_and_asks_no_ack() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&NAMES);
+        let acking = bus.consumer("c1", &[]);
+        let tail = bus.consumer("c2", &["--no-ack"]);
+        let publisher = bus.publisher();
+        let receipt = publisher
+            .send("plain", json!({"hello": "world"}))
+            .await
+            .expect("plain send");
+        assert!(receipt.acks.is_empty());
+        assert_eq!(receipt.topic, bus.topic("plain"));
+        for c in [&acking, &tail] {
+            let line = c.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
+            let shown: Value = serde_json::from_str(&line).expect("--json line");
+            assert_eq!(shown["body"]["msg"], json!({"hello": "world"}));
+            assert_eq!(shown["signer"], json!("publisher"));
+            assert!(
+                shown["body"].get("gilmsg_version").is_none(),
+                "a plain publish does not ask for ACKs: {line}"
+            );
+        }
+        let stats = acking.stats();
+        assert_eq!(stats.get("handler.ok"), 1, "{stats}");
+        assert_eq!(stats.get("ack.sent"), 0, "nothing to ACK: {stats}");
+        assert_eq!(publisher.stats().get("publish.sent_plain"), 1);
+
+        // A --no-ack consumer receives acknowledged publishes but never acks.
+        let err = publisher
+            .publish(
+                "plain",
+                json!({"n": 2}),
+                &["c1", "c2"],
+                Duration::from_millis(500),
+            )
+            .await
+            .expect_err("c2 does not ack");
+        let timeout = err
+            .as_timeout()
+            .unwrap_or_else(|| panic!("not a timeout: {err}"));
+        assert_eq!(timeout.missing, ["c2"]);
+        assert_eq!(timeout.acked_names(), ["c1"]);
+        tail.wait_stdout(&timeout.msg_id, Duration::from_secs(5));
+    })
+}
