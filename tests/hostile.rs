@@ -160,22 +160,55 @@ fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
     })
 }
 
+/// A publish that must succeed within 3 s (the hard-limit tests).
+async fn publish_quickly(publisher: &gilmsg::Bus, recipients: &[&str]) -> gilmsg::Receipt {
+    publisher
+        .publish(
+            "ok",
+            json!({"after": "huge"}),
+            recipients,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the bus did not recover from one huge message: {e}"))
+}
+
+// Known bug (see the report): libzmq treats a message over ZMQ_MAXMSGSIZE
+// as a protocol error and closes the connection *without reconnecting*.
+// `SocketTuning::hard_max_message` (crates/gilmsg/src/wire.rs) sets that
+// cap on every socket, including the consumer's SUB and the publisher's ACK
+// SUB, which connect to the relay; a relay whose own cap is larger (e.g.
+// started without --config, as the demo and this fixture do) forwards one
+// such message and the receiver is cut off from the bus for good, while
+// still looking ready.
 #[test]
-fn a_message_above_the_socket_hard_limit_does_not_break_consumers() {
-    // libzmq drops a connection that carries a message over the socket's
-    // maxmsgsize (64 KiB here); the consumer must reconnect and the
-    // publisher's re-sends must still get the next message through.
+#[ignore = "known bug: one message over a consumer's libzmq maxmsgsize disconnects it from the relay for good"]
+fn a_message_above_the_socket_hard_limit_does_not_cut_off_consumers() {
     within_async(LIMIT, || async {
         let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
         let raw = RawPub::connect(&bus.inbound);
-        let topic = bus.topic("huge");
-        raw.send(&[topic.as_bytes(), &vec![b' '; 200_000]]);
-        let receipt = publish_to_all(&bus, &publisher, 2).await;
+        // Over the consumers' 64 KiB hard cap, under the relay's.
+        raw.send(&[bus.topic("huge").as_bytes(), &vec![b' '; 200_000]]);
+        let receipt = publish_quickly(&publisher, &NAMES).await;
         for c in &consumers {
             c.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
         }
+    })
+}
+
+#[test]
+#[ignore = "known bug: one message over the publisher's libzmq maxmsgsize on the ACK topic disconnects its ACK listener for good"]
+fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_publisher() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let _consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        publish_to_all(&bus, &publisher, 1).await;
+        let raw = RawPub::connect(&bus.inbound);
+        raw.send(&[bus.ack_topic().as_bytes(), &vec![b' '; 200_000]]);
+        publish_quickly(&publisher, &NAMES).await;
     })
 }
