@@ -62,6 +62,15 @@ def console_script(name):
     for ep in entry_points(group="console_scripts"):
         if ep.name == name:
             return ep.load()
+    # Not every command is an entry point: fedmsg-config is a plain script
+    # in the venv's bin/ (`import fedmsg.commands.config; ...config()`).
+    import os
+    import runpy
+    path = os.path.join(sys.prefix, "bin", name)
+    if os.path.isfile(path):
+        def script():
+            runpy.run_path(path, run_name="__main__")
+        return script
     raise SystemExit("peers: no console script %r in this venv" % name)
 
 
