@@ -87,7 +87,7 @@ fn gen_integer(rng: &mut Rng) -> Value {
         2 => Value::from(rng.next() as i64),
         3 => Value::from(rng.next()),
         // Around the u64 / i64 limits.
-        4 => number(*rng.pick(&[
+        4 => number(rng.pick::<&str>(&[
             "18446744073709551615",
             "18446744073709551616",
             "-9223372036854775808",
@@ -163,7 +163,7 @@ fn gen_float(rng: &mut Rng) -> Value {
         // Short decimals, as people write them.
         5 => from_f64(sign * (rng.below(100_000) as f64) / 10f64.powi(rng.below(8) as i32)),
         // Literal number text in forms serde_json keeps verbatim.
-        6 => number(*rng.pick(&[
+        6 => number(rng.pick::<&str>(&[
             "1E5",
             "1e+05",
             "2.50",
