@@ -436,3 +436,74 @@ fn fedmsg_config_json_drives_the_rust_side() {
         });
     });
 }
+
+// ---------------------------------------------------------------------------
+// 7. A documented difference: messages signed with gilmsg's native Ed25519
+//    scheme (crypto "ed25519") are invalid to validating Python consumers,
+//    which drop them and carry on; mixed buses need x509 identities.
+
+#[test]
+fn python_tail_drops_ed25519_messages() {
+    let Some(peers) = peers("python_tail_drops_ed25519_messages") else {
+        return;
+    };
+    within(LIMIT, move || {
+        let mut world = World::new(&peers);
+        let _relay = world.gilmsg_relay();
+        let tail = world.python("fedmsg.tail_messages", "tail", Duration::from_secs(120), &[]);
+        tail.wait_stdout("peers: ready tail", READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        probe_python_tail(&world, &tail);
+
+        // A gilmsg-native PKI (Ed25519) and a config that signs with it.
+        let ed_dir = world.dir.join("ed25519-pki");
+        let day = Duration::from_secs(86_400);
+        gilmsg_crypto::pki::init(
+            &ed_dir,
+            &gilmsg_crypto::pki::InitOptions {
+                ca_name: "interop-ed25519-ca".into(),
+                validity: day,
+            },
+        )
+        .unwrap();
+        gilmsg_crypto::pki::issue(&ed_dir, "rust-ed", &gilmsg_crypto::pki::IssueOptions::valid_for(day))
+            .unwrap();
+        let mut config = gilmsg_config::Config::from_path(&world.toml).unwrap();
+        config.ssldir = ed_dir.clone();
+        config.ca_cert_location = None;
+        config.crl_location = None;
+        let ed_toml = world.dir.join("ed25519.toml");
+        std::fs::write(&ed_toml, config.to_toml_string()).unwrap();
+
+        let out = world.rust_logger(
+            &["--certname", "rust-ed", "--message", "signed with ed25519"],
+            Some(&ed_toml),
+            None,
+        );
+        assert_eq!(out.code, Some(0), "{out}");
+        let out = world.rust_logger(
+            &["--certname", "rust-pub", "--message", "signed with x509"],
+            None,
+            None,
+        );
+        assert_eq!(out.code, Some(0), "{out}");
+        // Same publisher path, sent after: once the x509 one is printed the
+        // ed25519 one has been handled (and must not have been printed).
+        let mut printed = Vec::new();
+        wait_json(&tail, "peers: got ", Duration::from_secs(10), |v| {
+            printed.push(v.clone());
+            v.pointer("/body/msg/log") == Some(&json!("signed with x509"))
+        });
+        assert!(
+            printed
+                .iter()
+                .all(|v| v.pointer("/body/msg/log") != Some(&json!("signed with ed25519"))),
+            "a validating Python consumer accepted an ed25519 message: {printed:#?}"
+        );
+        // fedmsg warns on stderr (a separate pipe, so wait for it).
+        let warning = tail
+            .wait_stderr("'crypto': 'ed25519'", Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("expected fedmsg's invalid-message warning: {e}"));
+        assert!(warning.contains("invalid message received"), "{warning}");
+    });
+}
