@@ -57,10 +57,28 @@ pub struct Config {
     /// Directory of certificates and keys. Default `/etc/pki/fedmsg`.
     pub ssldir: PathBuf,
     /// The CA certificate; `None` means `ssldir/ca.crt`. Local paths only.
+    ///
+    /// fedmsg differs when the key is absent: it fetches
+    /// `https://fedoraproject.org/fedmsg/ca.crt`. gilmsg never fetches
+    /// anything, so a fedmsg JSON dump without this key (or with `null`) uses
+    /// `ssldir/ca.crt`, which is where fedmsg deployments keep the CA anyway;
+    /// a URL given explicitly is refused, naming the key.
     pub ca_cert_location: Option<PathBuf>,
     /// The certificate revocation list; `None` means `ssldir/crl.pem` if that
-    /// file exists, else no CRL. Local paths only.
+    /// file exists, else no CRL (unless [`crl_disabled`](Self::crl_disabled)).
+    /// Local paths only.
+    ///
+    /// fedmsg fetches `https://fedoraproject.org/fedmsg/crl.pem` when the key
+    /// is absent; gilmsg looks for `ssldir/crl.pem` instead (see
+    /// `ca_cert_location`).
     pub crl_location: Option<PathBuf>,
+    /// No revocation checking at all, even if `ssldir/crl.pem` exists.
+    ///
+    /// This is fedmsg's `crl_location: None` (JSON `null`) or `""`: fedmsg then
+    /// skips the CRL, so a fedmsg JSON dump with `"crl_location": null` sets
+    /// this. In TOML, write `crl_location = ""`. Wins over `crl_location`.
+    /// Default `false`.
+    pub crl_disabled: bool,
     /// fedmsg's map from `"<modname>.<hostname>"` to a certificate name
     /// (the file stem of `<name>.crt` / `<name>.key` in `ssldir`).
     pub certnames: BTreeMap<String, String>,
@@ -130,6 +148,7 @@ impl Default for Config {
             ssldir: PathBuf::from("/etc/pki/fedmsg"),
             ca_cert_location: None,
             crl_location: None,
+            crl_disabled: false,
             certnames: BTreeMap::new(),
             cert_prefix: "shell".into(),
             certname: None,
@@ -172,19 +191,45 @@ impl Config {
         }
     }
 
-    /// The certificate name a module signs with, by fedmsg's rule:
-    /// `certname` if set; else `certnames["<modname>.<hostname>"]`; else
-    /// `certnames["<cert_prefix>.<hostname>"]` (how fedmsg resolves a
-    /// `cert_prefix`); else `"<cert_prefix>.<hostname>"`.
+    /// The certificate name a module signs with, publishing as
+    /// [`active`](Self::active) says: see [`Config::certname_for`].
     pub fn certname(&self, modname: &str) -> String {
+        self.certname_for(modname, self.active)
+    }
+
+    /// The certificate name a module signs with when it publishes actively
+    /// (through the relay, like `fedmsg-logger`) or not (binding
+    /// `endpoints[name]`). The first that applies:
+    ///
+    /// 1. [`certname`](Self::certname) (gilmsg's explicit choice);
+    /// 2. `certnames["<modname>.<hostname>"]`: fedmsg's guessed `name` for a
+    ///    module that binds;
+    /// 3. `certnames[name]` when not `active` and `name` is set: fedmsg's
+    ///    rule for `fedmsg.init(name=...)`;
+    /// 4. `certnames["<cert_prefix>.<hostname>"]`: fedmsg's rule when a
+    ///    `cert_prefix` is given, as `fedmsg-logger` and `gilmsg-logger`
+    ///    always do (`--cert-prefix`, default `shell`), and for active
+    ///    publishers, whose fedmsg name `relay_inbound` maps to
+    ///    `shell.<hostname>`;
+    /// 5. `"<cert_prefix>.<hostname>"` itself, as a file stem in `ssldir`.
+    ///    fedmsg raises `KeyError` here; gilmsg's own PKI names files after
+    ///    the identity, so this finds them without a `certnames` table.
+    ///
+    /// The hostname is [`Config::hostname`] (fedmsg's short hostname).
+    pub fn certname_for(&self, modname: &str, active: bool) -> String {
         if let Some(explicit) = &self.certname {
             return explicit.clone();
         }
         let host = self.hostname();
         let by_module = format!("{modname}.{host}");
+        let by_name = self
+            .name
+            .as_deref()
+            .filter(|n| !active && *n != "relay_inbound");
         let by_prefix = format!("{}.{host}", self.cert_prefix);
         self.certnames
             .get(&by_module)
+            .or_else(|| by_name.and_then(|n| self.certnames.get(n)))
             .or_else(|| self.certnames.get(&by_prefix))
             .cloned()
             .unwrap_or(by_prefix)
@@ -198,11 +243,16 @@ impl Config {
         }
     }
 
-    /// The CRL: `crl_location`, or `ssldir/crl.pem` when that file exists,
-    /// else `None` (no revocation checking). A `crl_location` that is set
-    /// is returned even if missing, so that the crypto layer reports it
-    /// instead of silently skipping revocation.
+    /// The CRL: `None` (no revocation checking) when
+    /// [`crl_disabled`](Self::crl_disabled); else `crl_location`; else
+    /// `ssldir/crl.pem` when that file exists, else `None`. A `crl_location`
+    /// that is set is returned even if missing, so that the crypto layer
+    /// reports it instead of silently skipping revocation (fedmsg, too,
+    /// fails every message then).
     pub fn crl_path(&self) -> Option<PathBuf> {
+        if self.crl_disabled {
+            return None;
+        }
         match &self.crl_location {
             Some(p) => Some(p.clone()),
             None => {
@@ -377,7 +427,9 @@ impl Config {
         if let Some(v) = &self.ca_cert_location {
             t.insert("ca_cert_location".into(), p(v));
         }
-        if let Some(v) = &self.crl_location {
+        if self.crl_disabled {
+            t.insert("crl_location".into(), s(""));
+        } else if let Some(v) = &self.crl_location {
             t.insert("crl_location".into(), p(v));
         }
         t.insert("cert_prefix".into(), s(&self.cert_prefix));
@@ -513,6 +565,32 @@ mod tests {
         c.crl_location = Some("/x/missing.pem".into());
         assert_eq!(c.ca_cert_path(), PathBuf::from("/x/ca.pem"));
         assert_eq!(c.crl_path(), Some(PathBuf::from("/x/missing.pem")));
+        // Disabled wins over both the explicit path and ssldir/crl.pem.
+        c.crl_disabled = true;
+        assert_eq!(c.crl_path(), None);
+        c.crl_location = None;
+        assert_eq!(c.crl_path(), None);
+    }
+
+    #[test]
+    fn certname_by_fedmsg_name_only_when_binding() {
+        let mut c = cfg();
+        c.certnames.insert("pub.box".into(), "pub-cert".into());
+        c.certnames
+            .insert("shell.app01".into(), "shell-cert".into());
+        c.name = Some("pub.box".into());
+        // fedmsg.init(name="pub.box") binds and signs as certnames["pub.box"].
+        assert_eq!(c.certname_for("svc", false), "pub-cert");
+        assert_eq!(c.certname("svc"), "pub-cert");
+        // Active publishers (loggers) use the cert_prefix rule.
+        assert_eq!(c.certname_for("logger", true), "shell-cert");
+        c.active = true;
+        assert_eq!(c.certname("logger"), "shell-cert");
+        // fedmsg's name for active publishers is relay_inbound: never a key.
+        c.active = false;
+        c.name = Some("relay_inbound".into());
+        c.certnames.insert("relay_inbound".into(), "nope".into());
+        assert_eq!(c.certname("logger"), "shell-cert");
     }
 
     #[test]

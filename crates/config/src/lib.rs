@@ -9,6 +9,9 @@
 //! - **fedmsg JSON**, as printed by Python's `fedmsg-config`. Keys the file
 //!   leaves out take fedmsg's defaults where those differ from ours
 //!   (signing and validation off), so the migrated bus behaves as before.
+//!   `crl_location: null` turns the CRL check off, as in fedmsg. Where
+//!   fedmsg would fetch Fedora's CA or CRL over HTTPS (key left out), gilmsg
+//!   reads `<ssldir>/ca.crt` and `<ssldir>/crl.pem` instead.
 //!
 //! Unknown keys are not errors, since fedmsg configs carry many keys gilmsg
 //! has no use for (`irc`, `logging`, `persistent_store`, ...); they are

@@ -64,7 +64,16 @@ impl Config {
     /// Reads the JSON that fedmsg's `fedmsg-config` prints. Keys the file
     /// leaves out take fedmsg's defaults where they differ from gilmsg's
     /// (`sign_messages` and `validate_signatures` are then `false`), and a
-    /// `null` value counts as left out, as fedmsg's `None` does.
+    /// `null` value counts as left out, as fedmsg's `None` does, except:
+    ///
+    /// - `crl_location: null` (or `""`) turns revocation checking off, as it
+    ///   does in fedmsg ([`Config::crl_disabled`]);
+    /// - `ca_cert_location` and `crl_location` left out mean Fedora's HTTPS
+    ///   URLs in fedmsg; gilmsg fetches nothing and uses `<ssldir>/ca.crt`
+    ///   and, if it exists, `<ssldir>/crl.pem` instead;
+    /// - `certname` is ignored (listed in `ignored_keys`): `fedmsg.publish`
+    ///   overwrites it with the `certnames` lookup, which
+    ///   [`Config::certname`] follows.
     pub fn from_fedmsg_json_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             let full = e.to_string();
@@ -249,7 +258,13 @@ fn from_map(
     }
     c.name = r.take("name")?;
     c.hostname = r.take("hostname")?;
-    c.certname = r.take("certname")?;
+    if dialect == Dialect::Gilmsg {
+        // fedmsg.publish overwrites any `certname` in its config with the
+        // certnames lookup, so in a fedmsg dump the key decides nothing and
+        // is left to ignored_keys; honouring it would sign differently from
+        // the fedmsg processes reading the same file.
+        c.certname = r.take("certname")?;
+    }
     c.post_init_sleep = r.take::<Secs>("post_init_sleep")?.map(Into::into);
 
     if let Some(map) = r.take::<BTreeMap<String, OneOrMany>>("endpoints")? {
@@ -265,8 +280,27 @@ fn from_map(
     if let Some(p) = r.take_path("ssldir")? {
         c.ssldir = p;
     }
+    if r.map.get("ca_cert_location") == Some(&Value::String(String::new())) {
+        return Err(r.invalid(
+            "ca_cert_location",
+            "is empty; give the CA certificate's path, or leave the key out to use \
+             <ssldir>/ca.crt",
+        ));
+    }
     c.ca_cert_location = r.take_path("ca_cert_location")?;
-    c.crl_location = r.take_path("crl_location")?;
+    // fedmsg skips the CRL check when crl_location is None or "", which is
+    // not the same as leaving the key out (see Config::crl_disabled).
+    let no_crl = match r.map.get("crl_location") {
+        Some(Value::Null) => dialect == Dialect::Fedmsg,
+        Some(Value::String(s)) => s.is_empty(),
+        _ => false,
+    };
+    if no_crl {
+        r.map.remove("crl_location");
+        c.crl_disabled = true;
+    } else {
+        c.crl_location = r.take_path("crl_location")?;
+    }
 
     c.ignored_keys = r.map.keys().cloned().collect();
     c.ignored_keys.sort();

@@ -418,3 +418,131 @@ fn toml_round_trip() {
     assert_eq!(back.resend_max, Duration::from_millis(1500));
     assert_eq!(back.own_endpoints(), c.own_endpoints());
 }
+
+/// The real output of `HOME=<empty> fedmsg-config` (fedmsg 1.1.7) for a
+/// single `fedmsg.d/demo.py`, keys in the order Python printed them.
+#[test]
+fn real_fedmsg_config_output() {
+    let path = data("fedmsg-config-demo.json");
+    let mut c = Config::from_path(&path).unwrap();
+
+    assert_eq!(c.topic_prefix, "org.example");
+    assert_eq!(c.environment, "dev");
+    assert!(c.sign_messages && c.validate_signatures);
+    assert!(!c.active);
+    assert_eq!(c.name, None);
+    assert_eq!(c.ssldir, PathBuf::from("/tmp/gilmsg-exp/pki"));
+    assert_eq!(
+        c.endpoints["relay_outbound"],
+        strings(&["tcp://127.0.0.1:24002"])
+    );
+    assert_eq!(c.relay_inbound, strings(&["tcp://127.0.0.1:24001"]));
+    assert_eq!(c.post_init_sleep, Some(Duration::from_millis(500)));
+    assert_eq!(c.zmq_linger, Duration::from_secs(1));
+    assert_eq!(c.high_water_mark, 0);
+    assert!(c.routing_policy.is_empty() && !c.routing_nitpicky);
+
+    // The dump has no ca_cert_location / crl_location: fedmsg would fetch
+    // Fedora's URLs; we use ssldir/ca.crt and ssldir/crl.pem (if present).
+    assert_eq!(c.ca_cert_location, None);
+    assert_eq!(c.crl_location, None);
+    assert!(!c.crl_disabled);
+    assert_eq!(
+        c.ca_cert_path(),
+        PathBuf::from("/tmp/gilmsg-exp/pki/ca.crt")
+    );
+
+    // certnames {"shell.vm": "shell-vm"} on host "vm": the loggers (cert
+    // prefix "shell", active) sign as shell-vm, as fedmsg-logger did.
+    c.hostname = Some("vm".into());
+    assert_eq!(c.certname("logger"), "shell-vm");
+    assert_eq!(c.certname_for("logger", true), "shell-vm");
+    assert_eq!(c.certname_for("gilmsg", false), "shell-vm");
+
+    assert_eq!(
+        c.ignored_keys,
+        strings(&[
+            "io_threads",
+            "logging",
+            "persistent_store",
+            "print_config",
+            "timeout",
+            "topic_prefix_re",
+        ])
+    );
+}
+
+/// fedmsg: `crl_location` None or "" = no CRL check; absent = a default
+/// location (Fedora's URL in fedmsg, `ssldir/crl.pem` here).
+#[test]
+fn fedmsg_crl_location_null_means_no_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let ssldir = dir.path().join("pki");
+    fs::create_dir(&ssldir).unwrap();
+    fs::write(ssldir.join("crl.pem"), "x").unwrap();
+    let origin = dir.path().join("bus.json");
+    let json = |extra: &str| {
+        let text = format!(r#"{{"ssldir": {:?}{extra}}}"#, ssldir.to_str().unwrap());
+        Config::from_fedmsg_json_str(&text, &origin).unwrap()
+    };
+
+    let c = json(r#", "crl_location": null"#);
+    assert!(c.crl_disabled);
+    assert_eq!(
+        c.crl_path(),
+        None,
+        "null must not fall back to ssldir/crl.pem"
+    );
+    assert!(!c.ignored_keys.contains(&"crl_location".to_string()));
+
+    let c = json(r#", "crl_location": """#);
+    assert!(c.crl_disabled);
+    assert_eq!(c.crl_path(), None);
+
+    let c = json("");
+    assert!(!c.crl_disabled);
+    assert_eq!(c.crl_path(), Some(ssldir.join("crl.pem")));
+
+    let c = json(r#", "crl_location": "/etc/x/crl.pem""#);
+    assert_eq!(c.crl_path(), Some(PathBuf::from("/etc/x/crl.pem")));
+
+    // TOML has no null: an empty string says the same, and it round-trips.
+    let toml_origin = dir.path().join("bus.toml");
+    let text = format!(
+        "ssldir = {:?}\ncrl_location = \"\"\n",
+        ssldir.to_str().unwrap()
+    );
+    let c = Config::from_toml_str(&text, &toml_origin).unwrap();
+    assert!(c.crl_disabled);
+    assert_eq!(c.crl_path(), None);
+    let back = Config::from_toml_str(&c.to_toml_string(), &toml_origin).unwrap();
+    assert_eq!(back, c);
+}
+
+#[test]
+fn empty_ca_cert_location_is_refused_naming_the_key() {
+    let origin = Path::new("/etc/gilmsg/bus.json");
+    let e = Config::from_fedmsg_json_str(r#"{"ca_cert_location": ""}"#, origin).unwrap_err();
+    assert_eq!(e.key(), Some("ca_cert_location"));
+    assert!(e.to_string().contains("ssldir"), "{e}");
+    // null is fedmsg's None: left out, so ssldir/ca.crt.
+    let c = Config::from_fedmsg_json_str(r#"{"ca_cert_location": null}"#, origin).unwrap();
+    assert_eq!(c.ca_cert_path(), PathBuf::from("/etc/pki/fedmsg/ca.crt"));
+}
+
+/// fedmsg.publish overwrites `certname` with the certnames lookup, so a
+/// fedmsg dump's `certname` must not change who we sign as; in TOML it is
+/// gilmsg's explicit choice.
+#[test]
+fn certname_key_is_fedmsg_ignored_but_gilmsg_explicit() {
+    let json = r#"{"certname": "other", "certnames": {"shell.vm": "shell-vm"}, "hostname": "vm"}"#;
+    let c = Config::from_fedmsg_json_str(json, Path::new("/etc/gilmsg/bus.json")).unwrap();
+    assert_eq!(c.certname, None);
+    assert!(c.ignored_keys.contains(&"certname".to_string()));
+    assert_eq!(c.certname("logger"), "shell-vm");
+
+    let toml =
+        "certname = \"other\"\nhostname = \"vm\"\n[certnames]\n\"shell.vm\" = \"shell-vm\"\n";
+    let c = Config::from_toml_str(toml, Path::new("/etc/gilmsg/bus.toml")).unwrap();
+    assert_eq!(c.certname("logger"), "other");
+}
