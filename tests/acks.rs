@@ -47,7 +47,17 @@ async fn answer_with(
     });
     let message = fake.receive(&topic, Duration::from_secs(10));
     assert!(message.wants_ack(), "the publish asks for ACKs");
-    fake.send(&reply(&bus, &message));
+    let frames = reply(&bus, &message);
+    fake.send(&frames);
+    // Answer every re-send too, as a real recipient does: a first ACK can
+    // race the publisher's ACK subscription through the relay and be lost.
+    while !task.is_finished() {
+        if let Some(copy) = fake.sub.recv(Duration::from_millis(50)) {
+            if copy.first().map(Vec::as_slice) == Some(topic.as_bytes()) {
+                fake.send(&frames);
+            }
+        }
+    }
     let result = task.await.expect("publish task");
     Outcome {
         result,

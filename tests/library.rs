@@ -122,7 +122,10 @@ fn plain_publish_without_recipients_reaches_consumers_and_asks_no_ack() {
                 "a plain publish does not ask for ACKs: {line}"
             );
         }
-        let stats = acking.stats();
+        // The stdout line comes before the handler's verdict is counted.
+        let stats = acking.wait_stats("the handler's verdict", Duration::from_secs(5), |s| {
+            s.get("handler.ok") >= 1
+        });
         assert_eq!(stats.get("handler.ok"), 1, "{stats}");
         assert_eq!(stats.get("ack.sent"), 0, "nothing to ACK: {stats}");
         assert_eq!(publisher.stats().get("publish.sent_plain"), 1);
