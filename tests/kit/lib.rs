@@ -44,3 +44,26 @@ pub const ENVIRONMENT: &str = "dev";
 pub const MODNAME: &str = "test";
 /// The identity the in-process publisher signs as.
 pub const PUBLISHER: &str = "publisher";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "exceeded its hard limit")]
+    fn the_guard_fails_a_body_that_never_finishes() {
+        within(Duration::from_millis(200), || {
+            let (keep, never) = std::sync::mpsc::channel::<()>();
+            let _keep = keep;
+            let _ = never.recv();
+        });
+    }
+
+    #[test]
+    fn stats_lines_parse() {
+        let stats = parse_stats("gilmsg-consumer: stats ack.sent=3 invalid.not_json=1");
+        assert_eq!(stats.get("ack.sent"), 3);
+        assert_eq!(stats.sum("invalid."), 1);
+        assert_eq!(parse_stats("gilmsg-relay: stats").counters.len(), 0);
+    }
+}
