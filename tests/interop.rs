@@ -104,8 +104,11 @@ fn python_logger_acked_by_rust_consumer(use_fedmsg_relay: bool) {
                 "rust-consumer",
                 "--ack-timeout",
                 "10",
+                // gilmsg's head start for its ACK listener is
+                // 2 x post_init_sleep, of which the listener's own context
+                // set-up sleeps one: 1 s of margin for its subscription.
                 "--post-init-sleep",
-                "0.5",
+                "1.0",
                 "--message",
                 "hello from python gilmsg",
             ],
