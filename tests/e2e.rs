@@ -73,13 +73,10 @@ fn timeout_names_exactly_the_recipient_that_is_not_running() {
     })
 }
 
-// Known bug (see the report): `gilmsg-consumer` prints its ready line
-// (cli/src/consumer.rs, `eprintln!("gilmsg-consumer: ready ...")`) before it
-// installs its SIGUSR1 handler, and `gilmsg-relay` (cli/src/relay.rs) before
-// `wait_for_exit` installs its handlers; SIGUSR1's default action kills the
-// process, so a script that asks for stats right after `ready` kills it.
+// Regression: the consumer and the relay used to print their ready line
+// before installing their SIGUSR1 handler; SIGUSR1's default action kills the
+// process, so a script asking for stats right after `ready` killed it.
 #[test]
-#[ignore = "known bug: SIGUSR1 right after the ready line kills the consumer / relay"]
 fn stats_can_be_asked_for_as_soon_as_a_process_is_ready() {
     gilmsg_tests::within(LIMIT, || {
         for _ in 0..10 {

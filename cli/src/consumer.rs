@@ -47,6 +47,9 @@ pub struct Args {
     /// Do not send ACKs (a validating tail).
     #[arg(long)]
     pub no_ack: bool,
+    /// Handle messages by doing nothing (ACK at once): for benchmarks.
+    #[arg(long, conflicts_with_all = ["json", "exec"])]
+    pub quiet: bool,
     /// Also show ACK messages sent by other consumers.
     #[arg(long)]
     pub include_acks: bool,
@@ -72,6 +75,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         let mut consumer = builder.build()?;
         let readiness = consumer.ready().await;
+        let mut signals = crate::relay::Signals::install()?;
         eprintln!(
             "gilmsg-consumer: ready certname={} endpoints={}/{}",
             consumer.signer_name().unwrap_or("-"),
@@ -79,10 +83,6 @@ pub fn run(args: Args) -> Result<(), Failure> {
             readiness.expected
         );
         let stats = |c: &gilmsg::Consumer| eprintln!("gilmsg-consumer: stats {}", c.stats());
-        let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-            .map_err(|e| Failure::usage(format!("error: cannot watch signals: {e}")))?;
-        let exit = crate::relay::wait_for_exit(|| {});
-        tokio::pin!(exit);
         let mut handled = 0u64;
         let result = loop {
             if args.count.is_some_and(|n| handled >= n) {
@@ -106,8 +106,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         }
                     }
                 }
-                _ = usr1.recv() => stats(&consumer),
-                r = &mut exit => break r,
+                event = signals.next() => match event {
+                    crate::relay::SignalEvent::Stats => stats(&consumer),
+                    crate::relay::SignalEvent::Exit => break Ok(()),
+                },
             }
         };
         stats(&consumer);
@@ -126,6 +128,7 @@ enum HandlerError {
 async fn handle(args: &Args, delivery: &Delivery) -> Result<(), HandlerError> {
     match &args.exec {
         Some(command) => run_command(command, delivery).await,
+        None if args.quiet => Ok(()),
         None => print(args.json, delivery),
     }
 }

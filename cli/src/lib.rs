@@ -5,6 +5,7 @@
 //! its own executable in another role.
 //!
 //! ## Layout
+//! - [`bench`]: `gilmsg-bench`, the benchmark suite.
 //! - [`common`]: exit statuses, config loading, duration parsing, logging.
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
@@ -12,6 +13,7 @@
 //! - [`procs`]: child processes with readiness lines and kill-on-drop.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 
+pub mod bench;
 pub mod common;
 pub mod consumer;
 pub mod demo;

@@ -140,8 +140,14 @@ mod tests {
 
     #[test]
     fn json_input_forms() {
-        assert_eq!(parse_json_input("{\"a\":1}\n\n[2]\n").unwrap(), vec![json!({"a": 1}), json!([2])]);
-        assert_eq!(parse_json_input("{\n  \"a\": 1\n}\n").unwrap(), vec![json!({"a": 1})]);
+        assert_eq!(
+            parse_json_input("{\"a\":1}\n\n[2]\n").unwrap(),
+            vec![json!({"a": 1}), json!([2])]
+        );
+        assert_eq!(
+            parse_json_input("{\n  \"a\": 1\n}\n").unwrap(),
+            vec![json!({"a": 1})]
+        );
         let err = parse_json_input("{\"a\":1}\n{oops\n").unwrap_err();
         assert!(err.contains("stdin line 2"), "{err}");
         assert!(parse_json_input("  \n").is_err());

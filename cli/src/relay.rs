@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::common::{self, Failure};
 
@@ -62,33 +62,58 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let runtime = common::runtime()?;
     runtime.block_on(async {
         let relay = gilmsg::Relay::bind(&config, &inbound, &outbound)?;
+        let mut signals = Signals::install()?;
         eprintln!(
             "gilmsg-relay: ready inbound={} outbound={}",
             relay.inbound_endpoints().join(","),
             relay.outbound_endpoints().join(",")
         );
-        wait_for_exit(|| eprintln!("gilmsg-relay: stats {}", relay.stats())).await?;
+        while signals.next().await == SignalEvent::Stats {
+            eprintln!("gilmsg-relay: stats {}", relay.stats());
+        }
         eprintln!("gilmsg-relay: stats {}", relay.stats());
         relay.close().await;
         Ok(())
     })
 }
 
-/// Waits for SIGINT or SIGTERM, calling `on_usr1` on each SIGUSR1.
-pub async fn wait_for_exit(mut on_usr1: impl FnMut()) -> Result<(), Failure> {
-    let sig = |kind| {
-        signal(kind).map_err(|e| Failure::usage(format!("error: cannot watch signals: {e}")))
-    };
-    let (mut term, mut int, mut usr1) = (
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-        sig(SignalKind::user_defined1())?,
-    );
-    loop {
+/// What a signal asks a long-running command to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// SIGINT or SIGTERM: stop cleanly.
+    Exit,
+    /// SIGUSR1: print the counters.
+    Stats,
+}
+
+/// The signals a long-running command reacts to, installed eagerly: a
+/// SIGUSR1 that arrives before the handler exists would kill the process
+/// (its default action), so install this *before* printing a ready line.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers now.
+    pub fn install() -> Result<Signals, Failure> {
+        let sig = |kind| {
+            signal(kind).map_err(|e| Failure::usage(format!("error: cannot watch signals: {e}")))
+        };
+        Ok(Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            usr1: sig(SignalKind::user_defined1())?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> SignalEvent {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = usr1.recv() => on_usr1(),
+            _ = self.term.recv() => SignalEvent::Exit,
+            _ = self.int.recv() => SignalEvent::Exit,
+            _ = self.usr1.recv() => SignalEvent::Stats,
         }
     }
 }

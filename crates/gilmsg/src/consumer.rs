@@ -630,6 +630,11 @@ impl Actor {
     }
 
     fn settle(&mut self, msg_id: &str, handled: bool, ack: Option<([Vec<u8>; 2], [u8; 32])>) {
+        // Exposed so soak tests and operators can see the bound hold.
+        self.counters
+            .set("dedupe", "entries", self.dedupe.len() as u64);
+        self.counters
+            .set("dedupe", "evicted", self.dedupe.evicted());
         if !handled {
             self.counters.bump("handler", "failed");
             self.dedupe.set(msg_id, Seen::Failed);

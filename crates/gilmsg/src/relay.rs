@@ -147,6 +147,7 @@ impl Forwarder {
         let sub = tuning.socket(&context, zmq::SUB, "relay inbound")?;
         sub.set_subscribe(b"")
             .map_err(|e| Error::socket("subscribe relay inbound", e))?;
+        tuning.cap_incoming(&sub, "relay inbound")?;
         let bound_in = wire::bind_all(&sub, inbound, "relay inbound")?;
         let xpub = tuning.socket(&context, zmq::XPUB, "relay outbound")?;
         // Verbose: see every subscription, so `subscribers` counts peers.

@@ -33,10 +33,9 @@ pub(crate) struct SocketTuning {
     pub reconnect_ivl: Duration,
     pub reconnect_ivl_max: Duration,
     pub tcp_keepalive: bool,
-    /// Hard cap on an incoming message, enforced by libzmq. Set well above the
-    /// soft `max_message_size` that we check and count ourselves: libzmq
-    /// answers an oversize message by dropping the whole connection, which
-    /// would punish every honest message on it.
+    /// Hard cap on an incoming message, enforced by libzmq, for sockets that
+    /// *bind* (see [`SocketTuning::cap_incoming`]). Set well above the soft
+    /// `max_message_size` that receivers check and count themselves.
     pub hard_max_message: i64,
 }
 
@@ -81,11 +80,28 @@ impl SocketTuning {
             socket.set_reconnect_ivl_max(ms(self.reconnect_ivl_max)),
             "reconnect_ivl_max",
         )?;
-        apply(socket.set_maxmsgsize(self.hard_max_message), "maxmsgsize")?;
         if self.tcp_keepalive {
             apply(socket.set_tcp_keepalive(1), "tcp_keepalive")?;
         }
         Ok(socket)
+    }
+}
+
+impl SocketTuning {
+    /// Caps incoming messages at `hard_max_message` on a socket that binds.
+    ///
+    /// libzmq treats an oversize message as a protocol error and closes the
+    /// connection. On the *accepting* side that is what we want: the sender
+    /// is cut off and, being the connecting side, reconnects. On a socket
+    /// that *connects* it would be a disaster: libzmq does not reconnect
+    /// after a protocol error, so one oversize message relayed by an honest
+    /// relay would cut a consumer off the bus for good. Connecting sockets
+    /// therefore get no cap; they rely on the soft `max_message_size` check,
+    /// and the relay, which binds, keeps oversize messages off the bus.
+    pub(crate) fn cap_incoming(&self, socket: &zmq::Socket, what: &str) -> Result<()> {
+        socket
+            .set_maxmsgsize(self.hard_max_message)
+            .map_err(|e| Error::socket(format!("set maxmsgsize on {what} socket"), e))
     }
 }
 
@@ -174,9 +190,9 @@ struct Waker {
 
 impl Waker {
     fn wake(&self) {
-        // One byte per burst of commands: the actor clears `pending` before it
-        // drains the channel, so a command queued after that gets a new byte.
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        // One byte per burst of commands (see `Inbox::drain` for why this
+        // cannot lose a wake-up).
+        if !self.pending.swap(true, Ordering::SeqCst) {
             let _ = (&self.writer).write(&[1]);
         }
     }
@@ -197,13 +213,20 @@ impl<C> Inbox<C> {
 
     /// Takes every queued command. Returns `Err` when every sender is gone.
     pub(crate) fn drain(&mut self, into: &mut Vec<C>) -> std::result::Result<(), ()> {
-        self.waker.pending.store(false, Ordering::Release);
+        // Order matters: empty the pipe, *then* clear `pending`, then read the
+        // channel. A sender that saw `pending` set has queued its command
+        // before we clear it, so the channel read below finds it; a sender
+        // that finds it clear writes a fresh byte that this drain has not
+        // consumed, so the next poll wakes us. (Clearing first lost wake-ups:
+        // the byte of a sender racing the clear was swallowed here while
+        // `pending` stayed set, and later commands never woke the actor.)
         let mut sink = [0u8; 64];
         while let Ok(n) = (&self.reader).read(&mut sink) {
             if n < sink.len() {
                 break;
             }
         }
+        self.waker.pending.store(false, Ordering::SeqCst);
         loop {
             match self.commands.try_recv() {
                 Ok(c) => into.push(c),

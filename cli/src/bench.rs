@@ -1,0 +1,862 @@
+//! `gilmsg-bench`: the numbers behind "close to what ZeroMQ and the crypto allow".
+//!
+//! One invocation on 127.0.0.1, consumers as separate processes (this
+//! executable re-run in a role, like the demo):
+//! 1. the floor: a raw ZeroMQ PUB -> SUB -> PUB -> SUB round trip with frames
+//!    of the same size as a signed message, and sign/verify cost per scheme;
+//! 2. warm latency of acknowledged `publish` on a long-lived handle, 1/3/10
+//!    recipients (p50, p90, p99, max);
+//! 3. throughput with many publishes in flight, and the window that did it;
+//! 4. one-shot `gilmsg-logger` wall time through a running relay;
+//! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
+//!    venv is present;
+//! 6. memory: peak RSS of a consumer and of the publisher.
+//!
+//! Results are ratios inside one run (the machines are shared and noisy),
+//! written as JSON and Markdown plus an SVG latency plot. Nothing here
+//! asserts a timing: benchmarks report, tests check behaviour.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gilmsg_crypto::{pki, Identity, TrustStore};
+use gilmsg_proto::{Signer, Verifier};
+use serde_json::{json, Value};
+
+use crate::common::{self, Failure, EXIT_BUS};
+use crate::procs::{field, Proc};
+
+const READY: Duration = Duration::from_secs(30);
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gilmsg-bench",
+    version,
+    about = "Benchmark gilmsg on 127.0.0.1: floor, latency, throughput, one-shot CLI, memory."
+)]
+pub struct Args {
+    /// Smoke mode for CI: few samples, under a minute.
+    #[arg(long)]
+    pub short: bool,
+    /// Where to write results.json, results.md and latency.svg.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Latency samples per scenario (default 2000, short: 200).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Messages per throughput run (default 20000, short: 2000).
+    #[arg(long)]
+    pub messages: Option<usize>,
+    /// One-shot logger runs per scenario (default 20, short: 5).
+    #[arg(long)]
+    pub oneshot_runs: Option<usize>,
+    /// Run a memory soak of this length instead (e.g. 10m): throughput
+    /// without pause, RSS and dedupe/in-flight state sampled every 10 s.
+    #[arg(long, value_parser = common::parse_duration)]
+    pub soak: Option<Duration>,
+    /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
+    #[arg(long)]
+    pub python_peers: Option<PathBuf>,
+}
+
+/// Entry point: runs the benchmark, or a role when re-executed by it.
+pub fn main() -> std::process::ExitCode {
+    let role = std::env::args().nth(1);
+    let rest = || {
+        std::env::args_os()
+            .take(1)
+            .chain(std::env::args_os().skip(2))
+    };
+    match role.as_deref() {
+        Some("__consumer") => {
+            let args = crate::consumer::Args::parse_from(rest());
+            common::report("gilmsg-consumer", crate::consumer::run(args))
+        }
+        Some("__relay") => {
+            let args = crate::relay::Args::parse_from(rest());
+            common::report("gilmsg-relay", crate::relay::run(args))
+        }
+        Some("__echo") => common::report(
+            "gilmsg-bench echo",
+            echo(
+                rest()
+                    .skip(1)
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .collect(),
+            ),
+        ),
+        _ => common::report("gilmsg-bench", run(Args::parse())),
+    }
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        status: EXIT_BUS,
+        message: format!("error: {}", message.into()),
+    }
+}
+
+fn progress(text: impl AsRef<str>) {
+    eprintln!("gilmsg-bench: {}", text.as_ref());
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone)]
+struct Summary {
+    samples: Vec<f64>,
+}
+
+impl Summary {
+    fn new(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Summary { samples }
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.samples.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * (self.samples.len() - 1) as f64).round() as usize;
+        self.samples[rank.min(self.samples.len() - 1)]
+    }
+    fn max(&self) -> f64 {
+        self.samples.last().copied().unwrap_or(f64::NAN)
+    }
+    fn json(&self) -> Value {
+        json!({"n": self.samples.len(), "p50_us": self.pct(50.0), "p90_us": self.pct(90.0),
+               "p99_us": self.pct(99.0), "max_us": self.max()})
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// A free loopback port (bound, read, released: a benchmark-only shortcut).
+fn free_port() -> Result<u16, Failure> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(e.to_string()))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .port())
+}
+
+fn rss_peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn rss_now_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The whole run's results, keyed by section.
+struct Report {
+    json: BTreeMap<&'static str, Value>,
+    curves: Vec<(String, Summary)>,
+}
+
+/// Runs the benchmark.
+pub fn run(args: Args) -> Result<(), Failure> {
+    let samples = args.samples.unwrap_or(if args.short { 200 } else { 2000 });
+    let messages = args
+        .messages
+        .unwrap_or(if args.short { 2000 } else { 20_000 });
+    let oneshot_runs = args.oneshot_runs.unwrap_or(if args.short { 5 } else { 20 });
+    let exe = std::env::current_exe().map_err(|e| fail(e.to_string()))?;
+    let work = tempfile::Builder::new()
+        .prefix("gilmsg-bench-")
+        .tempdir()
+        .map_err(|e| fail(e.to_string()))?;
+    let ssldir = work.path().join("pki");
+    pki::init(
+        &ssldir,
+        &pki::InitOptions {
+            ca_name: "bench CA".into(),
+            validity: Duration::from_secs(86_400),
+        },
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut names = vec!["bench-pub".to_string()];
+    names.extend((0..10).map(|i| format!("consumer-{i}")));
+    for name in &names {
+        pki::issue(
+            &ssldir,
+            name,
+            &pki::IssueOptions::valid_for(Duration::from_secs(86_400)),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    let mut report = Report {
+        json: BTreeMap::new(),
+        curves: Vec::new(),
+    };
+    report.json.insert("machine", machine());
+
+    if let Some(length) = args.soak {
+        return soak(&exe, work.path(), length, &args.out);
+    }
+
+    progress("floor: raw ZeroMQ round trip");
+    let body_size = signed_body_size(&ssldir)?;
+    let floor = floor_rtt(&exe, samples, body_size)?;
+    progress(format!("floor p50 {:.1} us", floor.pct(50.0)));
+    report.json.insert(
+        "floor_zmq_rtt",
+        json!({"body_bytes": body_size, "latency": floor.json()}),
+    );
+    report
+        .curves
+        .push(("raw ZeroMQ round trip".into(), floor.clone()));
+
+    progress("crypto: sign/verify per operation");
+    report.json.insert(
+        "crypto",
+        crypto_costs(&ssldir, if args.short { 500 } else { 5000 })?,
+    );
+
+    let runtime = common::runtime()?;
+    let mut latency = serde_json::Map::new();
+    let mut throughput = serde_json::Map::new();
+    let mut memory = serde_json::Map::new();
+    for k in [1usize, 3, 10] {
+        progress(format!("direct topology with {k} consumer process(es)"));
+        let bus = DirectBus::start(&exe, work.path(), k)?;
+        let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
+        let summary = runtime.block_on(bus.latency(&recipients, samples))?;
+        progress(format!(
+            "latency {k} recipients: p50 {:.1} us p99 {:.1} us",
+            summary.pct(50.0),
+            summary.pct(99.0)
+        ));
+        latency.insert(format!("{k}_recipients"), summary.json());
+        report
+            .curves
+            .push((format!("publish, {k} recipient(s)"), summary));
+        if k != 3 {
+            let (rate, window) = runtime.block_on(bus.throughput(&recipients, messages))?;
+            progress(format!(
+                "throughput {k} recipients: {rate:.0} msg/s (window {window})"
+            ));
+            throughput.insert(
+                format!("{k}_recipients"),
+                json!({"msgs_per_s": rate, "window": window, "messages": messages}),
+            );
+            let consumer_peak = bus
+                .consumers
+                .iter()
+                .filter_map(|c| rss_peak_kib(c.pid()))
+                .max();
+            memory.insert(
+                format!("after_throughput_{k}_recipients"),
+                json!({
+                    "consumer_peak_rss_kib": consumer_peak,
+                    "publisher_peak_rss_kib": rss_peak_kib(std::process::id()),
+                }),
+            );
+        }
+        let stats = bus.bus.stats();
+        latency.insert(
+            format!("{k}_recipients_publisher_counters"),
+            json!(stats.counters),
+        );
+        drop(bus);
+    }
+    report
+        .json
+        .insert("latency_warm_publish", Value::Object(latency));
+    report.json.insert("throughput", Value::Object(throughput));
+    report.json.insert("memory", Value::Object(memory));
+
+    progress("one-shot gilmsg-logger through a relay");
+    report
+        .json
+        .insert("oneshot_logger", oneshot(&exe, work.path(), oneshot_runs)?);
+
+    let python = args
+        .python_peers
+        .clone()
+        .or_else(|| std::env::var_os("GILMSG_PYTHON_PEERS").map(PathBuf::from));
+    report.json.insert(
+        "python_anchor",
+        match python {
+            Some(venv) => json!({"venv": venv.display().to_string(), "status": "not measured by this version"}),
+            None => json!({"status": "skipped: no Python venv (set GILMSG_PYTHON_PEERS or --python-peers)"}),
+        },
+    );
+    write_outputs(&args.out, &report)?;
+    Ok(())
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (zmq_major, zmq_minor, zmq_patch) = zmq::version();
+    json!({"cpu": cpu, "cores": cores, "kernel": kernel, "libzmq": format!("{zmq_major}.{zmq_minor}.{zmq_patch}"),
+           "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+           "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)})
+}
+
+/// The size of a typical signed body, so the floor moves the same bytes.
+fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
+    let identity = Identity::load(ssldir, "bench-pub").map_err(|e| fail(e.to_string()))?;
+    let draft = gilmsg_proto::Draft {
+        topic: "org.gilmsg.bench.dev.bench.latency".into(),
+        msg: json!({"seq": 1, "payload": "x".repeat(64)}),
+        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+        i: 1,
+        timestamp: 0,
+        username: "bench".into(),
+        wants_ack: true,
+    };
+    let envelope = draft
+        .build(Some(&identity))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(envelope.encode().map_err(|e| fail(e.to_string()))?[1].len())
+}
+
+/// The raw ZeroMQ echo role: SUB connected to `in`, XPUB bound on `out`;
+/// every message is sent straight back.
+fn echo(args: Vec<String>) -> Result<(), Failure> {
+    let (Some(inbound), Some(outbound)) = (args.first(), args.get(1)) else {
+        return Err(Failure::usage("usage: __echo IN_ENDPOINT OUT_ENDPOINT"));
+    };
+    let ctx = zmq::Context::new();
+    let sub = ctx.socket(zmq::SUB).map_err(|e| fail(e.to_string()))?;
+    sub.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
+    sub.connect(inbound).map_err(|e| fail(e.to_string()))?;
+    let xpub = ctx.socket(zmq::XPUB).map_err(|e| fail(e.to_string()))?;
+    xpub.bind(outbound).map_err(|e| fail(e.to_string()))?;
+    // Ready once the bench's SUB has subscribed to our output.
+    xpub.recv_bytes(0).map_err(|e| fail(e.to_string()))?;
+    eprintln!("gilmsg-bench echo: ready");
+    loop {
+        let frames = sub.recv_multipart(0).map_err(|e| fail(e.to_string()))?;
+        xpub.send_multipart(frames, 0)
+            .map_err(|e| fail(e.to_string()))?;
+    }
+}
+
+fn floor_rtt(exe: &Path, samples: usize, body_size: usize) -> Result<Summary, Failure> {
+    let ctx = zmq::Context::new();
+    let out = ctx.socket(zmq::XPUB).map_err(|e| fail(e.to_string()))?;
+    let port_out = free_port()?;
+    let port_back = free_port()?;
+    out.bind(&format!("tcp://127.0.0.1:{port_out}"))
+        .map_err(|e| fail(e.to_string()))?;
+    let back = ctx.socket(zmq::SUB).map_err(|e| fail(e.to_string()))?;
+    back.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "__echo",
+        &format!("tcp://127.0.0.1:{port_out}"),
+        &format!("tcp://127.0.0.1:{port_back}"),
+    ]);
+    let echo = Proc::spawn("echo", cmd).map_err(|e| fail(e.to_string()))?;
+    back.connect(&format!("tcp://127.0.0.1:{port_back}"))
+        .map_err(|e| fail(e.to_string()))?;
+    out.recv_bytes(0).map_err(|e| fail(e.to_string()))?; // the echo's subscription
+    echo.wait_stderr("ready", READY).map_err(fail)?;
+    let topic = b"org.gilmsg.bench.dev.bench.latency".to_vec();
+    let body = vec![b'x'; body_size];
+    let mut results = Vec::with_capacity(samples);
+    for i in 0..(samples + samples / 10) {
+        let start = Instant::now();
+        out.send(&topic[..], zmq::SNDMORE)
+            .and_then(|()| out.send(&body[..], 0))
+            .map_err(|e| fail(e.to_string()))?;
+        back.recv_multipart(0).map_err(|e| fail(e.to_string()))?;
+        if i >= samples / 10 {
+            results.push(micros(start.elapsed()));
+        }
+    }
+    drop(echo);
+    Ok(Summary::new(results))
+}
+
+fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
+    let identity = Identity::load(ssldir, "bench-pub").map_err(|e| fail(e.to_string()))?;
+    let store = TrustStore::load(&ssldir.join("ca.crt"), Some(&ssldir.join("crl.pem")))
+        .map_err(|e| fail(e.to_string()))?;
+    let canonical = br#"{"crypto":"ed25519","gilmsg_version":"gilmsg-rs/0.1.0","i":1,"msg":{"payload":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","seq":1},"msg_id":"2026-00000000-0000-4000-8000-000000000000","timestamp":0,"topic":"org.gilmsg.bench.dev.bench.latency","username":"bench"}"#;
+    let start = Instant::now();
+    let mut signature = String::new();
+    for _ in 0..iterations {
+        signature = identity.sign(canonical).map_err(|e| fail(e.to_string()))?;
+    }
+    let sign = micros(start.elapsed()) / iterations as f64;
+    // First verification validates the certificate chain; later ones hit the cache.
+    let start = Instant::now();
+    store
+        .verify(
+            identity.scheme(),
+            identity.certificate(),
+            &signature,
+            canonical,
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    let cold = micros(start.elapsed());
+    let start = Instant::now();
+    for _ in 0..iterations {
+        store
+            .verify(
+                identity.scheme(),
+                identity.certificate(),
+                &signature,
+                canonical,
+            )
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let verify = micros(start.elapsed()) / iterations as f64;
+    Ok(
+        json!({"ed25519": {"sign_us": sign, "verify_us_warm": verify, "verify_us_first_with_chain": cold, "iterations": iterations}}),
+    )
+}
+
+/// Publisher in-process, k consumer processes, direct topology: the publisher
+/// binds its endpoint, each consumer binds its ACK endpoint.
+struct DirectBus {
+    bus: gilmsg::Bus,
+    consumers: Vec<Proc>,
+}
+
+impl DirectBus {
+    fn start(exe: &Path, dir: &Path, k: usize) -> Result<DirectBus, Failure> {
+        let mut endpoints = vec![(
+            "bench-pub".to_string(),
+            format!("tcp://127.0.0.1:{}", free_port()?),
+        )];
+        for i in 0..k {
+            endpoints.push((
+                format!("consumer-{i}"),
+                format!("tcp://127.0.0.1:{}", free_port()?),
+            ));
+        }
+        let write = |name: &str| -> Result<PathBuf, Failure> {
+            let mut text = format!(
+                "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nname = \"{name}\"\nack_timeout = \"10s\"\ndedupe_capacity = 32768\n\n[endpoints]\n"
+            );
+            for (n, e) in &endpoints {
+                let _ = writeln!(text, "\"{n}\" = [\"{e}\"]");
+            }
+            let path = dir.join(format!("direct-{k}-{name}.toml"));
+            std::fs::write(&path, text).map_err(|e| fail(e.to_string()))?;
+            Ok(path)
+        };
+        let pub_config = write("bench-pub")?;
+        let config = gilmsg::Config::from_path(&pub_config).map_err(Failure::from)?;
+        let bus = gilmsg::Bus::builder(&config)
+            .modname("bench")
+            .certname("bench-pub")
+            .active(false)
+            .build()?;
+        let mut consumers = Vec::new();
+        for i in 0..k {
+            let name = format!("consumer-{i}");
+            let path = write(&name)?;
+            let mut cmd = Command::new(exe);
+            cmd.arg("__consumer").arg("--config").arg(&path).args([
+                "--certname",
+                &name,
+                "--quiet",
+                "--topic",
+                "org.gilmsg.bench.dev.bench.",
+            ]);
+            consumers.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
+        }
+        for c in &consumers {
+            c.wait_stderr("gilmsg-consumer: ready", READY)
+                .map_err(fail)?;
+        }
+        Ok(DirectBus { bus, consumers })
+    }
+
+    async fn latency(&self, recipients: &[String], samples: usize) -> Result<Summary, Failure> {
+        let warmup = (samples / 10).max(20);
+        let mut results = Vec::with_capacity(samples);
+        for i in 0..(samples + warmup) {
+            let start = Instant::now();
+            self.bus
+                .publish(
+                    "latency",
+                    json!({"seq": i, "payload": "x".repeat(64)}),
+                    recipients,
+                    Duration::from_secs(10),
+                )
+                .await?;
+            if i >= warmup {
+                results.push(micros(start.elapsed()));
+            }
+        }
+        Ok(Summary::new(results))
+    }
+
+    /// Tries a few in-flight windows; returns the best rate and its window.
+    async fn throughput(
+        &self,
+        recipients: &[String],
+        messages: usize,
+    ) -> Result<(f64, usize), Failure> {
+        let mut best = (0.0, 0);
+        for window in [32usize, 128, 512] {
+            let rate = self.run_window(recipients, messages, window).await?;
+            progress(format!("  window {window}: {rate:.0} msg/s"));
+            if rate > best.0 {
+                best = (rate, window);
+            }
+        }
+        Ok(best)
+    }
+
+    async fn run_window(
+        &self,
+        recipients: &[String],
+        messages: usize,
+        window: usize,
+    ) -> Result<f64, Failure> {
+        let recipients = Arc::new(recipients.to_vec());
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(window));
+        let mut tasks = tokio::task::JoinSet::new();
+        let start = Instant::now();
+        for i in 0..messages {
+            let permit = semaphore
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let bus = self.bus.clone();
+            let recipients = recipients.clone();
+            tasks.spawn(async move {
+                let result = bus
+                    .publish(
+                        "throughput",
+                        json!({"seq": i}),
+                        &recipients,
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                drop(permit);
+                result
+            });
+            while let Some(done) = tasks.try_join_next() {
+                done.map_err(|e| fail(e.to_string()))??;
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.map_err(|e| fail(e.to_string()))??;
+        }
+        Ok(messages as f64 / start.elapsed().as_secs_f64())
+    }
+}
+
+/// Relay topology for the one-shot logger: relay + 3 consumers (ACKs via the relay).
+fn relay_bus(
+    exe: &Path,
+    dir: &Path,
+    consumers: usize,
+    quiet: bool,
+) -> Result<(Proc, Vec<Proc>, PathBuf), Failure> {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "__relay",
+        "--inbound",
+        "tcp://127.0.0.1:*",
+        "--outbound",
+        "tcp://127.0.0.1:*",
+    ]);
+    let relay = Proc::spawn("relay", cmd).map_err(|e| fail(e.to_string()))?;
+    let line = relay
+        .wait_stderr("gilmsg-relay: ready", READY)
+        .map_err(fail)?;
+    let (Some(inbound), Some(outbound)) = (field(&line, "inbound"), field(&line, "outbound"))
+    else {
+        return Err(fail(format!("unexpected relay line {line:?}")));
+    };
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nactive = true\nrelay_inbound = [\"{inbound}\"]\nack_timeout = \"10s\"\n\n[endpoints]\nrelay_outbound = [\"{outbound}\"]\n"
+        ),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let mut procs = Vec::new();
+    for i in 0..consumers {
+        let name = format!("consumer-{i}");
+        let mut cmd = Command::new(exe);
+        cmd.arg("__consumer")
+            .arg("--config")
+            .arg(&config)
+            .args(["--certname", &name]);
+        if quiet {
+            cmd.arg("--quiet");
+        }
+        procs.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
+    }
+    for p in &procs {
+        p.wait_stderr("gilmsg-consumer: ready", READY)
+            .map_err(fail)?;
+    }
+    Ok((relay, procs, config))
+}
+
+fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
+    let logger = exe
+        .parent()
+        .map(|p| p.join("gilmsg-logger"))
+        .filter(|p| p.exists());
+    let Some(logger) = logger else {
+        return Ok(json!({"status": "skipped: gilmsg-logger is not built next to gilmsg-bench"}));
+    };
+    let (_relay, _consumers, config) = relay_bus(exe, dir, 3, true)?;
+    let mut out = serde_json::Map::new();
+    for k in [1usize, 3] {
+        let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
+        let mut times = Vec::new();
+        for _ in 0..runs + 1 {
+            let start = Instant::now();
+            let status = Command::new(&logger)
+                .arg("--config")
+                .arg(&config)
+                .args([
+                    "--certname",
+                    "bench-pub",
+                    "--message",
+                    "one-shot",
+                    "--ack-timeout",
+                    "10s",
+                    "--recipients",
+                ])
+                .args(&recipients)
+                .status()
+                .map_err(|e| fail(e.to_string()))?;
+            if !status.success() {
+                return Err(fail(format!("gilmsg-logger failed: {status}")));
+            }
+            times.push(micros(start.elapsed()));
+        }
+        times.remove(0); // the first run pays for page cache and relay warm-up
+        let summary = Summary::new(times);
+        progress(format!(
+            "one-shot logger, {k} recipient(s): p50 {:.1} ms",
+            summary.pct(50.0) / 1000.0
+        ));
+        out.insert(format!("{k}_recipients"), summary.json());
+    }
+    Ok(Value::Object(out))
+}
+
+fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<(), Failure> {
+    let runtime = common::runtime()?;
+    let bus = DirectBus::start(exe, dir, 1)?;
+    let recipients = vec!["consumer-0".to_string()];
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    let mut sent = 0usize;
+    while start.elapsed() < length {
+        let rate = runtime.block_on(bus.run_window(&recipients, 20_000, 128))?;
+        sent += 20_000;
+        let consumer = &bus.consumers[0];
+        let _ = consumer.signal(nix::sys::signal::Signal::SIGUSR1);
+        let stats = consumer
+            .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
+            .unwrap_or_default();
+        let row = json!({
+            "t_s": start.elapsed().as_secs(),
+            "sent": sent,
+            "rate": rate,
+            "consumer_rss_kib": rss_now_kib(consumer.pid()),
+            "publisher_rss_kib": rss_now_kib(std::process::id()),
+            "consumer_dedupe_entries": field(&stats, "dedupe.entries").and_then(|v| v.parse::<u64>().ok()),
+            "publisher_counters": bus.bus.stats().counters,
+        });
+        progress(format!("soak {}", row));
+        rows.push(row);
+    }
+    std::fs::create_dir_all(out).map_err(|e| fail(e.to_string()))?;
+    let path = out.join("soak.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&rows).unwrap_or_default(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    progress(format!("wrote {}", path.display()));
+    Ok(())
+}
+
+fn write_outputs(out: &Path, report: &Report) -> Result<(), Failure> {
+    std::fs::create_dir_all(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+    let json_text = serde_json::to_string_pretty(&report.json).unwrap_or_default();
+    std::fs::write(out.join("results.json"), &json_text).map_err(|e| fail(e.to_string()))?;
+    let md = markdown(report);
+    std::fs::write(out.join("results.md"), &md).map_err(|e| fail(e.to_string()))?;
+    std::fs::write(out.join("latency.svg"), svg(&report.curves))
+        .map_err(|e| fail(e.to_string()))?;
+    println!("{md}");
+    progress(format!(
+        "wrote {}/results.json, results.md, latency.svg",
+        out.display()
+    ));
+    Ok(())
+}
+
+fn get(v: &Value, path: &str) -> f64 {
+    v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn markdown(report: &Report) -> String {
+    let j = serde_json::to_value(&report.json).unwrap_or_default();
+    let floor = get(&j, "/floor_zmq_rtt/latency/p50_us");
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| measure | p50 | p90 | p99 | max | vs floor (p50) |\n|---|---|---|---|---|---|"
+    );
+    let row = |md: &mut String, name: &str, base: &str| {
+        let p50 = get(&j, &format!("{base}/p50_us"));
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× |",
+            p50,
+            get(&j, &format!("{base}/p90_us")),
+            get(&j, &format!("{base}/p99_us")),
+            get(&j, &format!("{base}/max_us")),
+            p50 / floor
+        );
+    };
+    row(
+        &mut md,
+        "raw ZeroMQ round trip (floor)",
+        "/floor_zmq_rtt/latency",
+    );
+    for k in [1, 3, 10] {
+        row(
+            &mut md,
+            &format!("warm publish, {k} recipient(s)"),
+            &format!("/latency_warm_publish/{k}_recipients"),
+        );
+    }
+    for k in [1, 3] {
+        row(
+            &mut md,
+            &format!("one-shot gilmsg-logger, {k} recipient(s)"),
+            &format!("/oneshot_logger/{k}_recipients"),
+        );
+    }
+    let _ = writeln!(md, "\n| throughput | msgs/s | window |\n|---|---|---|");
+    for k in [1, 10] {
+        let _ = writeln!(
+            md,
+            "| {k} recipient(s) | {:.0} | {} |",
+            get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")),
+            get(&j, &format!("/throughput/{k}_recipients/window"))
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| crypto (Ed25519) | µs/op |\n|---|---|\n| sign | {:.1} |\n| verify (warm cache) | {:.1} |\n| verify (first, with chain) | {:.1} |",
+        get(&j, "/crypto/ed25519/sign_us"),
+        get(&j, "/crypto/ed25519/verify_us_warm"),
+        get(&j, "/crypto/ed25519/verify_us_first_with_chain")
+    );
+    let _ = writeln!(md, "\n| memory | peak RSS |\n|---|---|");
+    for k in [1, 10] {
+        let base = format!("/memory/after_throughput_{k}_recipients");
+        let _ = writeln!(
+            md,
+            "| consumer, {k}-recipient throughput run | {:.1} MiB |\n| publisher, up to the {k}-recipient run | {:.1} MiB |",
+            get(&j, &format!("{base}/consumer_peak_rss_kib")) / 1024.0,
+            get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
+        );
+    }
+    md
+}
+
+/// A latency CDF, one curve per scenario, log-scaled x axis.
+fn svg(curves: &[(String, Summary)]) -> String {
+    let (w, h, left, bottom, top, right) = (760.0, 420.0, 60.0, 50.0, 20.0, 20.0);
+    let all: Vec<f64> = curves
+        .iter()
+        .flat_map(|(_, s)| s.samples.iter().copied())
+        .filter(|v| *v > 0.0)
+        .collect();
+    let lo = all
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0)
+        .log10()
+        .floor();
+    let hi = all
+        .iter()
+        .copied()
+        .fold(0.0, f64::max)
+        .max(10.0)
+        .log10()
+        .ceil();
+    let x = |v: f64| left + (v.max(1.0).log10() - lo) / (hi - lo).max(1.0) * (w - left - right);
+    let y = |p: f64| top + (1.0 - p) * (h - top - bottom);
+    let colors = [
+        "#444", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e",
+    ];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let mut decade = lo;
+    while decade <= hi {
+        let xv = x(10f64.powf(decade));
+        let _ = writeln!(s, "<line x1=\"{xv:.1}\" y1=\"{top}\" x2=\"{xv:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{xv:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{} µs</text>", h - bottom, h - bottom + 16.0, 10f64.powf(decade));
+        decade += 1.0;
+    }
+    for p in [0.0, 0.5, 0.9, 0.99, 1.0] {
+        let _ = writeln!(s, "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">p{}</text>", y(p), w - right, y(p), left - 4.0, y(p) + 4.0, (p * 100.0) as u32);
+    }
+    for (i, (name, summary)) in curves.iter().enumerate() {
+        let n = summary.samples.len().max(1) as f64;
+        let points: Vec<String> = summary
+            .samples
+            .iter()
+            .enumerate()
+            .step_by((summary.samples.len() / 400).max(1))
+            .map(|(j, v)| format!("{:.1},{:.1}", x(*v), y((j + 1) as f64 / n)))
+            .collect();
+        let color = colors[i % colors.len()];
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{name}</text>",
+            left + 10.0,
+            top + 16.0 + 16.0 * i as f64
+        );
+    }
+    let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">latency (log scale), cumulative fraction of samples</text>", w / 2.0, h - 8.0);
+    s.push_str("</svg>\n");
+    s
+}
