@@ -114,7 +114,11 @@ fn python_logger_acked_by_rust_consumer(use_fedmsg_relay: bool) {
             ],
             TOOL,
         );
-        assert_eq!(out.code, Some(0), "Python gilmsg-logger did not get the ACK: {out}");
+        assert_eq!(
+            out.code,
+            Some(0),
+            "Python gilmsg-logger did not get the ACK: {out}"
+        );
         assert!(out.stdout_text().contains("peers: exit rc=0"), "{out}");
 
         let got = wait_json(&consumer, "", Duration::from_secs(10), |v| {
@@ -124,10 +128,17 @@ fn python_logger_acked_by_rust_consumer(use_fedmsg_relay: bool) {
         assert_eq!(got["body"]["gilmsg_version"], "0.1.2", "{got}");
         let stats = stats(&consumer, "gilmsg-consumer");
         assert!(
-            stats.get("message.legacy_unsigned_gilmsg_version").copied().unwrap_or(0) >= 1,
+            stats
+                .get("message.legacy_unsigned_gilmsg_version")
+                .copied()
+                .unwrap_or(0)
+                >= 1,
             "the compat rule should have been used: {stats:?}"
         );
-        assert!(stats.get("ack.sent").copied().unwrap_or(0) >= 1, "{stats:?}");
+        assert!(
+            stats.get("ack.sent").copied().unwrap_or(0) >= 1,
+            "{stats:?}"
+        );
         assert_eq!(stats.get("rejected.bad_signature"), None, "{stats:?}");
     });
 }
@@ -174,7 +185,8 @@ fn rust_logger_needs_both_python_consumers() {
             None,
         );
         assert_eq!(out.code, Some(0), "{out}");
-        let receipt: Value = serde_json::from_str(out.stdout.last().expect("receipt line")).unwrap();
+        let receipt: Value =
+            serde_json::from_str(out.stdout.last().expect("receipt line")).unwrap();
         let mut acked: Vec<&str> = receipt["acks"]
             .as_array()
             .unwrap()
@@ -209,7 +221,10 @@ fn rust_logger_needs_both_python_consumers() {
         );
         assert_eq!(out.code, Some(1), "{out}");
         let err = out.stderr_text();
-        assert!(err.contains("from py-b (acked: py-a)"), "stderr must name py-b and list py-a: {out}");
+        assert!(
+            err.contains("from py-b (acked: py-a)"),
+            "stderr must name py-b and list py-a: {out}"
+        );
         wait_json(&a, "peers: got ", Duration::from_secs(10), |v| {
             v.pointer("/body/msg/log") == Some(&json!("py-b is down"))
         });
@@ -239,7 +254,12 @@ fn python_tail_validates_rust_signed_messages() {
     within(LIMIT, move || {
         let mut world = World::new(&peers);
         let _relay = world.gilmsg_relay();
-        let tail = world.python("fedmsg.tail_messages", "tail", Duration::from_secs(120), &[]);
+        let tail = world.python(
+            "fedmsg.tail_messages",
+            "tail",
+            Duration::from_secs(120),
+            &[],
+        );
         tail.wait_stdout("peers: ready tail", READY)
             .unwrap_or_else(|e| panic!("{e}"));
         probe_python_tail(&world, &tail);
@@ -247,7 +267,13 @@ fn python_tail_validates_rust_signed_messages() {
         let payloads = payloads();
         let input: Vec<String> = payloads.iter().map(Value::to_string).collect();
         let out = world.rust_logger(
-            &["--certname", "rust-pub", "--json-input", "--topic", "payload"],
+            &[
+                "--certname",
+                "rust-pub",
+                "--json-input",
+                "--topic",
+                "payload",
+            ],
             None,
             Some(&(input.join("\n") + "\n")),
         );
@@ -312,10 +338,18 @@ fn rust_consumer_checks_python_signatures() {
             v.pointer("/body/msg/marker") == Some(&json!(true))
         });
         assert_eq!(marker["signer"], "py-shell");
-        assert_eq!(accepted.len(), 1, "only the untouched message may pass: {accepted:#?}");
+        assert_eq!(
+            accepted.len(),
+            1,
+            "only the untouched message may pass: {accepted:#?}"
+        );
         assert_eq!(accepted[0]["body"]["msg"], json!({"kind": "good", "n": 1}));
         let stats = stats(&consumer, "gilmsg-consumer");
-        assert_eq!(stats.get("rejected.revoked_certificate"), Some(&1), "{stats:?}");
+        assert_eq!(
+            stats.get("rejected.revoked_certificate"),
+            Some(&1),
+            "{stats:?}"
+        );
         assert_eq!(stats.get("rejected.bad_signature"), Some(&1), "{stats:?}");
     });
 }
@@ -354,7 +388,10 @@ fn python_and_rust_consumers_ack_one_rust_publish() {
         assert_eq!(out.code, Some(0), "{out}");
         let receipt: Value = serde_json::from_str(out.stdout.last().expect("receipt")).unwrap();
         let acks = receipt["acks"].as_array().unwrap();
-        let names: Vec<&str> = acks.iter().map(|a| a["recipient"].as_str().unwrap()).collect();
+        let names: Vec<&str> = acks
+            .iter()
+            .map(|a| a["recipient"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["py-a", "rust-consumer"], "{receipt}");
         // Only our consumer sends ack_digest, so only its ACK is digest-checked.
         assert_eq!(acks[0]["digest_checked"], false, "{receipt}");
@@ -392,14 +429,24 @@ fn fedmsg_config_json_drives_the_rust_side() {
         let json_path = world.dir.join("fedmsg-config.json");
         std::fs::write(&json_path, json_text.join("\n")).unwrap();
 
-        let config = gilmsg_config::Config::from_path(&json_path)
-            .unwrap_or_else(|e| panic!("fedmsg-config output rejected: {e}\n{}", json_text.join("\n")));
+        let config = gilmsg_config::Config::from_path(&json_path).unwrap_or_else(|e| {
+            panic!(
+                "fedmsg-config output rejected: {e}\n{}",
+                json_text.join("\n")
+            )
+        });
         assert_eq!(config.topic_prefix, PREFIX);
         assert_eq!(config.relay_inbound, [world.inbound.clone()]);
         assert_eq!(config.endpoints["relay_outbound"], [world.outbound.clone()]);
         assert!(config.validate_signatures && config.sign_messages);
-        assert_eq!(config.ca_cert_location.as_deref(), Some(world.pki.ca().as_path()));
-        assert_eq!(config.crl_location.as_deref(), Some(world.pki.crl().as_path()));
+        assert_eq!(
+            config.ca_cert_location.as_deref(),
+            Some(world.pki.ca().as_path())
+        );
+        assert_eq!(
+            config.crl_location.as_deref(),
+            Some(world.pki.crl().as_path())
+        );
         // fedmsg's cert-name rule over the same certnames: the Rust logger
         // (cert_prefix "shell") signs as the Python loggers do.
         assert_eq!(config.certname("logger"), "py-shell");
@@ -410,8 +457,14 @@ fn fedmsg_config_json_drives_the_rust_side() {
         let line = relay
             .wait_stderr("gilmsg-relay: ready", READY)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(field(&line, "inbound").as_deref(), Some(world.inbound.as_str()));
-        assert_eq!(field(&line, "outbound").as_deref(), Some(world.outbound.as_str()));
+        assert_eq!(
+            field(&line, "inbound").as_deref(),
+            Some(world.inbound.as_str())
+        );
+        assert_eq!(
+            field(&line, "outbound").as_deref(),
+            Some(world.outbound.as_str())
+        );
 
         let rust = world.rust_consumer("rust-consumer", Some(&json_path), &[]);
         let py = world.python_consumer("py-a");
@@ -453,7 +506,12 @@ fn python_tail_drops_ed25519_messages() {
     within(LIMIT, move || {
         let mut world = World::new(&peers);
         let _relay = world.gilmsg_relay();
-        let tail = world.python("fedmsg.tail_messages", "tail", Duration::from_secs(120), &[]);
+        let tail = world.python(
+            "fedmsg.tail_messages",
+            "tail",
+            Duration::from_secs(120),
+            &[],
+        );
         tail.wait_stdout("peers: ready tail", READY)
             .unwrap_or_else(|e| panic!("{e}"));
         probe_python_tail(&world, &tail);
@@ -469,8 +527,12 @@ fn python_tail_drops_ed25519_messages() {
             },
         )
         .unwrap();
-        gilmsg_crypto::pki::issue(&ed_dir, "rust-ed", &gilmsg_crypto::pki::IssueOptions::valid_for(day))
-            .unwrap();
+        gilmsg_crypto::pki::issue(
+            &ed_dir,
+            "rust-ed",
+            &gilmsg_crypto::pki::IssueOptions::valid_for(day),
+        )
+        .unwrap();
         let mut config = gilmsg_config::Config::from_path(&world.toml).unwrap();
         config.ssldir = ed_dir.clone();
         config.ca_cert_location = None;

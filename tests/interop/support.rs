@@ -152,9 +152,25 @@ impl Pki {
         };
         pki.openssl(
             &[
-                "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days",
-                "3650", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=interop-test-ca",
-                "-config", "ca.cnf", "-extensions", "v3_ca",
+                "req",
+                "-x509",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-sha256",
+                "-days",
+                "3650",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=interop-test-ca",
+                "-config",
+                "ca.cnf",
+                "-extensions",
+                "v3_ca",
             ],
             "openssl req (CA)",
         );
@@ -174,15 +190,35 @@ impl Pki {
         );
         self.openssl(
             &[
-                "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr,
-                "-subj", &format!("/CN={name}"), "-config", "ca.cnf",
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+                "-config",
+                "ca.cnf",
             ],
             "openssl req (leaf)",
         );
         self.openssl(
             &[
-                "ca", "-batch", "-config", "ca.cnf", "-extensions", "v3_leaf", "-notext", "-in",
-                &csr, "-out", &crt,
+                "ca",
+                "-batch",
+                "-config",
+                "ca.cnf",
+                "-extensions",
+                "v3_leaf",
+                "-notext",
+                "-in",
+                &csr,
+                "-out",
+                &crt,
             ],
             "openssl ca (leaf)",
         );
@@ -202,14 +238,12 @@ impl Pki {
 
     fn gencrl(&self) {
         self.openssl(
-            &["ca", "-batch", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem"],
+            &[
+                "ca", "-batch", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem",
+            ],
             "openssl ca -gencrl",
         );
-        fs::set_permissions(
-            self.dir.join("ca.key"),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        fs::set_permissions(self.dir.join("ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -425,7 +459,12 @@ config = dict(
     }
 
     /// Runs gilmsg-logger with the TOML config (or `config`), stdin from `input`.
-    pub fn rust_logger(&self, args: &[&str], config: Option<&Path>, input: Option<&str>) -> Outcome {
+    pub fn rust_logger(
+        &self,
+        args: &[&str],
+        config: Option<&Path>,
+        input: Option<&str>,
+    ) -> Outcome {
         let mut cmd = Command::new(bin("gilmsg-logger"));
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
@@ -515,12 +554,19 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 /// Reads stdout lines until one starting with `prefix` (after `peers: got `
 /// style prefixes) parses as JSON and satisfies `pred`; returns it.
-pub fn wait_json(proc: &Proc, prefix: &str, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+pub fn wait_json(
+    proc: &Proc,
+    prefix: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + timeout;
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Some(line) = proc.next_stdout(left) else { break };
+        let Some(line) = proc.next_stdout(left) else {
+            break;
+        };
         if let Some(rest) = line.strip_prefix(prefix) {
             if let Ok(v) = serde_json::from_str::<Value>(rest) {
                 if pred(&v) {
