@@ -118,6 +118,7 @@ pub(crate) fn certificate_pem(der: &[u8]) -> String {
 /// fills its `signature` and `certificate` fields: lines of 76 characters,
 /// each ending in `\n` (so the text always ends in `\n`; empty input gives
 /// the empty string).
+#[cfg_attr(not(feature = "x509-sign"), allow(dead_code))]
 pub(crate) fn base64_wrapped(bytes: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
     let mut out = String::with_capacity(b64.len() + b64.len() / 76 + 1);

@@ -26,7 +26,9 @@ use std::path::Path;
 
 use base64::Engine as _;
 use gilmsg_proto::{SignError, Signer};
+#[cfg(feature = "x509-sign")]
 use openssl::hash::MessageDigest;
+#[cfg(feature = "x509-sign")]
 use openssl::pkey::{PKey, Private};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
@@ -40,6 +42,7 @@ pub const SCHEME_ED25519: &str = "ed25519";
 pub const SCHEME_X509: &str = "x509";
 
 /// The smallest RSA modulus gilmsg's verifier (ring) accepts.
+#[cfg(feature = "x509-sign")]
 const RSA_MIN_VERIFIABLE_BITS: u32 = 2048;
 
 /// The private half, by kind. Each variant knows its scheme name and how to
@@ -47,10 +50,12 @@ const RSA_MIN_VERIFIABLE_BITS: u32 = 2048;
 enum SigningKey {
     Ed25519(Ed25519KeyPair),
     /// An RSA key, scheme `"x509"`.
+    #[cfg(feature = "x509-sign")]
     Rsa(PKey<Private>),
 }
 
 /// A private key as found in a PEM file, before we know what it is for.
+#[cfg_attr(not(feature = "x509-sign"), allow(dead_code))]
 enum KeyDer {
     /// `BEGIN PRIVATE KEY`: PKCS#8, any algorithm.
     Pkcs8(Vec<u8>),
@@ -84,6 +89,40 @@ impl SigningKey {
             }
             Ok(SigningKey::Ed25519(kp))
         } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
+            Self::load_rsa(key_path, key, &spki.subject_public_key.data, mismatch)
+        } else {
+            Err(Error::UnsupportedKey {
+                path: cert_path.to_path_buf(),
+                detail: format!("public key algorithm {}", spki.algorithm.algorithm),
+            })
+        }
+    }
+
+    /// Without the `x509-sign` feature there is no RSA-SHA1 signer (ring
+    /// cannot sign SHA-1, and OpenSSL is then not linked): say so plainly.
+    #[cfg(not(feature = "x509-sign"))]
+    fn load_rsa(
+        key_path: &Path,
+        _key: &KeyDer,
+        _cert_public: &[u8],
+        _mismatch: impl Fn() -> Error,
+    ) -> Result<Self> {
+        Err(Error::UnsupportedKey {
+            path: key_path.to_path_buf(),
+            detail: "an RSA identity signs fedmsg's \"x509\" scheme, which needs gilmsg built with \
+                     the `fedmsg-x509` cargo feature (it links the system OpenSSL: install libssl-dev)"
+                .into(),
+        })
+    }
+
+    #[cfg(feature = "x509-sign")]
+    fn load_rsa(
+        key_path: &Path,
+        key: &KeyDer,
+        cert_public: &[u8],
+        mismatch: impl Fn() -> Error,
+    ) -> Result<Self> {
+        {
             let bad = |e: openssl::error::ErrorStack| {
                 Error::malformed(key_path, format!("not a usable RSA private key: {e}"))
             };
@@ -97,7 +136,7 @@ impl SigningKey {
             // not a different scheme.
             let rsa = pkey.rsa().map_err(|_| mismatch())?;
             let public = rsa.public_key_to_der_pkcs1().map_err(bad)?;
-            if public != *spki.subject_public_key.data {
+            if public != cert_public {
                 return Err(mismatch());
             }
             if rsa.size() * 8 < RSA_MIN_VERIFIABLE_BITS {
@@ -109,17 +148,13 @@ impl SigningKey {
                 );
             }
             Ok(SigningKey::Rsa(pkey))
-        } else {
-            Err(Error::UnsupportedKey {
-                path: cert_path.to_path_buf(),
-                detail: format!("public key algorithm {}", spki.algorithm.algorithm),
-            })
         }
     }
 
     fn scheme(&self) -> &'static str {
         match self {
             SigningKey::Ed25519(_) => SCHEME_ED25519,
+            #[cfg(feature = "x509-sign")]
             SigningKey::Rsa(_) => SCHEME_X509,
         }
     }
@@ -129,6 +164,7 @@ impl SigningKey {
         let pem = files::certificate_pem(cert_der);
         match self {
             SigningKey::Ed25519(_) => base64::engine::general_purpose::STANDARD.encode(pem),
+            #[cfg(feature = "x509-sign")]
             SigningKey::Rsa(_) => files::base64_wrapped(pem.as_bytes()),
         }
     }
@@ -138,6 +174,7 @@ impl SigningKey {
             SigningKey::Ed25519(kp) => {
                 Ok(base64::engine::general_purpose::STANDARD.encode(kp.sign(canonical).as_ref()))
             }
+            #[cfg(feature = "x509-sign")]
             SigningKey::Rsa(pkey) => {
                 // openssl's default padding for an RSA key is PKCS#1 v1.5.
                 let signature = openssl::sign::Signer::new(MessageDigest::sha1(), pkey)

@@ -3,6 +3,10 @@
 //! reproduces Python's signature bytes, and our `TrustStore` accepts what
 //! Python signs and refuses what Python's validator refuses.
 
+// Signing with RSA identities needs the `x509-sign` feature (OpenSSL);
+// `scripts/test` builds with --all-features.
+#![cfg(feature = "x509-sign")]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
