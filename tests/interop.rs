@@ -436,8 +436,11 @@ fn fedmsg_config_json_drives_the_rust_side() {
             )
         });
         assert_eq!(config.topic_prefix, PREFIX);
-        assert_eq!(config.relay_inbound, [world.inbound.clone()]);
-        assert_eq!(config.endpoints["relay_outbound"], [world.outbound.clone()]);
+        assert_eq!(config.relay_inbound, std::slice::from_ref(&world.inbound));
+        assert_eq!(
+            config.endpoints["relay_outbound"],
+            std::slice::from_ref(&world.outbound)
+        );
         assert!(config.validate_signatures && config.sign_messages);
         assert_eq!(
             config.ca_cert_location.as_deref(),
