@@ -75,7 +75,8 @@ impl BusBuilder {
             active,
         } = self;
         config.validate()?;
-        let certname = certname.unwrap_or_else(|| config.certname(&modname));
+        let active = active.unwrap_or(config.active);
+        let certname = certname.unwrap_or_else(|| config.certname_for(&modname, active));
         let signer = if config.sign_messages {
             Some(setup::load_signer(&config, &certname)?)
         } else {
@@ -84,7 +85,6 @@ impl BusBuilder {
         // ACKs are always verified, whatever `validate_signatures` says:
         // counting an unverified ACK would be a false positive waiting to happen.
         let validator = Some(setup::load_validator(&config)?);
-        let active = active.unwrap_or(config.active);
         let own = if active {
             Vec::new()
         } else {
@@ -142,8 +142,6 @@ impl BusBuilder {
             .map_err(|e| Error::InvalidArgument(format!("cannot start publisher thread: {e}")))?;
         let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
         drop(thread);
-        let (_, year) = setup::now_secs_and_year();
-        let _ = year;
         Ok(Bus {
             inner: Arc::new(Inner {
                 mailbox,

@@ -118,18 +118,18 @@ impl ConsumerBuilder {
         if topics.is_empty() {
             topics.push(format!("{}.", scheme.prefix()));
         }
+        let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
         let validator = if config.validate_signatures {
             Some(setup::load_validator(&config)?)
         } else {
             None
         };
         let signer = if send_acks {
-            let certname = certname.unwrap_or_else(|| config.certname("gilmsg"));
+            let certname = certname.unwrap_or_else(|| config.certname_for("gilmsg", active));
             Some(setup::load_signer(&config, &certname)?)
         } else {
             None
         };
-        let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
         let own: Vec<String> = config
             .own_endpoints()
             .map(<[String]>::to_vec)
