@@ -332,3 +332,68 @@ fn unsigned_ack() {
         assert_refused(outcome, "rcpt", "ack.rejected.unsigned");
     })
 }
+
+/// A batched ACK (our extension: one signature, the first entry in
+/// `ack_msg_id`, the rest in `ack_more`) whose entry for this publish is
+/// not the first one.
+fn batched_ack(bus: &Bus, message: &Envelope, signer: &str) -> Vec<Vec<u8>> {
+    let other = AckBody {
+        ack_msg_id: "2026-00000000-0000-4000-8000-000000000000".into(),
+        ack_digest: None,
+    };
+    let ours = AckBody::for_message(message).expect("digest");
+    let msg = AckBody::batch_to_msg(&other, &[ours]);
+    forge::frames(&forge::message(
+        &bus.ack_topic(),
+        msg,
+        false,
+        Some(&bus.identity(signer)),
+    ))
+}
+
+#[test]
+fn positive_control_a_batched_ack_counts_every_entry() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| batched_ack(bus, message, "rcpt"),
+        )
+        .await;
+        let receipt = outcome.result.expect("the entry in ack_more counts");
+        assert!(receipt.acks[0].digest_checked);
+        assert!(outcome.stats.get("ack.batches") >= 1, "{}", outcome.stats);
+    })
+}
+
+#[test]
+fn batched_ack_signed_by_a_non_recipient() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| batched_ack(bus, message, "intruder"),
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.not_a_recipient");
+    })
+}
+
+#[test]
+fn batched_ack_with_an_entry_altered_after_signing() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with(
+            "rcpt",
+            |_| {},
+            |bus, message| {
+                let frames = batched_ack(bus, message, "rcpt");
+                let envelope = Envelope::decode(&frames, 1 << 20).expect("decode");
+                forge::tampered(&envelope, |body| {
+                    body["msg"]["ack_more"][0]["ack_digest"] = json!("sha256:00");
+                })
+            },
+        )
+        .await;
+        assert_refused(outcome, "rcpt", "ack.rejected.bad_signature");
+    })
+}

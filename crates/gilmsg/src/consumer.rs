@@ -10,7 +10,14 @@
 //! gilmsg acks before the handler runs.)
 //!
 //! Re-sends of a handled message are re-acked without reaching the handler
-//! again, and only if their body is the one that was handled. Messages that
+//! again, and only if their body is the one that was handled.
+//!
+//! ACKs are signed on the socket thread, after each burst of work: when
+//! several messages were handled since the last burst, one signed ACK covers
+//! them all (see `gilmsg_proto::ack`), which is what keeps a busy consumer's
+//! signing cost per message low. Only messages from gilmsg-rs publishers are
+//! batched; a Python gilmsg publisher reads a single `ack_msg_id`, so its
+//! messages are acked one by one. Messages that
 //! do not ask for an ACK (no `gilmsg_version`), and ACKs themselves, are
 //! delivered but never acked.
 
@@ -19,7 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gilmsg_config::Config;
-use gilmsg_proto::ack::{digest_bytes, format_digest, AckBody};
+use gilmsg_proto::ack::{digest_bytes, format_digest, AckBody, MAX_ACK_BATCH};
 use gilmsg_proto::dedupe::{DedupeCache, Seen};
 use gilmsg_proto::{Draft, Envelope, Signer, TopicScheme, Validator};
 use serde_json::Value;
@@ -213,7 +220,7 @@ impl ConsumerBuilder {
     }
 }
 
-/// Signs ACKs; shared by deliveries (first ACK) and the thread (re-ACKs).
+/// Signs ACKs for the socket thread.
 struct Acker {
     signer: Arc<dyn Signer>,
     ack_topic: String,
@@ -222,15 +229,22 @@ struct Acker {
 }
 
 impl Acker {
-    fn frames(&self, msg_id: &str, digest: &[u8; 32]) -> Result<[Vec<u8>; 2]> {
+    /// One signed ACK for every entry of `batch` (at most `MAX_ACK_BATCH`).
+    fn frames(&self, batch: &[PendingAck]) -> Result<[Vec<u8>; 2]> {
         let (timestamp, year) = setup::now_secs_and_year();
-        let body = AckBody {
-            ack_msg_id: msg_id.to_owned(),
-            ack_digest: Some(format_digest(digest)),
+        let bodies: Vec<AckBody> = batch
+            .iter()
+            .map(|p| AckBody {
+                ack_msg_id: p.msg_id.clone(),
+                ack_digest: Some(format_digest(&p.digest)),
+            })
+            .collect();
+        let Some((first, rest)) = bodies.split_first() else {
+            return Err(Error::InvalidArgument("empty ACK batch".into()));
         };
         let draft = Draft {
             topic: self.ack_topic.clone(),
-            msg: body.to_msg(),
+            msg: AckBody::batch_to_msg(first, rest),
             msg_id: gilmsg_proto::envelope::new_msg_id(year),
             i: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
             timestamp,
@@ -256,12 +270,24 @@ impl Drop for Shared {
     }
 }
 
+/// An ACK waiting to be signed and sent at the end of the thread's burst.
+#[derive(Debug, Clone)]
+struct PendingAck {
+    msg_id: String,
+    digest: [u8; 32],
+    /// From a gilmsg-rs publisher, which reads batched ACKs.
+    batchable: bool,
+}
+
+/// `gilmsg_version` prefix of publishers that understand batched ACKs.
+const BATCHING_PEER: &str = "gilmsg-rs/";
+
 enum Command {
     /// The application's verdict on a delivery, with the ACK to send if any.
     Settle {
         msg_id: String,
         handled: bool,
-        ack: Option<([Vec<u8>; 2], [u8; 32])>,
+        ack: Option<PendingAck>,
     },
     Shutdown,
 }
@@ -374,7 +400,8 @@ pub struct Delivery {
     message: Envelope,
     signer: Option<String>,
     received: Instant,
-    acker: Option<Arc<Acker>>,
+    /// The ACK to send once handled, prepared by the socket thread.
+    ack: Option<PendingAck>,
     mailbox: Mailbox<Command>,
     is_ack: bool,
     settled: bool,
@@ -426,21 +453,12 @@ impl Delivery {
         self.received
     }
 
-    /// Marks the message handled and, if the sender asked, sends the ACK.
+    /// Marks the message handled and, if the sender asked, sends the ACK
+    /// (signed by the socket thread, possibly together with others).
     pub fn ack(mut self) -> Result<()> {
         self.settled = true;
         let msg_id = self.msg_id().to_owned();
-        let ack = match (&self.acker, self.wants_ack()) {
-            (Some(acker), true) => {
-                let signed = self
-                    .message
-                    .signed_part()
-                    .map_err(gilmsg_proto::envelope::BuildError::from)?;
-                let digest = digest_bytes(&signed);
-                Some((acker.frames(&msg_id, &digest)?, digest))
-            }
-            _ => None,
-        };
+        let ack = self.ack.take();
         self.mailbox.send(Command::Settle {
             msg_id,
             handled: true,
@@ -501,6 +519,8 @@ struct Actor {
     max_message_size: usize,
     validator: Option<Arc<Validator>>,
     acker: Option<Arc<Acker>>,
+    /// ACKs to sign and send at the end of this burst.
+    pending_acks: Vec<PendingAck>,
     ack_topic: String,
     deliver_acks: bool,
     counters: Counters,
@@ -545,6 +565,7 @@ impl Actor {
             max_message_size: setup.max_message_size,
             validator: setup.validator,
             acker: setup.acker,
+            pending_acks: Vec::new(),
             ack_topic: setup.ack_topic,
             deliver_acks: setup.deliver_acks,
             counters: setup.counters,
@@ -626,10 +647,39 @@ impl Actor {
                     }
                 }
             }
+            self.flush_acks();
+        }
+        self.flush_acks();
+    }
+
+    /// Signs and sends the ACKs gathered during this burst: batchable ones
+    /// together (up to `MAX_ACK_BATCH` per signature), the others one by one.
+    fn flush_acks(&mut self) {
+        if self.pending_acks.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending_acks);
+        let Some(acker) = self.acker.clone() else {
+            return;
+        };
+        let (batchable, single): (Vec<PendingAck>, Vec<PendingAck>) =
+            pending.into_iter().partition(|p| p.batchable);
+        let groups = batchable.chunks(MAX_ACK_BATCH).chain(single.chunks(1));
+        for group in groups {
+            match acker.frames(group) {
+                Ok(frames) => {
+                    self.send_ack(&frames);
+                    self.counters.add("ack", "entries", group.len() as u64);
+                }
+                Err(e) => {
+                    self.counters.bump("ack", "sign_failed");
+                    tracing::warn!("cannot sign ACK: {e}");
+                }
+            }
         }
     }
 
-    fn settle(&mut self, msg_id: &str, handled: bool, ack: Option<([Vec<u8>; 2], [u8; 32])>) {
+    fn settle(&mut self, msg_id: &str, handled: bool, ack: Option<PendingAck>) {
         // Exposed so soak tests and operators can see the bound hold.
         self.counters
             .set("dedupe", "entries", self.dedupe.len() as u64);
@@ -642,9 +692,9 @@ impl Actor {
         }
         self.counters.bump("handler", "ok");
         match ack {
-            Some((frames, digest)) => {
-                self.dedupe.set(msg_id, Seen::Done(Some(digest)));
-                self.send_ack(&frames);
+            Some(ack) => {
+                self.dedupe.set(msg_id, Seen::Done(Some(ack.digest)));
+                self.pending_acks.push(ack);
             }
             None => self.dedupe.set(msg_id, Seen::Done(None)),
         }
@@ -676,11 +726,15 @@ impl Actor {
             Ok(m) => m,
             Err(e) => return self.counters.bump("invalid", e.kind()),
         };
+        // A gilmsg_version the signature does not cover cannot be trusted
+        // to say the publisher reads batched ACKs.
+        let mut version_signed = true;
         let signer = match &self.validator {
             None => None,
             Some(v) => match v.validate(&message) {
                 Ok(valid) => {
                     if valid.unsigned_gilmsg_version {
+                        version_signed = false;
                         self.counters
                             .bump("message", "legacy_unsigned_gilmsg_version");
                     }
@@ -699,11 +753,25 @@ impl Actor {
             Err(Seen::Failed) => return self.counters.bump("duplicate", "failed"),
         }
         let msg_id = message.msg_id().to_owned();
+        let ack = match (&self.acker, wants_ack) {
+            (Some(_), true) => match message.signed_part() {
+                Ok(signed) => Some(PendingAck {
+                    msg_id: msg_id.clone(),
+                    digest: digest_bytes(&signed),
+                    batchable: version_signed && batchable(&message),
+                }),
+                Err(_) => {
+                    self.dedupe.forget(&msg_id);
+                    return self.counters.bump("invalid", "not_canonicalisable");
+                }
+            },
+            _ => None,
+        };
         let delivery = Delivery {
             message,
             signer,
             received: Instant::now(),
-            acker: self.acker.clone(),
+            ack,
             mailbox: self.mailbox.clone(),
             is_ack,
             settled: false,
@@ -726,7 +794,7 @@ impl Actor {
 
     /// A re-send of a message already handled: ACK again (the first ACK may
     /// have been lost), but only for the very body that was handled.
-    fn reack(&self, message: &Envelope, handled_digest: &[u8; 32]) {
+    fn reack(&mut self, message: &Envelope, handled_digest: &[u8; 32]) {
         let Ok(signed) = message.signed_part() else {
             return;
         };
@@ -734,11 +802,20 @@ impl Actor {
             return self.counters.bump("duplicate", "different_body");
         }
         self.counters.bump("duplicate", "reacked");
-        if let Some(acker) = &self.acker {
-            match acker.frames(message.msg_id(), handled_digest) {
-                Ok(frames) => self.send_ack(&frames),
-                Err(e) => tracing::warn!("cannot sign ACK: {e}"),
-            }
+        if self.acker.is_some() {
+            self.pending_acks.push(PendingAck {
+                msg_id: message.msg_id().to_owned(),
+                digest: *handled_digest,
+                batchable: batchable(message),
+            });
         }
     }
+}
+
+/// Whether the publisher reads batched ACKs (a gilmsg-rs publisher signs
+/// its `gilmsg_version`; Python gilmsg's "0.1.2" reads one `ack_msg_id`).
+fn batchable(message: &Envelope) -> bool {
+    message
+        .str_field(gilmsg_proto::envelope::GILMSG_VERSION_FIELD)
+        .is_some_and(|v| v.starts_with(BATCHING_PEER))
 }

@@ -341,12 +341,16 @@ impl Actor {
             // Prefix match of the subscription let a longer topic through.
             return self.counters.bump("ack", "other_topic");
         }
-        let ack = match AckBody::from_msg(envelope.msg()) {
+        let entries = match AckBody::entries_from_msg(envelope.msg()) {
             Ok(a) => a,
             Err(e) => return self.counters.bump("ack.invalid", e.kind()),
         };
-        // Cheap test first: most ACKs on a shared bus are for other publishers.
-        if !self.inflight.contains(&ack.ack_msg_id) {
+        // Cheap test first: most ACKs on a shared bus are for other
+        // publishers, and the signature is the expensive part.
+        if !entries
+            .iter()
+            .any(|e| self.inflight.contains(&e.ack_msg_id))
+        {
             return self.counters.bump("ack", "unknown_msg_id");
         }
         let Some(validator) = &self.validator else {
@@ -359,8 +363,20 @@ impl Actor {
             },
             Err(r) => return self.counters.bump("ack.rejected", r.kind()),
         };
+        if entries.len() > 1 {
+            self.counters.bump("ack", "batches");
+        }
         let now = Instant::now();
-        match self.inflight.on_ack(&signer, &ack, now) {
+        let single = entries.len() == 1;
+        for entry in &entries {
+            self.apply_ack(&signer, entry, now, single);
+        }
+    }
+
+    /// One verified ACK entry. In a batch, entries for messages this handle
+    /// does not have in flight are other publishers' business: not counted.
+    fn apply_ack(&mut self, signer: &str, entry: &AckBody, now: Instant, single: bool) {
+        match self.inflight.on_ack(signer, entry, now) {
             AckEffect::Completed(done) => {
                 self.counters.bump("ack", "counted");
                 self.counters.bump("publish", "acked");
@@ -374,7 +390,8 @@ impl Actor {
                 let _ = done.payload.reply.send(Ok(receipt));
             }
             AckEffect::Judged(outcome) => self.counters.bump("ack", outcome.kind()),
-            AckEffect::Unknown => self.counters.bump("ack", "unknown_msg_id"),
+            AckEffect::Unknown if single => self.counters.bump("ack", "unknown_msg_id"),
+            AckEffect::Unknown => {}
         }
     }
 

@@ -7,6 +7,12 @@
 //! part of the acknowledged body, so an ACK proves the recipient saw *that*
 //! body and not merely a message carrying the same id. Python gilmsg sends no
 //! digest; an ACK without one is accepted, one with a wrong digest never is.
+//!
+//! Under load a consumer acknowledges many messages with one signature: the
+//! first entry stays in `ack_msg_id`/`ack_digest`, so a reader that knows
+//! only those (Python gilmsg) still sees a valid ACK for it, and the others
+//! follow in `ack_more: [{"ack_msg_id": .., "ack_digest": ..}, ..]`. Each
+//! entry is exactly as strong as a single ACK: the signature covers them all.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +26,11 @@ use crate::envelope::{DecodeError, Envelope};
 pub const ACK_MSG_ID_FIELD: &str = "ack_msg_id";
 /// `msg` field of an ACK carrying the body digest.
 pub const ACK_DIGEST_FIELD: &str = "ack_digest";
+/// `msg` field of a batched ACK carrying the entries after the first.
+pub const ACK_MORE_FIELD: &str = "ack_more";
+/// The most entries one batched ACK carries (keeps it far below any
+/// reasonable `max_message_size`: about 150 bytes an entry).
+pub const MAX_ACK_BATCH: usize = 256;
 
 /// The payload of an ACK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +73,50 @@ impl AckBody {
             Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d }),
             None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
         }
+    }
+
+    /// The `msg` value of a batched ACK: `first` in the classic fields, the
+    /// rest in `ack_more`. With no `rest` this is exactly [`AckBody::to_msg`].
+    pub fn batch_to_msg(first: &AckBody, rest: &[AckBody]) -> Value {
+        let mut msg = first.to_msg();
+        if !rest.is_empty() {
+            if let Value::Object(map) = &mut msg {
+                map.insert(
+                    ACK_MORE_FIELD.into(),
+                    Value::Array(rest.iter().map(AckBody::to_msg).collect()),
+                );
+            }
+        }
+        msg
+    }
+
+    /// Every entry of an ACK's `msg`: the classic one first, then `ack_more`.
+    /// A malformed `ack_more` makes the whole ACK malformed (it is signed as
+    /// one unit, so there is no partial trust to salvage), and so does one
+    /// with more than [`MAX_ACK_BATCH`] entries.
+    pub fn entries_from_msg(msg: &Value) -> Result<Vec<Self>, DecodeError> {
+        let first = AckBody::from_msg(msg)?;
+        let more = match msg.get(ACK_MORE_FIELD) {
+            None | Some(Value::Null) => return Ok(vec![first]),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(DecodeError::Shape("ack_more is not a list".into())),
+        };
+        if more.len() >= MAX_ACK_BATCH {
+            return Err(DecodeError::Shape(format!(
+                "ack_more has {} entries, more than {}",
+                more.len(),
+                MAX_ACK_BATCH - 1
+            )));
+        }
+        let mut entries = Vec::with_capacity(more.len() + 1);
+        entries.push(first);
+        for item in more {
+            if item.get(ACK_MORE_FIELD).is_some() {
+                return Err(DecodeError::Shape("nested ack_more".into()));
+            }
+            entries.push(AckBody::from_msg(item)?);
+        }
+        Ok(entries)
     }
 }
 
@@ -296,6 +351,36 @@ mod tests {
             ["a", "b", "c"]
         );
         assert!(acked[1].digest_checked && !acked[0].digest_checked);
+    }
+
+    #[test]
+    fn batched_entries_roundtrip_and_stay_readable_as_one_ack() {
+        let entries: Vec<AckBody> = (0..5)
+            .map(|i| ack(&format!("m{i}"), Some("sha256:00")))
+            .collect();
+        let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+        // A classic reader sees the first entry.
+        assert_eq!(AckBody::from_msg(&msg).unwrap(), entries[0]);
+        assert_eq!(AckBody::entries_from_msg(&msg).unwrap(), entries);
+        assert_eq!(AckBody::batch_to_msg(&entries[0], &[]), entries[0].to_msg());
+        assert_eq!(
+            AckBody::entries_from_msg(&entries[0].to_msg()).unwrap(),
+            vec![entries[0].clone()]
+        );
+        for bad in [
+            json!({"ack_msg_id": "a", "ack_more": "x"}),
+            json!({"ack_msg_id": "a", "ack_more": [{"ack_digest": "d"}]}),
+            json!({"ack_msg_id": "a", "ack_more": [{"ack_msg_id": "b", "ack_more": []}]}),
+        ] {
+            assert!(AckBody::entries_from_msg(&bad).is_err(), "{bad}");
+        }
+        let too_many: Vec<AckBody> = (0..MAX_ACK_BATCH + 1)
+            .map(|i| ack(&format!("m{i}"), None))
+            .collect();
+        assert!(
+            AckBody::entries_from_msg(&AckBody::batch_to_msg(&too_many[0], &too_many[1..]))
+                .is_err()
+        );
     }
 
     #[test]
