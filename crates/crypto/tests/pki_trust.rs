@@ -625,7 +625,9 @@ fn rsa_x509_signature_from_openssl_verifies() {
     }
     #[cfg(not(feature = "x509-sign"))]
     {
-        let err = Identity::load_files(&leaf_keyf, &leaf_crt).err().expect("RSA needs x509-sign");
+        let err = Identity::load_files(&leaf_keyf, &leaf_crt)
+            .err()
+            .expect("RSA needs x509-sign");
         assert!(err.to_string().contains("fedmsg-x509"), "{err}");
     }
 }
