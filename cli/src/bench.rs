@@ -60,6 +60,15 @@ pub struct Args {
     /// without pause, RSS and dedupe/in-flight state sampled every 10 s.
     #[arg(long, value_parser = common::parse_duration)]
     pub soak: Option<Duration>,
+    /// Recipient counts for the latency runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
+    pub recipients: Vec<usize>,
+    /// Skip the throughput runs.
+    #[arg(long)]
+    pub no_throughput: bool,
+    /// Skip the one-shot logger runs.
+    #[arg(long)]
+    pub no_oneshot: bool,
     /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
     #[arg(long)]
     pub python_peers: Option<PathBuf>,
@@ -231,7 +240,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let mut latency = serde_json::Map::new();
     let mut throughput = serde_json::Map::new();
     let mut memory = serde_json::Map::new();
-    for k in [1usize, 3, 10] {
+    for &k in &args.recipients {
         progress(format!("direct topology with {k} consumer process(es)"));
         let bus = DirectBus::start(&exe, work.path(), k)?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
@@ -245,7 +254,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         report
             .curves
             .push((format!("publish, {k} recipient(s)"), summary));
-        if k != 3 {
+        if k != 3 && !args.no_throughput {
             let (rate, window) = runtime.block_on(bus.throughput(&recipients, messages))?;
             progress(format!(
                 "throughput {k} recipients: {rate:.0} msg/s (window {window})"
@@ -280,10 +289,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
     report.json.insert("throughput", Value::Object(throughput));
     report.json.insert("memory", Value::Object(memory));
 
-    progress("one-shot gilmsg-logger through a relay");
-    report
-        .json
-        .insert("oneshot_logger", oneshot(&exe, work.path(), oneshot_runs)?);
+    if !args.no_oneshot {
+        progress("one-shot gilmsg-logger through a relay");
+        report
+            .json
+            .insert("oneshot_logger", oneshot(&exe, work.path(), oneshot_runs)?);
+    }
 
     let python = args
         .python_peers

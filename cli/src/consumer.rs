@@ -15,9 +15,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use clap::Parser;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use gilmsg::proto::Envelope;
 use gilmsg::Delivery;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
 use crate::common::{self, Failure};
 
@@ -66,14 +71,31 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let config = common::load_config(args.config.as_deref())?;
     let runtime = common::runtime()?;
     runtime.block_on(async move {
-        let mut builder = gilmsg::Consumer::builder(&config).send_acks(!args.no_ack).deliver_acks(args.include_acks).queue(args.queue);
+        let mut builder = gilmsg::Consumer::builder(&config)
+            .send_acks(!args.no_ack)
+            .deliver_acks(args.include_acks)
+            .queue(args.queue);
         if !args.topics.is_empty() {
             builder = builder.topics(args.topics.clone());
         }
         if let Some(certname) = &args.certname {
             builder = builder.certname(certname);
         }
-        let mut consumer = builder.build()?;
+        // Printing and --quiet are quick: they run on the consumer's socket
+        // thread (no hand-off per message). --exec runs a process, so it
+        // gets deliveries through the queue on this task instead.
+        let progress = Arc::new(Progress::default());
+        let mut consumer = match args.exec {
+            Some(_) => builder.build()?,
+            None => {
+                let (quiet, json_lines, progress) = (args.quiet, args.json, progress.clone());
+                builder.build_inline(move |message, signer| {
+                    let result = if quiet { Ok(()) } else { print(json_lines, message, signer) };
+                    progress.record(&result);
+                    result.map_err(|e| e.to_string())
+                })?
+            }
+        };
         let readiness = consumer.ready().await;
         let mut signals = crate::relay::Signals::install()?;
         eprintln!(
@@ -83,29 +105,29 @@ pub fn run(args: Args) -> Result<(), Failure> {
             readiness.expected
         );
         let stats = |c: &gilmsg::Consumer| eprintln!("gilmsg-consumer: stats {}", c.stats());
-        let mut handled = 0u64;
         let result = loop {
-            if args.count.is_some_and(|n| handled >= n) {
+            if let Some(why) = progress.fatal() {
+                break Err(Failure { status: common::EXIT_BUS, message: format!("error: {why}") });
+            }
+            if args.count.is_some_and(|n| progress.handled() >= n) {
                 break Ok(());
             }
             tokio::select! {
-                delivery = consumer.next() => {
+                delivery = consumer.next(), if args.exec.is_some() => {
                     let Some(delivery) = delivery else { break Ok(()) };
-                    match handle(&args, &delivery).await {
+                    let command = args.exec.as_deref().unwrap_or_default();
+                    match run_command(command, &delivery).await {
                         Ok(()) => {
-                            handled += 1;
+                            progress.record(&Ok(()));
                             delivery.ack()?;
                         }
-                        Err(HandlerError::Failed(why)) => {
+                        Err(why) => {
                             eprintln!("gilmsg-consumer: handler failed for {}: {why}; not acking", delivery.msg_id());
                             delivery.fail();
                         }
-                        Err(HandlerError::Fatal(why)) => {
-                            delivery.fail();
-                            break Err(Failure { status: common::EXIT_BUS, message: format!("error: {why}") });
-                        }
                     }
                 }
+                _ = progress.changed.notified() => {}
                 event = signals.next() => match event {
                     crate::relay::SignalEvent::Stats => stats(&consumer),
                     crate::relay::SignalEvent::Exit => break Ok(()),
@@ -118,46 +140,74 @@ pub fn run(args: Args) -> Result<(), Failure> {
     })
 }
 
-enum HandlerError {
-    /// This message was not handled; carry on with the next.
-    Failed(String),
-    /// Stop (stdout is gone).
-    Fatal(String),
+/// What the handler has done so far, shared with the socket thread when
+/// the handler runs there.
+#[derive(Default)]
+struct Progress {
+    handled: AtomicU64,
+    fatal: Mutex<Option<String>>,
+    changed: Notify,
 }
 
-async fn handle(args: &Args, delivery: &Delivery) -> Result<(), HandlerError> {
-    match &args.exec {
-        Some(command) => run_command(command, delivery).await,
-        None if args.quiet => Ok(()),
-        None => print(args.json, delivery),
+impl Progress {
+    fn record(&self, result: &Result<(), PrintError>) {
+        match result {
+            Ok(()) => {
+                self.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Ok(mut fatal) = self.fatal.lock() {
+                    fatal.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
     }
 }
 
-fn print(json_lines: bool, delivery: &Delivery) -> Result<(), HandlerError> {
+/// Stdout is gone: the consumer stops (and the message is not acked).
+#[derive(Debug)]
+struct PrintError(String);
+
+impl std::fmt::Display for PrintError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn print(json_lines: bool, message: &Envelope, signer: Option<&str>) -> Result<(), PrintError> {
     let line = if json_lines {
         json!({
-            "topic": delivery.topic(),
-            "msg_id": delivery.msg_id(),
-            "signer": delivery.signer(),
-            "body": Value::Object(delivery.message().body().clone()),
+            "topic": message.topic(),
+            "msg_id": message.msg_id(),
+            "signer": signer,
+            "body": Value::Object(message.body().clone()),
         })
         .to_string()
     } else {
         format!(
             "{} {} signer={} {}",
-            delivery.topic(),
-            delivery.msg_id(),
-            delivery.signer().unwrap_or("-"),
-            delivery.msg()
+            message.topic(),
+            message.msg_id(),
+            signer.unwrap_or("-"),
+            message.msg()
         )
     };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")
         .and_then(|()| stdout.flush())
-        .map_err(|e| HandlerError::Fatal(format!("cannot write to stdout: {e}")))
+        .map_err(|e| PrintError(format!("cannot write to stdout: {e}")))
 }
 
-async fn run_command(command: &str, delivery: &Delivery) -> Result<(), HandlerError> {
+async fn run_command(command: &str, delivery: &Delivery) -> Result<(), String> {
     let body = Value::Object(delivery.message().body().clone()).to_string();
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
@@ -168,7 +218,7 @@ async fn run_command(command: &str, delivery: &Delivery) -> Result<(), HandlerEr
         .stdin(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HandlerError::Failed(format!("cannot run {command:?}: {e}")))?;
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A command that ignores its stdin closes the pipe early; that is
         // its business, so a write error here is not a handler failure.
@@ -178,12 +228,10 @@ async fn run_command(command: &str, delivery: &Delivery) -> Result<(), HandlerEr
     let status = child
         .wait()
         .await
-        .map_err(|e| HandlerError::Failed(format!("waiting for {command:?}: {e}")))?;
+        .map_err(|e| format!("waiting for {command:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(HandlerError::Failed(format!(
-            "{command:?} exited with {status}"
-        )))
+        Err(format!("{command:?} exited with {status}"))
     }
 }
