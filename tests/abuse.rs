@@ -1,0 +1,541 @@
+//! Resource bounds under abuse: floods of garbage and of valid messages,
+//! and many timed-out publishes. Every test asserts bounds with generous
+//! margins and prints what it measured; none asserts a timing.
+//!
+//! `GILMSG_ABUSE_FRAMES` sets the size of the garbage flood (default 100 000).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use gilmsg_proto::ack::AckBody;
+use gilmsg_tests::raw::RawPub;
+use gilmsg_tests::{forge, within_async, Bus};
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(300);
+/// The consumer's soft limit in these tests.
+const MAX: usize = 4096;
+/// Generous bound on a consumer's peak resident memory.
+const CONSUMER_MEMORY_BOUND: u64 = 64 << 20;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `VmRSS` and `VmHWM` (bytes) of a process, from `/proc/<pid>/status`.
+fn memory(pid: &str) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The PID of the `gilmsg-consumer` of `bus` signing as `certname`, found
+/// by its command line (the fixture does not expose it).
+fn consumer_pid(bus: &Bus, certname: &str) -> String {
+    let config = bus.config_path.display().to_string();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_consumer = args.first().is_some_and(|a| a.ends_with("gilmsg-consumer"));
+        let ours = args
+            .windows(2)
+            .any(|w| w[0] == "--config" && w[1] == config)
+            && args
+                .windows(2)
+                .any(|w| w[0] == "--certname" && w[1] == certname);
+        if is_consumer && ours {
+            return pid;
+        }
+    }
+    panic!("no gilmsg-consumer process for {certname} of {config}");
+}
+
+/// An XPUB into the relay's inbound with no high-water mark, so nothing
+/// is dropped on our side however fast we send.
+struct Flooder {
+    _context: zmq::Context,
+    socket: zmq::Socket,
+}
+
+impl Flooder {
+    fn connect(endpoint: &str) -> Flooder {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::XPUB).expect("xpub");
+        socket.set_sndhwm(0).expect("sndhwm");
+        socket.set_linger(5000).expect("linger");
+        socket.connect(endpoint).expect("connect");
+        // Wait for the relay's subscription, as RawPub does.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no subscription from the relay");
+            if socket
+                .poll(zmq::POLLIN, left.as_millis() as i64)
+                .expect("poll")
+                > 0
+            {
+                let frame = socket.recv_bytes(0).expect("recv");
+                if frame.first() == Some(&1) {
+                    break;
+                }
+            }
+        }
+        Flooder {
+            _context: context,
+            socket,
+        }
+    }
+
+    fn send<F: AsRef<[u8]>>(&self, frames: &[F]) {
+        let last = frames.len() - 1;
+        for (i, f) in frames.iter().enumerate() {
+            let flags = if i < last { zmq::SNDMORE } else { 0 };
+            self.socket.send(f.as_ref(), flags).expect("send");
+        }
+    }
+}
+
+/// Polls the publisher's counters (paced, bounded) until `done` holds.
+async fn wait_publisher(
+    publisher: &gilmsg::Bus,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&gilmsg::Stats) -> bool,
+) -> gilmsg::Stats {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = publisher.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publisher never reached {what}: {stats}"
+        );
+        // Pacing of a bounded counter poll, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_flood_of_garbage_is_counted_and_leaves_everyone_alive_and_bounded() {
+    // A finite high-water mark bounds the consumer's receive queue; the
+    // (fixture) relay keeps its unlimited default and holds the backlog.
+    garbage_flood("high_water_mark = 1000");
+}
+
+#[test]
+#[ignore = "known issue: with the default high_water_mark = 0 a consumer slower than a flood queues it all in memory (VmHWM ~237 MiB for 100 000 frames)"]
+fn a_flood_of_garbage_with_the_default_high_water_mark_stays_bounded() {
+    garbage_flood("");
+}
+
+fn garbage_flood(extra_toml: &'static str) {
+    let frames = env_u64("GILMSG_ABUSE_FRAMES", 100_000);
+    within_async(LIMIT, move || async move {
+        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX}\n{extra_toml}"));
+        let consumer = bus.consumer("c1", &[]);
+        let pid = consumer_pid(&bus, "c1");
+        let publisher = bus.publisher();
+        publisher
+            .publish("before", json!({"n": 0}), &["c1"], Duration::from_secs(10))
+            .await
+            .expect("publish before the flood");
+        let (rss_before, _) = memory(&pid);
+        let consumer_before = consumer.stats();
+        let publisher_before = publisher.stats();
+
+        let topic = bus.topic("garbage");
+        let t = topic.as_bytes();
+        let ack_topic = bus.ack_topic();
+        let mut bad_topic = bus.prefix().into_bytes();
+        bad_topic.extend_from_slice(b"\xff\xfe");
+        let signer = bus.identity("c1");
+        let unsigned = forge::frames(&forge::message(&topic, json!({"x": 1}), true, None));
+        let bad_signature = forge::tampered(
+            &forge::message(&topic, json!({"amount": 1}), true, Some(&signer)),
+            |b| b["msg"] = json!({"amount": 1000}),
+        );
+        let mismatched = forge::frames(&forge::message(
+            &bus.topic("elsewhere"),
+            json!(1),
+            true,
+            None,
+        ));
+        let oversize = vec![b'x'; 2 * MAX];
+
+        // Ten kinds, in turn; the expected counter for each.
+        let mut expected: HashMap<&str, u64> = HashMap::new();
+        let flood = Flooder::connect(&bus.inbound);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let started = Instant::now();
+        for i in 0..frames {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let counter = match i % 10 {
+                0 => {
+                    // Never valid JSON: starts with a byte that is not UTF-8.
+                    let len = 1 + (rng % 512) as usize;
+                    let mut body: Vec<u8> = (0..len).map(|k| (rng >> (k % 56)) as u8).collect();
+                    body[0] = 0xff;
+                    flood.send(&[t, &body]);
+                    "invalid.not_json"
+                }
+                1 => {
+                    flood.send(&[t]);
+                    "invalid.bad_frame_count"
+                }
+                2 => {
+                    flood.send(&[t, b"{}", b"x"]);
+                    "invalid.bad_frame_count"
+                }
+                3 => {
+                    flood.send(&[t, &oversize]);
+                    "invalid.oversize"
+                }
+                4 => {
+                    flood.send(&[t, b"[1,2]"]);
+                    "invalid.wrong_shape"
+                }
+                5 => {
+                    flood.send(&[bad_topic.as_slice(), b"{}"]);
+                    "invalid.topic_not_utf8"
+                }
+                6 => {
+                    flood.send(&[t, &mismatched[1]]);
+                    "invalid.topic_mismatch"
+                }
+                7 => {
+                    flood.send(&unsigned);
+                    "rejected.unsigned"
+                }
+                8 => {
+                    flood.send(&[ack_topic.as_bytes(), b"\xffgarbage"]);
+                    "message.ack_skipped"
+                }
+                _ => {
+                    flood.send(&bad_signature);
+                    "rejected.bad_signature"
+                }
+            };
+            *expected.entry(counter).or_default() += 1;
+        }
+        let sending = started.elapsed();
+
+        let base = consumer_before.get("message.received");
+        let stats = consumer.wait_stats("the whole flood", Duration::from_secs(120), |s| {
+            expected
+                .iter()
+                .all(|(counter, n)| s.get(counter) >= consumer_before.get(counter) + n)
+        });
+        let drained = started.elapsed();
+        let (rss_after, hwm) = memory(&pid);
+        let publisher_stats = wait_publisher(
+            &publisher,
+            "the ACK-topic garbage",
+            Duration::from_secs(60),
+            |s| {
+                s.get("ack.invalid.not_json")
+                    >= publisher_before.get("ack.invalid.not_json")
+                        + expected["message.ack_skipped"]
+            },
+        )
+        .await;
+
+        println!("\n== garbage flood ({extra_toml:?}) ==");
+        println!(
+            "{frames} frames sent in {:.1} s, consumed by the consumer after {:.1} s",
+            sending.as_secs_f64(),
+            drained.as_secs_f64()
+        );
+        println!(
+            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
+            mib(rss_before),
+            mib(rss_after),
+            mib(hwm),
+            mib(CONSUMER_MEMORY_BOUND)
+        );
+        let mut table: Vec<_> = expected.iter().collect();
+        table.sort();
+        for (counter, n) in table {
+            let got = stats.get(counter) - consumer_before.get(counter);
+            println!("  consumer {counter:<28} sent {n:>7}  counted {got:>7}");
+            assert_eq!(got, *n, "{counter}: {stats}");
+        }
+        let ack_garbage = publisher_stats.get("ack.invalid.not_json")
+            - publisher_before.get("ack.invalid.not_json");
+        println!("  publisher ack.invalid.not_json         counted {ack_garbage:>7}");
+        assert_eq!(
+            ack_garbage, expected["message.ack_skipped"],
+            "{publisher_stats}"
+        );
+        // Plus at most the consumer's own ACK of the first publish.
+        assert!(
+            stats.get("message.received") - base <= frames + 1,
+            "nothing else arrived: {stats}"
+        );
+        assert!(
+            hwm < CONSUMER_MEMORY_BOUND,
+            "consumer peaked at {}",
+            mib(hwm)
+        );
+
+        // The relay's hard cap (4 x max_message_size; the fixture relay runs
+        // with the default 1 MiB): a bigger message is never forwarded, the
+        // sender is cut off, and the relay carries on.
+        let relay_before = bus.relay_stats().get("relay.forwarded");
+        {
+            let big = Flooder::connect(&bus.inbound);
+            big.send(&[t, &vec![b' '; 5 << 20]]);
+        }
+        let marker = RawPub::connect(&bus.inbound);
+        marker.send(&[t, b"\xffmarker"]);
+        let not_json = stats.get("invalid.not_json");
+        consumer.wait_stats("the marker", Duration::from_secs(20), |s| {
+            s.get("invalid.not_json") > not_json
+        });
+        let relay_after = bus.relay_stats().get("relay.forwarded");
+        println!(
+            "relay: a 5 MiB message was not forwarded (forwarded {relay_before} -> {relay_after}, the marker only)"
+        );
+        assert_eq!(relay_after, relay_before + 1);
+
+        // Still working.
+        let receipt = publisher
+            .publish("after", json!({"n": 1}), &["c1"], Duration::from_secs(20))
+            .await
+            .expect("publish after the flood");
+        assert_eq!(receipt.acks.len(), 1);
+        drop(consumer);
+    });
+}
+
+#[test]
+fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
+    // Large enough for every id handled here: an id evicted and then
+    // re-sent is handled again (the documented limit of the dedupe cache),
+    // and re-sends queued behind the flood arrive seconds late.
+    const DEDUPE: u64 = 4096;
+    const FLOOD: u64 = 3000;
+    const PUBLISHES: u64 = 150;
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(&["c1", "flooder"], &format!("dedupe_capacity = {DEDUPE}"));
+        let log = bus.dir().join("handled.log");
+        let exec = format!("echo \"$GILMSG_MSG_ID\" >> '{}'; sleep 0.01", log.display());
+        let consumer = bus.consumer("c1", &["--exec", &exec, "--queue", "4"]);
+        let pid = consumer_pid(&bus, "c1");
+        let (rss_before, _) = memory(&pid);
+
+        // Valid, signed, ACK-asking messages nobody will re-send.
+        let flooder = bus.identity("flooder");
+        let topic = bus.topic("flood");
+        let flood: Vec<Vec<Vec<u8>>> = (0..FLOOD)
+            .map(|n| {
+                forge::frames(&forge::message(
+                    &topic,
+                    json!({"n": n}),
+                    true,
+                    Some(&flooder),
+                ))
+            })
+            .collect();
+        let inbound = bus.inbound.clone();
+        let flood_thread = std::thread::spawn(move || {
+            let out = Flooder::connect(&inbound);
+            for frames in &flood {
+                out.send(frames);
+            }
+        });
+
+        // Meanwhile, acknowledged publishes that must get through.
+        let publisher = bus.publisher();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..PUBLISHES {
+            let handle = publisher.clone();
+            tasks.spawn(async move {
+                handle
+                    .publish("real", json!({"n": n}), &["c1"], Duration::from_secs(120))
+                    .await
+            });
+        }
+        let mut acked = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let receipt = joined
+                .expect("task")
+                .unwrap_or_else(|e| panic!("publish during the flood: {e}"));
+            acked.push(receipt.msg_id);
+        }
+        flood_thread.join().expect("flood thread");
+        let stats = consumer.wait_stats("the whole flood", Duration::from_secs(120), |s| {
+            s.get("message.received") >= FLOOD + PUBLISHES
+        });
+        let (rss_after, hwm) = memory(&pid);
+
+        let text = std::fs::read_to_string(&log).expect("handler log");
+        let mut handled: HashMap<&str, u64> = HashMap::new();
+        for id in text.lines() {
+            *handled.entry(id).or_default() += 1;
+        }
+        println!("\n== valid flood faster than the handler ==");
+        println!(
+            "{FLOOD} flood messages + {PUBLISHES} acknowledged publishes; handler ran {} times",
+            text.lines().count()
+        );
+        println!(
+            "consumer: dropped.queue_full {}  dedupe.entries {} (capacity {DEDUPE})  dedupe.evicted {}  handler.ok {}",
+            stats.get("dropped.queue_full"),
+            stats.get("dedupe.entries"),
+            stats.get("dedupe.evicted"),
+            stats.get("handler.ok"),
+        );
+        println!(
+            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
+            mib(rss_before),
+            mib(rss_after),
+            mib(hwm),
+            mib(CONSUMER_MEMORY_BOUND)
+        );
+        println!("publisher: {}", publisher.stats());
+        assert!(stats.get("dropped.queue_full") > 0, "{stats}");
+        assert!(stats.get("dedupe.entries") <= DEDUPE, "{stats}");
+        assert!(
+            hwm < CONSUMER_MEMORY_BOUND,
+            "consumer peaked at {}",
+            mib(hwm)
+        );
+        for id in &acked {
+            assert_eq!(handled.get(id.as_str()), Some(&1), "{id} handled once");
+        }
+        // The flood is never re-sent, so nothing was handled twice at all.
+        assert!(
+            handled.values().all(|&n| n == 1),
+            "a message was handled twice"
+        );
+        drop(consumer);
+    });
+}
+
+#[test]
+fn timed_out_publishes_leave_nothing_in_flight() {
+    const WAVE: usize = 2000;
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&["nobody"]);
+        let publisher = bus.publisher();
+        let mut rss = Vec::new();
+        let mut ids = Vec::new();
+        for wave in 0..2 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in 0..WAVE {
+                let handle = publisher.clone();
+                tasks.spawn(async move {
+                    handle
+                        .publish(
+                            "void",
+                            json!({"wave": wave, "n": n, "pad": "p".repeat(512)}),
+                            &["nobody"],
+                            Duration::from_millis(300),
+                        )
+                        .await
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined.expect("task") {
+                    Ok(r) => panic!("a publish to an absent recipient succeeded: {r:?}"),
+                    Err(e) => {
+                        let t = e.as_timeout().unwrap_or_else(|| panic!("{e}"));
+                        assert_eq!(t.missing, ["nobody"]);
+                        ids.push(t.msg_id.clone());
+                    }
+                }
+            }
+            rss.push(memory("self").0);
+        }
+        let stats = publisher.stats();
+        assert_eq!(stats.get("publish.timed_out"), 2 * WAVE as u64, "{stats}");
+        assert_eq!(stats.get("publish.acked"), 0, "{stats}");
+
+        // Nothing is left in flight: valid ACKs from the declared recipient
+        // itself, for every one of those ids, find no message to complete.
+        let nobody = bus.identity("nobody");
+        let out = RawPub::connect(&bus.inbound);
+        let received_before = stats.get("ack.received");
+        let mut frames_sent = 0u64;
+        for chunk in ids.chunks(200) {
+            let entries: Vec<AckBody> = chunk
+                .iter()
+                .map(|id| AckBody {
+                    ack_msg_id: id.clone(),
+                    ack_digest: None,
+                })
+                .collect();
+            let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+            let ack = forge::message(&bus.ack_topic(), msg, false, Some(&nobody));
+            out.send(&forge::frames(&ack));
+            frames_sent += 1;
+        }
+        let after = wait_publisher(&publisher, "the late ACKs", Duration::from_secs(30), |s| {
+            s.get("ack.received") >= received_before + frames_sent
+        })
+        .await;
+        println!("\n== timed-out publishes ==");
+        println!(
+            "{} publishes timed out; {} late ACK batches from the recipient: ack.unknown_msg_id +{}, ack.counted {}",
+            2 * WAVE,
+            frames_sent,
+            after.get("ack.unknown_msg_id") - stats.get("ack.unknown_msg_id"),
+            after.get("ack.counted")
+        );
+        println!(
+            "test process VmRSS after wave 1: {}, after wave 2: {}",
+            mib(rss[0]),
+            mib(rss[1])
+        );
+        println!("publisher: {after}");
+        assert_eq!(
+            after.get("ack.unknown_msg_id") - stats.get("ack.unknown_msg_id"),
+            frames_sent,
+            "{after}"
+        );
+        assert_eq!(after.get("ack.counted"), 0, "{after}");
+        assert!(
+            rss[1] < rss[0] + (32 << 20),
+            "memory grew from {} to {} over a second wave",
+            mib(rss[0]),
+            mib(rss[1])
+        );
+    });
+}
+
+#[test]
+fn report_whether_this_libzmq_supports_curve() {
+    // gilmsg does not use CURVE (see docs/security.md); this only records
+    // what the linked libzmq could offer.
+    println!("libzmq {:?}: curve={:?}", zmq::version(), zmq::has("curve"));
+}
