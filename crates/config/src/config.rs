@@ -96,7 +96,7 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// First re-send delay for an un-ACKed message. Default 50 ms; seconds.
     pub resend_initial: Duration,
-    /// Lower bound of the adaptive re-send delay. Default 10 ms; seconds.
+    /// Lower bound of the adaptive re-send delay. Default 25 ms; seconds.
     pub resend_min: Duration,
     /// Upper bound of the re-send delay (exponential back-off stops here).
     /// Default 1 s; seconds.
@@ -156,7 +156,7 @@ impl Default for Config {
             routing_nitpicky: false,
             ack_timeout: Duration::from_secs(5),
             resend_initial: Duration::from_millis(50),
-            resend_min: Duration::from_millis(10),
+            resend_min: Duration::from_millis(25),
             resend_max: Duration::from_secs(1),
             max_message_size: 1 << 20,
             dedupe_capacity: 32768,

@@ -103,7 +103,7 @@ fn toml_defaults_are_secure() {
     assert_eq!(c.ca_cert_path(), PathBuf::from("/etc/pki/fedmsg/ca.crt"));
     assert_eq!(c.ack_timeout, Duration::from_secs(5));
     assert_eq!(c.resend_initial, Duration::from_millis(50));
-    assert_eq!(c.resend_min, Duration::from_millis(10));
+    assert_eq!(c.resend_min, Duration::from_millis(25));
     assert_eq!(c.resend_max, Duration::from_secs(1));
     assert_eq!(c.max_message_size, 1_048_576);
     assert_eq!(c.dedupe_capacity, 32768);
