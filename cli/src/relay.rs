@@ -28,11 +28,15 @@ pub struct Args {
     /// Bind outbound here instead of endpoints.relay_outbound (repeatable).
     #[arg(long, value_name = "ENDPOINT")]
     pub outbound: Vec<String>,
+    /// Queue limit per socket and peer, in messages (0 = unlimited), as
+    /// fedmsg's --high-water-mark; overrides the config's high_water_mark.
+    #[arg(long, value_name = "N")]
+    pub high_water_mark: Option<i32>,
 }
 
 /// Runs the relay until a signal.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let config = if args.inbound.is_empty() || args.outbound.is_empty() {
+    let mut config = if args.inbound.is_empty() || args.outbound.is_empty() {
         common::load_config(args.config.as_deref())?
     } else {
         match &args.config {
@@ -40,6 +44,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
             None => gilmsg::Config::default(),
         }
     };
+    if let Some(hwm) = args.high_water_mark {
+        config.high_water_mark = hwm;
+    }
     let inbound = if args.inbound.is_empty() {
         config.relay_inbound.clone()
     } else {

@@ -101,11 +101,15 @@ impl Bus {
         }
 
         let mut command = Command::new(bin("gilmsg-relay"));
+        // Unlimited queues in the relay: tests that flood the bus count
+        // every frame at the consumer, so the relay must not drop any.
         command.args([
             "--inbound",
             "tcp://127.0.0.1:*",
             "--outbound",
             "tcp://127.0.0.1:*",
+            "--high-water-mark",
+            "0",
         ]);
         let relay = Child::spawn("relay", command, &registry);
         let line = relay

@@ -106,8 +106,10 @@ pub struct Config {
     /// How many recent `msg_id`s a consumer remembers to drop re-sends.
     /// Default 32768.
     pub dedupe_capacity: usize,
-    /// ZeroMQ high-water mark for our sockets; 0 = unlimited (fedmsg's
-    /// recommendation). Default 0.
+    /// ZeroMQ high-water mark for our sockets, in messages; 0 = unlimited.
+    /// Default 10000, so a flood cannot grow a process without bound
+    /// (acknowledged publishes are re-sent after a drop at a full queue);
+    /// fedmsg's own default, 0, applies to configs read from fedmsg JSON.
     pub high_water_mark: i32,
     /// ZeroMQ linger on close. Default 1 s. Bare numbers are
     /// **milliseconds**, as in fedmsg (`zmq_linger: 1000`).
@@ -160,7 +162,7 @@ impl Default for Config {
             resend_max: Duration::from_secs(1),
             max_message_size: 1 << 20,
             dedupe_capacity: 32768,
-            high_water_mark: 0,
+            high_water_mark: 10_000,
             zmq_linger: Duration::from_secs(1),
             zmq_reconnect_ivl: Duration::from_millis(100),
             zmq_reconnect_ivl_max: Duration::from_secs(2),

@@ -200,6 +200,8 @@ fn from_map(
         // runs unsigned. Keep that when migrating; TOML stays secure.
         c.sign_messages = false;
         c.validate_signatures = false;
+        // fedmsg leaves the high-water mark unset (unlimited) by default.
+        c.high_water_mark = 0;
     }
 
     // Keys whose file type is the field type.

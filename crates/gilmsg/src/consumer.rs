@@ -753,6 +753,32 @@ impl Actor {
             Ok(m) => m,
             Err(e) => return self.counters.bump("invalid", e.kind()),
         };
+        let is_ack = message.topic() == self.ack_topic;
+        let wants_ack = message.wants_ack() && !is_ack;
+        // A re-send of an id already seen is settled before any signature
+        // check: re-sends are common (every lost ACK causes one) and the
+        // verification is the expensive part. That is safe because nothing
+        // is trusted from the copy: it is re-acked only if its signed part
+        // has exactly the digest of the body that was verified and handled.
+        // Ids never seen are verified *before* they are remembered, so a
+        // forged copy cannot claim an id ahead of the real message.
+        if let Some(seen) = self.dedupe.get(message.msg_id()) {
+            return match seen {
+                Seen::Done(Some(digest)) if wants_ack => self.reack(&message, &digest),
+                Seen::Done(_) => self.counters.bump("duplicate", "done"),
+                Seen::InProgress => self.counters.bump("duplicate", "in_progress"),
+                Seen::Failed => self.counters.bump("duplicate", "failed"),
+            };
+        }
+        // A new message that cannot be queued must not touch the dedupe
+        // cache: inserting it would evict the oldest remembered id only to
+        // forget the new one at once, so a flood faster than the handler
+        // would empty the cache and let re-sends of handled messages reach
+        // the handler again. This thread is the only sender, so the free
+        // capacity cannot shrink between here and `try_send`.
+        if self.inline.is_none() && self.deliveries.capacity() == 0 {
+            return self.counters.bump("dropped", "queue_full");
+        }
         // A gilmsg_version the signature does not cover cannot be trusted
         // to say the publisher reads batched ACKs.
         let mut version_signed = true;
@@ -770,8 +796,6 @@ impl Actor {
                 Err(r) => return self.counters.bump("rejected", r.kind()),
             },
         };
-        let is_ack = message.topic() == self.ack_topic;
-        let wants_ack = message.wants_ack() && !is_ack;
         match self.dedupe.first_sight(message.msg_id()) {
             Ok(()) => {}
             Err(Seen::Done(Some(digest))) if wants_ack => return self.reack(&message, &digest),
