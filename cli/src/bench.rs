@@ -300,13 +300,25 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .python_peers
         .clone()
         .or_else(|| std::env::var_os("GILMSG_PYTHON_PEERS").map(PathBuf::from));
-    report.json.insert(
-        "python_anchor",
-        match python {
-            Some(venv) => json!({"venv": venv.display().to_string(), "status": "not measured by this version"}),
-            None => json!({"status": "skipped: no Python venv (set GILMSG_PYTHON_PEERS or --python-peers)"}),
-        },
-    );
+    let anchor = match python {
+        Some(venv) => {
+            progress(
+                "Python anchor: Python gilmsg-logger and gilmsg.publish on the same scenarios",
+            );
+            // Python runs take ~2 s each: 3 in short mode, at most 10 otherwise.
+            let runs = if args.short { 3 } else { oneshot_runs.min(10) };
+            let mut anchor =
+                crate::bench_python::anchor(&exe, work.path(), runs, &venv, args.short)
+                    .unwrap_or_else(|f| json!({"venv": venv.display().to_string(), "status": format!("failed: {}", f.message)}));
+            let so_far = serde_json::to_value(&report.json).unwrap_or_default();
+            crate::bench_python::add_ratios(&mut anchor, &so_far);
+            anchor
+        }
+        None => {
+            json!({"status": "skipped: no Python venv (set GILMSG_PYTHON_PEERS or --python-peers)"})
+        }
+    };
+    report.json.insert("python_anchor", anchor);
     write_outputs(&args.out, &report)?;
     Ok(())
 }
@@ -803,6 +815,7 @@ fn markdown(report: &Report) -> String {
             get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
+    md.push_str(&crate::bench_python::markdown(&j));
     md
 }
 

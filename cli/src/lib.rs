@@ -6,6 +6,7 @@
 //!
 //! ## Layout
 //! - [`bench`]: `gilmsg-bench`, the benchmark suite.
+//! - [`bench_python`]: its Python anchor (fedmsg/gilmsg from the interop venv).
 //! - [`common`]: exit statuses, config loading, duration parsing, logging.
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
@@ -14,6 +15,7 @@
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 
 pub mod bench;
+pub mod bench_python;
 pub mod common;
 pub mod consumer;
 pub mod demo;
