@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 const LIMIT: Duration = Duration::from_secs(60);
 const RUN: Duration = Duration::from_secs(20);
 
-fn base<'a>(bus: &'a Bus) -> Vec<&'a str> {
+fn base(bus: &Bus) -> Vec<&str> {
     vec![
         "--config",
         bus.config_path.to_str().expect("utf-8 path"),

@@ -10,7 +10,7 @@
 //! - [`common`]: exit statuses, config loading, duration parsing, logging.
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
-//! - [`relay`]: `gilmsg-relay`.
+//! - [`relay`]: `gilmsg-relay`, the forwarder.
 //! - [`procs`]: child processes with readiness lines and kill-on-drop.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 

@@ -134,26 +134,6 @@ pub fn parse_json_input(input: &str) -> Result<Vec<Value>, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_input_forms() {
-        assert_eq!(
-            parse_json_input("{\"a\":1}\n\n[2]\n").unwrap(),
-            vec![json!({"a": 1}), json!([2])]
-        );
-        assert_eq!(
-            parse_json_input("{\n  \"a\": 1\n}\n").unwrap(),
-            vec![json!({"a": 1})]
-        );
-        let err = parse_json_input("{\"a\":1}\n{oops\n").unwrap_err();
-        assert!(err.contains("stdin line 2"), "{err}");
-        assert!(parse_json_input("  \n").is_err());
-    }
-}
-
 fn to_msg(text: &str, json_input: bool) -> Result<Value, String> {
     if json_input {
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
@@ -184,4 +164,24 @@ async fn publish_one(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_input_forms() {
+        assert_eq!(
+            parse_json_input("{\"a\":1}\n\n[2]\n").unwrap(),
+            vec![json!({"a": 1}), json!([2])]
+        );
+        assert_eq!(
+            parse_json_input("{\n  \"a\": 1\n}\n").unwrap(),
+            vec![json!({"a": 1})]
+        );
+        let err = parse_json_input("{\"a\":1}\n{oops\n").unwrap_err();
+        assert!(err.contains("stdin line 2"), "{err}");
+        assert!(parse_json_input("  \n").is_err());
+    }
 }

@@ -427,7 +427,7 @@ mod tests {
         .unwrap();
         t.mark_sent("m", t0);
         // initial rto 100ms, then 200, 400, capped at 400
-        let mut now = t0;
+        let mut now;
         let mut resend_times = Vec::new();
         loop {
             let next = t.next_wakeup().expect("timer armed");
