@@ -6,9 +6,18 @@
 //! entries however long the process runs. An id evicted and then re-sent is
 //! handled a second time; size the cache to cover the ids seen within the
 //! longest `ack_timeout` in use.
+//!
+//! Ids are remembered as a 128-bit SipHash under two random per-process
+//! keys, not as strings: about 80 bytes an entry instead of about 140,
+//! which is what keeps a consumer's memory flat and small. Nobody can aim
+//! for a collision without the keys, and an accidental one is
+//! astronomically unlikely; even then it could only make a new message
+//! look like a re-send (so it is not handled, and not acked: a timeout, the
+//! safe side), never make a publisher count an ACK it should not.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::hash::BuildHasher;
 
 /// What happened to a message id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +36,9 @@ pub enum Seen {
 #[derive(Debug)]
 pub struct DedupeCache {
     capacity: usize,
-    states: HashMap<Arc<str>, Seen>,
-    order: VecDeque<Arc<str>>,
+    keys: (RandomState, RandomState),
+    states: HashMap<u128, Seen>,
+    order: VecDeque<u128>,
     evicted: u64,
 }
 
@@ -38,21 +48,27 @@ impl DedupeCache {
         let capacity = capacity.max(1);
         DedupeCache {
             capacity,
+            keys: (RandomState::new(), RandomState::new()),
             states: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
             evicted: 0,
         }
     }
 
+    fn key(&self, msg_id: &str) -> u128 {
+        (u128::from(self.keys.0.hash_one(msg_id)) << 64) | u128::from(self.keys.1.hash_one(msg_id))
+    }
+
     /// The state of `msg_id`, if remembered.
     pub fn get(&self, msg_id: &str) -> Option<Seen> {
-        self.states.get(msg_id).copied()
+        self.states.get(&self.key(msg_id)).copied()
     }
 
     /// Records a first sighting as [`Seen::InProgress`]. Returns the earlier
     /// state instead if the id is already known.
     pub fn first_sight(&mut self, msg_id: &str) -> Result<(), Seen> {
-        if let Some(state) = self.states.get(msg_id) {
+        let key = self.key(msg_id);
+        if let Some(state) = self.states.get(&key) {
             return Err(*state);
         }
         if self.order.len() >= self.capacity {
@@ -61,15 +77,15 @@ impl DedupeCache {
                 self.evicted += 1;
             }
         }
-        let key: Arc<str> = Arc::from(msg_id);
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         self.states.insert(key, Seen::InProgress);
         Ok(())
     }
 
     /// Sets the verdict for a known id; unknown (evicted) ids are ignored.
     pub fn set(&mut self, msg_id: &str, state: Seen) {
-        if let Some(slot) = self.states.get_mut(msg_id) {
+        let key = self.key(msg_id);
+        if let Some(slot) = self.states.get_mut(&key) {
             *slot = state;
         }
     }
@@ -77,8 +93,11 @@ impl DedupeCache {
     /// Forgets `msg_id`, so a re-send is handled as new (used when a message
     /// could not even be queued for the handler).
     pub fn forget(&mut self, msg_id: &str) {
-        if self.states.remove(msg_id).is_some() {
-            self.order.retain(|k| &**k != msg_id);
+        let key = self.key(msg_id);
+        if self.states.remove(&key).is_some() {
+            // Linear, but only on rare paths (a message that could not be
+            // queued after all); a full queue never inserts in the first place.
+            self.order.retain(|k| *k != key);
         }
     }
 
