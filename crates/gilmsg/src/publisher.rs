@@ -285,6 +285,7 @@ impl Actor {
                     }
                     self.inflight.mark_sent(&msg_id, now);
                 }
+                TimerEvent::Deferred(_) => self.counters.bump("publish", "resend_deferred"),
                 TimerEvent::Expired(done) => {
                     self.counters.bump("publish", "timed_out");
                     let error = TimeoutError {

@@ -21,6 +21,16 @@
 //! the message's *first* send instead. That can only overestimate the round
 //! trip, the safe direction: a slightly later re-send after a real loss,
 //! never a storm of needless ones.
+//!
+//! When a re-send timer fires, the table also asks whether the missing
+//! recipients are merely *behind*: ZeroMQ over TCP keeps order on each
+//! connection, so a recipient that is still acking messages sent before
+//! this one, and has acked nothing sent after it, is working through a
+//! backlog, and a re-send would only lengthen it. Such a re-send is deferred
+//! by one timeout. It goes out when there is evidence of loss (the
+//! recipient acked a message sent later) or when the recipient has gone
+//! quiet (no ACK from it for a whole timeout: lost, slow-joined, or down).
+//! Like TCP's fast retransmit, but keyed on what the ACKs say.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -132,7 +142,23 @@ pub enum TimerEvent<T> {
     Resend(String),
     /// The deadline passed; the message has left the table.
     Expired(Finished<T>),
+    /// A re-send was due but every missing recipient is still working
+    /// through earlier messages: re-armed for one more timeout instead.
+    Deferred(String),
 }
+
+/// What the ACKs of one recipient say about its progress.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The latest first-send time of a message it acked.
+    latest_acked_send: Instant,
+    /// When its last counted ACK arrived.
+    last_ack_at: Instant,
+}
+
+/// Recipients tracked for progress; past this the map is cleared (it only
+/// ever holds verified, declared recipients, so this is a safety net).
+const MAX_TRACKED_RECIPIENTS: usize = 4096;
 
 #[derive(Debug)]
 struct Entry<T> {
@@ -162,6 +188,7 @@ pub struct InFlight<T> {
     timers: BinaryHeap<Reverse<(Instant, u64, String)>>,
     generation: u64,
     rtt: RttEstimator,
+    progress: HashMap<String, Progress>,
 }
 
 impl<T> InFlight<T> {
@@ -172,6 +199,7 @@ impl<T> InFlight<T> {
             timers: BinaryHeap::new(),
             generation: 0,
             rtt: RttEstimator::new(policy),
+            progress: HashMap::new(),
         }
     }
 
@@ -253,6 +281,17 @@ impl<T> InFlight<T> {
             // From the first send, whichever copy was acked: see the module doc.
             if let Some(first) = entry.first_sent {
                 self.rtt.sample(now.saturating_duration_since(first));
+                if self.progress.len() >= MAX_TRACKED_RECIPIENTS
+                    && !self.progress.contains_key(signer)
+                {
+                    self.progress.clear();
+                }
+                let p = self.progress.entry(signer.to_owned()).or_insert(Progress {
+                    latest_acked_send: first,
+                    last_ack_at: now,
+                });
+                p.latest_acked_send = p.latest_acked_send.max(first);
+                p.last_ack_at = now;
             }
             if complete {
                 return match self.remove(&ack.ack_msg_id) {
@@ -311,7 +350,15 @@ impl<T> InFlight<T> {
                     events.push(TimerEvent::Expired(done));
                 }
             } else if entry.sends > 0 {
-                events.push(TimerEvent::Resend(msg_id));
+                if self.is_just_behind(entry, now) {
+                    if let Some(entry) = self.entries.get_mut(&msg_id) {
+                        entry.next_resend = Some(now + self.rtt.rto());
+                    }
+                    self.schedule(&msg_id);
+                    events.push(TimerEvent::Deferred(msg_id));
+                } else {
+                    events.push(TimerEvent::Resend(msg_id));
+                }
             } else {
                 // Not sent yet (waiting for a subscriber): nothing to re-send;
                 // re-arm for the deadline.
@@ -319,6 +366,27 @@ impl<T> InFlight<T> {
             }
         }
         events
+    }
+
+    /// Whether every recipient still missing from `entry` is busy acking
+    /// messages sent before it (see the module doc): then a re-send would
+    /// only add to its backlog.
+    fn is_just_behind(&self, entry: &Entry<T>, now: Instant) -> bool {
+        let Some(first) = entry.first_sent else {
+            return false;
+        };
+        let quiet_after = self.rtt.rto();
+        entry
+            .collector
+            .missing()
+            .iter()
+            .all(|r| match self.progress.get(r) {
+                Some(p) => {
+                    p.latest_acked_send < first
+                        && now.saturating_duration_since(p.last_ack_at) < quiet_after
+                }
+                None => false,
+            })
     }
 
     /// Messages never sent yet, e.g. waiting for the first subscriber.
@@ -443,6 +511,9 @@ mod tests {
                     assert_eq!(done.sends, 4);
                     break;
                 }
+                Some(TimerEvent::Deferred(id)) => {
+                    panic!("{id} deferred with no ACK traffic at all")
+                }
                 None => panic!("timer fired without event"),
             }
         }
@@ -517,6 +588,71 @@ mod tests {
             t.rtt().rto() > Duration::from_millis(100),
             "{:?}",
             t.rtt().rto()
+        );
+    }
+
+    #[test]
+    fn resends_wait_for_a_busy_recipient_and_go_on_evidence_of_loss() {
+        let t0 = Instant::now();
+        let mut t = table();
+        let ms = Duration::from_millis;
+        let deadline = t0 + Duration::from_secs(10);
+        // m0 sent first, then m1 and m2; the recipient is busy with older work.
+        for (i, id) in ["m0", "m1", "m2"].iter().enumerate() {
+            t.insert(AckCollector::new(id, "d", ["a"]), deadline, "p")
+                .unwrap();
+            t.mark_sent(id, t0 + ms(i as u64));
+        }
+        // An ACK for m0 at 99 ms: "a" is alive and acking messages sent
+        // before m1 and m2.
+        t.on_ack("a", &ack("m0"), t0 + ms(99));
+        // m1's timer fires (rto is 100 ms before the sample; now larger):
+        // deferred, not re-sent.
+        let first = t.next_wakeup().unwrap();
+        let events = t.poll_timers(first);
+        assert!(
+            matches!(&events[..], [TimerEvent::Deferred(id), ..] if id == "m1"),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(e, TimerEvent::Resend(_))),
+            "{events:?}"
+        );
+        // Evidence of loss: m2 (sent after m1) is acked, m1 is not.
+        let now = first + ms(1);
+        t.on_ack("a", &ack("m2"), now);
+        let next = t.next_wakeup().unwrap();
+        let events = t.poll_timers(next);
+        assert!(
+            matches!(&events[..], [TimerEvent::Resend(id)] if id == "m1"),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_quiet_recipient_gets_its_resend() {
+        let t0 = Instant::now();
+        let mut t = table();
+        t.insert(
+            AckCollector::new("old", "d", ["a"]),
+            t0 + Duration::from_secs(10),
+            "p",
+        )
+        .unwrap();
+        t.mark_sent("old", t0);
+        t.on_ack("a", &ack("old"), t0 + Duration::from_millis(1));
+        t.insert(
+            AckCollector::new("m", "d", ["a"]),
+            t0 + Duration::from_secs(10),
+            "p",
+        )
+        .unwrap();
+        t.mark_sent("m", t0 + Duration::from_millis(2));
+        // Long after the last ACK from "a": it has gone quiet, so re-send.
+        let events = t.poll_timers(t0 + Duration::from_secs(2));
+        assert!(
+            matches!(&events[..], [TimerEvent::Resend(id)] if id == "m"),
+            "{events:?}"
         );
     }
 
