@@ -299,6 +299,9 @@ struct PendingAck {
     batchable: bool,
 }
 
+/// Messages received per burst before the burst's ACKs are signed and sent.
+const ACK_BURST: usize = 64;
+
 /// `gilmsg_version` prefix of publishers that understand batched ACKs.
 const BATCHING_PEER: &str = "gilmsg-rs/";
 
@@ -663,7 +666,10 @@ impl Actor {
                 self.publish_readiness();
             }
             if ready[1] {
-                for _ in 0..1024 {
+                // A bounded burst, then the ACKs for it go out: a backlog of
+                // thousands must not hold every ACK back until it is all
+                // verified (the publisher would take the silence for loss).
+                for _ in 0..ACK_BURST {
                     match wire::try_recv_multipart(&self.sub) {
                         Ok(Some(frames)) => self.on_message(frames),
                         Ok(None) => break,
