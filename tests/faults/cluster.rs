@@ -444,8 +444,20 @@ pub struct Publisher {
 impl Publisher {
     /// Asks for `count` publishes to `recipients`, `interval_ms` apart.
     pub fn publish(&mut self, recipients: &[&str], timeout_ms: u64, count: u32, interval_ms: u64) {
+        self.publish_window(recipients, timeout_ms, count, interval_ms, 1);
+    }
+
+    /// [`Publisher::publish`] with up to `window` publishes in flight.
+    pub fn publish_window(
+        &mut self,
+        recipients: &[&str],
+        timeout_ms: u64,
+        count: u32,
+        interval_ms: u64,
+        window: u32,
+    ) {
         self.proc.send_line(&format!(
-            "pub {} {timeout_ms} {count} {interval_ms}",
+            "pub {} {timeout_ms} {count} {interval_ms} {window}",
             recipients.join(",")
         ));
     }

@@ -3,7 +3,8 @@
 //!
 //! - `publisher`: a long-lived `gilmsg::Bus` driven over stdin, one command
 //!   per line, `pub <recipients,comma-separated> <timeout_ms> [count]
-//!   [interval_ms]`; for each publish it prints a `start` line and then an
+//!   [interval_ms] [window]` (`window`: publishes in flight at once,
+//!   default 1); for each publish it prints a `start` line and then an
 //!   `outcome` line (JSON) on stdout. EOF closes the bus and exits.
 //! - `proxy`: the delaying TCP proxy of [`crate::proxy`].
 
@@ -60,49 +61,64 @@ fn publisher() -> i32 {
         let count: u64 = rest.first().map_or(1, |c| c.parse().expect("count"));
         let interval =
             Duration::from_millis(rest.get(1).map_or(0, |i| i.parse().expect("interval_ms")));
-        for k in 0..count {
-            if k > 0 && !interval.is_zero() {
-                // The stream's pace, not a synchronisation sleep.
-                std::thread::sleep(interval);
+        let window: usize = rest.get(2).map_or(1, |w| w.parse().expect("window"));
+        runtime.block_on(async {
+            let mut running = tokio::task::JoinSet::new();
+            for k in 0..count {
+                if k > 0 && !interval.is_zero() {
+                    // The stream's pace, not a synchronisation sleep.
+                    tokio::time::sleep(interval).await;
+                }
+                while running.len() >= window {
+                    running.join_next().await;
+                }
+                seq += 1;
+                println!("{}", json!({"event": "start", "seq": seq}));
+                let (bus, recipients) = (bus.clone(), recipients.clone());
+                running.spawn(publish_one(bus, seq, recipients, timeout));
             }
-            seq += 1;
-            println!("{}", json!({"event": "start", "seq": seq}));
-            let started = Instant::now();
-            let result =
-                runtime.block_on(bus.publish("fault", json!({"seq": seq}), &recipients, timeout));
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let mut line = json!({
-                "event": "outcome",
-                "seq": seq,
-                "recipients": recipients,
-                "timeout_ms": timeout.as_millis() as u64,
-                "elapsed_ms": elapsed_ms,
-            });
-            let fields: Value = match result {
-                Ok(receipt) => json!({
-                    "outcome": "ok",
-                    "msg_id": receipt.msg_id,
-                    "acked": receipt.acks.iter().map(|a| a.recipient.clone()).collect::<Vec<_>>(),
-                    "missing": [],
-                    "sends": receipt.sends,
-                }),
-                Err(gilmsg::Error::Timeout(t)) => json!({
-                    "outcome": "timeout",
-                    "msg_id": t.msg_id,
-                    "acked": t.acked_names(),
-                    "missing": t.missing,
-                    "sends": t.sends,
-                }),
-                Err(e) => json!({"outcome": "error", "error": e.to_string()}),
-            };
-            if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
-                line.extend(fields);
-            }
-            println!("{line}");
-        }
+            while running.join_next().await.is_some() {}
+        });
     }
     runtime.block_on(bus.close());
     0
+}
+
+/// One publish; prints its outcome line.
+async fn publish_one(bus: gilmsg::Bus, seq: u64, recipients: Vec<String>, timeout: Duration) {
+    let started = Instant::now();
+    let result = bus
+        .publish("fault", json!({"seq": seq}), &recipients, timeout)
+        .await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut line = json!({
+        "event": "outcome",
+        "seq": seq,
+        "recipients": recipients,
+        "timeout_ms": timeout.as_millis() as u64,
+        "elapsed_ms": elapsed_ms,
+    });
+    let fields: Value = match result {
+        Ok(receipt) => json!({
+            "outcome": "ok",
+            "msg_id": receipt.msg_id,
+            "acked": receipt.acks.iter().map(|a| a.recipient.clone()).collect::<Vec<_>>(),
+            "missing": [],
+            "sends": receipt.sends,
+        }),
+        Err(gilmsg::Error::Timeout(t)) => json!({
+            "outcome": "timeout",
+            "msg_id": t.msg_id,
+            "acked": t.acked_names(),
+            "missing": t.missing,
+            "sends": t.sends,
+        }),
+        Err(e) => json!({"outcome": "error", "error": e.to_string()}),
+    };
+    if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
+        line.extend(fields);
+    }
+    println!("{line}");
 }
 
 fn proxy_role() -> i32 {
