@@ -501,8 +501,14 @@ fn timed_out_publishes_leave_nothing_in_flight() {
             out.send(&forge::frames(&ack));
             frames_sent += 1;
         }
+        // Wait for the verdicts, not just the arrivals: `ack.received` is
+        // bumped before a frame is judged, so a snapshot taken right after
+        // the last arrival can miss the last verdict.
+        let unknown_before = stats.get("ack.unknown_msg_id");
         let after = wait_publisher(&publisher, "the late ACKs", Duration::from_secs(30), |s| {
             s.get("ack.received") >= received_before + frames_sent
+                && s.get("ack.unknown_msg_id") + s.get("ack.counted") + s.get("ack.not_a_recipient")
+                    >= unknown_before + frames_sent
         })
         .await;
         println!("\n== timed-out publishes ==");
