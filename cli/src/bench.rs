@@ -602,22 +602,11 @@ fn relay_bus(
     consumers: usize,
     quiet: bool,
 ) -> Result<(Proc, Vec<Proc>, PathBuf), Failure> {
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "__relay",
-        "--inbound",
-        "tcp://127.0.0.1:*",
-        "--outbound",
-        "tcp://127.0.0.1:*",
-    ]);
-    let relay = Proc::spawn("relay", cmd).map_err(|e| fail(e.to_string()))?;
-    let line = relay
-        .wait_stderr("gilmsg-relay: ready", READY)
-        .map_err(fail)?;
-    let (Some(inbound), Some(outbound)) = (field(&line, "inbound"), field(&line, "outbound"))
-    else {
-        return Err(fail(format!("unexpected relay line {line:?}")));
-    };
+    let crate::procs::LoopbackRelay {
+        proc: relay,
+        inbound,
+        outbound,
+    } = crate::procs::spawn_relay_role("relay", exe, READY).map_err(fail)?;
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,

@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::{field, Proc};
+use crate::procs::Proc;
 
 const READY: Duration = Duration::from_secs(30);
 /// Bound of one one-shot run (Python start-up plus 3 × post_init_sleep is ~2 s).
@@ -564,22 +564,11 @@ fn toml_str(path: &Path) -> String {
 
 impl AnchorBus {
     fn start(exe: &Path, dir: &Path, pki: &Path) -> Result<AnchorBus, Failure> {
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "__relay",
-            "--inbound",
-            "tcp://127.0.0.1:*",
-            "--outbound",
-            "tcp://127.0.0.1:*",
-        ]);
-        let relay = Proc::spawn("python-anchor relay", cmd).map_err(|e| fail(e.to_string()))?;
-        let line = relay
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .map_err(fail)?;
-        let (Some(inbound), Some(outbound)) = (field(&line, "inbound"), field(&line, "outbound"))
-        else {
-            return Err(fail(format!("unexpected relay line {line:?}")));
-        };
+        let crate::procs::LoopbackRelay {
+            proc: relay,
+            inbound,
+            outbound,
+        } = crate::procs::spawn_relay_role("python-anchor relay", exe, READY).map_err(fail)?;
 
         // Our side.
         let toml = dir.join("gilmsg.toml");

@@ -16,7 +16,7 @@ use gilmsg_crypto::pki;
 use serde_json::json;
 
 use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::{field, Proc};
+use crate::procs::Proc;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CONSUMERS: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
@@ -103,23 +103,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
 
     step("2. A relay on 127.0.0.1 (ephemeral ports)");
-    let mut relay_cmd = Command::new(&exe);
-    relay_cmd.args([
-        "__relay",
-        "--inbound",
-        "tcp://127.0.0.1:*",
-        "--outbound",
-        "tcp://127.0.0.1:*",
-    ]);
-    let relay =
-        Proc::spawn("relay", relay_cmd).map_err(|e| fail(format!("cannot start relay: {e}")))?;
-    let line = relay
-        .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-        .map_err(fail)?;
-    let (inbound, outbound) = match (field(&line, "inbound"), field(&line, "outbound")) {
-        (Some(i), Some(o)) => (i.to_owned(), o.to_owned()),
-        _ => return Err(fail(format!("unexpected relay line {line:?}"))),
-    };
+    let crate::procs::LoopbackRelay {
+        proc: relay,
+        inbound,
+        outbound,
+    } = crate::procs::spawn_relay_role("relay", &exe, READY_TIMEOUT).map_err(fail)?;
     println!(
         "   relay pid {}: publishers -> {inbound}, consumers <- {outbound}",
         relay.pid()

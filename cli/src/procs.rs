@@ -193,6 +193,44 @@ fn wait_line(
     }
 }
 
+/// A relay started on ephemeral loopback ports, with the endpoints it bound.
+#[derive(Debug)]
+pub struct LoopbackRelay {
+    /// The process.
+    pub proc: Proc,
+    /// Where publishers connect.
+    pub inbound: String,
+    /// Where consumers connect.
+    pub outbound: String,
+}
+
+/// Runs `exe __relay` (the relay role of the demo and bench executables) on
+/// `tcp://127.0.0.1:*` for both sockets and waits for its ready line.
+pub fn spawn_relay_role(
+    name: &str,
+    exe: &std::path::Path,
+    timeout: Duration,
+) -> Result<LoopbackRelay, String> {
+    let mut command = Command::new(exe);
+    command.args([
+        "__relay",
+        "--inbound",
+        "tcp://127.0.0.1:*",
+        "--outbound",
+        "tcp://127.0.0.1:*",
+    ]);
+    let proc = Proc::spawn(name, command).map_err(|e| format!("cannot start {name}: {e}"))?;
+    let line = proc.wait_stderr("gilmsg-relay: ready", timeout)?;
+    match (field(&line, "inbound"), field(&line, "outbound")) {
+        (Some(i), Some(o)) => Ok(LoopbackRelay {
+            inbound: i.to_owned(),
+            outbound: o.to_owned(),
+            proc,
+        }),
+        _ => Err(format!("{name}: unexpected ready line {line:?}")),
+    }
+}
+
 /// Parses `key=value` pairs out of a readiness or stats line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|part| {
