@@ -26,6 +26,9 @@
 //! - `wire`: ZeroMQ plumbing: socket options, mailboxes, readiness monitors.
 //! - [`error`]: the crate's [`Error`].
 //!
+//! Examples: `examples/publish.rs` (an acknowledged publish) and
+//! `examples/ack_consumer.rs` (a consumer that acks only what it handled).
+//!
 //! The protocol itself (envelope, canonical JSON, ACK bookkeeping) is in
 //! `gilmsg-proto`, without any I/O; keys and certificates in `gilmsg-crypto`;
 //! the configuration in `gilmsg-config`.
