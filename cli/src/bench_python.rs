@@ -29,7 +29,6 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -128,7 +127,8 @@ pub fn anchor(
     let pki = dir.join("pki");
     let mut names = vec![PY_PUBLISHER.to_string(), RUST_PUBLISHER.to_string()];
     names.extend((0..CONSUMERS).map(|i| format!("consumer-{i}")));
-    make_pki(&pki, &names)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::rsa_pki::RsaPki::make(&pki, "gilmsg-bench-python-anchor-ca", &names).map_err(fail)?;
     if let Err(e) = gilmsg_crypto::Identity::load(&pki, "consumer-0") {
         let text = e.to_string();
         if text.contains("fedmsg-x509") {
@@ -407,143 +407,6 @@ fn one_shot_series(
         }
     }
     Ok(value)
-}
-
-// ---------------------------------------------------------------------------
-// The RSA PKI, by the recipe fedmsg's x509 backend accepts (leaves signed
-// directly by the CA, a CRL, keys mode 0600): the one tests/interop uses.
-
-const CA_CNF: &str = "\
-[ ca ]
-default_ca = bench_ca
-[ bench_ca ]
-database         = ./index.txt
-new_certs_dir    = ./newcerts
-serial           = ./serial
-crlnumber        = ./crlnumber
-certificate      = ./ca.crt
-private_key      = ./ca.key
-default_md       = sha256
-default_days     = 30
-default_crl_days = 30
-policy           = policy_any
-unique_subject   = no
-copy_extensions  = none
-[ policy_any ]
-commonName = supplied
-[ req ]
-distinguished_name = dn
-prompt = no
-[ dn ]
-CN = unused
-[ v3_ca ]
-basicConstraints     = critical,CA:TRUE
-keyUsage             = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[ v3_leaf ]
-basicConstraints       = CA:FALSE
-keyUsage               = critical,digitalSignature
-subjectKeyIdentifier   = hash
-authorityKeyIdentifier = keyid
-";
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), Failure> {
-    let mut cmd = Command::new("openssl");
-    cmd.args(args).current_dir(dir);
-    let run = timed_run(cmd, Duration::from_secs(60), &dir.join("openssl"))?;
-    if run.code != Some(0) {
-        return Err(fail(format!(
-            "openssl {}: exit {:?}: {}",
-            args.join(" "),
-            run.code,
-            tail(&run.stderr)
-        )));
-    }
-    Ok(())
-}
-
-fn make_pki(dir: &Path, names: &[String]) -> Result<(), Failure> {
-    let io = |e: std::io::Error| fail(format!("{}: {e}", dir.display()));
-    fs::create_dir_all(dir.join("newcerts")).map_err(io)?;
-    fs::write(dir.join("ca.cnf"), CA_CNF).map_err(io)?;
-    fs::write(dir.join("index.txt"), "").map_err(io)?;
-    fs::write(dir.join("serial"), "1000\n").map_err(io)?;
-    fs::write(dir.join("crlnumber"), "1000\n").map_err(io)?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-sha256",
-            "-days",
-            "30",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-subj",
-            "/CN=gilmsg-bench-python-anchor-ca",
-            "-config",
-            "ca.cnf",
-            "-extensions",
-            "v3_ca",
-        ],
-    )?;
-    for name in names {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-                "-config",
-                "ca.cnf",
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "ca",
-                "-batch",
-                "-config",
-                "ca.cnf",
-                "-extensions",
-                "v3_leaf",
-                "-notext",
-                "-in",
-                &csr,
-                "-out",
-                &crt,
-            ],
-        )?;
-        let _ = fs::remove_file(dir.join(&csr));
-        fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    openssl(
-        dir,
-        &[
-            "ca", "-batch", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem",
-        ],
-    )?;
-    fs::set_permissions(dir.join("ca.key"), fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------

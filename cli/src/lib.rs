@@ -11,6 +11,7 @@
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
+//! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg accepts.
 //! - [`procs`]: child processes with readiness lines and kill-on-drop.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 
@@ -22,3 +23,4 @@ pub mod demo;
 pub mod logger;
 pub mod procs;
 pub mod relay;
+pub mod rsa_pki;

@@ -13,12 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gilmsg_cli::procs::Proc;
+use gilmsg_cli::rsa_pki::RsaPki;
 use gilmsg_tests::bins::bin;
 use gilmsg_tests::guard;
 use serde_json::Value;
@@ -91,167 +91,30 @@ pub fn run(mut cmd: Command, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A throwaway CA with RSA-2048 leaves, made with the openssl CLI by the
-/// recipe fedmsg's x509 backend accepts (leaves signed directly by the CA,
-/// a CRL, PEM files `<ssldir>/<cn>.{key,crt}`, keys mode 0600).
+/// The RSA PKI of a test (shared recipe: `gilmsg_cli::rsa_pki`); the
+/// test helpers panic on failure, as tests do.
 #[derive(Debug)]
-pub struct Pki {
-    pub dir: PathBuf,
-}
-
-const CA_CNF: &str = "\
-[ ca ]
-default_ca = test_ca
-[ test_ca ]
-database         = ./index.txt
-new_certs_dir    = ./newcerts
-serial           = ./serial
-crlnumber        = ./crlnumber
-certificate      = ./ca.crt
-private_key      = ./ca.key
-default_md       = sha256
-default_days     = 3650
-default_crl_days = 3650
-policy           = policy_any
-unique_subject   = no
-copy_extensions  = none
-[ policy_any ]
-commonName = supplied
-[ req ]
-distinguished_name = dn
-prompt = no
-[ dn ]
-CN = unused
-[ v3_ca ]
-basicConstraints     = critical,CA:TRUE
-keyUsage             = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[ v3_leaf ]
-basicConstraints       = CA:FALSE
-keyUsage               = critical,digitalSignature
-subjectKeyIdentifier   = hash
-authorityKeyIdentifier = keyid
-";
+pub struct Pki(RsaPki);
 
 impl Pki {
-    fn openssl(&self, args: &[&str], what: &str) {
-        let mut cmd = Command::new("openssl");
-        cmd.args(args).current_dir(&self.dir);
-        run(cmd, what);
-    }
-
-    /// Makes the CA, one leaf per name (CN = file stem) and an empty CRL.
     pub fn make(dir: &Path, names: &[&str]) -> Pki {
-        fs::create_dir_all(dir.join("newcerts")).unwrap();
-        fs::write(dir.join("ca.cnf"), CA_CNF).unwrap();
-        fs::write(dir.join("index.txt"), "").unwrap();
-        fs::write(dir.join("serial"), "1000\n").unwrap();
-        fs::write(dir.join("crlnumber"), "1000\n").unwrap();
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-        };
-        pki.openssl(
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-sha256",
-                "-days",
-                "3650",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-subj",
-                "/CN=interop-test-ca",
-                "-config",
-                "ca.cnf",
-                "-extensions",
-                "v3_ca",
-            ],
-            "openssl req (CA)",
-        );
-        for name in names {
-            pki.issue(name);
-        }
-        pki.gencrl();
-        pki
+        Pki(RsaPki::make(dir, "interop-test-ca", names).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    /// Issues `<name>.key` / `<name>.crt` with CN=name.
-    pub fn issue(&self, name: &str) {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        self.openssl(
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={name}"),
-                "-config",
-                "ca.cnf",
-            ],
-            "openssl req (leaf)",
-        );
-        self.openssl(
-            &[
-                "ca",
-                "-batch",
-                "-config",
-                "ca.cnf",
-                "-extensions",
-                "v3_leaf",
-                "-notext",
-                "-in",
-                &csr,
-                "-out",
-                &crt,
-            ],
-            "openssl ca (leaf)",
-        );
-        let _ = fs::remove_file(self.dir.join(&csr));
-        fs::set_permissions(self.dir.join(&key), fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    /// Revokes `name` and rewrites the CRL.
     pub fn revoke(&self, name: &str) {
-        let crt = format!("{name}.crt");
-        self.openssl(
-            &["ca", "-batch", "-config", "ca.cnf", "-revoke", &crt],
-            "openssl ca -revoke",
-        );
-        self.gencrl();
+        self.0.revoke(name).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    fn gencrl(&self) {
-        self.openssl(
-            &[
-                "ca", "-batch", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem",
-            ],
-            "openssl ca -gencrl",
-        );
-        fs::set_permissions(self.dir.join("ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    pub fn dir(&self) -> &Path {
+        &self.0.dir
     }
 
     pub fn ca(&self) -> PathBuf {
-        self.dir.join("ca.crt")
+        self.0.ca()
     }
 
     pub fn crl(&self) -> PathBuf {
-        self.dir.join("crl.pem")
+        self.0.crl()
     }
 }
 
@@ -314,7 +177,7 @@ impl World {
     }
 
     fn write_configs(&self) {
-        let pki = self.pki.dir.display().to_string();
+        let pki = self.pki.dir().display().to_string();
         let names: Vec<String> = IDENTITIES.iter().map(|n| format!("{n:?}")).collect();
         let fedmsg_d = format!(
             r#"# Written by tests/interop.rs: the Python peers' configuration.
@@ -354,7 +217,7 @@ config = dict(
         config.relay_inbound = vec![self.inbound.clone()];
         config.sign_messages = true;
         config.validate_signatures = true;
-        config.ssldir = self.pki.dir.clone();
+        config.ssldir = self.pki.dir().to_path_buf();
         config.ca_cert_location = Some(self.pki.ca());
         config.crl_location = Some(self.pki.crl());
         config.certnames = BTreeMap::new();
