@@ -21,7 +21,7 @@ Exit status:
   0  success: every recipient acked (without --recipients: the message was sent)
   1  timeout: some recipient did not ACK in time (stderr names them)
   2  usage, configuration, key file or input error
-  3  bus error: socket failure, or no subscriber appeared";
+  3  bus error: socket or OS failure, or no subscriber appeared";
 
 /// A failure with the exit status it maps to.
 #[derive(Debug)]
@@ -46,6 +46,8 @@ impl From<gilmsg::Error> for Failure {
     fn from(e: gilmsg::Error) -> Self {
         let status = match &e {
             gilmsg::Error::Timeout(_) => EXIT_TIMEOUT,
+            // The OS refused a thread, a socketpair or a runtime: not a usage error.
+            gilmsg::Error::Os { .. } | gilmsg::Error::Socket { .. } => EXIT_BUS,
             gilmsg::Error::Config(_)
             | gilmsg::Error::Crypto(_)
             | gilmsg::Error::Message(_)
@@ -90,15 +92,31 @@ pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
 
 /// Parses `250ms`, `3s`, `1m 30s` (humantime) or bare seconds `0.25`, as
 /// gilmsg's `--ack-timeout` takes them.
+///
+/// Longer than [`gilmsg::MAX_TIMEOUT`] is refused (clap then exits 2): a
+/// deadline that far out would overflow, and `1e30` used to panic here.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
-    if let Ok(seconds) = trimmed.parse::<f64>() {
-        if seconds.is_finite() && seconds >= 0.0 {
-            return Ok(Duration::from_secs_f64(seconds));
+    let duration = if let Ok(seconds) = trimmed.parse::<f64>() {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return Err(format!("{text:?} is not a non-negative number of seconds"));
         }
-        return Err(format!("{text:?} is not a non-negative number of seconds"));
+        Duration::try_from_secs_f64(seconds).map_err(|_| too_long(text))?
+    } else {
+        humantime::parse_duration(trimmed)
+            .map_err(|e| format!("{text:?}: {e} (try 250ms, 3s or 0.25)"))?
+    };
+    if duration > gilmsg::MAX_TIMEOUT {
+        return Err(too_long(text));
     }
-    humantime::parse_duration(trimmed).map_err(|e| format!("{text:?}: {e} (try 250ms, 3s or 0.25)"))
+    Ok(duration)
+}
+
+fn too_long(text: &str) -> String {
+    format!(
+        "{text:?} is longer than the maximum, {} days",
+        gilmsg::MAX_TIMEOUT.as_secs() / 86_400
+    )
 }
 
 /// Logs to stderr, filtered by `GILMSG_LOG` (default: warnings).
@@ -143,5 +161,10 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("nan").is_err());
+        // Once a panic (Duration::from_secs_f64), now a refusal.
+        assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("1000000y").is_err());
+        assert!(parse_duration("366days").is_err());
+        assert_eq!(parse_duration("365days").unwrap(), gilmsg::MAX_TIMEOUT);
     }
 }

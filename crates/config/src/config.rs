@@ -13,6 +13,11 @@ use std::time::Duration;
 use crate::check;
 use crate::error::{join, ConfigError};
 
+/// The longest `ack_timeout` or re-send delay accepted (365 days), from a
+/// file or from the library API. Far beyond any useful wait; it exists so
+/// that a deadline `now + timeout` can never overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The configuration of one gilmsg bus process.
 ///
 /// Field names are the configuration keys; where fedmsg has the key, the
@@ -106,6 +111,15 @@ pub struct Config {
     /// How many recent `msg_id`s a consumer remembers to drop re-sends.
     /// Default 32768.
     pub dedupe_capacity: usize,
+    /// Most distinct subscription prefixes peers may hold on one of our
+    /// publishing (XPUB) sockets. Past it the socket drops every peer (they
+    /// reconnect and subscribe again), which is the only way to make libzmq
+    /// forget subscriptions. Default 4096; gilmsg key.
+    pub max_subscriptions: usize,
+    /// Longest subscription prefix a peer may send to one of our publishing
+    /// sockets, in bytes; libzmq cuts off a peer that sends a longer one.
+    /// Default 256; gilmsg key.
+    pub max_subscription_length: usize,
     /// ZeroMQ high-water mark for our sockets, in messages; 0 = unlimited.
     /// Default 10000, so a flood cannot grow a process without bound
     /// (acknowledged publishes are re-sent after a drop at a full queue);
@@ -162,6 +176,8 @@ impl Default for Config {
             resend_max: Duration::from_secs(1),
             max_message_size: 1 << 20,
             dedupe_capacity: 32768,
+            max_subscriptions: 4096,
+            max_subscription_length: 256,
             high_water_mark: 10_000,
             zmq_linger: Duration::from_secs(1),
             zmq_reconnect_ivl: Duration::from_millis(100),
@@ -368,8 +384,33 @@ impl Config {
         if self.dedupe_capacity == 0 {
             return bad("dedupe_capacity", "must be greater than 0".into());
         }
+        if self.max_subscriptions == 0 {
+            return bad("max_subscriptions", "must be greater than 0".into());
+        }
+        if self.max_subscription_length == 0 {
+            return bad("max_subscription_length", "must be greater than 0".into());
+        }
         if self.ack_timeout.is_zero() {
             return bad("ack_timeout", "must be greater than 0".into());
+        }
+        // Deadlines are `now + duration`: bounding the durations is what
+        // keeps that sum from overflowing (and the thread from panicking).
+        for (key, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("resend_initial", self.resend_initial),
+            ("resend_min", self.resend_min),
+            ("resend_max", self.resend_max),
+        ] {
+            if value > MAX_TIMEOUT {
+                return bad(
+                    key,
+                    format!(
+                        "{} is longer than the maximum, {}",
+                        show(value),
+                        show(MAX_TIMEOUT)
+                    ),
+                );
+            }
         }
         if self.resend_min > self.resend_initial {
             return bad(
@@ -450,6 +491,11 @@ impl Config {
         let int = |v: usize| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
         t.insert("max_message_size".into(), int(self.max_message_size));
         t.insert("dedupe_capacity".into(), int(self.dedupe_capacity));
+        t.insert("max_subscriptions".into(), int(self.max_subscriptions));
+        t.insert(
+            "max_subscription_length".into(),
+            int(self.max_subscription_length),
+        );
         t.insert(
             "high_water_mark".into(),
             Value::Integer(self.high_water_mark.into()),

@@ -57,6 +57,6 @@ mod error;
 mod load;
 mod parse;
 
-pub use config::Config;
+pub use config::{Config, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};

@@ -249,6 +249,14 @@ fn from_map(
         c.dedupe_capacity = usize::try_from(n)
             .map_err(|_| r.invalid("dedupe_capacity", format!("{n} is too large")))?;
     }
+    for (key, field) in [
+        ("max_subscriptions", &mut c.max_subscriptions),
+        ("max_subscription_length", &mut c.max_subscription_length),
+    ] {
+        if let Some(Count(n)) = r.take(key)? {
+            *field = usize::try_from(n).map_err(|_| r.invalid(key, format!("{n} is too large")))?;
+        }
+    }
     if let Some(Count(n)) = r.take("high_water_mark")? {
         // ZeroMQ takes an int; 0 already means unlimited.
         c.high_water_mark = i32::try_from(n).map_err(|_| {
@@ -539,6 +547,38 @@ mod tests {
             let e = toml(text).unwrap_err();
             assert_eq!(e.key(), Some(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_refused_naming_the_key() {
+        // Each of these once overflowed `Instant + Duration` in the socket
+        // thread (issue 9, item 6).
+        for (text, key) in [
+            ("resend_max = 9223372036854775807", "resend_max"),
+            ("ack_timeout = \"1000000y\"", "ack_timeout"),
+            ("ack_timeout = 1e30", "ack_timeout"),
+            (
+                "resend_max = \"400days\"\nresend_initial = \"399days\"\nresend_min = \"1s\"",
+                "resend_initial",
+            ),
+        ] {
+            let e = toml(text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains("/cfg/bus.toml"), "{e}");
+        }
+        let c = toml("ack_timeout = \"365days\"").unwrap();
+        assert_eq!(c.ack_timeout, crate::MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn subscription_bounds_are_read_and_checked() {
+        let c = toml("max_subscriptions = 10\nmax_subscription_length = 64").unwrap();
+        assert_eq!((c.max_subscriptions, c.max_subscription_length), (10, 64));
+        assert_eq!(toml("max_subscriptions = 0").unwrap_err().key(), Some("max_subscriptions"));
+        assert_eq!(
+            toml("max_subscription_length = -1").unwrap_err().key(),
+            Some("max_subscription_length")
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl BusBuilder {
                 }
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::InvalidArgument(format!("cannot start publisher thread: {e}")))?;
+            .map_err(|e| Error::os("cannot start publisher thread", e))?;
         let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
         drop(thread);
         Ok(Bus {
@@ -289,6 +289,14 @@ impl Bus {
             .collect();
         if recipients.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("empty recipient name".into()));
+        }
+        if ack_timeout > gilmsg_config::MAX_TIMEOUT {
+            // Checked here, not in the socket thread: `now + Duration::MAX`
+            // once panicked there and took every later publish with it.
+            return Err(Error::InvalidArgument(format!(
+                "ack_timeout {ack_timeout:?} is longer than the maximum, {} days",
+                gilmsg_config::MAX_TIMEOUT.as_secs() / 86_400
+            )));
         }
         if !recipients.is_empty() && !self.inner.has_ack_endpoints {
             return Err(Error::NoAckEndpoints);
