@@ -574,7 +574,10 @@ mod tests {
     fn subscription_bounds_are_read_and_checked() {
         let c = toml("max_subscriptions = 10\nmax_subscription_length = 64").unwrap();
         assert_eq!((c.max_subscriptions, c.max_subscription_length), (10, 64));
-        assert_eq!(toml("max_subscriptions = 0").unwrap_err().key(), Some("max_subscriptions"));
+        assert_eq!(
+            toml("max_subscriptions = 0").unwrap_err().key(),
+            Some("max_subscriptions")
+        );
         assert_eq!(
             toml("max_subscription_length = -1").unwrap_err().key(),
             Some("max_subscription_length")

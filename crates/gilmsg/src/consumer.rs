@@ -634,7 +634,7 @@ impl Actor {
             ackout,
             ack_monitor,
             monitor,
-            subscriptions: Subscriptions::new(tuning.max_subscriptions),
+            subscriptions: Subscriptions::new(tuning),
             inbox,
             deliveries,
             mailbox,
@@ -765,15 +765,7 @@ impl Actor {
             if ready.get(3).copied().unwrap_or(false) {
                 if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &mut self.ack_monitor) {
                     let drained = self.subscriptions.drain_from(ackout, &self.counters);
-                    if drained.over_limit {
-                        self.counters.bump("subscriptions", "over_limit");
-                        tracing::warn!(
-                            limit = self.subscriptions.limit(),
-                            "peers hold more distinct subscriptions than max_subscriptions: \
-                             dropping every peer of the ACK socket (they reconnect)"
-                        );
-                        ack_monitor.reset_peers(ackout, now);
-                    }
+                    ack_monitor.enforce(ackout, drained, now);
                 }
             }
             self.monitor.tick(&self.sub, now);

@@ -104,7 +104,9 @@ impl IpcFile {
         if ours {
             match std::fs::remove_file(&self.path) {
                 Ok(()) => tracing::debug!(path = %self.path.display(), "removed ipc socket file"),
-                Err(e) => tracing::warn!(path = %self.path.display(), "cannot remove ipc socket file: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), "cannot remove ipc socket file: {e}")
+                }
             }
         }
     }
@@ -196,7 +198,11 @@ impl Monitor {
 
     /// Binds `socket` to each endpoint; returns the endpoints as bound (a
     /// `tcp://127.0.0.1:*` wildcard comes back with its port).
-    pub(crate) fn bind(&mut self, socket: &zmq::Socket, endpoints: &[String]) -> Result<Vec<String>> {
+    pub(crate) fn bind(
+        &mut self,
+        socket: &zmq::Socket,
+        endpoints: &[String],
+    ) -> Result<Vec<String>> {
         let mut bound = Vec::with_capacity(endpoints.len());
         for requested in endpoints {
             let what = self.what;
@@ -250,7 +256,8 @@ impl Monitor {
                 continue;
             }
             let event = u16::from_le_bytes([frames[0][0], frames[0][1]]);
-            let value = u32::from_le_bytes([frames[0][2], frames[0][3], frames[0][4], frames[0][5]]);
+            let value =
+                u32::from_le_bytes([frames[0][2], frames[0][3], frames[0][4], frames[0][5]]);
             let endpoint = String::from_utf8_lossy(&frames[1]);
             changed |= self.apply(event, value, &endpoint, now);
         }
@@ -263,11 +270,21 @@ impl Monitor {
         // Peers connecting to our bound endpoints, told apart by their fd.
         if event == E::ACCEPTED as u16 {
             self.accepted.insert(value);
-            tracing::debug!(socket = what, endpoint, peers = self.accepted.len(), "peer connected");
+            tracing::debug!(
+                socket = what,
+                endpoint,
+                peers = self.accepted.len(),
+                "peer connected"
+            );
             return true;
         }
         if event == E::DISCONNECTED as u16 && self.accepted.remove(&value) {
-            tracing::debug!(socket = what, endpoint, peers = self.accepted.len(), "peer disconnected");
+            tracing::debug!(
+                socket = what,
+                endpoint,
+                peers = self.accepted.len(),
+                "peer disconnected"
+            );
             return true;
         }
         let Some(i) = self.link_index(endpoint) else {
@@ -284,7 +301,9 @@ impl Monitor {
             link.recheck = None;
             true
         } else if event == E::DISCONNECTED as u16 {
-            if link.state == LinkState::Up && now.saturating_duration_since(link.since) >= settled_up_for {
+            if link.state == LinkState::Up
+                && now.saturating_duration_since(link.since) >= settled_up_for
+            {
                 link.repairs = 0;
             }
             tracing::info!(socket = what, endpoint = %link.endpoint, "disconnected");
@@ -370,8 +389,11 @@ impl Monitor {
             let mut still = Vec::new();
             for i in std::mem::take(&mut self.rebind) {
                 let b = &mut self.bound[i];
-                let bound = set_ipv6_for(socket, &b.requested, what)
-                    .and_then(|()| socket.bind(&b.endpoint).map_err(|e| Error::socket("bind", e)));
+                let bound = set_ipv6_for(socket, &b.requested, what).and_then(|()| {
+                    socket
+                        .bind(&b.endpoint)
+                        .map_err(|e| Error::socket("bind", e))
+                });
                 match bound {
                     Ok(()) => {
                         tracing::info!(socket = what, endpoint = %b.endpoint, "bound again");
@@ -408,6 +430,9 @@ impl Monitor {
         }
         if !self.rebind.is_empty() {
             self.rebind_at = Some(now);
+            // libzmq ends the accepted connections of an unbound endpoint
+            // without a DISCONNECTED event for each.
+            self.accepted.clear();
         }
         for link in &mut self.links {
             let _ = set_ipv6_for(socket, &link.endpoint, what);
@@ -421,12 +446,27 @@ impl Monitor {
         self.tick(socket, now);
     }
 
+    /// Drops every peer of the XPUB `socket` if `drained` says its peers
+    /// broke the subscription bounds; counts and logs why.
+    pub(crate) fn enforce(&mut self, socket: &zmq::Socket, drained: Drained, now: Instant) {
+        let Some(reason) = drained.drop_peers else {
+            return;
+        };
+        self.counters.bump("subscriptions", reason);
+        tracing::warn!(
+            socket = self.what,
+            reason,
+            "peers broke max_subscriptions / max_subscription_length: dropping every peer \
+             of this socket so that libzmq forgets their subscriptions (they reconnect)"
+        );
+        self.reset_peers(socket, now);
+    }
+
     /// When [`Monitor::tick`] or the settling grace next needs the thread.
     pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        let grace_end = self
-            .started
-            .checked_add(self.grace)
-            .filter(|&end| end > now && self.links.iter().any(|l| l.state == LinkState::Connecting));
+        let grace_end = self.started.checked_add(self.grace).filter(|&end| {
+            end > now && self.links.iter().any(|l| l.state == LinkState::Connecting)
+        });
         self.links
             .iter()
             .filter_map(|l| l.recheck)
@@ -437,7 +477,10 @@ impl Monitor {
 
     /// Connected endpoints with a completed handshake.
     pub(crate) fn connected(&self) -> usize {
-        self.links.iter().filter(|l| l.state == LinkState::Up).count()
+        self.links
+            .iter()
+            .filter(|l| l.state == LinkState::Up)
+            .count()
     }
 
     /// How many endpoints the socket connects to.
@@ -458,7 +501,10 @@ impl Monitor {
     /// known to be down, or the grace period has passed.
     pub(crate) fn settled(&self, now: Instant) -> bool {
         self.links.iter().all(|l| l.state != LinkState::Connecting)
-            || self.started.checked_add(self.grace).map_or(true, |end| now >= end)
+            || self
+                .started
+                .checked_add(self.grace)
+                .map_or(true, |end| now >= end)
     }
 
     /// Peers connected to the bound endpoints now.
@@ -519,6 +565,7 @@ fn is_literal_host(host: &str) -> bool {
 pub(crate) struct Subscriptions {
     prefixes: HashSet<Vec<u8>>,
     limit: usize,
+    max_length: usize,
     over_limit: bool,
 }
 
@@ -527,20 +574,24 @@ pub(crate) struct Subscriptions {
 pub(crate) struct Drained {
     /// The set of prefixes changed.
     pub changed: bool,
-    /// The set has just grown past the limit: the owner should drop every
-    /// peer ([`Monitor::reset_peers`]).
-    pub over_limit: bool,
+    /// Why every peer should be dropped now ([`Monitor::drop_peers`]), as a
+    /// counter name: `over_limit` (more distinct prefixes than allowed) or
+    /// `too_long` (a prefix longer than allowed that fitted under the frame
+    /// cap's floor).
+    pub drop_peers: Option<&'static str>,
 }
 
 /// Subscription messages read per call, so a flood cannot hold the thread.
 const DRAIN_BATCH: usize = 4096;
 
 impl Subscriptions {
-    /// An empty set that allows `limit` distinct prefixes.
-    pub(crate) fn new(limit: usize) -> Self {
+    /// An empty set that allows `tuning.max_subscriptions` distinct
+    /// prefixes of at most `tuning.max_subscription_length` bytes.
+    pub(crate) fn new(tuning: &SocketTuning) -> Self {
         Subscriptions {
             prefixes: HashSet::new(),
-            limit,
+            limit: tuning.max_subscriptions,
+            max_length: tuning.max_subscription_length,
             over_limit: false,
         }
     }
@@ -572,11 +623,6 @@ impl Subscriptions {
         self.prefixes.len()
     }
 
-    /// The most distinct prefixes allowed.
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// Reads queued subscription messages from an XPUB. Anything else a
     /// peer sends upstream (an XSUB may send data) is counted and dropped.
     pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket, counters: &Counters) -> Drained {
@@ -598,12 +644,20 @@ impl Subscriptions {
                 continue;
             }
             match message.first() {
-                Some(0 | 1) => drained.changed |= self.apply(&message),
+                Some(0 | 1) => {
+                    drained.changed |= self.apply(&message);
+                    if message[0] == 1 && message.len() - 1 > self.max_length {
+                        drained.drop_peers = Some("too_long");
+                    }
+                }
                 _ => counters.bump("subscriptions", "not_a_subscription"),
             }
         }
         if self.prefixes.len() > self.limit {
-            drained.over_limit = !self.over_limit;
+            // Once per crossing: the peers' unsubscriptions bring it down.
+            if !self.over_limit {
+                drained.drop_peers = Some("over_limit");
+            }
             self.over_limit = true;
         } else {
             self.over_limit = false;
@@ -618,7 +672,8 @@ mod tests {
 
     #[test]
     fn subscriptions_track_distinct_prefixes() {
-        let mut s = Subscriptions::new(10);
+        let mut s =
+            Subscriptions::new(&SocketTuning::from_config(&gilmsg_config::Config::default()));
         assert!(!s.matches(b"a.b"));
         assert!(s.apply(b"\x01a."));
         assert!(!s.apply(b"\x01a."), "verbose repeats change nothing");
@@ -645,17 +700,37 @@ mod tests {
         let context = zmq::Context::new();
         let socket = context.socket(zmq::SUB).unwrap();
         let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(&context, &socket, "test", &tuning, Duration::from_secs(1), Counters::default())
-            .unwrap();
-        let endpoints = ["tcp://localhost:1".to_owned(), "tcp://127.0.0.1:2".to_owned()];
+        let mut m = Monitor::attach(
+            &context,
+            &socket,
+            "test",
+            &tuning,
+            Duration::from_secs(1),
+            Counters::default(),
+        )
+        .unwrap();
+        let endpoints = [
+            "tcp://localhost:1".to_owned(),
+            "tcp://127.0.0.1:2".to_owned(),
+        ];
         m.connect(&socket, &endpoints).unwrap();
         assert_eq!(m.link_index("tcp://127.0.0.1:1"), Some(0));
         assert_eq!(m.link_index("tcp://127.0.0.1:2"), Some(1));
         assert_eq!(m.link_index("tcp://127.0.0.1:3"), None);
         let now = Instant::now();
         assert!(!m.settled(now));
-        m.apply(zmq::SocketEvent::CONNECT_RETRIED as u16, 0, "tcp://localhost:1", now);
-        m.apply(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16, 0, "tcp://127.0.0.1:2", now);
+        m.apply(
+            zmq::SocketEvent::CONNECT_RETRIED as u16,
+            0,
+            "tcp://localhost:1",
+            now,
+        );
+        m.apply(
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16,
+            0,
+            "tcp://127.0.0.1:2",
+            now,
+        );
         assert!(m.settled(now));
         assert_eq!((m.connected(), m.expected()), (1, 2));
         assert_eq!(m.missing(), ["tcp://localhost:1"]);
@@ -666,18 +741,51 @@ mod tests {
         let context = zmq::Context::new();
         let socket = context.socket(zmq::SUB).unwrap();
         let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(&context, &socket, "test", &tuning, Duration::from_secs(1), Counters::default())
+        let mut m = Monitor::attach(
+            &context,
+            &socket,
+            "test",
+            &tuning,
+            Duration::from_secs(1),
+            Counters::default(),
+        )
+        .unwrap();
+        m.connect(&socket, &["tcp://127.0.0.1:9".to_owned()])
             .unwrap();
-        m.connect(&socket, &["tcp://127.0.0.1:9".to_owned()]).unwrap();
         let t0 = Instant::now();
-        m.apply(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16, 0, "tcp://127.0.0.1:9", t0);
+        m.apply(
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16,
+            0,
+            "tcp://127.0.0.1:9",
+            t0,
+        );
         // An ordinary disconnection: libzmq retries, nothing to repair.
-        m.apply(zmq::SocketEvent::DISCONNECTED as u16, 7, "tcp://127.0.0.1:9", t0);
-        m.apply(zmq::SocketEvent::CONNECT_RETRIED as u16, 100, "tcp://127.0.0.1:9", t0);
+        m.apply(
+            zmq::SocketEvent::DISCONNECTED as u16,
+            7,
+            "tcp://127.0.0.1:9",
+            t0,
+        );
+        m.apply(
+            zmq::SocketEvent::CONNECT_RETRIED as u16,
+            100,
+            "tcp://127.0.0.1:9",
+            t0,
+        );
         assert_eq!(m.next_deadline(t0), None);
         // A protocol error: DISCONNECTED and nothing after it.
-        m.apply(zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16, 0, "tcp://127.0.0.1:9", t0);
-        m.apply(zmq::SocketEvent::DISCONNECTED as u16, 7, "tcp://127.0.0.1:9", t0);
+        m.apply(
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16,
+            0,
+            "tcp://127.0.0.1:9",
+            t0,
+        );
+        m.apply(
+            zmq::SocketEvent::DISCONNECTED as u16,
+            7,
+            "tcp://127.0.0.1:9",
+            t0,
+        );
         let due = m.next_deadline(t0).expect("a recheck is scheduled");
         m.tick(&socket, due);
         assert_eq!(m.counters.snapshot().get("connection.protocol_error"), 1);

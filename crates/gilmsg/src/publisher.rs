@@ -129,7 +129,7 @@ impl Actor {
             acks,
             monitor,
             inbox,
-            subscriptions: Subscriptions::new(tuning.max_subscriptions),
+            subscriptions: Subscriptions::new(tuning),
             inflight: InFlight::new(setup.retransmit),
             plain: Vec::new(),
             ack_topic: setup.ack_topic,
@@ -177,15 +177,7 @@ impl Actor {
             if ready[1] {
                 let drained = self.subscriptions.drain_from(&self.out, &self.counters);
                 readiness_changed |= drained.changed;
-                if drained.over_limit {
-                    self.counters.bump("subscriptions", "over_limit");
-                    tracing::warn!(
-                        limit = self.subscriptions.limit(),
-                        "peers hold more distinct subscriptions than max_subscriptions: \
-                         dropping every peer of the publisher socket (they reconnect)"
-                    );
-                    self.out_monitor.reset_peers(&self.out, now);
-                }
+                self.out_monitor.enforce(&self.out, drained, now);
             }
             if ready[3] {
                 readiness_changed |= self.monitor.process(now);

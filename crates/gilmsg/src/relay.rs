@@ -198,7 +198,7 @@ impl Forwarder {
             inbound_monitor,
             outbound_monitor,
             inbox,
-            subscriptions: Subscriptions::new(tuning.max_subscriptions),
+            subscriptions: Subscriptions::new(tuning),
             max_message: usize::try_from(tuning.hard_max_message).unwrap_or(usize::MAX),
             counters,
         };
@@ -244,20 +244,14 @@ impl Forwarder {
                     .set("relay", "subscribers", self.outbound_monitor.peers() as u64);
             }
             if ready[2] {
-                let drained = self.subscriptions.drain_from(&self.outbound, &self.counters);
+                let drained = self
+                    .subscriptions
+                    .drain_from(&self.outbound, &self.counters);
                 if drained.changed {
                     self.counters
                         .set("relay", "subscriptions", self.subscriptions.len() as u64);
                 }
-                if drained.over_limit {
-                    self.counters.bump("subscriptions", "over_limit");
-                    tracing::warn!(
-                        limit = self.subscriptions.limit(),
-                        "consumers hold more distinct subscriptions than max_subscriptions: \
-                         dropping every consumer (they reconnect and subscribe again)"
-                    );
-                    self.outbound_monitor.reset_peers(&self.outbound, now);
-                }
+                self.outbound_monitor.enforce(&self.outbound, drained, now);
             }
             if ready[1] {
                 self.forward_batch();
@@ -312,7 +306,12 @@ impl Forwarder {
             if let Some(reason) = refusal {
                 parts.clear();
                 self.counters.bump("relay.dropped", reason);
-                tracing::debug!(frames = count, bytes = size, reason, "relay dropped a message");
+                tracing::debug!(
+                    frames = count,
+                    bytes = size,
+                    reason,
+                    "relay dropped a message"
+                );
                 continue;
             }
             let last = parts.len().saturating_sub(1);

@@ -273,8 +273,8 @@ impl<C> Inbox<C> {
 
 /// A connected mailbox pair.
 pub(crate) fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
-    let (reader, writer) = UnixStream::pair()
-        .map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
+    let (reader, writer) =
+        UnixStream::pair().map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
     reader
         .set_nonblocking(true)
         .and_then(|()| writer.set_nonblocking(true))
