@@ -292,7 +292,10 @@ fn garbage_flood(extra_toml: &'static str) {
         for (counter, n) in table {
             let got = stats.get(counter) - consumer_before.get(counter);
             println!("  consumer {counter:<28} sent {n:>7}  counted {got:>7}");
-            assert_eq!(got, *n, "{counter}: {stats}");
+            // The consumer's own ACK of the first publish comes back to it
+            // through the relay and may be counted after the snapshot.
+            let echo = u64::from(*counter == "message.ack_skipped");
+            assert!(got >= *n && got <= *n + echo, "{counter}: {stats}");
         }
         let ack_garbage = publisher_stats.get("ack.invalid.not_json")
             - publisher_before.get("ack.invalid.not_json");
