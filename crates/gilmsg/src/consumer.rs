@@ -754,17 +754,19 @@ impl Actor {
                 }
             }
             let now = Instant::now();
+            let mut readiness_changed = false;
             if ready[2] {
-                self.monitor.process(now);
+                readiness_changed |= self.monitor.process(now);
             }
             if ready.get(4).copied().unwrap_or(false) {
                 if let Some(ack_monitor) = &mut self.ack_monitor {
-                    ack_monitor.process(now);
+                    readiness_changed |= ack_monitor.process(now);
                 }
             }
             if ready.get(3).copied().unwrap_or(false) {
                 if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &mut self.ack_monitor) {
                     let drained = self.subscriptions.drain_from(ackout, &self.counters);
+                    readiness_changed |= drained.changed;
                     ack_monitor.enforce(ackout, drained, now);
                 }
             }
@@ -772,8 +774,11 @@ impl Actor {
             if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &mut self.ack_monitor) {
                 ack_monitor.tick(ackout, now);
             }
-            // Every pass: the grace period ends by the clock, not by an event.
-            self.publish_readiness(now);
+            // Also every pass while not ready: the grace period ends by the
+            // clock, not by an event.
+            if readiness_changed || !self.readiness.borrow().is_ready() {
+                self.publish_readiness(now);
+            }
             if ready[1] {
                 // A bounded burst, then the ACKs for it go out: a backlog of
                 // thousands must not hold every ACK back until it is all

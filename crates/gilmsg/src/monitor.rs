@@ -599,13 +599,22 @@ impl Subscriptions {
     /// Applies one subscription message (`\x01prefix` or `\x00prefix`);
     /// returns whether the set changed.
     pub(crate) fn apply(&mut self, message: &[u8]) -> bool {
-        match message.split_first() {
+        let changed = match message.split_first() {
             Some((1, prefix)) => self.prefixes.insert(prefix.to_vec()),
             // libzmq reports an unsubscription only when no peer holds the
             // prefix any more.
             Some((0, prefix)) => self.prefixes.remove(prefix),
             _ => false,
+        };
+        if changed {
+            tracing::debug!(
+                subscribed = message[0] == 1,
+                prefix = %String::from_utf8_lossy(&message[1..]),
+                prefixes = self.prefixes.len(),
+                "subscription changed"
+            );
         }
+        changed
     }
 
     /// Whether some peer would receive a message on `topic`.

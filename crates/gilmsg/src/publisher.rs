@@ -275,6 +275,15 @@ impl Actor {
                     started: now,
                     reply,
                 };
+                tracing::debug!(
+                    msg_id = %msg_id,
+                    topic = %pending.topic,
+                    subscriber = self.subscriptions.matches(pending.topic.as_bytes()),
+                    ack_endpoints_connected = self.monitor.connected(),
+                    ack_endpoints = self.monitor.expected(),
+                    ack_endpoints_not_up = ?self.monitor.missing(),
+                    "publish accepted; sent once a subscriber and the ACK endpoints are there"
+                );
                 if let Err(pending) = self.inflight.insert(collector, deadline, pending) {
                     let _ = pending.reply.send(Err(Error::InvalidArgument(format!(
                         "message id {msg_id} is already in flight"
