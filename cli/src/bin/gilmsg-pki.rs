@@ -1,4 +1,5 @@
-//! `gilmsg-pki`: create the bus's CA, issue and revoke identities, list them.
+//! `gilmsg-pki`: create the bus's CA, issue and revoke identities, list them,
+//! re-issue the CRL before it goes stale.
 //!
 //! Glue over `gilmsg_crypto::pki`; see that module for the directory layout.
 //! Exit status: 0 on success, 2 on a usage error or any failure, with one
@@ -20,6 +21,12 @@ struct Cli {
     /// PKI directory (fedmsg's ssldir).
     #[arg(long, global = true, env = "GILMSG_SSLDIR", default_value = "./pki")]
     ssldir: PathBuf,
+    /// Validity of a CRL written by init, revoke or crl, in days (its
+    /// nextUpdate). Verifiers refuse every certificate once it has passed:
+    /// run `gilmsg-pki crl` from a timer well before.
+    #[arg(long, global = true, env = "GILMSG_CRL_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    crl_days: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +58,12 @@ enum Command {
         /// Identity name.
         name: String,
     },
-    /// List issued identities.
+    /// Re-issue the CRL (same entries, next CRL number, a fresh nextUpdate
+    /// --crl-days from now). Run it from a timer (daily) so the CRL never
+    /// goes stale.
+    #[command(alias = "refresh-crl")]
+    Crl,
+    /// List issued identities and the CRL's state.
     List,
 }
 
@@ -63,20 +75,32 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+fn when(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.ssldir;
+    let crl_options = pki::CrlOptions {
+        validity: days(cli.crl_days),
+    };
     match cli.command {
         Command::Init { ca_name, days: d } => {
-            let r = pki::init(
+            let r = pki::init_with_crl(
                 dir,
                 &pki::InitOptions {
                     ca_name,
                     validity: days(d),
                 },
+                &crl_options,
             )?;
             println!("wrote {}", show(&r.ca_key));
             println!("wrote {}", show(&r.ca_cert));
-            println!("wrote {}", show(&r.crl));
+            println!(
+                "wrote {} (next update {})",
+                show(&r.crl),
+                when(r.crl_next_update)
+            );
         }
         Command::Issue {
             name,
@@ -92,13 +116,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} (serial {})", show(&r.cert), r.serial);
         }
         Command::Revoke { name } => {
-            let r = pki::revoke(dir, &name)?;
+            let r = pki::revoke_with(dir, &name, &crl_options)?;
             if r.newly_revoked {
                 println!("revoked {name} (serial {})", r.serial);
             } else {
                 println!("{name} (serial {}) was already revoked", r.serial);
             }
-            println!("wrote {} (CRL number {})", show(&r.crl), r.crl_number);
+            println!(
+                "wrote {} (CRL number {}, next update {})",
+                show(&r.crl),
+                r.crl_number,
+                when(r.next_update)
+            );
+        }
+        Command::Crl => {
+            let r = pki::refresh_crl(dir, &crl_options)?;
+            println!(
+                "wrote {} (CRL number {}, {} revoked, next update {})",
+                show(&r.crl),
+                r.crl_number,
+                r.revoked,
+                when(r.next_update)
+            );
         }
         Command::List => {
             let certs = pki::list(dir)?;
@@ -125,9 +164,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{:width$}  {:32}  {:20}  {status}",
                     c.name,
                     c.serial,
-                    humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                    when(c.not_after),
                 );
             }
+            let crl = pki::crl_status(dir)?;
+            let next = match crl.next_update {
+                Some(t) if t < now => format!(
+                    "next update {} PASSED: verifiers refuse every certificate of this CA; run `gilmsg-pki crl`",
+                    when(t)
+                ),
+                Some(t) => format!("next update {}", when(t)),
+                None => "no next update".to_owned(),
+            };
+            println!(
+                "CRL number {}, {} revoked, {next}",
+                crl.crl_number, crl.revoked
+            );
         }
     }
     Ok(())

@@ -49,13 +49,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cert_cache;
 mod error;
 mod files;
 mod identity;
+mod name;
 pub mod pki;
 mod trust;
 
 pub use error::{Error, Result};
 pub use gilmsg_proto::{Signer, Verifier};
 pub use identity::{Identity, SCHEME_ED25519, SCHEME_X509};
-pub use trust::{TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL};
+pub use trust::{
+    CrlReloadStats, IdentityStanding, TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL,
+};
