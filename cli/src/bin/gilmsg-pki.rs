@@ -93,7 +93,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     validity: days(d),
                 },
                 &crl_options,
-            )?;
+            )
+            .map_err(|e| match e {
+                gilmsg_crypto::Error::AlreadyExists { path } => anyhow::anyhow!(
+                    "{}: already exists; this directory has a CA already (init never replaces one)",
+                    show(&path)
+                ),
+                e => e.into(),
+            })?;
             println!("wrote {}", show(&r.ca_key));
             println!("wrote {}", show(&r.ca_cert));
             println!(
@@ -111,7 +118,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replace: force,
                 ..pki::IssueOptions::valid_for(days(d))
             };
-            let r = pki::issue(dir, &name, &opts)?;
+            let r = pki::issue(dir, &name, &opts).map_err(|e| match e {
+                gilmsg_crypto::Error::AlreadyExists { path } => anyhow::anyhow!(
+                    "{}: already exists; `issue --force {name}` replaces it (revoke the old \
+                     certificate first if its key may have leaked)",
+                    show(&path)
+                ),
+                e => e.into(),
+            })?;
             println!("wrote {}", show(&r.key));
             println!("wrote {} (serial {})", show(&r.cert), r.serial);
         }
@@ -167,7 +181,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     when(c.not_after),
                 );
             }
-            let crl = pki::crl_status(dir)?;
+            let crl = match pki::crl_status(dir) {
+                Ok(crl) => crl,
+                Err(gilmsg_crypto::Error::NotFound { path }) => {
+                    println!(
+                        "no CRL: {} not found (peers configured without crl_location do not \
+                         check revocation; `gilmsg-pki revoke` recreates it)",
+                        show(&path)
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             let next = match crl.next_update {
                 Some(t) if t < now => format!(
                     "next update {} PASSED: verifiers refuse every certificate of this CA; run `gilmsg-pki crl`",
