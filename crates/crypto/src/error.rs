@@ -87,7 +87,7 @@ pub enum Error {
     /// This process's own certificate would be refused by its peers
     /// (revoked, expired, not issued by a trusted CA, no CRL from its CA):
     /// everything it signs would be dropped.
-    #[error("{path}: this identity cannot be used: {reason}")]
+    #[error("{path}: cannot sign as this identity: {reason} (its peers would refuse everything it signs)")]
     OwnCertificate {
         /// The certificate file.
         path: PathBuf,
