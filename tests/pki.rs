@@ -145,7 +145,10 @@ fn init_issue_revoke_list_and_refresh_the_crl() {
         let s = Scratch::new();
         let out = s.ok(&["init", "--ca-name", "Test Bus CA", "--days", "30"]);
         for f in ["ca.key", "ca.crt", "crl.pem"] {
-            assert!(out.contains(&format!("wrote {}", s.file(f).display())), "{out}");
+            assert!(
+                out.contains(&format!("wrote {}", s.file(f).display())),
+                "{out}"
+            );
         }
         assert!(out.contains("next update "), "{out}");
         assert_eq!(mode(&s.pki), 0o700);
@@ -160,9 +163,15 @@ fn init_issue_revoke_list_and_refresh_the_crl() {
         assert!(next <= week && next > week - DAY, "{crl:?}");
 
         let out = s.ok(&["issue", "alice", "--days", "10"]);
-        assert!(out.contains(&format!("wrote {}", s.file("alice.key").display())), "{out}");
+        assert!(
+            out.contains(&format!("wrote {}", s.file("alice.key").display())),
+            "{out}"
+        );
         let serial = after(&out, "(serial");
-        assert!(serial.len() >= 16 && serial.chars().all(|c| c.is_ascii_hexdigit()), "{out}");
+        assert!(
+            serial.len() >= 16 && serial.chars().all(|c| c.is_ascii_hexdigit()),
+            "{out}"
+        );
         assert_eq!(mode(&s.file("alice.key")), 0o600);
         s.ok(&["issue", "bob"]);
         assert_eq!(verify(&s.pki, "alice").unwrap(), "alice");
@@ -171,24 +180,43 @@ fn init_issue_revoke_list_and_refresh_the_crl() {
         let out = s.ok(&["list"]);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("NAME"), "{out}");
-        assert!(lines[1].starts_with("alice ") && lines[1].ends_with(" valid"), "{out}");
+        assert!(
+            lines[1].starts_with("alice ") && lines[1].ends_with(" valid"),
+            "{out}"
+        );
         assert!(lines[1].contains(serial), "{out}");
-        assert!(lines[2].starts_with("bob ") && lines[2].ends_with(" valid"), "{out}");
-        assert!(lines[3].starts_with("CRL number 1, 0 revoked, next update "), "{out}");
+        assert!(
+            lines[2].starts_with("bob ") && lines[2].ends_with(" valid"),
+            "{out}"
+        );
+        assert!(
+            lines[3].starts_with("CRL number 1, 0 revoked, next update "),
+            "{out}"
+        );
 
         let out = s.ok(&["revoke", "alice"]);
-        assert!(out.contains(&format!("revoked alice (serial {serial})")), "{out}");
+        assert!(
+            out.contains(&format!("revoked alice (serial {serial})")),
+            "{out}"
+        );
         assert_eq!(after(&out, "CRL number"), "2", "{out}");
         let out = s.ok(&["revoke", "alice"]);
         assert!(out.contains("was already revoked"), "{out}");
         assert_eq!(after(&out, "CRL number"), "3", "{out}");
-        assert_eq!(verify(&s.pki, "alice"), Err(VerifyError::Revoked("alice".into())));
+        assert_eq!(
+            verify(&s.pki, "alice"),
+            Err(VerifyError::Revoked("alice".into()))
+        );
         let refused = s.openssl_verify("alice").unwrap_err();
         assert!(refused.contains("certificate revoked"), "{refused}");
         s.openssl_verify("bob").unwrap();
 
         let out = s.ok(&["list"]);
-        assert!(out.lines().any(|l| l.starts_with("alice ") && l.ends_with(" revoked")), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("alice ") && l.ends_with(" revoked")),
+            "{out}"
+        );
         assert!(out.contains("CRL number 3, 1 revoked"), "{out}");
 
         // Re-issuing the CRL keeps its entries, bumps the number and moves
@@ -202,7 +230,10 @@ fn init_issue_revoke_list_and_refresh_the_crl() {
         assert!(next <= two_days && next > two_days - DAY, "{crl:?}");
         let out = s.ok(&["refresh-crl"]);
         assert_eq!(after(&out, "CRL number"), "5", "{out}");
-        assert_eq!(verify(&s.pki, "alice"), Err(VerifyError::Revoked("alice".into())));
+        assert_eq!(
+            verify(&s.pki, "alice"),
+            Err(VerifyError::Revoked("alice".into()))
+        );
         assert_eq!(verify(&s.pki, "bob").unwrap(), "bob");
         s.openssl_verify("bob").unwrap();
         assert!(s.openssl_verify("alice").is_err());
@@ -254,7 +285,10 @@ fn existing_files_are_never_overwritten_without_force() {
         let ca_key = fs::read(s.file("ca.key")).expect("read");
         let ca_crt = fs::read(s.file("ca.crt")).expect("read");
         let line = s.refused(&["init"], &["already exists", "never replaces"]);
-        assert!(line.contains(&s.file("ca.key").display().to_string()), "{line}");
+        assert!(
+            line.contains(&s.file("ca.key").display().to_string()),
+            "{line}"
+        );
         assert_eq!(fs::read(s.file("ca.key")).expect("read"), ca_key);
         assert_eq!(fs::read(s.file("ca.crt")).expect("read"), ca_crt);
 
@@ -269,7 +303,10 @@ fn existing_files_are_never_overwritten_without_force() {
         // A stray certificate alone also blocks the name.
         fs::write(s.file("carol.crt"), "not mine").expect("write");
         s.refused(&["issue", "carol"], &["carol.crt", "already exists"]);
-        assert_eq!(fs::read_to_string(s.file("carol.crt")).expect("read"), "not mine");
+        assert_eq!(
+            fs::read_to_string(s.file("carol.crt")).expect("read"),
+            "not mine"
+        );
         assert!(!s.file("carol.key").exists());
 
         // --force replaces, and the new pair works.
@@ -322,7 +359,10 @@ fn missing_or_foreign_files_give_clear_errors() {
         other.ok(&["init"]);
         fs::copy(other.file("crl.pem"), s.file("crl.pem")).expect("copy");
         s.refused(&["crl"], &["crl.pem", "not signed by a trusted CA"]);
-        s.refused(&["revoke", "alice"], &["crl.pem", "not signed by a trusted CA"]);
+        s.refused(
+            &["revoke", "alice"],
+            &["crl.pem", "not signed by a trusted CA"],
+        );
         s.refused(&["list"], &["crl.pem", "not signed by a trusted CA"]);
     })
 }

@@ -61,9 +61,7 @@ fn add_mixed_encoding_ca_revoking(bus: &Bus, name: &str) {
     leaf.distinguished_name = DistinguishedName::new();
     leaf.distinguished_name.push(DnType::CommonName, name);
     leaf.serial_number = Some(SerialNumber::from(4242u64));
-    let cert = leaf
-        .signed_by(&key, &utf8_issuer, &ca_key)
-        .expect("leaf");
+    let cert = leaf.signed_by(&key, &utf8_issuer, &ca_key).expect("leaf");
     let key_path = bus.ssldir.join(format!("{name}.key"));
     fs::write(bus.ssldir.join(format!("{name}.crt")), cert.pem()).expect("write crt");
     fs::write(&key_path, key.serialize_pem()).expect("write key");
@@ -159,7 +157,14 @@ fn ack_of_an_identity_revoked_under_a_differently_encoded_ca_name_is_refused() {
 fn logger_as(bus: &Bus, certname: &str) -> gilmsg_tests::ToolOutput {
     let config = bus.config_path.to_str().expect("utf-8 path");
     bus.logger(
-        &["--config", config, "--certname", certname, "--message", "hi"],
+        &[
+            "--config",
+            config,
+            "--certname",
+            certname,
+            "--message",
+            "hi",
+        ],
         "",
         RUN,
     )

@@ -104,7 +104,9 @@ fn text_of(tag: Tag, data: &[u8]) -> Option<Option<String>> {
             if data.len() % 2 != 0 {
                 None
             } else {
-                let units = data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                let units = data
+                    .chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]));
                 // UCS-2: every unit is one character; surrogates are invalid.
                 units
                     .map(|u| char::from_u32(u32::from(u)))
@@ -221,11 +223,7 @@ mod tests {
     #[test]
     fn case_and_white_space_are_folded() {
         let a = name_der(&[&[(UTF8, b"Bus CA")]]);
-        for b in [
-            &b"bus ca"[..],
-            b"  BUS \t\n CA ",
-            b"bUs\x0bCa",
-        ] {
+        for b in [&b"bus ca"[..], b"  BUS \t\n CA ", b"bUs\x0bCa"] {
             assert!(same(&a, &name_der(&[&[(PRINTABLE, b)]])), "{b:?}");
         }
         for b in [&b"BusCA"[..], b"Bus CA2", b"Bus-CA"] {

@@ -396,10 +396,14 @@ impl CrlSource {
             Err(e) => {
                 *lock(&self.refused) = stamp(&self.path).ok();
                 if matches!(e, Error::CrlRollback { .. }) {
-                    self.counters.refused_rollback.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .refused_rollback
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "refusing a CRL older than the one in use; keeping the loaded revocations");
                 } else {
-                    self.counters.refused_invalid.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .refused_invalid
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "cannot reload changed CRL; keeping the revocations already loaded");
                 }
             }

@@ -112,9 +112,7 @@ fn field(der: &[u8], pem_width: usize, field_width: usize, eol: &str) -> String 
 }
 
 fn verify(bus: &Bus, cert: &str, sig: &str) -> Result<String, VerifyError> {
-    bus.trust
-        .verify("ed25519", cert, sig, MSG)
-        .map(|s| s.name)
+    bus.trust.verify("ed25519", cert, sig, MSG).map(|s| s.name)
 }
 
 #[test]
@@ -142,7 +140,10 @@ fn forged_messages_with_valid_certificates_neither_fill_nor_flush_the_cache() {
     let bus = bus();
     let alice = peer(&bus, "alice");
     let alice_cert = field(&alice.der, 64, 0, "");
-    assert_eq!(verify(&bus, &alice_cert, &alice.sign(MSG)).unwrap(), "alice");
+    assert_eq!(
+        verify(&bus, &alice_cert, &alice.sign(MSG)).unwrap(),
+        "alice"
+    );
     assert_eq!(bus.trust.cached_certificates(), 1);
 
     // Other identities' certificates are public: anyone can attach them to
@@ -166,7 +167,10 @@ fn forged_messages_with_valid_certificates_neither_fill_nor_flush_the_cache() {
     );
     // Alice's entry survived: the count would be 0 after a flush, since
     // nothing since then verified.
-    assert_eq!(verify(&bus, &alice_cert, &alice.sign(MSG)).unwrap(), "alice");
+    assert_eq!(
+        verify(&bus, &alice_cert, &alice.sign(MSG)).unwrap(),
+        "alice"
+    );
     assert_eq!(bus.trust.cached_certificates(), 1);
 }
 

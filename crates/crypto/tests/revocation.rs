@@ -126,7 +126,10 @@ impl Dir {
         p.not_before = OffsetDateTime::now_utc() - DAY;
         p.not_after = OffsetDateTime::now_utc() + 365 * DAY;
         let cert = p.signed_by(&key, &ca.leaf_issuer, &ca.key).unwrap();
-        let (crt, keyf) = (self.file(&format!("{name}.crt")), self.file(&format!("{name}.key")));
+        let (crt, keyf) = (
+            self.file(&format!("{name}.crt")),
+            self.file(&format!("{name}.key")),
+        );
         fs::write(&crt, cert.pem()).unwrap();
         fs::write(&keyf, key.serialize_pem()).unwrap();
         fs::set_permissions(&keyf, fs::Permissions::from_mode(0o600)).unwrap();
@@ -235,10 +238,21 @@ fn assert_mixed_encoding(ca: &Path, leaf: &Path) {
     let (_, leaf_block) = x509_parser::pem::parse_x509_pem(&leaf_pem).unwrap();
     let ca_cert = ca_block.parse_x509().unwrap();
     let leaf_cert = leaf_block.parse_x509().unwrap();
-    assert_eq!(cn_tag(ca_cert.subject()), 19, "CA subject is a PrintableString");
-    assert_eq!(cn_tag(leaf_cert.issuer()), 12, "leaf issuer is a UTF8String");
+    assert_eq!(
+        cn_tag(ca_cert.subject()),
+        19,
+        "CA subject is a PrintableString"
+    );
+    assert_eq!(
+        cn_tag(leaf_cert.issuer()),
+        12,
+        "leaf issuer is a UTF8String"
+    );
     assert_ne!(ca_cert.subject().as_raw(), leaf_cert.issuer().as_raw());
-    assert_eq!(ca_cert.subject().to_string(), leaf_cert.issuer().to_string());
+    assert_eq!(
+        ca_cert.subject().to_string(),
+        leaf_cert.issuer().to_string()
+    );
 }
 
 #[test]
@@ -252,7 +266,10 @@ fn revoked_leaf_whose_issuer_is_encoded_differently_from_its_ca_is_refused() {
     assert_mixed_encoding(&ca_path, &dir.file("alice.crt"));
 
     let t = store(&ca_path, &crl_path);
-    assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+    assert_eq!(
+        verify(&t, &alice),
+        Err(VerifyError::Revoked("alice".into()))
+    );
     assert_eq!(verify(&t, &bob).unwrap(), "bob");
 
     // OpenSSL agrees on both.
@@ -299,7 +316,10 @@ fn a_ca_without_a_crl_in_the_file_has_its_certificates_refused() {
 
     openssl_verify(&ca_path, &crl_path, &dir.file("alice.crt")).unwrap();
     let refused = openssl_verify(&ca_path, &crl_path, &dir.file("bob.crt")).unwrap_err();
-    assert!(refused.contains("unable to get certificate CRL"), "{refused}");
+    assert!(
+        refused.contains("unable to get certificate CRL"),
+        "{refused}"
+    );
 
     // With both CRLs in the file, both are accepted.
     let crl_path = dir.write_crls(&[fresh_crl(&a, 2, &[]), fresh_crl(&b, 1, &[])]);
@@ -323,7 +343,10 @@ fn a_crl_counts_only_for_the_ca_whose_key_signed_it() {
     let crl_path = dir.write_crls(&[fresh_crl(&b, 1, &[100])]);
     let t = store(&ca_path, &crl_path);
     assert_eq!(verify(&t, &bob), Err(VerifyError::Revoked("bob".into())));
-    assert!(matches!(verify(&t, &alice), Err(VerifyError::CrlMissing(_))));
+    assert!(matches!(
+        verify(&t, &alice),
+        Err(VerifyError::CrlMissing(_))
+    ));
 
     // A's CRL revoking nothing does not un-revoke bob.
     let crl_path = dir.write_crls(&[fresh_crl(&a, 1, &[]), fresh_crl(&b, 1, &[100])]);
@@ -341,16 +364,25 @@ fn an_older_crl_put_back_on_reload_is_refused_and_counted() {
     let older = fresh_crl(&ca, 4, &[]);
     let crl_path = dir.write_crls(&[fresh_crl(&ca, 5, &[100])]);
     let t = store(&ca_path, &crl_path);
-    assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+    assert_eq!(
+        verify(&t, &alice),
+        Err(VerifyError::Revoked("alice".into()))
+    );
 
     // CRL 4, from before alice was revoked, replayed into place: it is
     // validly signed, but taking it would un-revoke alice.
-    dir.write_crls(&[older.clone()]);
+    dir.write_crls(&[older]);
     for _ in 0..3 {
-        assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+        assert_eq!(
+            verify(&t, &alice),
+            Err(VerifyError::Revoked("alice".into()))
+        );
     }
     let stats = t.crl_reload_stats();
-    assert_eq!(stats.refused_rollback, 1, "counted once per file version: {stats:?}");
+    assert_eq!(
+        stats.refused_rollback, 1,
+        "counted once per file version: {stats:?}"
+    );
     assert_eq!(stats.reloaded, 0, "{stats:?}");
 
     let err = t.reload().unwrap_err();
@@ -358,7 +390,10 @@ fn an_older_crl_put_back_on_reload_is_refused_and_counted() {
     assert!(err.to_string().contains("crl.pem"), "{err}");
     assert!(err.to_string().contains("CRL number 4"), "{err}");
     assert_eq!(t.crl_reload_stats().refused_rollback, 2);
-    assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+    assert_eq!(
+        verify(&t, &alice),
+        Err(VerifyError::Revoked("alice".into()))
+    );
 
     // The same number again is not backwards (the same CRL, re-written).
     dir.write_crls(&[fresh_crl(&ca, 5, &[])]);
@@ -368,9 +403,16 @@ fn an_older_crl_put_back_on_reload_is_refused_and_counted() {
     // A newer CRL is taken as usual.
     dir.write_crls(&[fresh_crl(&ca, 6, &[100])]);
     t.reload().unwrap();
-    assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+    assert_eq!(
+        verify(&t, &alice),
+        Err(VerifyError::Revoked("alice".into()))
+    );
     let stats = t.crl_reload_stats();
-    assert_eq!((stats.reloaded, stats.refused_rollback), (2, 2), "{stats:?}");
+    assert_eq!(
+        (stats.reloaded, stats.refused_rollback),
+        (2, 2),
+        "{stats:?}"
+    );
 }
 
 #[test]
@@ -418,7 +460,13 @@ fn own_identity_check_names_the_certificate_file() {
         .check_identity_at(&bob, SystemTime::now() + Duration::from_secs(400 * 86_400))
         .unwrap_err();
     assert!(
-        matches!(&err, Error::OwnCertificate { reason: VerifyError::Expired(_), .. }),
+        matches!(
+            &err,
+            Error::OwnCertificate {
+                reason: VerifyError::Expired(_),
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -428,7 +476,11 @@ fn own_identity_check_names_the_certificate_file() {
     let t = store(&ca_path, &crl_path);
     let standing = t.check_identity(&bob).unwrap();
     assert_eq!(standing.warnings.len(), 1, "{:?}", standing.warnings);
-    assert!(standing.warnings[0].contains("expired"), "{:?}", standing.warnings);
+    assert!(
+        standing.warnings[0].contains("expired"),
+        "{:?}",
+        standing.warnings
+    );
     // Revoked stays an error under a stale CRL.
     assert!(t.check_identity(&alice).is_err());
 
@@ -437,9 +489,17 @@ fn own_identity_check_names_the_certificate_file() {
     let ca_path = dir.write_cas(&[&ca, &b]);
     let carol = dir.leaf(&b, "carol", 103);
     let crl_path = dir.write_crls(&[fresh_crl(&ca, 3, &[])]);
-    let err = store(&ca_path, &crl_path).check_identity(&carol).unwrap_err();
+    let err = store(&ca_path, &crl_path)
+        .check_identity(&carol)
+        .unwrap_err();
     assert!(
-        matches!(&err, Error::OwnCertificate { reason: VerifyError::CrlMissing(_), .. }),
+        matches!(
+            &err,
+            Error::OwnCertificate {
+                reason: VerifyError::CrlMissing(_),
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -451,7 +511,9 @@ fn names_differing_in_case_and_spacing_match_as_in_openssl() {
     let dir = Dir::new();
     let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let ca = TestCa {
-        cert: ca_params(dn("Bus CA", Enc::Printable)).self_signed(&key).unwrap(),
+        cert: ca_params(dn("Bus CA", Enc::Printable))
+            .self_signed(&key)
+            .unwrap(),
         leaf_issuer: ca_params(dn(" bus   ca ", Enc::Utf8))
             .self_signed(&key)
             .unwrap(),
@@ -461,7 +523,10 @@ fn names_differing_in_case_and_spacing_match_as_in_openssl() {
     let alice = dir.leaf(&ca, "alice", 100);
     let crl_path = dir.write_crls(&[fresh_crl(&ca, 1, &[100])]);
     let t = store(&ca_path, &crl_path);
-    assert_eq!(verify(&t, &alice), Err(VerifyError::Revoked("alice".into())));
+    assert_eq!(
+        verify(&t, &alice),
+        Err(VerifyError::Revoked("alice".into()))
+    );
     let refused = openssl_verify(&ca_path, &crl_path, &dir.file("alice.crt")).unwrap_err();
     assert!(refused.contains("certificate revoked"), "{refused}");
 
@@ -476,5 +541,8 @@ fn names_differing_in_case_and_spacing_match_as_in_openssl() {
         key: KeyPair::from_pem(&ca.key.serialize_pem()).unwrap(),
     };
     let mallory = dir.leaf(&other, "mallory", 101);
-    assert!(matches!(verify(&t, &mallory), Err(VerifyError::Untrusted(_))));
+    assert!(matches!(
+        verify(&t, &mallory),
+        Err(VerifyError::Untrusted(_))
+    ));
 }
