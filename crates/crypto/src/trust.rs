@@ -551,6 +551,13 @@ impl TrustStore {
         self
     }
 
+    /// Sets how many proven certificates are remembered (default
+    /// [`CACHE_CAPACITY`]; at least 2). Forgets those already cached.
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache = GenerationalCache::new(capacity);
+        self
+    }
+
     /// Re-reads the CRL now, whether or not it changed, and forgets cached
     /// validations. On error (including [`Error::CrlRollback`]: a CA's CRL
     /// number went backwards) the previous CRL stays in force. The CA

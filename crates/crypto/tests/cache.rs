@@ -6,7 +6,7 @@ use std::fs;
 use std::time::Duration;
 
 use base64::Engine as _;
-use gilmsg_crypto::{TrustStore, Verifier as _, CACHE_CAPACITY};
+use gilmsg_crypto::{TrustStore, Verifier as _};
 use gilmsg_proto::VerifyError;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
@@ -16,6 +16,9 @@ use ring::signature::Ed25519KeyPair;
 
 const MSG: &[u8] = br#"{"i":1,"msg":{"a":1},"topic":"t"}"#;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// A small cache, so that filling it takes few (slow, debug-build)
+/// certificate generations; the code path is the one of the default 4096.
+const CAPACITY: usize = 64;
 
 /// A CA and its trust store (with an empty CRL).
 struct Bus {
@@ -64,7 +67,8 @@ fn bus() -> Bus {
     fs::write(&crl_path, crl.pem().unwrap()).unwrap();
     let trust = TrustStore::load(&ca_path, Some(&crl_path))
         .unwrap()
-        .with_crl_check_interval(Duration::from_secs(3600));
+        .with_crl_check_interval(Duration::from_secs(3600))
+        .with_cache_capacity(CAPACITY);
     Bus {
         _tmp: tmp,
         ca,
@@ -151,7 +155,7 @@ fn forged_messages_with_valid_certificates_neither_fill_nor_flush_the_cache() {
     // cached, in any whitespace variant.
     let others: Vec<Peer> = (0..40).map(|i| peer(&bus, &format!("peer{i}"))).collect();
     let forger = peer(&bus, "forger");
-    for round in 0..CACHE_CAPACITY / others.len() + 2 {
+    for round in 0..CAPACITY / others.len() + 2 {
         for other in &others {
             let cert = field(&other.der, 64, 1 + round % 90, "\n");
             assert_eq!(
@@ -177,16 +181,16 @@ fn forged_messages_with_valid_certificates_neither_fill_nor_flush_the_cache() {
 #[test]
 fn more_proven_certificates_than_the_capacity_evict_part_not_all() {
     let bus = bus();
-    let total = CACHE_CAPACITY + 10;
+    let total = CAPACITY + 10;
     for i in 0..total {
         let p = peer(&bus, &format!("p{i}"));
         let cert = field(&p.der, 64, 0, "");
         verify(&bus, &cert, &p.sign(MSG)).unwrap();
-        assert!(bus.trust.cached_certificates() <= CACHE_CAPACITY);
+        assert!(bus.trust.cached_certificates() <= CAPACITY);
     }
     let kept = bus.trust.cached_certificates();
     assert!(
-        kept >= CACHE_CAPACITY / 2,
+        kept >= CAPACITY / 2,
         "{kept} of {total} kept: a full clear, not an eviction"
     );
 }
