@@ -165,7 +165,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         message.msg_id(),
                         message.topic(),
                         signer.unwrap_or("(unsigned)"),
-                        if result.is_ok() { "acking" } else { "stdout failed, not acking" }
+                        if result.is_ok() {
+                            "acking"
+                        } else {
+                            "stdout failed, not acking"
+                        }
                     );
                     progress.record(&result);
                     result.map_err(|e| e.to_string())
@@ -201,7 +205,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 let stop = StopPolicy {
                     grace: args.stop_grace,
                 };
-                exec_loop(&mut consumer, &mut signals, command, &progress, args.count, stop).await
+                exec_loop(
+                    &mut consumer,
+                    &mut signals,
+                    command,
+                    &progress,
+                    args.count,
+                    stop,
+                )
+                .await
             }
             None => inline_loop(&consumer, &mut signals, &progress, args.count).await,
         };
@@ -267,7 +279,10 @@ async fn inline_loop(
             });
         }
         if count.is_some_and(|n| progress.handled() >= n) {
-            tracing::info!("stopping: handled {} messages (--count)", progress.handled());
+            tracing::info!(
+                "stopping: handled {} messages (--count)",
+                progress.handled()
+            );
             return Ok(());
         }
         tokio::select! {
@@ -306,7 +321,10 @@ async fn exec_loop(
                 return Ok(());
             }
             if count.is_some_and(|n| progress.handled() >= n) {
-                tracing::info!("stopping: handled {} messages (--count)", progress.handled());
+                tracing::info!(
+                    "stopping: handled {} messages (--count)",
+                    progress.handled()
+                );
                 return Ok(());
             }
         }
@@ -405,7 +423,10 @@ impl Handler {
             Err(e) => return Err((delivery, format!("cannot run {command:?}: {e}"))),
         };
         let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-            return Err((delivery, "the handler exited before it had an id".to_owned()));
+            return Err((
+                delivery,
+                "the handler exited before it had an id".to_owned(),
+            ));
         };
         tracing::debug!(
             "handler for {} ({} from {}) started: pid {group}",
@@ -466,10 +487,19 @@ impl Handler {
     /// [`KILL_AFTER`]; the message is not acked.
     async fn end(mut self) {
         let msg_id = self.delivery.msg_id().to_owned();
-        tracing::info!("sending SIGTERM to the handler for {msg_id} (process group {})", self.group);
+        tracing::info!(
+            "sending SIGTERM to the handler for {msg_id} (process group {})",
+            self.group
+        );
         let _ = killpg(self.group, Signal::SIGTERM);
-        if tokio::time::timeout(KILL_AFTER, &mut self.exited).await.is_err() {
-            tracing::info!("the handler for {msg_id} is still there after {}: SIGKILL", common::show_duration(KILL_AFTER));
+        if tokio::time::timeout(KILL_AFTER, &mut self.exited)
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                "the handler for {msg_id} is still there after {}: SIGKILL",
+                common::show_duration(KILL_AFTER)
+            );
             let _ = killpg(self.group, Signal::SIGKILL);
             let _ = (&mut self.exited).await;
         }

@@ -287,10 +287,7 @@ impl Run<'_> {
         if !self.keep_going {
             return Err(failure);
         }
-        eprintln!(
-            "gilmsg-logger: {}",
-            failure.message.replace('\n', " ")
-        );
+        eprintln!("gilmsg-logger: {}", failure.message.replace('\n', " "));
         Ok(())
     }
 
