@@ -552,8 +552,7 @@ fn stats_lines_and_number_wording() {
         let stats_line = idle
             .stop_and_stderr()
             .into_iter()
-            .filter(|l| l.starts_with("gilmsg-consumer: stats"))
-            .next_back()
+            .rfind(|l| l.starts_with("gilmsg-consumer: stats"))
             .expect("a final stats line");
         assert!(!stats_line.ends_with(' '), "{stats_line:?}");
 
@@ -599,8 +598,7 @@ fn stats_lines_and_number_wording() {
             .proc()
             .stderr_until_closed(RUN)
             .into_iter()
-            .filter(|l| l.starts_with("gilmsg-consumer: stats"))
-            .next_back()
+            .rfind(|l| l.starts_with("gilmsg-consumer: stats"))
             .expect("final stats");
         assert!(parse_stats(&last).get("ack.sent") >= 1, "{last}");
 

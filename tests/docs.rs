@@ -61,8 +61,15 @@ fn repo_root() -> PathBuf {
 /// One marked step of a document.
 #[derive(Debug)]
 enum Step {
-    Run { line: usize, text: String },
-    File { line: usize, path: String, text: String },
+    Run {
+        line: usize,
+        text: String,
+    },
+    File {
+        line: usize,
+        path: String,
+        text: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -168,17 +175,26 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// (from, to) text pairs, or (name, value) environment variables.
+type Pairs = Vec<(String, String)>;
+
 /// The substitutions as (from, to) pairs, and the environment they imply.
-fn substitutions(doc: &Document, work: &Path) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn substitutions(doc: &Document, work: &Path) -> (Pairs, Pairs) {
     let mut pairs = Vec::new();
     let mut env = Vec::new();
     for (kind, value) in &doc.substitutions {
         match kind.as_str() {
             "path" => {
-                assert!(value.starts_with('/') && value.ends_with('/'), "path={value}: want /dir/");
+                assert!(
+                    value.starts_with('/') && value.ends_with('/'),
+                    "path={value}: want /dir/"
+                );
                 let to = format!("{}/{}", work.display(), &value[1..]);
                 if value == "/etc/" {
-                    env.push(("GILMSG_CONFIG".to_owned(), format!("{to}gilmsg/gilmsg.toml")));
+                    env.push((
+                        "GILMSG_CONFIG".to_owned(),
+                        format!("{to}gilmsg/gilmsg.toml"),
+                    ));
                 }
                 pairs.push((value.clone(), to));
             }
@@ -191,15 +207,13 @@ fn substitutions(doc: &Document, work: &Path) -> (Vec<(String, String)>, Vec<(St
 }
 
 fn substitute(text: &str, pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .fold(text.to_owned(), |t, (from, to)| {
-            if from.starts_with('/') {
-                t.replace(from.as_str(), to)
-            } else {
-                replace_token(&t, from, to)
-            }
-        })
+    pairs.iter().fold(text.to_owned(), |t, (from, to)| {
+        if from.starts_with('/') {
+            t.replace(from.as_str(), to)
+        } else {
+            replace_token(&t, from, to)
+        }
+    })
 }
 
 fn quote(text: &str) -> String {
@@ -212,7 +226,10 @@ fn script(name: &str, doc: &Document, pairs: &[(String, String)]) -> String {
     for step in &doc.steps {
         match step {
             Step::Run { line, text } => {
-                s.push_str(&format!("echo {} >&2\n", quote(&format!("==> {name}:{line}"))));
+                s.push_str(&format!(
+                    "echo {} >&2\n",
+                    quote(&format!("==> {name}:{line}"))
+                ));
                 s.push_str(&substitute(text, pairs));
             }
             Step::File { line, path, text } => {
@@ -247,8 +264,15 @@ fn run_document(relative: &str) {
     let root = repo_root();
     let markdown = std::fs::read_to_string(root.join(relative)).expect("read document");
     let doc = parse(relative, &markdown);
-    let runs = doc.steps.iter().filter(|s| matches!(s, Step::Run { .. })).count();
-    assert!(runs > 0, "{relative}: no <!-- doc-test: run --> block at all");
+    let runs = doc
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Run { .. }))
+        .count();
+    assert!(
+        runs > 0,
+        "{relative}: no <!-- doc-test: run --> block at all"
+    );
 
     let work = tempfile::Builder::new()
         .prefix("gilmsg-docs-")

@@ -335,13 +335,7 @@ async fn exec_loop(
                     tracing::info!("the consumer's socket thread stopped");
                     return Ok(());
                 };
-                match Handler::start(command, delivery) {
-                    Ok(handler) => running = Some(handler),
-                    Err((delivery, why)) => {
-                        tracing::warn!("handler failed for {}: {why}; not acking", delivery.msg_id());
-                        delivery.fail();
-                    }
-                }
+                running = Handler::start(command, delivery);
             }
             outcome = wait_exit(&mut running), if running.is_some() => {
                 if let Some(handler) = running.take() {
@@ -403,8 +397,16 @@ struct Handler {
 
 impl Handler {
     /// Starts `sh -c command` for `delivery`, with the whole signed message
-    /// on its stdin.
-    fn start(command: &str, delivery: Delivery) -> Result<Handler, (Delivery, String)> {
+    /// on its stdin; if it cannot start, the message fails (no ACK).
+    fn start(command: &str, delivery: Delivery) -> Option<Handler> {
+        let failed = |delivery: Delivery, why: String| {
+            tracing::warn!(
+                "handler failed for {}: {why}; not acking",
+                delivery.msg_id()
+            );
+            delivery.fail();
+            None
+        };
         let body = Value::Object(delivery.message().body().clone()).to_string();
         let mut process = tokio::process::Command::new("sh");
         process
@@ -420,13 +422,13 @@ impl Handler {
         handler_process::die_with_consumer(&mut process);
         let mut child = match process.spawn() {
             Ok(child) => child,
-            Err(e) => return Err((delivery, format!("cannot run {command:?}: {e}"))),
+            Err(e) => return failed(delivery, format!("cannot run {command:?}: {e}")),
         };
         let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-            return Err((
+            return failed(
                 delivery,
                 "the handler exited before it had an id".to_owned(),
-            ));
+            );
         };
         tracing::debug!(
             "handler for {} ({} from {}) started: pid {group}",
@@ -449,7 +451,7 @@ impl Handler {
                 .map_err(|e| format!("waiting for {command:?}: {e}"));
             let _ = tx.send(status);
         });
-        Ok(Handler {
+        Some(Handler {
             delivery,
             group: Pid::from_raw(group),
             started: Instant::now(),

@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         config.name = Some(name.clone());
         false
     } else {
-        !(config.name.is_some() && !config.active)
+        config.name.is_none() || config.active
     };
     config.validate()?;
     if args.common.printed_config(&config) {
