@@ -23,9 +23,11 @@ pub const EXIT_BUS: u8 = 3;
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  success: every recipient acked (without --recipients: the message was sent)
-  1  timeout: some recipient did not ACK in time (stderr names them)
+  1  timeout: the message was sent and some recipient did not ACK in time (stderr names them)
   2  usage, configuration, key file or input error
-  3  bus error: socket failure, or no subscriber appeared";
+  3  bus error: socket failure, or no subscriber appeared so nothing was sent
+     (with or without --recipients)
+With --keep-going or --stream: the highest status of any message.";
 
 /// A failure with the exit status it maps to.
 #[derive(Debug)]
