@@ -436,7 +436,7 @@ impl Config {
     }
 
     /// This configuration as gilmsg TOML, which [`Config::from_toml_str`]
-    /// reads back to an equal `Config` (except `ignored_keys` and the
+    /// reads back to an equal `Config` (except `ignored_keys`, `unknown_keys` and the
     /// source). For demos and tests that write throwaway configs.
     ///
     /// Durations are written as humantime strings. Relative paths are
