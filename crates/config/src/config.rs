@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::check;
 use crate::error::{join, ConfigError};
+use crate::keys::UnknownKey;
 
 /// The configuration of one gilmsg bus process.
 ///
@@ -130,6 +131,13 @@ pub struct Config {
     /// Top-level keys the file had that gilmsg does not use, sorted; for a
     /// CLI to warn about (a typo looks exactly like an unused fedmsg key).
     pub ignored_keys: Vec<String>,
+    /// The [`ignored_keys`](Self::ignored_keys) worth a warning, each with
+    /// the closest key gilmsg knows: every one in TOML, in fedmsg JSON only
+    /// those close to a gilmsg key (fedmsg's own keys are never listed).
+    pub unknown_keys: Vec<UnknownKey>,
+    /// Refuse a file with [`unknown_keys`](Self::unknown_keys) instead of
+    /// warning about them (gilmsg key). Default `false`.
+    pub strict_config: bool,
     /// The file this came from; relative paths were resolved against its
     /// directory.
     pub(crate) source: Option<PathBuf>,
@@ -169,6 +177,8 @@ impl Default for Config {
             zmq_tcp_keepalive: false,
             post_init_sleep: None,
             ignored_keys: Vec::new(),
+            unknown_keys: Vec::new(),
+            strict_config: false,
             source: None,
         }
     }
@@ -178,6 +188,25 @@ impl Config {
     /// The file this configuration was read from, if any.
     pub fn source(&self) -> Option<&Path> {
         self.source.as_deref()
+    }
+
+    /// Refuses a configuration whose file had keys gilmsg does not know
+    /// ([`unknown_keys`](Self::unknown_keys)): what `strict_config = true`
+    /// does when the file is read, and what a CLI's `--strict-config` flag
+    /// calls. The error names the file, the first such key and the closest
+    /// known key.
+    pub fn check_strict(&self) -> Result<(), ConfigError> {
+        match self.unknown_keys.first() {
+            None => Ok(()),
+            Some(unknown) => Err(ConfigError::invalid(
+                unknown.file.as_deref(),
+                unknown.key.clone(),
+                match &unknown.closest {
+                    Some(c) => format!("not a gilmsg key (did you mean {c}?); strict configuration refuses unknown keys"),
+                    None => "not a gilmsg key; strict configuration refuses unknown keys".to_owned(),
+                },
+            )),
+        }
     }
 
     /// The hostname used in certificate names: [`hostname`](Self::hostname)
@@ -337,11 +366,8 @@ impl Config {
                 return bad(key, r);
             }
         }
-        if self.high_water_mark < 0 {
-            return bad(
-                "high_water_mark",
-                format!("{} is negative; 0 means unlimited", self.high_water_mark),
-            );
+        if let Err(r) = check::HIGH_WATER_MARK.parse(&self.high_water_mark.to_string()) {
+            return bad("high_water_mark", r);
         }
 
         if self.active && self.relay_inbound.is_empty() {
@@ -362,14 +388,29 @@ impl Config {
                 );
             }
         }
-        if self.max_message_size == 0 {
-            return bad("max_message_size", "must be greater than 0".into());
-        }
-        if self.dedupe_capacity == 0 {
-            return bad("dedupe_capacity", "must be greater than 0".into());
+        for (key, value, rule) in [
+            (
+                "max_message_size",
+                self.max_message_size,
+                check::MAX_MESSAGE_SIZE,
+            ),
+            (
+                "dedupe_capacity",
+                self.dedupe_capacity,
+                check::DEDUPE_CAPACITY,
+            ),
+        ] {
+            // usize -> u64 cannot fail on the platforms gilmsg builds for.
+            let value = u64::try_from(value).unwrap_or(u64::MAX);
+            if let Err(r) = rule.check(value) {
+                return bad(key, r);
+            }
         }
         if self.ack_timeout.is_zero() {
-            return bad("ack_timeout", "must be greater than 0".into());
+            return bad(
+                "ack_timeout",
+                check::duration_refusal("0 (it must be greater than 0)", check::BareUnit::Seconds),
+            );
         }
         if self.resend_min > self.resend_initial {
             return bad(
@@ -395,7 +436,7 @@ impl Config {
     }
 
     /// This configuration as gilmsg TOML, which [`Config::from_toml_str`]
-    /// reads back to an equal `Config` (except `ignored_keys` and the
+    /// reads back to an equal `Config` (except `ignored_keys`, `unknown_keys` and the
     /// source). For demos and tests that write throwaway configs.
     ///
     /// Durations are written as humantime strings. Relative paths are
@@ -442,6 +483,9 @@ impl Config {
             "routing_nitpicky".into(),
             Value::Boolean(self.routing_nitpicky),
         );
+        if self.strict_config {
+            t.insert("strict_config".into(), Value::Boolean(true));
+        }
         t.insert("ack_timeout".into(), d(self.ack_timeout));
         t.insert("resend_initial".into(), d(self.resend_initial));
         t.insert("resend_min".into(), d(self.resend_min));
