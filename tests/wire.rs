@@ -199,18 +199,35 @@ impl<T: Read + Write + Send> ReadWrite for T {}
 
 impl RawZmtp {
     /// Connects to a `tcp://host:port` or `ipc://path` endpoint and does the
-    /// NULL handshake as `socket_type` (`SUB`, `PUB`, ...).
+    /// NULL handshake as `socket_type` (`SUB`, `PUB`, ...), retrying for up
+    /// to 10 s while the endpoint refuses (e.g. while it is bound again).
     fn connect(endpoint: &str, socket_type: &str) -> RawZmtp {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match RawZmtp::try_connect(endpoint, socket_type) {
+                Ok(raw) => return raw,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot connect to {endpoint}: {e}"
+                    );
+                    // Paces a bounded retry of a refused connect, not a
+                    // synchronisation sleep.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn try_connect(endpoint: &str, socket_type: &str) -> std::io::Result<RawZmtp> {
         let stream: Box<dyn ReadWrite> = if let Some(path) = endpoint.strip_prefix("ipc://") {
-            let s = std::os::unix::net::UnixStream::connect(path).expect("connect ipc");
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
+            let s = std::os::unix::net::UnixStream::connect(path)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
             Box::new(s)
         } else {
             let addr = endpoint.strip_prefix("tcp://").expect("tcp endpoint");
-            let s = std::net::TcpStream::connect(addr).expect("connect tcp");
-            s.set_read_timeout(Some(Duration::from_secs(10)))
-                .expect("timeout");
+            let s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
             Box::new(s)
         };
         let mut raw = RawZmtp { stream };
@@ -220,20 +237,18 @@ impl RawZmtp {
         greeting.extend(mechanism);
         greeting.push(0);
         greeting.extend([0u8; 31]);
-        raw.stream.write_all(&greeting).expect("greeting");
+        raw.stream.write_all(&greeting)?;
         let mut peer = [0u8; 64];
-        raw.stream.read_exact(&mut peer).expect("peer greeting");
+        raw.stream.read_exact(&mut peer)?;
         let mut ready = vec![5u8];
         ready.extend(b"READY");
         ready.push(11);
         ready.extend(b"Socket-Type");
         ready.extend((socket_type.len() as u32).to_be_bytes());
         ready.extend(socket_type.as_bytes());
-        raw.stream
-            .write_all(&[0x04, ready.len() as u8])
-            .expect("ready");
-        raw.stream.write_all(&ready).expect("ready");
-        raw
+        raw.stream.write_all(&[0x04, ready.len() as u8])?;
+        raw.stream.write_all(&ready)?;
+        Ok(raw)
     }
 
     /// Writes one frame; `Err` once the peer has closed the connection.
@@ -448,6 +463,10 @@ fn the_relay_counts_subscriptions_and_subscribers_and_bounds_them() {
         wait("the long prefix refused", &|s| {
             s.get("subscriptions.too_long") >= 1
         });
+        drop(long);
+        wait("the honest subscriber back alone again", &|s| {
+            s.get("relay.subscriptions") == 3 && s.get("relay.subscribers") == 1
+        });
         let mut huge = RawZmtp::connect(&outbound, "SUB");
         let mut subscription = vec![1u8];
         subscription.extend([b'h'; 4096]);
@@ -599,8 +618,15 @@ fn huge_durations_on_the_command_line_and_in_the_config_exit_2_with_a_clear_erro
                 .collect();
             let out = bus.logger(&args, "", Duration::from_secs(20));
             assert_eq!(out.status, Some(2), "--ack-timeout {value}: {out:?}");
+            // 1e30 s is not even a Duration; a million years is one, but
+            // past the maximum.
+            let why = if value == "1e30" {
+                "must be a duration"
+            } else {
+                "maximum"
+            };
             assert!(
-                out.stderr.contains("--ack-timeout") && out.stderr.contains("maximum"),
+                out.stderr.contains("--ack-timeout") && out.stderr.contains(why),
                 "{}",
                 out.stderr
             );

@@ -1,10 +1,14 @@
-//! What every gilmsg command shares: exit statuses, configuration lookup,
-//! `--ack-timeout` parsing, logging set-up and the one-line error format.
+//! What every gilmsg command shares: exit statuses, the flags every bus
+//! command takes ([`CommonArgs`]: config file, fedmsg's common flags, log
+//! format) and how they apply to the configuration, duration and number
+//! parsing (by the config's own rules), logging set-up (text or JSON,
+//! colour only on a terminal), signals, and the one-line error format.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gilmsg::Config;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Every recipient acked (or, without recipients, the message was sent).
 pub const EXIT_OK: u8 = 0;
@@ -19,9 +23,11 @@ pub const EXIT_BUS: u8 = 3;
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  success: every recipient acked (without --recipients: the message was sent)
-  1  timeout: some recipient did not ACK in time (stderr names them)
+  1  timeout: the message was sent and some recipient did not ACK in time (stderr names them)
   2  usage, configuration, key file or input error
-  3  bus error: socket or OS failure, or no subscriber appeared";
+  3  bus error: socket or OS failure, or no subscriber appeared so nothing was sent
+     (with or without --recipients)
+With --keep-going or --stream: the highest status of any message.";
 
 /// A failure with the exit status it maps to.
 #[derive(Debug)]
@@ -85,49 +91,308 @@ pub fn report(program: &str, result: Result<(), Failure>) -> std::process::ExitC
     }
 }
 
-/// Loads the config: `--config`, then `GILMSG_CONFIG`, then the default path.
+/// Loads the config: `--config`, then `GILMSG_CONFIG`, then the default
+/// path; warns about keys gilmsg does not know (see [`CommonArgs::load`]).
 pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
-    Ok(Config::load(explicit)?)
+    let config = Config::load(explicit)?;
+    warn_unknown_keys(&config);
+    Ok(config)
+}
+
+/// One warning per key of the file that gilmsg does not read, naming the
+/// file, the key and the closest key it knows.
+fn warn_unknown_keys(config: &Config) {
+    for unknown in &config.unknown_keys {
+        tracing::warn!(
+            "{unknown}; ignored (strict_config = true or --strict-config makes this an error)"
+        );
+    }
+}
+
+/// Options every gilmsg bus command takes, including the ones fedmsg's
+/// commands share (`--config-filename`, `--topic-prefix`,
+/// `--high-water-mark`, `--linger`, `--print-config`, `--timeout`,
+/// `--io-threads`, `--post-init-sleep`), so scripts written for
+/// `fedmsg-logger`, `gilmsg-logger` or `fedmsg-relay` keep working.
+///
+/// Every value here is an override: a flag that is not given leaves the
+/// configuration file's value alone (no flag has a default that would
+/// silently replace a key of the file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Config file (default: $GILMSG_CONFIG, then /etc/gilmsg/gilmsg.toml).
+    #[arg(long, alias = "config-filename", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Refuse config keys gilmsg does not know instead of warning about them
+    /// (the config key `strict_config = true` does the same).
+    #[arg(long)]
+    pub strict_config: bool,
+    /// Print the effective configuration (the file with every flag applied)
+    /// as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Log format on stderr: `text`, or `json` (one object per line, for log
+    /// shippers). Default: $GILMSG_LOG_FORMAT, else text. The level comes
+    /// from $GILMSG_LOG (e.g. info, debug; default warn).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
+    /// Override the config's topic_prefix.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_topic_prefix)]
+    pub topic_prefix: Option<String>,
+    /// Override the config's high_water_mark: queue limit per socket and
+    /// peer, in messages; 0 = unlimited.
+    #[arg(long, value_name = "N", value_parser = parse_high_water_mark, allow_hyphen_values = true)]
+    pub high_water_mark: Option<i32>,
+    /// Override the config's zmq_linger: how long closing waits to flush
+    /// queued messages; bare numbers are milliseconds, as fedmsg's --linger.
+    #[arg(long, value_name = "MS", value_parser = parse_millis, allow_hyphen_values = true)]
+    pub linger: Option<Duration>,
+    /// fedmsg's timeout for blocking operations, in seconds (or 250ms, 3s).
+    /// gilmsg-logger waits this long for a subscriber when publishing
+    /// without --recipients (default: ack_timeout); the relay and the
+    /// consumer accept it and do not use it.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub timeout: Option<Duration>,
+    /// Accepted for fedmsg compatibility and not used: each gilmsg socket
+    /// thread has its own ZeroMQ context with one I/O thread.
+    #[arg(long, value_name = "N", value_parser = parse_io_threads, allow_hyphen_values = true)]
+    pub io_threads: Option<u64>,
+    /// Accepted for fedmsg compatibility and not used: gilmsg waits for
+    /// subscriptions and handshakes instead of sleeping after start-up.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub post_init_sleep: Option<Duration>,
+}
+
+impl CommonArgs {
+    /// Reads the configuration file and applies the flags given. Warns
+    /// about unknown keys, or refuses them under `--strict-config`.
+    pub fn load(&self) -> Result<Config, Failure> {
+        let config = Config::load(self.config.as_deref())?;
+        self.finish(config)
+    }
+
+    /// Like [`CommonArgs::load`], but a missing file is fine when
+    /// `--config` was not given and `GILMSG_CONFIG` is unset: the defaults
+    /// are used (the relay runs from its flags alone).
+    pub fn load_or_default(&self) -> Result<Config, Failure> {
+        let env_set = std::env::var_os(gilmsg_config::ENV_VAR).is_some_and(|v| !v.is_empty());
+        match Config::load(self.config.as_deref()) {
+            Ok(config) => self.finish(config),
+            Err(gilmsg::ConfigError::NotFound { .. }) if self.config.is_none() && !env_set => {
+                self.finish(Config::default())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn finish(&self, mut config: Config) -> Result<Config, Failure> {
+        if self.strict_config {
+            config.check_strict()?;
+        }
+        warn_unknown_keys(&config);
+        if let Some(prefix) = &self.topic_prefix {
+            config.topic_prefix = prefix.clone();
+        }
+        if let Some(hwm) = self.high_water_mark {
+            config.high_water_mark = hwm;
+        }
+        if let Some(linger) = self.linger {
+            config.zmq_linger = linger;
+        }
+        if let Some(sleep) = self.post_init_sleep {
+            config.post_init_sleep = Some(sleep);
+            tracing::debug!(
+                "--post-init-sleep {sleep:?} accepted and not used: gilmsg waits for readiness instead"
+            );
+        }
+        if let Some(n) = self.io_threads {
+            tracing::debug!("--io-threads {n} accepted and not used");
+        }
+        Ok(config)
+    }
+
+    /// With `--print-config`: prints `config` as TOML and says so, so the
+    /// caller returns at once.
+    pub fn printed_config(&self, config: &Config) -> bool {
+        if self.print_config {
+            print!("{}", config.to_toml_string());
+        }
+        self.print_config
+    }
+}
+
+fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(text)
+}
+
+fn parse_topic_prefix(text: &str) -> Result<String, String> {
+    gilmsg_config::check::topic_prefix(text).map(|()| text.to_owned())
+}
+
+fn parse_high_water_mark(text: &str) -> Result<i32, String> {
+    let n = gilmsg_config::check::HIGH_WATER_MARK.parse(text)?;
+    i32::try_from(n).map_err(|_| gilmsg_config::check::HIGH_WATER_MARK.refusal(text))
+}
+
+fn parse_io_threads(text: &str) -> Result<u64, String> {
+    gilmsg_config::check::IO_THREADS.parse(text)
+}
+
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    gilmsg_config::check::duration(text, gilmsg_config::check::BareUnit::Milliseconds)
+}
+
+/// A ZeroMQ endpoint given as a flag, checked by the rule the config file's
+/// endpoints follow.
+pub fn parse_endpoint(text: &str) -> Result<String, String> {
+    gilmsg_config::check::endpoint(text).map(|()| text.to_owned())
 }
 
 /// Parses `250ms`, `3s`, `1m 30s` (humantime) or bare seconds `0.25`, as
-/// gilmsg's `--ack-timeout` takes them.
+/// gilmsg's `--ack-timeout` takes them, by the rule (and with the words)
+/// the config file's durations use.
 ///
-/// Longer than [`gilmsg::MAX_TIMEOUT`] is refused (clap then exits 2): a
-/// deadline that far out would overflow, and `1e30` used to panic here.
+/// Longer than [`gilmsg::MAX_TIMEOUT`] is refused too (clap then exits 2):
+/// a deadline that far out cannot be computed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let duration = if let Ok(seconds) = trimmed.parse::<f64>() {
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return Err(format!("{text:?} is not a non-negative number of seconds"));
-        }
-        Duration::try_from_secs_f64(seconds).map_err(|_| too_long(text))?
-    } else {
-        humantime::parse_duration(trimmed)
-            .map_err(|e| format!("{text:?}: {e} (try 250ms, 3s or 0.25)"))?
-    };
+    let duration = gilmsg_config::check::duration(text, gilmsg_config::check::BareUnit::Seconds)?;
     if duration > gilmsg::MAX_TIMEOUT {
-        return Err(too_long(text));
+        return Err(format!(
+            "{text:?} is longer than the maximum, {} days",
+            gilmsg::MAX_TIMEOUT.as_secs() / 86_400
+        ));
     }
     Ok(duration)
 }
 
-fn too_long(text: &str) -> String {
-    format!(
-        "{text:?} is longer than the maximum, {} days",
-        gilmsg::MAX_TIMEOUT.as_secs() / 86_400
-    )
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
 }
 
-/// Logs to stderr, filtered by `GILMSG_LOG` (default: warnings).
+impl LogFormat {
+    /// `text` or `json`.
+    pub fn parse(text: &str) -> Result<LogFormat, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{text:?} is not a log format: use text or json")),
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `GILMSG_LOG` (default: warnings), in the
+/// format of `$GILMSG_LOG_FORMAT` (text or json; default text).
 pub fn init_logging() {
+    init_logging_as(None);
+}
+
+/// [`init_logging`] with the format chosen by a `--log-format` flag, which
+/// wins over `$GILMSG_LOG_FORMAT`. Colour codes are written only when
+/// stderr is a terminal, so log files and journald get plain text.
+pub fn init_logging_as(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GILMSG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let from_env = std::env::var("GILMSG_LOG_FORMAT")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| LogFormat::parse(&v));
+    let (format, env_problem) = match (format, from_env) {
+        (Some(f), _) => (f, None),
+        (None, Some(Ok(f))) => (f, None),
+        (None, Some(Err(why))) => (LogFormat::Text, Some(why)),
+        (None, None) => (LogFormat::Text, None),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+    if let Some(why) = env_problem {
+        tracing::warn!("GILMSG_LOG_FORMAT: {why}; logging as text");
+    }
+}
+
+/// A duration as people read it in a log or error line: `850ms`, `3.02s`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1000.0 {
+        format!("{}ms", ms.round())
+    } else {
+        format!("{:.2}s", ms / 1000.0)
+    }
+}
+
+/// What a signal asks a long-running command to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalEvent {
+    /// SIGINT or SIGTERM: stop cleanly.
+    Exit,
+    /// SIGUSR1: print the counters.
+    Stats,
+}
+
+/// The signals a long-running command reacts to, installed eagerly: a
+/// SIGUSR1 or SIGTERM that arrives before the handler exists would kill
+/// the process with its default action, so commands install this first,
+/// before they read the configuration or wait for readiness.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers now (inside a tokio runtime).
+    pub fn install() -> Result<Signals, Failure> {
+        let sig = |kind| {
+            signal(kind).map_err(|e| Failure {
+                status: EXIT_BUS,
+                message: format!("error: cannot watch signals: {e}"),
+            })
+        };
+        Ok(Signals {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            usr1: sig(SignalKind::user_defined1())?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> SignalEvent {
+        tokio::select! {
+            _ = self.term.recv() => SignalEvent::Exit,
+            _ = self.int.recv() => SignalEvent::Exit,
+            _ = self.usr1.recv() => SignalEvent::Stats,
+        }
+    }
+}
+
+/// `<program>: stats k=v k=v`, without a trailing space when there is
+/// nothing to count yet.
+pub fn stats_line(program: &str, stats: &gilmsg::Stats) -> String {
+    let counters = stats.to_string();
+    if counters.is_empty() {
+        format!("{program}: stats")
+    } else {
+        format!("{program}: stats {counters}")
+    }
 }
 
 /// A current-thread runtime for a command.
@@ -166,5 +431,10 @@ mod tests {
         assert!(parse_duration("1000000y").is_err());
         assert!(parse_duration("366days").is_err());
         assert_eq!(parse_duration("365days").unwrap(), gilmsg::MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn empty_stats_have_no_trailing_space() {
+        assert_eq!(stats_line("x", &gilmsg::Stats::default()), "x: stats");
     }
 }

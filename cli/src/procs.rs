@@ -56,7 +56,7 @@ fn pump(
 }
 
 impl Proc {
-    /// Starts `command` with piped stdout/stderr (stdin from /dev/null unless set).
+    /// Starts `command` with piped stdout/stderr (stdin as the command says).
     pub fn spawn(name: impl Into<String>, mut command: Command) -> std::io::Result<Proc> {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn()?;
@@ -82,6 +82,11 @@ impl Proc {
             stderr,
             stderr_log: log,
         })
+    }
+
+    /// Its stdin, if it was started with `Stdio::piped()` and not taken yet.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
     }
 
     /// The process id.
@@ -119,6 +124,20 @@ impl Proc {
     /// The next stdout line, if one comes within `timeout`.
     pub fn next_stdout(&self, timeout: Duration) -> Option<String> {
         self.stdout.recv_timeout(timeout).ok()
+    }
+
+    /// Every stderr line, once the stream has closed (the process exited):
+    /// reads until end of stream, for at most `timeout`.
+    pub fn stderr_until_closed(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        self.stderr_so_far()
     }
 
     /// Stderr lines seen so far.

@@ -3,124 +3,95 @@
 //! Prints one readiness line on stderr once both sockets are bound, with
 //! the endpoints actually bound (so `tcp://127.0.0.1:*` works in tests),
 //! prints its counters on SIGUSR1 and on exit, and stops on SIGINT/SIGTERM.
-
-use std::path::PathBuf;
+//!
+//! Endpoints and numbers given as flags are checked by the same rules (and
+//! refused with the same words, exit status 2) as the configuration file's
+//! keys: the flags are applied to the configuration, which is then
+//! validated as a whole.
 
 use clap::Parser;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::common::{self, Failure};
+use crate::common::{self, CommonArgs, Failure};
+
+pub use crate::common::{SignalEvent, Signals};
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
 #[command(
     name = "gilmsg-relay",
     version,
-    about = "Forward every message from relay_inbound to endpoints.relay_outbound."
+    about = "Forward every message from relay_inbound to endpoints.relay_outbound.",
+    after_help = "Signals: SIGUSR1 prints the counters on stderr; SIGTERM or SIGINT stops the relay \
+                  (the counters are printed at exit too).\n\n\
+                  Exit status: 0 after a clean stop; 2 usage or configuration error; 3 socket error."
 )]
 pub struct Args {
-    /// Config file (default: $GILMSG_CONFIG, then /etc/gilmsg/gilmsg.toml).
-    #[arg(long, alias = "config-filename", value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Bind inbound here instead of the config's relay_inbound (repeatable).
-    #[arg(long, value_name = "ENDPOINT")]
+    #[arg(long, value_name = "ENDPOINT", value_parser = common::parse_endpoint)]
     pub inbound: Vec<String>,
     /// Bind outbound here instead of endpoints.relay_outbound (repeatable).
-    #[arg(long, value_name = "ENDPOINT")]
+    #[arg(long, value_name = "ENDPOINT", value_parser = common::parse_endpoint)]
     pub outbound: Vec<String>,
-    /// Queue limit per socket and peer, in messages (0 = unlimited), as
-    /// fedmsg's --high-water-mark; overrides the config's high_water_mark.
-    #[arg(long, value_name = "N")]
-    pub high_water_mark: Option<i32>,
+    /// Config file, fedmsg's common flags, logging.
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// Runs the relay until a signal.
 pub fn run(args: Args) -> Result<(), Failure> {
-    let mut config = if args.inbound.is_empty() || args.outbound.is_empty() {
-        common::load_config(args.config.as_deref())?
-    } else {
-        match &args.config {
-            Some(path) => common::load_config(Some(path))?,
-            None => gilmsg::Config::default(),
+    let runtime = common::runtime()?;
+    runtime.block_on(async {
+        // First, so that a SIGTERM or SIGUSR1 during start-up is handled,
+        // not fatal.
+        let mut signals = Signals::install()?;
+        let mut config = if args.inbound.is_empty() || args.outbound.is_empty() {
+            args.common.load()?
+        } else {
+            args.common.load_or_default()?
+        };
+        if !args.inbound.is_empty() {
+            config.relay_inbound = args.inbound.clone();
         }
-    };
-    if let Some(hwm) = args.high_water_mark {
-        config.high_water_mark = hwm;
-    }
-    let inbound = if args.inbound.is_empty() {
-        config.relay_inbound.clone()
-    } else {
-        args.inbound.clone()
-    };
-    let outbound = if args.outbound.is_empty() {
-        config
+        if !args.outbound.is_empty() {
+            config.endpoints.insert(
+                gilmsg::relay::RELAY_OUTBOUND.to_owned(),
+                args.outbound.clone(),
+            );
+        }
+        config.validate()?;
+        if args.common.printed_config(&config) {
+            return Ok(());
+        }
+        let inbound = config.relay_inbound.clone();
+        let outbound = config
             .endpoints
             .get(gilmsg::relay::RELAY_OUTBOUND)
             .cloned()
-            .unwrap_or_default()
-    } else {
-        args.outbound.clone()
-    };
-    if inbound.is_empty() || outbound.is_empty() {
-        return Err(Failure::usage(
-            "error: need relay_inbound and endpoints.relay_outbound (or --inbound/--outbound)",
-        ));
-    }
-    let runtime = common::runtime()?;
-    runtime.block_on(async {
+            .unwrap_or_default();
+        if inbound.is_empty() || outbound.is_empty() {
+            return Err(Failure::usage(
+                "error: need relay_inbound and endpoints.relay_outbound (or --inbound/--outbound)",
+            ));
+        }
+        tracing::info!(
+            "binding inbound {} and outbound {} (high-water mark {})",
+            inbound.join(","),
+            outbound.join(","),
+            config.high_water_mark
+        );
         let relay = gilmsg::Relay::bind(&config, &inbound, &outbound)?;
-        let mut signals = Signals::install()?;
         eprintln!(
             "gilmsg-relay: ready inbound={} outbound={}",
             relay.inbound_endpoints().join(","),
             relay.outbound_endpoints().join(",")
         );
         while signals.next().await == SignalEvent::Stats {
-            eprintln!("gilmsg-relay: stats {}", relay.stats());
+            eprintln!("{}", common::stats_line("gilmsg-relay", &relay.stats()));
         }
-        eprintln!("gilmsg-relay: stats {}", relay.stats());
+        tracing::info!("stopping: closing the relay's sockets");
+        eprintln!("{}", common::stats_line("gilmsg-relay", &relay.stats()));
         relay.close().await;
+        tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// What a signal asks a long-running command to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignalEvent {
-    /// SIGINT or SIGTERM: stop cleanly.
-    Exit,
-    /// SIGUSR1: print the counters.
-    Stats,
-}
-
-/// The signals a long-running command reacts to, installed eagerly: a
-/// SIGUSR1 that arrives before the handler exists would kill the process
-/// (its default action), so install this *before* printing a ready line.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    usr1: Signal,
-}
-
-impl Signals {
-    /// Installs the handlers now.
-    pub fn install() -> Result<Signals, Failure> {
-        let sig = |kind| {
-            signal(kind).map_err(|e| Failure::usage(format!("error: cannot watch signals: {e}")))
-        };
-        Ok(Signals {
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-            usr1: sig(SignalKind::user_defined1())?,
-        })
-    }
-
-    /// The next signal.
-    pub async fn next(&mut self) -> SignalEvent {
-        tokio::select! {
-            _ = self.term.recv() => SignalEvent::Exit,
-            _ = self.int.recv() => SignalEvent::Exit,
-            _ = self.usr1.recv() => SignalEvent::Stats,
-        }
-    }
 }

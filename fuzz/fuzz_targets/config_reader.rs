@@ -6,7 +6,7 @@
 //!
 //! - a config that loads passes `Config::validate` (reading runs it);
 //! - `to_toml_string` reads back to an equal config, as its doc promises
-//!   (`ignored_keys` aside).
+//!   (`ignored_keys` and `unknown_keys` aside).
 #![no_main]
 
 use std::path::Path;
@@ -50,6 +50,7 @@ fn exercise(config: &Config) {
     let mut back = Config::from_toml_str(&toml, Path::new(ORIGIN))
         .unwrap_or_else(|e| panic!("to_toml_string output does not load ({e}):\n{toml}"));
     back.ignored_keys.clone_from(&config.ignored_keys);
+    back.unknown_keys.clone_from(&config.unknown_keys);
     assert_eq!(
         &back, config,
         "to_toml_string round trip changed the config:\n{toml}"

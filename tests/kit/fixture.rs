@@ -261,9 +261,56 @@ relay_outbound = {outbound_value}
         run_tool(&bin("gilmsg-logger"), args, stdin, limit, &self.registry)
     }
 
+    /// Starts any command as a child of this bus's test: registered with
+    /// the guard, killed when the returned handle is dropped.
+    pub fn spawn(&self, name: &str, command: Command) -> Running {
+        Running {
+            child: Child::spawn(name, command, &self.registry),
+        }
+    }
+
+    /// Runs `program args` with `stdin` and extra environment variables,
+    /// bounded by `limit`.
+    pub fn run_with_env(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: &str,
+        env: &[(&str, &str)],
+        limit: Duration,
+    ) -> ToolOutput {
+        run_tool_env(&bin(program), args, stdin, env, limit, &self.registry)
+    }
+
     /// The relay's counters (SIGUSR1, then its stats line).
     pub fn relay_stats(&self) -> gilmsg::Stats {
         stats_of(&self.relay.proc, "gilmsg-relay: stats")
+    }
+}
+
+/// A process started with [`Bus::spawn`].
+pub struct Running {
+    child: Child,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.child.proc.name())
+            .field("pid", &self.child.proc.pid())
+            .finish()
+    }
+}
+
+impl Running {
+    /// The process, to wait for its lines, signal or stop it.
+    pub fn proc(&self) -> &Proc {
+        &self.child.proc
+    }
+
+    /// The process, mutably (to take its stdin or wait for its exit).
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        &mut self.child.proc
     }
 }
 
@@ -345,6 +392,12 @@ impl Consumer {
     pub fn stop(mut self) -> Option<ExitStatus> {
         self.child.proc.terminate(Duration::from_secs(5))
     }
+
+    /// SIGTERM, wait, and return every stderr line it wrote.
+    pub fn stop_and_stderr(mut self) -> Vec<String> {
+        self.child.proc.terminate(Duration::from_secs(5));
+        self.child.proc.stderr_until_closed(Duration::from_secs(5))
+    }
 }
 
 fn stats_of(proc: &Proc, needle: &str) -> gilmsg::Stats {
@@ -407,10 +460,24 @@ pub fn run_tool(
     limit: Duration,
     registry: &Registry,
 ) -> ToolOutput {
+    run_tool_env(program, args, stdin, &[], limit, registry)
+}
+
+/// [`run_tool`] with extra environment variables (set after the defaults
+/// `GILMSG_LOG=warn` and no `GILMSG_CONFIG`, so they can override them).
+pub fn run_tool_env(
+    program: &Path,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+    limit: Duration,
+    registry: &Registry,
+) -> ToolOutput {
     let mut child = Command::new(program)
         .args(args)
         .env("GILMSG_LOG", "warn")
         .env_remove("GILMSG_CONFIG")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,7 +29,7 @@ pub mod forge;
 pub mod guard;
 pub mod raw;
 
-pub use fixture::{parse_stats, Bus, Consumer, ToolOutput};
+pub use fixture::{parse_stats, Bus, Consumer, Running, ToolOutput};
 pub use guard::{within, within_async};
 
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! `gilmsg-pki`: create the bus's CA, issue and revoke identities, list them.
+//! `gilmsg-pki`: create the bus's CA, issue and revoke identities, list them,
+//! re-issue the CRL before it goes stale.
 //!
 //! Glue over `gilmsg_crypto::pki`; see that module for the directory layout.
 //! Exit status: 0 on success, 2 on a usage error or any failure, with one
@@ -20,6 +21,12 @@ struct Cli {
     /// PKI directory (fedmsg's ssldir).
     #[arg(long, global = true, env = "GILMSG_SSLDIR", default_value = "./pki")]
     ssldir: PathBuf,
+    /// Validity of a CRL written by init, revoke or crl, in days (its
+    /// nextUpdate). Verifiers refuse every certificate once it has passed:
+    /// run `gilmsg-pki crl` from a timer well before.
+    #[arg(long, global = true, env = "GILMSG_CRL_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u32).range(1..=36500))]
+    crl_days: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +58,12 @@ enum Command {
         /// Identity name.
         name: String,
     },
-    /// List issued identities.
+    /// Re-issue the CRL (same entries, next CRL number, a fresh nextUpdate
+    /// --crl-days from now). Run it from a timer (daily) so the CRL never
+    /// goes stale.
+    #[command(alias = "refresh-crl")]
+    Crl,
+    /// List issued identities and the CRL's state.
     List,
 }
 
@@ -63,20 +75,39 @@ fn show(p: &Path) -> String {
     p.display().to_string()
 }
 
+fn when(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = &cli.ssldir;
+    let crl_options = pki::CrlOptions {
+        validity: days(cli.crl_days),
+    };
     match cli.command {
         Command::Init { ca_name, days: d } => {
-            let r = pki::init(
+            let r = pki::init_with_crl(
                 dir,
                 &pki::InitOptions {
                     ca_name,
                     validity: days(d),
                 },
-            )?;
+                &crl_options,
+            )
+            .map_err(|e| match e {
+                gilmsg_crypto::Error::AlreadyExists { path } => anyhow::anyhow!(
+                    "{}: already exists; this directory has a CA already (init never replaces one)",
+                    show(&path)
+                ),
+                e => e.into(),
+            })?;
             println!("wrote {}", show(&r.ca_key));
             println!("wrote {}", show(&r.ca_cert));
-            println!("wrote {}", show(&r.crl));
+            println!(
+                "wrote {} (next update {})",
+                show(&r.crl),
+                when(r.crl_next_update)
+            );
         }
         Command::Issue {
             name,
@@ -87,18 +118,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 replace: force,
                 ..pki::IssueOptions::valid_for(days(d))
             };
-            let r = pki::issue(dir, &name, &opts)?;
+            let r = pki::issue(dir, &name, &opts).map_err(|e| match e {
+                gilmsg_crypto::Error::AlreadyExists { path } => anyhow::anyhow!(
+                    "{}: already exists; `issue --force {name}` replaces it (revoke the old \
+                     certificate first if its key may have leaked)",
+                    show(&path)
+                ),
+                e => e.into(),
+            })?;
             println!("wrote {}", show(&r.key));
             println!("wrote {} (serial {})", show(&r.cert), r.serial);
         }
         Command::Revoke { name } => {
-            let r = pki::revoke(dir, &name)?;
+            let r = pki::revoke_with(dir, &name, &crl_options)?;
             if r.newly_revoked {
                 println!("revoked {name} (serial {})", r.serial);
             } else {
                 println!("{name} (serial {}) was already revoked", r.serial);
             }
-            println!("wrote {} (CRL number {})", show(&r.crl), r.crl_number);
+            println!(
+                "wrote {} (CRL number {}, next update {})",
+                show(&r.crl),
+                r.crl_number,
+                when(r.next_update)
+            );
+        }
+        Command::Crl => {
+            let r = pki::refresh_crl(dir, &crl_options)?;
+            println!(
+                "wrote {} (CRL number {}, {} revoked, next update {})",
+                show(&r.crl),
+                r.crl_number,
+                r.revoked,
+                when(r.next_update)
+            );
         }
         Command::List => {
             let certs = pki::list(dir)?;
@@ -125,9 +178,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "{:width$}  {:32}  {:20}  {status}",
                     c.name,
                     c.serial,
-                    humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                    when(c.not_after),
                 );
             }
+            let crl = match pki::crl_status(dir) {
+                Ok(crl) => crl,
+                Err(gilmsg_crypto::Error::NotFound { path }) => {
+                    println!(
+                        "no CRL: {} not found (peers configured without crl_location do not \
+                         check revocation; `gilmsg-pki revoke` recreates it)",
+                        show(&path)
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let next = match crl.next_update {
+                Some(t) if t < now => format!(
+                    "next update {} PASSED: verifiers refuse every certificate of this CA; run `gilmsg-pki crl`",
+                    when(t)
+                ),
+                Some(t) => format!("next update {}", when(t)),
+                None => "no next update".to_owned(),
+            };
+            println!(
+                "CRL number {}, {} revoked, {next}",
+                crl.crl_number, crl.revoked
+            );
         }
     }
     Ok(())

@@ -1,13 +1,16 @@
 //! Rules for single values: what counts as a ZeroMQ endpoint, a local path,
-//! a topic prefix, an environment name.
+//! a topic prefix, an environment name, a whole number in range, a duration.
 //!
 //! They are shared by the parser (which knows the exact key path of each
-//! value) and by [`Config::validate`](crate::Config::validate) (which also
-//! covers configurations built in code), so that both apply the same rules.
-//! Each returns the reason a value is refused, for the caller to wrap with
-//! the file and key.
+//! value), by [`Config::validate`](crate::Config::validate) (which also
+//! covers configurations built in code) and by the command-line tools for
+//! values given as flags (`--inbound`, `--high-water-mark`, `--ack-timeout`),
+//! so that all of them apply the same rules and refuse a value with the same
+//! words. Each returns the reason a value is refused, for the caller to wrap
+//! with the file and key, or the flag.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// Checks that `endpoint` looks like a ZeroMQ endpoint gilmsg can use:
 /// `tcp://host:port` (port a number or `*`, host may be `*` or `[v6]`),
@@ -97,9 +100,217 @@ pub fn environment(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A relative `ipc://` path resolved against `base` (the configuration
+/// file's directory), so that every process reading the file finds the same
+/// socket whatever its working directory. Absolute paths, Linux abstract
+/// sockets (`ipc://@name`), the wildcard `ipc://*` and other schemes are
+/// returned unchanged.
+pub fn resolve_ipc(endpoint: &str, base: &Path) -> String {
+    match endpoint.strip_prefix("ipc://") {
+        Some(path) if !(path.starts_with('/') || path.starts_with('@') || path == "*") => {
+            format!("ipc://{}", base.join(path).display())
+        }
+        _ => endpoint.to_owned(),
+    }
+}
+
+/// The allowed range of one whole-number setting. The parser, `validate`
+/// and the command-line flags all refuse out-of-range values through
+/// [`WholeNumber::check`], so `-1`, `0` and `1.5` get one wording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WholeNumber {
+    /// Smallest allowed value.
+    pub min: u64,
+    /// Largest allowed value.
+    pub max: u64,
+    /// What 0 means, when it is allowed and special (`unlimited`).
+    pub zero_means: Option<&'static str>,
+}
+
+/// `high_water_mark` / `--high-water-mark`: ZeroMQ takes an `int`; 0 is unlimited.
+pub const HIGH_WATER_MARK: WholeNumber = WholeNumber {
+    min: 0,
+    max: i32::MAX as u64,
+    zero_means: Some("unlimited"),
+};
+
+/// `max_message_size`, in bytes.
+pub const MAX_MESSAGE_SIZE: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
+/// `dedupe_capacity`, in message ids.
+pub const DEDUPE_CAPACITY: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
+/// `max_subscriptions`, distinct prefixes per publishing socket.
+pub const MAX_SUBSCRIPTIONS: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
+/// `max_subscription_length`, in bytes.
+pub const MAX_SUBSCRIPTION_LENGTH: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
+/// `--io-threads` (fedmsg's flag; accepted, not used).
+pub const IO_THREADS: WholeNumber = WholeNumber {
+    min: 0,
+    max: i32::MAX as u64,
+    zero_means: None,
+};
+
+impl WholeNumber {
+    /// Checks a number already parsed.
+    pub fn check(&self, value: u64) -> Result<u64, String> {
+        if (self.min..=self.max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.refusal(&value.to_string()))
+        }
+    }
+
+    /// Parses and checks a number written as text (a flag's value, or a
+    /// number literal from a file): `-1`, `1.5`, `lots` are all refused
+    /// with the same words as an out-of-range value.
+    pub fn parse(&self, text: &str) -> Result<u64, String> {
+        match text.trim().parse::<u64>() {
+            Ok(v) => self.check(v),
+            Err(_) => Err(self.refusal(text)),
+        }
+    }
+
+    /// The one wording: `must be a whole number from 0 (unlimited) to 2147483647, not -1`.
+    pub fn refusal(&self, shown: &str) -> String {
+        let zero = match (self.min, self.zero_means) {
+            (0, Some(meaning)) => format!(" ({meaning})"),
+            _ => String::new(),
+        };
+        format!(
+            "must be a whole number from {}{zero} to {}, not {shown}",
+            self.min, self.max
+        )
+    }
+}
+
+/// The unit of a bare number given as a duration: fedmsg counts most keys
+/// in seconds and the `zmq_*` keys (and `--linger`) in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareUnit {
+    /// `0.25` means 250 ms.
+    Seconds,
+    /// `250` means 250 ms.
+    Milliseconds,
+}
+
+impl BareUnit {
+    fn word(self) -> &'static str {
+        match self {
+            BareUnit::Seconds => "seconds",
+            BareUnit::Milliseconds => "milliseconds",
+        }
+    }
+
+    fn seconds(self) -> f64 {
+        match self {
+            BareUnit::Seconds => 1.0,
+            BareUnit::Milliseconds => 0.001,
+        }
+    }
+}
+
+/// The one wording for a refused duration.
+pub fn duration_refusal(shown: &str, unit: BareUnit) -> String {
+    format!(
+        "must be a duration such as \"250ms\", \"3s\" or a number of {}, not {shown}",
+        unit.word()
+    )
+}
+
+/// A duration written as text: humantime (`250ms`, `3s`, `1m 30s`) or a
+/// bare non-negative number in `unit`. Values too large for a `Duration`
+/// are refused, never a panic.
+pub fn duration(text: &str, unit: BareUnit) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if let Ok(number) = trimmed.parse::<f64>() {
+        return duration_from_number(number, unit).ok_or_else(|| duration_refusal(text, unit));
+    }
+    humantime::parse_duration(trimmed).map_err(|_| duration_refusal(&format!("{text:?}"), unit))
+}
+
+/// A bare number in `unit` as a duration; `None` if negative, not finite
+/// or too large.
+pub fn duration_from_number(number: f64, unit: BareUnit) -> Option<Duration> {
+    if !(number.is_finite() && number >= 0.0) {
+        return None;
+    }
+    Duration::try_from_secs_f64(number * unit.seconds()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_one_wording() {
+        assert_eq!(HIGH_WATER_MARK.parse("0"), Ok(0));
+        assert_eq!(
+            HIGH_WATER_MARK.parse("-1").unwrap_err(),
+            "must be a whole number from 0 (unlimited) to 2147483647, not -1"
+        );
+        assert!(HIGH_WATER_MARK.parse("3000000000").is_err());
+        assert_eq!(
+            MAX_MESSAGE_SIZE.check(0).unwrap_err(),
+            format!("must be a whole number from 1 to {}, not 0", usize::MAX)
+        );
+        assert!(MAX_MESSAGE_SIZE.parse("1.5").is_err());
+    }
+
+    #[test]
+    fn durations_and_their_refusal() {
+        let s = BareUnit::Seconds;
+        assert_eq!(duration("0.25", s), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("3s", s), Ok(Duration::from_secs(3)));
+        assert_eq!(
+            duration("250", BareUnit::Milliseconds),
+            Ok(Duration::from_millis(250))
+        );
+        for bad in ["-1", "nan", "soon", "1e30", "inf"] {
+            let e = duration(bad, s).unwrap_err();
+            assert!(e.starts_with("must be a duration such as"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn relative_ipc_paths_resolve() {
+        let base = Path::new("/etc/gilmsg");
+        assert_eq!(
+            resolve_ipc("ipc://relay.sock", base),
+            "ipc:///etc/gilmsg/relay.sock"
+        );
+        assert_eq!(
+            resolve_ipc("ipc://run/a.sock", base),
+            "ipc:///etc/gilmsg/run/a.sock"
+        );
+        for same in [
+            "ipc:///run/a.sock",
+            "ipc://@abstract",
+            "ipc://*",
+            "tcp://a:1",
+            "inproc://x",
+        ] {
+            assert_eq!(resolve_ipc(same, base), same);
+        }
+    }
 
     #[test]
     fn endpoints() {

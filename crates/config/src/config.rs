@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::check;
 use crate::error::{join, ConfigError};
+use crate::keys::UnknownKey;
 
 /// The longest `ack_timeout` or re-send delay accepted (365 days), from a
 /// file or from the library API. Far beyond any useful wait; it exists so
@@ -144,6 +145,13 @@ pub struct Config {
     /// Top-level keys the file had that gilmsg does not use, sorted; for a
     /// CLI to warn about (a typo looks exactly like an unused fedmsg key).
     pub ignored_keys: Vec<String>,
+    /// The [`ignored_keys`](Self::ignored_keys) worth a warning, each with
+    /// the closest key gilmsg knows: every one in TOML, in fedmsg JSON only
+    /// those close to a gilmsg key (fedmsg's own keys are never listed).
+    pub unknown_keys: Vec<UnknownKey>,
+    /// Refuse a file with [`unknown_keys`](Self::unknown_keys) instead of
+    /// warning about them (gilmsg key). Default `false`.
+    pub strict_config: bool,
     /// The file this came from; relative paths were resolved against its
     /// directory.
     pub(crate) source: Option<PathBuf>,
@@ -185,6 +193,8 @@ impl Default for Config {
             zmq_tcp_keepalive: false,
             post_init_sleep: None,
             ignored_keys: Vec::new(),
+            unknown_keys: Vec::new(),
+            strict_config: false,
             source: None,
         }
     }
@@ -194,6 +204,25 @@ impl Config {
     /// The file this configuration was read from, if any.
     pub fn source(&self) -> Option<&Path> {
         self.source.as_deref()
+    }
+
+    /// Refuses a configuration whose file had keys gilmsg does not know
+    /// ([`unknown_keys`](Self::unknown_keys)): what `strict_config = true`
+    /// does when the file is read, and what a CLI's `--strict-config` flag
+    /// calls. The error names the file, the first such key and the closest
+    /// known key.
+    pub fn check_strict(&self) -> Result<(), ConfigError> {
+        match self.unknown_keys.first() {
+            None => Ok(()),
+            Some(unknown) => Err(ConfigError::invalid(
+                unknown.file.as_deref(),
+                unknown.key.clone(),
+                match &unknown.closest {
+                    Some(c) => format!("not a gilmsg key (did you mean {c}?); strict configuration refuses unknown keys"),
+                    None => "not a gilmsg key; strict configuration refuses unknown keys".to_owned(),
+                },
+            )),
+        }
     }
 
     /// The hostname used in certificate names: [`hostname`](Self::hostname)
@@ -353,11 +382,8 @@ impl Config {
                 return bad(key, r);
             }
         }
-        if self.high_water_mark < 0 {
-            return bad(
-                "high_water_mark",
-                format!("{} is negative; 0 means unlimited", self.high_water_mark),
-            );
+        if let Err(r) = check::HIGH_WATER_MARK.parse(&self.high_water_mark.to_string()) {
+            return bad("high_water_mark", r);
         }
 
         if self.active && self.relay_inbound.is_empty() {
@@ -378,20 +404,39 @@ impl Config {
                 );
             }
         }
-        if self.max_message_size == 0 {
-            return bad("max_message_size", "must be greater than 0".into());
-        }
-        if self.dedupe_capacity == 0 {
-            return bad("dedupe_capacity", "must be greater than 0".into());
-        }
-        if self.max_subscriptions == 0 {
-            return bad("max_subscriptions", "must be greater than 0".into());
-        }
-        if self.max_subscription_length == 0 {
-            return bad("max_subscription_length", "must be greater than 0".into());
+        for (key, value, rule) in [
+            (
+                "max_message_size",
+                self.max_message_size,
+                check::MAX_MESSAGE_SIZE,
+            ),
+            (
+                "dedupe_capacity",
+                self.dedupe_capacity,
+                check::DEDUPE_CAPACITY,
+            ),
+            (
+                "max_subscriptions",
+                self.max_subscriptions,
+                check::MAX_SUBSCRIPTIONS,
+            ),
+            (
+                "max_subscription_length",
+                self.max_subscription_length,
+                check::MAX_SUBSCRIPTION_LENGTH,
+            ),
+        ] {
+            // usize -> u64 cannot fail on the platforms gilmsg builds for.
+            let value = u64::try_from(value).unwrap_or(u64::MAX);
+            if let Err(r) = rule.check(value) {
+                return bad(key, r);
+            }
         }
         if self.ack_timeout.is_zero() {
-            return bad("ack_timeout", "must be greater than 0".into());
+            return bad(
+                "ack_timeout",
+                check::duration_refusal("0 (it must be greater than 0)", check::BareUnit::Seconds),
+            );
         }
         // Deadlines are `now + duration`: bounding the durations is what
         // keeps that sum from overflowing (and the thread from panicking).
@@ -436,7 +481,7 @@ impl Config {
     }
 
     /// This configuration as gilmsg TOML, which [`Config::from_toml_str`]
-    /// reads back to an equal `Config` (except `ignored_keys` and the
+    /// reads back to an equal `Config` (except `ignored_keys`, `unknown_keys` and the
     /// source). For demos and tests that write throwaway configs.
     ///
     /// Durations are written as humantime strings. Relative paths are
@@ -483,6 +528,9 @@ impl Config {
             "routing_nitpicky".into(),
             Value::Boolean(self.routing_nitpicky),
         );
+        if self.strict_config {
+            t.insert("strict_config".into(), Value::Boolean(true));
+        }
         t.insert("ack_timeout".into(), d(self.ack_timeout));
         t.insert("resend_initial".into(), d(self.resend_initial));
         t.insert("resend_min".into(), d(self.resend_min));

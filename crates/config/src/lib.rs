@@ -15,7 +15,9 @@
 //!
 //! Unknown keys are not errors, since fedmsg configs carry many keys gilmsg
 //! has no use for (`irc`, `logging`, `persistent_store`, ...); they are
-//! listed in [`Config::ignored_keys`] so a CLI can warn about typos.
+//! listed in [`Config::ignored_keys`], and those that look like typos of a
+//! key gilmsg reads in [`Config::unknown_keys`] with the closest known key,
+//! for a CLI to warn about (an error with `strict_config = true`).
 //!
 //! ```
 //! use gilmsg_config::Config;
@@ -44,6 +46,8 @@
 //! - `load.rs`: files: [`Format`] choice by extension or sniffing, and the
 //!   search order `explicit` -> `$GILMSG_CONFIG` -> `/etc/gilmsg/gilmsg.toml`.
 //! - `error.rs`: [`ConfigError`], which always names the file and the key.
+//! - `keys.rs`: [`UnknownKey`]: keys gilmsg does not read, matched against
+//!   the ones it does (recorded by the parser) to name the likely typo.
 //!
 //! Test vectors (a full TOML file, a `fedmsg-config` JSON dump) live in
 //! `tests/data/`.
@@ -54,9 +58,11 @@
 pub mod check;
 mod config;
 mod error;
+mod keys;
 mod load;
 mod parse;
 
 pub use config::{Config, MAX_TIMEOUT};
 pub use error::ConfigError;
+pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};

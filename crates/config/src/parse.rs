@@ -6,13 +6,15 @@
 //! errors. Each key is taken out of the top-level map and deserialized on
 //! its own through `serde_path_to_error`, which yields the path inside the
 //! value (`[1]`, `.bodhi`); whatever is left in the map afterwards is an
-//! unknown key and goes to [`Config::ignored_keys`].
+//! unknown key and goes to [`Config::ignored_keys`]. The reader records
+//! every key it asks for: that record *is* the list of known keys against
+//! which unknown ones are matched for typos ([`crate::keys`]).
 //!
 //! We deliberately avoid `#[serde(flatten)]` / `untagged` here: with
 //! serde_json's `arbitrary_precision` (on in this workspace) numbers inside
 //! buffered content arrive as maps and such derives fail on them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,9 +23,10 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::check;
+use crate::check::{self, BareUnit, WholeNumber};
 use crate::config::Config;
 use crate::error::{join, segment, ConfigError};
+use crate::keys::{self, Report};
 
 /// Which defaults apply to keys the file leaves out.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,6 +132,11 @@ fn toml_to_json(v: toml::Value) -> Value {
 struct Reader<'a> {
     map: Map<String, Value>,
     origin: &'a Path,
+    /// The directory relative paths and `ipc://` endpoints resolve against:
+    /// the file's own, made absolute.
+    base: PathBuf,
+    /// Every key asked for, present or not: the keys gilmsg knows.
+    known: BTreeSet<String>,
 }
 
 impl Reader<'_> {
@@ -136,8 +144,15 @@ impl Reader<'_> {
         ConfigError::invalid(Some(self.origin), key, reason)
     }
 
+    /// Looks at `key` without taking it (and records it as known).
+    fn peek(&mut self, key: &str) -> Option<&Value> {
+        self.known.insert(key.to_owned());
+        self.map.get(key)
+    }
+
     /// Removes `key` and deserializes it; `None` when absent or `null`.
     fn take<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+        self.known.insert(key.to_owned());
         let value = match self.map.remove(key) {
             None | Some(Value::Null) => return Ok(None),
             Some(v) => v,
@@ -171,10 +186,22 @@ impl Reader<'_> {
         };
         let path = PathBuf::from(&raw);
         check::local_path(&path).map_err(|r| self.invalid(key, r))?;
-        Ok(Some(match self.origin.parent() {
-            Some(dir) if path.is_relative() => dir.join(path),
-            _ => path,
+        Ok(Some(if path.is_relative() {
+            self.base.join(path)
+        } else {
+            path
         }))
+    }
+
+    /// A whole number within `rule`, refused in `rule`'s one wording.
+    fn take_count(&mut self, key: &str, rule: WholeNumber) -> Result<Option<u64>, ConfigError> {
+        match self.take::<Count>(key)? {
+            None => Ok(None),
+            Some(Count(text)) => rule
+                .parse(&text)
+                .map(Some)
+                .map_err(|r| self.invalid(key, r)),
+        }
     }
 
     fn check_endpoints(&self, key: &str, list: &OneOrMany) -> Result<(), ConfigError> {
@@ -185,6 +212,31 @@ impl Reader<'_> {
             }),
         }
     }
+
+    /// Checked endpoints, with relative `ipc://` paths resolved against the
+    /// file's directory, as the operator's guide promises for every path.
+    fn endpoints(&self, key: &str, list: OneOrMany) -> Result<Vec<String>, ConfigError> {
+        self.check_endpoints(key, &list)?;
+        let list: Vec<String> = list.into();
+        Ok(list
+            .iter()
+            .map(|e| check::resolve_ipc(e, &self.base))
+            .collect())
+    }
+}
+
+/// The directory of `origin`, absolute: a relative one is taken against the
+/// working directory now, once, rather than wherever a process happens to
+/// be when it opens a file or socket later.
+fn base_dir(origin: &Path) -> PathBuf {
+    let dir = origin.parent().unwrap_or(Path::new(""));
+    if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(dir))
+            .unwrap_or_else(|_| dir.to_path_buf())
+    }
 }
 
 fn from_map(
@@ -192,7 +244,12 @@ fn from_map(
     origin: &Path,
     dialect: Dialect,
 ) -> Result<Config, ConfigError> {
-    let mut r = Reader { map, origin };
+    let mut r = Reader {
+        map,
+        origin,
+        base: base_dir(origin),
+        known: BTreeSet::new(),
+    };
     let mut c = Config::default();
     if dialect == Dialect::Fedmsg {
         // fedmsg.load_config() has no default for these, and fedmsg reads
@@ -230,6 +287,7 @@ fn from_map(
         cert_prefix,
         routing_policy,
         routing_nitpicky,
+        strict_config,
     );
     via!(
         ack_timeout: Secs,
@@ -241,28 +299,46 @@ fn from_map(
         zmq_reconnect_ivl_max: Millis,
         zmq_tcp_keepalive: Flag,
     );
-    if let Some(Count(n)) = r.take("max_message_size")? {
-        c.max_message_size = usize::try_from(n)
-            .map_err(|_| r.invalid("max_message_size", format!("{n} is too large")))?;
+    // The rules' ranges fit the field types, so the conversions below
+    // cannot fail; they keep their error path rather than a panic.
+    if let Some(n) = r.take_count("max_message_size", check::MAX_MESSAGE_SIZE)? {
+        c.max_message_size = usize::try_from(n).map_err(|_| {
+            r.invalid(
+                "max_message_size",
+                check::MAX_MESSAGE_SIZE.refusal(&n.to_string()),
+            )
+        })?;
     }
-    if let Some(Count(n)) = r.take("dedupe_capacity")? {
-        c.dedupe_capacity = usize::try_from(n)
-            .map_err(|_| r.invalid("dedupe_capacity", format!("{n} is too large")))?;
+    if let Some(n) = r.take_count("dedupe_capacity", check::DEDUPE_CAPACITY)? {
+        c.dedupe_capacity = usize::try_from(n).map_err(|_| {
+            r.invalid(
+                "dedupe_capacity",
+                check::DEDUPE_CAPACITY.refusal(&n.to_string()),
+            )
+        })?;
     }
-    for (key, field) in [
-        ("max_subscriptions", &mut c.max_subscriptions),
-        ("max_subscription_length", &mut c.max_subscription_length),
+    for (key, field, rule) in [
+        (
+            "max_subscriptions",
+            &mut c.max_subscriptions,
+            check::MAX_SUBSCRIPTIONS,
+        ),
+        (
+            "max_subscription_length",
+            &mut c.max_subscription_length,
+            check::MAX_SUBSCRIPTION_LENGTH,
+        ),
     ] {
-        if let Some(Count(n)) = r.take(key)? {
-            *field = usize::try_from(n).map_err(|_| r.invalid(key, format!("{n} is too large")))?;
+        if let Some(n) = r.take_count(key, rule)? {
+            *field =
+                usize::try_from(n).map_err(|_| r.invalid(key, rule.refusal(&n.to_string())))?;
         }
     }
-    if let Some(Count(n)) = r.take("high_water_mark")? {
-        // ZeroMQ takes an int; 0 already means unlimited.
+    if let Some(n) = r.take_count("high_water_mark", check::HIGH_WATER_MARK)? {
         c.high_water_mark = i32::try_from(n).map_err(|_| {
             r.invalid(
                 "high_water_mark",
-                format!("{n} is too large (0 means unlimited)"),
+                check::HIGH_WATER_MARK.refusal(&n.to_string()),
             )
         })?;
     }
@@ -278,19 +354,18 @@ fn from_map(
     c.post_init_sleep = r.take::<Secs>("post_init_sleep")?.map(Into::into);
 
     if let Some(map) = r.take::<BTreeMap<String, OneOrMany>>("endpoints")? {
-        for (service, list) in &map {
-            r.check_endpoints(&join("endpoints", service), list)?;
+        for (service, list) in map {
+            let list = r.endpoints(&join("endpoints", &service), list)?;
+            c.endpoints.insert(service, list);
         }
-        c.endpoints = map.into_iter().map(|(k, v)| (k, v.into())).collect();
     }
     if let Some(list) = r.take::<OneOrMany>("relay_inbound")? {
-        r.check_endpoints("relay_inbound", &list)?;
-        c.relay_inbound = list.into();
+        c.relay_inbound = r.endpoints("relay_inbound", list)?;
     }
     if let Some(p) = r.take_path("ssldir")? {
         c.ssldir = p;
     }
-    if r.map.get("ca_cert_location") == Some(&Value::String(String::new())) {
+    if r.peek("ca_cert_location") == Some(&Value::String(String::new())) {
         return Err(r.invalid(
             "ca_cert_location",
             "is empty; give the CA certificate's path, or leave the key out to use \
@@ -300,7 +375,7 @@ fn from_map(
     c.ca_cert_location = r.take_path("ca_cert_location")?;
     // fedmsg skips the CRL check when crl_location is None or "", which is
     // not the same as leaving the key out (see Config::crl_disabled).
-    let no_crl = match r.map.get("crl_location") {
+    let no_crl = match r.peek("crl_location") {
         Some(Value::Null) => dialect == Dialect::Fedmsg,
         Some(Value::String(s)) => s.is_empty(),
         _ => false,
@@ -312,10 +387,21 @@ fn from_map(
         c.crl_location = r.take_path("crl_location")?;
     }
 
+    // Known in both dialects, even where one of them ignores it.
+    r.known.insert("certname".to_owned());
+
     c.ignored_keys = r.map.keys().cloned().collect();
     c.ignored_keys.sort();
+    let report = match dialect {
+        Dialect::Gilmsg => Report::All,
+        Dialect::Fedmsg => Report::LikelyTypos,
+    };
+    c.unknown_keys = keys::unknown_keys(&c.ignored_keys, &r.known, origin, report);
     c.source = Some(origin.to_path_buf());
     c.validate()?;
+    if c.strict_config {
+        c.check_strict()?;
+    }
     Ok(c)
 }
 
@@ -378,84 +464,100 @@ impl From<Millis> for Duration {
 }
 
 struct DurationVisitor {
-    /// Seconds per bare unit: 1.0 or 0.001.
-    unit: f64,
+    unit: BareUnit,
+}
+
+impl DurationVisitor {
+    fn refuse<E: de::Error>(&self, shown: &str) -> E {
+        E::custom(check::duration_refusal(shown, self.unit))
+    }
 }
 
 impl Visitor<'_> for DurationVisitor {
     type Value = Duration;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        if self.unit == 1.0 {
-            f.write_str("a duration: a string such as \"250ms\" or a number of seconds")
-        } else {
-            f.write_str("a duration: a string such as \"250ms\" or a number of milliseconds")
-        }
+        f.write_str(&check::duration_refusal("this", self.unit))
     }
 
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
-        Ok(if self.unit == 1.0 {
-            Duration::from_secs(n)
-        } else {
-            Duration::from_millis(n)
+        Ok(match self.unit {
+            BareUnit::Seconds => Duration::from_secs(n),
+            BareUnit::Milliseconds => Duration::from_millis(n),
         })
     }
 
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
         match u64::try_from(n) {
             Ok(n) => self.visit_u64(n),
-            Err(_) => Err(E::invalid_value(de::Unexpected::Signed(n), &self)),
+            Err(_) => Err(self.refuse(&n.to_string())),
         }
     }
 
     fn visit_f64<E: de::Error>(self, x: f64) -> Result<Duration, E> {
-        if !(x.is_finite() && x >= 0.0) {
-            return Err(E::invalid_value(de::Unexpected::Float(x), &self));
-        }
-        Duration::try_from_secs_f64(x * self.unit)
-            .map_err(|_| E::invalid_value(de::Unexpected::Float(x), &self))
+        check::duration_from_number(x, self.unit).ok_or_else(|| self.refuse(&x.to_string()))
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Duration, E> {
+        Err(self.refuse(&b.to_string()))
     }
 
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| E::custom(format_args!("invalid duration {s:?}: {e}")))
+        // A quoted bare number ("5") is refused: in a file a number is
+        // written as a number, and a quoted one is more likely a unit left out.
+        if s.trim().parse::<f64>().is_ok() {
+            return Err(self.refuse(&format!("{s:?}")));
+        }
+        check::duration(s, self.unit).map_err(E::custom)
     }
 }
 
 impl<'de> Deserialize<'de> for Secs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(DurationVisitor { unit: 1.0 }).map(Secs)
+        d.deserialize_any(DurationVisitor {
+            unit: BareUnit::Seconds,
+        })
+        .map(Secs)
     }
 }
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(DurationVisitor { unit: 0.001 })
-            .map(Millis)
+        d.deserialize_any(DurationVisitor {
+            unit: BareUnit::Milliseconds,
+        })
+        .map(Millis)
     }
 }
 
-/// A non-negative whole number (sizes, capacities, the high-water mark),
-/// with a clearer refusal of `-1` or `1.5` than the integer impls give
-/// through `arbitrary_precision` numbers ("invalid number").
-struct Count(u64);
+/// A number for a whole-number key (sizes, capacities, the high-water
+/// mark), kept as the text it was written as: the range check and its one
+/// wording are [`WholeNumber`]'s, whatever was written (`-1`, `1.5`,
+/// `"lots"`, `true`).
+struct Count(String);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
-            type Value = u64;
+            type Value = String;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a whole number, 0 or more")
+                f.write_str("a whole number")
             }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
-                Ok(n)
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<String, E> {
+                Ok(n.to_string())
             }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
-                u64::try_from(n).map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<String, E> {
+                Ok(n.to_string())
             }
-            fn visit_f64<E: de::Error>(self, x: f64) -> Result<u64, E> {
-                Err(E::invalid_value(de::Unexpected::Float(x), &self))
+            fn visit_f64<E: de::Error>(self, x: f64) -> Result<String, E> {
+                Ok(x.to_string())
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<String, E> {
+                Ok(b.to_string())
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
+                Ok(format!("{s:?}"))
             }
         }
         d.deserialize_any(V).map(Count)

@@ -546,3 +546,130 @@ fn certname_key_is_fedmsg_ignored_but_gilmsg_explicit() {
     let c = Config::from_toml_str(toml, Path::new("/etc/gilmsg/bus.toml")).unwrap();
     assert_eq!(c.certname("logger"), "other");
 }
+
+#[test]
+fn misspelt_keys_name_the_closest_known_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.toml");
+    fs::write(
+        &path,
+        "topic_prefx = \"org.x\"\nrelay_inbond = \"tcp://a:1\"\nack_timout = 3\nio_threads = 1\n",
+    )
+    .unwrap();
+    let c = Config::from_path(&path).unwrap();
+    let found: Vec<(String, Option<String>)> = c
+        .unknown_keys
+        .iter()
+        .map(|u| (u.key.clone(), u.closest.clone()))
+        .collect();
+    // fedmsg's own io_threads is accepted silently.
+    assert_eq!(
+        found,
+        [
+            ("ack_timout".to_string(), Some("ack_timeout".to_string())),
+            (
+                "relay_inbond".to_string(),
+                Some("relay_inbound".to_string())
+            ),
+            ("topic_prefx".to_string(), Some("topic_prefix".to_string())),
+        ]
+    );
+    let text = c.unknown_keys[2].to_string();
+    assert_eq!(
+        text,
+        format!(
+            "config {}: key topic_prefx: not a gilmsg key (did you mean topic_prefix?)",
+            path.display()
+        )
+    );
+    // Strict: the same finding is an error naming file, key and suggestion.
+    let e = c.check_strict().unwrap_err();
+    assert_eq!(e.key(), Some("ack_timout"));
+    assert!(e.to_string().contains("did you mean ack_timeout?"), "{e}");
+    fs::write(&path, "strict_config = true\ntopic_prefx = \"org.x\"\n").unwrap();
+    let e = Config::from_path(&path).unwrap_err();
+    assert_eq!(e.key(), Some("topic_prefx"));
+    assert_eq!(e.path(), Some(path.as_path()));
+}
+
+#[test]
+fn fedmsg_json_reports_only_likely_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.json");
+    fs::write(
+        &path,
+        r#"{"irc": [], "datanommer.enabled": true, "topic_prefx": "org.x", "endpoints": {}}"#,
+    )
+    .unwrap();
+    let c = Config::from_path(&path).unwrap();
+    let keys: Vec<&str> = c.unknown_keys.iter().map(|u| u.key.as_str()).collect();
+    assert_eq!(keys, ["topic_prefx"]);
+}
+
+#[test]
+fn relative_ipc_endpoints_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.toml");
+    fs::write(
+        &path,
+        "relay_inbound = \"ipc://relay-in.sock\"\n[endpoints]\nrelay_outbound = [\"ipc://run/out.sock\", \"ipc:///abs.sock\", \"ipc://@abstract\"]\n",
+    )
+    .unwrap();
+    let c = Config::from_path(&path).unwrap();
+    assert_eq!(
+        c.relay_inbound,
+        [format!(
+            "ipc://{}",
+            dir.path().join("relay-in.sock").display()
+        )]
+    );
+    assert_eq!(
+        c.endpoints["relay_outbound"],
+        [
+            format!("ipc://{}", dir.path().join("run/out.sock").display()),
+            "ipc:///abs.sock".to_string(),
+            "ipc://@abstract".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn bad_numbers_get_one_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.toml");
+    let mut reasons = Vec::new();
+    for value in ["0", "-1", "1.5", "\"lots\"", "true"] {
+        fs::write(&path, format!("max_message_size = {value}\n")).unwrap();
+        let e = Config::from_path(&path).unwrap_err();
+        assert_eq!(e.key(), Some("max_message_size"), "{value}: {e}");
+        let text = e.to_string();
+        let reason = text
+            .split(": key max_message_size: ")
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        assert!(
+            reason.starts_with("must be a whole number from 1 to "),
+            "{value}: {reason}"
+        );
+        reasons.push(reason);
+    }
+    // The same rule from code (validate) says the same as from the file.
+    let mut c = Config::default();
+    c.max_message_size = 0;
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.to_string().ends_with(&reasons[0]),
+        "{e} vs {}",
+        reasons[0]
+    );
+    for value in ["-1", "\"soon\"", "\"5\"", "true"] {
+        fs::write(&path, format!("ack_timeout = {value}\n")).unwrap();
+        let e = Config::from_path(&path).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key ack_timeout: must be a duration such as"),
+            "{value}: {e}"
+        );
+    }
+}

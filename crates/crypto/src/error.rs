@@ -74,6 +74,26 @@ pub enum Error {
         /// Which check failed.
         detail: String,
     },
+    /// A changed CRL file was refused because the CRL number of one of its
+    /// CAs went backwards (or disappeared): an older CRL, replayed, could
+    /// un-revoke an identity. The CRL already loaded stays in force.
+    #[error("{path}: refusing an older CRL: {detail}")]
+    CrlRollback {
+        /// The CRL file.
+        path: PathBuf,
+        /// Which CA and which numbers.
+        detail: String,
+    },
+    /// This process's own certificate would be refused by its peers
+    /// (revoked, expired, not issued by a trusted CA, no CRL from its CA):
+    /// everything it signs would be dropped.
+    #[error("{path}: cannot sign as this identity: {reason} (its peers would refuse everything it signs)")]
+    OwnCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why peers would refuse it.
+        reason: gilmsg_proto::VerifyError,
+    },
     /// An identity name outside the allowed set; names become file names.
     #[error("{dir}: invalid identity name {name:?} (use letters, digits, '.', '-', '_'; not starting with '.' or '-')")]
     InvalidName {

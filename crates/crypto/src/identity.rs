@@ -22,7 +22,7 @@
 //! would reject every message. Loading such a key logs a warning.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use gilmsg_proto::{SignError, Signer};
@@ -194,6 +194,7 @@ impl SigningKey {
 /// `Debug` shows the name and scheme only.
 pub struct Identity {
     name: String,
+    cert_path: PathBuf,
     certificate_field: String,
     key: SigningKey,
 }
@@ -232,9 +233,15 @@ impl Identity {
         let certificate_field = key.certificate_field(&cert_der);
         Ok(Identity {
             name,
+            cert_path: cert_path.to_path_buf(),
             certificate_field,
             key,
         })
+    }
+
+    /// The certificate file this identity was loaded from.
+    pub fn certificate_path(&self) -> &Path {
+        &self.cert_path
     }
 }
 

@@ -10,7 +10,8 @@
 //! # Layout
 //!
 //! - [`pki`]: the CA directory on disk (`ca.crt`, `ca.key`, `crl.pem`,
-//!   `<name>.crt`, `<name>.key`): `init`, `issue`, `revoke`, `list`. Used by
+//!   `<name>.crt`, `<name>.key`): `init`, `issue`, `revoke`, `refresh_crl`,
+//!   `list`, `crl_status`. CRLs are short-lived (7 days by default). Used by
 //!   the `gilmsg-pki` binary.
 //! - [`Identity`] (`identity.rs`): a private key plus its certificate;
 //!   implements [`Signer`]. An Ed25519 key signs the native `"ed25519"`
@@ -18,8 +19,16 @@
 //!   SHA-1, byte-identical to Python fedmsg), through the system OpenSSL
 //!   because ring cannot sign SHA-1.
 //! - [`TrustStore`] (`trust.rs`): trusted CA(s) plus CRL; implements
-//!   [`Verifier`] with a cache of validated certificates and a CRL that is
-//!   re-read when the file changes. Verifies both `"ed25519"` and `"x509"`.
+//!   [`Verifier`] with a cache of proven certificates and a CRL that is
+//!   re-read when the file changes (an older CRL number is refused).
+//!   Verifies both `"ed25519"` and `"x509"`. Revocation follows OpenSSL's
+//!   `CRL_CHECK_ALL`, by the CA that matched. [`TrustStore::check_identity`]
+//!   checks a process's own certificate at start.
+//! - `name.rs`: distinguished names compared as OpenSSL does (its canonical
+//!   encoding: UTF-8, case- and white-space-folded), so that re-encoded
+//!   issuer names find their CA and its CRL.
+//! - `cert_cache.rs`: the bounded, two-generation cache behind the trust
+//!   store.
 //! - [`Error`] (`error.rs`): the one error type, naming the file involved.
 //!   Verification failures use `gilmsg_proto::VerifyError` instead.
 //! - `files.rs`: reading/writing with permissions, PEM helpers.
@@ -49,13 +58,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cert_cache;
 mod error;
 mod files;
 mod identity;
+mod name;
 pub mod pki;
 mod trust;
 
 pub use error::{Error, Result};
 pub use gilmsg_proto::{Signer, Verifier};
 pub use identity::{Identity, SCHEME_ED25519, SCHEME_X509};
-pub use trust::{TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL};
+pub use trust::{
+    CrlReloadStats, IdentityStanding, TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL,
+};

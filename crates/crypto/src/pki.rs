@@ -14,6 +14,14 @@
 //! Certificates and CRLs are produced by `rcgen`; the CA is rebuilt from
 //! `ca.crt` + `ca.key` for every operation, so its subject and key identifier
 //! (and hence issued certificates' issuer name and AKI) come from the file.
+//!
+//! The CRL is short-lived on purpose: its `nextUpdate` is [`CrlOptions`]'
+//! `validity` from now (default [`DEFAULT_CRL_VALIDITY`], 7 days), not the
+//! CA's lifetime, so that a host that stops receiving CRL updates starts
+//! refusing (a stale CRL makes verifiers refuse every certificate of the CA)
+//! instead of trusting a revoked identity forever. [`refresh_crl`] re-signs
+//! the same list with a new number and `nextUpdate`; run it from a timer
+//! well within the validity (see `docs/running-a-bus.md`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -40,12 +48,33 @@ pub const CRL: &str = "crl.pem";
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// How long a CRL written by this module is valid (its `nextUpdate`) unless
+/// [`CrlOptions`] says otherwise.
+pub const DEFAULT_CRL_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
+
+/// How to sign a CRL.
+#[derive(Debug, Clone)]
+pub struct CrlOptions {
+    /// From now until its `nextUpdate`: verifiers refuse every certificate
+    /// of the CA once it has passed, so re-issue (`refresh_crl`) well before.
+    pub validity: Duration,
+}
+
+impl Default for CrlOptions {
+    fn default() -> Self {
+        CrlOptions {
+            validity: DEFAULT_CRL_VALIDITY,
+        }
+    }
+}
+
 /// How to create a CA.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     /// The CA certificate's CN.
     pub ca_name: String,
-    /// How long the CA certificate (and the CRL's nextUpdate) lasts from now.
+    /// How long the CA certificate lasts from now. (The first CRL's
+    /// `nextUpdate` comes from [`CrlOptions`], see [`init_with_crl`].)
     pub validity: Duration,
 }
 
@@ -98,6 +127,8 @@ pub struct InitReport {
     pub ca_key: PathBuf,
     /// `crl.pem`.
     pub crl: PathBuf,
+    /// The CRL's `nextUpdate`.
+    pub crl_next_update: SystemTime,
 }
 
 /// What `issue` wrote.
@@ -122,6 +153,35 @@ pub struct RevokeReport {
     pub crl_number: u64,
     /// False if the serial was already on the CRL (the CRL is re-signed anyway).
     pub newly_revoked: bool,
+    /// The new CRL's `nextUpdate`.
+    pub next_update: SystemTime,
+}
+
+/// What `refresh_crl` wrote.
+#[derive(Debug, Clone)]
+pub struct CrlReport {
+    /// The rewritten `crl.pem`.
+    pub crl: PathBuf,
+    /// The new CRL's number (the previous one plus one).
+    pub crl_number: u64,
+    /// The new CRL's `nextUpdate`.
+    pub next_update: SystemTime,
+    /// How many certificates it lists.
+    pub revoked: usize,
+}
+
+/// The CRL as `crl_status` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlStatus {
+    /// Its CRL number (0 if it has none).
+    pub crl_number: u64,
+    /// Its `thisUpdate`.
+    pub this_update: SystemTime,
+    /// Its `nextUpdate`, if any; past it, verifiers refuse every certificate
+    /// of the CA.
+    pub next_update: Option<SystemTime>,
+    /// How many certificates it lists.
+    pub revoked: usize,
 }
 
 /// One issued identity, as `list` reports it.
@@ -208,8 +268,14 @@ fn create_dir(dir: &Path) -> Result<()> {
 }
 
 /// Creates the PKI directory (mode 0700) with a new Ed25519 CA and an empty
-/// CRL. Refuses if `ca.key` already exists.
+/// CRL valid for [`DEFAULT_CRL_VALIDITY`]. Refuses if `ca.key` already
+/// exists.
 pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport> {
+    init_with_crl(dir, opts, &CrlOptions::default())
+}
+
+/// [`init`] with the first CRL signed as `crl` says.
+pub fn init_with_crl(dir: &Path, opts: &InitOptions, crl: &CrlOptions) -> Result<InitReport> {
     let key_path = dir.join(CA_KEY);
     let cert_path = dir.join(CA_CERT);
     let crl_path = dir.join(CRL);
@@ -242,12 +308,13 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<InitReport> {
     // concurrent init.
     files::write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     files::write_replace(&cert_path, ca.pem().as_bytes(), 0o644)?;
-    let crl = sign_crl(&crl_path, &ca, &key, 1, Vec::new())?;
-    files::write_replace(&crl_path, crl.as_bytes(), 0o644)?;
+    let (pem, crl_next_update) = sign_crl(&crl_path, &ca, &key, 1, Vec::new(), crl)?;
+    files::write_replace(&crl_path, pem.as_bytes(), 0o644)?;
     Ok(InitReport {
         ca_cert: cert_path,
         ca_key: key_path,
         crl: crl_path,
+        crl_next_update,
     })
 }
 
@@ -256,6 +323,8 @@ struct Ca {
     cert: Certificate,
     key: KeyPair,
     not_after: OffsetDateTime,
+    /// `ca.crt` as it is on disk, to check the existing CRL's signature.
+    der: Vec<u8>,
 }
 
 fn load_ca(dir: &Path) -> Result<Ca> {
@@ -285,18 +354,31 @@ fn load_ca(dir: &Path) -> Result<Ca> {
         cert,
         key,
         not_after,
+        der,
     })
 }
 
+/// Signs a CRL valid from now for `opts.validity`; returns its PEM and its
+/// `nextUpdate`.
 fn sign_crl(
     path: &Path,
     ca: &Certificate,
     ca_key: &KeyPair,
     number: u64,
     revoked: Vec<RevokedCertParams>,
-) -> Result<String> {
+    opts: &CrlOptions,
+) -> Result<(String, SystemTime)> {
     let now = OffsetDateTime::now_utc();
-    let next = ca.params().not_after.max(now + time::Duration::days(1));
+    let next = time::Duration::try_from(opts.validity)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .filter(|next| *next > now)
+        .ok_or_else(|| {
+            Error::generate(
+                path,
+                format!("CRL validity {:?} is out of range", opts.validity),
+            )
+        })?;
     let params = CertificateRevocationListParams {
         this_update: now,
         next_update: next,
@@ -305,10 +387,11 @@ fn sign_crl(
         revoked_certs: revoked,
         key_identifier_method: ca.params().key_identifier_method.clone(),
     };
-    params
+    let pem = params
         .signed_by(ca, ca_key)
         .and_then(|crl| crl.pem())
-        .map_err(|e| Error::generate(path, e))
+        .map_err(|e| Error::generate(path, e))?;
+    Ok((pem, to_system_time(next.unix_timestamp())))
 }
 
 fn cert_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -368,10 +451,15 @@ pub fn issue(dir: &Path, name: &str, opts: &IssueOptions) -> Result<IssueReport>
 
 struct CrlContents {
     number: u64,
+    this_update: SystemTime,
+    next_update: Option<SystemTime>,
     revoked: Vec<RevokedCertParams>,
 }
 
-fn read_crl(path: &Path) -> Result<CrlContents> {
+/// Reads the CRL in `path`, which must be signed by the CA whose
+/// certificate is `ca_der`: its entries are about to be re-signed, and a
+/// list edited by someone else must not be blessed.
+fn read_crl(path: &Path, ca_der: &[u8]) -> Result<CrlContents> {
     let text = files::read(path)?;
     let ders = files::pem_blocks(path, &text, "X509 CRL")?;
     let der = ders
@@ -379,6 +467,13 @@ fn read_crl(path: &Path) -> Result<CrlContents> {
         .ok_or_else(|| Error::malformed(path, "no X509 CRL PEM block"))?;
     let (_, crl) = x509_parser::parse_x509_crl(der)
         .map_err(|e| Error::malformed(path, format!("not a CRL: {e}")))?;
+    let ca = files::parse_cert(path, ca_der)?;
+    if crl.verify_signature(ca.public_key()).is_err() {
+        return Err(Error::UntrustedCrl {
+            path: path.to_path_buf(),
+            detail: format!("signature does not verify with the key of {}", ca.subject()),
+        });
+    }
     let number = match crl.crl_number() {
         Some(n) => u64::try_from(n)
             .map_err(|_| Error::malformed(path, "CRL number does not fit in 64 bits"))?,
@@ -393,11 +488,16 @@ fn read_crl(path: &Path) -> Result<CrlContents> {
             invalidity_date: None,
         })
         .collect();
-    Ok(CrlContents { number, revoked })
+    Ok(CrlContents {
+        number,
+        this_update: to_system_time(crl.last_update().timestamp()),
+        next_update: crl.next_update().map(|t| to_system_time(t.timestamp())),
+        revoked,
+    })
 }
 
-fn revoked_serials(path: &Path) -> Result<HashSet<String>> {
-    let crl = read_crl(path)?;
+fn revoked_serials(path: &Path, ca_der: &[u8]) -> Result<HashSet<String>> {
+    let crl = read_crl(path, ca_der)?;
     Ok(crl
         .revoked
         .iter()
@@ -406,8 +506,14 @@ fn revoked_serials(path: &Path) -> Result<HashSet<String>> {
 }
 
 /// Adds `<name>.crt`'s serial to the CRL and rewrites `crl.pem`, signed by
-/// the CA, with the CRL number increased.
+/// the CA, with the CRL number increased and a `nextUpdate`
+/// [`DEFAULT_CRL_VALIDITY`] from now.
 pub fn revoke(dir: &Path, name: &str) -> Result<RevokeReport> {
+    revoke_with(dir, name, &CrlOptions::default())
+}
+
+/// [`revoke`], with the new CRL signed as `opts` says.
+pub fn revoke_with(dir: &Path, name: &str, opts: &CrlOptions) -> Result<RevokeReport> {
     validate_name(dir, name)?;
     let ca = load_ca(dir)?;
     let (_, cert_path) = cert_paths(dir, name);
@@ -417,11 +523,13 @@ pub fn revoke(dir: &Path, name: &str) -> Result<RevokeReport> {
     let serial = files::serial_hex(&serial_bytes);
 
     let crl_path = dir.join(CRL);
-    let existing = match read_crl(&crl_path) {
+    let existing = match read_crl(&crl_path, &ca.der) {
         Ok(c) => c,
         // A lost CRL is recreated rather than blocking an urgent revocation.
         Err(Error::NotFound { .. }) => CrlContents {
             number: 0,
+            this_update: SystemTime::UNIX_EPOCH,
+            next_update: None,
             revoked: Vec::new(),
         },
         Err(e) => return Err(e),
@@ -439,20 +547,64 @@ pub fn revoke(dir: &Path, name: &str) -> Result<RevokeReport> {
         });
     }
     let crl_number = existing.number.saturating_add(1);
-    let pem = sign_crl(&crl_path, &ca.cert, &ca.key, crl_number, revoked)?;
+    let (pem, next_update) = sign_crl(&crl_path, &ca.cert, &ca.key, crl_number, revoked, opts)?;
     files::write_replace(&crl_path, pem.as_bytes(), 0o644)?;
     Ok(RevokeReport {
         crl: crl_path,
         serial,
         crl_number,
         newly_revoked,
+        next_update,
+    })
+}
+
+/// Re-signs `crl.pem` with the same revoked certificates, the CRL number
+/// increased and a `nextUpdate` `opts.validity` from now. Run it on a timer
+/// well within the validity: verifiers refuse every certificate of a CA
+/// whose CRL has passed its `nextUpdate`. The existing CRL must be there and
+/// signed by the CA (a missing one is an error here, not silently an empty
+/// list).
+pub fn refresh_crl(dir: &Path, opts: &CrlOptions) -> Result<CrlReport> {
+    let ca = load_ca(dir)?;
+    let crl_path = dir.join(CRL);
+    let existing = read_crl(&crl_path, &ca.der)?;
+    let revoked = existing.revoked.len();
+    let crl_number = existing.number.saturating_add(1);
+    let (pem, next_update) = sign_crl(
+        &crl_path,
+        &ca.cert,
+        &ca.key,
+        crl_number,
+        existing.revoked,
+        opts,
+    )?;
+    files::write_replace(&crl_path, pem.as_bytes(), 0o644)?;
+    Ok(CrlReport {
+        crl: crl_path,
+        crl_number,
+        next_update,
+        revoked,
+    })
+}
+
+/// The CRL's number, dates and size, checked against `ca.crt` (only the
+/// CA certificate is needed, not its key).
+pub fn crl_status(dir: &Path) -> Result<CrlStatus> {
+    let ca_der = files::read_cert_der(&dir.join(CA_CERT))?;
+    let crl = read_crl(&dir.join(CRL), &ca_der)?;
+    Ok(CrlStatus {
+        crl_number: crl.number,
+        this_update: crl.this_update,
+        next_update: crl.next_update,
+        revoked: crl.revoked.len(),
     })
 }
 
 /// Every issued identity in `dir`, sorted by name.
 pub fn list(dir: &Path) -> Result<Vec<CertInfo>> {
     let crl_path = dir.join(CRL);
-    let revoked = match revoked_serials(&crl_path) {
+    let ca_der = files::read_cert_der(&dir.join(CA_CERT))?;
+    let revoked = match revoked_serials(&crl_path, &ca_der) {
         Ok(s) => s,
         Err(Error::NotFound { .. }) => HashSet::new(),
         Err(e) => return Err(e),

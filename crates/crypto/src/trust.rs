@@ -1,16 +1,41 @@
 //! Deciding whether a message's `certificate` and `signature` fields are
 //! acceptable: the trusted CA(s), the CRL, and a cache of certificates that
-//! already passed chain validation. Implements `gilmsg_proto::Verifier`.
+//! already proved themselves. Implements `gilmsg_proto::Verifier`.
 //!
 //! Cost model: a consumer sees the same few certificates thousands of times a
-//! second. Chain validation (base64, PEM, X.509 parse, CA signature check) is
-//! done once per distinct `certificate` field and remembered, with the parsed
-//! public key; what can change between messages (the clock, the CRL) is
+//! second. Chain validation (X.509 parse, issuer match, CA signature check) is
+//! done once per distinct certificate and remembered with the parsed public
+//! key, keyed by the SHA-256 of the certificate's DER (so the free
+//! whitespace of the base64 `certificate` field does not make new entries),
+//! and only after a message signature verified with that key (so forged
+//! messages carrying a real certificate cannot fill or churn the cache; see
+//! `cert_cache.rs`). What can change between messages (the clock, the CRL) is
 //! checked on every call. The CRL file is re-read when its mtime or size
 //! changes, looked at no more than once per [`DEFAULT_CRL_CHECK_INTERVAL`].
 //!
-//! Compatibility with fedmsg's `x509` validator (pyOpenSSL's `X509Store` with
-//! `CRL_CHECK | CRL_CHECK_ALL`), and where we differ:
+//! Revocation follows OpenSSL's `X509_V_FLAG_CRL_CHECK | CRL_CHECK_ALL`,
+//! which is what fedmsg's `x509` validator (pyOpenSSL's `X509Store`) sets:
+//!
+//! - A certificate's issuer is the trusted CA whose subject is the same
+//!   *name* (compared canonically, as OpenSSL does: see `name.rs`) and whose
+//!   key verifies the certificate's signature. A CRL belongs to the trusted
+//!   CA whose name matches its issuer and whose key verifies the CRL's
+//!   signature. Revocation state is then looked up by that CA, never by the
+//!   bytes of the certificate's issuer field, so a `UTF8String` issuer under
+//!   a `PrintableString` CA subject finds its CRL as OpenSSL finds it.
+//! - When a CRL is configured, a certificate whose CA has no CRL in the file
+//!   is refused (`VerifyError::CrlMissing`), as OpenSSL's "unable to get
+//!   certificate CRL".
+//! - A CRL whose `nextUpdate` has passed makes every certificate of its CA
+//!   untrusted until the file is refreshed (`VerifyError::CrlExpired`), as
+//!   OpenSSL's "CRL has expired".
+//! - A changed CRL file is refused, and the loaded one kept, when it is
+//!   unreadable, not signed by a trusted CA, or when the CRL number of one of
+//!   the CAs goes backwards (a replayed older CRL could un-revoke someone).
+//!   Each refused file version is logged once and counted
+//!   ([`TrustStore::crl_reload_stats`]).
+//!
+//! Other compatibility notes:
 //!
 //! - Signatures and certificates may be base64 wrapped at 76 columns (as
 //!   fedmsg writes them) or not; whitespace is ignored.
@@ -18,33 +43,35 @@
 //!   in fedmsg. fedmsg uses only the *first* certificate of
 //!   `ca_cert_location`; we trust every certificate in the file, which is
 //!   the same for the usual one-CA file.
-//! - A CRL whose `nextUpdate` has passed makes every certificate of its
-//!   issuer untrusted until the file is refreshed, as OpenSSL's "CRL has
-//!   expired" does in fedmsg.
 //! - RSA is verified with ring, which takes 2048 to 8192-bit keys only: an
 //!   RSA-1024 certificate that Python fedmsg accepts is refused here (as a
 //!   malformed certificate naming the key size).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use gilmsg_proto::{VerifiedSigner, Verifier, VerifyError};
 use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
+use x509_parser::num_bigint::BigUint;
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
 use x509_parser::prelude::FromDer as _;
-use x509_parser::x509::{SubjectPublicKeyInfo, X509Version};
+use x509_parser::x509::{SubjectPublicKeyInfo, X509Name, X509Version};
 
+use crate::cert_cache::GenerationalCache;
 use crate::error::{Error, Result};
 use crate::files;
-use crate::identity::{SCHEME_ED25519, SCHEME_X509};
+use crate::identity::{Identity, SCHEME_ED25519, SCHEME_X509};
+use crate::name::StoredName;
 
-/// How many validated certificates are remembered. A bus has far fewer
+/// How many proven certificates are remembered. A bus has far fewer
 /// identities than this; the bound only stops a flood of distinct (valid)
-/// certificates from growing memory without limit.
+/// certificates from growing memory without limit. Eviction drops the
+/// least recently used half at most (see `cert_cache.rs`).
 pub const CACHE_CAPACITY: usize = 4096;
 
 /// How often, at most, `verify` looks at the CRL file's mtime.
@@ -56,11 +83,18 @@ const RSA_MAX_BITS: usize = 8192;
 
 /// One trust anchor.
 struct TrustedCa {
-    subject_raw: Vec<u8>,
+    subject: StoredName,
     subject_text: String,
     spki_raw: Vec<u8>,
     not_before: i64,
     not_after: i64,
+}
+
+impl TrustedCa {
+    /// Whether this CA's key verifies something, per `check`.
+    fn key_verifies(&self, check: impl Fn(&SubjectPublicKeyInfo<'_>) -> bool) -> bool {
+        SubjectPublicKeyInfo::from_der(&self.spki_raw).is_ok_and(|(_, spki)| check(&spki))
+    }
 }
 
 /// The public key of a validated certificate, ready for ring.
@@ -71,10 +105,12 @@ enum PublicKey {
     Unsupported(String),
 }
 
-/// What chain validation established about one `certificate` field.
+/// What chain validation established about one certificate.
 struct Validated {
     name: String,
-    issuer_raw: Vec<u8>,
+    /// Index into [`TrustStore::cas`] of the CA whose key signed the
+    /// certificate: revocation is looked up by this CA.
+    ca: usize,
     serial: Vec<u8>,
     /// Intersection of the certificate's and its CA's validity, in Unix
     /// seconds: an expired CA makes its certificates unusable too.
@@ -83,29 +119,21 @@ struct Validated {
     key: PublicKey,
 }
 
-/// Revoked serials per issuer (raw DER name), from every CRL in the file,
-/// and when each issuer's CRL stops being valid.
+/// What the CRL file says about one trusted CA, all of its CRLs merged.
 #[derive(Default)]
-struct Revocations {
-    by_issuer: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
-    /// Earliest `nextUpdate` (Unix seconds) among the issuer's CRLs; absent
-    /// when none of them has one.
-    next_update: HashMap<Vec<u8>, i64>,
+struct CaRevocations {
+    serials: HashSet<Vec<u8>>,
+    /// Earliest `nextUpdate` (Unix seconds) among the CA's CRLs; `None` when
+    /// none of them has one.
+    next_update: Option<i64>,
+    /// Highest CRL number among them; `None` when none has one.
+    number: Option<BigUint>,
 }
 
-impl Revocations {
-    fn contains(&self, issuer_raw: &[u8], serial: &[u8]) -> bool {
-        self.by_issuer
-            .get(issuer_raw)
-            .is_some_and(|s| s.contains(serial))
-    }
-
-    fn expired_at(&self, issuer_raw: &[u8], now: i64) -> Option<i64> {
-        self.next_update
-            .get(issuer_raw)
-            .copied()
-            .filter(|&next| now > next)
-    }
+/// Revocation state per trusted CA, indexed like [`TrustStore::cas`];
+/// `None`: the file holds no CRL from that CA.
+struct Revocations {
+    per_ca: Vec<Option<CaRevocations>>,
 }
 
 /// What identifies a version of the CRL file without reading it.
@@ -120,10 +148,52 @@ struct CrlState {
     revocations: Revocations,
 }
 
+/// Counts of what happened to changed CRL files.
+#[derive(Default)]
+struct CrlCounters {
+    reloaded: AtomicU64,
+    refused_rollback: AtomicU64,
+    refused_invalid: AtomicU64,
+}
+
 struct CrlSource {
     path: PathBuf,
     state: RwLock<CrlState>,
     last_check: Mutex<Instant>,
+    /// The last file version refused, so that it is logged and counted once
+    /// rather than at every check.
+    refused: Mutex<Option<FileStamp>>,
+    counters: CrlCounters,
+}
+
+/// What happened to changed CRL files since the store was loaded
+/// ([`TrustStore::crl_reload_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CrlReloadStats {
+    /// New CRL files taken into use.
+    pub reloaded: u64,
+    /// Files refused because a CA's CRL number went backwards (or
+    /// disappeared): an older CRL could un-revoke an identity.
+    pub refused_rollback: u64,
+    /// Files refused as unreadable, malformed, or not signed by a trusted CA.
+    pub refused_invalid: u64,
+}
+
+/// How this process's own identity stands with the trust store, from
+/// [`TrustStore::check_identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdentityStanding {
+    /// The name on the certificate (its CN).
+    pub name: String,
+    /// When the certificate (or its CA, if sooner) stops being valid.
+    pub not_after: SystemTime,
+    /// Problems that do not stop the identity from signing but that peers
+    /// will notice (a CRL past its `nextUpdate`, a certificate not valid yet
+    /// by this host's clock, a key size gilmsg peers cannot verify). Log
+    /// them.
+    pub warnings: Vec<String>,
 }
 
 /// The CA certificate(s) and CRL that decide which certificates are trusted.
@@ -134,7 +204,7 @@ pub struct TrustStore {
     cas: Vec<TrustedCa>,
     crl: Option<CrlSource>,
     crl_check_interval: Duration,
-    cache: RwLock<HashMap<[u8; 32], Arc<Validated>>>,
+    cache: GenerationalCache<[u8; 32], Arc<Validated>>,
 }
 
 impl fmt::Debug for TrustStore {
@@ -158,12 +228,21 @@ fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn unix_secs(t: SystemTime) -> i64 {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
+}
+
+fn show_time(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| secs.to_string())
 }
 
 fn stamp(path: &Path) -> Result<FileStamp> {
@@ -192,7 +271,7 @@ fn load_cas(path: &Path) -> Result<Vec<TrustedCa>> {
             ));
         }
         cas.push(TrustedCa {
-            subject_raw: cert.subject().as_raw().to_vec(),
+            subject: StoredName::of(cert.subject()),
             subject_text: cert.subject().to_string(),
             spki_raw: cert.public_key().raw.to_vec(),
             not_before: cert.validity().not_before.timestamp(),
@@ -202,22 +281,16 @@ fn load_cas(path: &Path) -> Result<Vec<TrustedCa>> {
     Ok(cas)
 }
 
-/// The trusted CAs that may have issued something whose issuer is `issuer`.
-/// Exact DER match first; then by text, because some tools re-encode names
-/// (PrintableString vs UTF8String) and the signature check decides anyway.
-fn candidate_cas<'a>(
+/// The trusted CAs (with their index) whose subject is the same name as
+/// `issuer`, by OpenSSL's canonical comparison. Which of them actually
+/// issued the thing is for the signature check to say.
+fn same_name<'a>(
     cas: &'a [TrustedCa],
-    issuer: &x509_parser::x509::X509Name<'_>,
-) -> Vec<&'a TrustedCa> {
-    let exact: Vec<_> = cas
-        .iter()
-        .filter(|c| c.subject_raw == issuer.as_raw())
-        .collect();
-    if !exact.is_empty() {
-        return exact;
-    }
-    let text = issuer.to_string();
-    cas.iter().filter(|c| c.subject_text == text).collect()
+    issuer: &'a X509Name<'_>,
+) -> impl Iterator<Item = (usize, &'a TrustedCa)> + 'a {
+    cas.iter()
+        .enumerate()
+        .filter(move |(_, ca)| ca.subject.matches(issuer))
 }
 
 fn load_crl(path: &Path, cas: &[TrustedCa]) -> Result<CrlState> {
@@ -227,45 +300,116 @@ fn load_crl(path: &Path, cas: &[TrustedCa]) -> Result<CrlState> {
     if ders.is_empty() {
         return Err(Error::malformed(path, "no X509 CRL PEM block"));
     }
-    let mut revocations = Revocations::default();
+    let mut per_ca: Vec<Option<CaRevocations>> = cas.iter().map(|_| None).collect();
     for der in &ders {
         let (_, crl) = x509_parser::parse_x509_crl(der)
             .map_err(|e| Error::malformed(path, format!("not a CRL: {e}")))?;
-        let candidates = candidate_cas(cas, crl.issuer());
-        if candidates.is_empty() {
+        let named: Vec<(usize, &TrustedCa)> = same_name(cas, crl.issuer()).collect();
+        if named.is_empty() {
             return Err(Error::UntrustedCrl {
                 path: path.to_path_buf(),
                 detail: format!("issuer {} is not a trusted CA", crl.issuer()),
             });
         }
-        let signed = candidates.iter().any(|ca| {
-            SubjectPublicKeyInfo::from_der(&ca.spki_raw)
-                .is_ok_and(|(_, spki)| crl.verify_signature(&spki).is_ok())
-        });
-        if !signed {
+        // The CRL belongs to the CA whose key signed it, whatever its
+        // issuer bytes look like.
+        let issuers: Vec<usize> = named
+            .into_iter()
+            .filter(|(_, ca)| ca.key_verifies(|spki| crl.verify_signature(spki).is_ok()))
+            .map(|(i, _)| i)
+            .collect();
+        if issuers.is_empty() {
             return Err(Error::UntrustedCrl {
                 path: path.to_path_buf(),
                 detail: format!("signature does not verify with the key of {}", crl.issuer()),
             });
         }
-        if let Some(next) = crl.next_update() {
-            let next = next.timestamp();
-            revocations
-                .next_update
-                .entry(crl.issuer().as_raw().to_vec())
-                .and_modify(|t| *t = (*t).min(next))
-                .or_insert(next);
+        for i in issuers {
+            let entry = per_ca[i].get_or_insert_with(CaRevocations::default);
+            entry.serials.extend(
+                crl.iter_revoked_certificates()
+                    .map(|r| r.serial().to_bytes_be()),
+            );
+            if let Some(next) = crl.next_update() {
+                let next = next.timestamp();
+                entry.next_update = Some(entry.next_update.map_or(next, |t| t.min(next)));
+            }
+            if let Some(n) = crl.crl_number() {
+                if entry.number.as_ref().map_or(true, |old| n > old) {
+                    entry.number = Some(n.clone());
+                }
+            }
         }
-        let serials = revocations
-            .by_issuer
-            .entry(crl.issuer().as_raw().to_vec())
-            .or_default();
-        serials.extend(
-            crl.iter_revoked_certificates()
-                .map(|r| r.serial().to_bytes_be()),
-        );
     }
-    Ok(CrlState { stamp, revocations })
+    Ok(CrlState {
+        stamp,
+        revocations: Revocations { per_ca },
+    })
+}
+
+/// Why `new` must not replace `old`: a CA's CRL number went backwards, or
+/// lost its number (then it cannot be shown to be newer).
+fn rollback(cas: &[TrustedCa], old: &Revocations, new: &Revocations) -> Option<String> {
+    for (i, (old, new)) in old.per_ca.iter().zip(&new.per_ca).enumerate() {
+        let (Some(old), Some(new)) = (old, new) else {
+            continue;
+        };
+        let ca = cas.get(i).map_or("?", |c| c.subject_text.as_str());
+        match (&old.number, &new.number) {
+            (Some(was), Some(now)) if now < was => {
+                return Some(format!(
+                    "CRL number {now} of {ca} is lower than the loaded CRL's {was}"
+                ))
+            }
+            (Some(was), None) => {
+                return Some(format!(
+                    "the CRL of {ca} has no CRL number; the loaded one had {was}"
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+impl CrlSource {
+    /// Reads the file and takes it into use unless it is refused; counts and
+    /// logs the outcome.
+    fn reload(&self, cas: &[TrustedCa]) -> Result<()> {
+        let outcome = load_crl(&self.path, cas).and_then(|new| {
+            let mut state = write(&self.state);
+            if let Some(detail) = rollback(cas, &state.revocations, &new.revocations) {
+                return Err(Error::CrlRollback {
+                    path: self.path.clone(),
+                    detail,
+                });
+            }
+            *state = new;
+            Ok(())
+        });
+        match &outcome {
+            Ok(()) => {
+                self.counters.reloaded.fetch_add(1, Ordering::Relaxed);
+                *lock(&self.refused) = None;
+                tracing::info!(path = %self.path.display(), "CRL changed; reloaded");
+            }
+            Err(e) => {
+                *lock(&self.refused) = stamp(&self.path).ok();
+                if matches!(e, Error::CrlRollback { .. }) {
+                    self.counters
+                        .refused_rollback
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "refusing a CRL older than the one in use; keeping the loaded revocations");
+                } else {
+                    self.counters
+                        .refused_invalid
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "cannot reload changed CRL; keeping the revocations already loaded");
+                }
+            }
+        }
+        outcome
+    }
 }
 
 fn malformed_cert(detail: impl Into<String>) -> VerifyError {
@@ -288,33 +432,41 @@ fn decode_b64(s: &str) -> std::result::Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD.decode(compact)
 }
 
-/// Chain validation of one `certificate` field: everything that does not
-/// depend on the clock or the CRL.
-fn validate(cas: &[TrustedCa], field: &str) -> std::result::Result<Validated, VerifyError> {
+/// The DER of the certificate in a `certificate` field (base64 of PEM).
+fn certificate_der(field: &str) -> std::result::Result<Vec<u8>, VerifyError> {
     let pem = decode_b64(field).map_err(|e| malformed_cert(format!("bad base64: {e}")))?;
-    let der = x509_parser::pem::Pem::iter_from_buffer(&pem)
+    x509_parser::pem::Pem::iter_from_buffer(&pem)
         .filter_map(|b| b.ok())
         .find(|b| b.label == "CERTIFICATE")
-        .ok_or_else(|| malformed_cert("no CERTIFICATE PEM block"))?
-        .contents;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map(|b| b.contents)
+        .ok_or_else(|| malformed_cert("no CERTIFICATE PEM block"))
+}
+
+fn cache_key(der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// Chain validation of one certificate: everything that does not depend on
+/// the clock or the CRL.
+fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, VerifyError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| malformed_cert(format!("not an X.509 certificate: {e}")))?;
     let name = files::common_name(cert.subject())
         .ok_or_else(|| malformed_cert("certificate subject has no CN"))?;
 
-    let candidates = candidate_cas(cas, cert.issuer());
-    if candidates.is_empty() {
+    let named: Vec<(usize, &TrustedCa)> = same_name(cas, cert.issuer()).collect();
+    if named.is_empty() {
         return Err(VerifyError::Untrusted(format!(
             "{name:?} was issued by {}, which is not a trusted CA",
             cert.issuer()
         )));
     }
-    let ca = candidates
+    let (ca_index, ca) = named
         .into_iter()
-        .find(|ca| {
-            SubjectPublicKeyInfo::from_der(&ca.spki_raw)
-                .is_ok_and(|(_, spki)| cert.verify_signature(Some(&spki)).is_ok())
-        })
+        .find(|(_, ca)| ca.key_verifies(|spki| cert.verify_signature(Some(spki)).is_ok()))
         .ok_or_else(|| {
             VerifyError::Untrusted(format!(
                 "{name:?}: signature does not verify with the key of {}",
@@ -347,7 +499,7 @@ fn validate(cas: &[TrustedCa], field: &str) -> std::result::Result<Validated, Ve
     let validity = cert.validity();
     Ok(Validated {
         name,
-        issuer_raw: cert.issuer().as_raw().to_vec(),
+        ca: ca_index,
         serial: cert.serial.to_bytes_be(),
         not_before: validity.not_before.timestamp().max(ca.not_before),
         not_after: validity.not_after.timestamp().min(ca.not_after),
@@ -355,10 +507,22 @@ fn validate(cas: &[TrustedCa], field: &str) -> std::result::Result<Validated, Ve
     })
 }
 
+fn check_validity(v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
+    if now < v.not_before {
+        return Err(VerifyError::NotYetValid(v.name.clone()));
+    }
+    if now > v.not_after {
+        return Err(VerifyError::Expired(v.name.clone()));
+    }
+    Ok(())
+}
+
 impl TrustStore {
     /// Loads the CA certificate(s) from `ca_cert_location` (one or more PEM
-    /// certificates) and, if given, the CRL, which must exist and be signed by
-    /// one of those CAs.
+    /// certificates) and, if given, the CRL file, which must exist and hold
+    /// only CRLs signed by those CAs. With a CRL file, a certificate whose CA
+    /// has no CRL in it is refused (OpenSSL's `CRL_CHECK_ALL`): a CA bundle
+    /// needs one CRL per CA, concatenated in one file.
     pub fn load(ca_cert_location: &Path, crl_location: Option<&Path>) -> Result<Self> {
         let cas = load_cas(ca_cert_location)?;
         let crl = match crl_location {
@@ -366,6 +530,8 @@ impl TrustStore {
                 state: RwLock::new(load_crl(path, &cas)?),
                 path: path.to_path_buf(),
                 last_check: Mutex::new(Instant::now()),
+                refused: Mutex::new(None),
+                counters: CrlCounters::default(),
             }),
             None => None,
         };
@@ -374,7 +540,7 @@ impl TrustStore {
             cas,
             crl,
             crl_check_interval: DEFAULT_CRL_CHECK_INTERVAL,
-            cache: RwLock::new(HashMap::new()),
+            cache: GenerationalCache::new(CACHE_CAPACITY),
         })
     }
 
@@ -385,22 +551,41 @@ impl TrustStore {
         self
     }
 
+    /// Sets how many proven certificates are remembered (default
+    /// [`CACHE_CAPACITY`]; at least 2). Forgets those already cached.
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache = GenerationalCache::new(capacity);
+        self
+    }
+
     /// Re-reads the CRL now, whether or not it changed, and forgets cached
-    /// validations. On error the previous CRL stays in force. The CA
+    /// validations. On error (including [`Error::CrlRollback`]: a CA's CRL
+    /// number went backwards) the previous CRL stays in force. The CA
     /// certificates are fixed for the store's life: load a new store to
     /// change them.
     pub fn reload(&self) -> Result<()> {
         if let Some(src) = &self.crl {
-            let state = load_crl(&src.path, &self.cas)?;
-            *write(&src.state) = state;
+            src.reload(&self.cas)?;
         }
-        write(&self.cache).clear();
+        self.cache.clear();
         Ok(())
     }
 
-    /// Number of certificates currently remembered as validated.
+    /// Number of certificates currently remembered as proven.
     pub fn cached_certificates(&self) -> usize {
-        read(&self.cache).len()
+        self.cache.len()
+    }
+
+    /// What happened to changed CRL files so far (all zero without a CRL).
+    pub fn crl_reload_stats(&self) -> CrlReloadStats {
+        self.crl
+            .as_ref()
+            .map(|src| CrlReloadStats {
+                reloaded: src.counters.reloaded.load(Ordering::Relaxed),
+                refused_rollback: src.counters.refused_rollback.load(Ordering::Relaxed),
+                refused_invalid: src.counters.refused_invalid.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
     }
 
     fn refresh_crl_if_due(&self) {
@@ -423,36 +608,95 @@ impl TrustStore {
                 return;
             }
         };
-        if read(&src.state).stamp == current {
+        if read(&src.state).stamp == current || *lock(&src.refused) == Some(current) {
             return;
         }
-        match load_crl(&src.path, &self.cas) {
-            Ok(state) => {
-                tracing::info!(path = %src.path.display(), "CRL changed; reloaded");
-                *write(&src.state) = state;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reload changed CRL; keeping the revocations already loaded");
-            }
-        }
+        // Errors are logged and counted by `reload`.
+        let _ = src.reload(&self.cas);
     }
 
-    fn validated(&self, certificate: &str) -> std::result::Result<Arc<Validated>, VerifyError> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, certificate.as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(digest.as_ref());
-        if let Some(v) = read(&self.cache).get(&key) {
-            return Ok(Arc::clone(v));
+    /// Revocation checks of a certificate that passed chain validation, by
+    /// the CA that issued it.
+    fn check_revocation(&self, v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
+        let Some(src) = &self.crl else { return Ok(()) };
+        let state = read(&src.state);
+        let ca = self.cas.get(v.ca).map_or("?", |c| c.subject_text.as_str());
+        let Some(crl) = state.revocations.per_ca.get(v.ca).and_then(Option::as_ref) else {
+            return Err(VerifyError::CrlMissing(format!(
+                "{:?} was issued by {ca}, and {} has no CRL from it",
+                v.name,
+                src.path.display()
+            )));
+        };
+        if crl.serials.contains(&v.serial) {
+            return Err(VerifyError::Revoked(v.name.clone()));
         }
-        // Failures are not cached: they are cheap to recompute and caching
-        // them would let junk evict good entries.
-        let v = Arc::new(validate(&self.cas, certificate)?);
-        let mut cache = write(&self.cache);
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if let Some(next) = crl.next_update.filter(|&next| now > next) {
+            return Err(VerifyError::CrlExpired(format!(
+                "{:?}: the CRL of {ca} in {} expired at {} (nextUpdate); publish a fresh one",
+                v.name,
+                src.path.display(),
+                show_time(next)
+            )));
         }
-        cache.insert(key, Arc::clone(&v));
-        Ok(v)
+        Ok(())
+    }
+
+    /// Checks this process's own identity as its peers will check it: issued
+    /// by a trusted CA, within its validity, not revoked, and (with a CRL)
+    /// covered by a CRL from its CA. Call it where the identity is loaded, so
+    /// that a revoked or expired identity is an error at start rather than a
+    /// process whose every message and ACK is refused.
+    ///
+    /// Errors with [`Error::OwnCertificate`] naming the certificate file;
+    /// problems that peers may not share (a stale CRL, which a refreshed
+    /// file fixes without a restart; a certificate not yet valid by this
+    /// host's clock) are returned as warnings instead.
+    pub fn check_identity(&self, identity: &Identity) -> Result<IdentityStanding> {
+        self.check_identity_at(identity, SystemTime::now())
+    }
+
+    /// [`TrustStore::check_identity`] as of `now`.
+    pub fn check_identity_at(
+        &self,
+        identity: &Identity,
+        now: SystemTime,
+    ) -> Result<IdentityStanding> {
+        let fail = |reason: VerifyError| Error::OwnCertificate {
+            path: identity.certificate_path().to_path_buf(),
+            reason,
+        };
+        self.refresh_crl_if_due();
+        let der = certificate_der(gilmsg_proto::Signer::certificate(identity)).map_err(fail)?;
+        let v = validate(&self.cas, &der).map_err(fail)?;
+        let now = unix_secs(now);
+        let mut warnings = Vec::new();
+        match check_validity(&v, now) {
+            Ok(()) => {}
+            Err(VerifyError::NotYetValid(_)) => warnings.push(format!(
+                "{}: certificate of {:?} is not valid before {} (is this host's clock right?)",
+                identity.certificate_path().display(),
+                v.name,
+                show_time(v.not_before)
+            )),
+            Err(e) => return Err(fail(e)),
+        }
+        match self.check_revocation(&v, now) {
+            Ok(()) => {}
+            Err(e @ VerifyError::CrlExpired(_)) => warnings.push(e.to_string()),
+            Err(e) => return Err(fail(e)),
+        }
+        if let PublicKey::Unsupported(what) = &v.key {
+            warnings.push(format!(
+                "{}: gilmsg peers cannot verify this certificate's key: {what}",
+                identity.certificate_path().display()
+            ));
+        }
+        Ok(IdentityStanding {
+            name: v.name.clone(),
+            not_after: crate::pki::to_system_time(v.not_after),
+            warnings,
+        })
     }
 
     /// [`Verifier::verify`] as of `now` rather than the system clock: for
@@ -469,31 +713,19 @@ impl TrustStore {
             return Err(VerifyError::UnknownScheme(scheme.to_owned()));
         }
         self.refresh_crl_if_due();
-        let v = self.validated(certificate)?;
+        let der = certificate_der(certificate)?;
+        let key = cache_key(&der);
+        let cached = self.cache.get(&key);
+        let v = match &cached {
+            Some(v) => Arc::clone(v),
+            // Failures are not cached: they are cheap to recompute and
+            // caching them would let junk evict good entries.
+            None => Arc::new(validate(&self.cas, &der)?),
+        };
 
         let now = unix_secs(now);
-        if now < v.not_before {
-            return Err(VerifyError::NotYetValid(v.name.clone()));
-        }
-        if now > v.not_after {
-            return Err(VerifyError::Expired(v.name.clone()));
-        }
-        if let Some(src) = &self.crl {
-            let state = read(&src.state);
-            if state.revocations.contains(&v.issuer_raw, &v.serial) {
-                return Err(VerifyError::Revoked(v.name.clone()));
-            }
-            if let Some(next) = state.revocations.expired_at(&v.issuer_raw, now) {
-                let when = time::OffsetDateTime::from_unix_timestamp(next)
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|_| next.to_string());
-                return Err(VerifyError::Untrusted(format!(
-                    "{:?}: the CRL {} expired at {when} (nextUpdate); publish a fresh one",
-                    v.name,
-                    src.path.display()
-                )));
-            }
-        }
+        check_validity(&v, now)?;
+        self.check_revocation(&v, now)?;
 
         let sig = decode_b64(signature).map_err(|e| malformed_sig(format!("bad base64: {e}")))?;
         let ok = match (scheme, &v.key) {
@@ -520,13 +752,17 @@ impl TrustStore {
             // signature can be valid.
             _ => false,
         };
-        if ok {
-            Ok(VerifiedSigner {
-                name: v.name.clone(),
-            })
-        } else {
-            Err(VerifyError::BadSignature(v.name.clone()))
+        if !ok {
+            return Err(VerifyError::BadSignature(v.name.clone()));
         }
+        // Only now has the certificate proved itself: a forged message
+        // carrying someone's certificate never gets it cached.
+        if cached.is_none() {
+            self.cache.insert(key, Arc::clone(&v));
+        }
+        Ok(VerifiedSigner {
+            name: v.name.clone(),
+        })
     }
 }
 

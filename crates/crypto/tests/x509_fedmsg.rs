@@ -240,7 +240,7 @@ fn expired_crl_is_refused_like_openssl() {
     let after = UNIX_EPOCH + Duration::from_secs(1_795_487_100);
     assert_eq!(verify_body(&t, &a, &[], before).unwrap(), "shell-vm");
     match verify_body(&t, &a, &[], after) {
-        Err(VerifyError::Untrusted(why)) => assert!(why.contains("expired"), "{why}"),
+        Err(VerifyError::CrlExpired(why)) => assert!(why.contains("expired"), "{why}"),
         other => panic!("{other:?}"),
     }
 }

@@ -433,14 +433,17 @@ impl Consumer {
         Ok(())
     }
 
-    /// Stops the socket thread, flushing ACKs already queued.
-    pub async fn close(self) {
+    /// Stops the socket thread, flushing ACKs already queued, and returns
+    /// the final counters (which include those last ACKs, unlike a
+    /// [`Consumer::stats`] taken just before).
+    pub async fn close(self) -> Stats {
         let done = self.shared.done.lock().ok().and_then(|mut d| d.take());
         let _ = self.shared.mailbox.send(Command::Shutdown);
         drop(self.deliveries);
         if let Some(done) = done {
             let _ = done.await;
         }
+        self.shared.counters.snapshot()
     }
 }
 

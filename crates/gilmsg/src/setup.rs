@@ -12,9 +12,25 @@ use gilmsg_proto::{Signer, Validator};
 
 use crate::error::Result;
 
-/// Loads the identity named `certname` from `ssldir`.
+/// Loads the identity named `certname` from `ssldir`, and refuses it if its
+/// peers would: a revoked, expired or foreign certificate (or one whose CA
+/// has no CRL, when a CRL is configured) would have everything this process
+/// signs dropped, so it is an error at start, naming the certificate file.
 pub(crate) fn load_signer(config: &Config, certname: &str) -> Result<Arc<dyn Signer>> {
     let identity = Identity::load(&config.ssldir, certname)?;
+    let ca = config.ca_cert_path();
+    // Without a CA file there is nothing to check against; a process that
+    // verifies anything fails on the missing file in `load_validator`.
+    if ca.exists() {
+        let crl = config.crl_path();
+        let store = TrustStore::load(&ca, crl.as_deref())?;
+        let standing = store.check_identity(&identity)?;
+        for warning in &standing.warnings {
+            tracing::warn!(certname, "{warning}");
+        }
+    } else {
+        tracing::debug!(ca = %ca.display(), "no CA file; own certificate not checked");
+    }
     Ok(Arc::new(identity))
 }
 

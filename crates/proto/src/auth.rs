@@ -79,6 +79,15 @@ pub enum VerifyError {
     /// The signature does not match the body and the certificate's key.
     #[error("bad signature by {0:?}")]
     BadSignature(String),
+    /// Revocation is checked (a CRL is configured) but the CRL file holds no
+    /// CRL from the certificate's CA, so whether it is revoked is unknown
+    /// (OpenSSL's `CRL_CHECK_ALL` refuses it too).
+    #[error("no CRL for the certificate's CA: {0}")]
+    CrlMissing(String),
+    /// The CRL of the certificate's CA is past its `nextUpdate`: revocations
+    /// since then would be unknown.
+    #[error("CRL expired: {0}")]
+    CrlExpired(String),
 }
 
 impl VerifyError {
@@ -92,6 +101,8 @@ impl VerifyError {
             VerifyError::NotYetValid(_) => "not_yet_valid_certificate",
             VerifyError::Revoked(_) => "revoked_certificate",
             VerifyError::BadSignature(_) => "bad_signature",
+            VerifyError::CrlMissing(_) => "crl_missing",
+            VerifyError::CrlExpired(_) => "crl_expired",
         }
     }
 }
