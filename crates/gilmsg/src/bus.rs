@@ -2,7 +2,7 @@
 //!
 //! A handle signs on the caller's task (so many publishes sign in parallel)
 //! and hands finished frames to its socket thread, which owns every socket
-//! (see [`crate::publisher`]). Each publish gets its own ACK state in the
+//! (see the `publisher` module). Each publish gets its own ACK state in the
 //! thread's in-flight table, so any number can be in flight at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -574,7 +574,7 @@ pub(crate) struct Subscriptions {
 pub(crate) struct Drained {
     /// The set of prefixes changed.
     pub changed: bool,
-    /// Why every peer should be dropped now ([`Monitor::drop_peers`]), as a
+    /// Why every peer should be dropped now ([`Monitor::enforce`]), as a
     /// counter name: `over_limit` (more distinct prefixes than allowed) or
     /// `too_long` (a prefix longer than allowed that fitted under the frame
     /// cap's floor).
