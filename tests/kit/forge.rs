@@ -7,12 +7,23 @@ use serde_json::{Map, Value};
 
 /// A message on `topic`, signed by `signer` if given.
 pub fn message(topic: &str, msg: Value, wants_ack: bool, signer: Option<&dyn Signer>) -> Envelope {
+    message_at(topic, msg, wants_ack, signer, unix_now())
+}
+
+/// Like [`message`], stamped `timestamp` (seconds since the epoch).
+pub fn message_at(
+    topic: &str,
+    msg: Value,
+    wants_ack: bool,
+    signer: Option<&dyn Signer>,
+    timestamp: i64,
+) -> Envelope {
     Draft {
         topic: topic.to_owned(),
         msg,
         msg_id: new_msg_id(2026),
         i: 1,
-        timestamp: unix_now(),
+        timestamp,
         username: "gilmsg-tests".into(),
         wants_ack,
     }
@@ -51,7 +62,8 @@ pub fn tampered(envelope: &Envelope, edit: impl FnOnce(&mut Map<String, Value>))
     ]
 }
 
-fn unix_now() -> i64 {
+/// The wall clock in seconds since the epoch.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
