@@ -166,7 +166,11 @@ fn digestless_ack(bus: &Bus, message: &Envelope) -> Vec<Vec<u8>> {
         ack_msg_id: message.msg_id().to_owned(),
         ack_digest: None,
     };
-    forge::frames(&forge::ack(&bus.ack_topic(), body, Some(&bus.identity("rcpt"))))
+    forge::frames(&forge::ack(
+        &bus.ack_topic(),
+        body,
+        Some(&bus.identity("rcpt")),
+    ))
 }
 
 #[test]

@@ -118,10 +118,18 @@ fn routing_nitpicky_does_not_veto_acks() {
         assert_eq!(stats.sum("ack.rejected"), 0, "{stats}");
 
         let err = publisher
-            .publish("unlisted", json!({"n": 2}), &["c1"], Duration::from_millis(500))
+            .publish(
+                "unlisted",
+                json!({"n": 2}),
+                &["c1"],
+                Duration::from_millis(500),
+            )
             .await
             .expect_err("the policy still applies to messages");
-        assert_eq!(err.as_timeout().map(|t| t.missing.clone()), Some(vec!["c1".to_owned()]));
+        assert_eq!(
+            err.as_timeout().map(|t| t.missing.clone()),
+            Some(vec!["c1".to_owned()])
+        );
         let stats = c1.wait_stats("the refusal", Duration::from_secs(5), |s| {
             s.get("rejected.policy_unlisted") >= 1
         });

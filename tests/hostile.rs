@@ -218,9 +218,13 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
         let raw = RawPub::connect(&bus.inbound);
         let signer = bus.identity("publisher");
         let topic = bus.topic("hostile");
-        let signed = |topic: &str, edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
-            forge::tampered(&forge::message(topic, json!({"x": 1}), true, Some(&signer)), edit)
-        };
+        let signed =
+            |topic: &str, edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+                forge::tampered(
+                    &forge::message(topic, json!({"x": 1}), true, Some(&signer)),
+                    edit,
+                )
+            };
         // Control characters in msg_id (NUL, ESC) and in the topic (ESC):
         // nothing of them may reach stdout or an --exec command line.
         raw.send(&signed(&topic, &|b| {
@@ -236,9 +240,8 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
         }));
         // A lone surrogate (Python accepts it) and a body deeper than the
         // decoder's bound (Python's json goes to about 990 levels).
-        let lone = format!(
-            r#"{{"topic":"{topic}","msg":"\ud800","msg_id":"2026-x","timestamp":0}}"#
-        );
+        let lone =
+            format!(r#"{{"topic":"{topic}","msg":"\ud800","msg_id":"2026-x","timestamp":0}}"#);
         raw.send(&[topic.as_bytes(), lone.as_bytes()]);
         let deep = format!(
             r#"{{"topic":"{topic}","msg_id":"2026-y","msg":{}1{}}}"#,
@@ -269,7 +272,10 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
             "invalid.lone_surrogate",
             "invalid.too_deep",
         ] {
-            assert!(stderr.contains(reason), "no log line for {reason}: {stderr}");
+            assert!(
+                stderr.contains(reason),
+                "no log line for {reason}: {stderr}"
+            );
         }
         assert!(!stderr.contains('\u{0}'), "{stderr}");
         assert!(!stderr.contains("\u{1b}[31m"), "{stderr}");

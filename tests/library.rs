@@ -166,7 +166,10 @@ fn a_body_receivers_would_refuse_is_refused_at_publish_at_once() {
             .await
             .expect_err("refused");
         assert!(
-            matches!(err, gilmsg::Error::Unsendable(gilmsg::Unsendable::TooDeep { limit: 512 })),
+            matches!(
+                err,
+                gilmsg::Error::Unsendable(gilmsg::Unsendable::TooDeep { limit: 512 })
+            ),
             "{err}"
         );
         assert!(started.elapsed() < Duration::from_secs(1), "{err}");
@@ -180,13 +183,21 @@ fn a_body_receivers_would_refuse_is_refused_at_publish_at_once() {
             .await
             .expect_err("refused");
         assert!(
-            matches!(err, gilmsg::Error::Unsendable(gilmsg::Unsendable::UnsafeTopic)),
+            matches!(
+                err,
+                gilmsg::Error::Unsendable(gilmsg::Unsendable::UnsafeTopic)
+            ),
             "{err}"
         );
         // The handle still works.
         let _c1 = bus.consumer("c1", &[]);
         publisher
-            .publish("fine", json!({"depth": 1}), &["c1"], Duration::from_secs(10))
+            .publish(
+                "fine",
+                json!({"depth": 1}),
+                &["c1"],
+                Duration::from_secs(10),
+            )
             .await
             .expect("a normal publish after the refusals");
     })

@@ -199,7 +199,11 @@ fn help_lists_the_exit_statuses() {
 
 /// `{"d": [[[...1...]]]}` with `depth` levels of nesting in all.
 fn nested_json(depth: usize) -> String {
-    format!("{{\"d\":{}1{}}}", "[".repeat(depth - 1), "]".repeat(depth - 1))
+    format!(
+        "{{\"d\":{}1{}}}",
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
 }
 
 #[test]
@@ -225,7 +229,10 @@ fn a_msg_nested_127_deep_is_delivered_and_acked() {
         let out = bus.logger(&args, "", RUN);
         assert_eq!(out.status, Some(0), "{out:?}");
         let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("receipt");
-        a.wait_stdout(receipt["msg_id"].as_str().expect("msg_id"), Duration::from_secs(5));
+        a.wait_stdout(
+            receipt["msg_id"].as_str().expect("msg_id"),
+            Duration::from_secs(5),
+        );
     })
 }
 
@@ -248,7 +255,10 @@ fn a_body_over_max_message_size_is_refused_at_once_with_exit_2() {
         let lines = out.stderr_lines();
         assert_eq!(lines.len(), 1, "{out:?}");
         assert!(lines[0].contains("not sent"), "{out:?}");
-        assert!(lines[0].contains("max_message_size (4096 bytes)"), "{out:?}");
+        assert!(
+            lines[0].contains("max_message_size (4096 bytes)"),
+            "{out:?}"
+        );
         // Never sent, so nobody had to drop it.
         let stats = a.stats();
         assert_eq!(stats.get("message.received"), 0, "{stats}");

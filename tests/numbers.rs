@@ -54,7 +54,8 @@ impl TamperingRelay {
                     if zmq::poll(&mut items, 50).is_err() {
                         break;
                     }
-                    let (from_bus, subscriptions) = (items[0].is_readable(), items[1].is_readable());
+                    let (from_bus, subscriptions) =
+                        (items[0].is_readable(), items[1].is_readable());
                     if subscriptions {
                         // Subscription messages from the consumer: read so
                         // the XPUB registers them.
@@ -71,10 +72,8 @@ impl TamperingRelay {
                         continue;
                     }
                     if let Some(body) = frames.get_mut(1) {
-                        let text = String::from_utf8_lossy(body).replace(
-                            "\"amount\":0.1}",
-                            &format!("\"amount\":{REWRITTEN}}}"),
-                        );
+                        let text = String::from_utf8_lossy(body)
+                            .replace("\"amount\":0.1}", &format!("\"amount\":{REWRITTEN}}}"));
                         *body = text.into_bytes();
                     }
                     let last = frames.len().saturating_sub(1);
@@ -127,13 +126,23 @@ fn a_relayed_body_with_a_rewritten_number_is_refused_and_never_acked() {
 
         // Positive control: a body the relay leaves alone goes through it.
         let receipt = publisher
-            .publish("pay", json!({"amount": 2}), &["rcpt"], Duration::from_secs(5))
+            .publish(
+                "pay",
+                json!({"amount": 2}),
+                &["rcpt"],
+                Duration::from_secs(5),
+            )
             .await
             .expect("an untouched body is acked through the tampering relay");
         consumer.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
 
         let result = publisher
-            .publish("pay", json!({"amount": 0.1}), &["rcpt"], Duration::from_secs(2))
+            .publish(
+                "pay",
+                json!({"amount": 0.1}),
+                &["rcpt"],
+                Duration::from_secs(2),
+            )
             .await;
         match result {
             Ok(receipt) => panic!(
@@ -183,14 +192,20 @@ fn the_publisher_refuses_a_number_it_would_sign_as_another_and_normalises_exact_
         let started = Instant::now();
         let out = bus.logger(&args, "", RUN);
         assert_eq!(out.status, Some(2), "{out:?}");
-        assert!(started.elapsed() < Duration::from_secs(3), "refused at once: {out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "refused at once: {out:?}"
+        );
         assert!(out.stderr.contains("9007199254740993.0"), "{out:?}");
         assert!(out.stderr.contains("9007199254740992.0"), "{out:?}");
 
         // Same value, another spelling: sent as the canonical text, which is
         // what the handler sees and the ACK covers.
         let mut args = logger_args(&bus);
-        args.extend(["--message", r#"{"n": 1.10, "big": 9007199254740993, "e": 1E5}"#]);
+        args.extend([
+            "--message",
+            r#"{"n": 1.10, "big": 9007199254740993, "e": 1E5}"#,
+        ]);
         let out = bus.logger(&args, "", RUN);
         assert_eq!(out.status, Some(0), "{out:?}");
         let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("receipt");

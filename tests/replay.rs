@@ -16,7 +16,12 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Sends a fresh message of `signer` and waits for the consumer to print
 /// it; returns every stdout line printed before it (which must include
 /// anything the replays before it made the handler run).
-fn lines_before_sentinel(bus: &Bus, raw: &RawPub, consumer: &Consumer, signer: &str) -> Vec<String> {
+fn lines_before_sentinel(
+    bus: &Bus,
+    raw: &RawPub,
+    consumer: &Consumer,
+    signer: &str,
+) -> Vec<String> {
     let sentinel = forge::message(
         &bus.topic("sentinel"),
         json!({"sentinel": true}),
@@ -99,11 +104,15 @@ fn messages_outside_the_time_window_are_refused_and_counted() {
         let signer = bus.identity("publisher");
         let now = forge::unix_now();
         let old = forge::message_at(&bus.topic("old"), json!(1), true, Some(&signer), now - 3600);
-        let future =
-            forge::message_at(&bus.topic("future"), json!(2), true, Some(&signer), now + 3600);
+        let future = forge::message_at(
+            &bus.topic("future"),
+            json!(2),
+            true,
+            Some(&signer),
+            now + 3600,
+        );
         // Just inside the window: accepted.
-        let edge =
-            forge::message_at(&bus.topic("edge"), json!(3), true, Some(&signer), now - 600);
+        let edge = forge::message_at(&bus.topic("edge"), json!(3), true, Some(&signer), now - 600);
         for m in [&old, &future, &edge] {
             raw.send(&forge::frames(m));
         }
@@ -115,7 +124,11 @@ fn messages_outside_the_time_window_are_refused_and_counted() {
         assert_eq!(stats.get("rejected.too_old"), 1, "{stats}");
         assert_eq!(stats.get("rejected.from_future"), 1, "{stats}");
         assert_eq!(stats.get("message.delivered"), 1, "{stats}");
-        assert_eq!(stats.get("ack.entries"), 1, "only the message in the window is acked: {stats}");
+        assert_eq!(
+            stats.get("ack.entries"),
+            1,
+            "only the message in the window is acked: {stats}"
+        );
     })
 }
 
@@ -147,7 +160,10 @@ fn a_flood_of_copies_of_one_message_is_reacked_only_a_few_times() {
         // At full speed the copies arrive within some tens of milliseconds;
         // re-ACKs are spaced 10 ms, 20 ms, 40 ms ... apart. Before, every
         // copy was re-acked.
-        assert!(reacked <= 20, "{reacked} re-ACKs for {COPIES} copies: {stats}");
+        assert!(
+            reacked <= 20,
+            "{reacked} re-ACKs for {COPIES} copies: {stats}"
+        );
         assert!(stats.get("ack.entries") <= 21, "{stats}");
         assert_eq!(stats.get("message.delivered"), 1, "{stats}");
     })

@@ -737,9 +737,9 @@ impl Actor {
                 unsigned_gilmsg_version: false,
             }),
         };
-        let outcome = self
-            .state
-            .on_frames(&frames, Instant::now(), setup::unix_now(), room, verify);
+        let outcome =
+            self.state
+                .on_frames(&frames, Instant::now(), setup::unix_now(), room, verify);
         match outcome {
             Outcome::Skipped => self.counters.bump("message", "ack_skipped"),
             Outcome::Duplicate { kind, msg_id } => {
@@ -780,7 +780,10 @@ impl Actor {
             self.counters.bump("message", "delivered");
             let verdict = handler(&message, signer.as_deref());
             if let Err(why) = &verdict {
-                tracing::warn!(msg_id = message.msg_id(), "handler failed, not acking: {why}");
+                tracing::warn!(
+                    msg_id = message.msg_id(),
+                    "handler failed, not acking: {why}"
+                );
             }
             return self.settle(message.msg_id(), ticket, verdict.is_ok());
         }

@@ -19,8 +19,11 @@
 //!   signer is unknown and the key is the `msg_id` alone (anyone can then
 //!   forge anything anyway).
 //!
-//! `(signer, msg_id)` pairs are remembered as a 128-bit SipHash under two
-//! random per-process keys; nobody can aim for a collision without them.
+//! `(signer, msg_id)` pairs are remembered as a 64-bit SipHash under a
+//! random per-process key; nobody can aim for a collision without it, and an
+//! accidental one (about 1 in 10^10 at 32 768 entries) could only make a new
+//! message look like one already handled with another body: refused, never
+//! acked, a timeout (the safe side). About 140 bytes an entry in all.
 //!
 //! ## Time, capacity and the replay floor
 //!
@@ -159,17 +162,20 @@ pub enum Refused {
 /// Signers whose replay floors are tracked one by one.
 pub const MAX_SIGNER_FLOORS: usize = 4096;
 
+/// `last_ack_ms` before any ACK was sent.
+const NEVER: u64 = u64::MAX;
+
 #[derive(Debug, Clone)]
 struct Entry {
-    identity: u128,
+    identity: u64,
     signer: u64,
     timestamp: i64,
+    /// Milliseconds since `epoch` of the last ACK sent; [`NEVER`] before one.
+    last_ack_ms: u64,
+    reacks: u32,
     state: Seen,
     /// The publisher reads batched ACKs (decided when it was verified).
     batchable: bool,
-    reacks: u32,
-    /// Milliseconds since `epoch` of the last ACK sent; `None` before one.
-    last_ack_ms: Option<u64>,
 }
 
 /// A remembered message, as [`DedupeCache::get`] shows it.
@@ -185,11 +191,11 @@ pub struct Remembered {
 #[derive(Debug)]
 pub struct DedupeCache {
     retention: Retention,
-    keys: (RandomState, RandomState),
+    keys: RandomState,
     entries: HashMap<Digest, Entry>,
-    by_identity: HashMap<u128, Digest>,
-    /// Insertion order, oldest first.
-    order: VecDeque<Digest>,
+    by_identity: HashMap<u64, Digest>,
+    /// Identities in insertion order, oldest first.
+    order: VecDeque<u64>,
     floors: HashMap<u64, i64>,
     /// Applies to every signer (floors folded in past `MAX_SIGNER_FLOORS`).
     common_floor: i64,
@@ -207,7 +213,7 @@ impl DedupeCache {
                 capacity,
                 ..retention
             },
-            keys: (RandomState::new(), RandomState::new()),
+            keys: RandomState::new(),
             entries: HashMap::with_capacity(capacity.min(4096)),
             by_identity: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
@@ -219,13 +225,12 @@ impl DedupeCache {
         }
     }
 
-    fn identity(&self, signer: Option<&str>, msg_id: &str) -> u128 {
-        let key = (signer, msg_id);
-        (u128::from(self.keys.0.hash_one(key)) << 64) | u128::from(self.keys.1.hash_one(key))
+    fn identity(&self, signer: Option<&str>, msg_id: &str) -> u64 {
+        self.keys.hash_one((signer, msg_id))
     }
 
     fn signer_key(&self, signer: Option<&str>) -> u64 {
-        self.keys.0.hash_one(signer)
+        self.keys.hash_one(signer)
     }
 
     fn window_secs(&self) -> (i64, i64) {
@@ -314,11 +319,11 @@ impl DedupeCache {
                 state: Seen::InProgress,
                 batchable,
                 reacks: 0,
-                last_ack_ms: None,
+                last_ack_ms: NEVER,
             },
         );
         self.by_identity.insert(identity, digest);
-        self.order.push_back(digest);
+        self.order.push_back(identity);
         Ok(())
     }
 
@@ -329,7 +334,7 @@ impl DedupeCache {
         if let Some(entry) = self.entries.get_mut(digest) {
             entry.state = state;
             if state == (Seen::Done { acked: true }) {
-                entry.last_ack_ms = Some(at);
+                entry.last_ack_ms = at;
             }
         }
     }
@@ -341,9 +346,10 @@ impl DedupeCache {
         let Some(entry) = self.entries.get_mut(digest) else {
             return false;
         };
-        let Some(last) = entry.last_ack_ms else {
+        let last = entry.last_ack_ms;
+        if last == NEVER {
             return false;
-        };
+        }
         let doublings = entry.reacks.min(16);
         let spacing = policy
             .first
@@ -354,7 +360,7 @@ impl DedupeCache {
             return false;
         }
         entry.reacks = entry.reacks.saturating_add(1);
-        entry.last_ack_ms = Some(at);
+        entry.last_ack_ms = at;
         true
     }
 
@@ -365,7 +371,7 @@ impl DedupeCache {
         if let Some(entry) = self.entries.remove(digest) {
             self.by_identity.remove(&entry.identity);
             // Linear, but only on a rare path (the consumer closing).
-            self.order.retain(|d| d != digest);
+            self.order.retain(|id| *id != entry.identity);
         }
     }
 
@@ -395,7 +401,16 @@ impl DedupeCache {
     }
 
     fn millis(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(NEVER - 1)
+            .min(NEVER - 1)
+    }
+
+    /// The digest and entry of the identity at the front of the order.
+    fn front(&self) -> Option<(u64, Digest, &Entry)> {
+        let identity = *self.order.front()?;
+        let digest = *self.by_identity.get(&identity)?;
+        Some((identity, digest, self.entries.get(&digest)?))
     }
 
     /// Forgets entries from the front whose timestamp has left the window.
@@ -405,8 +420,9 @@ impl DedupeCache {
     fn expire(&mut self, now: i64) {
         let (past, _) = self.window_secs();
         let oldest = now.saturating_sub(past);
-        while let Some(front) = self.order.front().copied() {
-            let Some(entry) = self.entries.get(&front) else {
+        while !self.order.is_empty() {
+            let Some((_, digest, entry)) = self.front() else {
+                // Cannot happen (order and maps change together); skip it.
                 self.order.pop_front();
                 continue;
             };
@@ -414,7 +430,7 @@ impl DedupeCache {
                 break;
             }
             self.order.pop_front();
-            self.remove(&front);
+            self.remove(&digest);
             self.expired += 1;
         }
     }
@@ -423,14 +439,15 @@ impl DedupeCache {
     /// signer's floor. Entries being handled are moved to the back.
     fn evict_one(&mut self) -> bool {
         for _ in 0..self.order.len() {
-            let Some(front) = self.order.pop_front() else {
-                return false;
-            };
-            match self.entries.get(&front).map(|e| e.state) {
+            let front = self
+                .front()
+                .map(|(identity, digest, e)| (identity, digest, e.state));
+            self.order.pop_front();
+            match front {
                 None => continue,
-                Some(Seen::InProgress) => self.order.push_back(front),
-                Some(_) => {
-                    self.remove(&front);
+                Some((identity, _, Seen::InProgress)) => self.order.push_back(identity),
+                Some((_, digest, _)) => {
+                    self.remove(&digest);
                     self.evicted += 1;
                     return true;
                 }
@@ -478,6 +495,13 @@ mod tests {
 
     fn admit(c: &mut DedupeCache, signer: &str, id: u32, ts: i64) -> Result<(), Refused> {
         c.admit(Some(signer), &format!("id-{id}"), d(id), ts, NOW, true)
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // Digest key (32) + entry, in the main map; identity -> digest; the
+        // order queue: about 136 bytes an entry with the tables' slack.
+        assert!(std::mem::size_of::<Entry>() <= 40);
     }
 
     #[test]
