@@ -218,24 +218,23 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
         let raw = RawPub::connect(&bus.inbound);
         let signer = bus.identity("publisher");
         let topic = bus.topic("hostile");
-        let signed =
-            |topic: &str, edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
-                forge::tampered(
-                    &forge::message(topic, json!({"x": 1}), true, Some(&signer)),
-                    edit,
-                )
-            };
+        // Validly signed, so that nothing but the characters is wrong.
+        let signed = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let m = forge::message(&topic, json!({"x": 1}), true, Some(&signer));
+            forge::resigned(&m, &signer, edit)
+        };
         // Control characters in msg_id (NUL, ESC) and in the topic (ESC):
-        // nothing of them may reach stdout or an --exec command line.
-        raw.send(&signed(&topic, &|b| {
+        // nothing of them may reach stdout or an --exec command line. (The
+        // library refuses to build such messages; a hostile peer signs them
+        // by hand.)
+        raw.send(&signed(&|b| {
             b.insert("msg_id".into(), json!("2026-evil\u{0}id"));
         }));
-        raw.send(&signed(&topic, &|b| {
+        raw.send(&signed(&|b| {
             b.insert("msg_id".into(), json!("2026-\u{1b}[31mred"));
         }));
-        // (The library refuses to build that; a hostile peer edits it in.)
         let escape_topic = format!("{topic}.\u{1b}[2J");
-        raw.send(&signed(&topic, &|b| {
+        raw.send(&signed(&|b| {
             b.insert("topic".into(), json!(escape_topic));
         }));
         // A lone surrogate (Python accepts it) and a body deeper than the
@@ -280,6 +279,11 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
         assert!(!stderr.contains('\u{0}'), "{stderr}");
         assert!(!stderr.contains("\u{1b}[31m"), "{stderr}");
         assert!(!stderr.contains("\u{1b}[2J"), "{stderr}");
+        assert_eq!(
+            stats.sum("rejected."),
+            0,
+            "only the characters were wrong: {stats}"
+        );
         assert_eq!(consumer.next_stdout(Duration::from_millis(200)), None);
     })
 }

@@ -468,10 +468,11 @@ impl Delivery {
         self.signer.as_deref()
     }
 
-    /// Whether handling it leads to an ACK: the sender asked for one, this
-    /// is not itself an ACK, and the consumer sends ACKs.
+    /// Whether the sender asked for an ACK (and this is not itself an ACK).
     pub fn wants_ack(&self) -> bool {
-        self.ticket.as_ref().is_some_and(Ticket::wants_ack)
+        self.ticket
+            .as_ref()
+            .is_some_and(Ticket::sender_asked_for_ack)
     }
 
     /// When the socket thread received it.
@@ -746,12 +747,18 @@ impl Actor {
                 self.counters.bump("duplicate", kind.kind());
                 tracing::trace!(msg_id = ?msg_id, kind = kind.kind(), "duplicate");
             }
-            Outcome::Refused { refusal, msg_id } => {
+            Outcome::Refused {
+                refusal,
+                msg_id,
+                signer,
+            } => {
                 let (group, kind) = refusal.counter();
                 self.counters.bump(group, kind);
+                // Unverified text is logged with `?` (escaped), never raw.
                 tracing::debug!(
                     reason = %format_args!("{group}.{kind}"),
                     msg_id = ?msg_id,
+                    signer = ?signer,
                     "refused message: {refusal}"
                 );
             }

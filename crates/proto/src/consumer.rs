@@ -87,13 +87,21 @@ pub struct PendingAck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
     digest: Digest,
+    asked: bool,
     ack: Option<PendingAck>,
 }
 
 impl Ticket {
-    /// Whether handling it leads to an ACK.
+    /// Whether handling it leads to an ACK (the sender asked, and this
+    /// consumer sends ACKs).
     pub fn wants_ack(&self) -> bool {
         self.ack.is_some()
+    }
+
+    /// Whether the sender asked for an ACK (`gilmsg_version`) and the
+    /// message is not itself an ACK, whether or not this consumer sends any.
+    pub fn sender_asked_for_ack(&self) -> bool {
+        self.asked
     }
 
     /// The digest of the delivered body's signed part.
@@ -230,6 +238,8 @@ pub enum Outcome {
         refusal: Refusal,
         /// Its id, if it decoded.
         msg_id: Option<String>,
+        /// Its verified signer, when the refusal came after verification.
+        signer: Option<String>,
     },
 }
 
@@ -281,6 +291,7 @@ impl ConsumerState {
             Err(e) => Outcome::Refused {
                 refusal: Refusal::Invalid(e),
                 msg_id: None,
+                signer: None,
             },
         }
     }
@@ -300,6 +311,7 @@ impl ConsumerState {
         let refuse = |refusal, message: &Envelope| Outcome::Refused {
             refusal,
             msg_id: Some(message.msg_id().to_owned()),
+            signer: None,
         };
         let signed = match message.signed_part() {
             Ok(s) => s,
@@ -365,9 +377,19 @@ impl ConsumerState {
                 }
             }
             Err(Refused::BelowFloor { floor }) => {
-                return refuse(Refusal::BelowReplayFloor { floor, timestamp }, &message)
+                return Outcome::Refused {
+                    refusal: Refusal::BelowReplayFloor { floor, timestamp },
+                    msg_id: Some(message.msg_id().to_owned()),
+                    signer: valid.signer,
+                }
             }
-            Err(Refused::Full) => return refuse(Refusal::DedupeFull, &message),
+            Err(Refused::Full) => {
+                return Outcome::Refused {
+                    refusal: Refusal::DedupeFull,
+                    msg_id: Some(message.msg_id().to_owned()),
+                    signer: valid.signer,
+                }
+            }
         }
         let ack = (self.settings.send_acks && wants_ack).then(|| PendingAck {
             msg_id: message.msg_id().to_owned(),
@@ -377,7 +399,11 @@ impl ConsumerState {
         Outcome::Deliver(Box::new(Accepted {
             message,
             signer: valid.signer,
-            ticket: Ticket { digest, ack },
+            ticket: Ticket {
+                digest,
+                asked: wants_ack,
+                ack,
+            },
             legacy_unsigned_gilmsg_version: valid.unsigned_gilmsg_version,
         }))
     }
