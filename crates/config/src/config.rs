@@ -104,9 +104,23 @@ pub struct Config {
     pub resend_max: Duration,
     /// Largest message accepted off the wire, in bytes. Default 1 MiB.
     pub max_message_size: usize,
-    /// How many recent `msg_id`s a consumer remembers to drop re-sends.
+    /// The most messages a consumer remembers to drop re-sends and replays
+    /// (a memory bound; see [`max_message_age`](Self::max_message_age)).
     /// Default 32768.
     pub dedupe_capacity: usize,
+    /// How old a message's signed `timestamp` may be for a consumer to
+    /// accept it (plus [`clock_skew`](Self::clock_skew)); consumers remember
+    /// what they accepted at least that long, so a captured message replayed
+    /// later is refused. Must be at least `ack_timeout` (re-sends keep their
+    /// timestamp). Default 10 min; seconds.
+    pub max_message_age: Duration,
+    /// How far a publisher's clock may differ from a consumer's, either way.
+    /// Default 60 s; seconds.
+    pub clock_skew: Duration,
+    /// A publisher counts only ACKs that carry a body digest (Python gilmsg
+    /// recipients send none, so they can never complete such a publish).
+    /// Default `false`.
+    pub require_ack_digest: bool,
     /// ZeroMQ high-water mark for our sockets, in messages; 0 = unlimited.
     /// Default 10000, so a flood cannot grow a process without bound
     /// (acknowledged publishes are re-sent after a drop at a full queue);
@@ -170,6 +184,9 @@ impl Default for Config {
             resend_max: Duration::from_secs(1),
             max_message_size: 1 << 20,
             dedupe_capacity: 32768,
+            max_message_age: Duration::from_secs(600),
+            clock_skew: Duration::from_secs(60),
+            require_ack_digest: false,
             high_water_mark: 10_000,
             zmq_linger: Duration::from_secs(1),
             zmq_reconnect_ivl: Duration::from_millis(100),
@@ -412,6 +429,20 @@ impl Config {
                 check::duration_refusal("0 (it must be greater than 0)", check::BareUnit::Seconds),
             );
         }
+        if self.max_message_age.is_zero() {
+            return bad("max_message_age", "must be greater than 0".into());
+        }
+        if self.max_message_age < self.ack_timeout {
+            return bad(
+                "max_message_age",
+                format!(
+                    "{} is below ack_timeout ({}): consumers would refuse the re-sends of a \
+                     message before its publisher gives up",
+                    show(self.max_message_age),
+                    show(self.ack_timeout)
+                ),
+            );
+        }
         if self.resend_min > self.resend_initial {
             return bad(
                 "resend_min",
@@ -494,6 +525,12 @@ impl Config {
         let int = |v: usize| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
         t.insert("max_message_size".into(), int(self.max_message_size));
         t.insert("dedupe_capacity".into(), int(self.dedupe_capacity));
+        t.insert("max_message_age".into(), d(self.max_message_age));
+        t.insert("clock_skew".into(), d(self.clock_skew));
+        t.insert(
+            "require_ack_digest".into(),
+            Value::Boolean(self.require_ack_digest),
+        );
         t.insert(
             "high_water_mark".into(),
             Value::Integer(self.high_water_mark.into()),
@@ -693,6 +730,12 @@ mod tests {
         let mut c = ok.clone();
         c.max_message_size = 0;
         assert_eq!(key_of(&c), "max_message_size");
+
+        let mut c = ok.clone();
+        c.max_message_age = Duration::from_secs(4);
+        assert_eq!(key_of(&c), "max_message_age");
+        c.max_message_age = Duration::ZERO;
+        assert_eq!(key_of(&c), "max_message_age");
 
         let mut c = ok.clone();
         c.resend_min = Duration::from_millis(60);

@@ -288,9 +288,12 @@ fn from_map(
         routing_policy,
         routing_nitpicky,
         strict_config,
+        require_ack_digest,
     );
     via!(
         ack_timeout: Secs,
+        max_message_age: Secs,
+        clock_skew: Secs,
         resend_initial: Secs,
         resend_min: Secs,
         resend_max: Secs,
