@@ -33,12 +33,22 @@ async fn answer_with(
     setup: impl FnOnce(&Bus),
     reply: impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>>,
 ) -> Outcome {
+    answer_publisher_with(recipient, setup, Bus::publisher, reply).await
+}
+
+/// [`answer_with`], the publisher built by `publisher`.
+async fn answer_publisher_with(
+    recipient: &'static str,
+    setup: impl FnOnce(&Bus),
+    publisher: impl FnOnce(&Bus) -> gilmsg::Bus,
+    reply: impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>>,
+) -> Outcome {
     let bus = Bus::start(&["rcpt", "intruder"]);
     setup(&bus);
     let topic = bus.topic("forged");
     let fake = FakeRecipient::connect(&bus, &topic);
     // Built after `setup`, so its trust store has the CRL as setup left it.
-    let publisher = bus.publisher();
+    let publisher = publisher(&bus);
     let handle = publisher.clone();
     let task = tokio::spawn(async move {
         handle
@@ -132,6 +142,77 @@ fn positive_control_an_ack_without_digest_counts_unchecked() {
         .await;
         let receipt = outcome.result.expect("a digest-less ACK counts");
         assert!(!receipt.acks[0].digest_checked);
+    })
+}
+
+/// A publisher that counts only ACKs carrying the body's digest, set by
+/// the config key or by the builder.
+fn strict_publisher(by_config: bool) -> impl FnOnce(&Bus) -> gilmsg::Bus {
+    move |bus| {
+        let mut config = bus.config();
+        config.require_ack_digest = by_config;
+        gilmsg::Bus::builder(&config)
+            .modname(gilmsg_tests::MODNAME)
+            .certname(gilmsg_tests::PUBLISHER)
+            .active(true)
+            .require_ack_digest(true)
+            .build()
+            .expect("strict publisher")
+    }
+}
+
+fn digestless_ack(bus: &Bus, message: &Envelope) -> Vec<Vec<u8>> {
+    let body = AckBody {
+        ack_msg_id: message.msg_id().to_owned(),
+        ack_digest: None,
+    };
+    forge::frames(&forge::ack(
+        &bus.ack_topic(),
+        body,
+        Some(&bus.identity("rcpt")),
+    ))
+}
+
+#[test]
+fn a_strict_publisher_refuses_an_ack_without_digest() {
+    within_async(LIMIT, || async {
+        let outcome =
+            answer_publisher_with("rcpt", |_| {}, strict_publisher(false), digestless_ack).await;
+        assert_refused(outcome, "rcpt", "ack.digest_missing");
+    })
+}
+
+#[test]
+fn require_ack_digest_in_the_config_makes_the_publisher_strict() {
+    within_async(LIMIT, || async {
+        let from_config = |bus: &Bus| {
+            let mut config = bus.config();
+            config.require_ack_digest = true;
+            bus.publisher_from(&config)
+        };
+        let outcome = answer_publisher_with("rcpt", |_| {}, from_config, digestless_ack).await;
+        assert_refused(outcome, "rcpt", "ack.digest_missing");
+    })
+}
+
+#[test]
+fn positive_control_a_strict_publisher_counts_the_honest_ack_as_digest_checked() {
+    within_async(LIMIT, || async {
+        let outcome = answer_publisher_with(
+            "rcpt",
+            |_| {},
+            strict_publisher(true),
+            |bus, message| {
+                forge::frames(&forge::honest_ack(
+                    &bus.ack_topic(),
+                    message,
+                    &bus.identity("rcpt"),
+                ))
+            },
+        )
+        .await;
+        let receipt = outcome.result.expect("the honest ACK counts");
+        assert!(receipt.acks.iter().all(|a| a.digest_checked), "{receipt:?}");
     })
 }
 

@@ -87,3 +87,52 @@ fn stats_can_be_asked_for_as_soon_as_a_process_is_ready() {
         }
     })
 }
+
+#[test]
+fn routing_nitpicky_does_not_veto_acks() {
+    // The ACK topic is not in the routing policy; ACKs are authorised by
+    // the publish's recipient list, so they must still count. Messages on
+    // unlisted topics are still refused by consumers.
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(
+            &["c1"],
+            &format!(
+                "routing_nitpicky = true\n\n[routing_policy]\n{:?} = [\"publisher\"]\n",
+                format!(
+                    "{}.{}.{}.listed",
+                    gilmsg_tests::TOPIC_PREFIX,
+                    gilmsg_tests::ENVIRONMENT,
+                    gilmsg_tests::MODNAME
+                )
+            ),
+        );
+        let c1 = bus.consumer("c1", &[]);
+        let publisher = bus.publisher();
+        let receipt = publisher
+            .publish("listed", json!({"n": 1}), &["c1"], Duration::from_secs(10))
+            .await
+            .expect("acked despite routing_nitpicky");
+        assert_eq!(receipt.acks[0].recipient, "c1");
+        c1.wait_stdout(&receipt.msg_id, Duration::from_secs(5));
+        let stats = publisher.stats();
+        assert_eq!(stats.sum("ack.rejected"), 0, "{stats}");
+
+        let err = publisher
+            .publish(
+                "unlisted",
+                json!({"n": 2}),
+                &["c1"],
+                Duration::from_millis(500),
+            )
+            .await
+            .expect_err("the policy still applies to messages");
+        assert_eq!(
+            err.as_timeout().map(|t| t.missing.clone()),
+            Some(vec!["c1".to_owned()])
+        );
+        let stats = c1.wait_stats("the refusal", Duration::from_secs(5), |s| {
+            s.get("rejected.policy_unlisted") >= 1
+        });
+        assert_eq!(stats.get("message.delivered"), 1, "{stats}");
+    })
+}

@@ -212,3 +212,81 @@ fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_pu
         publish_quickly(&publisher, &NAMES).await;
     })
 }
+
+#[test]
+fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reason() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&["c1"]);
+        let consumer = bus.consumer_with("c1", &bus.config_path, "debug", &[]);
+        let raw = RawPub::connect(&bus.inbound);
+        let signer = bus.identity("publisher");
+        let topic = bus.topic("hostile");
+        // Validly signed, so that nothing but the characters is wrong.
+        let signed = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let m = forge::message(&topic, json!({"x": 1}), true, Some(&signer));
+            forge::resigned(&m, &signer, edit)
+        };
+        // Control characters in msg_id (NUL, ESC) and in the topic (ESC):
+        // nothing of them may reach stdout or an --exec command line. (The
+        // library refuses to build such messages; a hostile peer signs them
+        // by hand.)
+        raw.send(&signed(&|b| {
+            b.insert("msg_id".into(), json!("2026-evil\u{0}id"));
+        }));
+        raw.send(&signed(&|b| {
+            b.insert("msg_id".into(), json!("2026-\u{1b}[31mred"));
+        }));
+        let escape_topic = format!("{topic}.\u{1b}[2J");
+        raw.send(&signed(&|b| {
+            b.insert("topic".into(), json!(escape_topic));
+        }));
+        // A lone surrogate (Python accepts it) and a body deeper than the
+        // decoder's bound (Python's json goes to about 990 levels).
+        let lone =
+            format!(r#"{{"topic":"{topic}","msg":"\ud800","msg_id":"2026-x","timestamp":0}}"#);
+        raw.send(&[topic.as_bytes(), lone.as_bytes()]);
+        let deep = format!(
+            r#"{{"topic":"{topic}","msg_id":"2026-y","msg":{}1{}}}"#,
+            "[".repeat(600),
+            "]".repeat(600)
+        );
+        raw.send(&[topic.as_bytes(), deep.as_bytes()]);
+
+        let stats = consumer.wait_stats("the refusals", Duration::from_secs(10), |s| {
+            s.sum("invalid.") >= 5
+        });
+        let expect = [
+            ("invalid.control_char_in_msg_id", 2),
+            ("invalid.control_char_in_topic", 1),
+            ("invalid.lone_surrogate", 1),
+            ("invalid.too_deep", 1),
+            ("invalid.not_json", 0),
+            ("message.delivered", 0),
+        ];
+        for (name, n) in expect {
+            assert_eq!(stats.get(name), n, "{name} in {stats}");
+        }
+        // Each refusal said why at debug level, escaped, never raw.
+        let stderr = consumer.stderr().join("\n");
+        for reason in [
+            "invalid.control_char_in_msg_id",
+            "invalid.control_char_in_topic",
+            "invalid.lone_surrogate",
+            "invalid.too_deep",
+        ] {
+            assert!(
+                stderr.contains(reason),
+                "no log line for {reason}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains('\u{0}'), "{stderr}");
+        assert!(!stderr.contains("\u{1b}[31m"), "{stderr}");
+        assert!(!stderr.contains("\u{1b}[2J"), "{stderr}");
+        assert_eq!(
+            stats.sum("rejected."),
+            0,
+            "only the characters were wrong: {stats}"
+        );
+        assert_eq!(consumer.next_stdout(Duration::from_millis(200)), None);
+    })
+}

@@ -148,3 +148,57 @@ fn plain_publish_without_recipients_reaches_consumers_and_asks_no_ack() {
         tail.wait_stdout(&timeout.msg_id, Duration::from_secs(5));
     })
 }
+
+#[test]
+fn a_body_receivers_would_refuse_is_refused_at_publish_at_once() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(&["c1"]);
+        let publisher = bus.publisher();
+        // Deeper than any consumer parses (512 levels, the envelope being
+        // one), built in code so that no parser limit stops it first.
+        let mut deep = json!(1);
+        for _ in 0..600 {
+            deep = Value::Array(vec![deep]);
+        }
+        let started = std::time::Instant::now();
+        let err = publisher
+            .publish("deep", deep, &["c1"], Duration::from_secs(10))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                gilmsg::Error::Unsendable(gilmsg::Unsendable::TooDeep { limit: 512 })
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1), "{err}");
+        let err = publisher
+            .publish_full(
+                format!("{}\u{1b}[2J", bus.topic("x")),
+                json!(1),
+                &["c1"],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                gilmsg::Error::Unsendable(gilmsg::Unsendable::UnsafeTopic)
+            ),
+            "{err}"
+        );
+        // The handle still works.
+        let _c1 = bus.consumer("c1", &[]);
+        publisher
+            .publish(
+                "fine",
+                json!({"depth": 1}),
+                &["c1"],
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("a normal publish after the refusals");
+    })
+}

@@ -196,3 +196,71 @@ fn help_lists_the_exit_statuses() {
         }
     })
 }
+
+/// `{"d": [[[...1...]]]}` with `depth` levels of nesting in all.
+fn nested_json(depth: usize) -> String {
+    format!(
+        "{{\"d\":{}1{}}}",
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+#[test]
+fn a_msg_nested_127_deep_is_delivered_and_acked() {
+    // The envelope makes the body 128 deep: past serde_json's default
+    // limit, which used to drop it at every consumer while Python peers
+    // accept it, and the logger waited out the whole timeout.
+    within(LIMIT, || {
+        let bus = Bus::start(&["a"]);
+        let a = bus.consumer("a", &[]);
+        let mut args = base(&bus);
+        let message = nested_json(127);
+        args.extend([
+            "--recipients",
+            "a",
+            "--json-input",
+            "--print-receipt",
+            "--ack-timeout",
+            "5s",
+            "--message",
+            &message,
+        ]);
+        let out = bus.logger(&args, "", RUN);
+        assert_eq!(out.status, Some(0), "{out:?}");
+        let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("receipt");
+        a.wait_stdout(
+            receipt["msg_id"].as_str().expect("msg_id"),
+            Duration::from_secs(5),
+        );
+    })
+}
+
+#[test]
+fn a_body_over_max_message_size_is_refused_at_once_with_exit_2() {
+    within(LIMIT, || {
+        let bus = Bus::start_with(&["a"], "max_message_size = 4096");
+        let a = bus.consumer("a", &[]);
+        let mut args = base(&bus);
+        let big = "x".repeat(8000);
+        args.extend(["--recipients", "a", "--message", &big]);
+        let started = std::time::Instant::now();
+        let out = bus.logger(&args, "", RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not refused at once: {:?}",
+            started.elapsed()
+        );
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(lines[0].contains("not sent"), "{out:?}");
+        assert!(
+            lines[0].contains("max_message_size (4096 bytes)"),
+            "{out:?}"
+        );
+        // Never sent, so nobody had to drop it.
+        let stats = a.stats();
+        assert_eq!(stats.get("message.received"), 0, "{stats}");
+    })
+}

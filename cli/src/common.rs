@@ -57,6 +57,7 @@ impl From<gilmsg::Error> for Failure {
             gilmsg::Error::Config(_)
             | gilmsg::Error::Crypto(_)
             | gilmsg::Error::Message(_)
+            | gilmsg::Error::Unsendable(_)
             | gilmsg::Error::InvalidArgument(_)
             | gilmsg::Error::NoAckEndpoints => EXIT_USAGE,
             _ => EXIT_BUS,

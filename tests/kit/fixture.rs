@@ -240,14 +240,27 @@ relay_outbound = {outbound_value}
         consumers
     }
 
+    /// Like [`Bus::consumer`], reading the config file `config` (e.g. one
+    /// written by [`Bus::write_config`]) and logging with the `GILMSG_LOG`
+    /// filter `log` (`"debug"` to see why messages are refused).
+    pub fn consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
+        let consumer = self.spawn_consumer_with(name, config, log, args);
+        consumer.wait_ready();
+        consumer
+    }
+
     fn spawn_consumer(&self, name: &str, args: &[&str]) -> Consumer {
+        self.spawn_consumer_with(name, &self.config_path, "warn", args)
+    }
+
+    fn spawn_consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
         let mut command = Command::new(bin("gilmsg-consumer"));
         command
             .arg("--config")
-            .arg(&self.config_path)
+            .arg(config)
             .args(["--certname", name, "--json"])
             .args(args)
-            .env("GILMSG_LOG", "warn")
+            .env("GILMSG_LOG", log)
             .stdin(Stdio::null());
         Consumer {
             name: name.to_owned(),

@@ -7,12 +7,23 @@ use serde_json::{Map, Value};
 
 /// A message on `topic`, signed by `signer` if given.
 pub fn message(topic: &str, msg: Value, wants_ack: bool, signer: Option<&dyn Signer>) -> Envelope {
+    message_at(topic, msg, wants_ack, signer, unix_now())
+}
+
+/// Like [`message`], stamped `timestamp` (seconds since the epoch).
+pub fn message_at(
+    topic: &str,
+    msg: Value,
+    wants_ack: bool,
+    signer: Option<&dyn Signer>,
+    timestamp: i64,
+) -> Envelope {
     Draft {
         topic: topic.to_owned(),
         msg,
         msg_id: new_msg_id(2026),
         i: 1,
-        timestamp: unix_now(),
+        timestamp,
         username: "gilmsg-tests".into(),
         wants_ack,
     }
@@ -51,7 +62,39 @@ pub fn tampered(envelope: &Envelope, edit: impl FnOnce(&mut Map<String, Value>))
     ]
 }
 
-fn unix_now() -> i64 {
+/// The frames of `envelope` after `edit` changed its body, then signed
+/// again by `signer`: a validly signed body that the library itself would
+/// refuse to build (control characters in `msg_id`, say).
+pub fn resigned(
+    envelope: &Envelope,
+    signer: &dyn Signer,
+    edit: impl FnOnce(&mut Map<String, Value>),
+) -> Vec<Vec<u8>> {
+    let mut body = envelope.body().clone();
+    edit(&mut body);
+    body.insert("crypto".into(), Value::String(signer.scheme().to_owned()));
+    let signed =
+        gilmsg_proto::canonical::object_to_string_without(&body, &["signature", "certificate"])
+            .expect("canonical body");
+    let signature = signer.sign(signed.as_bytes()).expect("sign");
+    body.insert("signature".into(), Value::String(signature));
+    body.insert(
+        "certificate".into(),
+        Value::String(signer.certificate().to_owned()),
+    );
+    let topic = body
+        .get("topic")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    vec![
+        topic.into_bytes(),
+        serde_json::to_vec(&Value::Object(body)).expect("serialise"),
+    ]
+}
+
+/// The wall clock in seconds since the epoch.
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

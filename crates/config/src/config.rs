@@ -109,7 +109,8 @@ pub struct Config {
     pub resend_max: Duration,
     /// Largest message accepted off the wire, in bytes. Default 1 MiB.
     pub max_message_size: usize,
-    /// How many recent `msg_id`s a consumer remembers to drop re-sends.
+    /// The most messages a consumer remembers to drop re-sends and replays
+    /// (a memory bound; see [`max_message_age`](Self::max_message_age)).
     /// Default 32768.
     pub dedupe_capacity: usize,
     /// Most distinct subscription prefixes peers may hold on one of our
@@ -121,6 +122,19 @@ pub struct Config {
     /// sockets, in bytes; libzmq cuts off a peer that sends a longer one.
     /// Default 256; gilmsg key.
     pub max_subscription_length: usize,
+    /// How old a message's signed `timestamp` may be for a consumer to
+    /// accept it (plus [`clock_skew`](Self::clock_skew)); consumers remember
+    /// what they accepted at least that long, so a captured message replayed
+    /// later is refused. Must be at least `ack_timeout` (re-sends keep their
+    /// timestamp). Default 10 min; seconds.
+    pub max_message_age: Duration,
+    /// How far a publisher's clock may differ from a consumer's, either way.
+    /// Default 60 s; seconds.
+    pub clock_skew: Duration,
+    /// A publisher counts only ACKs that carry a body digest (Python gilmsg
+    /// recipients send none, so they can never complete such a publish).
+    /// Default `false`.
+    pub require_ack_digest: bool,
     /// ZeroMQ high-water mark for our sockets, in messages; 0 = unlimited.
     /// Default 10000, so a flood cannot grow a process without bound
     /// (acknowledged publishes are re-sent after a drop at a full queue);
@@ -186,6 +200,9 @@ impl Default for Config {
             dedupe_capacity: 32768,
             max_subscriptions: 4096,
             max_subscription_length: 256,
+            max_message_age: Duration::from_secs(600),
+            clock_skew: Duration::from_secs(60),
+            require_ack_digest: false,
             high_water_mark: 10_000,
             zmq_linger: Duration::from_secs(1),
             zmq_reconnect_ivl: Duration::from_millis(100),
@@ -445,6 +462,8 @@ impl Config {
             ("resend_initial", self.resend_initial),
             ("resend_min", self.resend_min),
             ("resend_max", self.resend_max),
+            ("max_message_age", self.max_message_age),
+            ("clock_skew", self.clock_skew),
         ] {
             if value > MAX_TIMEOUT {
                 return bad(
@@ -456,6 +475,20 @@ impl Config {
                     ),
                 );
             }
+        }
+        if self.max_message_age.is_zero() {
+            return bad("max_message_age", "must be greater than 0".into());
+        }
+        if self.max_message_age < self.ack_timeout {
+            return bad(
+                "max_message_age",
+                format!(
+                    "{} is below ack_timeout ({}): consumers would refuse the re-sends of a \
+                     message before its publisher gives up",
+                    show(self.max_message_age),
+                    show(self.ack_timeout)
+                ),
+            );
         }
         if self.resend_min > self.resend_initial {
             return bad(
@@ -543,6 +576,12 @@ impl Config {
         t.insert(
             "max_subscription_length".into(),
             int(self.max_subscription_length),
+        );
+        t.insert("max_message_age".into(), d(self.max_message_age));
+        t.insert("clock_skew".into(), d(self.clock_skew));
+        t.insert(
+            "require_ack_digest".into(),
+            Value::Boolean(self.require_ack_digest),
         );
         t.insert(
             "high_water_mark".into(),
@@ -743,6 +782,12 @@ mod tests {
         let mut c = ok.clone();
         c.max_message_size = 0;
         assert_eq!(key_of(&c), "max_message_size");
+
+        let mut c = ok.clone();
+        c.max_message_age = Duration::from_secs(4);
+        assert_eq!(key_of(&c), "max_message_age");
+        c.max_message_age = Duration::ZERO;
+        assert_eq!(key_of(&c), "max_message_age");
 
         let mut c = ok.clone();
         c.resend_min = Duration::from_millis(60);

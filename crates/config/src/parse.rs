@@ -288,9 +288,12 @@ fn from_map(
         routing_policy,
         routing_nitpicky,
         strict_config,
+        require_ack_digest,
     );
     via!(
         ack_timeout: Secs,
+        max_message_age: Secs,
+        clock_skew: Secs,
         resend_initial: Secs,
         resend_min: Secs,
         resend_max: Secs,
@@ -668,7 +671,7 @@ mod tests {
             assert_eq!(e.key(), Some(key), "{text}: {e}");
             assert!(e.to_string().contains("/cfg/bus.toml"), "{e}");
         }
-        let c = toml("ack_timeout = \"365days\"").unwrap();
+        let c = toml("ack_timeout = \"365days\"\nmax_message_age = \"365days\"").unwrap();
         assert_eq!(c.ack_timeout, crate::MAX_TIMEOUT);
     }
 

@@ -59,6 +59,9 @@ fn full_toml_example() {
     assert_eq!(c.resend_max, Duration::from_secs(2));
     assert_eq!(c.max_message_size, 65536);
     assert_eq!(c.dedupe_capacity, 1024);
+    assert_eq!(c.max_message_age, Duration::from_secs(300));
+    assert_eq!(c.clock_skew, Duration::from_secs(30));
+    assert!(c.require_ack_digest);
     assert_eq!(c.high_water_mark, 1000);
     assert_eq!(c.zmq_linger, Duration::from_millis(500));
     assert_eq!(c.zmq_reconnect_ivl, Duration::from_millis(250));

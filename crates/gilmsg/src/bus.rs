@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gilmsg_config::Config;
-use gilmsg_proto::ack::digest_of_signed_part;
-use gilmsg_proto::{AckCollector, AckRecord, Draft, Signer, TopicScheme};
+use gilmsg_proto::{AckCollector, AckRecord, Digest, Draft, Signer, TopicScheme};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Unsendable};
 use crate::publisher::{Actor, Command, Outgoing, Setup};
 use crate::setup;
 use crate::stats::{Counters, Stats};
@@ -28,7 +27,10 @@ pub struct Receipt {
     pub msg_id: String,
     /// Its full topic.
     pub topic: String,
-    /// One record per recipient, in the order they were named.
+    /// One record per recipient, in the order they were named; each says
+    /// whether its ACK named this body's digest
+    /// ([`AckRecord::digest_checked`], always true with
+    /// [`BusBuilder::require_ack_digest`]).
     pub acks: Vec<AckRecord>,
     /// How many times the message was sent (1 unless something was lost).
     pub sends: u32,
@@ -43,9 +45,19 @@ pub struct BusBuilder {
     modname: String,
     certname: Option<String>,
     active: Option<bool>,
+    require_ack_digest: Option<bool>,
 }
 
 impl BusBuilder {
+    /// Count only ACKs that carry the body's digest (overrides the config's
+    /// `require_ack_digest`). Python gilmsg recipients send none, so their
+    /// ACKs are then refused (`ack.digest_missing`) and such a publish times
+    /// out naming them.
+    pub fn require_ack_digest(mut self, required: bool) -> Self {
+        self.require_ack_digest = Some(required);
+        self
+    }
+
     /// The module name in topics `<prefix>.<env>.<modname>.<topic>`
     /// (default: the executable's name).
     pub fn modname(mut self, modname: impl Into<String>) -> Self {
@@ -73,6 +85,7 @@ impl BusBuilder {
             modname,
             certname,
             active,
+            require_ack_digest,
         } = self;
         config.validate()?;
         let active = active.unwrap_or(config.active);
@@ -83,8 +96,11 @@ impl BusBuilder {
             None
         };
         // ACKs are always verified, whatever `validate_signatures` says:
-        // counting an unverified ACK would be a false positive waiting to happen.
-        let validator = Some(setup::load_validator(&config)?);
+        // counting an unverified ACK would be a false positive waiting to
+        // happen. The routing policy does not apply to them: an ACK is
+        // authorised by the publish's recipient list (a `routing_nitpicky`
+        // policy that does not list the ACK topic must not veto them all).
+        let validator = Some(setup::load_ack_validator(&config)?);
         let own = if active {
             Vec::new()
         } else {
@@ -149,6 +165,8 @@ impl BusBuilder {
                 scheme: TopicScheme::new(&config.topic_prefix, &config.environment),
                 modname,
                 default_timeout: config.ack_timeout,
+                max_message_size: config.max_message_size,
+                require_ack_digest: require_ack_digest.unwrap_or(config.require_ack_digest),
                 sequence: AtomicU64::new(0),
                 username: setup::username(),
                 counters,
@@ -174,6 +192,8 @@ struct Inner {
     scheme: TopicScheme,
     modname: String,
     default_timeout: Duration,
+    max_message_size: usize,
+    require_ack_digest: bool,
     sequence: AtomicU64,
     username: String,
     counters: Counters,
@@ -232,6 +252,7 @@ impl Bus {
             modname: default_modname(),
             certname: None,
             active: None,
+            require_ack_digest: None,
         }
     }
 
@@ -312,6 +333,9 @@ impl Bus {
             username: self.inner.username.clone(),
             wants_ack: !recipients.is_empty(),
         };
+        // Refuses, at once, what receivers would refuse: numbers a double
+        // cannot hold exactly, nesting past the decoder's bound, control
+        // characters in the topic (see `Draft::build`).
         let envelope = draft.build(self.inner.signer.as_deref())?;
         let signed = envelope
             .signed_part()
@@ -319,14 +343,19 @@ impl Bus {
         let frames = envelope
             .encode()
             .map_err(gilmsg_proto::envelope::BuildError::from)?;
+        if frames[1].len() > self.inner.max_message_size {
+            return Err(Error::Unsendable(Unsendable::TooLarge {
+                size: frames[1].len(),
+                limit: self.inner.max_message_size,
+            }));
+        }
         let collector = if recipients.is_empty() {
             None
         } else {
-            Some(AckCollector::new(
-                &msg_id,
-                &digest_of_signed_part(&signed),
-                recipients,
-            ))
+            Some(
+                AckCollector::new(&msg_id, Digest::of_signed_part(&signed), recipients)
+                    .require_digest(self.inner.require_ack_digest),
+            )
         };
         let (reply, response) = oneshot::channel();
         let outgoing = Outgoing {

@@ -20,15 +20,25 @@
 //! messages are acked one by one. Messages that
 //! do not ask for an ACK (no `gilmsg_version`), and ACKs themselves, are
 //! delivered but never acked.
+//!
+//! Every one of those decisions is made by
+//! [`ConsumerState`](gilmsg_proto::consumer::ConsumerState) in
+//! `gilmsg-proto`, which holds no socket and no clock; this file is the
+//! ZeroMQ adapter around it: it receives frames, passes them in with the
+//! time, counts and logs the outcome, hands deliveries over, and signs and
+//! sends the ACK batches the state machine yields.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gilmsg_config::Config;
-use gilmsg_proto::ack::{digest_bytes, format_digest, AckBody, MAX_ACK_BATCH};
-use gilmsg_proto::dedupe::{DedupeCache, Seen};
-use gilmsg_proto::{Draft, Envelope, Signer, TopicScheme, Validator};
+use gilmsg_proto::ack::AckBody;
+use gilmsg_proto::consumer::{
+    Accepted, ConsumerSettings, ConsumerState, Outcome, PendingAck, Ticket, ACK_BURST,
+};
+use gilmsg_proto::dedupe::{ReackPolicy, Retention};
+use gilmsg_proto::{Draft, Envelope, Signer, TopicScheme, Validated, Validator};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -211,18 +221,27 @@ impl ConsumerBuilder {
         let (deliveries_tx, deliveries) = mpsc::channel(queue);
         let (mailbox, inbox) = wire::mailbox()?;
         let (readiness_tx, readiness) = watch::channel(Readiness::default());
+        let settings = ConsumerSettings {
+            ack_topic: scheme.ack_topic(),
+            deliver_acks,
+            send_acks: acker.is_some(),
+            max_message_size: config.max_message_size,
+            retention: Retention {
+                capacity: config.dedupe_capacity,
+                max_age: config.max_message_age,
+                clock_skew: config.clock_skew,
+            },
+            reack: ReackPolicy::default(),
+        };
         let setup = ActorSetup {
             tuning: SocketTuning::from_config(&config),
             endpoints,
             topics,
             ack_bind,
             ack_connect,
-            max_message_size: config.max_message_size,
-            dedupe_capacity: config.dedupe_capacity,
+            settings,
             validator,
             acker: acker.clone(),
-            ack_topic: scheme.ack_topic(),
-            deliver_acks,
             counters: counters.clone(),
             readiness: readiness_tx,
             inline,
@@ -276,7 +295,7 @@ impl Acker {
             .iter()
             .map(|p| AckBody {
                 ack_msg_id: p.msg_id.clone(),
-                ack_digest: Some(format_digest(&p.digest)),
+                ack_digest: Some(p.digest.to_string()),
             })
             .collect();
         let Some((first, rest)) = bodies.split_first() else {
@@ -310,27 +329,12 @@ impl Drop for Shared {
     }
 }
 
-/// An ACK waiting to be signed and sent at the end of the thread's burst.
-#[derive(Debug, Clone)]
-struct PendingAck {
-    msg_id: String,
-    digest: [u8; 32],
-    /// From a gilmsg-rs publisher, which reads batched ACKs.
-    batchable: bool,
-}
-
-/// Messages received per burst before the burst's ACKs are signed and sent.
-const ACK_BURST: usize = 64;
-
-/// `gilmsg_version` prefix of publishers that understand batched ACKs.
-const BATCHING_PEER: &str = "gilmsg-rs/";
-
 enum Command {
-    /// The application's verdict on a delivery, with the ACK to send if any.
+    /// The application's verdict on a delivery.
     Settle {
         msg_id: String,
+        ticket: Ticket,
         handled: bool,
-        ack: Option<PendingAck>,
     },
     Shutdown,
 }
@@ -454,11 +458,9 @@ pub struct Delivery {
     message: Envelope,
     signer: Option<String>,
     received: Instant,
-    /// The ACK to send once handled, prepared by the socket thread.
-    ack: Option<PendingAck>,
+    /// What the socket thread needs back to settle it (and ACK it if asked).
+    ticket: Option<Ticket>,
     mailbox: Mailbox<Command>,
-    is_ack: bool,
-    settled: bool,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -499,7 +501,9 @@ impl Delivery {
 
     /// Whether the sender asked for an ACK (and this is not itself an ACK).
     pub fn wants_ack(&self) -> bool {
-        self.message.wants_ack() && !self.is_ack
+        self.ticket
+            .as_ref()
+            .is_some_and(Ticket::sender_asked_for_ack)
     }
 
     /// When the socket thread received it.
@@ -510,36 +514,29 @@ impl Delivery {
     /// Marks the message handled and, if the sender asked, sends the ACK
     /// (signed by the socket thread, possibly together with others).
     pub fn ack(mut self) -> Result<()> {
-        self.settled = true;
-        let msg_id = self.msg_id().to_owned();
-        let ack = self.ack.take();
-        self.mailbox.send(Command::Settle {
-            msg_id,
-            handled: true,
-            ack,
-        })
+        self.settle(true)
     }
 
     /// Marks the message as not handled: it will never be acked.
     pub fn fail(mut self) {
-        self.settled = true;
-        let _ = self.mailbox.send(Command::Settle {
+        let _ = self.settle(false);
+    }
+
+    fn settle(&mut self, handled: bool) -> Result<()> {
+        let Some(ticket) = self.ticket.take() else {
+            return Ok(());
+        };
+        self.mailbox.send(Command::Settle {
             msg_id: self.msg_id().to_owned(),
-            handled: false,
-            ack: None,
-        });
+            ticket,
+            handled,
+        })
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if !self.settled {
-            let _ = self.mailbox.send(Command::Settle {
-                msg_id: self.msg_id().to_owned(),
-                handled: false,
-                ack: None,
-            });
-        }
+        let _ = self.settle(false);
     }
 }
 
@@ -553,12 +550,9 @@ struct ActorSetup {
     topics: Vec<String>,
     ack_bind: Vec<String>,
     ack_connect: Vec<String>,
-    max_message_size: usize,
-    dedupe_capacity: usize,
+    settings: ConsumerSettings,
     validator: Option<Arc<Validator>>,
     acker: Option<Arc<Acker>>,
-    ack_topic: String,
-    deliver_acks: bool,
     counters: Counters,
     readiness: watch::Sender<Readiness>,
     inline: Option<InlineHandler>,
@@ -577,15 +571,11 @@ struct Actor {
     inbox: Inbox<Command>,
     deliveries: mpsc::Sender<Delivery>,
     mailbox: Mailbox<Command>,
-    dedupe: DedupeCache,
-    max_message_size: usize,
+    /// Every protocol decision (see `gilmsg_proto::consumer`).
+    state: ConsumerState,
     validator: Option<Arc<Validator>>,
     acker: Option<Arc<Acker>>,
-    /// ACKs to sign and send at the end of this burst.
-    pending_acks: Vec<PendingAck>,
     inline: Option<InlineHandler>,
-    ack_topic: String,
-    deliver_acks: bool,
     counters: Counters,
     readiness: watch::Sender<Readiness>,
 }
@@ -641,14 +631,10 @@ impl Actor {
             inbox,
             deliveries,
             mailbox,
-            dedupe: DedupeCache::new(setup.dedupe_capacity),
-            max_message_size: setup.max_message_size,
+            state: ConsumerState::new(setup.settings, Instant::now()),
             validator: setup.validator,
             acker: setup.acker,
-            pending_acks: Vec::new(),
             inline: setup.inline,
-            ack_topic: setup.ack_topic,
-            deliver_acks: setup.deliver_acks,
             counters: setup.counters,
             readiness: setup.readiness,
         };
@@ -746,9 +732,9 @@ impl Actor {
                     match command {
                         Command::Settle {
                             msg_id,
+                            ticket,
                             handled,
-                            ack,
-                        } => self.settle(&msg_id, handled, ack),
+                        } => self.settle(&msg_id, ticket, handled),
                         Command::Shutdown => shutdown = true,
                     }
                 }
@@ -783,9 +769,7 @@ impl Actor {
                 self.publish_readiness(now);
             }
             if ready[1] {
-                // A bounded burst, then the ACKs for it go out: a backlog of
-                // thousands must not hold every ACK back until it is all
-                // verified (the publisher would take the silence for loss).
+                // A bounded burst, then the ACKs for it go out (ACK_BURST).
                 for _ in 0..ACK_BURST {
                     // Three frames kept: enough for on_message to count a
                     // message with too many, without copying the rest.
@@ -804,24 +788,22 @@ impl Actor {
         self.flush_acks();
     }
 
-    /// Signs and sends the ACKs gathered during this burst: batchable ones
-    /// together (up to `MAX_ACK_BATCH` per signature), the others one by one.
+    /// Signs and sends the ACKs the state machine gathered during this
+    /// burst, one signed message per batch it yields.
     fn flush_acks(&mut self) {
-        if self.pending_acks.is_empty() {
+        if !self.state.has_pending_acks() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending_acks);
+        let batches = self.state.take_ack_batches();
+        self.publish_memory_counters();
         let Some(acker) = self.acker.clone() else {
             return;
         };
-        let (batchable, single): (Vec<PendingAck>, Vec<PendingAck>) =
-            pending.into_iter().partition(|p| p.batchable);
-        let groups = batchable.chunks(MAX_ACK_BATCH).chain(single.chunks(1));
-        for group in groups {
-            match acker.frames(group) {
+        for batch in batches {
+            match acker.frames(&batch) {
                 Ok(frames) => {
                     self.send_ack(&frames);
-                    self.counters.add("ack", "entries", group.len() as u64);
+                    self.counters.add("ack", "entries", batch.len() as u64);
                 }
                 Err(e) => {
                     self.counters.bump("ack", "sign_failed");
@@ -831,25 +813,24 @@ impl Actor {
         }
     }
 
-    fn settle(&mut self, msg_id: &str, handled: bool, ack: Option<PendingAck>) {
-        // Exposed so soak tests and operators can see the bound hold.
-        self.counters
-            .set("dedupe", "entries", self.dedupe.len() as u64);
-        self.counters
-            .set("dedupe", "evicted", self.dedupe.evicted());
-        if !handled {
+    /// Exposed so soak tests and operators can see the bounds hold.
+    fn publish_memory_counters(&self) {
+        let cache = self.state.cache();
+        self.counters.set("dedupe", "entries", cache.len() as u64);
+        self.counters.set("dedupe", "evicted", cache.evicted());
+        self.counters.set("dedupe", "expired", cache.expired());
+    }
+
+    fn settle(&mut self, msg_id: &str, ticket: Ticket, handled: bool) {
+        if handled {
+            self.counters.bump("handler", "ok");
+            tracing::debug!(msg_id, "handled");
+        } else {
             self.counters.bump("handler", "failed");
-            self.dedupe.set(msg_id, Seen::Failed);
-            return;
+            tracing::debug!(msg_id, "not handled: never acked");
         }
-        self.counters.bump("handler", "ok");
-        match ack {
-            Some(ack) => {
-                self.dedupe.set(msg_id, Seen::Done(Some(ack.digest)));
-                self.pending_acks.push(ack);
-            }
-            None => self.dedupe.set(msg_id, Seen::Done(None)),
-        }
+        self.state.settle(ticket, handled, Instant::now());
+        self.publish_memory_counters();
     }
 
     fn send_ack(&self, frames: &[Vec<u8>; 2]) {
@@ -863,143 +844,94 @@ impl Actor {
         }
     }
 
+    /// One received message: the state machine decides, this counts, logs
+    /// and hands over.
     fn on_message(&mut self, frames: Vec<Vec<u8>>) {
         self.counters.bump("message", "received");
-        if !self.deliver_acks
-            && frames
-                .first()
-                .is_some_and(|t| *t == self.ack_topic.as_bytes())
-        {
-            // Skipped before parsing or verifying: the cheapest path for the
-            // most common message on a gilmsg bus.
-            return self.counters.bump("message", "ack_skipped");
-        }
-        let message = match Envelope::decode(&frames, self.max_message_size) {
-            Ok(m) => m,
-            Err(e) => return self.counters.bump("invalid", e.kind()),
+        let room = self.inline.is_some() || self.deliveries.capacity() > 0;
+        let validator = self.validator.as_deref();
+        let verify = |message: &Envelope, signed: &str| match validator {
+            Some(v) => v.validate_signed(message, signed),
+            None => Ok(Validated {
+                signer: None,
+                unsigned_gilmsg_version: false,
+            }),
         };
-        let is_ack = message.topic() == self.ack_topic;
-        let wants_ack = message.wants_ack() && !is_ack;
-        // A re-send of an id already seen is settled before any signature
-        // check: re-sends are common (every lost ACK causes one) and the
-        // verification is the expensive part. That is safe because nothing
-        // is trusted from the copy: it is re-acked only if its signed part
-        // has exactly the digest of the body that was verified and handled.
-        // Ids never seen are verified *before* they are remembered, so a
-        // forged copy cannot claim an id ahead of the real message.
-        if let Some(seen) = self.dedupe.get(message.msg_id()) {
-            return match seen {
-                Seen::Done(Some(digest)) if wants_ack => self.reack(&message, &digest),
-                Seen::Done(_) => self.counters.bump("duplicate", "done"),
-                Seen::InProgress => self.counters.bump("duplicate", "in_progress"),
-                Seen::Failed => self.counters.bump("duplicate", "failed"),
-            };
+        let outcome =
+            self.state
+                .on_frames(&frames, Instant::now(), setup::unix_now(), room, verify);
+        match outcome {
+            Outcome::Skipped => self.counters.bump("message", "ack_skipped"),
+            Outcome::Duplicate { kind, msg_id } => {
+                self.counters.bump("duplicate", kind.kind());
+                tracing::trace!(msg_id = ?msg_id, kind = kind.kind(), "duplicate");
+            }
+            Outcome::Refused {
+                refusal,
+                msg_id,
+                signer,
+            } => {
+                let (group, kind) = refusal.counter();
+                self.counters.bump(group, kind);
+                // Unverified text is logged with `?` (escaped), never raw.
+                tracing::debug!(
+                    reason = %format_args!("{group}.{kind}"),
+                    msg_id = ?msg_id,
+                    signer = ?signer,
+                    "refused message: {refusal}"
+                );
+            }
+            Outcome::Deliver(accepted) => self.deliver(*accepted),
         }
-        // A new message that cannot be queued must not touch the dedupe
-        // cache: inserting it would evict the oldest remembered id only to
-        // forget the new one at once, so a flood faster than the handler
-        // would empty the cache and let re-sends of handled messages reach
-        // the handler again. This thread is the only sender, so the free
-        // capacity cannot shrink between here and `try_send`.
-        if self.inline.is_none() && self.deliveries.capacity() == 0 {
-            return self.counters.bump("dropped", "queue_full");
+    }
+
+    fn deliver(&mut self, accepted: Accepted) {
+        let Accepted {
+            message,
+            signer,
+            ticket,
+            legacy_unsigned_gilmsg_version,
+        } = accepted;
+        if legacy_unsigned_gilmsg_version {
+            self.counters
+                .bump("message", "legacy_unsigned_gilmsg_version");
         }
-        // A gilmsg_version the signature does not cover cannot be trusted
-        // to say the publisher reads batched ACKs.
-        let mut version_signed = true;
-        let signer = match &self.validator {
-            None => None,
-            Some(v) => match v.validate(&message) {
-                Ok(valid) => {
-                    if valid.unsigned_gilmsg_version {
-                        version_signed = false;
-                        self.counters
-                            .bump("message", "legacy_unsigned_gilmsg_version");
-                    }
-                    valid.signer
-                }
-                Err(r) => return self.counters.bump("rejected", r.kind()),
-            },
-        };
-        match self.dedupe.first_sight(message.msg_id()) {
-            Ok(()) => {}
-            Err(Seen::Done(Some(digest))) if wants_ack => return self.reack(&message, &digest),
-            Err(Seen::Done(_)) => return self.counters.bump("duplicate", "done"),
-            Err(Seen::InProgress) => return self.counters.bump("duplicate", "in_progress"),
-            Err(Seen::Failed) => return self.counters.bump("duplicate", "failed"),
-        }
-        let msg_id = message.msg_id().to_owned();
-        let ack = match (&self.acker, wants_ack) {
-            (Some(_), true) => match message.signed_part() {
-                Ok(signed) => Some(PendingAck {
-                    msg_id: msg_id.clone(),
-                    digest: digest_bytes(&signed),
-                    batchable: version_signed && batchable(&message),
-                }),
-                Err(_) => {
-                    self.dedupe.forget(&msg_id);
-                    return self.counters.bump("invalid", "not_canonicalisable");
-                }
-            },
-            _ => None,
-        };
+        tracing::debug!(
+            msg_id = message.msg_id(),
+            topic = message.topic(),
+            signer = signer.as_deref().unwrap_or("-"),
+            "delivering"
+        );
         if let Some(handler) = &mut self.inline {
             self.counters.bump("message", "delivered");
             let verdict = handler(&message, signer.as_deref());
             if let Err(why) = &verdict {
-                tracing::warn!(msg_id = %msg_id, "handler failed, not acking: {why}");
+                tracing::warn!(
+                    msg_id = message.msg_id(),
+                    "handler failed, not acking: {why}"
+                );
             }
-            return self.settle(&msg_id, verdict.is_ok(), ack);
+            return self.settle(message.msg_id(), ticket, verdict.is_ok());
         }
         let delivery = Delivery {
             message,
             signer,
             received: Instant::now(),
-            ack,
+            ticket: Some(ticket),
             mailbox: self.mailbox.clone(),
-            is_ack,
-            settled: false,
         };
-        match self.deliveries.try_send(delivery) {
-            Ok(()) => self.counters.bump("message", "delivered"),
-            Err(mpsc::error::TrySendError::Full(mut d)) => {
-                // Not handled, so not remembered: a re-send gets another chance.
-                d.settled = true;
-                self.dedupe.forget(&msg_id);
-                self.counters.bump("dropped", "queue_full");
-            }
-            Err(mpsc::error::TrySendError::Closed(mut d)) => {
-                d.settled = true;
-                self.dedupe.forget(&msg_id);
-                self.counters.bump("dropped", "consumer_closed");
-            }
-        }
-    }
-
-    /// A re-send of a message already handled: ACK again (the first ACK may
-    /// have been lost), but only for the very body that was handled.
-    fn reack(&mut self, message: &Envelope, handled_digest: &[u8; 32]) {
-        let Ok(signed) = message.signed_part() else {
-            return;
+        let (mut undelivered, kind) = match self.deliveries.try_send(delivery) {
+            Ok(()) => return self.counters.bump("message", "delivered"),
+            // Only if the room checked above was taken meanwhile, which it
+            // cannot be: this thread is the only sender.
+            Err(mpsc::error::TrySendError::Full(d)) => (d, "queue_full"),
+            Err(mpsc::error::TrySendError::Closed(d)) => (d, "consumer_closed"),
         };
-        if digest_bytes(&signed) != *handled_digest {
-            return self.counters.bump("duplicate", "different_body");
+        // Not handled, so not remembered: a re-send gets another chance.
+        if let Some(ticket) = undelivered.ticket.take() {
+            self.state.abandon(&ticket);
         }
-        self.counters.bump("duplicate", "reacked");
-        if self.acker.is_some() {
-            self.pending_acks.push(PendingAck {
-                msg_id: message.msg_id().to_owned(),
-                digest: *handled_digest,
-                batchable: batchable(message),
-            });
-        }
+        self.counters.bump("dropped", kind);
+        tracing::debug!(msg_id = undelivered.msg_id(), reason = kind, "dropped");
     }
-}
-
-/// Whether the publisher reads batched ACKs (a gilmsg-rs publisher signs
-/// its `gilmsg_version`; Python gilmsg's "0.1.2" reads one `ack_msg_id`).
-fn batchable(message: &Envelope) -> bool {
-    message
-        .str_field(gilmsg_proto::envelope::GILMSG_VERSION_FIELD)
-        .is_some_and(|v| v.starts_with(BATCHING_PEER))
 }

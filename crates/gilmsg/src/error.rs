@@ -35,9 +35,14 @@ pub enum Error {
     /// Keys, certificates or the trust store could not be loaded.
     #[error(transparent)]
     Crypto(#[from] gilmsg_crypto::Error),
-    /// The message could not be built (payload not canonicalisable, signer failed).
+    /// The message could not be built (a number a double cannot hold
+    /// exactly, a value with no canonical form, the signer failed).
     #[error("cannot build message: {0}")]
-    Message(#[from] gilmsg_proto::envelope::BuildError),
+    Message(gilmsg_proto::envelope::BuildError),
+    /// The message is one every consumer would refuse, so it was not sent
+    /// (rather than re-sent until the timeout): nothing can ever ACK it.
+    #[error("not sent: {0}")]
+    Unsendable(Unsendable),
     /// A ZeroMQ call failed; `context` says which (e.g. the endpoint).
     #[error("{context}: {source}")]
     Socket {
@@ -62,6 +67,43 @@ pub enum Error {
     /// An argument was invalid (e.g. an empty recipient name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+}
+
+/// Why a message would be refused by every consumer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unsendable {
+    /// The encoded body is larger than `max_message_size`.
+    #[error("the body is {size} bytes, over max_message_size ({limit} bytes)")]
+    TooLarge {
+        /// The encoded body's size.
+        size: usize,
+        /// `max_message_size`.
+        limit: usize,
+    },
+    /// The body nests deeper than receivers parse.
+    #[error("the body nests more than {limit} levels deep (the message envelope is one level)")]
+    TooDeep {
+        /// The bound ([`gilmsg_proto::canonical::MAX_DEPTH`]).
+        limit: usize,
+    },
+    /// The topic holds a control character, which receivers refuse.
+    #[error("the topic holds a control character")]
+    UnsafeTopic,
+}
+
+impl From<gilmsg_proto::envelope::BuildError> for Error {
+    fn from(e: gilmsg_proto::envelope::BuildError) -> Self {
+        use gilmsg_proto::canonical::CanonicalError;
+        use gilmsg_proto::envelope::BuildError;
+        match e {
+            BuildError::Canonical(CanonicalError::TooDeep { limit }) => {
+                Error::Unsendable(Unsendable::TooDeep { limit })
+            }
+            BuildError::UnsafeField("topic") => Error::Unsendable(Unsendable::UnsafeTopic),
+            other => Error::Message(other),
+        }
+    }
 }
 
 impl Error {

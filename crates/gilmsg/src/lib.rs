@@ -54,7 +54,7 @@ mod wire;
 
 pub use bus::{Bus, BusBuilder, Receipt};
 pub use consumer::{Consumer, ConsumerBuilder, Delivery, Readiness};
-pub use error::{Error, Result, TimeoutError};
+pub use error::{Error, Result, TimeoutError, Unsendable};
 pub use relay::Relay;
 pub use stats::Stats;
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use gilmsg_proto::ack::AckBody;
 use gilmsg_proto::inflight::{AckEffect, InFlight, RetransmitPolicy, TimerEvent};
-use gilmsg_proto::{AckCollector, Envelope, Validator};
+use gilmsg_proto::{AckCollector, AckOutcome, Envelope, Validator};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result, TimeoutError};
@@ -410,7 +410,7 @@ impl Actor {
         self.counters.bump("ack", "received");
         let envelope = match Envelope::decode(frames, self.max_message_size) {
             Ok(e) => e,
-            Err(e) => return self.counters.bump("ack.invalid", e.kind()),
+            Err(e) => return self.refuse_ack("ack.invalid", e.kind(), None, &e),
         };
         if envelope.topic() != self.ack_topic {
             // Prefix match of the subscription let a longer topic through.
@@ -418,7 +418,7 @@ impl Actor {
         }
         let entries = match AckBody::entries_from_msg(envelope.msg()) {
             Ok(a) => a,
-            Err(e) => return self.counters.bump("ack.invalid", e.kind()),
+            Err(e) => return self.refuse_ack("ack.invalid", e.kind(), None, &e),
         };
         // Cheap test first: most ACKs on a shared bus are for other
         // publishers, and the signature is the expensive part.
@@ -431,12 +431,14 @@ impl Actor {
         let Some(validator) = &self.validator else {
             return self.counters.bump("ack.rejected", "no_trust_store");
         };
+        // Signature and certificate only: see `setup::load_ack_validator`
+        // for why the routing policy does not apply to ACKs.
         let signer = match validator.validate(&envelope) {
             Ok(v) => match v.signer {
                 Some(s) => s,
                 None => return self.counters.bump("ack.rejected", "unsigned"),
             },
-            Err(r) => return self.counters.bump("ack.rejected", r.kind()),
+            Err(r) => return self.refuse_ack("ack.rejected", r.kind(), None, &r),
         };
         if entries.len() > 1 {
             self.counters.bump("ack", "batches");
@@ -448,6 +450,22 @@ impl Actor {
         }
     }
 
+    /// Counts a refused ACK under `group.kind` and says why at debug level.
+    fn refuse_ack(
+        &self,
+        group: &'static str,
+        kind: &'static str,
+        signer: Option<&str>,
+        why: &dyn std::fmt::Display,
+    ) {
+        self.counters.bump(group, kind);
+        tracing::debug!(
+            reason = %format_args!("{group}.{kind}"),
+            signer = signer.unwrap_or("-"),
+            "refused ACK: {why}"
+        );
+    }
+
     /// One verified ACK entry. In a batch, entries for messages this handle
     /// does not have in flight are other publishers' business: not counted.
     fn apply_ack(&mut self, signer: &str, entry: &AckBody, now: Instant, single: bool) {
@@ -455,6 +473,7 @@ impl Actor {
             AckEffect::Completed(done) => {
                 self.counters.bump("ack", "counted");
                 self.counters.bump("publish", "acked");
+                tracing::debug!(msg_id = %entry.ack_msg_id, signer, "ACK counted; every recipient has acked");
                 let receipt = Receipt {
                     msg_id: done.collector.msg_id().to_owned(),
                     topic: done.payload.topic,
@@ -464,7 +483,16 @@ impl Actor {
                 };
                 let _ = done.payload.reply.send(Ok(receipt));
             }
-            AckEffect::Judged(outcome) => self.counters.bump("ack", outcome.kind()),
+            AckEffect::Judged(AckOutcome::Counted { .. }) => {
+                self.counters.bump("ack", "counted");
+                tracing::debug!(msg_id = %entry.ack_msg_id, signer, "ACK counted");
+            }
+            AckEffect::Judged(outcome) => self.refuse_ack(
+                "ack",
+                outcome.kind(),
+                Some(signer),
+                &format_args!("{} for {:?}", outcome.kind(), entry.ack_msg_id),
+            ),
             AckEffect::Unknown if single => self.counters.bump("ack", "unknown_msg_id"),
             AckEffect::Unknown => {}
         }

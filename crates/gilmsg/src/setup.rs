@@ -34,6 +34,18 @@ pub(crate) fn load_signer(config: &Config, certname: &str) -> Result<Arc<dyn Sig
     Ok(Arc::new(identity))
 }
 
+/// The trust store alone, for ACKs: the routing policy decides who may
+/// publish on a topic, while an ACK is authorised by the recipient list of
+/// the publish it answers.
+pub(crate) fn load_ack_validator(config: &Config) -> Result<Arc<Validator>> {
+    let crl = config.crl_path();
+    let store = TrustStore::load(&config.ca_cert_path(), crl.as_deref())?;
+    Ok(Arc::new(Validator::new(
+        Arc::new(store),
+        RoutingPolicy::default(),
+    )))
+}
+
 /// The trust store and routing policy from the config.
 pub(crate) fn load_validator(config: &Config) -> Result<Arc<Validator>> {
     let crl = config.crl_path();
@@ -67,4 +79,10 @@ pub(crate) fn username() -> String {
 pub(crate) fn now_secs_and_year() -> (i64, i32) {
     let now = time::OffsetDateTime::now_utc();
     (now.unix_timestamp(), now.year())
+}
+
+/// The wall clock in whole seconds since the epoch, as message timestamps
+/// are written.
+pub(crate) fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -6,7 +6,8 @@
 //! forge. `ack_digest` is our addition: the SHA-256 of the canonical signed
 //! part of the acknowledged body, so an ACK proves the recipient saw *that*
 //! body and not merely a message carrying the same id. Python gilmsg sends no
-//! digest; an ACK without one is accepted, one with a wrong digest never is.
+//! digest; an ACK without one is accepted (unless the publisher asked for
+//! [`AckCollector::require_digest`]), one with a wrong digest never is.
 //!
 //! Under load a consumer acknowledges many messages with one signature: the
 //! first entry stays in `ack_msg_id`/`ack_digest`, so a reader that knows
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::canonical::CanonicalError;
+use crate::digest::Digest;
 use crate::envelope::{DecodeError, Envelope};
 
 /// `msg` field of an ACK naming the acknowledged message.
@@ -122,25 +124,13 @@ impl AckBody {
 
 /// `sha256:<hex>` over the canonical signed part of `message`.
 pub fn body_digest(message: &Envelope) -> Result<String, CanonicalError> {
-    Ok(digest_of_signed_part(&message.signed_part()?))
+    Ok(Digest::of_signed_part(&message.signed_part()?).to_string())
 }
 
-/// `sha256:<hex>` over already-canonical signed bytes.
+/// `sha256:<hex>` over already-canonical signed bytes (the text of
+/// [`Digest::of_signed_part`]).
 pub fn digest_of_signed_part(signed_part: &str) -> String {
-    format_digest(&digest_bytes(signed_part))
-}
-
-/// The raw SHA-256 of canonical signed bytes.
-pub fn digest_bytes(signed_part: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, signed_part.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-/// The `ack_digest` text for a raw digest.
-pub fn format_digest(digest: &[u8; 32]) -> String {
-    format!("sha256:{}", hex::encode(digest))
+    Digest::of_signed_part(signed_part).to_string()
 }
 
 /// One recipient's ACK, as recorded in a receipt.
@@ -150,7 +140,8 @@ pub struct AckRecord {
     pub recipient: String,
     /// Time from the first send to the ACK's arrival.
     pub after: Duration,
-    /// Whether the ACK carried a digest that matched (Python ACKs carry none).
+    /// Whether the ACK carried a digest that matched (Python ACKs carry none;
+    /// with [`AckCollector::require_digest`] every counted ACK has one).
     pub digest_checked: bool,
 }
 
@@ -170,6 +161,8 @@ pub enum AckOutcome {
     WrongMessage,
     /// The ACK's digest does not match the body we sent.
     DigestMismatch,
+    /// The ACK carries no digest and the publisher requires one.
+    DigestMissing,
 }
 
 impl AckOutcome {
@@ -181,6 +174,7 @@ impl AckOutcome {
             AckOutcome::NotARecipient => "not_a_recipient",
             AckOutcome::WrongMessage => "wrong_msg_id",
             AckOutcome::DigestMismatch => "digest_mismatch",
+            AckOutcome::DigestMissing => "digest_missing",
         }
     }
 }
@@ -191,7 +185,8 @@ impl AckOutcome {
 #[derive(Debug, Clone)]
 pub struct AckCollector {
     msg_id: String,
-    digest: String,
+    digest: Digest,
+    require_digest: bool,
     first_sent: Option<Instant>,
     /// Declared recipients in declaration order, with their ACK once seen.
     slots: Vec<(String, Option<AckRecord>)>,
@@ -202,7 +197,7 @@ pub struct AckCollector {
 impl AckCollector {
     /// Expects ACKs for `msg_id` (whose signed part has `digest`) from each of
     /// `recipients`. Duplicate names count once.
-    pub fn new<I, S>(msg_id: &str, digest: &str, recipients: I) -> Self
+    pub fn new<I, S>(msg_id: &str, digest: Digest, recipients: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -219,12 +214,22 @@ impl AckCollector {
         let remaining = slots.len();
         AckCollector {
             msg_id: msg_id.to_owned(),
-            digest: digest.to_owned(),
+            digest,
+            require_digest: false,
             first_sent: None,
             slots,
             index,
             remaining,
         }
+    }
+
+    /// Refuse ACKs that carry no `ack_digest` ([`AckOutcome::DigestMissing`]):
+    /// a strict publisher then counts only ACKs that prove the recipient saw
+    /// this very body. Python gilmsg recipients send no digest, so they can
+    /// never complete such a publish.
+    pub fn require_digest(mut self, required: bool) -> Self {
+        self.require_digest = required;
+        self
     }
 
     /// The message this collector waits for.
@@ -250,10 +255,13 @@ impl AckCollector {
         let Some(&slot) = self.index.get(signer) else {
             return AckOutcome::NotARecipient;
         };
-        if let Some(digest) = &ack.ack_digest {
-            if *digest != self.digest {
-                return AckOutcome::DigestMismatch;
+        match &ack.ack_digest {
+            Some(text) if Digest::parse(text) != Some(self.digest) => {
+                return AckOutcome::DigestMismatch
             }
+            Some(_) => {}
+            None if self.require_digest => return AckOutcome::DigestMissing,
+            None => {}
         }
         if self.slots[slot].1.is_some() {
             return AckOutcome::Duplicate;
@@ -309,14 +317,20 @@ mod tests {
         }
     }
 
+    fn d(text: &str) -> Digest {
+        Digest::of_signed_part(text)
+    }
+
     #[test]
     fn counts_each_recipient_once_and_reports_missing() {
         let t0 = Instant::now();
-        let mut c = AckCollector::new("m1", "sha256:aa", ["a", "b", "c", "a"]);
+        let aa = d("aa").to_string();
+        let bb = d("bb").to_string();
+        let mut c = AckCollector::new("m1", d("aa"), ["a", "b", "c", "a"]);
         c.mark_sent(t0);
         assert_eq!(c.missing(), vec!["a", "b", "c"]);
         assert_eq!(
-            c.on_ack("b", &ack("m1", Some("sha256:aa")), t0),
+            c.on_ack("b", &ack("m1", Some(&aa)), t0),
             AckOutcome::Counted { complete: false }
         );
         assert_eq!(c.on_ack("b", &ack("m1", None), t0), AckOutcome::Duplicate);
@@ -329,7 +343,11 @@ mod tests {
             AckOutcome::WrongMessage
         );
         assert_eq!(
-            c.on_ack("a", &ack("m1", Some("sha256:bb")), t0),
+            c.on_ack("a", &ack("m1", Some(&bb)), t0),
+            AckOutcome::DigestMismatch
+        );
+        assert_eq!(
+            c.on_ack("a", &ack("m1", Some(&aa.to_uppercase())), t0),
             AckOutcome::DigestMismatch
         );
         assert_eq!(c.missing(), vec!["a", "c"]);
@@ -351,6 +369,31 @@ mod tests {
             ["a", "b", "c"]
         );
         assert!(acked[1].digest_checked && !acked[0].digest_checked);
+    }
+
+    #[test]
+    fn a_strict_collector_refuses_acks_without_digest_and_says_which_were_checked() {
+        let t0 = Instant::now();
+        let digest = d("body").to_string();
+        let mut c = AckCollector::new("m1", d("body"), ["py", "rs"]).require_digest(true);
+        assert_eq!(
+            c.on_ack("py", &ack("m1", None), t0),
+            AckOutcome::DigestMissing
+        );
+        assert_eq!(AckOutcome::DigestMissing.kind(), "digest_missing");
+        assert_eq!(
+            c.on_ack("rs", &ack("m1", Some(&digest)), t0),
+            AckOutcome::Counted { complete: false }
+        );
+        assert_eq!(c.missing(), ["py"]);
+        assert!(c.acked().iter().all(|r| r.digest_checked));
+        // Not strict: the same ACK counts, flagged unchecked.
+        let mut lax = AckCollector::new("m1", d("body"), ["py"]);
+        assert_eq!(
+            lax.on_ack("py", &ack("m1", None), t0),
+            AckOutcome::Counted { complete: true }
+        );
+        assert!(!lax.acked()[0].digest_checked);
     }
 
     #[test]

@@ -20,8 +20,47 @@
 //! Values Python would print but JSON cannot carry (`NaN`, `Infinity`, which a
 //! literal such as `1e400` becomes once parsed) are refused with
 //! [`CanonicalError::NonFinite`]: such a body cannot be signed reproducibly.
+//!
+//! ## Number text, received and sent
+//!
+//! Several texts denote one double (`0.1`, `0.10`,
+//! `0.1000000000000000000000001`), and the signature covers only the
+//! canonical one. With `arbitrary_precision` a parsed body keeps the text as
+//! it arrived, so a handler reading it would see a value the signer never
+//! signed (a relay could rewrite `0.1` into the longer literal and the
+//! signature would still verify). Hence two rules:
+//!
+//! - **Received bodies** are signed and digested with [`signed_bytes`],
+//!   which refuses any number whose text is not already canonical
+//!   ([`CanonicalError::NotCanonicalNumber`]). Python peers write floats with
+//!   `repr` and integers digit for digit, which is exactly the canonical
+//!   text, so nothing a fedmsg peer writes is refused; a handler therefore
+//!   only ever sees the number text the signature covers.
+//! - **Outgoing payloads** go through [`normalise_numbers`] first: a number
+//!   whose text denotes the same decimal value as its canonical form
+//!   (`1.10`, `1E5`) is rewritten to it; one that a double cannot hold
+//!   exactly (`9007199254740993.0`, `0.1000000000000000000000001`) is refused
+//!   with [`CanonicalError::InexactNumber`] instead of being signed as
+//!   another value.
+//!
+//! ## Depth
+//!
+//! Values nest at most [`MAX_DEPTH`] arrays/objects deep (the envelope
+//! itself is the first level). Every walk here is recursive and stops at
+//! that bound, so a value built in code with any depth cannot overflow the
+//! stack here; the envelope decoder applies the same bound before parsing.
 
 use serde_json::{Map, Number, Value};
+
+/// The deepest nesting of arrays and objects accepted anywhere, counting
+/// the envelope object as level 1 (so a `msg` may nest 511 levels).
+///
+/// Python 3.11's `json` writes and reads up to about 990 levels (its
+/// recursion limit); serde_json's default stops at 128, which used to drop
+/// bodies Python peers accept. 512 keeps the deepest parse within about
+/// 1 MiB of stack in a debug build (about 2 KiB a level; release needs a
+/// fifth of that), so it is safe on any thread with the usual 2 MiB stack.
+pub const MAX_DEPTH: usize = 512;
 
 /// Why a value has no canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,53 +72,219 @@ pub enum CanonicalError {
     /// A number's text is not a JSON number.
     #[error("malformed number {0:?}")]
     BadNumber(String),
+    /// A received number is not written in its canonical form, so the
+    /// signature covers another text than the one a handler would read.
+    #[error("number {text} is not written canonically (signed as {canonical})")]
+    NotCanonicalNumber {
+        /// The text as received (cut to 64 characters).
+        text: String,
+        /// What the signature covers.
+        canonical: String,
+    },
+    /// An outgoing number that a double cannot hold exactly: it would be
+    /// signed, sent and read as `nearest`.
+    #[error(
+        "number {text} cannot be sent exactly: as a double it is {nearest}; \
+         send it as a string, or as an integer without a fraction"
+    )]
+    InexactNumber {
+        /// The text given (cut to 64 characters).
+        text: String,
+        /// The canonical text of the nearest double.
+        nearest: String,
+    },
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`].
+    #[error("nested more than {limit} levels deep")]
+    TooDeep {
+        /// [`MAX_DEPTH`].
+        limit: usize,
+    },
 }
 
-/// The canonical encoding of `value` as a `String`.
+impl CanonicalError {
+    /// A short stable name for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CanonicalError::NotCanonicalNumber { .. } => "non_canonical_number",
+            CanonicalError::InexactNumber { .. } => "inexact_number",
+            CanonicalError::TooDeep { .. } => "too_deep",
+            CanonicalError::NonFinite(_) | CanonicalError::BadNumber(_) => "not_canonicalisable",
+        }
+    }
+}
+
+/// How number texts that are not canonical are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbers {
+    /// Re-formatted (a general-purpose canonical form of any value).
+    Reformat,
+    /// Refused (received bodies: see the module doc).
+    Strict,
+}
+
+/// The canonical encoding of `value` as a `String`. Number texts are
+/// re-formatted to their canonical form.
 pub fn to_string(value: &Value) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_value(&mut out, value)?;
+    write_value(&mut out, value, 0, Numbers::Reformat)?;
     Ok(out)
 }
 
 /// The canonical encoding of an object given as a map, leaving out the keys in
-/// `skip`. This is how the signed part of an envelope is produced without
-/// cloning the body to remove `signature` and `certificate`.
+/// `skip`, number texts re-formatted. See [`signed_bytes`] for bodies that
+/// are signed or verified.
 pub fn object_to_string_without(
     map: &Map<String, Value>,
     skip: &[&str],
 ) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip)?;
+    write_object(&mut out, map, skip, 1, Numbers::Reformat)?;
     Ok(out)
 }
 
-fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
+/// The bytes a signature covers: the canonical encoding of `map` without the
+/// keys in `skip`, refusing any number whose text is not already canonical
+/// ([`CanonicalError::NotCanonicalNumber`]), so that what is verified and
+/// what a handler reads are the same text. This is how the signed part of an
+/// envelope is produced without cloning the body to remove `signature` and
+/// `certificate`.
+pub fn signed_bytes(map: &Map<String, Value>, skip: &[&str]) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(256);
+    write_object(&mut out, map, skip, 1, Numbers::Strict)?;
+    Ok(out)
+}
+
+/// Rewrites every number in `value` to its canonical text where that denotes
+/// the same decimal value (`1.10` -> `1.1`, `1E5` -> `100000.0`, `-0` ->
+/// `0`), and refuses one that a double cannot hold exactly
+/// ([`CanonicalError::InexactNumber`]): for a payload about to be signed.
+/// `depth` is the nesting level of the container holding `value` (1 for an
+/// envelope's `msg`, 0 for a value on its own).
+pub fn normalise_numbers(value: &mut Value, depth: usize) -> Result<(), CanonicalError> {
+    match value {
+        Value::Number(n) => {
+            let mut canonical = String::new();
+            write_number(&mut canonical, n, Numbers::Reformat)?;
+            if canonical != n.as_str() {
+                // Integers are kept digit for digit: only `-0` changes, and
+                // it is the same integer.
+                let integer = !n.as_str().contains(['.', 'e', 'E']);
+                if !integer && !same_decimal_value(n.as_str(), &canonical) {
+                    return Err(CanonicalError::InexactNumber {
+                        text: cut(n.as_str()),
+                        nearest: canonical,
+                    });
+                }
+                *n = canonical
+                    .parse()
+                    .map_err(|_| CanonicalError::BadNumber(canonical.clone()))?;
+            }
+        }
+        Value::Array(items) => {
+            let depth = enter(depth)?;
+            for item in items {
+                normalise_numbers(item, depth)?;
+            }
+        }
+        Value::Object(map) => {
+            let depth = enter(depth)?;
+            for item in map.values_mut() {
+                normalise_numbers(item, depth)?;
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
+    Ok(())
+}
+
+/// One level deeper, or [`CanonicalError::TooDeep`] past [`MAX_DEPTH`].
+fn enter(depth: usize) -> Result<usize, CanonicalError> {
+    let deeper = depth + 1;
+    if deeper > MAX_DEPTH {
+        return Err(CanonicalError::TooDeep { limit: MAX_DEPTH });
+    }
+    Ok(deeper)
+}
+
+/// At most 64 characters of a number's text, for error messages (a number
+/// literal can be as long as the body).
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Whether two JSON number texts denote the same decimal value (the sign of
+/// zero included, as Python's floats keep it).
+fn same_decimal_value(a: &str, b: &str) -> bool {
+    match (decimal(a), decimal(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A number text as (negative, significant digits, exponent) with
+/// value = digits x 10^exponent, trailing and leading zeros removed; zero
+/// has no digits. `None` for an exponent beyond `i64`.
+fn decimal(text: &str) -> Option<(bool, String, i64)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let frac_len = i64::try_from(frac_part.len()).ok()?;
+    let mut exponent = exponent.checked_sub(frac_len)?;
+    let all = format!("{int_part}{frac_part}");
+    let significant = all.trim_start_matches('0');
+    let digits = significant.trim_end_matches('0');
+    if digits.is_empty() {
+        return Some((negative, String::new(), 0));
+    }
+    let trailing = i64::try_from(significant.len() - digits.len()).ok()?;
+    exponent = exponent.checked_add(trailing)?;
+    Some((negative, digits.to_owned(), exponent))
+}
+
+fn write_value(
+    out: &mut String,
+    value: &Value,
+    depth: usize,
+    numbers: Numbers,
+) -> Result<(), CanonicalError> {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => write_number(out, n)?,
+        Value::Number(n) => write_number(out, n, numbers)?,
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
+            let depth = enter(depth)?;
             out.push('[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_value(out, item)?;
+                write_value(out, item, depth, numbers)?;
             }
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map, &[])?,
+        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers)?,
     }
     Ok(())
 }
 
+/// Writes an object that sits at nesting level `depth` (already counted).
 fn write_object(
     out: &mut String,
     map: &Map<String, Value>,
     skip: &[&str],
+    depth: usize,
+    numbers: Numbers,
 ) -> Result<(), CanonicalError> {
     // serde_json's Map is a BTreeMap unless some crate in the build turns on
     // `preserve_order`; sorting here keeps us correct either way.
@@ -95,7 +300,7 @@ fn write_object(
         }
         write_str(out, key);
         out.push(':');
-        write_value(out, value)?;
+        write_value(out, value, depth, numbers)?;
     }
     out.push('}');
     Ok(())
@@ -141,21 +346,28 @@ fn push_u_escape(out: &mut String, unit: u16) {
     }
 }
 
-fn write_number(out: &mut String, n: &Number) -> Result<(), CanonicalError> {
+fn write_number(out: &mut String, n: &Number, numbers: Numbers) -> Result<(), CanonicalError> {
     let text = n.as_str();
     let is_integer = !text.contains(['.', 'e', 'E']);
+    let start = out.len();
     if is_integer {
-        write_integer(out, text)
+        write_integer(out, text)?;
     } else {
         let value: f64 = text
             .parse()
-            .map_err(|_| CanonicalError::BadNumber(text.to_owned()))?;
+            .map_err(|_| CanonicalError::BadNumber(cut(text)))?;
         if !value.is_finite() {
-            return Err(CanonicalError::NonFinite(text.to_owned()));
+            return Err(CanonicalError::NonFinite(cut(text)));
         }
         write_python_float(out, value);
-        Ok(())
     }
+    if numbers == Numbers::Strict && out[start..] != *text {
+        return Err(CanonicalError::NotCanonicalNumber {
+            text: cut(text),
+            canonical: out[start..].to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn write_integer(out: &mut String, text: &str) -> Result<(), CanonicalError> {
@@ -164,7 +376,7 @@ fn write_integer(out: &mut String, text: &str) -> Result<(), CanonicalError> {
         None => (false, text),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(CanonicalError::BadNumber(text.to_owned()));
+        return Err(CanonicalError::BadNumber(cut(text)));
     }
     let trimmed = digits.trim_start_matches('0');
     if trimmed.is_empty() {
@@ -334,5 +546,105 @@ mod tests {
             object_to_string_without(map, &["signature", "certificate"]).unwrap(),
             r#"{"a":1,"b":2}"#
         );
+    }
+
+    fn strict(text: &str) -> Result<String, CanonicalError> {
+        let value: Value = serde_json::from_str(text).expect("test input is JSON");
+        signed_bytes(value.as_object().expect("an object"), &[])
+    }
+
+    #[test]
+    fn received_numbers_must_be_written_as_signed() {
+        // What Python writes is canonical, so it passes as is.
+        let python = r#"{"f":[0.1,1e-05,1e+16,-0.0,1.5,100.0,1e+300,5e-324],"i":[0,-1,12345678901234567890]}"#;
+        assert_eq!(strict(python).unwrap(), python);
+        for (text, canonical) in [
+            (r#"{"x":0.1000000000000000000000001}"#, "0.1"),
+            (r#"{"x":0.10}"#, "0.1"),
+            (r#"{"x":1E5}"#, "100000.0"),
+            (r#"{"x":1e-5}"#, "1e-05"),
+            (r#"{"x":-0}"#, "0"),
+        ] {
+            match strict(text) {
+                Err(CanonicalError::NotCanonicalNumber { canonical: c, .. }) => {
+                    assert_eq!(c, canonical, "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+            // The general-purpose form re-formats instead.
+            assert!(canon(text).contains(canonical), "{text}");
+        }
+        assert_eq!(
+            CanonicalError::NotCanonicalNumber {
+                text: String::new(),
+                canonical: String::new()
+            }
+            .kind(),
+            "non_canonical_number"
+        );
+    }
+
+    #[test]
+    fn outgoing_numbers_are_normalised_when_exact_and_refused_when_not() {
+        let mut value: Value = serde_json::from_str(
+            r#"{"a":1.10,"b":1E5,"c":-0,"d":[2.50e-3],"e":12345678901234567890}"#,
+        )
+        .unwrap();
+        normalise_numbers(&mut value, 0).unwrap();
+        assert_eq!(
+            to_string(&value).unwrap(),
+            r#"{"a":1.1,"b":100000.0,"c":0,"d":[0.0025],"e":12345678901234567890}"#
+        );
+        let obj = value.as_object().unwrap();
+        assert_eq!(signed_bytes(obj, &[]).unwrap(), to_string(&value).unwrap());
+        for (text, nearest) in [
+            ("9007199254740993.0", "9007199254740992.0"),
+            ("0.1000000000000000000000001", "0.1"),
+            ("1e-400", "0.0"),
+        ] {
+            let mut value: Value = serde_json::from_str(&format!("[{text}]")).unwrap();
+            match normalise_numbers(&mut value, 0) {
+                Err(CanonicalError::InexactNumber { nearest: n, .. }) => {
+                    assert_eq!(n, nearest, "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let long = format!("[0.{}1]", "0".repeat(500));
+        let mut value: Value = serde_json::from_str(&long).unwrap();
+        let err = normalise_numbers(&mut value, 0).unwrap_err().to_string();
+        assert!(err.len() < 300, "the message quotes a cut text: {err}");
+    }
+
+    /// A value nested `depth` arrays deep, built without recursion.
+    fn nested(depth: usize) -> Value {
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = Value::Array(vec![value]);
+        }
+        value
+    }
+
+    #[test]
+    fn depth_is_bounded_in_every_walk() {
+        assert!(to_string(&nested(MAX_DEPTH)).is_ok());
+        assert_eq!(
+            to_string(&nested(MAX_DEPTH + 1)),
+            Err(CanonicalError::TooDeep { limit: MAX_DEPTH })
+        );
+        assert_eq!(
+            normalise_numbers(&mut nested(MAX_DEPTH), 1),
+            Err(CanonicalError::TooDeep { limit: MAX_DEPTH })
+        );
+        assert!(normalise_numbers(&mut nested(MAX_DEPTH - 1), 1).is_ok());
+        // Far deeper than the bound: refused, no stack overflow (the walk
+        // stops at the bound). Dropping the value is serde_json's affair,
+        // so it is taken apart level by level here.
+        let mut deep = nested(100_000);
+        assert!(to_string(&deep).is_err());
+        assert!(normalise_numbers(&mut deep, 0).is_err());
+        while let Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or(Value::Null);
+        }
     }
 }

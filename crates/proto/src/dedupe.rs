@@ -1,124 +1,477 @@
-//! Bounded memory of which `msg_id`s a consumer has seen, and with what result.
+//! The consumer's memory of the messages it has accepted: which bodies it
+//! has handled (so a re-send is re-acked, not handled again), for how long,
+//! and how it keeps a replayed message from being handled twice once it has
+//! been forgotten.
 //!
-//! Publishers re-send until acked, so a consumer sees most ids more than once
-//! when anything is lost. The cache answers "handle it, or just ACK again?"
-//! and forgets the oldest ids first once full: memory stays at `capacity`
-//! entries however long the process runs. An id evicted and then re-sent is
-//! handled a second time; size the cache to cover the ids seen within the
-//! longest `ack_timeout` in use.
+//! ## Keys
 //!
-//! Ids are remembered as a 128-bit SipHash under two random per-process
-//! keys, not as strings: about 80 bytes an entry instead of about 140,
-//! which is what keeps a consumer's memory flat and small. Nobody can aim
-//! for a collision without the keys, and an accidental one is
-//! astronomically unlikely; even then it could only make a new message
-//! look like a re-send (so it is not handled, and not acked: a timeout, the
-//! safe side), never make a publisher count an ACK it should not.
+//! Every accepted message is remembered under two keys:
+//!
+//! - the [`Digest`] of its signed part, looked up **before** verification:
+//!   a copy with exactly that digest is the very body that was verified and
+//!   handled, so it can be settled (re-acked or ignored) without verifying
+//!   it again, and nothing from the copy is trusted (a re-ACK names the
+//!   digest that was handled);
+//! - `(signer, msg_id)`, checked **after** verification: one signer's
+//!   `msg_id` is handled once, whatever body it comes with later, and a
+//!   message signed by another identity that reuses a victim's `msg_id`
+//!   cannot take that id away from the victim. Without signature checks the
+//!   signer is unknown and the key is the `msg_id` alone (anyone can then
+//!   forge anything anyway).
+//!
+//! `(signer, msg_id)` pairs are remembered as a 64-bit SipHash under a
+//! random per-process key; nobody can aim for a collision without it, and an
+//! accidental one (about 1 in 10^10 at 32 768 entries) could only make a new
+//! message look like one already handled with another body: refused, never
+//! acked, a timeout (the safe side). About 140 bytes an entry in all.
+//!
+//! ## Time, capacity and the replay floor
+//!
+//! A message is accepted only if its signed `timestamp` (whole seconds)
+//! lies within `max_age` + `clock_skew` in the past and `clock_skew` in the
+//! future ([`Retention`]); an entry is kept at least until its timestamp has
+//! left that window, after which a replay is refused by the window itself.
+//! So in a quiet consumer memory follows the traffic of the last
+//! `max_age`, not the capacity.
+//!
+//! `capacity` bounds memory. When it is reached by entries still inside the
+//! window, the oldest one that is not being handled is forgotten anyway, and
+//! its signer's **replay floor** rises to its timestamp: from then on that
+//! signer's messages stamped at or before the floor are refused
+//! ([`Refused::BelowFloor`]). A forgotten message can therefore never be
+//! handled twice; the price, under a load beyond `capacity` messages per
+//! window, is that late first copies (and re-sends) older than the floor are
+//! refused, and their publishers time out, which is the safe side. Floors are
+//! kept per signer so that one busy signer with a fast clock cannot push out
+//! another whose clock lags; their number is bounded too (past
+//! [`MAX_SIGNER_FLOORS`], the lowest is folded into one floor for all).
+//! Leaving the window raises the floor as well, so a wall clock stepped back
+//! cannot bring a forgotten message back.
+//!
+//! An entry whose handler is still running is never forgotten: if nothing
+//! else can go, the new message is refused ([`Refused::Full`]).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
 
-/// What happened to a message id.
+use crate::digest::Digest;
+
+/// How long messages stay acceptable and remembered, and how many may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The most entries kept (a memory bound; at least 1).
+    pub capacity: usize,
+    /// How old a message's `timestamp` may be (`max_message_age`).
+    pub max_age: Duration,
+    /// Tolerated clock difference between publisher and consumer, both ways
+    /// (`clock_skew`).
+    pub clock_skew: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            capacity: 32_768,
+            max_age: Duration::from_secs(600),
+            clock_skew: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How often a message already acked may be acked again: the n-th re-ACK
+/// needs `first * 2^(n-1)` (at most `max`) since the previous ACK of that
+/// message. A publisher re-sends with the same doubling, so its re-sends
+/// are always answered, while a replay of one message at any rate costs a
+/// signature only a few times a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReackPolicy {
+    /// Spacing before the first re-ACK.
+    pub first: Duration,
+    /// Largest spacing.
+    pub max: Duration,
+}
+
+impl Default for ReackPolicy {
+    fn default() -> Self {
+        ReackPolicy {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What happened to a remembered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
     /// Given to the handler, no verdict yet.
     InProgress,
-    /// The handler succeeded. Holds the SHA-256 of the handled body's signed
-    /// part when an ACK was sent, so a re-send is re-acked only if it is the
-    /// same body.
-    Done(Option<[u8; 32]>),
-    /// The handler failed or the delivery was dropped: never ACKed.
+    /// The handler succeeded; `acked` when an ACK was sent for it.
+    Done {
+        /// An ACK was sent (so re-sends are re-acked).
+        acked: bool,
+    },
+    /// The handler failed or the delivery was dropped: never acked.
     Failed,
 }
 
-/// A bounded first-in-first-out map from `msg_id` to [`Seen`].
+/// Why a message's timestamp is not acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// No `timestamp` field, so no age can be checked.
+    NoTimestamp,
+    /// Older than `max_age + clock_skew`.
+    TooOld {
+        /// Seconds beyond the window.
+        by_secs: i64,
+    },
+    /// Further than `clock_skew` in the future.
+    FromFuture {
+        /// Seconds beyond the skew.
+        by_secs: i64,
+    },
+}
+
+impl Stale {
+    /// A short stable name for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stale::NoTimestamp => "no_timestamp",
+            Stale::TooOld { .. } => "too_old",
+            Stale::FromFuture { .. } => "from_future",
+        }
+    }
+}
+
+/// Why a verified message was not remembered (and so must not be handled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its signer already had this `msg_id`, with another body.
+    SameIdOtherBody(Seen),
+    /// Stamped at or before its signer's replay floor: an id that old may
+    /// have been forgotten.
+    BelowFloor {
+        /// The floor (seconds since the epoch).
+        floor: i64,
+    },
+    /// Full of entries whose handlers are still running.
+    Full,
+}
+
+/// Signers whose replay floors are tracked one by one.
+pub const MAX_SIGNER_FLOORS: usize = 4096;
+
+/// `last_ack_ms` before any ACK was sent.
+const NEVER: u64 = u64::MAX;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    identity: u64,
+    signer: u64,
+    timestamp: i64,
+    /// Milliseconds since `epoch` of the last ACK sent; [`NEVER`] before one.
+    last_ack_ms: u64,
+    reacks: u32,
+    state: Seen,
+    /// The publisher reads batched ACKs (decided when it was verified).
+    batchable: bool,
+}
+
+/// A remembered message, as [`DedupeCache::get`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remembered {
+    /// Its state.
+    pub state: Seen,
+    /// Whether its ACKs may be batched.
+    pub batchable: bool,
+}
+
+/// The bounded memory described in the module doc.
 #[derive(Debug)]
 pub struct DedupeCache {
-    capacity: usize,
-    keys: (RandomState, RandomState),
-    states: HashMap<u128, Seen>,
-    order: VecDeque<u128>,
+    retention: Retention,
+    keys: RandomState,
+    entries: HashMap<Digest, Entry>,
+    by_identity: HashMap<u64, Digest>,
+    /// Identities in insertion order, oldest first.
+    order: VecDeque<u64>,
+    floors: HashMap<u64, i64>,
+    /// Applies to every signer (floors folded in past `MAX_SIGNER_FLOORS`).
+    common_floor: i64,
+    epoch: Instant,
     evicted: u64,
+    expired: u64,
 }
 
 impl DedupeCache {
-    /// A cache holding at most `capacity` ids (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
+    /// An empty cache; `epoch` is any instant before the ones passed later.
+    pub fn new(retention: Retention, epoch: Instant) -> Self {
+        let capacity = retention.capacity.max(1);
         DedupeCache {
-            capacity,
-            keys: (RandomState::new(), RandomState::new()),
-            states: HashMap::with_capacity(capacity.min(4096)),
+            retention: Retention {
+                capacity,
+                ..retention
+            },
+            keys: RandomState::new(),
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            by_identity: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
+            floors: HashMap::new(),
+            common_floor: i64::MIN,
+            epoch,
             evicted: 0,
+            expired: 0,
         }
     }
 
-    fn key(&self, msg_id: &str) -> u128 {
-        (u128::from(self.keys.0.hash_one(msg_id)) << 64) | u128::from(self.keys.1.hash_one(msg_id))
+    fn identity(&self, signer: Option<&str>, msg_id: &str) -> u64 {
+        self.keys.hash_one((signer, msg_id))
     }
 
-    /// The state of `msg_id`, if remembered.
-    pub fn get(&self, msg_id: &str) -> Option<Seen> {
-        self.states.get(&self.key(msg_id)).copied()
+    fn signer_key(&self, signer: Option<&str>) -> u64 {
+        self.keys.hash_one(signer)
     }
 
-    /// Records a first sighting as [`Seen::InProgress`]. Returns the earlier
-    /// state instead if the id is already known.
-    pub fn first_sight(&mut self, msg_id: &str) -> Result<(), Seen> {
-        let key = self.key(msg_id);
-        if let Some(state) = self.states.get(&key) {
-            return Err(*state);
+    fn window_secs(&self) -> (i64, i64) {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        let skew = secs(self.retention.clock_skew);
+        (secs(self.retention.max_age).saturating_add(skew), skew)
+    }
+
+    /// Whether a message stamped `timestamp` may be accepted at wall-clock
+    /// second `now`.
+    pub fn check_age(&self, timestamp: Option<i64>, now: i64) -> Result<(), Stale> {
+        let Some(timestamp) = timestamp else {
+            return Err(Stale::NoTimestamp);
+        };
+        let (past, future) = self.window_secs();
+        let oldest = now.saturating_sub(past);
+        let newest = now.saturating_add(future);
+        if timestamp < oldest {
+            return Err(Stale::TooOld {
+                by_secs: oldest.saturating_sub(timestamp),
+            });
         }
-        if self.order.len() >= self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.states.remove(&oldest);
-                self.evicted += 1;
-            }
+        if timestamp > newest {
+            return Err(Stale::FromFuture {
+                by_secs: timestamp.saturating_sub(newest),
+            });
         }
-        self.order.push_back(key);
-        self.states.insert(key, Seen::InProgress);
         Ok(())
     }
 
-    /// Sets the verdict for a known id; unknown (evicted) ids are ignored.
-    pub fn set(&mut self, msg_id: &str, state: Seen) {
-        let key = self.key(msg_id);
-        if let Some(slot) = self.states.get_mut(&key) {
-            *slot = state;
+    /// The message remembered under `digest`, if any.
+    pub fn get(&self, digest: &Digest) -> Option<Remembered> {
+        self.entries.get(digest).map(|e| Remembered {
+            state: e.state,
+            batchable: e.batchable,
+        })
+    }
+
+    /// The replay floor of `signer`: its messages stamped at or before it
+    /// are refused.
+    pub fn floor(&self, signer: Option<&str>) -> i64 {
+        let own = self
+            .floors
+            .get(&self.signer_key(signer))
+            .copied()
+            .unwrap_or(i64::MIN);
+        own.max(self.common_floor)
+    }
+
+    /// Remembers a verified message as [`Seen::InProgress`], unless its
+    /// signer already had this `msg_id` or it is below the signer's floor.
+    /// Forgets what has left the window first, and the oldest entry when
+    /// full (raising that signer's floor).
+    pub fn admit(
+        &mut self,
+        signer: Option<&str>,
+        msg_id: &str,
+        digest: Digest,
+        timestamp: i64,
+        now: i64,
+        batchable: bool,
+    ) -> Result<(), Refused> {
+        self.expire(now);
+        let identity = self.identity(signer, msg_id);
+        if let Some(earlier) = self.by_identity.get(&identity) {
+            let state = self
+                .entries
+                .get(earlier)
+                .map_or(Seen::InProgress, |e| e.state);
+            return Err(Refused::SameIdOtherBody(state));
+        }
+        let floor = self.floor(signer);
+        if timestamp <= floor {
+            return Err(Refused::BelowFloor { floor });
+        }
+        if self.entries.len() >= self.retention.capacity && !self.evict_one() {
+            return Err(Refused::Full);
+        }
+        let signer = self.signer_key(signer);
+        self.entries.insert(
+            digest,
+            Entry {
+                identity,
+                signer,
+                timestamp,
+                state: Seen::InProgress,
+                batchable,
+                reacks: 0,
+                last_ack_ms: NEVER,
+            },
+        );
+        self.by_identity.insert(identity, digest);
+        self.order.push_back(identity);
+        Ok(())
+    }
+
+    /// Records the handler's verdict; `now` is when an ACK (if `state` says
+    /// one was sent) went out, the start of the re-ACK spacing.
+    pub fn settle(&mut self, digest: &Digest, state: Seen, now: Instant) {
+        let at = self.millis(now);
+        if let Some(entry) = self.entries.get_mut(digest) {
+            entry.state = state;
+            if state == (Seen::Done { acked: true }) {
+                entry.last_ack_ms = at;
+            }
         }
     }
 
-    /// Forgets `msg_id`, so a re-send is handled as new (used when a message
-    /// could not even be queued for the handler).
-    pub fn forget(&mut self, msg_id: &str) {
-        let key = self.key(msg_id);
-        if self.states.remove(&key).is_some() {
-            // Linear, but only on rare paths (a message that could not be
-            // queued after all); a full queue never inserts in the first place.
-            self.order.retain(|k| *k != key);
+    /// Whether a copy of the acked message `digest` may be acked again at
+    /// `now` under `policy`; if so, the re-ACK is recorded.
+    pub fn may_reack(&mut self, digest: &Digest, now: Instant, policy: &ReackPolicy) -> bool {
+        let at = self.millis(now);
+        let Some(entry) = self.entries.get_mut(digest) else {
+            return false;
+        };
+        let last = entry.last_ack_ms;
+        if last == NEVER {
+            return false;
+        }
+        let doublings = entry.reacks.min(16);
+        let spacing = policy
+            .first
+            .saturating_mul(1u32 << doublings)
+            .min(policy.max);
+        let spacing_ms = u64::try_from(spacing.as_millis()).unwrap_or(u64::MAX);
+        if at.saturating_sub(last) < spacing_ms {
+            return false;
+        }
+        entry.reacks = entry.reacks.saturating_add(1);
+        entry.last_ack_ms = at;
+        true
+    }
+
+    /// Forgets `digest` without raising any floor: for a message that was
+    /// admitted but could not be handed over after all (never handled, so a
+    /// re-send must get another chance).
+    pub fn forget(&mut self, digest: &Digest) {
+        if let Some(entry) = self.entries.remove(digest) {
+            self.by_identity.remove(&entry.identity);
+            // Linear, but only on a rare path (the consumer closing).
+            self.order.retain(|id| *id != entry.identity);
         }
     }
 
-    /// Ids remembered now.
+    /// Messages remembered now.
     pub fn len(&self) -> usize {
-        self.states.len()
+        self.entries.len()
     }
 
     /// Whether empty.
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
+        self.entries.is_empty()
     }
 
-    /// The bound.
+    /// The memory bound.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.retention.capacity
     }
 
-    /// How many ids were forgotten to stay within the bound.
+    /// Entries forgotten while still inside the window (each raised a floor).
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Entries forgotten because their timestamp left the window.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(NEVER - 1)
+            .min(NEVER - 1)
+    }
+
+    /// The digest and entry of the identity at the front of the order.
+    fn front(&self) -> Option<(u64, Digest, &Entry)> {
+        let identity = *self.order.front()?;
+        let digest = *self.by_identity.get(&identity)?;
+        Some((identity, digest, self.entries.get(&digest)?))
+    }
+
+    /// Forgets entries from the front whose timestamp has left the window.
+    /// Stops at the first one that has not (or whose handler is running):
+    /// entries arrive roughly in timestamp order, and the rest wait their
+    /// turn, still within the capacity bound.
+    fn expire(&mut self, now: i64) {
+        let (past, _) = self.window_secs();
+        let oldest = now.saturating_sub(past);
+        while !self.order.is_empty() {
+            let Some((_, digest, entry)) = self.front() else {
+                // Cannot happen (order and maps change together); skip it.
+                self.order.pop_front();
+                continue;
+            };
+            if entry.timestamp >= oldest || entry.state == Seen::InProgress {
+                break;
+            }
+            self.order.pop_front();
+            self.remove(&digest);
+            self.expired += 1;
+        }
+    }
+
+    /// Forgets the oldest entry whose handler is not running, raising its
+    /// signer's floor. Entries being handled are moved to the back.
+    fn evict_one(&mut self) -> bool {
+        for _ in 0..self.order.len() {
+            let front = self
+                .front()
+                .map(|(identity, digest, e)| (identity, digest, e.state));
+            self.order.pop_front();
+            match front {
+                None => continue,
+                Some((identity, _, Seen::InProgress)) => self.order.push_back(identity),
+                Some((_, digest, _)) => {
+                    self.remove(&digest);
+                    self.evicted += 1;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Removes an entry and raises its signer's floor to its timestamp.
+    fn remove(&mut self, digest: &Digest) {
+        let Some(entry) = self.entries.remove(digest) else {
+            return;
+        };
+        self.by_identity.remove(&entry.identity);
+        if !self.floors.contains_key(&entry.signer) && self.floors.len() >= MAX_SIGNER_FLOORS {
+            // Fold the lowest floor into the common one: that refuses no
+            // more than needed, and never less.
+            if let Some((&key, &lowest)) = self.floors.iter().min_by_key(|(_, f)| **f) {
+                self.floors.remove(&key);
+                self.common_floor = self.common_floor.max(lowest);
+            }
+        }
+        let floor = self.floors.entry(entry.signer).or_insert(i64::MIN);
+        *floor = (*floor).max(entry.timestamp);
     }
 }
 
@@ -126,31 +479,194 @@ impl DedupeCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn remembers_and_evicts_oldest() {
-        let mut cache = DedupeCache::new(3);
-        for id in ["a", "b", "c"] {
-            cache.first_sight(id).unwrap();
+    const NOW: i64 = 1_800_000_000;
+
+    fn retention(capacity: usize) -> Retention {
+        Retention {
+            capacity,
+            max_age: Duration::from_secs(600),
+            clock_skew: Duration::from_secs(60),
         }
-        cache.set("a", Seen::Done(None));
-        assert_eq!(cache.first_sight("a"), Err(Seen::Done(None)));
-        cache.first_sight("d").unwrap();
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.get("a"), None);
-        assert_eq!(cache.evicted(), 1);
-        assert_eq!(cache.get("b"), Some(Seen::InProgress));
-        cache.forget("b");
-        assert_eq!(cache.get("b"), None);
-        assert!(cache.first_sight("b").is_ok());
+    }
+
+    fn d(n: u32) -> Digest {
+        Digest::of_signed_part(&n.to_string())
+    }
+
+    fn admit(c: &mut DedupeCache, signer: &str, id: u32, ts: i64) -> Result<(), Refused> {
+        c.admit(Some(signer), &format!("id-{id}"), d(id), ts, NOW, true)
+    }
+
+    #[test]
+    fn an_entry_stays_small() {
+        // Digest key (32) + entry, in the main map; identity -> digest; the
+        // order queue: about 136 bytes an entry with the tables' slack.
+        assert!(std::mem::size_of::<Entry>() <= 40);
+    }
+
+    #[test]
+    fn the_age_window_includes_the_skew_both_ways() {
+        let c = DedupeCache::new(retention(8), Instant::now());
+        assert_eq!(c.check_age(None, NOW), Err(Stale::NoTimestamp));
+        assert_eq!(c.check_age(Some(NOW - 660), NOW), Ok(()));
+        assert_eq!(
+            c.check_age(Some(NOW - 661), NOW),
+            Err(Stale::TooOld { by_secs: 1 })
+        );
+        assert_eq!(c.check_age(Some(NOW + 60), NOW), Ok(()));
+        assert_eq!(
+            c.check_age(Some(NOW + 62), NOW),
+            Err(Stale::FromFuture { by_secs: 2 })
+        );
+        // Extreme values saturate instead of overflowing.
+        assert!(c.check_age(Some(i64::MIN), NOW).is_err());
+        assert!(c.check_age(Some(i64::MAX), NOW).is_err());
+        assert!(c.check_age(Some(0), i64::MAX).is_err());
+    }
+
+    #[test]
+    fn remembered_by_digest_and_by_signer_and_msg_id() {
+        let mut c = DedupeCache::new(retention(8), Instant::now());
+        admit(&mut c, "alice", 1, NOW).unwrap();
+        assert_eq!(c.get(&d(1)).map(|r| r.state), Some(Seen::InProgress));
+        // Same signer, same msg_id, another body: refused.
+        assert_eq!(
+            c.admit(Some("alice"), "id-1", d(99), NOW, NOW, true),
+            Err(Refused::SameIdOtherBody(Seen::InProgress))
+        );
+        // Another signer reusing alice's msg_id does not take it from her,
+        // and is not blocked by her either.
+        c.admit(Some("mallory"), "id-2", d(2), NOW, NOW, true)
+            .unwrap();
+        c.admit(Some("alice"), "id-2", d(3), NOW, NOW, true)
+            .unwrap();
+        // Unsigned: the msg_id alone.
+        c.admit(None, "id-4", d(4), NOW, NOW, true).unwrap();
+        assert!(matches!(
+            c.admit(None, "id-4", d(5), NOW, NOW, true),
+            Err(Refused::SameIdOtherBody(_))
+        ));
+        c.forget(&d(4));
+        assert_eq!(c.get(&d(4)), None);
+        c.admit(None, "id-4", d(5), NOW, NOW, true).unwrap();
+    }
+
+    #[test]
+    fn a_full_cache_forgets_the_oldest_and_raises_its_signers_floor() {
+        let mut c = DedupeCache::new(retention(3), Instant::now());
+        let t0 = Instant::now();
+        admit(&mut c, "alice", 1, NOW - 10).unwrap();
+        c.settle(&d(1), Seen::Done { acked: true }, t0);
+        admit(&mut c, "bob", 2, NOW - 5).unwrap();
+        c.settle(&d(2), Seen::Done { acked: true }, t0);
+        admit(&mut c, "bob", 3, NOW - 5).unwrap();
+        c.settle(&d(3), Seen::Done { acked: true }, t0);
+        // Full: alice's message goes, and her floor rises to its timestamp.
+        admit(&mut c, "bob", 4, NOW).unwrap();
+        assert_eq!(c.get(&d(1)), None);
+        assert_eq!(c.evicted(), 1);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.floor(Some("alice")), NOW - 10);
+        // A replay of it is refused, not handled again...
+        assert_eq!(
+            admit(&mut c, "alice", 1, NOW - 10),
+            Err(Refused::BelowFloor { floor: NOW - 10 })
+        );
+        // ... while alice's newer messages and other signers' older ones
+        // are still accepted.
+        admit(&mut c, "alice", 5, NOW - 9).unwrap();
+        assert_eq!(c.floor(Some("carol")), i64::MIN);
+        c.settle(&d(5), Seen::Done { acked: true }, t0);
+        admit(&mut c, "carol", 6, NOW - 600).unwrap();
+    }
+
+    #[test]
+    fn entries_being_handled_are_never_evicted() {
+        let mut c = DedupeCache::new(retention(2), Instant::now());
+        admit(&mut c, "a", 1, NOW).unwrap();
+        admit(&mut c, "a", 2, NOW).unwrap();
+        assert_eq!(admit(&mut c, "a", 3, NOW), Err(Refused::Full));
+        c.settle(&d(2), Seen::Failed, Instant::now());
+        admit(&mut c, "a", 3, NOW).unwrap();
+        // The running one stayed; the settled one went.
+        assert_eq!(c.get(&d(1)).map(|r| r.state), Some(Seen::InProgress));
+        assert_eq!(c.get(&d(2)), None);
+    }
+
+    #[test]
+    fn entries_leave_once_out_of_the_window_and_memory_follows_traffic() {
+        let mut c = DedupeCache::new(retention(1000), Instant::now());
+        let t0 = Instant::now();
+        for i in 0..100 {
+            c.admit(Some("a"), &format!("id-{i}"), d(i), NOW, NOW, true)
+                .unwrap();
+            c.settle(&d(i), Seen::Done { acked: false }, t0);
+        }
+        assert_eq!(c.len(), 100);
+        // 661 s later all have left the window: one new admit sweeps them.
+        let later = NOW + 661;
+        c.admit(Some("a"), "new", d(1000), later, later, true)
+            .unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.expired(), 100);
+        assert_eq!(c.evicted(), 0);
+        // A wall clock stepped back cannot bring them back: the floor rose.
+        assert_eq!(
+            c.admit(Some("a"), "id-5", d(5), NOW, NOW, true),
+            Err(Refused::BelowFloor { floor: NOW })
+        );
     }
 
     #[test]
     fn bounded_over_many_ids() {
-        let mut cache = DedupeCache::new(1000);
-        for i in 0..100_000 {
-            cache.first_sight(&format!("id-{i}")).unwrap();
+        let mut c = DedupeCache::new(retention(1000), Instant::now());
+        let t0 = Instant::now();
+        for i in 0..20_000u32 {
+            let ts = NOW + i64::from(i / 1000);
+            c.admit(Some("a"), &format!("id-{i}"), d(i), ts, ts, true)
+                .unwrap();
+            c.settle(&d(i), Seen::Done { acked: true }, t0);
         }
-        assert_eq!(cache.len(), 1000);
-        assert_eq!(cache.evicted(), 99_000);
+        assert_eq!(c.len(), 1000);
+        assert_eq!(c.evicted(), 19_000);
+        // The floor trails the newest second by the capacity.
+        assert_eq!(c.floor(Some("a")), NOW + 18);
+    }
+
+    #[test]
+    fn floors_stay_bounded_and_fold_safely() {
+        let mut c = DedupeCache::new(retention(1), Instant::now());
+        let t0 = Instant::now();
+        for i in 0..(MAX_SIGNER_FLOORS as u32 + 10) {
+            let signer = format!("s{i}");
+            let ts = NOW - 200 + i64::from(i / 100);
+            c.admit(Some(&signer), "m", d(i), ts, NOW, true).unwrap();
+            c.settle(&d(i), Seen::Done { acked: false }, t0);
+        }
+        assert!(c.floors.len() <= MAX_SIGNER_FLOORS);
+        // A folded signer is still refused at its own floor.
+        assert!(c.floor(Some("s0")) >= NOW - 200);
+        assert!(c.floor(Some("s4100")) >= NOW - 200 + 41);
+    }
+
+    #[test]
+    fn reacks_are_spaced_out_doubling() {
+        let mut c = DedupeCache::new(retention(8), Instant::now());
+        let t0 = Instant::now();
+        let policy = ReackPolicy {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(40),
+        };
+        admit(&mut c, "a", 1, NOW).unwrap();
+        // Not acked yet: never re-acked.
+        assert!(!c.may_reack(&d(1), t0, &policy));
+        c.settle(&d(1), Seen::Done { acked: true }, t0);
+        let ms = Duration::from_millis;
+        let allowed: Vec<u64> = (0..=200)
+            .filter(|t| c.may_reack(&d(1), t0 + ms(*t), &policy))
+            .collect();
+        // 10 ms, then 20, then 40, 40, ...
+        assert_eq!(allowed, [10, 30, 70, 110, 150, 190]);
+        assert!(!c.may_reack(&d(2), t0, &policy));
     }
 }

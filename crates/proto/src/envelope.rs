@@ -18,7 +18,14 @@
 //! The signature covers [`crate::canonical`] JSON of the body minus
 //! `signature` and `certificate`. Relays may re-serialise bodies, so nothing
 //! here ever trusts the raw bytes: verification and digests always parse and
-//! re-canonicalise.
+//! re-canonicalise, and a received number written otherwise than the
+//! signature covers it is refused (see [`crate::canonical`]).
+//!
+//! Decoding also refuses what no honest peer sends and what would be unsafe
+//! to print or pass on: bodies nested deeper than
+//! [`canonical::MAX_DEPTH`](crate::canonical::MAX_DEPTH), and a `topic` or
+//! `msg_id` holding control characters (NUL, ESC, line breaks) or the
+//! Unicode line separators and bidirectional overrides.
 
 use serde_json::{Map, Value};
 
@@ -53,6 +60,27 @@ pub enum DecodeError {
     /// The body is not JSON.
     #[error("body is not JSON: {0}")]
     NotJson(String),
+    /// The body is not UTF-8.
+    #[error("body is not UTF-8: {0}")]
+    NotUtf8(String),
+    /// The body escapes half of a UTF-16 surrogate pair (`"\ud800"`), which
+    /// Python accepts and no Rust string can hold.
+    #[error("body holds a lone UTF-16 surrogate: {0}")]
+    LoneSurrogate(String),
+    /// Arrays and objects nest deeper than
+    /// [`MAX_DEPTH`](crate::canonical::MAX_DEPTH) (checked before parsing).
+    #[error("body nests more than {limit} levels deep")]
+    TooDeep {
+        /// The bound.
+        limit: usize,
+    },
+    /// `topic` or `msg_id` holds a character that is unsafe to print or to
+    /// pass to a command (see [`is_unsafe_char`]).
+    #[error("field {field:?} holds a control character")]
+    ControlCharacter {
+        /// `"topic"` or `"msg_id"`.
+        field: &'static str,
+    },
     /// The body is JSON but has the wrong shape.
     #[error("body has the wrong shape: {0}")]
     Shape(String),
@@ -77,9 +105,14 @@ impl DecodeError {
             DecodeError::TopicNotUtf8 => "topic_not_utf8",
             DecodeError::Oversize { .. } => "oversize",
             DecodeError::NotJson(_) => "not_json",
+            DecodeError::NotUtf8(_) => "not_utf8",
+            DecodeError::LoneSurrogate(_) => "lone_surrogate",
+            DecodeError::TooDeep { .. } => "too_deep",
+            DecodeError::ControlCharacter { field: "topic" } => "control_char_in_topic",
+            DecodeError::ControlCharacter { .. } => "control_char_in_msg_id",
             DecodeError::Shape(_) => "wrong_shape",
             DecodeError::TopicMismatch { .. } => "topic_mismatch",
-            DecodeError::Canonical(_) => "not_canonicalisable",
+            DecodeError::Canonical(e) => e.kind(),
         }
     }
 }
@@ -114,6 +147,18 @@ impl TopicScheme {
     }
 }
 
+/// Whether `c` may not appear in a `topic` or `msg_id`: control characters
+/// (C0, DEL, C1: NUL, ESC, newlines), the Unicode line and paragraph
+/// separators, and the bidirectional embedding, override and isolate marks,
+/// which can make printed text read differently from what it is.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// A new message id, `<year>-<uuid4>`, as fedmsg makes them.
 pub fn new_msg_id(year: i32) -> String {
     format!("{year}-{}", uuid::Uuid::new_v4())
@@ -140,7 +185,19 @@ pub struct Draft {
 
 impl Draft {
     /// Builds the body, signed with `signer` when one is given.
-    pub fn build(self, signer: Option<&dyn Signer>) -> Result<Envelope, BuildError> {
+    ///
+    /// Numbers in `msg` are first brought to their canonical text
+    /// ([`canonical::normalise_numbers`]): one that would be signed as
+    /// another value is refused ([`CanonicalError::InexactNumber`]), and so
+    /// is a `msg` nested too deep ([`CanonicalError::TooDeep`]) or a `topic`
+    /// or `msg_id` that receivers would refuse ([`BuildError::UnsafeField`]).
+    pub fn build(mut self, signer: Option<&dyn Signer>) -> Result<Envelope, BuildError> {
+        for (field, value) in [("topic", &self.topic), ("msg_id", &self.msg_id)] {
+            if value.chars().any(is_unsafe_char) {
+                return Err(BuildError::UnsafeField(field));
+            }
+        }
+        canonical::normalise_numbers(&mut self.msg, 1)?;
         let mut body = Map::new();
         body.insert("topic".into(), Value::String(self.topic));
         body.insert("msg".into(), self.msg);
@@ -176,6 +233,10 @@ pub enum BuildError {
     /// The signer failed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// `topic` or `msg_id` holds a character receivers refuse
+    /// ([`is_unsafe_char`]).
+    #[error("{0} holds a control character, which every receiver refuses")]
+    UnsafeField(&'static str),
 }
 
 /// A message body, parsed and checked for shape. Accessors for the required
@@ -216,14 +277,19 @@ impl Envelope {
                 limit: max_size,
             });
         }
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        let value = parse_json(bytes)?;
         let Value::Object(body) = value else {
             return Err(DecodeError::Shape("body is not a JSON object".into()));
         };
         require(&body, "topic", Value::is_string, "a string")?;
         require(&body, "msg", |_| true, "present")?;
         require(&body, "msg_id", Value::is_string, "a string")?;
+        for field in ["topic", "msg_id"] {
+            let text = body.get(field).and_then(Value::as_str).unwrap_or_default();
+            if text.chars().any(is_unsafe_char) {
+                return Err(DecodeError::ControlCharacter { field });
+            }
+        }
         for (field, check, expected) in [
             ("i", Value::is_number as fn(&Value) -> bool, "a number"),
             ("timestamp", Value::is_number, "a number"),
@@ -267,15 +333,18 @@ impl Envelope {
         Ok(())
     }
 
-    /// The canonical bytes a signature covers.
+    /// The canonical bytes a signature covers. Refuses a body with a
+    /// number not written canonically
+    /// ([`CanonicalError::NotCanonicalNumber`]): its signature would cover
+    /// another text than the one a reader of [`Envelope::msg`] sees.
     pub fn signed_part(&self) -> Result<String, CanonicalError> {
-        canonical::object_to_string_without(&self.body, &UNSIGNED_FIELDS)
+        canonical::signed_bytes(&self.body, &UNSIGNED_FIELDS)
     }
 
     /// The canonical bytes with `gilmsg_version` also left out: what Python
     /// gilmsg signed, since it adds that field after signing.
     pub fn signed_part_without_gilmsg_version(&self) -> Result<String, CanonicalError> {
-        canonical::object_to_string_without(
+        canonical::signed_bytes(
             &self.body,
             &["signature", "certificate", GILMSG_VERSION_FIELD],
         )
@@ -283,8 +352,16 @@ impl Envelope {
 
     /// The two frames to send: topic and canonical body.
     pub fn encode(&self) -> Result<[Vec<u8>; 2], CanonicalError> {
-        let body = canonical::object_to_string_without(&self.body, &[])?;
+        let body = canonical::signed_bytes(&self.body, &[])?;
         Ok([self.topic().as_bytes().to_vec(), body.into_bytes()])
+    }
+
+    /// The signed `timestamp` in whole seconds since the epoch, if present
+    /// (fedmsg writes an integer; a float is rounded down, and values
+    /// beyond `i64` saturate).
+    pub fn timestamp(&self) -> Option<i64> {
+        let n = self.body.get("timestamp")?.as_number()?;
+        n.as_i64().or_else(|| n.as_f64().map(|f| f.floor() as i64))
     }
 
     /// The full topic (from the signed body).
@@ -326,6 +403,73 @@ impl Envelope {
     pub fn to_value(&self) -> Value {
         Value::Object(self.body.clone())
     }
+}
+
+/// Parses a body whose nesting has first been bounded by
+/// [`nesting_within`], classifying serde_json's errors into the kinds that
+/// are counted apart.
+fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+    use serde::Deserialize;
+    let limit = canonical::MAX_DEPTH;
+    if !nesting_within(bytes, limit) {
+        return Err(DecodeError::TooDeep { limit });
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // Safe: the nesting is bounded above (serde_json's own limit is a fixed
+    // 128, lower than what Python peers produce).
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer).and_then(|v| {
+        deserializer.end()?;
+        Ok(v)
+    });
+    value.map_err(|e| {
+        // serde_json has no public error codes; its messages are stable and
+        // pinned by `decode_error_kinds` below. It reports a leading
+        // surrogate with no trailing one as "unexpected end of hex escape"
+        // (that code has no other use) and a trailing one alone as a "lone
+        // leading surrogate".
+        let text = e.to_string();
+        if text.contains("surrogate") || text.contains("end of hex escape") {
+            DecodeError::LoneSurrogate(text)
+        } else if text.contains("invalid unicode code point") {
+            DecodeError::NotUtf8(text)
+        } else {
+            DecodeError::NotJson(text)
+        }
+    })
+}
+
+/// Whether arrays and objects in `bytes` nest at most `limit` deep: a
+/// single pass that counts brackets outside strings. It does not validate
+/// JSON (the parser does, next); it only bounds the parser's recursion, so
+/// that no body can overflow the stack.
+fn nesting_within(bytes: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 fn require(
@@ -442,5 +586,157 @@ mod tests {
         assert_eq!(scheme.ack_topic(), "org.fedoraproject.dev.gilmsg.ack");
         let id = new_msg_id(2026);
         assert!(id.starts_with("2026-") && id.len() == 41);
+    }
+
+    fn body_frames(body: &str) -> [Vec<u8>; 2] {
+        [b"a.b".to_vec(), body.as_bytes().to_vec()]
+    }
+
+    #[test]
+    fn decode_error_kinds() {
+        let ok = r#"{"topic":"a.b","msg":1,"msg_id":"m"}"#;
+        assert!(Envelope::decode(&body_frames(ok), 1 << 20).is_ok());
+        let cases = [
+            (
+                r#"{"topic":"a.b","msg":"\ud800","msg_id":"m"}"#,
+                "lone_surrogate",
+            ),
+            (
+                r#"{"topic":"a.b","msg":"\udc00","msg_id":"m"}"#,
+                "lone_surrogate",
+            ),
+            (
+                r#"{"topic":"a.b","msg":1,"msg_id":"m\u0000"}"#,
+                "control_char_in_msg_id",
+            ),
+            (
+                r#"{"topic":"a.b","msg":1,"msg_id":"m\u001b[2J"}"#,
+                "control_char_in_msg_id",
+            ),
+            (
+                r#"{"topic":"a.b","msg":1,"msg_id":"m\u202e"}"#,
+                "control_char_in_msg_id",
+            ),
+            (
+                r#"{"topic":"a.b\n","msg":1,"msg_id":"m"}"#,
+                "control_char_in_topic",
+            ),
+            (
+                r#"{"topic":"a.b\u0085","msg":1,"msg_id":"m"}"#,
+                "control_char_in_topic",
+            ),
+        ];
+        for (body, kind) in cases {
+            // The body is checked before the frame-0 comparison.
+            let err = Envelope::parse_body(body.as_bytes(), 1 << 20).unwrap_err();
+            assert_eq!(err.kind(), kind, "{body}: {err}");
+        }
+        let not_utf8 = [
+            b"a.b".to_vec(),
+            b"{\"topic\":\"a.b\",\"msg\":\"\xff\"}".to_vec(),
+        ];
+        assert_eq!(
+            Envelope::decode(&not_utf8, 1 << 20).unwrap_err().kind(),
+            "not_utf8"
+        );
+        // Not inside strings: brackets in text do not count as nesting.
+        let brackets = format!(
+            r#"{{"topic":"a.b","msg":"{}","msg_id":"m"}}"#,
+            "[{\\\"".repeat(2000)
+        );
+        assert!(Envelope::decode(&body_frames(&brackets), 1 << 20).is_ok());
+    }
+
+    fn deep_body(msg_depth: usize) -> String {
+        format!(
+            r#"{{"topic":"a.b","msg_id":"m","msg":{}1{}}}"#,
+            "[".repeat(msg_depth),
+            "]".repeat(msg_depth)
+        )
+    }
+
+    #[test]
+    fn deep_bodies_up_to_the_bound_decode_on_a_small_stack_and_deeper_ones_are_refused() {
+        // The default stack of a spawned thread (2 MiB), in whatever build
+        // profile the tests run: the bound must hold there.
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                // What Python peers and serde_json's old limit disagreed on:
+                // a msg 127 deep makes a body 128 deep.
+                for depth in [127, canonical::MAX_DEPTH - 1] {
+                    let frames = body_frames(&deep_body(depth));
+                    let envelope = Envelope::decode(&frames, 1 << 20)
+                        .unwrap_or_else(|e| panic!("depth {depth}: {e}"));
+                    assert!(envelope.signed_part().is_ok(), "depth {depth}");
+                    assert!(envelope.encode().is_ok(), "depth {depth}");
+                }
+                for depth in [canonical::MAX_DEPTH, 400_000] {
+                    let body = deep_body(depth);
+                    let frames = [b"a.b".to_vec(), body.into_bytes()];
+                    let err = Envelope::decode(&frames, 1 << 20).unwrap_err();
+                    assert_eq!(err.kind(), "too_deep", "depth {depth}");
+                }
+            })
+            .unwrap();
+        worker.join().expect("no stack overflow");
+    }
+
+    #[test]
+    fn building_refuses_what_receivers_would_refuse() {
+        let mut d = draft();
+        d.msg = serde_json::from_str(r#"{"n": 9007199254740993.0}"#).unwrap();
+        let err = d.build(Some(&FakeSigner)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BuildError::Canonical(CanonicalError::InexactNumber { .. })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("9007199254740992.0"), "{err}");
+        // Exact but not canonical: normalised, and then what is signed, sent
+        // and read back is the same text.
+        let mut d = draft();
+        d.msg = serde_json::from_str(r#"{"n": 1.10, "big": 9007199254740993}"#).unwrap();
+        let envelope = d.build(Some(&FakeSigner)).unwrap();
+        let frames = envelope.encode().unwrap();
+        let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
+        assert_eq!(decoded.msg()["n"].to_string(), "1.1");
+        assert_eq!(decoded.msg()["big"].to_string(), "9007199254740993");
+        assert_eq!(decoded.signed_part(), envelope.signed_part());
+        // Too deep for receivers.
+        let mut d = draft();
+        let mut msg = json!(1);
+        for _ in 0..canonical::MAX_DEPTH {
+            msg = Value::Array(vec![msg]);
+        }
+        d.msg = msg;
+        assert!(matches!(
+            d.build(None),
+            Err(BuildError::Canonical(CanonicalError::TooDeep { .. }))
+        ));
+        let mut d = draft();
+        d.topic = "a.b\u{0}".into();
+        assert!(matches!(
+            d.build(None),
+            Err(BuildError::UnsafeField("topic"))
+        ));
+    }
+
+    #[test]
+    fn timestamps_read_as_whole_seconds() {
+        let read = |ts: &str| {
+            let body = format!(r#"{{"topic":"a","msg":1,"msg_id":"m","timestamp":{ts}}}"#);
+            Envelope::parse_body(body.as_bytes(), 1 << 20)
+                .unwrap()
+                .timestamp()
+        };
+        assert_eq!(read("1700000000"), Some(1_700_000_000));
+        assert_eq!(read("1700000000.9"), Some(1_700_000_000));
+        assert_eq!(read("1e300"), Some(i64::MAX));
+        assert_eq!(read("-1e300"), Some(i64::MIN));
+        let none = Envelope::parse_body(br#"{"topic":"a","msg":1,"msg_id":"m"}"#, 1 << 20).unwrap();
+        assert_eq!(none.timestamp(), None);
     }
 }

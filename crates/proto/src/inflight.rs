@@ -439,6 +439,10 @@ mod tests {
         }
     }
 
+    fn d() -> crate::Digest {
+        crate::Digest::of_signed_part("body")
+    }
+
     fn table() -> InFlight<&'static str> {
         InFlight::new(RetransmitPolicy {
             initial_rto: Duration::from_millis(100),
@@ -452,7 +456,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = table();
         t.insert(
-            AckCollector::new("m", "d", ["a", "b"]),
+            AckCollector::new("m", d(), ["a", "b"]),
             t0 + Duration::from_secs(1),
             "p",
         )
@@ -488,7 +492,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = table();
         t.insert(
-            AckCollector::new("m", "d", ["a"]),
+            AckCollector::new("m", d(), ["a"]),
             t0 + Duration::from_millis(1000),
             "p",
         )
@@ -527,7 +531,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = table();
         t.insert(
-            AckCollector::new("m", "d", ["a"]),
+            AckCollector::new("m", d(), ["a"]),
             t0 + Duration::from_millis(50),
             "p",
         )
@@ -542,10 +546,10 @@ mod tests {
     fn duplicate_insert_is_refused() {
         let t0 = Instant::now();
         let mut t = table();
-        t.insert(AckCollector::new("m", "d", ["a"]), t0, "p")
+        t.insert(AckCollector::new("m", d(), ["a"]), t0, "p")
             .unwrap();
         assert_eq!(
-            t.insert(AckCollector::new("m", "d", ["a"]), t0, "q"),
+            t.insert(AckCollector::new("m", d(), ["a"]), t0, "q"),
             Err("q")
         );
     }
@@ -557,7 +561,7 @@ mod tests {
         for i in 0..20 {
             let id = format!("m{i}");
             t.insert(
-                AckCollector::new(&id, "d", ["a"]),
+                AckCollector::new(&id, d(), ["a"]),
                 t0 + Duration::from_secs(5),
                 "p",
             )
@@ -572,7 +576,7 @@ mod tests {
         );
         assert_eq!(t.rtt().rto(), Duration::from_millis(10));
         t.insert(
-            AckCollector::new("r", "d", ["a"]),
+            AckCollector::new("r", d(), ["a"]),
             t0 + Duration::from_secs(5),
             "p",
         )
@@ -599,7 +603,7 @@ mod tests {
         let deadline = t0 + Duration::from_secs(10);
         // m0 sent first, then m1 and m2; the recipient is busy with older work.
         for (i, id) in ["m0", "m1", "m2"].iter().enumerate() {
-            t.insert(AckCollector::new(id, "d", ["a"]), deadline, "p")
+            t.insert(AckCollector::new(id, d(), ["a"]), deadline, "p")
                 .unwrap();
             t.mark_sent(id, t0 + ms(i as u64));
         }
@@ -634,7 +638,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = table();
         t.insert(
-            AckCollector::new("old", "d", ["a"]),
+            AckCollector::new("old", d(), ["a"]),
             t0 + Duration::from_secs(10),
             "p",
         )
@@ -642,7 +646,7 @@ mod tests {
         t.mark_sent("old", t0);
         t.on_ack("a", &ack("old"), t0 + Duration::from_millis(1));
         t.insert(
-            AckCollector::new("m", "d", ["a"]),
+            AckCollector::new("m", d(), ["a"]),
             t0 + Duration::from_secs(10),
             "p",
         )
@@ -663,7 +667,7 @@ mod tests {
         for i in 0..10_000 {
             let id = format!("m{i}");
             t.insert(
-                AckCollector::new(&id, "d", ["a"]),
+                AckCollector::new(&id, d(), ["a"]),
                 t0 + Duration::from_secs(60),
                 "p",
             )

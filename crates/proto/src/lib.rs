@@ -18,7 +18,11 @@
 //! - [`ack`]: ACK payloads and the per-message [`AckCollector`](ack::AckCollector).
 //! - [`inflight`]: the publisher's table of messages awaiting ACKs, with
 //!   RFC 6298-style re-send timers.
-//! - [`dedupe`]: the consumer's bounded memory of seen `msg_id`s.
+//! - [`dedupe`]: the consumer's bounded, time-windowed memory of the
+//!   messages it accepted, with per-signer replay floors.
+//! - [`consumer`]: [`ConsumerState`](consumer::ConsumerState), every
+//!   decision of an ACK-sending consumer as a pure state machine.
+//! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,7 +30,9 @@
 pub mod ack;
 pub mod auth;
 pub mod canonical;
+pub mod consumer;
 pub mod dedupe;
+pub mod digest;
 pub mod envelope;
 pub mod inflight;
 pub mod policy;
@@ -34,5 +40,7 @@ pub mod validate;
 
 pub use ack::{AckBody, AckCollector, AckOutcome, AckRecord};
 pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
+pub use consumer::{ConsumerSettings, ConsumerState, Outcome};
+pub use digest::Digest;
 pub use envelope::{DecodeError, Draft, Envelope, TopicScheme};
 pub use validate::{Rejection, Validated, Validator};

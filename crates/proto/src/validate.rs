@@ -51,7 +51,7 @@ impl Rejection {
             Rejection::Signature(e) => e.kind(),
             Rejection::Policy(PolicyError::NotAllowed { .. }) => "policy_not_allowed",
             Rejection::Policy(_) => "policy_unlisted",
-            Rejection::Canonical(_) => "not_canonicalisable",
+            Rejection::Canonical(e) => e.kind(),
         }
     }
 }
@@ -90,6 +90,18 @@ impl Validator {
 
     /// Verifies the signature and applies the routing policy.
     pub fn validate(&self, message: &Envelope) -> Result<Validated, Rejection> {
+        let signed = message.signed_part()?;
+        self.validate_signed(message, &signed)
+    }
+
+    /// Like [`Validator::validate`], with the message's
+    /// [`Envelope::signed_part`] already computed (a consumer needs it for
+    /// the ACK digest anyway: canonical JSON once per message).
+    pub fn validate_signed(
+        &self,
+        message: &Envelope,
+        signed: &str,
+    ) -> Result<Validated, Rejection> {
         let (Some(scheme), Some(signature), Some(certificate)) = (
             message.crypto(),
             message.str_field("signature"),
@@ -97,7 +109,6 @@ impl Validator {
         ) else {
             return Err(Rejection::Unsigned);
         };
-        let signed = message.signed_part()?;
         let (signer, unsigned_gilmsg_version) =
             match self
                 .verifier

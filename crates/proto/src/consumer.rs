@@ -1,0 +1,861 @@
+//! [`ConsumerState`]: every decision an ACK-sending consumer makes, with no
+//! I/O, in the manner of rumqttc's `state.rs`.
+//!
+//! A transport hands it each received message (its frames, the time as an
+//! [`Instant`] and as wall-clock seconds, whether the application can take
+//! one more delivery, and a closure that verifies a signature), and it
+//! answers with an [`Outcome`]: skip, deliver, settle as a duplicate, or
+//! refuse with a typed reason. The transport reports what the handler made
+//! of each delivery ([`ConsumerState::settle`]), and after each burst of at
+//! most [`ACK_BURST`] messages takes the ACKs to sign and send
+//! ([`ConsumerState::take_ack_batches`]). The ZeroMQ consumer in the
+//! `gilmsg` crate is one such transport.
+//!
+//! The rules, in the order they apply to one message:
+//!
+//! 1. ACK-topic traffic is skipped before parsing unless asked for (on a
+//!    gilmsg bus it is the most common message, and nobody ACKs an ACK).
+//! 2. The frames are decoded ([`Envelope::decode`]); its canonical signed
+//!    part is computed once, which also refuses number text the signature
+//!    does not cover as written.
+//! 3. A body already remembered (same digest of the signed part) is settled
+//!    before any signature check: re-acked if it was handled and acked
+//!    (spaced out by [`ReackPolicy`]), otherwise ignored. Nothing is trusted
+//!    from the copy: the re-ACK names the digest that was handled.
+//! 4. A new body is checked against the time window (signed `timestamp`).
+//! 5. If the application cannot take one more delivery, the message is
+//!    dropped *before* it is remembered: remembering it would push out an
+//!    older id only to forget the new one at once, so a flood faster than
+//!    the handler would empty the memory and let re-sends of handled
+//!    messages reach the handler again.
+//! 6. The signature is verified (the caller's closure), *then* the message
+//!    is remembered under `(signer, msg_id)`: a forged copy can never claim
+//!    an id ahead of the real message, and another identity cannot take a
+//!    victim's id (see [`crate::dedupe`] for the time and memory bounds).
+//! 7. It is delivered. An ACK is prepared only when the sender asked for
+//!    one (`gilmsg_version`) and the message is not itself an ACK; it goes
+//!    out when the handler says the message was handled. ACKs for gilmsg-rs
+//!    publishers whose `gilmsg_version` was *signed* are batched (one
+//!    signature for up to [`MAX_ACK_BATCH`] entries); Python gilmsg reads a
+//!    single `ack_msg_id`, so its messages are acked one by one.
+
+use std::time::Instant;
+
+use crate::ack::MAX_ACK_BATCH;
+use crate::dedupe::{DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
+use crate::digest::Digest;
+use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
+use crate::validate::{Rejection, Validated};
+
+/// Messages received per burst before the burst's ACKs are signed and sent:
+/// a backlog of thousands must not hold every ACK back until it is all
+/// verified (the publisher would take the silence for loss).
+pub const ACK_BURST: usize = 64;
+
+/// `gilmsg_version` prefix of publishers that read batched ACKs.
+pub const BATCHING_PEER: &str = "gilmsg-rs/";
+
+/// What a consumer is configured to do.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// The bus's ACK topic.
+    pub ack_topic: String,
+    /// Deliver other consumers' ACKs to the application too.
+    pub deliver_acks: bool,
+    /// Send ACKs at all (off: a validating tail).
+    pub send_acks: bool,
+    /// Largest body accepted (`max_message_size`).
+    pub max_message_size: usize,
+    /// Time window and memory bound.
+    pub retention: Retention,
+    /// Spacing of re-ACKs.
+    pub reack: ReackPolicy,
+}
+
+/// An ACK waiting to be signed and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAck {
+    /// The acknowledged message.
+    pub msg_id: String,
+    /// Its signed part's digest.
+    pub digest: Digest,
+    /// Its publisher reads batched ACKs.
+    pub batchable: bool,
+}
+
+/// What the consumer's application must report back for one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    digest: Digest,
+    asked: bool,
+    ack: Option<PendingAck>,
+}
+
+impl Ticket {
+    /// Whether handling it leads to an ACK (the sender asked, and this
+    /// consumer sends ACKs).
+    pub fn wants_ack(&self) -> bool {
+        self.ack.is_some()
+    }
+
+    /// Whether the sender asked for an ACK (`gilmsg_version`) and the
+    /// message is not itself an ACK, whether or not this consumer sends any.
+    pub fn sender_asked_for_ack(&self) -> bool {
+        self.asked
+    }
+
+    /// The digest of the delivered body's signed part.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// A new message for the handler.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The message, exactly as verified (numbers in their signed text).
+    pub message: Envelope,
+    /// The verified signer, `None` when signatures are not checked.
+    pub signer: Option<String>,
+    /// To settle once handled.
+    pub ticket: Ticket,
+    /// Verified by Python gilmsg's rule (`gilmsg_version` not signed).
+    pub legacy_unsigned_gilmsg_version: bool,
+}
+
+/// A copy of a message already remembered; the handler does not see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicate {
+    /// Handled and acked: acked again (queued).
+    Reacked,
+    /// Handled and acked, but acked again too recently.
+    ReackThrottled,
+    /// Handled, no ACK wanted.
+    Done,
+    /// Its handler is still running.
+    InProgress,
+    /// Its handler failed: never acked.
+    Failed,
+    /// Its signer's `msg_id` was already handled with another body.
+    DifferentBody,
+}
+
+impl Duplicate {
+    /// A short stable name for counters (`duplicate.<kind>`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Duplicate::Reacked => "reacked",
+            Duplicate::ReackThrottled => "reack_throttled",
+            Duplicate::Done => "done",
+            Duplicate::InProgress => "in_progress",
+            Duplicate::Failed => "failed",
+            Duplicate::DifferentBody => "different_body",
+        }
+    }
+}
+
+/// Why a message was refused. Nothing about it is remembered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// It did not decode (`invalid.<kind>`).
+    Invalid(DecodeError),
+    /// Its signature, certificate or routing policy failed (`rejected.<kind>`).
+    Rejected(Rejection),
+    /// Its timestamp is outside the window (`rejected.<kind>`).
+    Stale(Stale),
+    /// It is stamped at or before its signer's replay floor
+    /// (`rejected.replay_floor`).
+    BelowReplayFloor {
+        /// The signer's floor.
+        floor: i64,
+        /// The message's timestamp.
+        timestamp: i64,
+    },
+    /// The application's queue is full (`dropped.queue_full`).
+    QueueFull,
+    /// The memory is full of messages being handled (`dropped.dedupe_full`).
+    DedupeFull,
+}
+
+impl Refusal {
+    /// The counter: group and kind.
+    pub fn counter(&self) -> (&'static str, &'static str) {
+        match self {
+            Refusal::Invalid(e) => ("invalid", e.kind()),
+            Refusal::Rejected(r) => ("rejected", r.kind()),
+            Refusal::Stale(s) => ("rejected", s.kind()),
+            Refusal::BelowReplayFloor { .. } => ("rejected", "replay_floor"),
+            Refusal::QueueFull => ("dropped", "queue_full"),
+            Refusal::DedupeFull => ("dropped", "dedupe_full"),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(e) => write!(f, "{e}"),
+            Refusal::Rejected(r) => write!(f, "{r}"),
+            Refusal::Stale(Stale::NoTimestamp) => f.write_str("no timestamp"),
+            Refusal::Stale(Stale::TooOld { by_secs }) => {
+                write!(f, "timestamp {by_secs}s older than the window")
+            }
+            Refusal::Stale(Stale::FromFuture { by_secs }) => {
+                write!(
+                    f,
+                    "timestamp {by_secs}s beyond the clock skew in the future"
+                )
+            }
+            Refusal::BelowReplayFloor { floor, timestamp } => write!(
+                f,
+                "timestamp {timestamp} at or before the signer's replay floor {floor} \
+                 (messages that old may have been forgotten)"
+            ),
+            Refusal::QueueFull => f.write_str("the delivery queue is full"),
+            Refusal::DedupeFull => f.write_str("every remembered message is being handled"),
+        }
+    }
+}
+
+/// What to do with one received message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// ACK-topic traffic, skipped before parsing (`message.ack_skipped`).
+    Skipped,
+    /// A new message: hand it to the handler, then
+    /// [`settle`](ConsumerState::settle) its ticket.
+    Deliver(Box<Accepted>),
+    /// A copy of a message already remembered (`duplicate.<kind>`).
+    Duplicate {
+        /// What it was a copy of, and what was done.
+        kind: Duplicate,
+        /// Its id (a copy's, unverified).
+        msg_id: String,
+    },
+    /// Refused, with why; `msg_id` when it decoded (unverified).
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// Its id, if it decoded.
+        msg_id: Option<String>,
+        /// Its verified signer, when the refusal came after verification.
+        signer: Option<String>,
+    },
+}
+
+/// The consumer's protocol state: its memory of messages and the ACKs
+/// waiting for the end of the burst.
+#[derive(Debug)]
+pub struct ConsumerState {
+    settings: ConsumerSettings,
+    cache: DedupeCache,
+    pending: Vec<PendingAck>,
+}
+
+impl ConsumerState {
+    /// A consumer that has seen nothing; `epoch` is any instant before the
+    /// ones passed later.
+    pub fn new(settings: ConsumerSettings, epoch: Instant) -> Self {
+        ConsumerState {
+            cache: DedupeCache::new(settings.retention, epoch),
+            settings,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Decides what to do with one received message (see the module doc).
+    /// `wall_now` is the wall clock in seconds since the epoch; `room` says
+    /// whether the application can take one more delivery; `verify` checks a
+    /// signature over the given signed part (called for new bodies only).
+    pub fn on_frames<F, V>(
+        &mut self,
+        frames: &[F],
+        now: Instant,
+        wall_now: i64,
+        room: bool,
+        verify: V,
+    ) -> Outcome
+    where
+        F: AsRef<[u8]>,
+        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
+    {
+        if !self.settings.deliver_acks
+            && frames
+                .first()
+                .is_some_and(|t| t.as_ref() == self.settings.ack_topic.as_bytes())
+        {
+            return Outcome::Skipped;
+        }
+        match Envelope::decode(frames, self.settings.max_message_size) {
+            Ok(message) => self.on_message(message, now, wall_now, room, verify),
+            Err(e) => Outcome::Refused {
+                refusal: Refusal::Invalid(e),
+                msg_id: None,
+                signer: None,
+            },
+        }
+    }
+
+    /// [`ConsumerState::on_frames`] for a message already decoded.
+    pub fn on_message<V>(
+        &mut self,
+        message: Envelope,
+        now: Instant,
+        wall_now: i64,
+        room: bool,
+        verify: V,
+    ) -> Outcome
+    where
+        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
+    {
+        let refuse = |refusal, message: &Envelope| Outcome::Refused {
+            refusal,
+            msg_id: Some(message.msg_id().to_owned()),
+            signer: None,
+        };
+        let signed = match message.signed_part() {
+            Ok(s) => s,
+            Err(e) => return refuse(Refusal::Invalid(DecodeError::Canonical(e)), &message),
+        };
+        let digest = Digest::of_signed_part(&signed);
+        let is_ack = message.topic() == self.settings.ack_topic;
+        let wants_ack = message.wants_ack() && !is_ack;
+        if let Some(seen) = self.cache.get(&digest) {
+            let kind = match seen.state {
+                Seen::Done { acked: true } if wants_ack => {
+                    if self.cache.may_reack(&digest, now, &self.settings.reack) {
+                        self.pending.push(PendingAck {
+                            msg_id: message.msg_id().to_owned(),
+                            digest,
+                            batchable: seen.batchable,
+                        });
+                        Duplicate::Reacked
+                    } else {
+                        Duplicate::ReackThrottled
+                    }
+                }
+                Seen::Done { .. } => Duplicate::Done,
+                Seen::InProgress => Duplicate::InProgress,
+                Seen::Failed => Duplicate::Failed,
+            };
+            return Outcome::Duplicate {
+                kind,
+                msg_id: message.msg_id().to_owned(),
+            };
+        }
+        let timestamp = match self.cache.check_age(message.timestamp(), wall_now) {
+            Ok(()) => message.timestamp().unwrap_or_default(),
+            Err(stale) => return refuse(Refusal::Stale(stale), &message),
+        };
+        if !room {
+            return refuse(Refusal::QueueFull, &message);
+        }
+        let valid = match verify(&message, &signed) {
+            Ok(v) => v,
+            Err(r) => return refuse(Refusal::Rejected(r), &message),
+        };
+        // A gilmsg_version the signature does not cover cannot be trusted
+        // to say the publisher reads batched ACKs.
+        let batchable = !valid.unsigned_gilmsg_version
+            && message
+                .str_field(GILMSG_VERSION_FIELD)
+                .is_some_and(|v| v.starts_with(BATCHING_PEER));
+        let admitted = self.cache.admit(
+            valid.signer.as_deref(),
+            message.msg_id(),
+            digest,
+            timestamp,
+            wall_now,
+            batchable,
+        );
+        match admitted {
+            Ok(()) => {}
+            Err(Refused::SameIdOtherBody(_)) => {
+                return Outcome::Duplicate {
+                    kind: Duplicate::DifferentBody,
+                    msg_id: message.msg_id().to_owned(),
+                }
+            }
+            Err(Refused::BelowFloor { floor }) => {
+                return Outcome::Refused {
+                    refusal: Refusal::BelowReplayFloor { floor, timestamp },
+                    msg_id: Some(message.msg_id().to_owned()),
+                    signer: valid.signer,
+                }
+            }
+            Err(Refused::Full) => {
+                return Outcome::Refused {
+                    refusal: Refusal::DedupeFull,
+                    msg_id: Some(message.msg_id().to_owned()),
+                    signer: valid.signer,
+                }
+            }
+        }
+        let ack = (self.settings.send_acks && wants_ack).then(|| PendingAck {
+            msg_id: message.msg_id().to_owned(),
+            digest,
+            batchable,
+        });
+        Outcome::Deliver(Box::new(Accepted {
+            message,
+            signer: valid.signer,
+            ticket: Ticket {
+                digest,
+                asked: wants_ack,
+                ack,
+            },
+            legacy_unsigned_gilmsg_version: valid.unsigned_gilmsg_version,
+        }))
+    }
+
+    /// The handler's verdict on a delivery: handled (ACK it if asked) or
+    /// not (never ACK it; re-sends are ignored).
+    pub fn settle(&mut self, ticket: Ticket, handled: bool, now: Instant) {
+        if !handled {
+            self.cache.settle(&ticket.digest, Seen::Failed, now);
+            return;
+        }
+        let acked = ticket.ack.is_some();
+        self.cache.settle(&ticket.digest, Seen::Done { acked }, now);
+        if let Some(ack) = ticket.ack {
+            self.pending.push(ack);
+        }
+    }
+
+    /// A delivery that could not be handed over after all (the application
+    /// is gone): forgotten, so that a re-send gets another chance.
+    pub fn abandon(&mut self, ticket: &Ticket) {
+        self.cache.forget(&ticket.digest);
+    }
+
+    /// Whether ACKs are waiting for the end of the burst.
+    pub fn has_pending_acks(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The ACKs gathered since the last call, grouped for signing: batchable
+    /// ones together (at most [`MAX_ACK_BATCH`] per group), then the others
+    /// one per group. Each group becomes one signed ACK message.
+    pub fn take_ack_batches(&mut self) -> Vec<Vec<PendingAck>> {
+        let pending = std::mem::take(&mut self.pending);
+        let (batchable, single): (Vec<PendingAck>, Vec<PendingAck>) =
+            pending.into_iter().partition(|p| p.batchable);
+        batchable
+            .chunks(MAX_ACK_BATCH)
+            .map(<[PendingAck]>::to_vec)
+            .chain(single.into_iter().map(|p| vec![p]))
+            .collect()
+    }
+
+    /// The memory of messages (for its counters).
+    pub fn cache(&self) -> &DedupeCache {
+        &self.cache
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{SignError, Signer, VerifyError};
+    use crate::envelope::Draft;
+    use serde_json::json;
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_800_000_000;
+    const ACK_TOPIC: &str = "t.dev.gilmsg.ack";
+
+    /// Signs with the signer's name as the "signature".
+    struct Named(&'static str);
+    impl Signer for Named {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn scheme(&self) -> &str {
+            "toy"
+        }
+        fn certificate(&self) -> &str {
+            self.0
+        }
+        fn sign(&self, _: &[u8]) -> Result<String, SignError> {
+            Ok(format!("by {}", self.0))
+        }
+    }
+
+    fn settings(capacity: usize) -> ConsumerSettings {
+        ConsumerSettings {
+            ack_topic: ACK_TOPIC.into(),
+            deliver_acks: false,
+            send_acks: true,
+            max_message_size: 1 << 20,
+            retention: Retention {
+                capacity,
+                max_age: Duration::from_secs(600),
+                clock_skew: Duration::from_secs(60),
+            },
+            reack: ReackPolicy {
+                first: Duration::from_millis(10),
+                max: Duration::from_millis(500),
+            },
+        }
+    }
+
+    fn message(signer: &'static str, id: &str, msg: serde_json::Value, ts: i64) -> Envelope {
+        Draft {
+            topic: "t.dev.app.x".into(),
+            msg,
+            msg_id: id.into(),
+            i: 1,
+            timestamp: ts,
+            username: "u".into(),
+            wants_ack: true,
+        }
+        .build(Some(&Named(signer)))
+        .unwrap()
+    }
+
+    fn frames(e: &Envelope) -> [Vec<u8>; 2] {
+        e.encode().unwrap()
+    }
+
+    /// A verifier that accepts "by <name>" and counts its calls.
+    fn verifier(
+        calls: &Cell<u32>,
+    ) -> impl Fn(&Envelope, &str) -> Result<Validated, Rejection> + '_ {
+        move |m, _signed| {
+            calls.set(calls.get() + 1);
+            match m.str_field("signature").and_then(|s| s.strip_prefix("by ")) {
+                Some(name) if Some(name) == m.str_field("certificate") => Ok(Validated {
+                    signer: Some(name.to_owned()),
+                    unsigned_gilmsg_version: false,
+                }),
+                _ => Err(Rejection::Signature(VerifyError::BadSignature("?".into()))),
+            }
+        }
+    }
+
+    fn deliver(outcome: Outcome) -> Accepted {
+        match outcome {
+            Outcome::Deliver(a) => *a,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    fn duplicate(outcome: &Outcome) -> Duplicate {
+        match outcome {
+            Outcome::Duplicate { kind, .. } => *kind,
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+    }
+
+    fn refusal(outcome: Outcome) -> (&'static str, &'static str) {
+        match outcome {
+            Outcome::Refused { refusal, .. } => refusal.counter(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ack_topic_traffic_is_skipped_before_parsing_unless_asked() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let garbage = [ACK_TOPIC.as_bytes(), b"not even json"];
+        assert!(matches!(
+            state.on_frames(&garbage, t0, NOW, true, verifier(&calls)),
+            Outcome::Skipped
+        ));
+        let mut asked = settings(8);
+        asked.deliver_acks = true;
+        let mut state = ConsumerState::new(asked, t0);
+        assert_eq!(
+            refusal(state.on_frames(&garbage, t0, NOW, true, verifier(&calls))),
+            ("invalid", "not_json")
+        );
+        // An ACK delivered on request is never acked itself.
+        let mut ack = message("bob", "ack-1", json!({"ack_msg_id": "m"}), NOW);
+        let mut body = ack.body().clone();
+        body.insert("topic".into(), json!(ACK_TOPIC));
+        ack = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
+        let accepted = deliver(state.on_message(ack, t0, NOW, true, |_, _| {
+            Ok(Validated {
+                signer: Some("bob".into()),
+                unsigned_gilmsg_version: false,
+            })
+        }));
+        assert!(!accepted.ticket.wants_ack());
+        assert_eq!(calls.get(), 0);
+    }
+
+    #[test]
+    fn a_new_message_is_verified_then_delivered_once_and_acked_when_handled() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let m = message("alice", "m1", json!({"x": 1}), NOW);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        assert_eq!(calls.get(), 1);
+        assert_eq!(accepted.signer.as_deref(), Some("alice"));
+        assert!(accepted.ticket.wants_ack());
+        // Before the verdict: a re-send is "in progress", and not verified.
+        let again = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+        assert_eq!(duplicate(&again), Duplicate::InProgress);
+        assert_eq!(calls.get(), 1);
+        assert!(state.take_ack_batches().is_empty());
+        state.settle(accepted.ticket, true, t0);
+        let batches = state.take_ack_batches();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0][0].msg_id, "m1");
+        assert_eq!(
+            batches[0][0].digest,
+            Digest::of_signed_part(&m.signed_part().unwrap())
+        );
+    }
+
+    #[test]
+    fn re_sends_are_reacked_only_for_the_identical_body_and_without_verifying() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let m = message("alice", "m1", json!({"x": 1}), NOW);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, true, t0);
+        state.take_ack_batches();
+        let later = t0 + Duration::from_millis(50);
+        let copy = state.on_frames(&frames(&m), later, NOW, true, verifier(&calls));
+        assert_eq!(duplicate(&copy), Duplicate::Reacked);
+        assert_eq!(calls.get(), 1, "a copy is not verified again");
+        let batches = state.take_ack_batches();
+        assert_eq!(batches.len(), 1);
+        // A body with the same msg_id but different content, same signer:
+        // verified (it is not a copy), then refused as a different body,
+        // never re-acked.
+        let other = message("alice", "m1", json!({"x": 2}), NOW);
+        let outcome = state.on_frames(&frames(&other), later, NOW, true, verifier(&calls));
+        assert_eq!(duplicate(&outcome), Duplicate::DifferentBody);
+        assert_eq!(calls.get(), 2);
+        assert!(state.take_ack_batches().is_empty());
+    }
+
+    #[test]
+    fn a_forged_copy_cannot_claim_an_id_and_another_signer_cannot_preempt_it() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let real = message("alice", "m1", json!({"pay": 1}), NOW);
+        // A forgery with alice's id arrives first: refused, not remembered.
+        let mut forged = real.body().clone();
+        forged.insert("signature".into(), json!("by nobody"));
+        let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
+        let outcome = state.on_message(forged, t0, NOW, true, verifier(&calls));
+        assert_eq!(refusal(outcome), ("rejected", "bad_signature"));
+        // Mallory signs her own message with alice's id: accepted as hers.
+        let mallory = message("mallory", "m1", json!({"pay": 1000}), NOW);
+        deliver(state.on_frames(&frames(&mallory), t0, NOW, true, verifier(&calls)));
+        // Alice's real message is still handled.
+        let accepted = deliver(state.on_frames(&frames(&real), t0, NOW, true, verifier(&calls)));
+        assert_eq!(accepted.signer.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_without_touching_the_memory() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(2), t0);
+        let old = message("alice", "old", json!(1), NOW);
+        let accepted = deliver(state.on_frames(&frames(&old), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, true, t0);
+        // A flood while the queue is full: nothing verified, nothing
+        // remembered, so the handled id is not pushed out.
+        for i in 0..10 {
+            let m = message("alice", &format!("flood-{i}"), json!(i), NOW);
+            let outcome = state.on_frames(&frames(&m), t0, NOW, false, verifier(&calls));
+            assert_eq!(refusal(outcome), ("dropped", "queue_full"));
+        }
+        assert_eq!(calls.get(), 1);
+        assert_eq!(state.cache().len(), 1);
+        let copy = state.on_frames(
+            &frames(&old),
+            t0 + Duration::from_secs(1),
+            NOW,
+            false,
+            verifier(&calls),
+        );
+        assert_eq!(duplicate(&copy), Duplicate::Reacked);
+    }
+
+    #[test]
+    fn an_abandoned_delivery_is_forgotten_and_a_failed_one_never_acked() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let m = message("alice", "m1", json!(1), NOW);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        state.abandon(&accepted.ticket);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, false, t0);
+        assert!(state.take_ack_batches().is_empty());
+        let copy = state.on_frames(
+            &frames(&m),
+            t0 + Duration::from_secs(1),
+            NOW,
+            true,
+            verifier(&calls),
+        );
+        assert_eq!(duplicate(&copy), Duplicate::Failed);
+        assert!(state.take_ack_batches().is_empty());
+    }
+
+    #[test]
+    fn messages_outside_the_time_window_are_refused_with_their_reason() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let cases = [(NOW - 3600, "too_old"), (NOW + 3600, "from_future")];
+        for (ts, kind) in cases {
+            let m = message("alice", &format!("m{ts}"), json!(1), ts);
+            let outcome = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+            assert_eq!(refusal(outcome), ("rejected", kind));
+        }
+        let mut body = message("alice", "m", json!(1), NOW).body().clone();
+        body.remove("timestamp");
+        let m = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
+        let outcome = state.on_message(m, t0, NOW, true, verifier(&calls));
+        assert_eq!(refusal(outcome), ("rejected", "no_timestamp"));
+        assert_eq!(calls.get(), 0, "the window is checked before the signature");
+    }
+
+    #[test]
+    fn replaying_more_than_the_capacity_then_the_target_does_not_run_the_handler_again() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(16), t0);
+        let target = message("alice", "target", json!({"pay": 1}), NOW - 30);
+        let accepted = deliver(state.on_frames(&frames(&target), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, true, t0);
+        // Captured messages of another signer push the target out.
+        // Each second of bob's stays under the capacity: a signer sending
+        // more than `capacity` messages stamped within one second has the
+        // rest of that second refused once the first is pushed out.
+        for i in 0..40 {
+            let m = message("bob", &format!("filler-{i}"), json!(i), NOW - 29 + i / 2);
+            let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+            state.settle(accepted.ticket, true, t0);
+        }
+        assert!(state.cache().get(&accepted_digest(&target)).is_none());
+        let outcome = state.on_frames(&frames(&target), t0, NOW, true, verifier(&calls));
+        assert_eq!(refusal(outcome), ("rejected", "replay_floor"));
+        // Alice's new messages still go through.
+        let fresh = message("alice", "fresh", json!(2), NOW);
+        deliver(state.on_frames(&frames(&fresh), t0, NOW, true, verifier(&calls)));
+    }
+
+    fn accepted_digest(m: &Envelope) -> Digest {
+        Digest::of_signed_part(&m.signed_part().unwrap())
+    }
+
+    #[test]
+    fn a_replay_flood_of_one_message_is_reacked_a_few_times_a_second() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let m = message("alice", "m1", json!(1), NOW);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, true, t0);
+        state.take_ack_batches();
+        // 1,000 copies a second for 8 seconds.
+        let mut reacked = 0;
+        for i in 1..=8000u64 {
+            let at = t0 + Duration::from_millis(i);
+            if duplicate(&state.on_frames(&frames(&m), at, NOW, true, verifier(&calls)))
+                == Duplicate::Reacked
+            {
+                reacked += 1;
+            }
+        }
+        assert!((15..=25).contains(&reacked), "{reacked} re-ACKs");
+        let queued: usize = state.take_ack_batches().iter().map(Vec::len).sum();
+        assert_eq!(queued, reacked);
+        // A publisher's own re-sends (25 ms, then doubling) are all answered.
+        let mut state = ConsumerState::new(settings(8), t0);
+        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        state.settle(accepted.ticket, true, t0);
+        let mut at = Duration::ZERO;
+        let mut rto = Duration::from_millis(25);
+        for _ in 0..6 {
+            at += rto;
+            rto *= 2;
+            let copy = state.on_frames(&frames(&m), t0 + at, NOW, true, verifier(&calls));
+            assert_eq!(duplicate(&copy), Duplicate::Reacked, "re-send at {at:?}");
+        }
+    }
+
+    #[test]
+    fn acks_are_batched_only_for_signed_gilmsg_rs_versions() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(1024), t0);
+        for i in 0..300 {
+            let m = message("alice", &format!("rs-{i}"), json!(i), NOW);
+            let a = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+            state.settle(a.ticket, true, t0);
+        }
+        // Python gilmsg: its version is unsigned (legacy rule) or not ours.
+        let legacy = message("alice", "py-1", json!(1), NOW);
+        let a = deliver(state.on_frames(&frames(&legacy), t0, NOW, true, |_, _| {
+            Ok(Validated {
+                signer: Some("alice".into()),
+                unsigned_gilmsg_version: true,
+            })
+        }));
+        assert!(a.legacy_unsigned_gilmsg_version);
+        state.settle(a.ticket, true, t0);
+        let mut python = message("alice", "py-2", json!(2), NOW).body().clone();
+        python.insert(GILMSG_VERSION_FIELD.into(), json!("0.1.2"));
+        let python = Envelope::parse_body(&serde_json::to_vec(&python).unwrap(), 1 << 20).unwrap();
+        let a = deliver(state.on_message(python, t0, NOW, true, |_, _| {
+            Ok(Validated {
+                signer: Some("alice".into()),
+                unsigned_gilmsg_version: false,
+            })
+        }));
+        state.settle(a.ticket, true, t0);
+        let sizes: Vec<usize> = state.take_ack_batches().iter().map(Vec::len).collect();
+        assert_eq!(sizes, [MAX_ACK_BATCH, 300 - MAX_ACK_BATCH, 1, 1]);
+    }
+
+    #[test]
+    fn no_acks_when_not_sending_them_and_bad_input_is_typed() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut tail = settings(8);
+        tail.send_acks = false;
+        let mut state = ConsumerState::new(tail, t0);
+        let m = message("alice", "m1", json!(1), NOW);
+        let a = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        assert!(!a.ticket.wants_ack());
+        state.settle(a.ticket, true, t0);
+        let copy = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+        assert_eq!(duplicate(&copy), Duplicate::Done);
+        assert!(state.take_ack_batches().is_empty());
+
+        let topic = b"t.dev.app.x".as_slice();
+        let body = |m: &Envelope, edit: &dyn Fn(&str) -> String| {
+            edit(&String::from_utf8(frames(m)[1].clone()).unwrap()).into_bytes()
+        };
+        let number = message("alice", "n", json!({"x": 0.1}), NOW);
+        let rewritten = body(&number, &|b| {
+            b.replace(":0.1}", ":0.1000000000000000000000001}")
+        });
+        assert_eq!(
+            refusal(state.on_frames(&[topic, &rewritten], t0, NOW, true, verifier(&calls))),
+            ("invalid", "non_canonical_number")
+        );
+        let nul = body(&number, &|b| b.replace("\"n\"", "\"n\\u0000\""));
+        assert_eq!(
+            refusal(state.on_frames(&[topic, &nul], t0, NOW, true, verifier(&calls))),
+            ("invalid", "control_char_in_msg_id")
+        );
+        assert_eq!(calls.get(), 1);
+    }
+}
