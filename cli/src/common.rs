@@ -25,7 +25,7 @@ Exit status:
   0  success: every recipient acked (without --recipients: the message was sent)
   1  timeout: the message was sent and some recipient did not ACK in time (stderr names them)
   2  usage, configuration, key file or input error
-  3  bus error: socket failure, or no subscriber appeared so nothing was sent
+  3  bus error: socket or OS failure, or no subscriber appeared so nothing was sent
      (with or without --recipients)
 With --keep-going or --stream: the highest status of any message.";
 
@@ -52,6 +52,8 @@ impl From<gilmsg::Error> for Failure {
     fn from(e: gilmsg::Error) -> Self {
         let status = match &e {
             gilmsg::Error::Timeout(_) => EXIT_TIMEOUT,
+            // The OS refused a thread, a socketpair or a runtime: not a usage error.
+            gilmsg::Error::Os { .. } | gilmsg::Error::Socket { .. } => EXIT_BUS,
             gilmsg::Error::Config(_)
             | gilmsg::Error::Crypto(_)
             | gilmsg::Error::Message(_)
@@ -250,8 +252,18 @@ pub fn parse_endpoint(text: &str) -> Result<String, String> {
 /// Parses `250ms`, `3s`, `1m 30s` (humantime) or bare seconds `0.25`, as
 /// gilmsg's `--ack-timeout` takes them, by the rule (and with the words)
 /// the config file's durations use.
+///
+/// Longer than [`gilmsg::MAX_TIMEOUT`] is refused too (clap then exits 2):
+/// a deadline that far out cannot be computed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    gilmsg_config::check::duration(text, gilmsg_config::check::BareUnit::Seconds)
+    let duration = gilmsg_config::check::duration(text, gilmsg_config::check::BareUnit::Seconds)?;
+    if duration > gilmsg::MAX_TIMEOUT {
+        return Err(format!(
+            "{text:?} is longer than the maximum, {} days",
+            gilmsg::MAX_TIMEOUT.as_secs() / 86_400
+        ));
+    }
+    Ok(duration)
 }
 
 /// How log lines are written on stderr.
@@ -415,7 +427,11 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("nan").is_err());
+        // Once a panic (Duration::from_secs_f64), now a refusal.
         assert!(parse_duration("1e30").is_err());
+        assert!(parse_duration("1000000y").is_err());
+        assert!(parse_duration("366days").is_err());
+        assert_eq!(parse_duration("365days").unwrap(), gilmsg::MAX_TIMEOUT);
     }
 
     #[test]

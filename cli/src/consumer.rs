@@ -226,7 +226,7 @@ async fn wait_ready(
     consumer: &mut gilmsg::Consumer,
     signals: &mut Signals,
 ) -> Option<gilmsg::Readiness> {
-    let now = *consumer.readiness().borrow();
+    let now = consumer.readiness().borrow().clone();
     tracing::info!(
         "waiting for readiness: {}/{} endpoints connected, ACK path {}",
         now.connected,

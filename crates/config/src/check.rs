@@ -148,6 +148,20 @@ pub const DEDUPE_CAPACITY: WholeNumber = WholeNumber {
     zero_means: None,
 };
 
+/// `max_subscriptions`, distinct prefixes per publishing socket.
+pub const MAX_SUBSCRIPTIONS: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
+/// `max_subscription_length`, in bytes.
+pub const MAX_SUBSCRIPTION_LENGTH: WholeNumber = WholeNumber {
+    min: 1,
+    max: usize::MAX as u64,
+    zero_means: None,
+};
+
 /// `--io-threads` (fedmsg's flag; accepted, not used).
 pub const IO_THREADS: WholeNumber = WholeNumber {
     min: 0,

@@ -14,6 +14,11 @@ use crate::check;
 use crate::error::{join, ConfigError};
 use crate::keys::UnknownKey;
 
+/// The longest `ack_timeout` or re-send delay accepted (365 days), from a
+/// file or from the library API. Far beyond any useful wait; it exists so
+/// that a deadline `now + timeout` can never overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The configuration of one gilmsg bus process.
 ///
 /// Field names are the configuration keys; where fedmsg has the key, the
@@ -108,6 +113,15 @@ pub struct Config {
     /// (a memory bound; see [`max_message_age`](Self::max_message_age)).
     /// Default 32768.
     pub dedupe_capacity: usize,
+    /// Most distinct subscription prefixes peers may hold on one of our
+    /// publishing (XPUB) sockets. Past it the socket drops every peer (they
+    /// reconnect and subscribe again), which is the only way to make libzmq
+    /// forget subscriptions. Default 4096; gilmsg key.
+    pub max_subscriptions: usize,
+    /// Longest subscription prefix a peer may send to one of our publishing
+    /// sockets, in bytes; libzmq cuts off a peer that sends a longer one.
+    /// Default 256; gilmsg key.
+    pub max_subscription_length: usize,
     /// How old a message's signed `timestamp` may be for a consumer to
     /// accept it (plus [`clock_skew`](Self::clock_skew)); consumers remember
     /// what they accepted at least that long, so a captured message replayed
@@ -184,6 +198,8 @@ impl Default for Config {
             resend_max: Duration::from_secs(1),
             max_message_size: 1 << 20,
             dedupe_capacity: 32768,
+            max_subscriptions: 4096,
+            max_subscription_length: 256,
             max_message_age: Duration::from_secs(600),
             clock_skew: Duration::from_secs(60),
             require_ack_digest: false,
@@ -416,6 +432,16 @@ impl Config {
                 self.dedupe_capacity,
                 check::DEDUPE_CAPACITY,
             ),
+            (
+                "max_subscriptions",
+                self.max_subscriptions,
+                check::MAX_SUBSCRIPTIONS,
+            ),
+            (
+                "max_subscription_length",
+                self.max_subscription_length,
+                check::MAX_SUBSCRIPTION_LENGTH,
+            ),
         ] {
             // usize -> u64 cannot fail on the platforms gilmsg builds for.
             let value = u64::try_from(value).unwrap_or(u64::MAX);
@@ -428,6 +454,27 @@ impl Config {
                 "ack_timeout",
                 check::duration_refusal("0 (it must be greater than 0)", check::BareUnit::Seconds),
             );
+        }
+        // Deadlines are `now + duration`: bounding the durations is what
+        // keeps that sum from overflowing (and the thread from panicking).
+        for (key, value) in [
+            ("ack_timeout", self.ack_timeout),
+            ("resend_initial", self.resend_initial),
+            ("resend_min", self.resend_min),
+            ("resend_max", self.resend_max),
+            ("max_message_age", self.max_message_age),
+            ("clock_skew", self.clock_skew),
+        ] {
+            if value > MAX_TIMEOUT {
+                return bad(
+                    key,
+                    format!(
+                        "{} is longer than the maximum, {}",
+                        show(value),
+                        show(MAX_TIMEOUT)
+                    ),
+                );
+            }
         }
         if self.max_message_age.is_zero() {
             return bad("max_message_age", "must be greater than 0".into());
@@ -525,6 +572,11 @@ impl Config {
         let int = |v: usize| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
         t.insert("max_message_size".into(), int(self.max_message_size));
         t.insert("dedupe_capacity".into(), int(self.dedupe_capacity));
+        t.insert("max_subscriptions".into(), int(self.max_subscriptions));
+        t.insert(
+            "max_subscription_length".into(),
+            int(self.max_subscription_length),
+        );
         t.insert("max_message_age".into(), d(self.max_message_age));
         t.insert("clock_skew".into(), d(self.clock_skew));
         t.insert(

@@ -320,6 +320,23 @@ fn from_map(
             )
         })?;
     }
+    for (key, field, rule) in [
+        (
+            "max_subscriptions",
+            &mut c.max_subscriptions,
+            check::MAX_SUBSCRIPTIONS,
+        ),
+        (
+            "max_subscription_length",
+            &mut c.max_subscription_length,
+            check::MAX_SUBSCRIPTION_LENGTH,
+        ),
+    ] {
+        if let Some(n) = r.take_count(key, rule)? {
+            *field =
+                usize::try_from(n).map_err(|_| r.invalid(key, rule.refusal(&n.to_string())))?;
+        }
+    }
     if let Some(n) = r.take_count("high_water_mark", check::HIGH_WATER_MARK)? {
         c.high_water_mark = i32::try_from(n).map_err(|_| {
             r.invalid(
@@ -635,6 +652,41 @@ mod tests {
             let e = toml(text).unwrap_err();
             assert_eq!(e.key(), Some(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_refused_naming_the_key() {
+        // Each of these once overflowed `Instant + Duration` in the socket
+        // thread (issue 9, item 6).
+        for (text, key) in [
+            ("resend_max = 9223372036854775807", "resend_max"),
+            ("ack_timeout = \"1000000y\"", "ack_timeout"),
+            ("ack_timeout = 1e30", "ack_timeout"),
+            (
+                "resend_max = \"400days\"\nresend_initial = \"399days\"\nresend_min = \"1s\"",
+                "resend_initial",
+            ),
+        ] {
+            let e = toml(text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains("/cfg/bus.toml"), "{e}");
+        }
+        let c = toml("ack_timeout = \"365days\"\nmax_message_age = \"365days\"").unwrap();
+        assert_eq!(c.ack_timeout, crate::MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn subscription_bounds_are_read_and_checked() {
+        let c = toml("max_subscriptions = 10\nmax_subscription_length = 64").unwrap();
+        assert_eq!((c.max_subscriptions, c.max_subscription_length), (10, 64));
+        assert_eq!(
+            toml("max_subscriptions = 0").unwrap_err().key(),
+            Some("max_subscriptions")
+        );
+        assert_eq!(
+            toml("max_subscription_length = -1").unwrap_err().key(),
+            Some("max_subscription_length")
+        );
     }
 
     #[test]

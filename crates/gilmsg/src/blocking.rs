@@ -34,7 +34,7 @@ impl Bus {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
-            .map_err(|e| Error::InvalidArgument(format!("cannot start runtime: {e}")))?;
+            .map_err(|e| Error::os("cannot start runtime", e))?;
         Ok(Bus { inner, runtime })
     }
 

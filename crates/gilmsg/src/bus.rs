@@ -2,7 +2,7 @@
 //!
 //! A handle signs on the caller's task (so many publishes sign in parallel)
 //! and hands finished frames to its socket thread, which owns every socket
-//! (see [`crate::publisher`]). Each publish gets its own ACK state in the
+//! (see the `publisher` module). Each publish gets its own ACK state in the
 //! thread's in-flight table, so any number can be in flight at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +155,7 @@ impl BusBuilder {
                 }
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::InvalidArgument(format!("cannot start publisher thread: {e}")))?;
+            .map_err(|e| Error::os("cannot start publisher thread", e))?;
         let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
         drop(thread);
         Ok(Bus {
@@ -310,6 +310,14 @@ impl Bus {
             .collect();
         if recipients.iter().any(String::is_empty) {
             return Err(Error::InvalidArgument("empty recipient name".into()));
+        }
+        if ack_timeout > gilmsg_config::MAX_TIMEOUT {
+            // Checked here, not in the socket thread: `now + Duration::MAX`
+            // once panicked there and took every later publish with it.
+            return Err(Error::InvalidArgument(format!(
+                "ack_timeout {ack_timeout:?} is longer than the maximum, {} days",
+                gilmsg_config::MAX_TIMEOUT.as_secs() / 86_400
+            )));
         }
         if !recipients.is_empty() && !self.inner.has_ack_endpoints {
             return Err(Error::NoAckEndpoints);

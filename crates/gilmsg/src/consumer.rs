@@ -30,7 +30,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gilmsg_config::Config;
 use gilmsg_proto::ack::AckBody;
@@ -43,12 +43,19 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
+use crate::monitor::{Monitor, Subscriptions};
 use crate::setup;
 use crate::stats::{Counters, Stats};
-use crate::wire::{self, Inbox, Mailbox, Monitor, SocketTuning, Subscriptions};
+use crate::wire::{self, Inbox, Mailbox, SocketTuning};
+
+/// How long a consumer waits for endpoints that give no verdict (a host
+/// that drops packets gives none for minutes) before calling itself ready
+/// without them. Endpoints that refuse the connection are settled at once.
+const CONNECT_GRACE: Duration = Duration::from_secs(2);
 
 /// How far the consumer's sockets have come up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Readiness {
     /// Endpoints the SUB has completed a handshake with.
     pub connected: usize,
@@ -57,12 +64,25 @@ pub struct Readiness {
     /// Whether ACKs have somewhere to go (the relay has subscribed to our
     /// ACK socket, or we bind our own endpoint, or ACKs are off).
     pub ack_path: bool,
+    /// Endpoints not connected now: refused, unreachable, disconnected, or
+    /// still connecting. libzmq keeps retrying them in the background. The
+    /// subscribed endpoints come first, then `relay_inbound` endpoints that
+    /// ACKs cannot reach.
+    pub down: Vec<String>,
+    /// Whether waiting is over: every endpoint is connected or known to be
+    /// down (refused, unreachable), or the grace period (2 s) has passed.
+    pub settled: bool,
 }
 
 impl Readiness {
     /// Every endpoint connected and the ACK path up.
     pub fn is_complete(&self) -> bool {
         self.connected >= self.expected && self.ack_path
+    }
+
+    /// Complete, or settled with what is up: what [`Consumer::ready`] waits for.
+    pub fn is_ready(&self) -> bool {
+        self.is_complete() || self.settled
     }
 }
 
@@ -243,7 +263,7 @@ impl ConsumerBuilder {
                 }
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::InvalidArgument(format!("cannot start consumer thread: {e}")))?;
+            .map_err(|e| Error::os("cannot start consumer thread", e))?;
         let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
         Ok(Consumer {
             deliveries,
@@ -355,15 +375,23 @@ impl Consumer {
         self.deliveries.recv().await
     }
 
-    /// Waits until every endpoint is connected and ACKs have a path out.
+    /// Waits until every endpoint is connected and ACKs have a path out, or
+    /// until the endpoints still missing are known to be down (refused,
+    /// unreachable) or have given no verdict for 2 s; [`Readiness::down`]
+    /// names them, and they are logged. One dead peer never holds a consumer
+    /// back: it handles messages from the endpoints that are up, and libzmq
+    /// keeps trying the others. In a direct topology a consumer is thus
+    /// ready as soon as the publishers that are up are connected, whether or
+    /// not the other consumers' ACK endpoints (which it also connects to)
+    /// are up yet.
     pub async fn ready(&mut self) -> Readiness {
         let reached = self
             .readiness
-            .wait_for(Readiness::is_complete)
+            .wait_for(Readiness::is_ready)
             .await
-            .map(|r| *r)
+            .map(|r| r.clone())
             .ok();
-        reached.unwrap_or_else(|| *self.readiness.borrow())
+        reached.unwrap_or_else(|| self.readiness.borrow().clone())
     }
 
     /// The readiness now, and a receiver to watch it change.
@@ -534,6 +562,9 @@ struct Actor {
     _context: zmq::Context,
     sub: zmq::Socket,
     ackout: Option<zmq::Socket>,
+    /// Where ACKs go, for an ACK socket that connects (to `relay_inbound`)
+    /// or binds (`endpoints[name]`).
+    ack_monitor: Option<Monitor>,
     ack_path_needs_subscriber: bool,
     monitor: Monitor,
     subscriptions: Subscriptions,
@@ -557,29 +588,46 @@ impl Actor {
         mailbox: Mailbox<Command>,
     ) -> Result<(Self, Vec<String>)> {
         let context = zmq::Context::new();
-        let (ackout, bound) = if setup.ack_bind.is_empty() && setup.ack_connect.is_empty() {
-            (None, Vec::new())
-        } else {
-            let socket = setup.tuning.socket(&context, zmq::XPUB, "ACK publisher")?;
-            let bound = wire::bind_all(&socket, &setup.ack_bind, "ACK publisher")?;
-            wire::connect_all(&socket, &setup.ack_connect, "ACK publisher")?;
-            (Some(socket), bound)
-        };
-        let sub = setup.tuning.socket(&context, zmq::SUB, "subscriber")?;
+        let tuning = &setup.tuning;
+        let (ackout, ack_monitor, bound) =
+            if setup.ack_bind.is_empty() && setup.ack_connect.is_empty() {
+                (None, None, Vec::new())
+            } else {
+                let socket = tuning.publisher(&context, "ACK publisher")?;
+                let mut monitor = Monitor::attach(
+                    &context,
+                    &socket,
+                    "ACK publisher",
+                    tuning,
+                    CONNECT_GRACE,
+                    setup.counters.clone(),
+                )?;
+                let bound = monitor.bind(&socket, &setup.ack_bind)?;
+                monitor.connect(&socket, &setup.ack_connect)?;
+                (Some(socket), Some(monitor), bound)
+            };
+        let sub = tuning.subscriber(&context, "subscriber")?;
         for topic in &setup.topics {
             sub.set_subscribe(topic.as_bytes())
                 .map_err(|e| Error::socket(format!("subscribe to {topic:?}"), e))?;
         }
-        let mut monitor = Monitor::attach(&context, &sub, "subscriber")?;
-        wire::connect_all(&sub, &setup.endpoints, "subscriber")?;
-        monitor.expected = setup.endpoints.len();
+        let mut monitor = Monitor::attach(
+            &context,
+            &sub,
+            "subscriber",
+            tuning,
+            CONNECT_GRACE,
+            setup.counters.clone(),
+        )?;
+        monitor.connect(&sub, &setup.endpoints)?;
         let actor = Actor {
             _context: context,
             sub,
             ack_path_needs_subscriber: !setup.ack_connect.is_empty(),
             ackout,
+            ack_monitor,
             monitor,
-            subscriptions: Subscriptions::default(),
+            subscriptions: Subscriptions::new(tuning),
             inbox,
             deliveries,
             mailbox,
@@ -590,36 +638,88 @@ impl Actor {
             counters: setup.counters,
             readiness: setup.readiness,
         };
-        actor.publish_readiness();
+        actor.publish_readiness(Instant::now());
         Ok((actor, bound))
     }
 
-    fn publish_readiness(&self) {
+    /// Recomputes the readiness (cheap; watchers are woken only on change)
+    /// and logs the moment the consumer becomes ready, with what is down.
+    fn publish_readiness(&self, now: Instant) {
+        let ack_path = !self.ack_path_needs_subscriber || self.subscriptions.any();
+        let mut down = self.monitor.missing();
+        let mut settled = self.monitor.settled(now);
+        if let Some(ack_monitor) = &self.ack_monitor {
+            if !ack_path {
+                down.extend(ack_monitor.missing());
+                settled &= ack_monitor.settled(now);
+            }
+        }
         let readiness = Readiness {
             connected: self.monitor.connected(),
-            expected: self.monitor.expected,
-            ack_path: !self.ack_path_needs_subscriber || self.subscriptions.any(),
+            expected: self.monitor.expected(),
+            ack_path,
+            down,
+            settled,
         };
         self.readiness.send_if_modified(|r| {
-            let changed = *r != readiness;
+            if *r == readiness {
+                return false;
+            }
+            if readiness.is_ready() && !r.is_ready() {
+                if readiness.down.is_empty() {
+                    tracing::info!(
+                        connected = readiness.connected,
+                        expected = readiness.expected,
+                        "consumer ready: every endpoint connected"
+                    );
+                } else {
+                    tracing::warn!(
+                        connected = readiness.connected,
+                        expected = readiness.expected,
+                        ack_path = readiness.ack_path,
+                        down = ?readiness.down,
+                        "consumer ready without some endpoints; libzmq keeps retrying them"
+                    );
+                }
+            } else if !readiness.is_ready() {
+                tracing::debug!(
+                    connected = readiness.connected,
+                    expected = readiness.expected,
+                    ack_path = readiness.ack_path,
+                    waiting_for = ?readiness.down,
+                    "consumer waiting for endpoints"
+                );
+            }
             *r = readiness;
-            changed
+            true
         });
+    }
+
+    /// When the monitors next need the thread (re-connects, grace end).
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let ack = self.ack_monitor.as_ref().and_then(|m| m.next_deadline(now));
+        [self.monitor.next_deadline(now), ack]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn run(mut self) {
         let mut commands = Vec::new();
         loop {
             let inbox_fd = self.inbox.fd();
+            let now = Instant::now();
+            let timeout = wire::poll_timeout(self.next_deadline(now), now);
             let mut items = vec![
                 zmq::PollItem::from_fd(inbox_fd, zmq::POLLIN),
                 self.sub.as_poll_item(zmq::POLLIN),
                 self.monitor.socket().as_poll_item(zmq::POLLIN),
             ];
-            if let Some(ackout) = &self.ackout {
+            if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &self.ack_monitor) {
                 items.push(ackout.as_poll_item(zmq::POLLIN));
+                items.push(ack_monitor.socket().as_poll_item(zmq::POLLIN));
             }
-            if let Err(e) = zmq::poll(&mut items, -1) {
+            if let Err(e) = zmq::poll(&mut items, timeout) {
                 tracing::error!("consumer poll failed: {e}");
                 break;
             }
@@ -642,22 +742,38 @@ impl Actor {
                     break;
                 }
             }
+            let now = Instant::now();
             let mut readiness_changed = false;
             if ready[2] {
-                readiness_changed |= self.monitor.process();
+                readiness_changed |= self.monitor.process(now);
             }
-            if ready.get(3).copied().unwrap_or(false) {
-                if let Some(ackout) = &self.ackout {
-                    readiness_changed |= self.subscriptions.drain_from(ackout);
+            if ready.get(4).copied().unwrap_or(false) {
+                if let Some(ack_monitor) = &mut self.ack_monitor {
+                    readiness_changed |= ack_monitor.process(now);
                 }
             }
-            if readiness_changed {
-                self.publish_readiness();
+            if ready.get(3).copied().unwrap_or(false) {
+                if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &mut self.ack_monitor) {
+                    let drained = self.subscriptions.drain_from(ackout, &self.counters);
+                    readiness_changed |= drained.changed;
+                    ack_monitor.enforce(ackout, drained, now);
+                }
+            }
+            self.monitor.tick(&self.sub, now);
+            if let (Some(ackout), Some(ack_monitor)) = (&self.ackout, &mut self.ack_monitor) {
+                ack_monitor.tick(ackout, now);
+            }
+            // Also every pass while not ready: the grace period ends by the
+            // clock, not by an event.
+            if readiness_changed || !self.readiness.borrow().is_ready() {
+                self.publish_readiness(now);
             }
             if ready[1] {
                 // A bounded burst, then the ACKs for it go out (ACK_BURST).
                 for _ in 0..ACK_BURST {
-                    match wire::try_recv_multipart(&self.sub) {
+                    // Three frames kept: enough for on_message to count a
+                    // message with too many, without copying the rest.
+                    match wire::try_recv_bounded(&self.sub, 3) {
                         Ok(Some(frames)) => self.on_message(frames),
                         Ok(None) => break,
                         Err(e) => {

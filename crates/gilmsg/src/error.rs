@@ -51,6 +51,16 @@ pub enum Error {
         /// The ZeroMQ error.
         source: zmq::Error,
     },
+    /// The operating system refused a resource the library needs: a thread,
+    /// the wake-up socketpair, a runtime. Not the caller's fault; the
+    /// command-line tools exit 3 for it, like a socket failure.
+    #[error("{context}: {source}")]
+    Os {
+        /// What was being done.
+        context: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The handle was closed or its socket thread is gone.
     #[error("the bus handle is closed")]
     Closed,
@@ -102,6 +112,13 @@ impl Error {
         match self {
             Error::Timeout(t) => Some(t),
             _ => None,
+        }
+    }
+
+    pub(crate) fn os(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Os {
+            context: context.into(),
+            source,
         }
     }
 

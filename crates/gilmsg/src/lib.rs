@@ -23,7 +23,9 @@
 //! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
 //! - `publisher`: the socket thread behind a [`Bus`] (readiness, re-sends,
 //!   ACK verification).
-//! - `wire`: ZeroMQ plumbing: socket options, mailboxes, readiness monitors.
+//! - `wire`: ZeroMQ plumbing: socket options and caps, mailboxes.
+//! - `monitor`: per-socket endpoint bookkeeping from libzmq's monitor
+//!   (readiness, re-connects after protocol errors, peers, subscriptions).
 //! - [`error`]: the crate's [`Error`].
 //!
 //! Examples: `examples/publish.rs` (an acknowledged publish) and
@@ -43,6 +45,7 @@ pub mod blocking;
 pub mod bus;
 pub mod consumer;
 pub mod error;
+mod monitor;
 mod publisher;
 pub mod relay;
 mod setup;
@@ -55,7 +58,7 @@ pub use error::{Error, Result, TimeoutError, Unsendable};
 pub use relay::Relay;
 pub use stats::Stats;
 
-pub use gilmsg_config::{Config, ConfigError};
+pub use gilmsg_config::{Config, ConfigError, MAX_TIMEOUT};
 pub use gilmsg_crypto as crypto;
 pub use gilmsg_proto as proto;
 pub use gilmsg_proto::AckRecord;

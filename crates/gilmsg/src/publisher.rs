@@ -8,7 +8,9 @@
 //! "Cannot be lost" means two readiness signals, neither of them a sleep:
 //! the XPUB has seen a subscription that matches the topic (the relay's SUB,
 //! or a consumer's), and the ACK socket has completed its handshake with the
-//! ACK endpoints, after which libzmq has sent our subscription upstream.
+//! ACK endpoints, after which libzmq has sent our subscription upstream. ACK
+//! endpoints known to be down (refused, unreachable) are not waited for, and
+//! endpoints with no verdict only for a short grace period.
 //! Whatever still goes missing (a subscriber that joins late, a lost ACK) is
 //! recovered by re-sending the same bytes until every recipient has acked.
 
@@ -21,13 +23,15 @@ use gilmsg_proto::{AckCollector, AckOutcome, Envelope, Validator};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result, TimeoutError};
+use crate::monitor::{Monitor, Subscriptions};
 use crate::stats::Counters;
-use crate::wire::{self, Inbox, Monitor, SocketTuning, Subscriptions};
+use crate::wire::{self, Inbox, SocketTuning};
 use crate::Receipt;
 
 /// How long to wait for every ACK endpoint's handshake before settling for
-/// some of them. Only matters when an endpoint is down at start-up; the
-/// re-send timer covers recipients behind endpoints that connect later.
+/// some of them. Only matters when an endpoint gives no verdict at start-up
+/// (a refused one is settled at once); the re-send timer covers recipients
+/// behind endpoints that connect later.
 const CONNECT_GRACE: Duration = Duration::from_millis(200);
 
 /// A message handed to the socket thread.
@@ -74,6 +78,7 @@ pub(crate) struct Setup {
 pub(crate) struct Actor {
     _context: zmq::Context,
     out: zmq::Socket,
+    out_monitor: Monitor,
     acks: zmq::Socket,
     monitor: Monitor,
     inbox: Inbox<Command>,
@@ -85,38 +90,52 @@ pub(crate) struct Actor {
     max_message_size: usize,
     validator: Option<Arc<Validator>>,
     counters: Counters,
-    created: Instant,
 }
 
 impl Actor {
     /// Creates, binds and connects the sockets; returns the bound endpoints.
     pub(crate) fn new(setup: Setup, inbox: Inbox<Command>) -> Result<(Self, Vec<String>)> {
         let context = zmq::Context::new();
-        let out = setup.tuning.socket(&context, zmq::XPUB, "publisher")?;
-        let bound = wire::bind_all(&out, &setup.bind, "publisher")?;
-        wire::connect_all(&out, &setup.connect, "publisher")?;
+        let tuning = &setup.tuning;
+        let out = tuning.publisher(&context, "publisher")?;
+        let mut out_monitor = Monitor::attach(
+            &context,
+            &out,
+            "publisher",
+            tuning,
+            Duration::ZERO,
+            setup.counters.clone(),
+        )?;
+        let bound = out_monitor.bind(&out, &setup.bind)?;
+        out_monitor.connect(&out, &setup.connect)?;
 
-        let acks = setup.tuning.socket(&context, zmq::SUB, "ACK listener")?;
+        let acks = tuning.subscriber(&context, "ACK listener")?;
         acks.set_subscribe(setup.ack_topic.as_bytes())
             .map_err(|e| Error::socket("subscribe ACK listener", e))?;
-        let mut monitor = Monitor::attach(&context, &acks, "ACK listener")?;
-        wire::connect_all(&acks, &setup.ack_endpoints, "ACK listener")?;
-        monitor.expected = setup.ack_endpoints.len();
+        let mut monitor = Monitor::attach(
+            &context,
+            &acks,
+            "ACK listener",
+            tuning,
+            CONNECT_GRACE,
+            setup.counters.clone(),
+        )?;
+        monitor.connect(&acks, &setup.ack_endpoints)?;
 
         let actor = Actor {
             _context: context,
             out,
+            out_monitor,
             acks,
             monitor,
             inbox,
-            subscriptions: Subscriptions::default(),
+            subscriptions: Subscriptions::new(tuning),
             inflight: InFlight::new(setup.retransmit),
             plain: Vec::new(),
             ack_topic: setup.ack_topic,
             max_message_size: setup.max_message_size,
             validator: setup.validator,
             counters: setup.counters,
-            created: Instant::now(),
         };
         Ok((actor, bound))
     }
@@ -132,6 +151,7 @@ impl Actor {
                 self.out.as_poll_item(zmq::POLLIN),
                 self.acks.as_poll_item(zmq::POLLIN),
                 self.monitor.socket().as_poll_item(zmq::POLLIN),
+                self.out_monitor.socket().as_poll_item(zmq::POLLIN),
             ];
             if let Err(e) = zmq::poll(&mut items, timeout) {
                 tracing::error!("publisher poll failed: {e}");
@@ -145,11 +165,7 @@ impl Actor {
                 for command in commands.drain(..) {
                     match command {
                         Command::Publish(out) => self.accept(out),
-                        Command::Cancel(msg_id) => {
-                            if self.inflight.remove(&msg_id).is_some() {
-                                self.counters.bump("publish", "cancelled");
-                            }
-                        }
+                        Command::Cancel(msg_id) => self.cancel(&msg_id),
                         Command::Shutdown => shutdown = true,
                     }
                 }
@@ -157,15 +173,23 @@ impl Actor {
                     break;
                 }
             }
+            let now = Instant::now();
             if ready[1] {
-                readiness_changed |= self.subscriptions.drain_from(&self.out);
+                let drained = self.subscriptions.drain_from(&self.out, &self.counters);
+                readiness_changed |= drained.changed;
+                self.out_monitor.enforce(&self.out, drained, now);
             }
             if ready[3] {
-                readiness_changed |= self.monitor.process();
+                readiness_changed |= self.monitor.process(now);
+            }
+            if ready[4] {
+                self.out_monitor.process(now);
             }
             if ready[2] {
                 self.read_acks();
             }
+            self.monitor.tick(&self.acks, now);
+            self.out_monitor.tick(&self.out, now);
             let now = Instant::now();
             if readiness_changed
                 || !self.plain.is_empty()
@@ -183,28 +207,55 @@ impl Actor {
     }
 
     fn next_wakeup(&mut self) -> Option<Instant> {
+        let now = Instant::now();
         let mut next = self.inflight.next_wakeup();
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for (_, deadline) in &self.plain {
             consider(*deadline);
         }
-        let waiting = !self.plain.is_empty() || self.inflight.unsent().next().is_some();
-        let grace_end = self.created + CONNECT_GRACE;
-        if waiting && self.monitor.connected() < self.monitor.expected && Instant::now() < grace_end
+        for t in [
+            self.monitor.next_deadline(now),
+            self.out_monitor.next_deadline(now),
+        ]
+        .into_iter()
+        .flatten()
         {
-            consider(grace_end);
+            consider(t);
         }
         next
     }
 
+    /// Whether ACKs can come back: every ACK endpoint connected, or some
+    /// connected and the others known to be down or past the grace period.
     fn acks_ready(&self, now: Instant) -> bool {
         let connected = self.monitor.connected();
-        connected >= self.monitor.expected || (connected > 0 && now >= self.created + CONNECT_GRACE)
+        connected >= self.monitor.expected() || (connected > 0 && self.monitor.settled(now))
+    }
+
+    /// Forgets a publish whose caller stopped waiting, acknowledged or plain.
+    fn cancel(&mut self, msg_id: &str) {
+        let cancelled = self.inflight.remove(msg_id).is_some() || {
+            let before = self.plain.len();
+            self.plain.retain(|(out, _)| out.msg_id != msg_id);
+            self.plain.len() < before
+        };
+        if cancelled {
+            self.counters.bump("publish", "cancelled");
+            tracing::debug!(msg_id, "publish cancelled by its caller");
+        }
     }
 
     fn accept(&mut self, out: Box<Outgoing>) {
         let now = Instant::now();
-        let deadline = now + out.timeout;
+        // `Bus::publish` refuses timeouts past MAX_TIMEOUT; this is the
+        // belt to those braces: never panic on the socket thread.
+        let Some(deadline) = now.checked_add(out.timeout) else {
+            let _ = out.reply.send(Err(Error::InvalidArgument(format!(
+                "ack_timeout {:?} is too long",
+                out.timeout
+            ))));
+            return;
+        };
         match out.collector {
             None => self.plain.push((out, deadline)),
             Some(_) => {
@@ -224,6 +275,15 @@ impl Actor {
                     started: now,
                     reply,
                 };
+                tracing::debug!(
+                    msg_id = %msg_id,
+                    topic = %pending.topic,
+                    subscriber = self.subscriptions.matches(pending.topic.as_bytes()),
+                    ack_endpoints_connected = self.monitor.connected(),
+                    ack_endpoints = self.monitor.expected(),
+                    ack_endpoints_not_up = ?self.monitor.missing(),
+                    "publish accepted; sent once a subscriber and the ACK endpoints are there"
+                );
                 if let Err(pending) = self.inflight.insert(collector, deadline, pending) {
                     let _ = pending.reply.send(Err(Error::InvalidArgument(format!(
                         "message id {msg_id} is already in flight"
@@ -246,6 +306,7 @@ impl Actor {
             }
             match wire::send_frames(&self.out, &pending.frames) {
                 Ok(()) => {
+                    tracing::debug!(msg_id = %msg_id, topic = %pending.topic, "sent");
                     self.counters.bump("publish", "sent");
                     self.inflight.mark_sent(&msg_id, now);
                 }
@@ -257,6 +318,7 @@ impl Actor {
             if self.subscriptions.matches(self.plain[i].0.topic.as_bytes()) {
                 let (out, _) = self.plain.swap_remove(i);
                 let result = wire::send_frames(&self.out, &out.frames).map(|()| {
+                    tracing::debug!(msg_id = %out.msg_id, topic = %out.topic, "sent (plain)");
                     self.counters.bump("publish", "sent_plain");
                     Receipt {
                         msg_id: out.msg_id.clone(),
@@ -281,6 +343,7 @@ impl Actor {
                         continue;
                     };
                     if wire::send_frames(&self.out, &pending.frames).is_ok() {
+                        tracing::debug!(msg_id = %msg_id, topic = %pending.topic, "re-sent");
                         self.counters.bump("publish", "resent");
                     }
                     self.inflight.mark_sent(&msg_id, now);
@@ -288,6 +351,15 @@ impl Actor {
                 TimerEvent::Deferred(_) => self.counters.bump("publish", "resend_deferred"),
                 TimerEvent::Expired(done) => {
                     self.counters.bump("publish", "timed_out");
+                    tracing::info!(
+                        msg_id = %done.collector.msg_id(),
+                        topic = %done.payload.topic,
+                        missing = ?done.collector.missing(),
+                        acked = ?done.collector.acked().iter().map(|a| a.recipient.clone()).collect::<Vec<_>>(),
+                        sends = done.sends,
+                        ack_endpoints_down = ?self.monitor.missing(),
+                        "publish timed out"
+                    );
                     let error = TimeoutError {
                         msg_id: done.collector.msg_id().to_owned(),
                         topic: done.payload.topic,
@@ -308,6 +380,7 @@ impl Actor {
             if self.plain[i].1 <= now {
                 let (out, _) = self.plain.swap_remove(i);
                 self.counters.bump("publish", "no_subscriber");
+                tracing::info!(msg_id = %out.msg_id, topic = %out.topic, "no subscriber before the deadline; not sent");
                 let _ = out.reply.send(Err(Error::NoSubscribers {
                     topic: out.topic,
                     waited: out.timeout,
@@ -321,7 +394,8 @@ impl Actor {
     fn read_acks(&mut self) {
         // Bounded batch: keep the mailbox and timers responsive under a flood.
         for _ in 0..1024 {
-            match wire::try_recv_multipart(&self.acks) {
+            // Three frames kept: enough to count a message with too many.
+            match wire::try_recv_bounded(&self.acks, 3) {
                 Ok(Some(frames)) => self.on_ack_frames(&frames),
                 Ok(None) => break,
                 Err(e) => {

@@ -10,13 +10,27 @@
 //! relay reads its subscription messages as they arrive: that makes libzmq
 //! register a new subscriber at once, instead of on the relay's next send,
 //! so the first message after a consumer connects is not dropped.
+//!
+//! The relay is where the bus keeps malformed *shapes* out: it forwards a
+//! message only if it has at most two frames (fedmsg's topic and body) and
+//! at most the hard size cap in total, and counts the rest as dropped with
+//! the reason (`relay.dropped.too_many_frames`, `relay.dropped.oversize`).
+//! libzmq buffers a multipart message whole before the relay sees its first
+//! frame, so this bounds what reaches the consumers behind the relay, not
+//! what the relay itself holds (see docs/security.md).
+
+use std::time::{Duration, Instant};
 
 use gilmsg_config::Config;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::monitor::{Monitor, Subscriptions};
 use crate::stats::{Counters, Stats};
-use crate::wire::{self, Inbox, Mailbox, SocketTuning, Subscriptions};
+use crate::wire::{self, Inbox, Mailbox, SocketTuning};
+
+/// Frames in a fedmsg message: topic and body.
+const FRAMES: usize = 2;
 
 /// The key in `endpoints` where the relay publishes, as in fedmsg.
 pub const RELAY_OUTBOUND: &str = "relay_outbound";
@@ -83,7 +97,7 @@ impl Relay {
                 }
                 let _ = done_tx.send(());
             })
-            .map_err(|e| Error::InvalidArgument(format!("cannot start relay thread: {e}")))?;
+            .map_err(|e| Error::os("cannot start relay thread", e))?;
         let (inbound, outbound) = ready_rx.recv().map_err(|_| Error::Closed)??;
         Ok(Relay {
             mailbox,
@@ -104,7 +118,10 @@ impl Relay {
         &self.outbound
     }
 
-    /// `relay.forwarded`, `relay.frames`, `relay.subscribers`.
+    /// `relay.forwarded`, `relay.frames`, `relay.dropped.<reason>`,
+    /// `relay.subscriptions` (distinct prefixes consumers subscribed to),
+    /// `relay.subscribers` (consumers connected), `relay.publishers`
+    /// (publishers connected), `subscriptions.*` and `connection.*`.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
     }
@@ -128,8 +145,12 @@ struct Forwarder {
     _context: zmq::Context,
     inbound: zmq::Socket,
     outbound: zmq::Socket,
+    inbound_monitor: Monitor,
+    outbound_monitor: Monitor,
     inbox: Inbox<Command>,
     subscriptions: Subscriptions,
+    /// Largest message forwarded, all frames together.
+    max_message: usize,
     counters: Counters,
 }
 
@@ -144,22 +165,41 @@ impl Forwarder {
         counters: Counters,
     ) -> Result<(Self, Bound)> {
         let context = zmq::Context::new();
-        let sub = tuning.socket(&context, zmq::SUB, "relay inbound")?;
+        let sub = tuning.subscriber(&context, "relay inbound")?;
         sub.set_subscribe(b"")
             .map_err(|e| Error::socket("subscribe relay inbound", e))?;
-        tuning.cap_incoming(&sub, "relay inbound")?;
-        let bound_in = wire::bind_all(&sub, inbound, "relay inbound")?;
-        let xpub = tuning.socket(&context, zmq::XPUB, "relay outbound")?;
-        // Verbose: see every subscription, so `subscribers` counts peers.
+        let mut inbound_monitor = Monitor::attach(
+            &context,
+            &sub,
+            "relay inbound",
+            tuning,
+            Duration::ZERO,
+            counters.clone(),
+        )?;
+        let bound_in = inbound_monitor.bind(&sub, inbound)?;
+        let xpub = tuning.publisher(&context, "relay outbound")?;
+        // Verbose: every subscription is seen at once, so a new consumer is
+        // registered before the next message is forwarded.
         xpub.set_xpub_verbose(true)
             .map_err(|e| Error::socket("set xpub_verbose", e))?;
-        let bound_out = wire::bind_all(&xpub, outbound, "relay outbound")?;
+        let mut outbound_monitor = Monitor::attach(
+            &context,
+            &xpub,
+            "relay outbound",
+            tuning,
+            Duration::ZERO,
+            counters.clone(),
+        )?;
+        let bound_out = outbound_monitor.bind(&xpub, outbound)?;
         let forwarder = Forwarder {
             _context: context,
             inbound: sub,
             outbound: xpub,
+            inbound_monitor,
+            outbound_monitor,
             inbox,
-            subscriptions: Subscriptions::default(),
+            subscriptions: Subscriptions::new(tuning),
+            max_message: usize::try_from(tuning.hard_max_message).unwrap_or(usize::MAX),
             counters,
         };
         Ok((forwarder, (bound_in, bound_out)))
@@ -168,71 +208,124 @@ impl Forwarder {
     fn run(mut self) {
         let mut commands = Vec::new();
         loop {
+            let now = Instant::now();
+            let deadline = [
+                self.inbound_monitor.next_deadline(now),
+                self.outbound_monitor.next_deadline(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let mut items = [
                 zmq::PollItem::from_fd(self.inbox.fd(), zmq::POLLIN),
                 self.inbound.as_poll_item(zmq::POLLIN),
                 self.outbound.as_poll_item(zmq::POLLIN),
+                self.inbound_monitor.socket().as_poll_item(zmq::POLLIN),
+                self.outbound_monitor.socket().as_poll_item(zmq::POLLIN),
             ];
-            if let Err(e) = zmq::poll(&mut items, -1) {
+            if let Err(e) = zmq::poll(&mut items, wire::poll_timeout(deadline, now)) {
                 tracing::error!("relay poll failed: {e}");
                 return;
             }
-            let ready = [
-                items[0].is_readable(),
-                items[1].is_readable(),
-                items[2].is_readable(),
-            ];
+            let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
             if ready[0] {
                 let alive = self.inbox.drain(&mut commands).is_ok();
                 if !alive || commands.drain(..).any(|Command::Shutdown| true) {
                     return;
                 }
             }
-            if ready[2] && self.subscriptions.drain_from(&self.outbound) {
+            let now = Instant::now();
+            if ready[3] && self.inbound_monitor.process(now) {
                 self.counters
-                    .set("relay", "subscriptions", self.subscriptions_count());
+                    .set("relay", "publishers", self.inbound_monitor.peers() as u64);
+            }
+            if ready[4] && self.outbound_monitor.process(now) {
+                self.counters
+                    .set("relay", "subscribers", self.outbound_monitor.peers() as u64);
+            }
+            if ready[2] {
+                let drained = self
+                    .subscriptions
+                    .drain_from(&self.outbound, &self.counters);
+                if drained.changed {
+                    self.counters
+                        .set("relay", "subscriptions", self.subscriptions.len() as u64);
+                }
+                self.outbound_monitor.enforce(&self.outbound, drained, now);
             }
             if ready[1] {
                 self.forward_batch();
             }
+            self.inbound_monitor.tick(&self.inbound, now);
+            self.outbound_monitor.tick(&self.outbound, now);
         }
     }
 
-    fn subscriptions_count(&self) -> u64 {
-        u64::from(self.subscriptions.any())
-    }
-
-    /// Forwards queued messages frame by frame, without copying them.
+    /// Forwards queued messages, without copying them, and drops those of
+    /// more than two frames or over the size cap.
     fn forward_batch(&mut self) {
         let mut forwarded = 0u64;
         let mut frames = 0u64;
-        let mut message = zmq::Message::new();
-        'messages: for _ in 0..4096 {
-            loop {
-                match self.inbound.recv(&mut message, zmq::DONTWAIT) {
-                    Ok(()) => {}
-                    Err(zmq::Error::EAGAIN) => break 'messages,
-                    Err(e) => {
-                        tracing::warn!("relay receive failed: {e}");
-                        break 'messages;
-                    }
+        let mut parts: Vec<zmq::Message> = Vec::with_capacity(FRAMES);
+        let mut spare = zmq::Message::new();
+        for _ in 0..4096 {
+            match self.inbound.recv(&mut spare, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) => break,
+                Err(e) => {
+                    tracing::warn!("relay receive failed: {e}");
+                    break;
                 }
-                frames += 1;
-                let more = message.get_more();
-                let flags = if more {
+            }
+            // libzmq delivers a multipart message only once all of it has
+            // arrived, so the rest is read without waiting.
+            let mut count = 1usize;
+            let mut size = spare.len();
+            let mut more = spare.get_more();
+            parts.push(std::mem::replace(&mut spare, zmq::Message::new()));
+            while more {
+                if let Err(e) = self.inbound.recv(&mut spare, 0) {
+                    tracing::warn!("relay receive failed: {e}");
+                    break;
+                }
+                count += 1;
+                size = size.saturating_add(spare.len());
+                more = spare.get_more();
+                if parts.len() < FRAMES {
+                    parts.push(std::mem::replace(&mut spare, zmq::Message::new()));
+                }
+            }
+            frames += count as u64;
+            let refusal = if count > FRAMES {
+                Some("too_many_frames")
+            } else if size > self.max_message {
+                Some("oversize")
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                parts.clear();
+                self.counters.bump("relay.dropped", reason);
+                tracing::debug!(
+                    frames = count,
+                    bytes = size,
+                    reason,
+                    "relay dropped a message"
+                );
+                continue;
+            }
+            let last = parts.len().saturating_sub(1);
+            for (i, part) in parts.drain(..).enumerate() {
+                let flags = if i < last {
                     zmq::SNDMORE | zmq::DONTWAIT
                 } else {
                     zmq::DONTWAIT
                 };
-                let outgoing = std::mem::replace(&mut message, zmq::Message::new());
-                if let Err(e) = self.outbound.send(outgoing, flags) {
+                if let Err(e) = self.outbound.send(part, flags) {
                     tracing::warn!("relay send failed: {e}");
                 }
-                if !more {
-                    forwarded += 1;
-                    break;
-                }
             }
+            forwarded += 1;
         }
         self.counters.add("relay", "forwarded", forwarded);
         self.counters.add("relay", "frames", frames);

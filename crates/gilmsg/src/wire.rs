@@ -7,16 +7,14 @@
 //! `zmq::poll` set, so a command wakes the actor at once without the actor
 //! ever spinning or sleeping.
 //!
-//! Readiness comes from libzmq itself: [`Monitor`] reads the socket monitor's
-//! handshake events (a SUB's subscriptions go out right after its handshake),
-//! and [`Subscriptions`] tracks what peers subscribed to on an XPUB, so a
-//! publisher knows a message will not be dropped for lack of a subscriber.
+//! [`SocketTuning`] gives every socket its options and its caps on what a
+//! peer may make it hold; the bookkeeping of endpoints and peers (readiness,
+//! re-connects, subscriptions) is in [`crate::monitor`].
 
-use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +23,8 @@ use gilmsg_config::Config;
 
 use crate::error::{Error, Result};
 
-/// Socket tuning that every socket gets, from the config's fedmsg keys.
+/// Socket tuning that every socket gets, from the config's fedmsg keys, and
+/// the caps on what peers may send.
 #[derive(Debug, Clone)]
 pub(crate) struct SocketTuning {
     pub high_water_mark: i32,
@@ -33,11 +32,27 @@ pub(crate) struct SocketTuning {
     pub reconnect_ivl: Duration,
     pub reconnect_ivl_max: Duration,
     pub tcp_keepalive: bool,
-    /// Hard cap on an incoming message, enforced by libzmq, for sockets that
-    /// *bind* (see [`SocketTuning::cap_incoming`]). Set well above the soft
-    /// `max_message_size` that receivers check and count themselves.
+    /// Hard cap on one incoming frame of a message, enforced by libzmq
+    /// (`ZMQ_MAXMSGSIZE`) on every socket that receives messages. Set well
+    /// above the soft `max_message_size` that receivers check and count
+    /// themselves, so that a body slightly over the soft limit is counted
+    /// rather than cutting its sender off. The relay also drops whole
+    /// messages bigger than this.
     pub hard_max_message: i64,
+    /// Distinct subscription prefixes allowed on one XPUB.
+    pub max_subscriptions: usize,
+    /// Longest subscription prefix a peer may send to an XPUB.
+    pub max_subscription_length: usize,
 }
+
+/// The smallest frame cap an XPUB gets whatever `max_subscription_length`
+/// says: libzmq decodes the handshake's READY command (socket type,
+/// routing id of up to 255 bytes) under the same cap.
+const MIN_XPUB_FRAME_CAP: i64 = 512;
+
+/// What a ZMTP 3.1 SUBSCRIBE command adds to a prefix: flags, size and
+/// the command name (`\x09SUBSCRIBE`), with room to spare.
+const SUBSCRIBE_OVERHEAD: i64 = 16;
 
 impl SocketTuning {
     pub(crate) fn from_config(config: &Config) -> Self {
@@ -50,6 +65,8 @@ impl SocketTuning {
             hard_max_message: (config.max_message_size as i64)
                 .saturating_mul(4)
                 .max(1 << 16),
+            max_subscriptions: config.max_subscriptions,
+            max_subscription_length: config.max_subscription_length,
         }
     }
 
@@ -85,59 +102,50 @@ impl SocketTuning {
         }
         Ok(socket)
     }
-}
 
-impl SocketTuning {
-    /// Caps incoming messages at `hard_max_message` on a socket that binds.
+    /// A SUB whose incoming frames are capped at `hard_max_message`.
     ///
-    /// libzmq treats an oversize message as a protocol error and closes the
-    /// connection. On the *accepting* side that is what we want: the sender
-    /// is cut off and, being the connecting side, reconnects. On a socket
-    /// that *connects* it would be a disaster: libzmq does not reconnect
-    /// after a protocol error, so one oversize message relayed by an honest
-    /// relay would cut a consumer off the bus for good. Connecting sockets
-    /// therefore get no cap; they rely on the soft `max_message_size` check,
-    /// and the relay, which binds, keeps oversize messages off the bus.
-    pub(crate) fn cap_incoming(&self, socket: &zmq::Socket, what: &str) -> Result<()> {
+    /// libzmq cuts off a peer that sends a bigger frame, before allocating
+    /// it. On a socket that connects, libzmq then never reconnects (a
+    /// protocol error ends the session): the socket's
+    /// [`Monitor`](crate::monitor::Monitor) sees that and re-connects, so one
+    /// oversize message cannot cut a consumer off the bus for good.
+    ///
+    /// Linger is 0: a SUB only ever sends its subscriptions, and a
+    /// subscription queued for a peer that never connected used to hold the
+    /// process at exit for the whole `zmq_linger`.
+    pub(crate) fn subscriber(&self, context: &zmq::Context, what: &str) -> Result<zmq::Socket> {
+        let socket = self.socket(context, zmq::SUB, what)?;
         socket
             .set_maxmsgsize(self.hard_max_message)
-            .map_err(|e| Error::socket(format!("set maxmsgsize on {what} socket"), e))
+            .map_err(|e| Error::socket(format!("set maxmsgsize on {what} socket"), e))?;
+        socket
+            .set_linger(0)
+            .map_err(|e| Error::socket(format!("set linger on {what} socket"), e))?;
+        Ok(socket)
+    }
+
+    /// An XPUB whose incoming frames (subscriptions; nothing else belongs
+    /// there) are capped at `max_subscription_length` plus the command
+    /// overhead, so a peer cannot make libzmq store long prefixes.
+    pub(crate) fn publisher(&self, context: &zmq::Context, what: &str) -> Result<zmq::Socket> {
+        let socket = self.socket(context, zmq::XPUB, what)?;
+        socket
+            .set_maxmsgsize(self.subscription_frame_cap())
+            .map_err(|e| Error::socket(format!("set maxmsgsize on {what} socket"), e))?;
+        Ok(socket)
+    }
+
+    fn subscription_frame_cap(&self) -> i64 {
+        i64::try_from(self.max_subscription_length)
+            .unwrap_or(i64::MAX)
+            .saturating_add(SUBSCRIBE_OVERHEAD)
+            .max(MIN_XPUB_FRAME_CAP)
     }
 }
 
 fn ms(d: Duration) -> i32 {
     d.as_millis().min(i32::MAX as u128) as i32
-}
-
-/// Binds `socket` to each endpoint and returns the endpoints actually bound
-/// (a `tcp://127.0.0.1:*` wildcard comes back with its port).
-pub(crate) fn bind_all(
-    socket: &zmq::Socket,
-    endpoints: &[String],
-    what: &str,
-) -> Result<Vec<String>> {
-    let mut bound = Vec::with_capacity(endpoints.len());
-    for endpoint in endpoints {
-        socket
-            .bind(endpoint)
-            .map_err(|e| Error::socket(format!("bind {what} to {endpoint}"), e))?;
-        let last = socket
-            .get_last_endpoint()
-            .map_err(|e| Error::socket(format!("read bound endpoint of {what}"), e))?
-            .unwrap_or_else(|raw| String::from_utf8_lossy(&raw).into_owned());
-        bound.push(last);
-    }
-    Ok(bound)
-}
-
-/// Connects `socket` to each endpoint.
-pub(crate) fn connect_all(socket: &zmq::Socket, endpoints: &[String], what: &str) -> Result<()> {
-    for endpoint in endpoints {
-        socket
-            .connect(endpoint)
-            .map_err(|e| Error::socket(format!("connect {what} to {endpoint}"), e))?;
-    }
-    Ok(())
 }
 
 /// Receives the rest of a multipart message, or `None` if nothing is queued.
@@ -146,6 +154,32 @@ pub(crate) fn try_recv_multipart(socket: &zmq::Socket) -> Result<Option<Vec<Vec<
         Ok(frames) => Ok(Some(frames)),
         Err(zmq::Error::EAGAIN) => Ok(None),
         Err(e) => Err(Error::socket("receive", e)),
+    }
+}
+
+/// Receives one message, keeping (copying) at most `keep` frames and
+/// discarding the rest uncopied; `None` if nothing is queued. A gilmsg
+/// message has two frames, so a caller keeps three to see (and count) that
+/// there were too many, without copying hundreds of frames.
+pub(crate) fn try_recv_bounded(socket: &zmq::Socket, keep: usize) -> Result<Option<Vec<Vec<u8>>>> {
+    let mut message = zmq::Message::new();
+    match socket.recv(&mut message, zmq::DONTWAIT) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(Error::socket("receive", e)),
+    }
+    let mut frames = Vec::with_capacity(keep.min(3));
+    loop {
+        if frames.len() < keep {
+            frames.push(message.to_vec());
+        }
+        if !message.get_more() {
+            return Ok(Some(frames));
+        }
+        // The rest of a multipart message is already queued: no wait.
+        socket
+            .recv(&mut message, 0)
+            .map_err(|e| Error::socket("receive", e))?;
     }
 }
 
@@ -239,12 +273,12 @@ impl<C> Inbox<C> {
 
 /// A connected mailbox pair.
 pub(crate) fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
-    let (reader, writer) = UnixStream::pair()
-        .map_err(|e| Error::InvalidArgument(format!("cannot create wake-up socketpair: {e}")))?;
+    let (reader, writer) =
+        UnixStream::pair().map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
     reader
         .set_nonblocking(true)
         .and_then(|()| writer.set_nonblocking(true))
-        .map_err(|e| Error::InvalidArgument(format!("cannot configure wake-up socketpair: {e}")))?;
+        .map_err(|e| Error::os("cannot configure wake-up socketpair", e))?;
     let (tx, rx) = mpsc::channel();
     let waker = Arc::new(Waker {
         writer,
@@ -263,115 +297,6 @@ pub(crate) fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
     ))
 }
 
-/// Handshake tracking for one socket through libzmq's socket monitor.
-pub(crate) struct Monitor {
-    socket: zmq::Socket,
-    connected: BTreeSet<String>,
-    /// How many endpoints the monitored socket connects to.
-    pub expected: usize,
-}
-
-impl Monitor {
-    /// Starts monitoring `socket`; call before connecting it.
-    pub(crate) fn attach(context: &zmq::Context, socket: &zmq::Socket, what: &str) -> Result<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let address = format!(
-            "inproc://gilmsg-monitor-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let events =
-            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
-        socket
-            .monitor(&address, events)
-            .map_err(|e| Error::socket(format!("monitor {what} socket"), e))?;
-        let reader = context
-            .socket(zmq::PAIR)
-            .map_err(|e| Error::socket("create monitor socket", e))?;
-        reader
-            .connect(&address)
-            .map_err(|e| Error::socket(format!("connect monitor of {what}"), e))?;
-        Ok(Monitor {
-            socket: reader,
-            connected: BTreeSet::new(),
-            expected: 0,
-        })
-    }
-
-    pub(crate) fn socket(&self) -> &zmq::Socket {
-        &self.socket
-    }
-
-    /// Applies every queued event; returns whether anything changed.
-    pub(crate) fn process(&mut self) -> bool {
-        let mut changed = false;
-        while let Ok(Some(frames)) = try_recv_multipart(&self.socket) {
-            if frames.len() != 2 || frames[0].len() < 6 {
-                continue;
-            }
-            let event = u16::from_le_bytes([frames[0][0], frames[0][1]]);
-            let endpoint = String::from_utf8_lossy(&frames[1]).into_owned();
-            if event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16 {
-                changed |= self.connected.insert(endpoint);
-            } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
-                changed |= self.connected.remove(&endpoint);
-            }
-        }
-        changed
-    }
-
-    /// Endpoints with a completed handshake now.
-    pub(crate) fn connected(&self) -> usize {
-        self.connected.len()
-    }
-}
-
-/// What peers of an XPUB have subscribed to (prefixes, as ZeroMQ matches).
-#[derive(Debug, Default)]
-pub(crate) struct Subscriptions {
-    prefixes: HashMap<Vec<u8>, usize>,
-}
-
-impl Subscriptions {
-    /// Applies one subscription message (`\x01prefix` or `\x00prefix`).
-    pub(crate) fn apply(&mut self, message: &[u8]) {
-        match message.split_first() {
-            Some((1, prefix)) => *self.prefixes.entry(prefix.to_vec()).or_default() += 1,
-            Some((0, prefix)) => {
-                if let Some(count) = self.prefixes.get_mut(prefix) {
-                    *count -= 1;
-                    if *count == 0 {
-                        self.prefixes.remove(prefix);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Whether some peer would receive a message on `topic`.
-    pub(crate) fn matches(&self, topic: &[u8]) -> bool {
-        self.prefixes.keys().any(|p| topic.starts_with(p))
-    }
-
-    /// Whether any peer subscribed to anything.
-    pub(crate) fn any(&self) -> bool {
-        !self.prefixes.is_empty()
-    }
-
-    /// Reads every queued subscription message from an XPUB.
-    pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket) -> bool {
-        let mut changed = false;
-        while let Ok(Some(frames)) = try_recv_multipart(xpub) {
-            if let Some(first) = frames.first() {
-                self.apply(first);
-                changed = true;
-            }
-        }
-        changed
-    }
-}
-
 /// Milliseconds until `deadline` for `zmq::poll`, rounded up so the actor
 /// never wakes a hair early and spins; -1 (forever) without a deadline.
 pub(crate) fn poll_timeout(deadline: Option<Instant>, now: Instant) -> i64 {
@@ -388,21 +313,6 @@ pub(crate) fn poll_timeout(deadline: Option<Instant>, now: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subscriptions_track_prefixes() {
-        let mut s = Subscriptions::default();
-        assert!(!s.matches(b"a.b"));
-        s.apply(b"\x01a.");
-        s.apply(b"\x01a.");
-        assert!(s.matches(b"a.b") && !s.matches(b"b"));
-        s.apply(b"\x00a.");
-        assert!(s.matches(b"a.b"));
-        s.apply(b"\x00a.");
-        assert!(!s.any());
-        s.apply(b"\x01");
-        assert!(s.matches(b"anything"));
-    }
 
     #[test]
     fn mailbox_wakes_and_drains() {
