@@ -737,6 +737,7 @@ fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles
         bus.write_config(&config, "", &format!("[{:?}, {dead:?}]", bus.outbound));
         let (c1, line) = consumer(&config, "c1", &["--exec", "cat > /dev/null"], "info");
         assert_eq!(field(&line, "endpoints"), Some("1/2"), "{line}");
+        assert_eq!(field(&line, "down"), Some(dead.as_str()), "{line}");
         let logged = c1.proc.stderr_so_far();
         assert!(
             logged

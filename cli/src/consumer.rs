@@ -194,8 +194,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let Some(readiness) = wait_ready(&mut consumer, &mut signals).await else {
             return finish(consumer, Ok(())).await;
         };
+        // Endpoints still down when waiting settled are named on the ready
+        // line itself: an operator reading only stderr sees why a publisher
+        // behind one of them would time out.
+        let down = if readiness.down.is_empty() {
+            String::new()
+        } else {
+            format!(" down={}", readiness.down.join(","))
+        };
         eprintln!(
-            "gilmsg-consumer: ready certname={} endpoints={}/{}",
+            "gilmsg-consumer: ready certname={} endpoints={}/{}{down}",
             consumer.signer_name().unwrap_or("-"),
             readiness.connected,
             readiness.expected
