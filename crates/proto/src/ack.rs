@@ -34,17 +34,19 @@ pub const ACK_MORE_FIELD: &str = "ack_more";
 /// reasonable `max_message_size`: about 150 bytes an entry).
 pub const MAX_ACK_BATCH: usize = 256;
 
-/// The payload of an ACK.
+/// The payload of an ACK we send: which message, and the digest of the
+/// body that was handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckBody {
     /// The acknowledged message's id.
     pub ack_msg_id: String,
-    /// `sha256:<hex>` of the acknowledged body's signed part, if sent.
-    pub ack_digest: Option<String>,
+    /// The digest of the acknowledged body's signed part, if sent (Python
+    /// gilmsg sends none).
+    pub ack_digest: Option<Digest>,
 }
 
 impl AckBody {
-    /// The ACK for a received message.
+    /// The ACK for a received message (computes its signed part).
     pub fn for_message(message: &Envelope) -> Result<Self, CanonicalError> {
         Ok(AckBody {
             ack_msg_id: message.msg_id().to_owned(),
@@ -52,27 +54,10 @@ impl AckBody {
         })
     }
 
-    /// Reads an ACK payload from a message's `msg`.
-    pub fn from_msg(msg: &Value) -> Result<Self, DecodeError> {
-        let ack_msg_id = msg
-            .get(ACK_MSG_ID_FIELD)
-            .and_then(Value::as_str)
-            .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
-        let ack_digest = match msg.get(ACK_DIGEST_FIELD) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
-        };
-        Ok(AckBody {
-            ack_msg_id: ack_msg_id.to_owned(),
-            ack_digest,
-        })
-    }
-
     /// The `msg` value to publish.
     pub fn to_msg(&self) -> Value {
         match &self.ack_digest {
-            Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d }),
+            Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d.to_string() }),
             None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
         }
     }
@@ -91,13 +76,64 @@ impl AckBody {
         }
         msg
     }
+}
+
+/// What a received ACK entry says about the body it acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestClaim {
+    /// No `ack_digest` (Python gilmsg): the ACK names the `msg_id` only.
+    Absent,
+    /// An `ack_digest` that reads as a [`Digest`].
+    Names(Digest),
+    /// An `ack_digest` string that is not `sha256:<64 lowercase hex>`: it
+    /// names no body anyone could have sent, so it never matches (counted
+    /// as a mismatch, like a wrong digest).
+    Unreadable,
+}
+
+/// One entry of a received ACK, as its signer wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckEntry {
+    /// The message it acknowledges.
+    pub ack_msg_id: String,
+    /// The body it says was handled.
+    pub digest: DigestClaim,
+}
+
+impl From<&AckBody> for AckEntry {
+    fn from(body: &AckBody) -> Self {
+        AckEntry {
+            ack_msg_id: body.ack_msg_id.clone(),
+            digest: body.ack_digest.map_or(DigestClaim::Absent, DigestClaim::Names),
+        }
+    }
+}
+
+impl AckEntry {
+    /// Reads the classic entry of an ACK's `msg` (`ack_msg_id`,
+    /// `ack_digest`), which is all a Python gilmsg reader sees.
+    pub fn from_msg(msg: &Value) -> Result<Self, DecodeError> {
+        let ack_msg_id = msg
+            .get(ACK_MSG_ID_FIELD)
+            .and_then(Value::as_str)
+            .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
+        let digest = match msg.get(ACK_DIGEST_FIELD) {
+            None | Some(Value::Null) => DigestClaim::Absent,
+            Some(Value::String(s)) => Digest::parse(s).map_or(DigestClaim::Unreadable, DigestClaim::Names),
+            Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
+        };
+        Ok(AckEntry {
+            ack_msg_id: ack_msg_id.to_owned(),
+            digest,
+        })
+    }
 
     /// Every entry of an ACK's `msg`: the classic one first, then `ack_more`.
     /// A malformed `ack_more` makes the whole ACK malformed (it is signed as
     /// one unit, so there is no partial trust to salvage), and so does one
     /// with more than [`MAX_ACK_BATCH`] entries.
-    pub fn entries_from_msg(msg: &Value) -> Result<Vec<Self>, DecodeError> {
-        let first = AckBody::from_msg(msg)?;
+    pub fn all_from_msg(msg: &Value) -> Result<Vec<Self>, DecodeError> {
+        let first = AckEntry::from_msg(msg)?;
         let more = match msg.get(ACK_MORE_FIELD) {
             None | Some(Value::Null) => return Ok(vec![first]),
             Some(Value::Array(items)) => items,
@@ -116,21 +152,22 @@ impl AckBody {
             if item.get(ACK_MORE_FIELD).is_some() {
                 return Err(DecodeError::Shape("nested ack_more".into()));
             }
-            entries.push(AckBody::from_msg(item)?);
+            entries.push(AckEntry::from_msg(item)?);
         }
         Ok(entries)
     }
 }
 
-/// `sha256:<hex>` over the canonical signed part of `message`.
-pub fn body_digest(message: &Envelope) -> Result<String, CanonicalError> {
-    Ok(Digest::of_signed_part(&message.signed_part()?).to_string())
+/// The [`Digest`] of `message`'s canonical signed part (computes it: a
+/// caller that has the [`SignedPart`](crate::envelope::SignedPart) uses its
+/// digest instead).
+pub fn body_digest(message: &Envelope) -> Result<Digest, CanonicalError> {
+    Ok(message.signed_part()?.digest())
 }
 
-/// `sha256:<hex>` over already-canonical signed bytes (the text of
-/// [`Digest::of_signed_part`]).
-pub fn digest_of_signed_part(signed_part: &str) -> String {
-    Digest::of_signed_part(signed_part).to_string()
+/// [`Digest::of_signed_part`], under the name the ACK tests know it by.
+pub fn digest_of_signed_part(signed_part: &str) -> Digest {
+    Digest::of_signed_part(signed_part)
 }
 
 /// One recipient's ACK, as recorded in a receipt.
@@ -247,22 +284,20 @@ impl AckCollector {
         self.first_sent.is_some()
     }
 
-    /// Considers a verified ACK from `signer`.
-    pub fn on_ack(&mut self, signer: &str, ack: &AckBody, at: Instant) -> AckOutcome {
+    /// Considers a verified ACK entry from `signer`.
+    pub fn on_ack(&mut self, signer: &str, ack: &AckEntry, at: Instant) -> AckOutcome {
         if ack.ack_msg_id != self.msg_id {
             return AckOutcome::WrongMessage;
         }
         let Some(&slot) = self.index.get(signer) else {
             return AckOutcome::NotARecipient;
         };
-        match &ack.ack_digest {
-            Some(text) if Digest::parse(text) != Some(self.digest) => {
-                return AckOutcome::DigestMismatch
-            }
-            Some(_) => {}
-            None if self.require_digest => return AckOutcome::DigestMissing,
-            None => {}
-        }
+        let digest_checked = match ack.digest {
+            DigestClaim::Names(d) if d == self.digest => true,
+            DigestClaim::Names(_) | DigestClaim::Unreadable => return AckOutcome::DigestMismatch,
+            DigestClaim::Absent if self.require_digest => return AckOutcome::DigestMissing,
+            DigestClaim::Absent => false,
+        };
         if self.slots[slot].1.is_some() {
             return AckOutcome::Duplicate;
         }
@@ -273,7 +308,7 @@ impl AckCollector {
         self.slots[slot].1 = Some(AckRecord {
             recipient: signer.to_owned(),
             after,
-            digest_checked: ack.ack_digest.is_some(),
+            digest_checked,
         });
         self.remaining -= 1;
         AckOutcome::Counted {
@@ -310,10 +345,19 @@ impl AckCollector {
 mod tests {
     use super::*;
 
-    fn ack(id: &str, digest: Option<&str>) -> AckBody {
+    /// An entry as read from the wire, the digest given as text.
+    fn ack(id: &str, digest: Option<&str>) -> AckEntry {
+        let msg = match digest {
+            Some(text) => json!({ ACK_MSG_ID_FIELD: id, ACK_DIGEST_FIELD: text }),
+            None => json!({ ACK_MSG_ID_FIELD: id }),
+        };
+        AckEntry::from_msg(&msg).unwrap()
+    }
+
+    fn body(id: &str, digest: Option<Digest>) -> AckBody {
         AckBody {
             ack_msg_id: id.into(),
-            ack_digest: digest.map(Into::into),
+            ack_digest: digest,
         }
     }
 
@@ -398,16 +442,17 @@ mod tests {
 
     #[test]
     fn batched_entries_roundtrip_and_stay_readable_as_one_ack() {
-        let entries: Vec<AckBody> = (0..5)
-            .map(|i| ack(&format!("m{i}"), Some("sha256:00")))
+        let bodies: Vec<AckBody> = (0..5)
+            .map(|i| body(&format!("m{i}"), Some(d(&i.to_string()))))
             .collect();
-        let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+        let entries: Vec<AckEntry> = bodies.iter().map(AckEntry::from).collect();
+        let msg = AckBody::batch_to_msg(&bodies[0], &bodies[1..]);
         // A classic reader sees the first entry.
-        assert_eq!(AckBody::from_msg(&msg).unwrap(), entries[0]);
-        assert_eq!(AckBody::entries_from_msg(&msg).unwrap(), entries);
-        assert_eq!(AckBody::batch_to_msg(&entries[0], &[]), entries[0].to_msg());
+        assert_eq!(AckEntry::from_msg(&msg).unwrap(), entries[0]);
+        assert_eq!(AckEntry::all_from_msg(&msg).unwrap(), entries);
+        assert_eq!(AckBody::batch_to_msg(&bodies[0], &[]), bodies[0].to_msg());
         assert_eq!(
-            AckBody::entries_from_msg(&entries[0].to_msg()).unwrap(),
+            AckEntry::all_from_msg(&bodies[0].to_msg()).unwrap(),
             vec![entries[0].clone()]
         );
         for bad in [
@@ -415,29 +460,33 @@ mod tests {
             json!({"ack_msg_id": "a", "ack_more": [{"ack_digest": "d"}]}),
             json!({"ack_msg_id": "a", "ack_more": [{"ack_msg_id": "b", "ack_more": []}]}),
         ] {
-            assert!(AckBody::entries_from_msg(&bad).is_err(), "{bad}");
+            assert!(AckEntry::all_from_msg(&bad).is_err(), "{bad}");
         }
         let too_many: Vec<AckBody> = (0..MAX_ACK_BATCH + 1)
-            .map(|i| ack(&format!("m{i}"), None))
+            .map(|i| body(&format!("m{i}"), None))
             .collect();
         assert!(
-            AckBody::entries_from_msg(&AckBody::batch_to_msg(&too_many[0], &too_many[1..]))
-                .is_err()
+            AckEntry::all_from_msg(&AckBody::batch_to_msg(&too_many[0], &too_many[1..])).is_err()
         );
     }
 
     #[test]
     fn ack_body_roundtrip_and_shape_errors() {
-        let body = ack("m1", Some("sha256:00"));
-        assert_eq!(AckBody::from_msg(&body.to_msg()).unwrap(), body);
-        assert!(AckBody::from_msg(&json!({"ack_msg_id": 5})).is_err());
-        assert!(AckBody::from_msg(&json!("x")).is_err());
-        assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
+        let sent = body("m1", Some(d("x")));
+        assert_eq!(AckEntry::from_msg(&sent.to_msg()).unwrap(), AckEntry::from(&sent));
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": 5})).is_err());
+        assert!(AckEntry::from_msg(&json!("x")).is_err());
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
         assert_eq!(
-            AckBody::from_msg(&json!({"ack_msg_id": "m"}))
+            AckEntry::from_msg(&json!({"ack_msg_id": "m"})).unwrap().digest,
+            DigestClaim::Absent
+        );
+        // Text that is no digest is read, and never matches.
+        assert_eq!(
+            AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_digest": "sha256:00"}))
                 .unwrap()
-                .ack_digest,
-            None
+                .digest,
+            DigestClaim::Unreadable
         );
     }
 }

@@ -1,23 +1,27 @@
 //! [`ConsumerState`]: every decision an ACK-sending consumer makes, with no
 //! I/O, in the manner of rumqttc's `state.rs`.
 //!
-//! A transport hands it each received message (its frames, the time as an
+//! A transport hands it each received message as the topic it routes on
+//! and a way to decode the rest ([`ConsumerState::on_received`]; ZeroMQ's
+//! two frames have [`ConsumerState::on_frames`]), with the time as an
 //! [`Instant`] and as wall-clock seconds, whether the application can take
-//! one more delivery, and a closure that verifies a signature), and it
-//! answers with an [`Outcome`]: skip, deliver, settle as a duplicate, or
-//! refuse with a typed reason. The transport reports what the handler made
-//! of each delivery ([`ConsumerState::settle`]), and after each burst of at
-//! most [`ACK_BURST`] messages takes the ACKs to sign and send
-//! ([`ConsumerState::take_ack_batches`]). The ZeroMQ consumer in the
-//! `gilmsg` crate is one such transport.
+//! one more delivery, and a closure that verifies a signature. It answers
+//! with an [`Outcome`]: skip, deliver, settle as a duplicate, or refuse with
+//! a typed reason. The transport reports what the handler made of each
+//! delivery ([`ConsumerState::settle`]), and after each burst of at most
+//! [`ACK_BURST`] messages takes the ACKs to sign and send
+//! ([`ConsumerState::take_ack_batches`]). Which wire form a message came in
+//! (ZeroMQ frames, an AMQP routing key with headers) makes no difference to
+//! any rule.
 //!
 //! The rules, in the order they apply to one message:
 //!
 //! 1. ACK-topic traffic is skipped before parsing unless asked for (on a
 //!    gilmsg bus it is the most common message, and nobody ACKs an ACK).
-//! 2. The frames are decoded ([`Envelope::decode`]); its canonical signed
-//!    part is computed once, which also refuses number text the signature
-//!    does not cover as written.
+//! 2. The message is decoded (by the transport's decoder; ZeroMQ's is
+//!    [`Envelope::decode`]); its canonical signed part is computed once
+//!    ([`SignedPart`]), which also refuses number text the signature does
+//!    not cover as written.
 //! 3. A body already remembered (same digest of the signed part) is settled
 //!    before any signature check: re-acked if it was handled and acked
 //!    (spaced out by [`ReackPolicy`]), otherwise ignored. Nothing is trusted
@@ -44,7 +48,7 @@ use std::time::Instant;
 use crate::ack::MAX_ACK_BATCH;
 use crate::dedupe::{DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
 use crate::digest::Digest;
-use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
+use crate::envelope::{DecodeError, Envelope, SignedPart, GILMSG_VERSION_FIELD};
 use crate::validate::{Rejection, Validated};
 
 /// Messages received per burst before the burst's ACKs are signed and sent:
@@ -263,10 +267,60 @@ impl ConsumerState {
         }
     }
 
-    /// Decides what to do with one received message (see the module doc).
-    /// `wall_now` is the wall clock in seconds since the epoch; `room` says
-    /// whether the application can take one more delivery; `verify` checks a
-    /// signature over the given signed part (called for new bodies only).
+    /// Whether a message on `topic` is skipped before it is decoded
+    /// (rule 1): ACK-topic traffic, unless ACKs are delivered too. `topic`
+    /// is the one the transport routes on (ZeroMQ's frame 0, an AMQP
+    /// routing key), so a transport can ask before it parses anything.
+    pub fn skips(&self, topic: &[u8]) -> bool {
+        !self.settings.deliver_acks && topic == self.settings.ack_topic.as_bytes()
+    }
+
+    /// Decides what to do with one received message (see the module doc):
+    /// the transport-neutral entry. `topic` is the one the transport routes
+    /// on; `decode` turns the transport's wire form into an [`Envelope`]
+    /// within the size limit it is given, and is called only if the topic
+    /// is not skipped. `wall_now` is the wall clock in seconds since the
+    /// epoch; `room` says whether the application can take one more
+    /// delivery; `verify` checks a signature over the given signed part
+    /// (called for new bodies only).
+    pub fn on_received<D, V>(
+        &mut self,
+        topic: &[u8],
+        decode: D,
+        now: Instant,
+        wall_now: i64,
+        room: bool,
+        verify: V,
+    ) -> Outcome
+    where
+        D: FnOnce(usize) -> Result<Envelope, DecodeError>,
+        V: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>,
+    {
+        if self.skips(topic) {
+            return Outcome::Skipped;
+        }
+        self.decided(decode(self.settings.max_message_size), now, wall_now, room, verify)
+    }
+
+    /// [`ConsumerState::on_received`] for a message the transport has
+    /// already decoded (or failed to decode: the error is counted).
+    pub fn on_message<V>(
+        &mut self,
+        topic: &[u8],
+        decoded: Result<Envelope, DecodeError>,
+        now: Instant,
+        wall_now: i64,
+        room: bool,
+        verify: V,
+    ) -> Outcome
+    where
+        V: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>,
+    {
+        self.on_received(topic, |_| decoded, now, wall_now, room, verify)
+    }
+
+    /// [`ConsumerState::on_received`] for fedmsg's two-frame form
+    /// `[topic, body]` (ZeroMQ).
     pub fn on_frames<F, V>(
         &mut self,
         frames: &[F],
@@ -277,37 +331,41 @@ impl ConsumerState {
     ) -> Outcome
     where
         F: AsRef<[u8]>,
-        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
+        V: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>,
     {
-        if !self.settings.deliver_acks
-            && frames
-                .first()
-                .is_some_and(|t| t.as_ref() == self.settings.ack_topic.as_bytes())
-        {
-            return Outcome::Skipped;
-        }
-        match Envelope::decode(frames, self.settings.max_message_size) {
-            Ok(message) => self.on_message(message, now, wall_now, room, verify),
-            Err(e) => Outcome::Refused {
-                refusal: Refusal::Invalid(e),
-                msg_id: None,
-                signer: None,
-            },
-        }
+        let topic = frames.first().map_or(&[][..], AsRef::as_ref);
+        self.on_received(
+            topic,
+            |limit| Envelope::decode(frames, limit),
+            now,
+            wall_now,
+            room,
+            verify,
+        )
     }
 
-    /// [`ConsumerState::on_frames`] for a message already decoded.
-    pub fn on_message<V>(
+    /// Rules 2 to 7 for a message that was not skipped.
+    fn decided<V>(
         &mut self,
-        message: Envelope,
+        decoded: Result<Envelope, DecodeError>,
         now: Instant,
         wall_now: i64,
         room: bool,
         verify: V,
     ) -> Outcome
     where
-        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
+        V: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>,
     {
+        let message = match decoded {
+            Ok(message) => message,
+            Err(e) => {
+                return Outcome::Refused {
+                    refusal: Refusal::Invalid(e),
+                    msg_id: None,
+                    signer: None,
+                }
+            }
+        };
         let refuse = |refusal, message: &Envelope| Outcome::Refused {
             refusal,
             msg_id: Some(message.msg_id().to_owned()),
@@ -317,7 +375,7 @@ impl ConsumerState {
             Ok(s) => s,
             Err(e) => return refuse(Refusal::Invalid(DecodeError::Canonical(e)), &message),
         };
-        let digest = Digest::of_signed_part(&signed);
+        let digest = signed.digest();
         let is_ack = message.topic() == self.settings.ack_topic;
         let wants_ack = message.wants_ack() && !is_ack;
         if let Some(seen) = self.cache.get(&digest) {
@@ -521,7 +579,7 @@ mod tests {
     /// A verifier that accepts "by <name>" and counts its calls.
     fn verifier(
         calls: &Cell<u32>,
-    ) -> impl Fn(&Envelope, &str) -> Result<Validated, Rejection> + '_ {
+    ) -> impl Fn(&Envelope, &SignedPart) -> Result<Validated, Rejection> + '_ {
         move |m, _signed| {
             calls.set(calls.get() + 1);
             match m.str_field("signature").and_then(|s| s.strip_prefix("by ")) {
@@ -577,7 +635,7 @@ mod tests {
         let mut body = ack.body().clone();
         body.insert("topic".into(), json!(ACK_TOPIC));
         ack = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
-        let accepted = deliver(state.on_message(ack, t0, NOW, true, |_, _| {
+        let accepted = deliver(state.on_message(ACK_TOPIC.as_bytes(), Ok(ack), t0, NOW, true, |_, _| {
             Ok(Validated {
                 signer: Some("bob".into()),
                 unsigned_gilmsg_version: false,
@@ -585,6 +643,31 @@ mod tests {
         }));
         assert!(!accepted.ticket.wants_ack());
         assert_eq!(calls.get(), 0);
+    }
+
+    #[test]
+    fn any_wire_form_goes_through_the_same_rules_and_skipped_topics_are_never_decoded() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        assert!(state.skips(ACK_TOPIC.as_bytes()) && !state.skips(b"t.dev.app.x"));
+        let never = |_: usize| -> Result<Envelope, DecodeError> { panic!("decoded a skipped message") };
+        let outcome = state.on_received(ACK_TOPIC.as_bytes(), never, t0, NOW, true, verifier(&calls));
+        assert!(matches!(outcome, Outcome::Skipped));
+        // A transport whose wire form is not ZeroMQ's two frames (a routing
+        // key, and the body elsewhere): its decoder is given the size limit.
+        let m = message("alice", "m1", json!(1), NOW);
+        let body = frames(&m)[1].clone();
+        let decode = |limit| Envelope::parse_body(&body, limit);
+        let accepted = deliver(state.on_received(b"t.dev.app.x", decode, t0, NOW, true, verifier(&calls)));
+        assert_eq!(accepted.message, m);
+        assert_eq!(calls.get(), 1);
+        // Its decode errors are counted like ZeroMQ's.
+        let bad = |_| Err(DecodeError::NotJson("x".into()));
+        let outcome = state.on_received(b"t.dev.app.x", bad, t0, NOW, true, verifier(&calls));
+        assert_eq!(refusal(outcome), ("invalid", "not_json"));
+        let outcome = state.on_message(b"t.dev.app.x", Err(DecodeError::FrameCount(3)), t0, NOW, true, verifier(&calls));
+        assert_eq!(refusal(outcome), ("invalid", "bad_frame_count"));
     }
 
     #[test]
@@ -608,7 +691,7 @@ mod tests {
         assert_eq!(batches[0][0].msg_id, "m1");
         assert_eq!(
             batches[0][0].digest,
-            Digest::of_signed_part(&m.signed_part().unwrap())
+            m.signed_part().unwrap().digest()
         );
     }
 
@@ -647,7 +730,7 @@ mod tests {
         let mut forged = real.body().clone();
         forged.insert("signature".into(), json!("by nobody"));
         let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
-        let outcome = state.on_message(forged, t0, NOW, true, verifier(&calls));
+        let outcome = state.on_message(b"t.dev.app.x", Ok(forged), t0, NOW, true, verifier(&calls));
         assert_eq!(refusal(outcome), ("rejected", "bad_signature"));
         // Mallory signs her own message with alice's id: accepted as hers.
         let mallory = message("mallory", "m1", json!({"pay": 1000}), NOW);
@@ -720,7 +803,7 @@ mod tests {
         let mut body = message("alice", "m", json!(1), NOW).body().clone();
         body.remove("timestamp");
         let m = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
-        let outcome = state.on_message(m, t0, NOW, true, verifier(&calls));
+        let outcome = state.on_message(b"t.dev.app.x", Ok(m), t0, NOW, true, verifier(&calls));
         assert_eq!(refusal(outcome), ("rejected", "no_timestamp"));
         assert_eq!(calls.get(), 0, "the window is checked before the signature");
     }
@@ -751,7 +834,7 @@ mod tests {
     }
 
     fn accepted_digest(m: &Envelope) -> Digest {
-        Digest::of_signed_part(&m.signed_part().unwrap())
+        m.signed_part().unwrap().digest()
     }
 
     #[test]
@@ -813,7 +896,7 @@ mod tests {
         let mut python = message("alice", "py-2", json!(2), NOW).body().clone();
         python.insert(GILMSG_VERSION_FIELD.into(), json!("0.1.2"));
         let python = Envelope::parse_body(&serde_json::to_vec(&python).unwrap(), 1 << 20).unwrap();
-        let a = deliver(state.on_message(python, t0, NOW, true, |_, _| {
+        let a = deliver(state.on_message(b"t.dev.app.x", Ok(python), t0, NOW, true, |_, _| {
             Ok(Validated {
                 signer: Some("alice".into()),
                 unsigned_gilmsg_version: false,

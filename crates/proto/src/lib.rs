@@ -16,8 +16,10 @@
 //!   compatibility rule.
 //! - [`policy`]: fedmsg's `routing_policy` / `routing_nitpicky`.
 //! - [`ack`]: ACK payloads and the per-message [`AckCollector`](ack::AckCollector).
-//! - [`inflight`]: the publisher's table of messages awaiting ACKs, with
-//!   RFC 6298-style re-send timers.
+//! - [`publisher`]: [`PublisherState`](publisher::PublisherState), every
+//!   decision of a publisher (readiness, ACK matching, re-sends, deadlines)
+//!   as a pure state machine whose wake-ups cost what is due.
+//! - [`retransmit`]: RFC 6298 re-send timing.
 //! - [`dedupe`]: the consumer's bounded, time-windowed memory of the
 //!   messages it accepted, with per-signer replay floors.
 //! - [`consumer`]: [`ConsumerState`](consumer::ConsumerState), every
@@ -34,13 +36,15 @@ pub mod consumer;
 pub mod dedupe;
 pub mod digest;
 pub mod envelope;
-pub mod inflight;
 pub mod policy;
+pub mod publisher;
+pub mod retransmit;
 pub mod validate;
 
-pub use ack::{AckBody, AckCollector, AckOutcome, AckRecord};
+pub use ack::{AckBody, AckCollector, AckEntry, AckOutcome, AckRecord, DigestClaim};
 pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
 pub use consumer::{ConsumerSettings, ConsumerState, Outcome};
 pub use digest::Digest;
-pub use envelope::{DecodeError, Draft, Envelope, TopicScheme};
+pub use envelope::{DecodeError, Draft, Envelope, Sealed, SignedPart, TopicScheme};
+pub use publisher::{PublisherSettings, PublisherState};
 pub use validate::{Rejection, Validated, Validator};
