@@ -450,7 +450,7 @@ impl State {
 
         let predicted = AckBody {
             ack_msg_id: new_msg_id(2026),
-            ack_digest: honest_body.ack_digest.clone(),
+            ack_digest: honest_body.ack_digest,
         };
         let f = self.ack_frames(predicted, Some(&self.arsenal.impostor_ghost));
         self.send(Kind::Predicted, f);
@@ -458,7 +458,7 @@ impl State {
         if let Some(previous) = self.recent_ids.back().cloned() {
             let swapped = AckBody {
                 ack_msg_id: previous,
-                ack_digest: honest_body.ack_digest.clone(),
+                ack_digest: honest_body.ack_digest,
             };
             let f = self.ack_frames(swapped, Some(&self.arsenal.mallory));
             self.send(Kind::SwapResigned, f);
@@ -471,7 +471,7 @@ impl State {
             .take(8)
             .map(|id| AckBody {
                 ack_msg_id: id.clone(),
-                ack_digest: honest_body.ack_digest.clone(),
+                ack_digest: honest_body.ack_digest,
             })
             .collect();
         let batch = AckBody::batch_to_msg(&honest_body, &rest);

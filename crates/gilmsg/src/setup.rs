@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use gilmsg_config::Config;
 use gilmsg_crypto::{Identity, TrustStore};
-use gilmsg_proto::inflight::RetransmitPolicy;
 use gilmsg_proto::policy::RoutingPolicy;
+use gilmsg_proto::retransmit::RetransmitPolicy;
 use gilmsg_proto::{Signer, Validator};
 
 use crate::error::Result;

@@ -57,7 +57,9 @@ impl AckBody {
     /// The `msg` value to publish.
     pub fn to_msg(&self) -> Value {
         match &self.ack_digest {
-            Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d.to_string() }),
+            Some(d) => {
+                json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d.to_string() })
+            }
             None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
         }
     }
@@ -104,7 +106,9 @@ impl From<&AckBody> for AckEntry {
     fn from(body: &AckBody) -> Self {
         AckEntry {
             ack_msg_id: body.ack_msg_id.clone(),
-            digest: body.ack_digest.map_or(DigestClaim::Absent, DigestClaim::Names),
+            digest: body
+                .ack_digest
+                .map_or(DigestClaim::Absent, DigestClaim::Names),
         }
     }
 }
@@ -119,7 +123,9 @@ impl AckEntry {
             .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
         let digest = match msg.get(ACK_DIGEST_FIELD) {
             None | Some(Value::Null) => DigestClaim::Absent,
-            Some(Value::String(s)) => Digest::parse(s).map_or(DigestClaim::Unreadable, DigestClaim::Names),
+            Some(Value::String(s)) => {
+                Digest::parse(s).map_or(DigestClaim::Unreadable, DigestClaim::Names)
+            }
             Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
         };
         Ok(AckEntry {
@@ -473,12 +479,17 @@ mod tests {
     #[test]
     fn ack_body_roundtrip_and_shape_errors() {
         let sent = body("m1", Some(d("x")));
-        assert_eq!(AckEntry::from_msg(&sent.to_msg()).unwrap(), AckEntry::from(&sent));
+        assert_eq!(
+            AckEntry::from_msg(&sent.to_msg()).unwrap(),
+            AckEntry::from(&sent)
+        );
         assert!(AckEntry::from_msg(&json!({"ack_msg_id": 5})).is_err());
         assert!(AckEntry::from_msg(&json!("x")).is_err());
         assert!(AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
         assert_eq!(
-            AckEntry::from_msg(&json!({"ack_msg_id": "m"})).unwrap().digest,
+            AckEntry::from_msg(&json!({"ack_msg_id": "m"}))
+                .unwrap()
+                .digest,
             DigestClaim::Absent
         );
         // Text that is no digest is read, and never matches.

@@ -690,7 +690,10 @@ mod tests {
             };
             let full = insert_members(
                 &text,
-                &[(gap(&places[0]), "signature", "S\n"), (gap(&places[1]), "certificate", "C")],
+                &[
+                    (gap(&places[0]), "signature", "S\n"),
+                    (gap(&places[1]), "certificate", "C"),
+                ],
             );
             let mut with = map.clone();
             with.insert("signature".into(), json!("S\n"));
@@ -708,7 +711,9 @@ mod tests {
         // Only the first member, and only the last.
         let map = json!({"gilmsg_version": 1}).as_object().unwrap().clone();
         let (text, places) = signed_bytes_marked(&map, &[], &["gilmsg_version"]).unwrap();
-        let Place::Member(range) = places[0].clone() else { panic!() };
+        let Place::Member(range) = places[0].clone() else {
+            panic!()
+        };
         assert_eq!(remove_member(&text, range), "{}");
         let map = json!({"a": 1, "z": 2}).as_object().unwrap().clone();
         let (text, places) = signed_bytes_marked(&map, &[], &["z", "a"]).unwrap();

@@ -299,7 +299,13 @@ impl ConsumerState {
         if self.skips(topic) {
             return Outcome::Skipped;
         }
-        self.decided(decode(self.settings.max_message_size), now, wall_now, room, verify)
+        self.decided(
+            decode(self.settings.max_message_size),
+            now,
+            wall_now,
+            room,
+            verify,
+        )
     }
 
     /// [`ConsumerState::on_received`] for a message the transport has
@@ -635,12 +641,15 @@ mod tests {
         let mut body = ack.body().clone();
         body.insert("topic".into(), json!(ACK_TOPIC));
         ack = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
-        let accepted = deliver(state.on_message(ACK_TOPIC.as_bytes(), Ok(ack), t0, NOW, true, |_, _| {
-            Ok(Validated {
-                signer: Some("bob".into()),
-                unsigned_gilmsg_version: false,
-            })
-        }));
+        let accepted =
+            deliver(
+                state.on_message(ACK_TOPIC.as_bytes(), Ok(ack), t0, NOW, true, |_, _| {
+                    Ok(Validated {
+                        signer: Some("bob".into()),
+                        unsigned_gilmsg_version: false,
+                    })
+                }),
+            );
         assert!(!accepted.ticket.wants_ack());
         assert_eq!(calls.get(), 0);
     }
@@ -651,22 +660,32 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(8), t0);
         assert!(state.skips(ACK_TOPIC.as_bytes()) && !state.skips(b"t.dev.app.x"));
-        let never = |_: usize| -> Result<Envelope, DecodeError> { panic!("decoded a skipped message") };
-        let outcome = state.on_received(ACK_TOPIC.as_bytes(), never, t0, NOW, true, verifier(&calls));
+        let never =
+            |_: usize| -> Result<Envelope, DecodeError> { panic!("decoded a skipped message") };
+        let outcome =
+            state.on_received(ACK_TOPIC.as_bytes(), never, t0, NOW, true, verifier(&calls));
         assert!(matches!(outcome, Outcome::Skipped));
         // A transport whose wire form is not ZeroMQ's two frames (a routing
         // key, and the body elsewhere): its decoder is given the size limit.
         let m = message("alice", "m1", json!(1), NOW);
         let body = frames(&m)[1].clone();
         let decode = |limit| Envelope::parse_body(&body, limit);
-        let accepted = deliver(state.on_received(b"t.dev.app.x", decode, t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_received(b"t.dev.app.x", decode, t0, NOW, true, verifier(&calls)));
         assert_eq!(accepted.message, m);
         assert_eq!(calls.get(), 1);
         // Its decode errors are counted like ZeroMQ's.
         let bad = |_| Err(DecodeError::NotJson("x".into()));
         let outcome = state.on_received(b"t.dev.app.x", bad, t0, NOW, true, verifier(&calls));
         assert_eq!(refusal(outcome), ("invalid", "not_json"));
-        let outcome = state.on_message(b"t.dev.app.x", Err(DecodeError::FrameCount(3)), t0, NOW, true, verifier(&calls));
+        let outcome = state.on_message(
+            b"t.dev.app.x",
+            Err(DecodeError::FrameCount(3)),
+            t0,
+            NOW,
+            true,
+            verifier(&calls),
+        );
         assert_eq!(refusal(outcome), ("invalid", "bad_frame_count"));
     }
 
@@ -689,10 +708,7 @@ mod tests {
         let batches = state.take_ack_batches();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0][0].msg_id, "m1");
-        assert_eq!(
-            batches[0][0].digest,
-            m.signed_part().unwrap().digest()
-        );
+        assert_eq!(batches[0][0].digest, m.signed_part().unwrap().digest());
     }
 
     #[test]
@@ -896,12 +912,14 @@ mod tests {
         let mut python = message("alice", "py-2", json!(2), NOW).body().clone();
         python.insert(GILMSG_VERSION_FIELD.into(), json!("0.1.2"));
         let python = Envelope::parse_body(&serde_json::to_vec(&python).unwrap(), 1 << 20).unwrap();
-        let a = deliver(state.on_message(b"t.dev.app.x", Ok(python), t0, NOW, true, |_, _| {
-            Ok(Validated {
-                signer: Some("alice".into()),
-                unsigned_gilmsg_version: false,
-            })
-        }));
+        let a = deliver(
+            state.on_message(b"t.dev.app.x", Ok(python), t0, NOW, true, |_, _| {
+                Ok(Validated {
+                    signer: Some("alice".into()),
+                    unsigned_gilmsg_version: false,
+                })
+            }),
+        );
         state.settle(a.ticket, true, t0);
         let sizes: Vec<usize> = state.take_ack_batches().iter().map(Vec::len).collect();
         assert_eq!(sizes, [MAX_ACK_BATCH, 300 - MAX_ACK_BATCH, 1, 1]);

@@ -234,9 +234,21 @@ impl Draft {
                 Value::String(signer.certificate().to_owned()),
             );
         }
+        let envelope = Envelope::from_map(body);
+        let body = match (
+            envelope.str_field(UNSIGNED_FIELDS[0]),
+            envelope.str_field(UNSIGNED_FIELDS[1]),
+        ) {
+            (Some(signature), Some(certificate)) => {
+                signed.with_unsigned_fields(signature, certificate)
+            }
+            // Unsigned: the signed part is the whole body.
+            _ => signed.text.clone(),
+        };
         Ok(Sealed {
-            envelope: Envelope::from_map(body),
+            envelope,
             signed,
+            body,
         })
     }
 }
@@ -264,7 +276,8 @@ impl SignedPart {
     /// and `certificate`, refusing number text that is not canonical
     /// ([`canonical::signed_bytes`]).
     fn of(body: &Map<String, Value>) -> Result<Self, CanonicalError> {
-        let (text, places) = canonical::signed_bytes_marked(body, &UNSIGNED_FIELDS, &MARKED_FIELDS)?;
+        let (text, places) =
+            canonical::signed_bytes_marked(body, &UNSIGNED_FIELDS, &MARKED_FIELDS)?;
         Ok(SignedPart { text, places })
     }
 
@@ -311,12 +324,13 @@ impl AsRef<str> for SignedPart {
     }
 }
 
-/// A message built by [`Draft::seal`]: the envelope and its signed part,
-/// from which its body on the wire is made without serialising again.
+/// A message built by [`Draft::seal`]: the envelope, its signed part and
+/// the canonical text of its whole body, from one serialisation.
 #[derive(Debug, Clone)]
 pub struct Sealed {
     envelope: Envelope,
     signed: SignedPart,
+    body: String,
 }
 
 impl Sealed {
@@ -325,7 +339,7 @@ impl Sealed {
         &self.envelope
     }
 
-    /// The message, without its signed part.
+    /// The message, without its canonical texts.
     pub fn into_envelope(self) -> Envelope {
         self.envelope
     }
@@ -337,18 +351,22 @@ impl Sealed {
 
     /// The canonical JSON of the whole body, exactly as
     /// [`Envelope::encode`] writes it (fedmsg's wire form of the body),
-    /// built from the signed part.
-    pub fn body_text(&self) -> String {
-        match (
-            self.envelope.str_field(UNSIGNED_FIELDS[0]),
-            self.envelope.str_field(UNSIGNED_FIELDS[1]),
-        ) {
-            (Some(signature), Some(certificate)) => {
-                self.signed.with_unsigned_fields(signature, certificate)
-            }
-            // Unsigned: the signed part is the whole body.
-            _ => self.signed.text.clone(),
-        }
+    /// made from the signed part by adding `signature` and `certificate`.
+    pub fn body_text(&self) -> &str {
+        &self.body
+    }
+
+    /// The topic and the body text, for a transport to put on its wire
+    /// without copying them.
+    pub fn into_topic_and_body(self) -> (String, String) {
+        let Sealed {
+            mut envelope, body, ..
+        } = self;
+        let topic = match envelope.body.remove("topic") {
+            Some(Value::String(topic)) => topic,
+            _ => String::new(),
+        };
+        (topic, body)
     }
 }
 
@@ -658,7 +676,10 @@ mod tests {
             assert_eq!(sealed.body_text().as_bytes(), &frames[1][..]);
             assert_eq!(sealed.signed_part(), &envelope.signed_part().unwrap());
             let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
-            assert_eq!(decoded.signed_part().unwrap().digest(), sealed.signed_part().digest());
+            assert_eq!(
+                decoded.signed_part().unwrap().digest(),
+                sealed.signed_part().digest()
+            );
         }
     }
 

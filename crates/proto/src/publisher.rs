@@ -130,6 +130,9 @@ pub enum Sendable<T> {
 
 /// What one verified ACK entry did to the message it names.
 #[derive(Debug)]
+// Effects are handed straight to the caller: boxing the large variant would
+// allocate once per acknowledged message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum AckEffect<T> {
     /// No message with that id is in flight (late, replayed or foreign).
     Unknown,
@@ -589,13 +592,16 @@ impl<T> PublisherState<T> {
             return false;
         };
         let quiet_after = self.rtt.rto();
-        collector.missing().iter().all(|r| match self.progress.get(r) {
-            Some(p) => {
-                p.latest_acked_send < first
-                    && now.saturating_duration_since(p.last_ack_at) < quiet_after
-            }
-            None => false,
-        })
+        collector
+            .missing()
+            .iter()
+            .all(|r| match self.progress.get(r) {
+                Some(p) => {
+                    p.latest_acked_send < first
+                        && now.saturating_duration_since(p.last_ack_at) < quiet_after
+                }
+                None => false,
+            })
     }
 
     /// Arms the one live timer of `msg_id` (older ones become stale).
@@ -669,7 +675,12 @@ mod tests {
     }
 
     /// Inserts an acknowledged message for `recipients`.
-    fn insert(s: &mut PublisherState<&'static str>, id: &str, recipients: &[&str], deadline: Instant) {
+    fn insert(
+        s: &mut PublisherState<&'static str>,
+        id: &str,
+        recipients: &[&str],
+        deadline: Instant,
+    ) {
         let collector = AckCollector::new(id, d(), recipients.iter().copied());
         s.insert(id, "t.dev.app.x".into(), Some(collector), deadline, "p")
             .unwrap();
@@ -700,7 +711,10 @@ mod tests {
             t.on_ack("z", &ack("m"), t0),
             AckEffect::Judged(AckOutcome::NotARecipient)
         ));
-        assert!(matches!(t.on_ack("a", &ack("other"), t0), AckEffect::Unknown));
+        assert!(matches!(
+            t.on_ack("a", &ack("other"), t0),
+            AckEffect::Unknown
+        ));
         match t.on_ack("b", &ack("m"), t0 + ms(3)) {
             AckEffect::Completed(done) => {
                 assert_eq!(done.payload, "p");
@@ -756,7 +770,9 @@ mod tests {
         // A subscriber for the plain one's topic, but no ACK path: only the
         // plain message goes (it needs no ACK path), and it is done.
         let sent = t.take_sendable(t0, |topic, acked| !acked && topic == "t.dev.other.x");
-        assert!(matches!(&sent[..], [Sendable::Plain(done)] if &*done.msg_id == "plain" && done.sends == 1));
+        assert!(
+            matches!(&sent[..], [Sendable::Plain(done)] if &*done.msg_id == "plain" && done.sends == 1)
+        );
         assert_eq!(t.len(), 1);
         assert!(t.poll_timers(t0 + ms(49)).is_empty());
         let events = t.poll_timers(t0 + ms(50));
@@ -771,10 +787,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = state();
         insert(&mut t, "m", &["a"], t0);
-        assert_eq!(
-            t.insert("m", "t".into(), None, t0, "q"),
-            Err("q")
-        );
+        assert_eq!(t.insert("m", "t".into(), None, t0, "q"), Err("q"));
     }
 
     #[test]
@@ -886,14 +899,28 @@ mod tests {
         let t0 = Instant::now();
         let mut t = state();
         for i in 0..6 {
-            insert(&mut t, &format!("m{i}"), &["a"], t0 + Duration::from_secs(1));
+            insert(
+                &mut t,
+                &format!("m{i}"),
+                &["a"],
+                t0 + Duration::from_secs(1),
+            );
         }
-        t.insert("plain", "t.dev.app.x".into(), None, t0 + Duration::from_secs(1), "q")
-            .unwrap();
+        t.insert(
+            "plain",
+            "t.dev.app.x".into(),
+            None,
+            t0 + Duration::from_secs(1),
+            "q",
+        )
+        .unwrap();
         send_all(&mut t, t0);
         // Plain ones leave once sent; m0..m2 are acked, m3..m4 cancelled.
         for i in 0..3 {
-            assert!(matches!(t.on_ack("a", &ack(&format!("m{i}")), t0 + ms(1)), AckEffect::Completed(_)));
+            assert!(matches!(
+                t.on_ack("a", &ack(&format!("m{i}")), t0 + ms(1)),
+                AckEffect::Completed(_)
+            ));
         }
         for i in 3..5 {
             assert!(t.remove(&format!("m{i}")).is_some());
@@ -1041,25 +1068,49 @@ mod tests {
             ("ack.invalid", "not_json")
         );
         let longer = ack_message("t.dev.gilmsg.ack.more", &[body("m1")], Some("rcpt"));
-        assert_eq!(refusal(t.on_ack_message(Ok(longer), t0, never)), ("ack", "other_topic"));
+        assert_eq!(
+            refusal(t.on_ack_message(Ok(longer), t0, never)),
+            ("ack", "other_topic")
+        );
         let foreign = ack_message(ACK_TOPIC, &[body("elsewhere")], Some("rcpt"));
-        assert_eq!(refusal(t.on_ack_message(Ok(foreign), t0, never)), ("ack", "unknown_msg_id"));
+        assert_eq!(
+            refusal(t.on_ack_message(Ok(foreign), t0, never)),
+            ("ack", "unknown_msg_id")
+        );
         let unsigned = ack_message(ACK_TOPIC, &[body("m1")], None);
-        assert_eq!(refusal(t.on_ack_message(Ok(unsigned), t0, verify)), ("ack.rejected", "unsigned"));
-        let mut forged = ack_message(ACK_TOPIC, &[body("m1")], Some("rcpt")).body().clone();
+        assert_eq!(
+            refusal(t.on_ack_message(Ok(unsigned), t0, verify)),
+            ("ack.rejected", "unsigned")
+        );
+        let mut forged = ack_message(ACK_TOPIC, &[body("m1")], Some("rcpt"))
+            .body()
+            .clone();
         forged.insert("signature".into(), serde_json::json!("by nobody"));
         let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
-        assert_eq!(refusal(t.on_ack_message(Ok(forged), t0, verify)), ("ack.rejected", "bad_signature"));
+        assert_eq!(
+            refusal(t.on_ack_message(Ok(forged), t0, verify)),
+            ("ack.rejected", "bad_signature")
+        );
         // A batch: one entry ours, one another publisher's (ignored), one
         // for m2 from the right signer.
-        let batch = ack_message(ACK_TOPIC, &[body("m1"), body("elsewhere"), body("m2")], Some("rcpt"));
+        let batch = ack_message(
+            ACK_TOPIC,
+            &[body("m1"), body("elsewhere"), body("m2")],
+            Some("rcpt"),
+        );
         match t.on_ack_message(Ok(batch), t0 + ms(1), verify) {
-            AckVerdict::Applied { signer, batch, effects } => {
+            AckVerdict::Applied {
+                signer,
+                batch,
+                effects,
+            } => {
                 assert_eq!(signer, "rcpt");
                 assert!(batch);
                 let ids: Vec<&str> = effects.iter().map(|(id, _)| id.as_str()).collect();
                 assert_eq!(ids, ["m1", "m2"]);
-                assert!(effects.iter().all(|(_, e)| matches!(e, AckEffect::Completed(_))));
+                assert!(effects
+                    .iter()
+                    .all(|(_, e)| matches!(e, AckEffect::Completed(_))));
             }
             other => panic!("{other:?}"),
         }
@@ -1068,8 +1119,15 @@ mod tests {
         insert(&mut t, "m3", &["rcpt"], t0 + Duration::from_secs(5));
         let late = ack_message(ACK_TOPIC, &[body("m3")], Some("intruder"));
         match t.on_ack_message(Ok(late), t0, verify) {
-            AckVerdict::Applied { effects, batch: false, .. } => {
-                assert!(matches!(&effects[..], [(_, AckEffect::Judged(AckOutcome::NotARecipient))]));
+            AckVerdict::Applied {
+                effects,
+                batch: false,
+                ..
+            } => {
+                assert!(matches!(
+                    &effects[..],
+                    [(_, AckEffect::Judged(AckOutcome::NotARecipient))]
+                ));
             }
             other => panic!("{other:?}"),
         }
@@ -1084,7 +1142,11 @@ mod tests {
         insert(&mut t, "waiting", &["a"], t0 + Duration::from_secs(1));
         t.insert("plain", "t".into(), None, t0 + Duration::from_secs(1), "q")
             .unwrap();
-        let mut ids: Vec<String> = t.drain().into_iter().map(|f| f.msg_id.to_string()).collect();
+        let mut ids: Vec<String> = t
+            .drain()
+            .into_iter()
+            .map(|f| f.msg_id.to_string())
+            .collect();
         ids.sort();
         assert_eq!(ids, ["plain", "sent", "waiting"]);
         assert!(t.is_empty() && t.next_wakeup().is_none());

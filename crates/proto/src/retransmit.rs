@@ -83,4 +83,3 @@ impl RttEstimator {
         self.rto().saturating_mul(factor).min(self.policy.max_rto)
     }
 }
-

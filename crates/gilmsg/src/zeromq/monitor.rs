@@ -26,11 +26,12 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::socket::{self, SocketTuning};
 use crate::error::{Error, Result};
-use crate::stats::Counters;
-use crate::wire::{self, SocketTuning};
+use crate::stats::LinkCounters;
 
 /// How long after a disconnection a monitor waits for libzmq's own
 /// `CONNECT_RETRIED` before concluding that libzmq gave up on the endpoint.
@@ -135,7 +136,7 @@ pub(crate) struct Monitor {
     /// socket settled anyway (a black-holed host gives no verdict for minutes).
     grace: Duration,
     started: Instant,
-    counters: Counters,
+    counters: Arc<LinkCounters>,
 }
 
 impl Monitor {
@@ -146,7 +147,7 @@ impl Monitor {
         what: &'static str,
         tuning: &SocketTuning,
         grace: Duration,
-        counters: Counters,
+        counters: Arc<LinkCounters>,
     ) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let address = format!(
@@ -251,7 +252,7 @@ impl Monitor {
     /// endpoint or the number of peers changed.
     pub(crate) fn process(&mut self, now: Instant) -> bool {
         let mut changed = false;
-        while let Ok(Some(frames)) = wire::try_recv_multipart(&self.reader) {
+        while let Ok(Some(frames)) = socket::try_recv_multipart(&self.reader) {
             if frames.len() != 2 || frames[0].len() < 6 {
                 continue;
             }
@@ -363,7 +364,7 @@ impl Monitor {
             let link = &mut self.links[i];
             link.recheck = None;
             link.repairs += 1;
-            self.counters.bump("connection", "protocol_error");
+            self.counters.protocol_error.bump();
             tracing::warn!(
                 socket = what,
                 endpoint = %link.endpoint,
@@ -452,7 +453,7 @@ impl Monitor {
         let Some(reason) = drained.drop_peers else {
             return;
         };
-        self.counters.bump("subscriptions", reason);
+        self.counters.subscriptions.bump(reason);
         tracing::warn!(
             socket = self.what,
             reason,
@@ -634,7 +635,7 @@ impl Subscriptions {
 
     /// Reads queued subscription messages from an XPUB. Anything else a
     /// peer sends upstream (an XSUB may send data) is counted and dropped.
-    pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket, counters: &Counters) -> Drained {
+    pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket, counters: &LinkCounters) -> Drained {
         let mut drained = Drained::default();
         let mut message = zmq::Message::new();
         for _ in 0..DRAIN_BATCH {
@@ -649,7 +650,7 @@ impl Subscriptions {
             if message.get_more() {
                 // Subscription notifications are single frames; this is data.
                 while message.get_more() && xpub.recv(&mut message, zmq::DONTWAIT).is_ok() {}
-                counters.bump("subscriptions", "not_a_subscription");
+                counters.subscriptions.bump("not_a_subscription");
                 continue;
             }
             match message.first() {
@@ -659,7 +660,7 @@ impl Subscriptions {
                         drained.drop_peers = Some("too_long");
                     }
                 }
-                _ => counters.bump("subscriptions", "not_a_subscription"),
+                _ => counters.subscriptions.bump("not_a_subscription"),
             }
         }
         if self.prefixes.len() > self.limit {
@@ -678,6 +679,7 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Record;
 
     #[test]
     fn subscriptions_track_distinct_prefixes() {
@@ -715,7 +717,7 @@ mod tests {
             "test",
             &tuning,
             Duration::from_secs(1),
-            Counters::default(),
+            Arc::default(),
         )
         .unwrap();
         let endpoints = [
@@ -756,7 +758,7 @@ mod tests {
             "test",
             &tuning,
             Duration::from_secs(1),
-            Counters::default(),
+            Arc::default(),
         )
         .unwrap();
         m.connect(&socket, &["tcp://127.0.0.1:9".to_owned()])
