@@ -20,7 +20,7 @@
 //! `gilmsg_version`), and ACKs themselves, are delivered but never acked.
 //!
 //! Every one of those decisions is made by
-//! [`ConsumerState`](gilmsg_proto::consumer::ConsumerState) in
+//! [`ConsumerState`] in
 //! `gilmsg-proto`; the transport's loop drives it through the
 //! `ConsumerDriver` (`transport/consumer.rs`); ZeroMQ's is in
 //! `zeromq/consumer.rs`. This file is what the application holds.

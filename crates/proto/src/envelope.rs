@@ -23,7 +23,7 @@
 //!
 //! Decoding also refuses what no honest peer sends and what would be unsafe
 //! to print or pass on: bodies nested deeper than
-//! [`canonical::MAX_DEPTH`](crate::canonical::MAX_DEPTH), and a `topic` or
+//! [`canonical::MAX_DEPTH`], and a `topic` or
 //! `msg_id` holding control characters (NUL, ESC, line breaks) or the
 //! Unicode line separators and bidirectional overrides.
 

@@ -10,19 +10,19 @@
 //! - [`canonical`]: Python-identical canonical JSON, the bytes that are signed.
 //! - [`envelope`]: the fedmsg body (`topic`, `msg`, `msg_id`, ...), frame
 //!   decoding with size and shape checks, topic naming.
-//! - [`auth`]: the [`Signer`](auth::Signer) / [`Verifier`](auth::Verifier)
+//! - [`auth`]: the [`Signer`] / [`Verifier`]
 //!   traits the crypto crate implements.
 //! - [`validate`]: signature + routing policy, including the one Python
 //!   compatibility rule.
 //! - [`policy`]: fedmsg's `routing_policy` / `routing_nitpicky`.
-//! - [`ack`]: ACK payloads and the per-message [`AckCollector`](ack::AckCollector).
-//! - [`publisher`]: [`PublisherState`](publisher::PublisherState), every
+//! - [`ack`]: ACK payloads and the per-message [`AckCollector`].
+//! - [`publisher`]: [`PublisherState`], every
 //!   decision of a publisher (readiness, ACK matching, re-sends, deadlines)
 //!   as a pure state machine whose wake-ups cost what is due.
 //! - [`retransmit`]: RFC 6298 re-send timing.
 //! - [`dedupe`]: the consumer's bounded, time-windowed memory of the
 //!   messages it accepted, with per-signer replay floors.
-//! - [`consumer`]: [`ConsumerState`](consumer::ConsumerState), every
+//! - [`consumer`]: [`ConsumerState`], every
 //!   decision of an ACK-sending consumer as a pure state machine.
 //! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
 
