@@ -474,6 +474,18 @@ impl Envelope {
         SignedPart::of(&self.body)
     }
 
+    /// The canonical bytes with `gilmsg_version` also left out (what Python
+    /// gilmsg signed), serialised from scratch. The validator derives the
+    /// same text from the [`SignedPart`] it already has
+    /// ([`SignedPart::without_gilmsg_version`]); this is the independent
+    /// computation tests and fuzzers compare it with.
+    pub fn signed_part_without_gilmsg_version(&self) -> Result<String, CanonicalError> {
+        canonical::signed_bytes(
+            &self.body,
+            &[UNSIGNED_FIELDS[0], UNSIGNED_FIELDS[1], GILMSG_VERSION_FIELD],
+        )
+    }
+
     /// The two frames to send: topic and canonical body.
     pub fn encode(&self) -> Result<[Vec<u8>; 2], CanonicalError> {
         let body = canonical::signed_bytes(&self.body, &[])?;
