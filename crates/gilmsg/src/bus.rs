@@ -349,7 +349,7 @@ impl Bus {
         self.inner.link.publish(Outgoing {
             msg_id: msg_id.clone(),
             topic: full_topic,
-            sealed,
+            message: sealed,
             collector,
             timeout: ack_timeout,
             reply,

@@ -175,40 +175,8 @@ pub fn signed_bytes_marked(
     marks: &[&str],
 ) -> Result<(String, Vec<Place>), CanonicalError> {
     let mut out = String::with_capacity(256);
-    let mut places: Vec<Option<Place>> = vec![None; marks.len()];
-    let mut entries: Vec<(&String, &Value)> = map
-        .iter()
-        .filter(|(k, _)| !skip.contains(&k.as_str()))
-        .collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    out.push('{');
-    for (i, (key, value)) in entries.into_iter().enumerate() {
-        // Keys sort by code point, which for UTF-8 is byte order, as here.
-        let before = out.len();
-        for (place, mark) in places.iter_mut().zip(marks) {
-            if place.is_none() && *mark < key.as_str() {
-                *place = Some(Place::Gap(before));
-            }
-        }
-        if i > 0 {
-            out.push(',');
-        }
-        let start = out.len();
-        write_str(&mut out, key);
-        out.push(':');
-        write_value(&mut out, value, 1, Numbers::Strict)?;
-        for (place, mark) in places.iter_mut().zip(marks) {
-            if place.is_none() && *mark == key.as_str() {
-                *place = Some(Place::Member(start..out.len()));
-            }
-        }
-    }
-    let end = out.len();
-    out.push('}');
-    let places = places
-        .into_iter()
-        .map(|p| p.unwrap_or(Place::Gap(end)))
-        .collect();
+    let mut places = vec![Place::Gap(0); marks.len()];
+    write_object_marking(&mut out, map, skip, 1, Numbers::Strict, marks, &mut places)?;
     Ok((out, places))
 }
 
@@ -403,24 +371,68 @@ fn write_object(
     depth: usize,
     numbers: Numbers,
 ) -> Result<(), CanonicalError> {
+    write_object_marking(out, map, skip, depth, numbers, &[], &mut [])
+}
+
+/// [`write_object`], recording in `places` where each key of `marks`
+/// stands (see [`signed_bytes_marked`]).
+fn write_object_marking(
+    out: &mut String,
+    map: &Map<String, Value>,
+    skip: &[&str],
+    depth: usize,
+    numbers: Numbers,
+    marks: &[&str],
+    places: &mut [Place],
+) -> Result<(), CanonicalError> {
     // serde_json's Map is a BTreeMap unless some crate in the build turns on
-    // `preserve_order`; sorting here keeps us correct either way.
+    // `preserve_order`; sorting here keeps us correct either way. Keys sort
+    // by code point, which for UTF-8 is byte order, as here.
     let mut entries: Vec<(&String, &Value)> = map
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut placed = vec![false; marks.len()];
     out.push('{');
     for (i, (key, value)) in entries.into_iter().enumerate() {
+        let before = out.len();
+        let key_str = key.as_str();
+        mark(
+            places,
+            &mut placed,
+            marks,
+            |m| m < key_str,
+            Place::Gap(before),
+        );
         if i > 0 {
             out.push(',');
         }
+        let start = out.len();
         write_str(out, key);
         out.push(':');
         write_value(out, value, depth, numbers)?;
+        let member = Place::Member(start..out.len());
+        mark(places, &mut placed, marks, |m| m == key_str, member);
     }
+    mark(places, &mut placed, marks, |_| true, Place::Gap(out.len()));
     out.push('}');
     Ok(())
+}
+
+/// Records `place` for each key of `marks` not placed yet that `applies`.
+fn mark(
+    places: &mut [Place],
+    placed: &mut [bool],
+    marks: &[&str],
+    applies: impl Fn(&str) -> bool,
+    place: Place,
+) {
+    for ((slot, done), key) in places.iter_mut().zip(placed).zip(marks) {
+        if !*done && applies(key) {
+            (*slot, *done) = (place.clone(), true);
+        }
+    }
 }
 
 /// Appends `s` as a Python `ensure_ascii` JSON string literal.

@@ -39,12 +39,14 @@ pub mod envelope;
 pub mod policy;
 pub mod publisher;
 pub mod retransmit;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 
 pub use ack::{AckBody, AckCollector, AckEntry, AckOutcome, AckRecord, DigestClaim};
 pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
-pub use consumer::{ConsumerSettings, ConsumerState, Outcome};
+pub use consumer::{Arrival, ConsumerSettings, ConsumerState, Outcome};
 pub use digest::Digest;
 pub use envelope::{DecodeError, Draft, Envelope, Sealed, SignedPart, TopicScheme};
 pub use publisher::{PublisherSettings, PublisherState};
-pub use validate::{Rejection, Validated, Validator};
+pub use validate::{Rejection, Validated, Validator, Verify};

@@ -69,9 +69,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ack::{AckCollector, AckEntry, AckOutcome};
-use crate::envelope::{DecodeError, Envelope, SignedPart};
+use crate::envelope::{DecodeError, Envelope};
 use crate::retransmit::{RetransmitPolicy, RttEstimator};
-use crate::validate::{Rejection, Validated};
+use crate::validate::{Rejection, Validated, Verify};
 
 /// A message id as the state keeps it: shared between the table, the
 /// timer heap and the waiting queue without copying the text.
@@ -437,15 +437,12 @@ impl<T> PublisherState<T> {
     /// `decoded` is what the transport's decoder made of it, `verify`
     /// checks its signature over the given signed part (called only if an
     /// entry names a message in flight).
-    pub fn on_ack_message<V>(
+    pub fn on_ack_message<V: Verify>(
         &mut self,
         decoded: Result<Envelope, DecodeError>,
         now: Instant,
         verify: V,
-    ) -> AckVerdict<T>
-    where
-        V: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>,
-    {
+    ) -> AckVerdict<T> {
         let refuse = AckVerdict::Refused;
         let envelope = match decoded {
             Ok(e) => e,
@@ -641,8 +638,10 @@ impl<T> PublisherState<T> {
 mod tests {
     use super::*;
     use crate::ack::{AckBody, DigestClaim};
-    use crate::auth::{SignError, Signer, VerifyError};
+    use crate::auth::Signer;
     use crate::envelope::Draft;
+    use crate::envelope::SignedPart;
+    use crate::testing::{check_named, Named};
     use crate::Digest;
     use std::time::Duration;
 
@@ -993,35 +992,8 @@ mod tests {
         assert!(t.timer_backlog() <= 1024 + 1, "{}", t.timer_backlog());
     }
 
-    /// Signs with the signer's name as the "signature".
-    struct Named(&'static str);
-    impl Signer for Named {
-        fn name(&self) -> &str {
-            self.0
-        }
-        fn scheme(&self) -> &str {
-            "toy"
-        }
-        fn certificate(&self) -> &str {
-            self.0
-        }
-        fn sign(&self, _: &[u8]) -> Result<String, SignError> {
-            Ok(format!("by {}", self.0))
-        }
-    }
-
     fn verify(m: &Envelope, _: &SignedPart) -> Result<Validated, Rejection> {
-        match (m.str_field("signature"), m.str_field("certificate")) {
-            (Some(sig), Some(cert)) if sig == format!("by {cert}") => Ok(Validated {
-                signer: Some(cert.to_owned()),
-                unsigned_gilmsg_version: false,
-            }),
-            (None, _) => Ok(Validated {
-                signer: None,
-                unsigned_gilmsg_version: false,
-            }),
-            _ => Err(Rejection::Signature(VerifyError::BadSignature("?".into()))),
-        }
+        check_named(m)
     }
 
     fn ack_message(topic: &str, bodies: &[AckBody], signer: Option<&'static str>) -> Envelope {

@@ -25,6 +25,14 @@ pub struct Validated {
     pub unsigned_gilmsg_version: bool,
 }
 
+/// How a transport has a message's signature (and, for messages, the
+/// routing policy) checked over its signed part: the closure the state
+/// machines call, only once a message has passed every cheaper test.
+/// [`Validator::validate_signed`] is the usual one.
+pub trait Verify: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection> {}
+
+impl<F: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>> Verify for F {}
+
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gilmsg_proto::ack::AckBody;
-use gilmsg_proto::consumer::{Accepted, ConsumerState, Outcome, PendingAck, Refusal, Ticket};
+use gilmsg_proto::consumer::{
+    Accepted, Arrival, ConsumerState, Outcome, PendingAck, Refusal, Ticket,
+};
 use gilmsg_proto::{Draft, Envelope, Signer, Validated, Validator};
 use tokio::sync::{mpsc, watch};
 
@@ -108,14 +110,15 @@ impl<W: WireFormat> ConsumerDriver<W> {
                 unsigned_gilmsg_version: false,
             }),
         };
-        let outcome = parts.state.on_received(
-            W::topic(wire),
-            |limit| W::decode(wire, limit),
+        let at = Arrival {
             now,
-            setup::unix_now(),
+            wall_now: setup::unix_now(),
             room,
-            verify,
-        );
+        };
+        let outcome =
+            parts
+                .state
+                .on_received(W::topic(wire), |limit| W::decode(wire, limit), at, verify);
         match outcome {
             Outcome::Skipped => parts.counters.ack_skipped.bump(),
             Outcome::Duplicate { kind, msg_id } => {

@@ -70,17 +70,21 @@ pub(crate) enum Flow {
     Stop,
 }
 
-/// A publish, handed from a [`Bus`](crate::Bus) to its transport.
-pub(crate) struct Outgoing {
+/// A publish on its way from a [`Bus`](crate::Bus) to its transport's
+/// loop: the message `M` as built ([`Outgoing`]), then in the transport's
+/// wire form.
+pub(crate) struct Queued<M> {
     pub(crate) msg_id: String,
     pub(crate) topic: String,
-    /// Built, signed, canonical.
-    pub(crate) sealed: Sealed,
+    pub(crate) message: M,
     /// `None` for a plain fedmsg publish.
     pub(crate) collector: Option<AckCollector>,
     pub(crate) timeout: Duration,
     pub(crate) reply: oneshot::Sender<Result<Receipt>>,
 }
+
+/// A publish as the [`Bus`](crate::Bus) built it: signed, canonical.
+pub(crate) type Outgoing = Queued<Sealed>;
 
 impl Outgoing {
     /// The same publish with its message in `W`'s wire form (done on the
@@ -89,22 +93,12 @@ impl Outgoing {
         Queued {
             msg_id: self.msg_id,
             topic: self.topic,
-            wire: W::encode(self.sealed),
+            message: W::encode(self.message),
             collector: self.collector,
             timeout: self.timeout,
             reply: self.reply,
         }
     }
-}
-
-/// A publish in a transport's wire form, on its way to the transport's loop.
-pub(crate) struct Queued<Wire> {
-    pub(crate) msg_id: String,
-    pub(crate) topic: String,
-    pub(crate) wire: Wire,
-    pub(crate) collector: Option<AckCollector>,
-    pub(crate) timeout: Duration,
-    pub(crate) reply: oneshot::Sender<Result<Receipt>>,
 }
 
 /// What a publisher's transport loop is told by its handles.

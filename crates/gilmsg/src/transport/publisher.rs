@@ -67,7 +67,7 @@ impl<W: WireFormat> PublisherDriver<W> {
         let Queued {
             msg_id,
             topic,
-            wire,
+            message: wire,
             collector,
             timeout,
             reply,
