@@ -138,7 +138,7 @@ pub fn object_to_string_without(
     skip: &[&str],
 ) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Reformat)?;
+    write_object(&mut out, map, skip, 1, Numbers::Reformat, &[], &mut [])?;
     Ok(out)
 }
 
@@ -150,7 +150,7 @@ pub fn object_to_string_without(
 /// `certificate`.
 pub fn signed_bytes(map: &Map<String, Value>, skip: &[&str]) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Strict)?;
+    write_object(&mut out, map, skip, 1, Numbers::Strict, &[], &mut [])?;
     Ok(out)
 }
 
@@ -176,7 +176,7 @@ pub fn signed_bytes_marked(
 ) -> Result<(String, Vec<Place>), CanonicalError> {
     let mut out = String::with_capacity(256);
     let mut places = vec![Place::Gap(0); marks.len()];
-    write_object_marking(&mut out, map, skip, 1, Numbers::Strict, marks, &mut places)?;
+    write_object(&mut out, map, skip, 1, Numbers::Strict, marks, &mut places)?;
     Ok((out, places))
 }
 
@@ -358,25 +358,15 @@ fn write_value(
             }
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers)?,
+        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers, &[], &mut [])?,
     }
     Ok(())
 }
 
-/// Writes an object that sits at nesting level `depth` (already counted).
+/// Writes an object that sits at nesting level `depth` (already counted),
+/// without the keys in `skip`, recording in `places` where each key of
+/// `marks` stands (see [`signed_bytes_marked`]; none are usually asked for).
 fn write_object(
-    out: &mut String,
-    map: &Map<String, Value>,
-    skip: &[&str],
-    depth: usize,
-    numbers: Numbers,
-) -> Result<(), CanonicalError> {
-    write_object_marking(out, map, skip, depth, numbers, &[], &mut [])
-}
-
-/// [`write_object`], recording in `places` where each key of `marks`
-/// stands (see [`signed_bytes_marked`]).
-fn write_object_marking(
     out: &mut String,
     map: &Map<String, Value>,
     skip: &[&str],
