@@ -355,7 +355,6 @@ mod tests {
     fn an_actor_starts_on_its_thread_reads_its_slots_and_stops() {
         let (seen_tx, seen) = std::sync::mpsc::channel();
         let address = format!("inproc://actor-test-{}", std::process::id());
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
         let started = start("test", move |_own| {
             let context = zmq::Context::new();
             let pair = context
@@ -367,7 +366,6 @@ mod tests {
                 .map_err(|e| Error::socket("pair", e))?;
             peer.connect(&address)
                 .map_err(|e| Error::socket("connect", e))?;
-            let _ = address_tx.send(());
             peer.send("hello", 0)
                 .map_err(|e| Error::socket("send", e))?;
             let echo = Echo {
@@ -378,7 +376,6 @@ mod tests {
             Ok((echo, "bound"))
         })
         .unwrap();
-        address_rx.recv().unwrap();
         assert_eq!(started.bound, "bound");
         let wait = std::time::Duration::from_secs(5);
         assert_eq!(seen.recv_timeout(wait).unwrap(), "hello");
