@@ -354,7 +354,8 @@ impl Bus {
         } else {
             Some(
                 AckCollector::new(&msg_id, Digest::of_signed_part(&signed), recipients)
-                    .require_digest(self.inner.require_ack_digest),
+                    .require_digest(self.inner.require_ack_digest)
+                    .signed_as(self.inner.signer.as_deref().map(|s| s.name())),
             )
         };
         let (reply, response) = oneshot::channel();
