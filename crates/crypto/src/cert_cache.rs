@@ -1,5 +1,6 @@
 //! The bounded cache of certificates that passed chain validation *and*
-//! verified a signature, keyed by the SHA-256 of the certificate's DER.
+//! verified a signature, keyed by the SHA-256 of the certificate's signed
+//! part (the `TBSCertificate`, see `trust.rs`).
 //!
 //! Two properties matter more than the hit rate:
 //!

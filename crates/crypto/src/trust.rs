@@ -5,9 +5,11 @@
 //! Cost model: a consumer sees the same few certificates thousands of times a
 //! second. Chain validation (X.509 parse, issuer match, CA signature check) is
 //! done once per distinct certificate and remembered with the parsed public
-//! key, keyed by the SHA-256 of the certificate's DER (so the free
-//! whitespace of the base64 `certificate` field does not make new entries),
-//! and only after a message signature verified with that key (so forged
+//! key, keyed by the SHA-256 of the part of the certificate the CA signed
+//! (the `TBSCertificate`: so neither the free whitespace of the base64
+//! `certificate` field nor another encoding of the CA's signature makes new
+//! entries; bytes after the certificate are refused), and only after a
+//! message signature verified with that key (so forged
 //! messages carrying a real certificate cannot fill or churn the cache; see
 //! `cert_cache.rs`). What can change between messages (the clock, the CRL) is
 //! checked on every call. The CRL file is re-read when its mtime or size
@@ -55,7 +57,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockEr
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use gilmsg_proto::{VerifiedSigner, Verifier, VerifyError};
+use gilmsg_proto::{Digest, VerifiedSigner, Verifier, VerifyError};
 use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
 use x509_parser::num_bigint::BigUint;
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
@@ -204,7 +206,7 @@ pub struct TrustStore {
     cas: Vec<TrustedCa>,
     crl: Option<CrlSource>,
     crl_check_interval: Duration,
-    cache: GenerationalCache<[u8; 32], Arc<Validated>>,
+    cache: GenerationalCache<Digest, Arc<Validated>>,
 }
 
 impl fmt::Debug for TrustStore {
@@ -442,18 +444,38 @@ fn certificate_der(field: &str) -> std::result::Result<Vec<u8>, VerifyError> {
         .ok_or_else(|| malformed_cert("no CERTIFICATE PEM block"))
 }
 
-fn cache_key(der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
-    key
+/// The DER of the `TBSCertificate` in a certificate's DER: what the CA
+/// signed, so what names the certificate in the cache. A cheap outer parse,
+/// done before the cache lookup. Bytes after the certificate are refused:
+/// x509-parser would ignore them, so each such variant of a genuine
+/// certificate would verify and could be cached as a new one.
+fn signed_portion(der: &[u8]) -> std::result::Result<&[u8], VerifyError> {
+    use x509_parser::der_parser::asn1_rs::Any;
+    let not_x509 = |e| malformed_cert(format!("not an X.509 certificate: {e}"));
+    let (rest, certificate) = Any::from_der(der).map_err(not_x509)?;
+    refuse_trailing_bytes(rest)?;
+    let content = certificate.data;
+    let (after, _tbs) = Any::from_der(content).map_err(not_x509)?;
+    Ok(&content[..content.len() - after.len()])
+}
+
+fn refuse_trailing_bytes(rest: &[u8]) -> std::result::Result<(), VerifyError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(malformed_cert(format!(
+            "{} bytes after the certificate",
+            rest.len()
+        )))
+    }
 }
 
 /// Chain validation of one certificate: everything that does not depend on
 /// the clock or the CRL.
 fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, VerifyError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| malformed_cert(format!("not an X.509 certificate: {e}")))?;
+    refuse_trailing_bytes(rest)?;
     let name = files::common_name(cert.subject())
         .ok_or_else(|| malformed_cert("certificate subject has no CN"))?;
 
@@ -714,7 +736,7 @@ impl TrustStore {
         }
         self.refresh_crl_if_due();
         let der = certificate_der(certificate)?;
-        let key = cache_key(&der);
+        let key = Digest::of_bytes(signed_portion(&der)?);
         let cached = self.cache.get(&key);
         let v = match &cached {
             Some(v) => Arc::clone(v),
