@@ -307,3 +307,32 @@ fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
         );
     })
 }
+
+#[test]
+fn a_timeout_longer_than_max_message_age_exits_2_naming_it() {
+    within(LIMIT, || {
+        let bus = Bus::start_with(&["a"], "max_message_age = \"30s\"");
+        for (flag, recipients) in [("--ack-timeout", true), ("--timeout", false)] {
+            let mut args = base(&bus);
+            if recipients {
+                args.extend(["--recipients", "a"]);
+            }
+            args.extend([flag, "31s", "--message", "x"]);
+            let started = std::time::Instant::now();
+            let out = bus.logger(&args, "", RUN);
+            assert_eq!(out.status, Some(2), "{flag}: {out:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{flag}: not at once"
+            );
+            let lines = out.stderr_lines();
+            assert_eq!(lines.len(), 1, "{out:?}");
+            assert!(
+                lines[0].contains(&format!(
+                    "{flag} 31.00s is longer than max_message_age (30.00s)"
+                )),
+                "{out:?}"
+            );
+        }
+    })
+}

@@ -131,11 +131,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .timeout
         .or(args.ack_timeout)
         .unwrap_or(config.ack_timeout);
-    let timeout = if args.recipients.is_empty() {
-        plain_timeout
+    let (timeout, flag) = if args.recipients.is_empty() {
+        let flag = if args.common.timeout.is_some() {
+            "--timeout"
+        } else {
+            "--ack-timeout"
+        };
+        (plain_timeout, flag)
     } else {
-        ack_timeout
+        (ack_timeout, "--ack-timeout")
     };
+    if timeout > config.max_message_age {
+        // The config's rule (max_message_age >= ack_timeout) for the value
+        // given here: every send keeps the first one's timestamp.
+        return Err(Failure::usage(format!(
+            "error: {flag} {} is longer than max_message_age ({}): consumers would refuse \
+             the re-sends of a message before the logger gives up; raise max_message_age \
+             in the config or shorten {flag}",
+            common::show_duration(timeout),
+            common::show_duration(config.max_message_age)
+        )));
+    }
     let runtime = common::runtime()?;
     runtime.block_on(async {
         let mut builder = gilmsg::Bus::builder(&config)

@@ -165,6 +165,7 @@ impl BusBuilder {
                 scheme: TopicScheme::new(&config.topic_prefix, &config.environment),
                 modname,
                 default_timeout: config.ack_timeout,
+                max_message_age: config.max_message_age,
                 max_message_size: config.max_message_size,
                 require_ack_digest: require_ack_digest.unwrap_or(config.require_ack_digest),
                 sequence: AtomicU64::new(0),
@@ -192,6 +193,8 @@ struct Inner {
     scheme: TopicScheme,
     modname: String,
     default_timeout: Duration,
+    /// `ack_timeout` may not exceed it (see `publish_full`).
+    max_message_age: Duration,
     max_message_size: usize,
     require_ack_digest: bool,
     sequence: AtomicU64,
@@ -317,6 +320,16 @@ impl Bus {
             return Err(Error::InvalidArgument(format!(
                 "ack_timeout {ack_timeout:?} is longer than the maximum, {} days",
                 gilmsg_config::MAX_TIMEOUT.as_secs() / 86_400
+            )));
+        }
+        if ack_timeout > self.inner.max_message_age {
+            // The config rule, for a timeout given per call: every send
+            // keeps the timestamp taken here, so consumers would refuse the
+            // re-sends (or a send waiting for subscribers) before we gave up.
+            return Err(Error::InvalidArgument(format!(
+                "ack_timeout {ack_timeout:?} is longer than max_message_age ({:?}): consumers \
+                 would refuse the re-sends of the message before the publish gives up",
+                self.inner.max_message_age
             )));
         }
         if !recipients.is_empty() && !self.inner.has_ack_endpoints {
