@@ -22,7 +22,10 @@
 //!   *name* (compared canonically, as OpenSSL does: see `name.rs`) and whose
 //!   key verifies the certificate's signature. A CRL belongs to the trusted
 //!   CA whose name matches its issuer and whose key verifies the CRL's
-//!   signature. Revocation state is then looked up by that CA, never by the
+//!   signature. When several do (an expired CA certificate and its renewal,
+//!   same name and key), the leaf is valid through whichever is valid at the
+//!   time of the call, whatever the bundle order. Revocation state is then
+//!   looked up by that CA, never by the
 //!   bytes of the certificate's issuer field, so a `UTF8String` issuer under
 //!   a `PrintableString` CA subject finds its CRL as OpenSSL finds it.
 //! - When a CRL is configured, a certificate whose CA has no CRL in the file
@@ -110,15 +113,43 @@ enum PublicKey {
 /// What chain validation established about one certificate.
 struct Validated {
     name: String,
-    /// Index into [`TrustStore::cas`] of the CA whose key signed the
-    /// certificate: revocation is looked up by this CA.
-    ca: usize,
+    /// Every trusted CA whose name and key issued the certificate (more
+    /// than one when a bundle holds a CA certificate and its renewal, with
+    /// the same name and key), in bundle order; never empty.
+    issuers: Vec<Issuer>,
     serial: Vec<u8>,
-    /// Intersection of the certificate's and its CA's validity, in Unix
+    key: PublicKey,
+}
+
+/// One trusted CA that issued a certificate, and when the pair is usable.
+#[derive(Clone, Copy)]
+struct Issuer {
+    /// Index into [`TrustStore::cas`]: revocation is looked up by this CA.
+    ca: usize,
+    /// Intersection of the certificate's and this CA's validity, in Unix
     /// seconds: an expired CA makes its certificates unusable too.
     not_before: i64,
     not_after: i64,
-    key: PublicKey,
+}
+
+impl Validated {
+    /// The earliest time the certificate is usable through any issuer.
+    fn not_before(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.not_before)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The latest time the certificate is usable through any issuer.
+    fn not_after(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.not_after)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
 }
 
 /// What the CRL file says about one trusted CA, all of its CRLs merged.
@@ -486,15 +517,25 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
             cert.issuer()
         )));
     }
-    let (ca_index, ca) = named
+    // Every candidate whose key verifies, not the first: a bundle may hold
+    // an expired CA certificate before its renewal (same name and key), and
+    // which one the leaf is usable through depends on the time of each call.
+    let validity = cert.validity();
+    let issuers: Vec<Issuer> = named
         .into_iter()
-        .find(|(_, ca)| ca.key_verifies(|spki| cert.verify_signature(Some(spki)).is_ok()))
-        .ok_or_else(|| {
-            VerifyError::Untrusted(format!(
-                "{name:?}: signature does not verify with the key of {}",
-                cert.issuer()
-            ))
-        })?;
+        .filter(|(_, ca)| ca.key_verifies(|spki| cert.verify_signature(Some(spki)).is_ok()))
+        .map(|(index, ca)| Issuer {
+            ca: index,
+            not_before: validity.not_before.timestamp().max(ca.not_before),
+            not_after: validity.not_after.timestamp().min(ca.not_after),
+        })
+        .collect();
+    if issuers.is_empty() {
+        return Err(VerifyError::Untrusted(format!(
+            "{name:?}: signature does not verify with the key of {}",
+            cert.issuer()
+        )));
+    }
 
     let spki = cert.public_key();
     let key_bytes = spki.subject_public_key.data.to_vec();
@@ -518,25 +559,30 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
             spki.algorithm.algorithm.to_id_string()
         ))
     };
-    let validity = cert.validity();
     Ok(Validated {
         name,
-        ca: ca_index,
+        issuers,
         serial: cert.serial.to_bytes_be(),
-        not_before: validity.not_before.timestamp().max(ca.not_before),
-        not_after: validity.not_after.timestamp().min(ca.not_after),
         key,
     })
 }
 
-fn check_validity(v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
-    if now < v.not_before {
-        return Err(VerifyError::NotYetValid(v.name.clone()));
+/// The issuer through which the certificate is valid at `now` (the first
+/// in bundle order), or why there is none: not yet valid if some issuer's
+/// window is still ahead, else expired.
+fn check_validity(v: &Validated, now: i64) -> std::result::Result<Issuer, VerifyError> {
+    if let Some(issuer) = v
+        .issuers
+        .iter()
+        .find(|i| i.not_before <= now && now <= i.not_after)
+    {
+        return Ok(*issuer);
     }
-    if now > v.not_after {
-        return Err(VerifyError::Expired(v.name.clone()));
+    if v.issuers.iter().any(|i| now < i.not_before) {
+        Err(VerifyError::NotYetValid(v.name.clone()))
+    } else {
+        Err(VerifyError::Expired(v.name.clone()))
     }
-    Ok(())
 }
 
 impl TrustStore {
@@ -639,11 +685,24 @@ impl TrustStore {
 
     /// Revocation checks of a certificate that passed chain validation, by
     /// the CA that issued it.
-    fn check_revocation(&self, v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
+    fn check_revocation(
+        &self,
+        v: &Validated,
+        issuer: usize,
+        now: i64,
+    ) -> std::result::Result<(), VerifyError> {
         let Some(src) = &self.crl else { return Ok(()) };
         let state = read(&src.state);
-        let ca = self.cas.get(v.ca).map_or("?", |c| c.subject_text.as_str());
-        let Some(crl) = state.revocations.per_ca.get(v.ca).and_then(Option::as_ref) else {
+        let ca = self
+            .cas
+            .get(issuer)
+            .map_or("?", |c| c.subject_text.as_str());
+        let Some(crl) = state
+            .revocations
+            .per_ca
+            .get(issuer)
+            .and_then(Option::as_ref)
+        else {
             return Err(VerifyError::CrlMissing(format!(
                 "{:?} was issued by {ca}, and {} has no CRL from it",
                 v.name,
@@ -693,17 +752,22 @@ impl TrustStore {
         let v = validate(&self.cas, &der).map_err(fail)?;
         let now = unix_secs(now);
         let mut warnings = Vec::new();
-        match check_validity(&v, now) {
-            Ok(()) => {}
-            Err(VerifyError::NotYetValid(_)) => warnings.push(format!(
-                "{}: certificate of {:?} is not valid before {} (is this host's clock right?)",
-                identity.certificate_path().display(),
-                v.name,
-                show_time(v.not_before)
-            )),
+        let issuer = match check_validity(&v, now) {
+            Ok(issuer) => issuer.ca,
+            Err(VerifyError::NotYetValid(_)) => {
+                warnings.push(format!(
+                    "{}: certificate of {:?} is not valid before {} (is this host's clock right?)",
+                    identity.certificate_path().display(),
+                    v.name,
+                    show_time(v.not_before())
+                ));
+                // Not yet valid through any issuer: the first one's CRL
+                // still says whether it is revoked.
+                v.issuers.first().map_or(usize::MAX, |i| i.ca)
+            }
             Err(e) => return Err(fail(e)),
-        }
-        match self.check_revocation(&v, now) {
+        };
+        match self.check_revocation(&v, issuer, now) {
             Ok(()) => {}
             Err(e @ VerifyError::CrlExpired(_)) => warnings.push(e.to_string()),
             Err(e) => return Err(fail(e)),
@@ -716,7 +780,7 @@ impl TrustStore {
         }
         Ok(IdentityStanding {
             name: v.name.clone(),
-            not_after: crate::pki::to_system_time(v.not_after),
+            not_after: crate::pki::to_system_time(v.not_after()),
             warnings,
         })
     }
@@ -746,8 +810,8 @@ impl TrustStore {
         };
 
         let now = unix_secs(now);
-        check_validity(&v, now)?;
-        self.check_revocation(&v, now)?;
+        let issuer = check_validity(&v, now)?;
+        self.check_revocation(&v, issuer.ca, now)?;
 
         let sig = decode_b64(signature).map_err(|e| malformed_sig(format!("bad base64: {e}")))?;
         let ok = match (scheme, &v.key) {
