@@ -56,7 +56,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
@@ -71,6 +71,7 @@ use crate::cert_cache::GenerationalCache;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::identity::{Identity, SCHEME_ED25519, SCHEME_X509};
+use crate::locks::{lock, read, write};
 use crate::name::StoredName;
 
 /// How many proven certificates are remembered. A bus has far fewer
@@ -251,18 +252,6 @@ impl fmt::Debug for TrustStore {
             .field("crl", &self.crl.as_ref().map(|c| &c.path))
             .finish_non_exhaustive()
     }
-}
-
-// Locks only ever guard whole values that are replaced at once, so a panic
-// elsewhere cannot leave them half-updated: poisoning is safe to ignore.
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix_secs(t: SystemTime) -> i64 {

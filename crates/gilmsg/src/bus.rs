@@ -90,17 +90,18 @@ impl BusBuilder {
         config.validate()?;
         let active = active.unwrap_or(config.active);
         let certname = certname.unwrap_or_else(|| config.certname_for(&modname, active));
-        let signer = if config.sign_messages {
-            Some(setup::load_signer(&config, &certname)?)
-        } else {
-            None
-        };
         // ACKs are always verified, whatever `validate_signatures` says:
         // counting an unverified ACK would be a false positive waiting to
         // happen. The routing policy does not apply to them: an ACK is
         // authorised by the publish's recipient list (a `routing_nitpicky`
         // policy that does not list the ACK topic must not veto them all).
-        let validator = Some(setup::load_ack_validator(&config)?);
+        let trust = setup::load_trust(&config, true)?;
+        let signer = if config.sign_messages {
+            Some(setup::load_signer(&config, &certname, trust.as_deref())?)
+        } else {
+            None
+        };
+        let validator = trust.map(setup::ack_validator);
         let own = if active {
             Vec::new()
         } else {
