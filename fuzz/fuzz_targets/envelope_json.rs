@@ -34,6 +34,7 @@ fn ack_roundtrip(msg: &Value) {
     let body = AckBody {
         ack_msg_id: entry.ack_msg_id.clone(),
         ack_digest,
+        ack_signer: entry.signer.clone(),
     };
     assert_eq!(AckEntry::from_msg(&body.to_msg()).as_ref(), Ok(&entry));
 }

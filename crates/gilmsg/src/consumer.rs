@@ -170,14 +170,20 @@ impl ConsumerBuilder {
             topics.push(format!("{}.", scheme.prefix()));
         }
         let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
-        let validator = if config.validate_signatures {
-            Some(setup::load_validator(&config)?)
+        let trust = if config.validate_signatures {
+            Some(setup::load_trust(&config)?)
+        } else if send_acks {
+            setup::load_trust_if_any(&config)?
         } else {
             None
         };
+        let validator = trust
+            .as_ref()
+            .filter(|_| config.validate_signatures)
+            .map(|t| setup::validator(&config, Arc::clone(t)));
         let signer = if send_acks {
             let certname = certname.unwrap_or_else(|| config.certname_for("gilmsg", active));
-            Some(setup::load_signer(&config, &certname)?)
+            Some(setup::load_signer(&config, &certname, trust.as_deref())?)
         } else {
             None
         };

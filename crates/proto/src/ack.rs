@@ -9,6 +9,15 @@
 //! digest; an ACK without one is accepted (unless the publisher asked for
 //! [`AckCollector::require_digest`]), one with a wrong digest never is.
 //!
+//! `ack_signer`, also ours and optional, names the identity the consumer
+//! verified the acknowledged message as (and handed to its handler). The
+//! digest cannot say it: `signature` and `certificate` are outside the signed
+//! part, so anyone can re-sign a victim's exact body, and a consumer handles
+//! that copy as the re-signer's. A publisher refuses an ACK whose
+//! `ack_signer` is not its own name ([`AckOutcome::SignerMismatch`]); an ACK
+//! without one (Python gilmsg, a consumer that does not check signatures) is
+//! accepted as before.
+//!
 //! Under load a consumer acknowledges many messages with one signature: the
 //! first entry stays in `ack_msg_id`/`ack_digest`, so a reader that knows
 //! only those (Python gilmsg) still sees a valid ACK for it, and the others
@@ -28,10 +37,14 @@ use crate::envelope::{DecodeError, Envelope};
 pub const ACK_MSG_ID_FIELD: &str = "ack_msg_id";
 /// `msg` field of an ACK carrying the body digest.
 pub const ACK_DIGEST_FIELD: &str = "ack_digest";
+/// `msg` field of an ACK naming the verified signer of the acknowledged
+/// message.
+pub const ACK_SIGNER_FIELD: &str = "ack_signer";
 /// `msg` field of a batched ACK carrying the entries after the first.
 pub const ACK_MORE_FIELD: &str = "ack_more";
 /// The most entries one batched ACK carries (keeps it far below any
-/// reasonable `max_message_size`: about 150 bytes an entry).
+/// reasonable `max_message_size`: about 150 bytes an entry plus the signer's
+/// name).
 pub const MAX_ACK_BATCH: usize = 256;
 
 /// The payload of an ACK we send: which message, and the digest of the
@@ -43,25 +56,32 @@ pub struct AckBody {
     /// The digest of the acknowledged body's signed part, if sent (Python
     /// gilmsg sends none).
     pub ack_digest: Option<Digest>,
+    /// The name the acknowledged message was verified as, if sent.
+    pub ack_signer: Option<String>,
 }
 
 impl AckBody {
-    /// The ACK for a received message (computes its signed part).
+    /// The ACK for a received message, naming its digest (computes its
+    /// signed part) but no signer.
     pub fn for_message(message: &Envelope) -> Result<Self, CanonicalError> {
         Ok(AckBody {
             ack_msg_id: message.msg_id().to_owned(),
-            ack_digest: Some(body_digest(message)?),
+            ack_digest: Some(message.signed_part()?.digest()),
+            ack_signer: None,
         })
     }
 
     /// The `msg` value to publish.
     pub fn to_msg(&self) -> Value {
-        match &self.ack_digest {
-            Some(d) => {
-                json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d.to_string() })
-            }
-            None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
+        let mut msg = serde_json::Map::new();
+        msg.insert(ACK_MSG_ID_FIELD.into(), json!(self.ack_msg_id));
+        if let Some(d) = &self.ack_digest {
+            msg.insert(ACK_DIGEST_FIELD.into(), json!(d));
         }
+        if let Some(s) = &self.ack_signer {
+            msg.insert(ACK_SIGNER_FIELD.into(), json!(s));
+        }
+        Value::Object(msg)
     }
 
     /// The `msg` value of a batched ACK: `first` in the classic fields, the
@@ -100,6 +120,8 @@ pub struct AckEntry {
     pub ack_msg_id: String,
     /// The body it says was handled.
     pub digest: DigestClaim,
+    /// Whom it says that body was handled as (`ack_signer`), if it says.
+    pub signer: Option<String>,
 }
 
 impl From<&AckBody> for AckEntry {
@@ -109,6 +131,7 @@ impl From<&AckBody> for AckEntry {
             digest: body
                 .ack_digest
                 .map_or(DigestClaim::Absent, DigestClaim::Names),
+            signer: body.ack_signer.clone(),
         }
     }
 }
@@ -121,16 +144,19 @@ impl AckEntry {
             .get(ACK_MSG_ID_FIELD)
             .and_then(Value::as_str)
             .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
-        let digest = match msg.get(ACK_DIGEST_FIELD) {
-            None | Some(Value::Null) => DigestClaim::Absent,
-            Some(Value::String(s)) => {
-                Digest::parse(s).map_or(DigestClaim::Unreadable, DigestClaim::Names)
-            }
-            Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
+        let optional = |field: &str| match msg.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(DecodeError::Shape(format!("{field} is not a string"))),
+        };
+        let digest = match optional(ACK_DIGEST_FIELD)? {
+            None => DigestClaim::Absent,
+            Some(text) => Digest::parse(text).map_or(DigestClaim::Unreadable, DigestClaim::Names),
         };
         Ok(AckEntry {
             ack_msg_id: ack_msg_id.to_owned(),
             digest,
+            signer: optional(ACK_SIGNER_FIELD)?.map(str::to_owned),
         })
     }
 
@@ -164,18 +190,6 @@ impl AckEntry {
     }
 }
 
-/// The [`Digest`] of `message`'s canonical signed part (computes it: a
-/// caller that has the [`SignedPart`](crate::envelope::SignedPart) uses its
-/// digest instead).
-pub fn body_digest(message: &Envelope) -> Result<Digest, CanonicalError> {
-    Ok(message.signed_part()?.digest())
-}
-
-/// [`Digest::of_signed_part`], under the name the ACK tests know it by.
-pub fn digest_of_signed_part(signed_part: &str) -> Digest {
-    Digest::of_signed_part(signed_part)
-}
-
 /// One recipient's ACK, as recorded in a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckRecord {
@@ -206,6 +220,9 @@ pub enum AckOutcome {
     DigestMismatch,
     /// The ACK carries no digest and the publisher requires one.
     DigestMissing,
+    /// The ACK names another signer than this publisher: the recipient
+    /// handled this body as someone else's message (re-signed by them).
+    SignerMismatch,
 }
 
 impl AckOutcome {
@@ -218,6 +235,7 @@ impl AckOutcome {
             AckOutcome::WrongMessage => "wrong_msg_id",
             AckOutcome::DigestMismatch => "digest_mismatch",
             AckOutcome::DigestMissing => "digest_missing",
+            AckOutcome::SignerMismatch => "signer_mismatch",
         }
     }
 }
@@ -229,6 +247,8 @@ impl AckOutcome {
 pub struct AckCollector {
     msg_id: String,
     digest: Digest,
+    /// Our signing name: what an `ack_signer` must say.
+    publisher: Option<String>,
     require_digest: bool,
     first_sent: Option<Instant>,
     /// Declared recipients in declaration order, with their ACK once seen.
@@ -258,6 +278,7 @@ impl AckCollector {
         AckCollector {
             msg_id: msg_id.to_owned(),
             digest,
+            publisher: None,
             require_digest: false,
             first_sent: None,
             slots,
@@ -272,6 +293,16 @@ impl AckCollector {
     /// never complete such a publish.
     pub fn require_digest(mut self, required: bool) -> Self {
         self.require_digest = required;
+        self
+    }
+
+    /// The name this publisher signed the message as (`None`: unsigned).
+    /// An ACK whose `ack_signer` differs is refused
+    /// ([`AckOutcome::SignerMismatch`]): that recipient handled the body as
+    /// another identity's message. Until this is called, `ack_signer` must
+    /// be absent.
+    pub fn signed_as(mut self, name: Option<&str>) -> Self {
+        self.publisher = name.map(str::to_owned);
         self
     }
 
@@ -304,6 +335,9 @@ impl AckCollector {
             DigestClaim::Absent if self.require_digest => return AckOutcome::DigestMissing,
             DigestClaim::Absent => false,
         };
+        if ack.signer.is_some() && ack.signer != self.publisher {
+            return AckOutcome::SignerMismatch;
+        }
         if self.slots[slot].1.is_some() {
             return AckOutcome::Duplicate;
         }
@@ -364,6 +398,7 @@ mod tests {
         AckBody {
             ack_msg_id: id.into(),
             ack_digest: digest,
+            ack_signer: None,
         }
     }
 
@@ -444,6 +479,44 @@ mod tests {
             AckOutcome::Counted { complete: true }
         );
         assert!(!lax.acked()[0].digest_checked);
+    }
+
+    #[test]
+    fn an_ack_naming_another_signer_is_refused() {
+        let t0 = Instant::now();
+        let named = |signer: Option<&str>| AckBody {
+            ack_signer: signer.map(Into::into),
+            ..body("m1", Some(d("body")))
+        };
+        let entry = |signer: Option<&str>| AckEntry::from(&named(signer));
+        let mut c = AckCollector::new("m1", d("body"), ["r", "py"]).signed_as(Some("alice"));
+        assert_eq!(
+            c.on_ack("r", &entry(Some("mallory")), t0),
+            AckOutcome::SignerMismatch
+        );
+        assert_eq!(AckOutcome::SignerMismatch.kind(), "signer_mismatch");
+        assert_eq!(
+            c.on_ack("r", &entry(Some("alice")), t0),
+            AckOutcome::Counted { complete: false }
+        );
+        // No ack_signer (Python gilmsg): accepted as before.
+        assert_eq!(
+            c.on_ack("py", &entry(None), t0),
+            AckOutcome::Counted { complete: true }
+        );
+        // An unsigned publish: any named signer handled someone's copy.
+        let mut unsigned = AckCollector::new("m1", d("body"), ["r"]);
+        assert_eq!(
+            unsigned.on_ack("r", &entry(Some("alice")), t0),
+            AckOutcome::SignerMismatch
+        );
+        // The field round-trips, in batches too.
+        let bodies = [named(Some("alice")), named(None)];
+        let msg = AckBody::batch_to_msg(&bodies[0], &bodies[1..]);
+        assert_eq!(msg["ack_signer"], "alice");
+        let entries: Vec<AckEntry> = bodies.iter().map(AckEntry::from).collect();
+        assert_eq!(AckEntry::all_from_msg(&msg).unwrap(), entries);
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_signer": 1})).is_err());
     }
 
     #[test]

@@ -220,20 +220,12 @@ impl Draft {
                 Value::String(GILMSG_VERSION.into()),
             );
         }
-        if let Some(signer) = signer {
-            body.insert("crypto".into(), Value::String(signer.scheme().to_owned()));
-        }
-        // Even unsigned bodies must be canonicalisable: the digest in an ACK
-        // is computed from the same bytes.
-        let signed = SignedPart::of(&body)?;
-        if let Some(signer) = signer {
-            let signature = signer.sign(signed.as_str().as_bytes())?;
-            body.insert("signature".into(), Value::String(signature));
-            body.insert(
-                "certificate".into(),
-                Value::String(signer.certificate().to_owned()),
-            );
-        }
+        let signed = match signer {
+            Some(signer) => sign_in_place(&mut body, signer)?,
+            // Even unsigned bodies must be canonicalisable: the digest in an
+            // ACK is computed from the same bytes.
+            None => SignedPart::of(&body)?,
+        };
         let envelope = Envelope::from_map(body);
         let body = match (
             envelope.str_field(UNSIGNED_FIELDS[0]),
@@ -251,6 +243,23 @@ impl Draft {
             body,
         })
     }
+}
+
+/// Sets `crypto` to `signer`'s scheme, signs the signed part, and sets
+/// `signature` and `certificate`; returns the signed part.
+fn sign_in_place(
+    body: &mut Map<String, Value>,
+    signer: &dyn Signer,
+) -> Result<SignedPart, BuildError> {
+    body.insert("crypto".into(), Value::String(signer.scheme().to_owned()));
+    let signed = SignedPart::of(body)?;
+    let signature = signer.sign(signed.as_str().as_bytes())?;
+    body.insert(UNSIGNED_FIELDS[0].into(), Value::String(signature));
+    body.insert(
+        UNSIGNED_FIELDS[1].into(),
+        Value::String(signer.certificate().to_owned()),
+    );
+    Ok(signed)
 }
 
 /// The keys whose place in the signed part is recorded: the two unsigned
@@ -465,6 +474,13 @@ impl Envelope {
         Ok(Envelope { body })
     }
 
+    /// Signs in place, as `signer`: sets `crypto`, then `signature` and
+    /// `certificate` (replacing any). For re-signing a body; a message being
+    /// built is signed by [`Draft::seal`].
+    pub fn sign(&mut self, signer: &dyn Signer) -> Result<(), BuildError> {
+        sign_in_place(&mut self.body, signer).map(drop)
+    }
+
     /// The canonical bytes a signature covers (computed: see
     /// [`SignedPart`]). Refuses a body with a number not written
     /// canonically ([`CanonicalError::NotCanonicalNumber`]): its signature
@@ -541,10 +557,13 @@ impl Envelope {
     }
 }
 
-/// Parses a body whose nesting has first been bounded by
-/// [`nesting_within`], classifying serde_json's errors into the kinds that
-/// are counted apart.
-fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+/// Parses JSON as receivers do: the nesting is first bounded by
+/// [`MAX_DEPTH`](crate::canonical::MAX_DEPTH) (so no input can overflow the
+/// stack), then parsed without serde_json's fixed limit of 128, which is
+/// lower than what Python peers produce; serde_json's errors are classified
+/// into the kinds that are counted apart. Tools reading a message from a
+/// user use it too, so that they accept exactly what consumers accept.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
     use serde::Deserialize;
     let limit = canonical::MAX_DEPTH;
     if !nesting_within(bytes, limit) {

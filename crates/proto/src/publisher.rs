@@ -655,6 +655,7 @@ mod tests {
         AckEntry {
             ack_msg_id: id.into(),
             digest: DigestClaim::Absent,
+            signer: None,
         }
     }
 
@@ -1015,6 +1016,7 @@ mod tests {
         AckBody {
             ack_msg_id: id.into(),
             ack_digest: Some(d()),
+            ack_signer: None,
         }
     }
 

@@ -37,6 +37,7 @@ impl Acker {
             .map(|p| AckBody {
                 ack_msg_id: p.msg_id.clone(),
                 ack_digest: Some(p.digest),
+                ack_signer: p.signer.clone(),
             })
             .collect();
         let Some((first, rest)) = bodies.split_first() else {

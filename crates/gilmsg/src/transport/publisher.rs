@@ -30,7 +30,7 @@ struct Pending<Wire> {
 pub(crate) struct PublisherDriver<W: WireFormat> {
     state: PublisherState<Pending<W::Wire>>,
     /// ACKs are always verified: counting an unverified one would be a
-    /// false positive waiting to happen (see `setup::load_ack_validator`).
+    /// false positive waiting to happen (see `setup::ack_validator`).
     validator: Arc<Validator>,
     max_message_size: usize,
     counters: Arc<PublisherCounters>,
@@ -235,7 +235,7 @@ impl<W: WireFormat> PublisherDriver<W> {
         self.counters.ack_received.bump();
         let decoded = W::decode(wire, self.max_message_size);
         let validator = &self.validator;
-        // Signature and certificate only: see `setup::load_ack_validator`
+        // Signature and certificate only: see `setup::ack_validator`
         // for why the routing policy does not apply to ACKs.
         let verdict = self.state.on_ack_message(decoded, now, |envelope, signed| {
             validator.validate_signed(envelope, signed)
