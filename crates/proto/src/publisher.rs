@@ -63,6 +63,11 @@
 //! the digest matches. In a batch, entries for messages not in flight are
 //! other publishers' business and are ignored.
 
+// The events below carry a finished message by value and are handed
+// straight to the caller: boxing it would allocate once per message for
+// nothing.
+#![allow(clippy::large_enum_variant)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -130,9 +135,6 @@ pub enum Sendable<T> {
 
 /// What one verified ACK entry did to the message it names.
 #[derive(Debug)]
-// Effects are handed straight to the caller: boxing the large variant would
-// allocate once per acknowledged message for nothing.
-#[allow(clippy::large_enum_variant)]
 pub enum AckEffect<T> {
     /// No message with that id is in flight (late, replayed or foreign).
     Unknown,
