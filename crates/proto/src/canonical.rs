@@ -138,7 +138,7 @@ pub fn object_to_string_without(
     skip: &[&str],
 ) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Reformat, &[], &mut [])?;
+    write_object(&mut out, map, skip, 1, Numbers::Reformat, None)?;
     Ok(out)
 }
 
@@ -150,7 +150,7 @@ pub fn object_to_string_without(
 /// `certificate`.
 pub fn signed_bytes(map: &Map<String, Value>, skip: &[&str]) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Strict, &[], &mut [])?;
+    write_object(&mut out, map, skip, 1, Numbers::Strict, None)?;
     Ok(out)
 }
 
@@ -175,8 +175,19 @@ pub fn signed_bytes_marked(
     marks: &[&str],
 ) -> Result<(String, Vec<Place>), CanonicalError> {
     let mut out = String::with_capacity(256);
-    let mut places = vec![Place::Gap(0); marks.len()];
-    write_object(&mut out, map, skip, 1, Numbers::Strict, marks, &mut places)?;
+    let mut marker = Marker {
+        marks,
+        places: vec![None; marks.len()],
+    };
+    write_object(&mut out, map, skip, 1, Numbers::Strict, Some(&mut marker))?;
+    // Every mark is placed by the end of the object (at its end, if not
+    // before).
+    let end = out.len() - 1;
+    let places = marker
+        .places
+        .into_iter()
+        .map(|p| p.unwrap_or(Place::Gap(end)))
+        .collect();
     Ok((out, places))
 }
 
@@ -358,22 +369,21 @@ fn write_value(
             }
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers, &[], &mut [])?,
+        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers, None)?,
     }
     Ok(())
 }
 
 /// Writes an object that sits at nesting level `depth` (already counted),
-/// without the keys in `skip`, recording in `places` where each key of
-/// `marks` stands (see [`signed_bytes_marked`]; none are usually asked for).
+/// without the keys in `skip`, recording with `marker` (if any: only a
+/// top-level object is ever marked) where the keys it asks for stand.
 fn write_object(
     out: &mut String,
     map: &Map<String, Value>,
     skip: &[&str],
     depth: usize,
     numbers: Numbers,
-    marks: &[&str],
-    places: &mut [Place],
+    mut marker: Option<&mut Marker<'_>>,
 ) -> Result<(), CanonicalError> {
     // serde_json's Map is a BTreeMap unless some crate in the build turns on
     // `preserve_order`; sorting here keeps us correct either way. Keys sort
@@ -383,18 +393,12 @@ fn write_object(
         .filter(|(k, _)| !skip.contains(&k.as_str()))
         .collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut placed = vec![false; marks.len()];
     out.push('{');
     for (i, (key, value)) in entries.into_iter().enumerate() {
-        let before = out.len();
-        let key_str = key.as_str();
-        mark(
-            places,
-            &mut placed,
-            marks,
-            |m| m < key_str,
-            Place::Gap(before),
-        );
+        if let Some(marker) = marker.as_deref_mut() {
+            let before = out.len();
+            marker.record(|mark| mark < key.as_str(), || Place::Gap(before));
+        }
         if i > 0 {
             out.push(',');
         }
@@ -402,25 +406,34 @@ fn write_object(
         write_str(out, key);
         out.push(':');
         write_value(out, value, depth, numbers)?;
-        let member = Place::Member(start..out.len());
-        mark(places, &mut placed, marks, |m| m == key_str, member);
+        if let Some(marker) = marker.as_deref_mut() {
+            let end = out.len();
+            marker.record(|mark| mark == key.as_str(), || Place::Member(start..end));
+        }
     }
-    mark(places, &mut placed, marks, |_| true, Place::Gap(out.len()));
+    if let Some(marker) = marker {
+        let end = out.len();
+        marker.record(|_| true, || Place::Gap(end));
+    }
     out.push('}');
     Ok(())
 }
 
-/// Records `place` for each key of `marks` not placed yet that `applies`.
-fn mark(
-    places: &mut [Place],
-    placed: &mut [bool],
-    marks: &[&str],
-    applies: impl Fn(&str) -> bool,
-    place: Place,
-) {
-    for ((slot, done), key) in places.iter_mut().zip(placed).zip(marks) {
-        if !*done && applies(key) {
-            (*slot, *done) = (place.clone(), true);
+/// The keys [`signed_bytes_marked`] was asked about, and where each was
+/// found so far.
+struct Marker<'a> {
+    marks: &'a [&'a str],
+    places: Vec<Option<Place>>,
+}
+
+impl Marker<'_> {
+    /// Gives every mark not placed yet for which `applies` holds the place
+    /// `place` makes.
+    fn record(&mut self, applies: impl Fn(&str) -> bool, place: impl Fn() -> Place) {
+        for (slot, mark) in self.places.iter_mut().zip(self.marks) {
+            if slot.is_none() && applies(mark) {
+                *slot = Some(place());
+            }
         }
     }
 }
