@@ -11,11 +11,11 @@ use std::time::Instant;
 use gilmsg_proto::consumer::ACK_BURST;
 
 use super::actor::{self, Actor, Mailbox, PollSet, PollSlot, Ready};
-use super::monitor::{Monitor, Subscriptions};
+use super::monitor::{Monitor, Role, Subscriptions};
 use super::socket::{self, SocketTuning};
 use super::Frames;
 use crate::consumer::{Readiness, CONNECT_GRACE};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stats::LinkCounters;
 use crate::transport::{
     ConsumerCommand, ConsumerDriver, ConsumerLink, ConsumerParts, Flow, Settle,
@@ -108,14 +108,13 @@ impl ConsumerThread {
         let (ack, bound) = if setup.ack_bind.is_empty() && setup.ack_connect.is_empty() {
             (None, Vec::new())
         } else {
-            let socket = tuning.publisher(&context, "ACK publisher")?;
-            let mut monitor = Monitor::attach(
+            let (socket, mut monitor) = Monitor::open(
                 &context,
-                &socket,
-                "ACK publisher",
                 tuning,
+                Role::Publisher,
+                "ACK publisher",
                 CONNECT_GRACE,
-                counters.clone(),
+                &counters,
             )?;
             let bound = monitor.bind(&socket, &setup.ack_bind)?;
             monitor.connect(&socket, &setup.ack_connect)?;
@@ -126,18 +125,13 @@ impl ConsumerThread {
             };
             (Some(ack), bound)
         };
-        let sub = tuning.subscriber(&context, "subscriber")?;
-        for topic in &setup.topics {
-            sub.set_subscribe(topic.as_bytes())
-                .map_err(|e| Error::socket(format!("subscribe to {topic:?}"), e))?;
-        }
-        let mut monitor = Monitor::attach(
+        let (sub, mut monitor) = Monitor::open(
             &context,
-            &sub,
-            "subscriber",
             tuning,
+            Role::Subscriber(&setup.topics),
+            "subscriber",
             CONNECT_GRACE,
-            counters,
+            &counters,
         )?;
         monitor.connect(&sub, &setup.endpoints)?;
         let thread = ConsumerThread {

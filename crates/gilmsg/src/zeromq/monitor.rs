@@ -113,6 +113,15 @@ impl IpcFile {
     }
 }
 
+/// What a socket does on the bus.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role<'t> {
+    /// Sends messages: an XPUB, which reads its peers' subscriptions.
+    Publisher,
+    /// Receives the messages on these topic prefixes: a SUB.
+    Subscriber(&'t [String]),
+}
+
 /// The endpoints of one socket and what libzmq's monitor says about them.
 pub(crate) struct Monitor {
     reader: zmq::Socket,
@@ -140,6 +149,34 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
+    /// Opens a socket for `role`, with `tuning`'s options and caps (a
+    /// subscriber subscribed to its topics), and its monitor, attached
+    /// before anything is bound or connected. Every socket-owning thread
+    /// makes its sockets this way.
+    pub(crate) fn open(
+        context: &zmq::Context,
+        tuning: &SocketTuning,
+        role: Role<'_>,
+        what: &'static str,
+        grace: Duration,
+        counters: &Arc<LinkCounters>,
+    ) -> Result<(zmq::Socket, Monitor)> {
+        let socket = match role {
+            Role::Publisher => tuning.publisher(context, what)?,
+            Role::Subscriber(topics) => {
+                let socket = tuning.subscriber(context, what)?;
+                for topic in topics {
+                    socket
+                        .set_subscribe(topic.as_bytes())
+                        .map_err(|e| Error::socket(format!("subscribe {what} to {topic:?}"), e))?;
+                }
+                socket
+            }
+        };
+        let monitor = Monitor::attach(context, &socket, what, tuning, grace, counters.clone())?;
+        Ok((socket, monitor))
+    }
+
     /// Starts monitoring `socket` (call before binding or connecting it).
     pub(crate) fn attach(
         context: &zmq::Context,
@@ -706,20 +743,25 @@ mod tests {
         assert!(!wants_ipv6("ipc:///tmp/x"));
     }
 
-    #[test]
-    fn hostname_endpoints_are_matched_by_port_once_resolved() {
+    /// A SUB with its monitor, connected to nothing yet.
+    fn subscriber() -> (zmq::Context, zmq::Socket, Monitor) {
         let context = zmq::Context::new();
-        let socket = context.socket(zmq::SUB).unwrap();
         let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(
+        let (socket, monitor) = Monitor::open(
             &context,
-            &socket,
-            "test",
             &tuning,
+            Role::Subscriber(&[]),
+            "test",
             Duration::from_secs(1),
-            Arc::default(),
+            &Arc::default(),
         )
         .unwrap();
+        (context, socket, monitor)
+    }
+
+    #[test]
+    fn hostname_endpoints_are_matched_by_port_once_resolved() {
+        let (_context, socket, mut m) = subscriber();
         let endpoints = [
             "tcp://localhost:1".to_owned(),
             "tcp://127.0.0.1:2".to_owned(),
@@ -749,18 +791,7 @@ mod tests {
 
     #[test]
     fn a_disconnection_without_a_retry_is_repaired() {
-        let context = zmq::Context::new();
-        let socket = context.socket(zmq::SUB).unwrap();
-        let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(
-            &context,
-            &socket,
-            "test",
-            &tuning,
-            Duration::from_secs(1),
-            Arc::default(),
-        )
-        .unwrap();
+        let (_context, socket, mut m) = subscriber();
         m.connect(&socket, &["tcp://127.0.0.1:9".to_owned()])
             .unwrap();
         let t0 = Instant::now();

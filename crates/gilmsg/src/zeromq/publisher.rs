@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::actor::{self, Actor, Mailbox, PollSet, PollSlot, Ready};
-use super::monitor::{Monitor, Subscriptions};
+use super::monitor::{Monitor, Role, Subscriptions};
 use super::socket::{self, SocketTuning};
 use super::Frames;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::stats::LinkCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
@@ -123,28 +123,24 @@ impl PublisherThread {
     ) -> Result<(Self, Vec<String>)> {
         let context = zmq::Context::new();
         let tuning = &setup.tuning;
-        let out = tuning.publisher(&context, "publisher")?;
-        let mut out_monitor = Monitor::attach(
+        let (out, mut out_monitor) = Monitor::open(
             &context,
-            &out,
-            "publisher",
             tuning,
+            Role::Publisher,
+            "publisher",
             Duration::ZERO,
-            link_counters.clone(),
+            &link_counters,
         )?;
         let bound = out_monitor.bind(&out, &setup.bind)?;
         out_monitor.connect(&out, &setup.connect)?;
 
-        let acks = tuning.subscriber(&context, "ACK listener")?;
-        acks.set_subscribe(setup.ack_topic.as_bytes())
-            .map_err(|e| Error::socket("subscribe ACK listener", e))?;
-        let mut ack_monitor = Monitor::attach(
+        let (acks, mut ack_monitor) = Monitor::open(
             &context,
-            &acks,
-            "ACK listener",
             tuning,
+            Role::Subscriber(std::slice::from_ref(&setup.ack_topic)),
+            "ACK listener",
             CONNECT_GRACE,
-            link_counters.clone(),
+            &link_counters,
         )?;
         ack_monitor.connect(&acks, &setup.ack_endpoints)?;
 

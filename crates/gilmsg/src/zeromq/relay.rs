@@ -26,7 +26,7 @@ use gilmsg_config::Config;
 use tokio::sync::oneshot;
 
 use super::actor::{self, Actor, Mailbox, PollSet, PollSlot, Ready};
-use super::monitor::{Monitor, Subscriptions};
+use super::monitor::{Monitor, Role, Subscriptions};
 use super::socket::SocketTuning;
 use crate::error::{Error, Result};
 use crate::stats::{Record, RelayCounters, Stats};
@@ -168,31 +168,28 @@ impl Forwarder {
         counters: Arc<RelayCounters>,
     ) -> Result<(Self, Bound)> {
         let context = zmq::Context::new();
-        let sub = tuning.subscriber(&context, "relay inbound")?;
-        sub.set_subscribe(b"")
-            .map_err(|e| Error::socket("subscribe relay inbound", e))?;
-        let mut inbound_monitor = Monitor::attach(
+        let everything = [String::new()];
+        let (sub, mut inbound_monitor) = Monitor::open(
             &context,
-            &sub,
-            "relay inbound",
             tuning,
+            Role::Subscriber(&everything),
+            "relay inbound",
             Duration::ZERO,
-            counters.link.clone(),
+            &counters.link,
         )?;
         let bound_in = inbound_monitor.bind(&sub, inbound)?;
-        let xpub = tuning.publisher(&context, "relay outbound")?;
+        let (xpub, mut outbound_monitor) = Monitor::open(
+            &context,
+            tuning,
+            Role::Publisher,
+            "relay outbound",
+            Duration::ZERO,
+            &counters.link,
+        )?;
         // Verbose: every subscription is seen at once, so a new consumer is
         // registered before the next message is forwarded.
         xpub.set_xpub_verbose(true)
             .map_err(|e| Error::socket("set xpub_verbose", e))?;
-        let mut outbound_monitor = Monitor::attach(
-            &context,
-            &xpub,
-            "relay outbound",
-            tuning,
-            Duration::ZERO,
-            counters.link.clone(),
-        )?;
         let bound_out = outbound_monitor.bind(&xpub, outbound)?;
         let forwarder = Forwarder {
             inbound: sub,
