@@ -20,7 +20,7 @@
 //!    gilmsg bus it is the most common message, and nobody ACKs an ACK).
 //! 2. The message is decoded (by the transport's decoder; ZeroMQ's is
 //!    [`Envelope::decode`]); its canonical signed part is computed once
-//!    ([`SignedPart`]), which also refuses number text the signature does
+//!    ([`SignedPart`](crate::SignedPart)), which also refuses number text the signature does
 //!    not cover as written.
 //! 3. A copy of a message already remembered (same digest of the signed part
 //!    *and* the same certificate text, whitespace aside) is settled before
