@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::common::{self, Failure, EXIT_BUS};
 use crate::procs::{field, Proc};
+use crate::roles;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -76,32 +77,16 @@ pub struct Args {
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
 pub fn main() -> std::process::ExitCode {
-    let role = std::env::args().nth(1);
-    let rest = || {
-        std::env::args_os()
-            .take(1)
-            .chain(std::env::args_os().skip(2))
-    };
-    match role.as_deref() {
-        Some("__consumer") => {
-            let args = crate::consumer::Args::parse_from(rest());
-            common::report("gilmsg-consumer", crate::consumer::run(args))
-        }
-        Some("__relay") => {
-            let args = crate::relay::Args::parse_from(rest());
-            common::report("gilmsg-relay", crate::relay::run(args))
-        }
-        Some("__echo") => common::report(
-            "gilmsg-bench echo",
-            echo(
-                rest()
-                    .skip(1)
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .collect(),
-            ),
-        ),
-        _ => common::report("gilmsg-bench", run(Args::parse())),
+    if let Some(status) = roles::dispatch_reexec() {
+        return status;
     }
+    common::init_logging();
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|role| role == "__echo") {
+        let words = argv.map(|s| s.to_string_lossy().into_owned()).collect();
+        return common::report("gilmsg-bench echo", echo(words));
+    }
+    common::report("gilmsg-bench", run(Args::parse()))
 }
 
 fn fail(message: impl Into<String>) -> Failure {
@@ -496,24 +481,13 @@ impl DirectBus {
             .certname("bench-pub")
             .active(false)
             .build()?;
-        let mut consumers = Vec::new();
+        let mut planned = Vec::new();
         for i in 0..k {
             let name = format!("consumer-{i}");
             let path = write(&name)?;
-            let mut cmd = Command::new(exe);
-            cmd.arg("__consumer").arg("--config").arg(&path).args([
-                "--certname",
-                &name,
-                "--quiet",
-                "--topic",
-                "org.gilmsg.bench.dev.bench.",
-            ]);
-            consumers.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
+            planned.push((name.clone(), name, path, DIRECT_CONSUMER_ARGS));
         }
-        for c in &consumers {
-            c.wait_stderr("gilmsg-consumer: ready", READY)
-                .map_err(fail)?;
-        }
+        let consumers = start_consumers(planned, exe)?;
         Ok(DirectBus { bus, consumers })
     }
 
@@ -595,18 +569,42 @@ impl DirectBus {
     }
 }
 
-/// Relay topology for the one-shot logger: relay + 3 consumers (ACKs via the relay).
+/// How the direct topology's consumers run: no output, the bench's topics.
+const DIRECT_CONSUMER_ARGS: &[&str] = &["--quiet", "--topic", "org.gilmsg.bench.dev.bench."];
+/// Consumers that only ACK: printing would measure the terminal.
+pub(crate) const QUIET: &[&str] = &["--quiet"];
+
+/// Starts consumers `(process name, certname, config, extra args)` as
+/// roles of `exe`, all at once, then waits for each to be ready.
+pub(crate) fn start_consumers<'a>(
+    planned: impl IntoIterator<Item = (String, String, PathBuf, &'a [&'a str])>,
+    exe: &Path,
+) -> Result<Vec<Proc>, Failure> {
+    let consumers = planned
+        .into_iter()
+        .map(|(name, certname, config, args)| {
+            roles::spawn_consumer(&name, exe, &config, &certname, args)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    for consumer in &consumers {
+        roles::wait_consumer_ready(consumer, READY).map_err(fail)?;
+    }
+    Ok(consumers)
+}
+
+/// Relay topology for the one-shot logger: a relay and `consumers` quiet
+/// consumers (ACKs via the relay).
 fn relay_bus(
     exe: &Path,
     dir: &Path,
     consumers: usize,
-    quiet: bool,
 ) -> Result<(Proc, Vec<Proc>, PathBuf), Failure> {
-    let crate::procs::LoopbackRelay {
+    let roles::LoopbackRelay {
         proc: relay,
         inbound,
         outbound,
-    } = crate::procs::spawn_relay_role("relay", exe, READY).map_err(fail)?;
+    } = roles::spawn_relay("relay", exe, READY).map_err(fail)?;
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,
@@ -615,23 +613,13 @@ fn relay_bus(
         ),
     )
     .map_err(|e| fail(e.to_string()))?;
-    let mut procs = Vec::new();
-    for i in 0..consumers {
-        let name = format!("consumer-{i}");
-        let mut cmd = Command::new(exe);
-        cmd.arg("__consumer")
-            .arg("--config")
-            .arg(&config)
-            .args(["--certname", &name]);
-        if quiet {
-            cmd.arg("--quiet");
-        }
-        procs.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
-    }
-    for p in &procs {
-        p.wait_stderr("gilmsg-consumer: ready", READY)
-            .map_err(fail)?;
-    }
+    let procs = start_consumers(
+        (0..consumers).map(|i| {
+            let name = format!("consumer-{i}");
+            (name.clone(), name, config.clone(), QUIET)
+        }),
+        exe,
+    )?;
     Ok((relay, procs, config))
 }
 
@@ -643,7 +631,7 @@ fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
     let Some(logger) = logger else {
         return Ok(json!({"status": "skipped: gilmsg-logger is not built next to gilmsg-bench"}));
     };
-    let (_relay, _consumers, config) = relay_bus(exe, dir, 3, true)?;
+    let (_relay, _consumers, config) = relay_bus(exe, dir, 3)?;
     let mut out = serde_json::Map::new();
     for k in [1usize, 3] {
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();

@@ -427,11 +427,11 @@ fn toml_str(path: &Path) -> String {
 
 impl AnchorBus {
     fn start(exe: &Path, dir: &Path, pki: &Path) -> Result<AnchorBus, Failure> {
-        let crate::procs::LoopbackRelay {
+        let crate::roles::LoopbackRelay {
             proc: relay,
             inbound,
             outbound,
-        } = crate::procs::spawn_relay_role("python-anchor relay", exe, READY).map_err(fail)?;
+        } = crate::roles::spawn_relay("python-anchor relay", exe, READY).map_err(fail)?;
 
         // Our side.
         let toml = dir.join("gilmsg.toml");
@@ -471,23 +471,18 @@ config = dict(
         fs::create_dir_all(dir.join("fedmsg.d")).map_err(|e| fail(e.to_string()))?;
         fs::write(dir.join("fedmsg.d/bench.py"), fedmsg_d).map_err(|e| fail(e.to_string()))?;
 
-        let mut consumers = Vec::new();
-        for i in 0..CONSUMERS {
-            let name = format!("consumer-{i}");
-            let mut cmd = Command::new(exe);
-            cmd.arg("__consumer")
-                .arg("--config")
-                .arg(&toml)
-                .args(["--certname", &name, "--quiet"]);
-            consumers.push(
-                Proc::spawn(format!("python-anchor {name}"), cmd)
-                    .map_err(|e| fail(e.to_string()))?,
-            );
-        }
-        for c in &consumers {
-            c.wait_stderr("gilmsg-consumer: ready", READY)
-                .map_err(fail)?;
-        }
+        let consumers = crate::bench::start_consumers(
+            (0..CONSUMERS).map(|i| {
+                let name = format!("consumer-{i}");
+                (
+                    format!("python-anchor {name}"),
+                    name,
+                    toml.clone(),
+                    crate::bench::QUIET,
+                )
+            }),
+            exe,
+        )?;
         Ok(AnchorBus {
             dir: dir.to_path_buf(),
             toml,

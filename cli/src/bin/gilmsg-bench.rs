@@ -1,6 +1,7 @@
 //! `gilmsg-bench`: see [`gilmsg_cli::bench`].
 
+#![forbid(unsafe_code)]
+
 fn main() -> std::process::ExitCode {
-    gilmsg_cli::common::init_logging();
     gilmsg_cli::bench::main()
 }
