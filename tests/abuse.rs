@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use gilmsg_proto::ack::AckBody;
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{forge, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -160,7 +161,11 @@ fn a_flood_of_garbage_with_the_default_high_water_mark_stays_bounded() {
 fn garbage_flood(extra_toml: &'static str) {
     let frames = env_u64("GILMSG_ABUSE_FRAMES", 100_000);
     within_async(LIMIT, move || async move {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX}\n{extra_toml}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX}\n{extra_toml}"),
+        );
         let consumer = bus.consumer("c1", &[]);
         let pid = consumer_pid(&bus, "c1");
         let publisher = bus.publisher();
@@ -364,7 +369,11 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
     const FLOOD: u64 = 3000;
     const PUBLISHES: u64 = 150;
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1", "flooder"], &format!("dedupe_capacity = {DEDUPE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1", "flooder"],
+            &format!("dedupe_capacity = {DEDUPE}"),
+        );
         let log = bus.dir().join("handled.log");
         let exec = format!("echo \"$GILMSG_MSG_ID\" >> '{}'; sleep 0.01", log.display());
         let consumer = bus.consumer("c1", &["--exec", &exec, "--queue", "4"]);
@@ -464,7 +473,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
 fn timed_out_publishes_leave_nothing_in_flight() {
     const WAVE: usize = 2000;
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["nobody"]);
+        let bus = Bus::start(bins!(), &["nobody"]);
         let publisher = bus.publisher();
         let mut rss = Vec::new();
         let mut ids = Vec::new();

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use gilmsg_crypto::{pki, Identity};
 use gilmsg_proto::ack::{digest_of_signed_part, AckBody};
 use gilmsg_proto::Envelope;
-use gilmsg_tests::raw::FakeRecipient;
-use gilmsg_tests::{forge, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::FakeRecipient;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -43,7 +44,7 @@ async fn answer_publisher_with(
     publisher: impl FnOnce(&Bus) -> gilmsg::Bus,
     reply: impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>>,
 ) -> Outcome {
-    let bus = Bus::start(&["rcpt", "intruder"]);
+    let bus = Bus::start(bins!(), &["rcpt", "intruder"]);
     setup(&bus);
     let topic = bus.topic("forged");
     let fake = FakeRecipient::connect(&bus, &topic);
@@ -152,8 +153,8 @@ fn strict_publisher(by_config: bool) -> impl FnOnce(&Bus) -> gilmsg::Bus {
         let mut config = bus.config();
         config.require_ack_digest = by_config;
         gilmsg::Bus::builder(&config)
-            .modname(gilmsg_tests::MODNAME)
-            .certname(gilmsg_tests::PUBLISHER)
+            .modname(gilmsg_testkit::MODNAME)
+            .certname(gilmsg_testkit::PUBLISHER)
             .active(true)
             .require_ack_digest(true)
             .build()

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use adversary::injector::{Arsenal, Injector, Kind, Tally};
 use gilmsg_crypto::{pki, Identity};
 use gilmsg_proto::Signer;
-use gilmsg_tests::raw::FakeRecipient;
-use gilmsg_tests::{within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::FakeRecipient;
+use gilmsg_testkit::{within_async, Bus};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -73,7 +74,7 @@ fn forged_acks_never_complete_a_publish() {
     let publishes = env_u64("GILMSG_ADVERSARY_PUBLISHES", 10_000);
     let seed = env_u64("GILMSG_ADVERSARY_SEED", 0x5eed_9111_2026);
     within_async(LIMIT, move || async move {
-        let bus = Bus::start(&["r1", "r2", "ghost", "intruder", "mallory"]);
+        let bus = Bus::start(bins!(), &["r1", "r2", "ghost", "intruder", "mallory"]);
         let other = bus.dir().join("other-pki");
         pki::init(
             &other,

@@ -10,9 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::field;
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::{parse_stats, within, Bus, READY_TIMEOUT};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::field;
+use gilmsg_testkit::{parse_stats, within, Bus, READY_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -79,8 +79,8 @@ ack_timeout = "10s"
 billing = "ipc://billing.sock"
 ledger = "ipc://ledger.sock"
 "#,
-        prefix = gilmsg_tests::TOPIC_PREFIX,
-        env = gilmsg_tests::ENVIRONMENT,
+        prefix = gilmsg_testkit::TOPIC_PREFIX,
+        env = gilmsg_testkit::ENVIRONMENT,
         ssldir = utf8(&bus.ssldir),
     );
     std::fs::write(&path, text).expect("write direct config");
@@ -94,9 +94,9 @@ ledger = "ipc://ledger.sock"
 #[test]
 fn direct_topology_with_a_long_lived_logger() {
     within(LIMIT, || {
-        let bus = Bus::start(&["billing", "ledger"]);
+        let bus = Bus::start(bins!(), &["billing", "ledger"]);
         let config = write_direct_config(&bus);
-        let mut logger = Command::new(bin("gilmsg-logger"));
+        let mut logger = Command::new(bins!().logger);
         logger
             .args([
                 "--config",
@@ -122,7 +122,7 @@ fn direct_topology_with_a_long_lived_logger() {
             .proc()
             .wait_stderr("publishing on ipc://", READY_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
+        let mut consumer = Command::new(bins!().consumer);
         consumer
             .args([
                 "--config",
@@ -180,6 +180,7 @@ fn direct_topology_with_a_long_lived_logger() {
 fn cert_prefix_comes_from_the_config_unless_the_flag_is_given() {
     within(LIMIT, || {
         let bus = Bus::start_with(
+            bins!(),
             &["a", "billing.box", "other.box"],
             "cert_prefix = \"billing\"\nhostname = \"box\"",
         );
@@ -230,7 +231,7 @@ fn cert_prefix_comes_from_the_config_unless_the_flag_is_given() {
 #[test]
 fn keep_going_publishes_every_line_and_exits_with_the_worst_status() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a", "offline"]);
+        let bus = Bus::start(bins!(), &["a", "offline"]);
         let a = bus.consumer("a", &["--no-ack"]);
         let config = utf8(&bus.config_path);
         let args = [
@@ -307,7 +308,7 @@ fn keep_going_publishes_every_line_and_exits_with_the_worst_status() {
 #[test]
 fn no_subscriber_is_exit_3_either_way_with_the_real_elapsed_time() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("nobody.toml");
         std::fs::write(
             &path,
@@ -367,8 +368,8 @@ fn log_lines(stderr: &str) -> impl Iterator<Item = &str> {
 #[test]
 fn logs_say_what_happens_in_text_or_json() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
+        let bus = Bus::start(bins!(), &["a"]);
+        let mut consumer = Command::new(bins!().consumer);
         consumer
             .args([
                 "--config",
@@ -472,7 +473,7 @@ fn logs_say_what_happens_in_text_or_json() {
 #[test]
 fn relative_ipc_paths_resolve_against_the_config_file() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let confdir = bus.dir().join("etc");
         let elsewhere = bus.dir().join("elsewhere");
         std::fs::create_dir_all(&confdir).expect("mkdir");
@@ -482,13 +483,13 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             &path,
             format!(
                 "topic_prefix = \"{}\"\nenvironment = \"{}\"\nssldir = {:?}\nactive = true\nrelay_inbound = \"ipc://in.sock\"\n[endpoints]\nrelay_outbound = \"ipc://out.sock\"\n",
-                gilmsg_tests::TOPIC_PREFIX,
-                gilmsg_tests::ENVIRONMENT,
+                gilmsg_testkit::TOPIC_PREFIX,
+                gilmsg_testkit::ENVIRONMENT,
                 utf8(&bus.ssldir)
             ),
         )
         .expect("write config");
-        let mut relay = Command::new(bin("gilmsg-relay"));
+        let mut relay = Command::new(bins!().relay);
         relay
             .args(["--config", utf8(&path)])
             .current_dir(&elsewhere);
@@ -502,7 +503,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
         assert!(confdir.join("in.sock").exists() && confdir.join("out.sock").exists());
         assert!(!elsewhere.join("in.sock").exists());
 
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
+        let mut consumer = Command::new(bins!().consumer);
         consumer
             .args(["--config", utf8(&path), "--certname", "a", "--json"])
             .current_dir(bus.dir())
@@ -512,7 +513,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             .proc()
             .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut logger = Command::new(bin("gilmsg-logger"));
+        let mut logger = Command::new(bins!().logger);
         logger
             .args([
                 "--config",
@@ -547,7 +548,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
 #[test]
 fn stats_lines_and_number_wording() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a", "b"]);
+        let bus = Bus::start(bins!(), &["a", "b"]);
         let idle = bus.consumer("b", &["--topic", "org.nothing."]);
         let stats_line = idle
             .stop_and_stderr()
@@ -556,7 +557,7 @@ fn stats_lines_and_number_wording() {
             .expect("a final stats line");
         assert!(!stats_line.ends_with(' '), "{stats_line:?}");
 
-        let mut counted = Command::new(bin("gilmsg-consumer"));
+        let mut counted = Command::new(bins!().consumer);
         counted
             .args([
                 "--config",
@@ -640,11 +641,11 @@ fn stats_lines_and_number_wording() {
 #[test]
 fn signals_before_ready_are_handled() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("never-ready.toml");
         // An endpoint nobody binds: the consumer waits for it.
         bus.write_config(&path, "", "\"ipc://nobody-binds-this.sock\"");
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
+        let mut consumer = Command::new(bins!().consumer);
         consumer
             .args(["--config", utf8(&path), "--certname", "a", "--json"])
             .env("GILMSG_LOG", "info")
@@ -685,11 +686,11 @@ fn signals_before_ready_are_handled() {
 
 /// Starts a consumer whose handler records its pid and then sleeps 30 s,
 /// sends it one message, and returns it with the handler's pid.
-fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_tests::Running, i32) {
+fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_testkit::Running, i32) {
     let pidfile = bus.dir().join(format!("handler-{}.pid", extra.len()));
     let _ = std::fs::remove_file(&pidfile);
     let handler = format!("echo $$ > {}; exec sleep 30", utf8(&pidfile));
-    let mut consumer = Command::new(bin("gilmsg-consumer"));
+    let mut consumer = Command::new(bins!().consumer);
     consumer
         .args([
             "--config",
@@ -733,7 +734,7 @@ fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_tests:
 #[test]
 fn sigterm_during_a_handler_follows_the_stop_sequence() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let (mut consumer, pid) =
             consumer_with_a_sleeping_handler(&bus, &["--stop-grace", "300ms"]);
         let started = Instant::now();
@@ -795,7 +796,7 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
 #[test]
 fn handler_dies_with_a_killed_consumer() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let (mut consumer, pid) = consumer_with_a_sleeping_handler(&bus, &[]);
         consumer.proc_mut().kill();
         assert!(
@@ -810,7 +811,7 @@ fn handler_dies_with_a_killed_consumer() {
 #[test]
 fn misspelt_config_keys_are_named() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("typos.toml");
         bus.write_config(
             &path,
@@ -867,7 +868,7 @@ fn misspelt_config_keys_are_named() {
 #[test]
 fn relay_flags_are_checked_like_the_config() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let run = |args: &[&str]| bus.run_with_env("gilmsg-relay", args, "", &[], RUN);
         let out = run(&[
             "--inbound",
@@ -911,7 +912,7 @@ fn relay_flags_are_checked_like_the_config() {
 #[test]
 fn python_logger_flags_are_accepted_and_honoured() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &["--topic-prefix", "org.other"]);
         let config = utf8(&bus.config_path);
         let fedmsg_flags = [

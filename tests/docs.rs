@@ -54,7 +54,7 @@ const DOCUMENT_LIMIT: Duration = Duration::from_secs(120);
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("cli/ has a parent")
         .to_path_buf()
 }
 
@@ -284,13 +284,9 @@ fn run_document(relative: &str) {
     let script_path = work.path().join("doc-test.sh");
     std::fs::write(&script_path, &text).expect("write script");
 
-    let bins = gilmsg_tests::bins::bin("gilmsg-relay")
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
     let path = format!(
         "{}:{}",
-        bins.display(),
+        gilmsg_testkit::bins!().dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut child = Command::new("bash")

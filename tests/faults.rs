@@ -142,7 +142,7 @@ fn main() {
         let t0 = Instant::now();
         let run = s.run;
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            gilmsg_tests::within(LIMIT, run);
+            gilmsg_testkit::within(LIMIT, run);
         }));
         // After an overrun the body thread may still hold its namespaces.
         net::cleanup(&format!("gm{}-{}-", std::process::id(), short(s.name)));

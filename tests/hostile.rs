@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{forge, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -52,7 +53,7 @@ async fn publish_to_all(bus: &Bus, publisher: &gilmsg::Bus, n: u64) -> gilmsg::R
 #[test]
 fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -186,7 +187,7 @@ async fn publish_quickly(publisher: &gilmsg::Bus, recipients: &[&str]) -> gilmsg
 #[test]
 fn a_message_above_the_socket_hard_limit_does_not_cut_off_consumers() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -203,7 +204,7 @@ fn a_message_above_the_socket_hard_limit_does_not_cut_off_consumers() {
 #[test]
 fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_publisher() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let _consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -216,7 +217,7 @@ fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_pu
 #[test]
 fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reason() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let consumer = bus.consumer_with("c1", &bus.config_path, "debug", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let signer = bus.identity("publisher");

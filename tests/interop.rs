@@ -16,7 +16,8 @@ mod support;
 
 use std::time::Duration;
 
-use gilmsg_tests::guard::within;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::guard::within;
 use serde_json::{json, Value};
 use support::*;
 
@@ -29,7 +30,7 @@ const TOOL: Duration = Duration::from_secs(30);
 /// with `--json`) prints one: proves the relay path is up and the consumer
 /// subscribed before a Python publisher that sends only once is used.
 /// Returns the consumer's JSON line for the probe that arrived.
-fn probe_rust_consumer(world: &World, consumer: &gilmsg_cli::procs::Proc) -> Value {
+fn probe_rust_consumer(world: &World, consumer: &gilmsg_testkit::Proc) -> Value {
     for attempt in 1..=8 {
         let text = format!("probe-{attempt}");
         let out = world.python_tool("fedmsg-logger", &["--message", &text], TOOL);
@@ -54,7 +55,7 @@ fn probe_rust_consumer(world: &World, consumer: &gilmsg_cli::procs::Proc) -> Val
 
 /// Publishes probes with gilmsg-logger (no recipients) until the Python
 /// `tail` prints one; fedmsg.tail_messages connects asynchronously.
-fn probe_python_tail(world: &World, tail: &gilmsg_cli::procs::Proc) {
+fn probe_python_tail(world: &World, tail: &gilmsg_testkit::Proc) {
     for attempt in 1..=20 {
         let text = format!("probe-{attempt}");
         let out = world.rust_logger(&["--certname", "rust-pub", "--message", &text], None, None);
@@ -454,7 +455,7 @@ fn fedmsg_config_json_drives_the_rust_side() {
         // (cert_prefix "shell") signs as the Python loggers do.
         assert_eq!(config.certname("logger"), "py-shell");
 
-        let mut relay_cmd = std::process::Command::new(gilmsg_tests::bins::bin("gilmsg-relay"));
+        let mut relay_cmd = std::process::Command::new(bins!().relay);
         relay_cmd.arg("--config").arg(&json_path);
         let relay = spawn("gilmsg-relay", relay_cmd);
         let line = relay

@@ -12,8 +12,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{within, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{within, within_async, Bus};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -115,7 +116,7 @@ impl Drop for TamperingRelay {
 #[test]
 fn a_relayed_body_with_a_rewritten_number_is_refused_and_never_acked() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["rcpt"]);
+        let bus = Bus::start(bins!(), &["rcpt"]);
         let tamper = TamperingRelay::start(&bus);
         // The consumer hears the bus only through the tampering relay; its
         // ACKs go back through the bus relay as usual.
@@ -184,7 +185,7 @@ fn logger_args(bus: &Bus) -> Vec<&str> {
 #[test]
 fn the_publisher_refuses_a_number_it_would_sign_as_another_and_normalises_exact_ones() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
 
         let mut args = logger_args(&bus);

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use gilmsg_crypto::{pki, Identity, Signer as _, TrustStore, Verifier as _};
 use gilmsg_proto::VerifyError;
-use gilmsg_tests::fixture::run_tool;
-use gilmsg_tests::{bins, guard, within, ToolOutput};
+use gilmsg_testkit::fixture::run_tool;
+use gilmsg_testkit::{bins, guard, within, ToolOutput};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// One gilmsg-pki or openssl run (well under a second in practice).
@@ -39,7 +39,7 @@ impl Scratch {
     fn run(&self, args: &[&str]) -> ToolOutput {
         let mut full = vec!["--ssldir", self.pki.to_str().expect("utf-8 path")];
         full.extend(args);
-        run_tool(&bins::bin("gilmsg-pki"), &full, "", RUN, &guard::current())
+        run_tool(bins!().pki, &full, "", RUN, &guard::current())
     }
 
     /// Runs and asserts exit 0 with nothing on stderr; returns stdout.

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::{field, Proc};
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::guard::{self, Registry};
-use gilmsg_tests::raw::{RawPub, RawSub};
-use gilmsg_tests::{
+use gilmsg_testkit::bins;
+use gilmsg_testkit::guard::{self, Registry};
+use gilmsg_testkit::raw::{RawPub, RawSub};
+use gilmsg_testkit::{field, Proc};
+use gilmsg_testkit::{
     parse_stats, within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT,
     TOPIC_PREFIX,
 };
@@ -95,7 +95,7 @@ impl Drop for Guarded {
 /// `gilmsg-consumer --config <config> --certname <name> <args>`, started and
 /// waited for (its ready line is returned).
 fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Guarded, String) {
-    let mut command = Command::new(bin("gilmsg-consumer"));
+    let mut command = Command::new(bins!().consumer);
     command
         .arg("--config")
         .arg(config)
@@ -113,7 +113,7 @@ fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Guarded, St
 
 /// A relay process bound where asked; returns it with its bound endpoints.
 fn relay(args: &[&str]) -> (Guarded, String, String) {
-    let mut command = Command::new(bin("gilmsg-relay"));
+    let mut command = Command::new(bins!().relay);
     command.args(args).env("GILMSG_LOG", "warn");
     let child = Guarded::spawn("relay", command);
     let line = child
@@ -286,7 +286,11 @@ impl RawZmtp {
 #[test]
 fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_small() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         let (c1, _) = consumer(&bus.config_path, "c1", &["--json"], "warn");
         let before = peak_memory(c1.pid());
         let (_context, flood) = flooder(&bus.inbound);
@@ -331,7 +335,11 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
 #[test]
 fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         let ack_endpoint = format!("ipc://{}", bus.dir().join("c1.sock").display());
         let config = write_config(
             &bus,
@@ -503,7 +511,11 @@ fn the_relay_counts_subscriptions_and_subscribers_and_bounds_them() {
 #[test]
 fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         // A hostile "publisher" endpoint the consumer connects to.
         let context = zmq::Context::new();
         let hostile = context.socket(zmq::XPUB).expect("xpub");
@@ -576,7 +588,7 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
 #[test]
 fn an_ack_timeout_of_duration_max_is_refused_and_the_handle_keeps_working() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let _c1 = bus.consumer("c1", &[]);
         let publisher = bus.publisher();
         for timeout in [Duration::MAX, gilmsg::MAX_TIMEOUT + Duration::from_secs(1)] {
@@ -600,7 +612,7 @@ fn an_ack_timeout_of_duration_max_is_refused_and_the_handle_keeps_working() {
 #[test]
 fn huge_durations_on_the_command_line_and_in_the_config_exit_2_with_a_clear_error() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let config = bus.config_path.display().to_string();
         let base = [
             "--config",
@@ -672,7 +684,7 @@ fn huge_durations_on_the_command_line_and_in_the_config_exit_2_with_a_clear_erro
 #[test]
 fn dropping_a_plain_send_cancels_it() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let endpoint = format!("ipc://{}", bus.dir().join("pub.sock").display());
         let mut config = bus.config();
         config.active = false;
@@ -731,7 +743,7 @@ fn dropping_a_plain_send_cancels_it() {
 #[test]
 fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles_messages() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let dead = dead_endpoint();
         let config = bus.dir().join("dead.toml");
         bus.write_config(&config, "", &format!("[{:?}, {dead:?}]", bus.outbound));
@@ -759,7 +771,7 @@ fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles
 #[test]
 fn an_unreachable_endpoint_does_not_hold_the_logger_at_exit() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let _c1 = bus.consumer("c1", &[]);
         let dead = bus.dir().join("dead.toml");
         bus.write_config(
@@ -812,7 +824,7 @@ fn relay_consumer_and_logger_work_over_ipv6_loopback() {
         return;
     }
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let (_relay, inbound, outbound) =
             relay(&["--inbound", "tcp://[::1]:*", "--outbound", "tcp://[::1]:*"]);
         assert!(
@@ -879,7 +891,7 @@ fn ipc_socket_files_are_removed_after_a_clean_exit() {
 fn direct_topology_publisher_binds_and_three_named_consumers_ack() {
     within_async(LIMIT, || async {
         let names = ["c1", "c2", "c3"];
-        let bus = Bus::start(&names);
+        let bus = Bus::start(bins!(), &names);
         let endpoint =
             |name: &str| format!("ipc://{}", bus.dir().join(format!("{name}.sock")).display());
         let mut config = gilmsg::Config::default();

@@ -32,7 +32,3 @@ pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod signals;
-
-pub mod bench;
-pub mod bench_python;
-pub mod rsa_pki;

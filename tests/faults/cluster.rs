@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::field;
 use gilmsg_crypto::pki;
-use gilmsg_tests::bins::bin;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::field;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -138,7 +138,7 @@ impl Cluster {
         let relay = self.net.spawn(
             &self.relay_host,
             "relay",
-            &bin("gilmsg-relay"),
+            bins!().relay,
             &["--inbound", &inbound, "--outbound", &outbound],
         );
         let line = relay
@@ -178,7 +178,7 @@ impl Cluster {
         let consumer = self.net.spawn(
             &host,
             name,
-            &bin("gilmsg-consumer"),
+            bins!().consumer,
             &["--config", &config, "--certname", name, "--exec", &exec],
         );
         let line = consumer
@@ -216,7 +216,7 @@ impl Cluster {
             .proc
             .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{e}"));
-        gilmsg_tests::parse_stats(&line)
+        gilmsg_testkit::parse_stats(&line)
     }
 
     /// The long-lived publisher on the `pub` host.
@@ -245,7 +245,7 @@ impl Cluster {
         let mut all = vec!["--config", config.as_str(), "--certname", "publisher"];
         all.extend_from_slice(args);
         self.net
-            .spawn(&self.pub_host, "logger", &bin("gilmsg-logger"), &all)
+            .spawn(&self.pub_host, "logger", bins!().logger, &all)
     }
 
     /// Where consumer `name`'s handler appends the msg_ids it accepted.

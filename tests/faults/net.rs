@@ -24,8 +24,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use gilmsg_cli::procs::Proc;
-use gilmsg_tests::guard::{self, Registry};
+use gilmsg_testkit::guard::{self, Registry};
+use gilmsg_testkit::Proc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

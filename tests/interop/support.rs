@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::Proc;
-use gilmsg_cli::rsa_pki::RsaPki;
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::guard;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::guard;
+use gilmsg_testkit::python::{self, FedmsgD};
+use gilmsg_testkit::rsa_pki::RsaPki;
+use gilmsg_testkit::Proc;
 use serde_json::Value;
 
 /// The environment variable naming the venv made by `scripts/python-peers.sh`.
@@ -57,7 +58,7 @@ pub fn peers(test: &str) -> Option<Peers> {
         "{PEERS_VAR}={} has no bin/python: run scripts/python-peers.sh",
         venv.display()
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/peers.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/peers.py");
     Some(Peers {
         venv,
         python,
@@ -151,7 +152,6 @@ impl World {
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_path_buf();
-        fs::create_dir_all(dir.join("home")).unwrap();
         let pki = Pki::make(&dir.join("pki"), IDENTITIES);
         let inbound = format!("tcp://127.0.0.1:{}", free_port());
         let outbound = format!("tcp://127.0.0.1:{}", free_port());
@@ -177,36 +177,20 @@ impl World {
     }
 
     fn write_configs(&self) {
-        let pki = self.pki.dir().display().to_string();
-        let names: Vec<String> = IDENTITIES.iter().map(|n| format!("{n:?}")).collect();
-        let fedmsg_d = format!(
-            r#"# Written by tests/interop.rs: the Python peers' configuration.
-import socket as _socket
-_H = _socket.gethostname().split('.')[0]
-_PKI = {pki:?}
-_NAMES = [{names}]
-config = dict(
-    topic_prefix={PREFIX:?},
-    environment={ENV:?},
-    zmq_enabled=True,
-    endpoints={{'relay_outbound': [{out:?}]}},
-    relay_inbound=[{inb:?}],
-    sign_messages=True,
-    validate_signatures=True,
-    ssldir=_PKI,
-    ca_cert_location=_PKI + '/ca.crt',
-    crl_location=_PKI + '/crl.pem',
-    certnames=dict([('shell.' + _H, 'py-shell')] + [(n + '.' + _H, n) for n in _NAMES]),
-    post_init_sleep=0.2,
-    zmq_linger=2000,
-)
-"#,
-            names = names.join(", "),
-            out = self.outbound,
-            inb = self.inbound,
-        );
-        fs::create_dir_all(self.dir.join("fedmsg.d")).unwrap();
-        fs::write(self.dir.join("fedmsg.d/test.py"), fedmsg_d).unwrap();
+        let mut certnames = vec![("shell", "py-shell")];
+        certnames.extend(IDENTITIES.iter().map(|n| (*n, *n)));
+        FedmsgD {
+            written_by: "tests/interop.rs: the Python peers' configuration",
+            pki: self.pki.dir(),
+            topic_prefix: PREFIX,
+            environment: ENV,
+            inbound: &self.inbound,
+            outbound: &self.outbound,
+            certnames: &certnames,
+            extra: &[("post_init_sleep", "0.2"), ("zmq_linger", "2000")],
+        }
+        .write(&self.dir, "test.py")
+        .unwrap();
 
         let mut config = gilmsg_config::Config::default();
         config.topic_prefix = PREFIX.into();
@@ -225,16 +209,10 @@ config = dict(
     }
 
     fn python_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.peers.python);
+        let mut cmd = python::command(&self.peers.python, &self.dir);
         cmd.arg(&self.peers.script)
             .args(args)
-            .current_dir(&self.dir)
-            // ~/.fedmsg.d and ~/.fedmsg-config.py must not leak in.
-            .env("HOME", self.dir.join("home"))
-            .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("VIRTUAL_ENV")
-            .env_remove("PYTHONPATH")
             .stdin(Stdio::null());
         cmd
     }
@@ -259,7 +237,7 @@ config = dict(
 
     /// Starts gilmsg-relay on ephemeral ports and points the configs at it.
     pub fn gilmsg_relay(&mut self) -> Proc {
-        let mut cmd = Command::new(bin("gilmsg-relay"));
+        let mut cmd = Command::new(bins!().relay);
         cmd.args([
             "--inbound",
             "tcp://127.0.0.1:*",
@@ -279,7 +257,7 @@ config = dict(
     /// Starts gilmsg-consumer (JSON lines on stdout) signing ACKs as
     /// `certname`, with the TOML config (or `config`), and waits for ready.
     pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin("gilmsg-consumer"));
+        let mut cmd = Command::new(bins!().consumer);
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
             .args(["--certname", certname, "--json"])
@@ -328,7 +306,7 @@ config = dict(
         config: Option<&Path>,
         input: Option<&str>,
     ) -> Outcome {
-        let mut cmd = Command::new(bin("gilmsg-logger"));
+        let mut cmd = Command::new(bins!().logger);
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
             .args(args);
@@ -412,7 +390,7 @@ pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
 
 /// `key=value` out of a ready/stats line.
 pub fn field(line: &str, key: &str) -> Option<String> {
-    gilmsg_cli::procs::field(line, key).map(str::to_owned)
+    gilmsg_testkit::field(line, key).map(str::to_owned)
 }
 
 /// Reads stdout lines until one starting with `prefix` (after `peers: got `

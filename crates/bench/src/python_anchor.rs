@@ -39,8 +39,10 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::Proc;
+use gilmsg_cli::common::{self, Failure, EXIT_BUS};
+use gilmsg_cli::procs::Proc;
+use gilmsg_testkit::python::{self, FedmsgD};
+use gilmsg_testkit::rsa_pki::RsaPki;
 
 const READY: Duration = Duration::from_secs(30);
 /// Bound of one one-shot run (Python start-up plus 3 × post_init_sleep is ~2 s).
@@ -128,7 +130,7 @@ pub fn anchor(
     let mut names = vec![PY_PUBLISHER.to_string(), RUST_PUBLISHER.to_string()];
     names.extend((0..CONSUMERS).map(|i| format!("consumer-{i}")));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    crate::rsa_pki::RsaPki::make(&pki, "gilmsg-bench-python-anchor-ca", &names).map_err(fail)?;
+    RsaPki::make(&pki, "gilmsg-bench-python-anchor-ca", &names).map_err(fail)?;
     if let Err(e) = gilmsg_crypto::Identity::load(&pki, "consumer-0") {
         let text = e.to_string();
         if text.contains("fedmsg-x509") {
@@ -415,7 +417,6 @@ fn one_shot_series(
 struct AnchorBus {
     dir: PathBuf,
     toml: PathBuf,
-    home: PathBuf,
     // Dropped (killed by PID) with the bus; consumers first.
     _consumers: Vec<Proc>,
     _relay: Proc,
@@ -427,11 +428,11 @@ fn toml_str(path: &Path) -> String {
 
 impl AnchorBus {
     fn start(exe: &Path, dir: &Path, pki: &Path) -> Result<AnchorBus, Failure> {
-        let crate::roles::LoopbackRelay {
+        let gilmsg_cli::roles::LoopbackRelay {
             proc: relay,
             inbound,
             outbound,
-        } = crate::roles::spawn_relay("python-anchor relay", exe, READY).map_err(fail)?;
+        } = gilmsg_cli::roles::spawn_relay("python-anchor relay", exe, READY).map_err(fail)?;
 
         // Our side.
         let toml = dir.join("gilmsg.toml");
@@ -447,38 +448,27 @@ impl AnchorBus {
 
         // The Python side: fedmsg's legacy loader reads ./fedmsg.d/*.py.
         // post_init_sleep is deliberately left at fedmsg's default (0.5 s).
-        let fedmsg_d = format!(
-            r#"# Written by gilmsg-bench (the Python anchor).
-import socket as _socket
-_H = _socket.gethostname().split('.')[0]
-_PKI = {pki:?}
-config = dict(
-    topic_prefix={PREFIX:?},
-    environment={ENV:?},
-    zmq_enabled=True,
-    endpoints={{'relay_outbound': [{outbound:?}]}},
-    relay_inbound=[{inbound:?}],
-    sign_messages=True,
-    validate_signatures=True,
-    ssldir=_PKI,
-    ca_cert_location=_PKI + '/ca.crt',
-    crl_location=_PKI + '/crl.pem',
-    certnames={{'shell.' + _H: {PY_PUBLISHER:?}}},
-)
-"#,
-            pki = pki.display().to_string(),
-        );
-        fs::create_dir_all(dir.join("fedmsg.d")).map_err(|e| fail(e.to_string()))?;
-        fs::write(dir.join("fedmsg.d/bench.py"), fedmsg_d).map_err(|e| fail(e.to_string()))?;
+        FedmsgD {
+            written_by: "gilmsg-bench (the Python anchor)",
+            pki,
+            topic_prefix: PREFIX,
+            environment: ENV,
+            inbound: &inbound,
+            outbound: &outbound,
+            certnames: &[("shell", PY_PUBLISHER)],
+            extra: &[],
+        }
+        .write(dir, "bench.py")
+        .map_err(|e| fail(e.to_string()))?;
 
-        let consumers = crate::bench::start_consumers(
+        let consumers = crate::start_consumers(
             (0..CONSUMERS).map(|i| {
                 let name = format!("consumer-{i}");
                 (
                     format!("python-anchor {name}"),
                     name,
                     toml.clone(),
-                    crate::bench::QUIET,
+                    crate::QUIET,
                 )
             }),
             exe,
@@ -486,7 +476,6 @@ config = dict(
         Ok(AnchorBus {
             dir: dir.to_path_buf(),
             toml,
-            home: dir.join("home"),
             _consumers: consumers,
             _relay: relay,
         })
@@ -495,13 +484,7 @@ config = dict(
     /// A Python command run in the fedmsg.d directory, with nothing of the
     /// user's fedmsg configuration (~/.fedmsg.d) leaking in.
     fn python_cmd(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.current_dir(&self.dir)
-            .env("HOME", &self.home)
-            .env("PYTHONUNBUFFERED", "1")
-            .env_remove("VIRTUAL_ENV")
-            .env_remove("PYTHONPATH");
-        cmd
+        python::command(program, &self.dir)
     }
 
     /// `count` publishes (after one warm-up) from one Python process.

@@ -1,7 +1,8 @@
 //! [`Bus`]: one throwaway bus: a PKI, a relay process, a config file.
 //!
-//! ```no_run
-//! let bus = gilmsg_tests::Bus::start(&["a", "b"]);
+//! ```ignore
+//! // In an integration test of gilmsg-cli (where `bins!` compiles):
+//! let bus = gilmsg_testkit::Bus::start(gilmsg_testkit::bins!(), &["a", "b"]);
 //! let consumers = bus.consumers(&["a", "b"], &[]);
 //! let publisher = bus.publisher();
 //! ```
@@ -12,13 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::{field, Proc};
 use gilmsg_crypto::{pki, Identity};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use crate::bins::bin;
 use crate::guard::{self, Registry};
+use crate::{field, Bins, Proc};
 use crate::{ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX};
 
 /// A child process registered with the test's guard.
@@ -60,6 +60,7 @@ pub struct Bus {
     pub outbound: String,
     relay: Child,
     registry: Registry,
+    bins: Bins,
 }
 
 impl std::fmt::Debug for Bus {
@@ -73,14 +74,15 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus with identities for [`PUBLISHER`] and each of `names`.
-    pub fn start(names: &[&str]) -> Bus {
-        Bus::start_with(names, "")
+    /// A bus with identities for [`PUBLISHER`] and each of `names`, whose
+    /// processes are the `bins` of this test run (`bins!()`).
+    pub fn start(bins: Bins, names: &[&str]) -> Bus {
+        Bus::start_with(bins, names, "")
     }
 
     /// Like [`Bus::start`], with extra top-level TOML lines in the config
     /// (e.g. `max_message_size = 4096`).
-    pub fn start_with(names: &[&str], extra_toml: &str) -> Bus {
+    pub fn start_with(bins: Bins, names: &[&str], extra_toml: &str) -> Bus {
         let registry = guard::current();
         let dir = tempfile::Builder::new()
             .prefix("gilmsg-test-")
@@ -100,7 +102,7 @@ impl Bus {
                 .unwrap_or_else(|e| panic!("issue {name}: {e}"));
         }
 
-        let mut command = Command::new(bin("gilmsg-relay"));
+        let mut command = Command::new(bins.relay);
         // Unlimited queues in the relay: tests that flood the bus count
         // every frame at the consumer, so the relay must not drop any.
         command.args([
@@ -129,6 +131,7 @@ impl Bus {
             outbound,
             relay,
             registry,
+            bins,
             dir,
         };
         bus.write_config(
@@ -137,6 +140,11 @@ impl Bus {
             &format!("[{:?}]", bus.outbound),
         );
         bus
+    }
+
+    /// The executables this bus runs.
+    pub fn bins(&self) -> Bins {
+        self.bins
     }
 
     /// The temporary directory holding everything of this bus.
@@ -254,7 +262,7 @@ relay_outbound = {outbound_value}
     }
 
     fn spawn_consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
-        let mut command = Command::new(bin("gilmsg-consumer"));
+        let mut command = Command::new(self.bins.consumer);
         command
             .arg("--config")
             .arg(config)
@@ -271,7 +279,7 @@ relay_outbound = {outbound_value}
 
     /// Runs `gilmsg-logger <args>` with `stdin`, bounded by `limit`.
     pub fn logger(&self, args: &[&str], stdin: &str, limit: Duration) -> ToolOutput {
-        run_tool(&bin("gilmsg-logger"), args, stdin, limit, &self.registry)
+        run_tool(self.bins.logger, args, stdin, limit, &self.registry)
     }
 
     /// Starts any command as a child of this bus's test: registered with
@@ -282,8 +290,9 @@ relay_outbound = {outbound_value}
         }
     }
 
-    /// Runs `program args` with `stdin` and extra environment variables,
-    /// bounded by `limit`.
+    /// Runs the tool `program` (e.g. `gilmsg-logger`, see [`Bins::get`])
+    /// with `args`, `stdin` and extra environment variables, bounded by
+    /// `limit`.
     pub fn run_with_env(
         &self,
         program: &str,
@@ -292,7 +301,14 @@ relay_outbound = {outbound_value}
         env: &[(&str, &str)],
         limit: Duration,
     ) -> ToolOutput {
-        run_tool_env(&bin(program), args, stdin, env, limit, &self.registry)
+        run_tool_env(
+            self.bins.get(program),
+            args,
+            stdin,
+            env,
+            limit,
+            &self.registry,
+        )
     }
 
     /// The relay's counters (SIGUSR1, then its stats line).

@@ -28,9 +28,11 @@ use gilmsg_crypto::{pki, Identity, TrustStore};
 use gilmsg_proto::{Signer, Verifier};
 use serde_json::{json, Value};
 
-use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::{field, Proc};
-use crate::roles;
+use gilmsg_cli::common::{self, Failure, EXIT_BUS};
+use gilmsg_cli::procs::{field, Proc};
+use gilmsg_cli::roles;
+
+mod python_anchor;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -41,7 +43,7 @@ const READY: Duration = Duration::from_secs(30);
     version,
     about = "Benchmark gilmsg on 127.0.0.1: floor, latency, throughput, one-shot CLI, memory."
 )]
-pub struct Args {
+struct Args {
     /// Smoke mode for CI: few samples, under a minute.
     #[arg(long)]
     pub short: bool,
@@ -76,7 +78,7 @@ pub struct Args {
 }
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
-pub fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     if let Some(status) = roles::dispatch_reexec() {
         return status;
     }
@@ -163,7 +165,7 @@ struct Report {
 }
 
 /// Runs the benchmark.
-pub fn run(args: Args) -> Result<(), Failure> {
+fn run(args: Args) -> Result<(), Failure> {
     let samples = args.samples.unwrap_or(if args.short { 200 } else { 2000 });
     let messages = args
         .messages
@@ -293,10 +295,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
             // Python runs take ~2 s each: 3 in short mode, at most 10 otherwise.
             let runs = if args.short { 3 } else { oneshot_runs.min(10) };
             let mut anchor =
-                crate::bench_python::anchor(&exe, work.path(), runs, &venv, args.short)
+                python_anchor::anchor(&exe, work.path(), runs, &venv, args.short)
                     .unwrap_or_else(|f| json!({"venv": venv.display().to_string(), "status": format!("failed: {}", f.message)}));
             let so_far = serde_json::to_value(&report.json).unwrap_or_default();
-            crate::bench_python::add_ratios(&mut anchor, &so_far);
+            python_anchor::add_ratios(&mut anchor, &so_far);
             anchor
         }
         None => {
@@ -572,11 +574,11 @@ impl DirectBus {
 /// How the direct topology's consumers run: no output, the bench's topics.
 const DIRECT_CONSUMER_ARGS: &[&str] = &["--quiet", "--topic", "org.gilmsg.bench.dev.bench."];
 /// Consumers that only ACK: printing would measure the terminal.
-pub(crate) const QUIET: &[&str] = &["--quiet"];
+const QUIET: &[&str] = &["--quiet"];
 
 /// Starts consumers `(process name, certname, config, extra args)` as
 /// roles of `exe`, all at once, then waits for each to be ready.
-pub(crate) fn start_consumers<'a>(
+fn start_consumers<'a>(
     planned: impl IntoIterator<Item = (String, String, PathBuf, &'a [&'a str])>,
     exe: &Path,
 ) -> Result<Vec<Proc>, Failure> {
@@ -792,7 +794,7 @@ fn markdown(report: &Report) -> String {
             get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
-    md.push_str(&crate::bench_python::markdown(&j));
+    md.push_str(&python_anchor::markdown(&j));
     md
 }
 
