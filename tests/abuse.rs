@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use gilmsg_proto::ack::AckBody;
 use gilmsg_testkit::bins;
+use gilmsg_testkit::fixture::wait_publisher;
 use gilmsg_testkit::raw::RawPub;
 use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
@@ -77,73 +78,6 @@ fn consumer_pid(bus: &Bus, certname: &str) -> String {
     panic!("no gilmsg-consumer process for {certname} of {config}");
 }
 
-/// An XPUB into the relay's inbound with no high-water mark, so nothing
-/// is dropped on our side however fast we send.
-struct Flooder {
-    _context: zmq::Context,
-    socket: zmq::Socket,
-}
-
-impl Flooder {
-    fn connect(endpoint: &str) -> Flooder {
-        let context = zmq::Context::new();
-        let socket = context.socket(zmq::XPUB).expect("xpub");
-        socket.set_sndhwm(0).expect("sndhwm");
-        socket.set_linger(5000).expect("linger");
-        socket.connect(endpoint).expect("connect");
-        // Wait for the relay's subscription, as RawPub does.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no subscription from the relay");
-            if socket
-                .poll(zmq::POLLIN, left.as_millis() as i64)
-                .expect("poll")
-                > 0
-            {
-                let frame = socket.recv_bytes(0).expect("recv");
-                if frame.first() == Some(&1) {
-                    break;
-                }
-            }
-        }
-        Flooder {
-            _context: context,
-            socket,
-        }
-    }
-
-    fn send<F: AsRef<[u8]>>(&self, frames: &[F]) {
-        let last = frames.len() - 1;
-        for (i, f) in frames.iter().enumerate() {
-            let flags = if i < last { zmq::SNDMORE } else { 0 };
-            self.socket.send(f.as_ref(), flags).expect("send");
-        }
-    }
-}
-
-/// Polls the publisher's counters (paced, bounded) until `done` holds.
-async fn wait_publisher(
-    publisher: &gilmsg::Bus,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&gilmsg::Stats) -> bool,
-) -> gilmsg::Stats {
-    let deadline = Instant::now() + limit;
-    loop {
-        let stats = publisher.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher never reached {what}: {stats}"
-        );
-        // Pacing of a bounded counter poll, not a synchronisation sleep.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn a_flood_of_garbage_is_counted_and_leaves_everyone_alive_and_bounded() {
     // A finite high-water mark bounds the consumer's receive queue; the
@@ -198,7 +132,7 @@ fn garbage_flood(extra_toml: &'static str) {
 
         // Ten kinds, in turn; the expected counter for each.
         let mut expected: HashMap<&str, u64> = HashMap::new();
-        let flood = Flooder::connect(&bus.inbound);
+        let flood = RawPub::flooder(&bus.inbound);
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut relay_dropped = 0u64;
         let started = Instant::now();
@@ -335,7 +269,7 @@ fn garbage_flood(extra_toml: &'static str) {
         );
         let relay_before = relay_stats.get("relay.forwarded");
         {
-            let big = Flooder::connect(&bus.inbound);
+            let big = RawPub::flooder(&bus.inbound);
             big.send(&[t, &vec![b' '; 5 << 20]]);
         }
         let marker = RawPub::connect(&bus.inbound);
@@ -395,7 +329,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
             .collect();
         let inbound = bus.inbound.clone();
         let flood_thread = std::thread::spawn(move || {
-            let out = Flooder::connect(&inbound);
+            let out = RawPub::flooder(&inbound);
             for frames in &flood {
                 out.send(frames);
             }

@@ -7,7 +7,7 @@
 //! right reason. A positive control (the honest ACK through the same
 //! harness) proves the harness can make a publish succeed.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gilmsg_crypto::{pki, Identity};
 use gilmsg_proto::ack::{digest_of_signed_part, AckBody};
@@ -107,13 +107,7 @@ fn positive_control_the_honest_ack_completes_the_publish() {
         let outcome = answer_with(
             "rcpt",
             |_| {},
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("rcpt"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "rcpt"),
         )
         .await;
         let receipt = outcome.result.expect("the honest ACK counts");
@@ -203,13 +197,7 @@ fn positive_control_a_strict_publisher_counts_the_honest_ack_as_digest_checked()
             "rcpt",
             |_| {},
             strict_publisher(true),
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("rcpt"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "rcpt"),
         )
         .await;
         let receipt = outcome.result.expect("the honest ACK counts");
@@ -223,13 +211,7 @@ fn ack_signed_by_a_valid_identity_that_is_not_a_recipient() {
         let outcome = answer_with(
             "rcpt",
             |_| {},
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("intruder"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "intruder"),
         )
         .await;
         assert_refused(outcome, "rcpt", "ack.not_a_recipient");
@@ -246,13 +228,7 @@ fn ack_signed_by_a_revoked_identity() {
                 bus.issue("gone");
                 bus.revoke("gone");
             },
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("gone"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "gone"),
         )
         .await;
         assert_refused(outcome, "gone", "ack.rejected.revoked_certificate");
@@ -292,23 +268,9 @@ fn ack_signed_by_an_expired_certificate() {
         let outcome = answer_with(
             "old",
             |bus| {
-                let now = SystemTime::now();
-                bus.issue_with(
-                    "old",
-                    &pki::IssueOptions {
-                        not_before: now - 3 * DAY,
-                        not_after: now - DAY,
-                        replace: false,
-                    },
-                );
+                bus.issue_expired("old");
             },
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("old"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "old"),
         )
         .await;
         assert_refused(outcome, "old", "ack.rejected.expired_certificate");

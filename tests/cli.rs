@@ -118,10 +118,7 @@ fn direct_topology_with_a_long_lived_logger() {
             .env("GILMSG_LOG", "info")
             .stdin(Stdio::piped());
         let mut logger = bus.spawn("logger", logger);
-        logger
-            .proc()
-            .wait_stderr("publishing on ipc://", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        logger.expect_stderr("publishing on ipc://", READY_TIMEOUT);
         let mut consumer = Command::new(bins!().consumer);
         consumer
             .args([
@@ -135,42 +132,29 @@ fn direct_topology_with_a_long_lived_logger() {
             ])
             .stdin(Stdio::null());
         let consumer = bus.spawn("ledger", consumer);
-        let ready = consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         assert_eq!(field(&ready, "endpoints"), Some("1/1"), "{ready}");
         assert!(bus.dir().join("billing.sock").exists());
         assert!(bus.dir().join("ledger.sock").exists());
 
-        let mut stdin = logger.proc_mut().take_stdin().expect("logger stdin");
+        let mut stdin = logger.take_stdin().expect("logger stdin");
         for n in [42, 43] {
             writeln!(stdin, "{{\"invoice\": {n}}}").expect("write a line");
             stdin.flush().expect("flush");
             let receipt = logger
-                .proc()
                 .wait_stdout("\"acks\"", RUN)
                 .unwrap_or_else(|e| panic!("{e}"));
             let receipt: Value = serde_json::from_str(&receipt).expect("receipt JSON");
             assert_eq!(receipt["acks"][0]["recipient"], "ledger", "{receipt}");
             let shown = consumer
-                .proc()
                 .wait_stdout(&format!("\"invoice\":{n}"), RUN)
                 .unwrap_or_else(|e| panic!("{e}"));
             let shown: Value = serde_json::from_str(&shown).expect("--json line");
             assert_eq!(shown["signer"], "billing", "{shown}");
         }
         drop(stdin);
-        let status = logger
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("logger exits at EOF");
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{:?}",
-            logger.proc().stderr_so_far()
-        );
+        let status = logger.wait_timeout(RUN).expect("logger exits at EOF");
+        assert_eq!(status.code(), Some(0), "{:?}", logger.stderr_so_far());
     })
 }
 
@@ -383,10 +367,7 @@ fn logs_say_what_happens_in_text_or_json() {
             .env("GILMSG_LOG_FORMAT", "json")
             .stdin(Stdio::null());
         let mut consumer = bus.spawn("a", consumer);
-        consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
         let args = [
             "--config",
@@ -434,20 +415,13 @@ fn logs_say_what_happens_in_text_or_json() {
             "{messages:?}"
         );
 
+        consumer.expect_stderr("exited 0", RUN);
         consumer
-            .proc()
-            .wait_stderr("exited 0", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
-        let status = consumer
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("consumer stops");
+        let status = consumer.wait_timeout(RUN).expect("consumer stops");
         assert_eq!(status.code(), Some(0));
-        let stderr = consumer.proc().stderr_until_closed(RUN);
+        let stderr = consumer.stderr_until_closed(RUN);
         let mut said = Vec::new();
         for line in stderr.iter().filter(|l| !l.starts_with("gilmsg-consumer:")) {
             let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -494,10 +468,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             .args(["--config", utf8(&path)])
             .current_dir(&elsewhere);
         let relay = bus.spawn("ipc-relay", relay);
-        let line = relay
-            .proc()
-            .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
         let expected = format!("ipc://{}", utf8(&confdir.join("in.sock")));
         assert_eq!(field(&line, "inbound"), Some(expected.as_str()), "{line}");
         assert!(confdir.join("in.sock").exists() && confdir.join("out.sock").exists());
@@ -509,10 +480,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             .current_dir(bus.dir())
             .stdin(Stdio::null());
         let consumer = bus.spawn("a", consumer);
-        consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let mut logger = Command::new(bins!().logger);
         logger
             .args([
@@ -528,15 +496,9 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             .current_dir(&elsewhere)
             .stdin(Stdio::null());
         let mut logger = bus.spawn("logger", logger);
-        let status = logger.proc_mut().wait_timeout(RUN).expect("logger exits");
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{:?}",
-            logger.proc().stderr_so_far()
-        );
+        let status = logger.wait_timeout(RUN).expect("logger exits");
+        assert_eq!(status.code(), Some(0), "{:?}", logger.stderr_so_far());
         consumer
-            .proc()
             .wait_stdout("over ipc", RUN)
             .unwrap_or_else(|e| panic!("{e}"));
     })
@@ -570,10 +532,7 @@ fn stats_lines_and_number_wording() {
             ])
             .stdin(Stdio::null());
         let mut counted = bus.spawn("a", counted);
-        counted
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        counted.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
         let out = bus.logger(
             &[
@@ -590,13 +549,9 @@ fn stats_lines_and_number_wording() {
             RUN,
         );
         assert_eq!(out.status, Some(0), "{out:?}");
-        let status = counted
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("exits after --count 1");
+        let status = counted.wait_timeout(RUN).expect("exits after --count 1");
         assert_eq!(status.code(), Some(0));
         let last = counted
-            .proc()
             .stderr_until_closed(RUN)
             .into_iter()
             .rfind(|l| l.starts_with("gilmsg-consumer: stats"))
@@ -651,36 +606,27 @@ fn signals_before_ready_are_handled() {
             .env("GILMSG_LOG", "info")
             .stdin(Stdio::null());
         let mut consumer = bus.spawn("a", consumer);
+        consumer.expect_stderr("waiting for readiness", READY_TIMEOUT);
         consumer
-            .proc()
-            .wait_stderr("waiting for readiness", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGUSR1)
             .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: stats", RUN);
         consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: stats", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
-        let status = consumer.proc_mut().wait_timeout(RUN).expect("stops");
+        let status = consumer.wait_timeout(RUN).expect("stops");
         assert_eq!(
             status.code(),
             Some(0),
             "{:?}",
-            consumer.proc().stderr_until_closed(RUN)
+            consumer.stderr_until_closed(RUN)
         );
         let stats = consumer
-            .proc()
             .stderr_until_closed(RUN)
             .iter()
             .filter(|l| l.starts_with("gilmsg-consumer: stats"))
             .count();
-        assert_eq!(stats, 2, "{:?}", consumer.proc().stderr_until_closed(RUN));
+        assert_eq!(stats, 2, "{:?}", consumer.stderr_until_closed(RUN));
     })
 }
 
@@ -704,10 +650,7 @@ fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_testki
         .env("GILMSG_LOG", "info")
         .stdin(Stdio::null());
     let consumer = bus.spawn("a", consumer);
-    consumer
-        .proc()
-        .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     let config = utf8(&bus.config_path);
     // A plain publish: the consumer gets it whether or not it ever acks.
     let out = bus.logger(
@@ -739,11 +682,9 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
             consumer_with_a_sleeping_handler(&bus, &["--stop-grace", "300ms"]);
         let started = Instant::now();
         consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
         let status = consumer
-            .proc_mut()
             .wait_timeout(Duration::from_secs(10))
             .expect("stops within the grace and the kill delay");
         assert_eq!(status.code(), Some(0));
@@ -752,7 +693,7 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
             wait_gone(pid, Duration::from_secs(5)),
             "handler {pid} survived the stop"
         );
-        let stderr = consumer.proc().stderr_until_closed(RUN);
+        let stderr = consumer.stderr_until_closed(RUN);
         assert!(
             stderr
                 .iter()
@@ -769,19 +710,13 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
         let (mut consumer, pid) =
             consumer_with_a_sleeping_handler(&bus, &["--stop-grace", "60s", "--json"]);
         consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("taking no new messages", RUN);
         consumer
-            .proc()
-            .wait_stderr("taking no new messages", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
         let status = consumer
-            .proc_mut()
             .wait_timeout(Duration::from_secs(10))
             .expect("a second SIGTERM ends the grace");
         assert_eq!(status.code(), Some(0));
@@ -798,7 +733,7 @@ fn handler_dies_with_a_killed_consumer() {
     within(LIMIT, || {
         let bus = Bus::start(bins!(), &["a"]);
         let (mut consumer, pid) = consumer_with_a_sleeping_handler(&bus, &[]);
-        consumer.proc_mut().kill();
+        consumer.kill();
         assert!(
             wait_gone(pid, Duration::from_secs(10)),
             "handler {pid} orphaned"

@@ -1,9 +1,10 @@
 //! Hostile input on the bus: consumers and the publisher drop and count
 //! every malformed, unsigned or badly signed frame, and keep working.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gilmsg_testkit::bins;
+use gilmsg_testkit::fixture::wait_publisher;
 use gilmsg_testkit::raw::RawPub;
 use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
@@ -11,27 +12,6 @@ use serde_json::json;
 const LIMIT: Duration = Duration::from_secs(60);
 const MAX: usize = 4096;
 const NAMES: [&str; 2] = ["c1", "c2"];
-
-/// Polls the publisher's counters (paced, bounded) until `done` holds.
-async fn wait_publisher(
-    publisher: &gilmsg::Bus,
-    what: &str,
-    done: impl Fn(&gilmsg::Stats) -> bool,
-) -> gilmsg::Stats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = publisher.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher never counted {what}: {stats}"
-        );
-        // Pacing of a bounded counter poll, not a synchronisation sleep.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn publish_to_all(bus: &Bus, publisher: &gilmsg::Bus, n: u64) -> gilmsg::Receipt {
     let receipt = publisher
@@ -137,9 +117,12 @@ fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
             assert_eq!(stats.get("message.delivered"), 1, "{}: {stats}", c.name);
             assert_eq!(stats.get("handler.ok"), 1, "{}: {stats}", c.name);
         }
-        let stats = wait_publisher(&publisher, "the hostile ACK frames", |s| {
-            s.sum("ack.invalid.") >= 6 && s.get("ack.other_topic") >= 1
-        })
+        let stats = wait_publisher(
+            &publisher,
+            "the hostile ACK frames",
+            Duration::from_secs(10),
+            |s| s.sum("ack.invalid.") >= 6 && s.get("ack.other_topic") >= 1,
+        )
         .await;
         let expect = [
             ("ack.invalid.not_json", 1),

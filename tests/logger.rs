@@ -183,7 +183,7 @@ fn bad_json_input_exits_2_naming_the_line_and_publishes_nothing() {
 #[test]
 fn help_lists_the_exit_statuses() {
     within(LIMIT, || {
-        let out = gilmsg_testkit::fixture::run_tool(
+        let out = gilmsg_testkit::run_tool(
             bins!().logger,
             &["--help"],
             "",

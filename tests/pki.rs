@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use gilmsg_crypto::{pki, Identity, Signer as _, TrustStore, Verifier as _};
 use gilmsg_proto::VerifyError;
-use gilmsg_testkit::fixture::run_tool;
+use gilmsg_testkit::run_tool;
 use gilmsg_testkit::{bins, guard, within, ToolOutput};
 
 const LIMIT: Duration = Duration::from_secs(60);

@@ -10,13 +10,13 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gilmsg_crypto::pki;
 use gilmsg_proto::Envelope;
-use gilmsg_testkit::fixture::run_tool;
 use gilmsg_testkit::raw::FakeRecipient;
-use gilmsg_testkit::{bins, forge, guard, within, within_async, Bus};
+use gilmsg_testkit::run_tool;
+use gilmsg_testkit::{bins, guard, within, within_async, Bus};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, DnValue, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PrintableString,
@@ -109,11 +109,7 @@ async fn publish_and_ack(
             .await
     });
     let message: Envelope = fake.receive(&topic, Duration::from_secs(10));
-    let frames = forge::frames(&forge::honest_ack(
-        &bus.ack_topic(),
-        &message,
-        &bus.identity(recipient),
-    ));
+    let frames = bus.honest_ack(&message, recipient);
     fake.send(&frames);
     while !task.is_finished() {
         if let Some(copy) = fake.sub.recv(Duration::from_millis(50)) {
@@ -208,15 +204,7 @@ fn a_revoked_identity_cannot_start_a_logger_or_a_consumer() {
 fn an_expired_identity_cannot_start_a_logger_or_a_consumer() {
     within(LIMIT, || {
         let bus = Bus::start(bins!(), &[]);
-        let now = SystemTime::now();
-        bus.issue_with(
-            "old",
-            &pki::IssueOptions {
-                not_before: now - 3 * DAY,
-                not_after: now - DAY,
-                replace: false,
-            },
-        );
+        bus.issue_expired("old");
         let out = logger_as(&bus, "old");
         assert_refused_at_start(&out, "gilmsg-logger", "old.crt", "expired");
         let out = consumer_as(&bus, "old");

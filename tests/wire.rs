@@ -13,14 +13,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gilmsg_testkit::bins;
-use gilmsg_testkit::guard::{self, Registry};
 use gilmsg_testkit::raw::{RawPub, RawSub};
-use gilmsg_testkit::{field, Proc};
+use gilmsg_testkit::{field, Running};
 use gilmsg_testkit::{
-    parse_stats, within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT,
-    TOPIC_PREFIX,
+    within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX,
 };
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -35,66 +32,9 @@ const FRAME_CAP: usize = 4 * MAX_MESSAGE;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A child process registered with the test's guard, killed when dropped.
-struct Guarded {
-    proc: Proc,
-    registry: Registry,
-}
-
-impl Guarded {
-    fn spawn(name: &str, command: Command) -> Guarded {
-        let registry = guard::current();
-        let proc =
-            Proc::spawn(name, command).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        registry.add(proc.pid());
-        Guarded { proc, registry }
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    fn stats(&self, needle: &str) -> gilmsg::Stats {
-        self.proc
-            .signal(Signal::SIGUSR1)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let line = self
-            .proc
-            .wait_stderr(needle, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
-        parse_stats(&line)
-    }
-
-    fn wait_stats(
-        &self,
-        needle: &str,
-        what: &str,
-        done: impl Fn(&gilmsg::Stats) -> bool,
-    ) -> gilmsg::Stats {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let stats = self.stats(needle);
-            if done(&stats) {
-                return stats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; last stats: {stats}"
-            );
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.proc.kill();
-        self.registry.remove(self.proc.pid());
-    }
-}
-
 /// `gilmsg-consumer --config <config> --certname <name> <args>`, started and
 /// waited for (its ready line is returned).
-fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Guarded, String) {
+fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Running, String) {
     let mut command = Command::new(bins!().consumer);
     command
         .arg("--config")
@@ -103,23 +43,17 @@ fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Guarded, St
         .args(args)
         .env("GILMSG_LOG", log)
         .stdin(std::process::Stdio::null());
-    let child = Guarded::spawn(name, command);
-    let line = child
-        .proc
-        .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let child = Running::spawn(name, command);
+    let line = child.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     (child, line)
 }
 
 /// A relay process bound where asked; returns it with its bound endpoints.
-fn relay(args: &[&str]) -> (Guarded, String, String) {
+fn relay(args: &[&str]) -> (Running, String, String) {
     let mut command = Command::new(bins!().relay);
     command.args(args).env("GILMSG_LOG", "warn");
-    let child = Guarded::spawn("relay", command);
-    let line = child
-        .proc
-        .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let child = Running::spawn("relay", command);
+    let line = child.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
     let inbound = field(&line, "inbound").expect("inbound=").to_owned();
     let outbound = field(&line, "outbound").expect("outbound=").to_owned();
     (child, inbound, outbound)
@@ -303,9 +237,12 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
         let half = vec![b'y'; 3 << 20];
         send_all(&flood, &[half.as_slice(), half.as_slice()]);
         send_all(&flood, &[topic.as_bytes(), b"\xffmarker"]);
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the marker", |s| {
-            s.get("invalid.not_json") >= 1
-        });
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the marker",
+            Duration::from_secs(60),
+            |s| s.get("invalid.not_json") >= 1,
+        );
         let relay = bus.relay_stats();
         let after = peak_memory(c1.pid());
         println!(
@@ -375,9 +312,12 @@ fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() 
         for i in 0..200 {
             small.frame(&[b'x'; 100], i < 199).expect("small frames");
         }
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the small-frame message", |s| {
-            s.get("subscriptions.not_a_subscription") >= 1
-        });
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the small-frame message",
+            Duration::from_secs(60),
+            |s| s.get("subscriptions.not_a_subscription") >= 1,
+        );
         let after = peak_memory(c1.pid());
         println!(
             "ACK socket: attacker wrote {written} of 200 x {} frames before being cut off; \
@@ -556,9 +496,12 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         send_all(&hostile, &[topic.as_bytes(), &vec![b'x'; 2 * FRAME_CAP]]);
         // The consumer comes back on its own and subscribes again.
         subscribed(&hostile);
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the repair to be counted", |s| {
-            s.get("connection.protocol_error") >= 1
-        });
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the repair to be counted",
+            Duration::from_secs(60),
+            |s| s.get("connection.protocol_error") >= 1,
+        );
         println!("after an oversize frame from a connected peer: {stats}");
         send_all(&hostile, &[topic.as_bytes(), b"\xffafter"]);
         // A connected peer (no relay in between) can send many frames under
@@ -568,9 +511,12 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         let mut many: Vec<&[u8]> = vec![topic.as_bytes()];
         many.extend(std::iter::repeat(small.as_slice()).take(199));
         send_all(&hostile, &many);
-        c1.wait_stats("gilmsg-consumer: stats", "messages after the repair", |s| {
-            s.get("invalid.not_json") >= 1 && s.get("invalid.bad_frame_count") >= 1
-        });
+        c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "messages after the repair",
+            Duration::from_secs(60),
+            |s| s.get("invalid.not_json") >= 1 && s.get("invalid.bad_frame_count") >= 1,
+        );
         let receipt = bus
             .publisher()
             .publish("after", json!({"n": 1}), &["c1"], Duration::from_secs(20))
@@ -750,7 +696,7 @@ fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles
         let (c1, line) = consumer(&config, "c1", &["--exec", "cat > /dev/null"], "info");
         assert_eq!(field(&line, "endpoints"), Some("1/2"), "{line}");
         assert_eq!(field(&line, "down"), Some(dead.as_str()), "{line}");
-        let logged = c1.proc.stderr_so_far();
+        let logged = c1.stderr_so_far();
         assert!(
             logged
                 .iter()
@@ -855,8 +801,7 @@ fn relay_consumer_and_logger_work_over_ipv6_loopback() {
             Duration::from_secs(20),
         );
         assert_eq!(out.status, Some(0), "{out:?}");
-        c1.proc
-            .wait_stdout("over v6", Duration::from_secs(10))
+        c1.wait_stdout("over v6", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
     })
 }
@@ -876,7 +821,6 @@ fn ipc_socket_files_are_removed_after_a_clean_exit() {
         ]);
         assert!(inbound.exists() && outbound.exists());
         let status = relay
-            .proc
             .terminate(Duration::from_secs(10))
             .expect("exit status");
         assert!(status.success(), "{status}");

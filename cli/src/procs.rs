@@ -170,18 +170,7 @@ impl Proc {
 
     /// Waits for exit up to `timeout`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    // Polling for exit of a child we cannot select on; this
-                    // paces a loop, it does not stand in for a readiness signal.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                _ => return None,
-            }
-        }
+        wait_timeout(&mut self.child, timeout)
     }
 
     /// Kills it at once (SIGKILL) and reaps it.
@@ -194,6 +183,23 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it is still
+/// running then (or cannot be waited for). It is not killed.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                // Polling for exit of a child we cannot select on; this
+                // paces a loop, it does not stand in for a readiness signal.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
     }
 }
 

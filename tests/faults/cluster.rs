@@ -120,10 +120,7 @@ impl Cluster {
             ],
             false,
         );
-        proxy
-            .proc
-            .wait_stderr("faults-proxy: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        proxy.proc.expect_stderr("faults-proxy: ready", READY);
         let path = self.dir.path().join("proxied.toml");
         write_config(&path, &self.dir.path().join("pki"), &wan.ip);
         self.proxied_config = Some(path);
@@ -141,10 +138,7 @@ impl Cluster {
             bins!().relay,
             &["--inbound", &inbound, "--outbound", &outbound],
         );
-        let line = relay
-            .proc
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.proc.expect_stderr("gilmsg-relay: ready", READY);
         assert_eq!(field(&line, "inbound"), Some(inbound.as_str()), "{line}");
         self.relay = Some(relay);
     }
@@ -181,10 +175,7 @@ impl Cluster {
             bins!().consumer,
             &["--config", &config, "--certname", name, "--exec", &exec],
         );
-        let line = consumer
-            .proc
-            .wait_stderr("gilmsg-consumer: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = consumer.proc.expect_stderr("gilmsg-consumer: ready", READY);
         assert_eq!(field(&line, "certname"), Some(name), "{line}");
         assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
         self.consumers.insert(name.to_owned(), consumer);
@@ -214,8 +205,7 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{e}"));
         let line = c
             .proc
-            .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect_stderr("gilmsg-consumer: stats", Duration::from_secs(5));
         gilmsg_testkit::parse_stats(&line)
     }
 

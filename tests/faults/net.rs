@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use gilmsg_testkit::guard::{self, Registry};
-use gilmsg_testkit::Proc;
+use gilmsg_testkit::Running;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -320,15 +320,10 @@ impl Net {
             command.stdin(Stdio::null());
             None
         };
-        let proc = Proc::spawn(format!("{name}@{}", host.name), command)
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        // `ip netns exec` execs the program: this PID is the program's.
-        self.registry.add(proc.pid());
-        NsProc {
-            proc,
-            stdin,
-            registry: self.registry.clone(),
-        }
+        // `ip netns exec` execs the program: the PID registered with the
+        // guard is the program's.
+        let proc = Running::spawn_in(&self.registry, &format!("{name}@{}", host.name), command);
+        NsProc { proc, stdin }
     }
 }
 
@@ -397,11 +392,11 @@ impl Host {
 
 /// A process inside a namespace.
 pub struct NsProc {
-    /// The process, with its output read line by line.
-    pub proc: Proc,
+    /// The process, with its output read line by line (registered with
+    /// the test's guard, killed when dropped).
+    pub proc: Running,
     /// Its stdin, if started with one to write to.
     pub stdin: Option<UnixStream>,
-    registry: Registry,
 }
 
 impl NsProc {
@@ -415,12 +410,5 @@ impl NsProc {
     /// SIGKILL now, and reap.
     pub fn kill(&mut self) {
         self.proc.kill();
-        self.registry.remove(self.proc.pid());
-    }
-}
-
-impl Drop for NsProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

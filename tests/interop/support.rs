@@ -4,7 +4,7 @@
 //! Python side reads from its working directory) and the matching gilmsg TOML,
 //! and starting Python and Rust processes that announce readiness on a line.
 //!
-//! Every process is a [`Proc`]: killed by PID when dropped, and registered
+//! Every process is a [`Running`]: killed by PID when dropped, and registered
 //! with the test's hard-limit guard. Every Python process also arms its own
 //! SIGALRM (`peers.py --limit`), so it dies even if this test process is
 //! killed.
@@ -18,10 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gilmsg_testkit::bins;
-use gilmsg_testkit::guard;
 use gilmsg_testkit::python::{self, FedmsgD};
 use gilmsg_testkit::rsa_pki::RsaPki;
-use gilmsg_testkit::Proc;
+use gilmsg_testkit::{Proc, Running};
 use serde_json::Value;
 
 /// The environment variable naming the venv made by `scripts/python-peers.sh`.
@@ -219,7 +218,7 @@ impl World {
 
     /// Starts `peers.py ARGS` (its first argument is the sub-command; the
     /// `--limit` seconds are added here).
-    pub fn python(&self, name: &str, sub: &str, limit: Duration, args: &[&str]) -> Proc {
+    pub fn python(&self, name: &str, sub: &str, limit: Duration, args: &[&str]) -> Running {
         let limit = format!("{}", limit.as_secs_f64());
         let mut all = vec![sub, "--limit", &limit];
         all.extend_from_slice(args);
@@ -227,7 +226,7 @@ impl World {
     }
 
     /// Starts the Python fedmsg-relay and waits for `peers: ready relay`.
-    pub fn fedmsg_relay(&self) -> Proc {
+    pub fn fedmsg_relay(&self) -> Running {
         let relay = self.python("fedmsg-relay", "relay", Duration::from_secs(120), &[]);
         relay
             .wait_stdout("peers: ready relay", READY)
@@ -236,7 +235,7 @@ impl World {
     }
 
     /// Starts gilmsg-relay on ephemeral ports and points the configs at it.
-    pub fn gilmsg_relay(&mut self) -> Proc {
+    pub fn gilmsg_relay(&mut self) -> Running {
         let mut cmd = Command::new(bins!().relay);
         cmd.args([
             "--inbound",
@@ -245,9 +244,7 @@ impl World {
             "tcp://127.0.0.1:*",
         ]);
         let relay = spawn("gilmsg-relay", cmd);
-        let line = relay
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY);
         let inbound = field(&line, "inbound").expect("inbound= in ready line");
         let outbound = field(&line, "outbound").expect("outbound= in ready line");
         self.set_relay(&inbound, &outbound);
@@ -256,7 +253,7 @@ impl World {
 
     /// Starts gilmsg-consumer (JSON lines on stdout) signing ACKs as
     /// `certname`, with the TOML config (or `config`), and waits for ready.
-    pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Proc {
+    pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Running {
         let mut cmd = Command::new(bins!().consumer);
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
@@ -264,14 +261,12 @@ impl World {
             .args(extra)
             .stdin(Stdio::null());
         let consumer = spawn(&format!("gilmsg-consumer {certname}"), cmd);
-        consumer
-            .wait_stderr("gilmsg-consumer: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY);
         consumer
     }
 
     /// Starts a Python gilmsg consumer signing as `name` and waits for ready.
-    pub fn python_consumer(&self, name: &str) -> Proc {
+    pub fn python_consumer(&self, name: &str) -> Running {
         let consumer = self.python(
             &format!("python consumer {name}"),
             "consume",
@@ -352,15 +347,13 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Spawns with piped output and registers the PID with the test's guard.
-pub fn spawn(name: &str, cmd: Command) -> Proc {
-    let proc = Proc::spawn(name, cmd).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    guard::current().add(proc.pid());
-    proc
+/// Spawns with piped output, registered with the test's guard.
+pub fn spawn(name: &str, cmd: Command) -> Running {
+    Running::spawn(name, cmd)
 }
 
 /// Waits up to `limit` for exit (killing it then), collecting every line.
-pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
+pub fn finish(mut proc: Running, limit: Duration) -> Outcome {
     let start = Instant::now();
     let mut stdout = Vec::new();
     let status = loop {
@@ -379,7 +372,6 @@ pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
     while let Some(line) = proc.next_stdout(Duration::from_millis(200)) {
         stdout.push(line);
     }
-    guard::current().remove(proc.pid());
     Outcome {
         code: status.and_then(|s| s.code()),
         stdout,
@@ -422,18 +414,4 @@ pub fn wait_json(
         proc.name(),
         proc.stderr_so_far()
     );
-}
-
-/// Sends SIGUSR1 to a gilmsg process and returns its next stats line.
-pub fn stats(proc: &Proc, program: &str) -> BTreeMap<String, u64> {
-    proc.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
-    let line = proc
-        .wait_stderr(&format!("{program}: stats"), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    line.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }

@@ -13,9 +13,12 @@
 //! - [`guard`]: the hard time limit every test body runs under
 //!   ([`guard::within`], [`guard::within_async`]); on overrun the test's
 //!   child processes are killed and the test fails instead of hanging CI.
+//! - [`child`]: the processes a test starts: [`Running`] (registered with
+//!   the guard, killed on drop, counters on demand) and [`run_tool`] (run
+//!   to completion under a time limit, whole output in a [`ToolOutput`]).
 //! - [`fixture`]: [`Bus`], a temporary PKI + relay process + config file,
-//!   with helpers to start consumers ([`Consumer`]), run the logger
-//!   ([`ToolOutput`]) and build an in-process publisher.
+//!   with helpers to start consumers ([`Consumer`]), run the logger and
+//!   build an in-process publisher.
 //! - [`raw`]: raw ZeroMQ peers: [`raw::RawPub`] (connected to the relay's
 //!   inbound, sends only once the relay has subscribed), [`raw::RawSub`],
 //!   and [`raw::FakeRecipient`], a hand-driven recipient that can send
@@ -36,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod bins;
+pub mod child;
 pub mod fixture;
 pub mod forge;
 pub mod guard;
@@ -44,8 +48,9 @@ pub mod raw;
 pub mod rsa_pki;
 
 pub use bins::Bins;
-pub use fixture::{parse_stats, Bus, Consumer, Running, ToolOutput};
-pub use gilmsg_cli::procs::{field, Proc};
+pub use child::{run_tool, Running, ToolOutput};
+pub use fixture::{parse_stats, Bus, Consumer};
+pub use gilmsg_cli::procs::{field, wait_timeout, Proc};
 pub use guard::{within, within_async};
 
 use std::time::Duration;
