@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use gilmsg_proto::ack::AckBody;
 use gilmsg_testkit::bins;
 use gilmsg_testkit::fixture::wait_publisher;
+use gilmsg_testkit::memory::{self, mib};
 use gilmsg_testkit::raw::RawPub;
 use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
@@ -27,24 +28,9 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `VmRSS` and `VmHWM` (bytes) of a process, from `/proc/<pid>/status`.
+/// `VmRSS` and `VmHWM` (bytes) of a process.
 fn memory(pid: &str) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    (memory::resident(pid), memory::peak(pid))
 }
 
 /// The PID of the `gilmsg-consumer` of `bus` signing as `certname`, found

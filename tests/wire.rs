@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gilmsg_testkit::bins;
+use gilmsg_testkit::memory::{self, mib};
 use gilmsg_testkit::raw::{RawPub, RawSub};
 use gilmsg_testkit::{field, Running};
 use gilmsg_testkit::{
@@ -70,23 +71,6 @@ fn write_config(bus: &Bus, file: &str, top: &str, endpoints: &str) -> PathBuf {
     );
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-/// `VmHWM` (peak resident size) of a process, in bytes.
-fn peak_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// A TCP port on 127.0.0.1 that refuses connections (bound, then released).
@@ -226,7 +210,7 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
             &format!("max_message_size = {MAX_MESSAGE}"),
         );
         let (c1, _) = consumer(&bus.config_path, "c1", &["--json"], "warn");
-        let before = peak_memory(c1.pid());
+        let before = memory::peak(c1.pid());
         let (_context, flood) = flooder(&bus.inbound);
         let topic = bus.topic("big");
         let frame = vec![b'x'; FRAME_CAP];
@@ -244,7 +228,7 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
             |s| s.get("invalid.not_json") >= 1,
         );
         let relay = bus.relay_stats();
-        let after = peak_memory(c1.pid());
+        let after = memory::peak(c1.pid());
         println!(
             "200 x {} frames into the relay: relay {relay}; consumer peak {} -> {} (bound: +{})",
             mib(FRAME_CAP as u64),
@@ -292,7 +276,7 @@ fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() 
         );
         let (c1, line) = consumer(&config, "c1", &["--json"], "warn");
         assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
-        let before = peak_memory(c1.pid());
+        let before = memory::peak(c1.pid());
 
         // 200 frames of 1 MiB that never end: the peer is cut off at the
         // first frame's header.
@@ -318,7 +302,7 @@ fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() 
             Duration::from_secs(60),
             |s| s.get("subscriptions.not_a_subscription") >= 1,
         );
-        let after = peak_memory(c1.pid());
+        let after = memory::peak(c1.pid());
         println!(
             "ACK socket: attacker wrote {written} of 200 x {} frames before being cut off; \
              consumer peak {} -> {} (bound: +{}); {stats}",

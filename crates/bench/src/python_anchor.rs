@@ -39,10 +39,12 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use gilmsg_cli::common::{self, Failure, EXIT_BUS};
+use gilmsg_cli::common::{self, Failure};
 use gilmsg_cli::procs::Proc;
 use gilmsg_testkit::python::{self, FedmsgD};
 use gilmsg_testkit::rsa_pki::RsaPki;
+
+use crate::progress;
 
 const READY: Duration = Duration::from_secs(30);
 /// Bound of one one-shot run (Python start-up plus 3 × post_init_sleep is ~2 s).
@@ -56,28 +58,16 @@ const RUST_PUBLISHER: &str = "rust-pub";
 const CONSUMERS: usize = 3;
 
 fn fail(message: impl Into<String>) -> Failure {
-    Failure {
-        status: EXIT_BUS,
-        message: format!("error: python anchor: {}", message.into()),
-    }
+    crate::fail(format!("python anchor: {}", message.into()))
 }
 
-fn progress(text: impl AsRef<str>) {
-    eprintln!("gilmsg-bench: {}", text.as_ref());
-}
-
-/// Percentiles in microseconds, the same shape as the rest of the report.
-fn summary(mut samples: Vec<f64>) -> Value {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        if samples.is_empty() {
-            return Value::Null;
-        }
-        let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
-        json!(samples[rank.min(samples.len() - 1)])
-    };
-    json!({"n": samples.len(), "p50_us": pct(50.0), "p90_us": pct(90.0), "p99_us": pct(99.0),
-           "min_us": samples.first(), "max_us": samples.last()})
+/// Percentiles in microseconds, the same shape as the rest of the report,
+/// with the minimum too (one-shot runs vary a lot).
+fn summary(samples: Vec<f64>) -> Value {
+    let summary = crate::Summary::new(samples);
+    let mut value = summary.json();
+    value["min_us"] = json!(summary.min());
+    value
 }
 
 fn micros(d: Duration) -> f64 {

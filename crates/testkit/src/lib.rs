@@ -26,6 +26,7 @@
 //! - [`forge`]: building ACKs and messages by hand, correct or not.
 //! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg
 //!   accepts (the interop tests and the benchmark's Python anchor).
+//! - [`memory`]: a process's resident and peak memory, from `/proc`.
 //! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
 //!
 //! Child processes are [`Proc`]s, the type the demo starts its roles with
@@ -43,6 +44,7 @@ pub mod child;
 pub mod fixture;
 pub mod forge;
 pub mod guard;
+pub mod memory;
 pub mod python;
 pub mod raw;
 pub mod rsa_pki;
