@@ -33,6 +33,16 @@ fn memory(pid: &str) -> (u64, u64) {
     (memory::resident(pid), memory::peak(pid))
 }
 
+fn print_consumer_memory(rss_before: u64, rss_after: u64, hwm: u64) {
+    println!(
+        "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
+        mib(rss_before),
+        mib(rss_after),
+        mib(hwm),
+        mib(CONSUMER_MEMORY_BOUND)
+    );
+}
+
 /// The PID of the `gilmsg-consumer` of `bus` signing as `certname`, found
 /// by its command line (the fixture does not expose it).
 fn consumer_pid(bus: &Bus, certname: &str) -> String {
@@ -205,13 +215,7 @@ fn garbage_flood(extra_toml: &'static str) {
             sending.as_secs_f64(),
             drained.as_secs_f64()
         );
-        println!(
-            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
-            mib(rss_before),
-            mib(rss_after),
-            mib(hwm),
-            mib(CONSUMER_MEMORY_BOUND)
-        );
+        print_consumer_memory(rss_before, rss_after, hwm);
         let mut table: Vec<_> = expected.iter().collect();
         table.sort();
         for (counter, n) in table {
@@ -362,13 +366,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
             stats.get("dedupe.evicted"),
             stats.get("handler.ok"),
         );
-        println!(
-            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
-            mib(rss_before),
-            mib(rss_after),
-            mib(hwm),
-            mib(CONSUMER_MEMORY_BOUND)
-        );
+        print_consumer_memory(rss_before, rss_after, hwm);
         println!("publisher: {}", publisher.stats());
         assert!(stats.get("dropped.queue_full") > 0, "{stats}");
         assert!(stats.get("dedupe.entries") <= DEDUPE, "{stats}");

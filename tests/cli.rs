@@ -119,18 +119,7 @@ fn direct_topology_with_a_long_lived_logger() {
             .stdin(Stdio::piped());
         let mut logger = bus.spawn("logger", logger);
         logger.expect_stderr("publishing on ipc://", READY_TIMEOUT);
-        let mut consumer = Command::new(bins!().consumer);
-        consumer
-            .args([
-                "--config",
-                utf8(&config),
-                "--name",
-                "ledger",
-                "--certname",
-                "ledger",
-                "--json",
-            ])
-            .stdin(Stdio::null());
+        let consumer = bins!().consumer_command(&config, "ledger", &["--name", "ledger", "--json"]);
         let consumer = bus.spawn("ledger", consumer);
         let ready = consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         assert_eq!(field(&ready, "endpoints"), Some("1/1"), "{ready}");
@@ -353,19 +342,11 @@ fn log_lines(stderr: &str) -> impl Iterator<Item = &str> {
 fn logs_say_what_happens_in_text_or_json() {
     within(LIMIT, || {
         let bus = Bus::start(bins!(), &["a"]);
-        let mut consumer = Command::new(bins!().consumer);
+        let mut consumer =
+            bins!().consumer_command(&bus.config_path, "a", &["--exec", "cat > /dev/null"]);
         consumer
-            .args([
-                "--config",
-                utf8(&bus.config_path),
-                "--certname",
-                "a",
-                "--exec",
-                "cat > /dev/null",
-            ])
             .env("GILMSG_LOG", "info")
-            .env("GILMSG_LOG_FORMAT", "json")
-            .stdin(Stdio::null());
+            .env("GILMSG_LOG_FORMAT", "json");
         let mut consumer = bus.spawn("a", consumer);
         consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
@@ -474,11 +455,8 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
         assert!(confdir.join("in.sock").exists() && confdir.join("out.sock").exists());
         assert!(!elsewhere.join("in.sock").exists());
 
-        let mut consumer = Command::new(bins!().consumer);
-        consumer
-            .args(["--config", utf8(&path), "--certname", "a", "--json"])
-            .current_dir(bus.dir())
-            .stdin(Stdio::null());
+        let mut consumer = bins!().consumer_command(&path, "a", &["--json"]);
+        consumer.current_dir(bus.dir());
         let consumer = bus.spawn("a", consumer);
         consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let mut logger = Command::new(bins!().logger);
@@ -519,18 +497,7 @@ fn stats_lines_and_number_wording() {
             .expect("a final stats line");
         assert!(!stats_line.ends_with(' '), "{stats_line:?}");
 
-        let mut counted = Command::new(bins!().consumer);
-        counted
-            .args([
-                "--config",
-                utf8(&bus.config_path),
-                "--certname",
-                "a",
-                "--json",
-                "--count",
-                "1",
-            ])
-            .stdin(Stdio::null());
+        let counted = bins!().consumer_command(&bus.config_path, "a", &["--json", "--count", "1"]);
         let mut counted = bus.spawn("a", counted);
         counted.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
@@ -600,11 +567,8 @@ fn signals_before_ready_are_handled() {
         let path = bus.dir().join("never-ready.toml");
         // An endpoint nobody binds: the consumer waits for it.
         bus.write_config(&path, "", "\"ipc://nobody-binds-this.sock\"");
-        let mut consumer = Command::new(bins!().consumer);
-        consumer
-            .args(["--config", utf8(&path), "--certname", "a", "--json"])
-            .env("GILMSG_LOG", "info")
-            .stdin(Stdio::null());
+        let mut consumer = bins!().consumer_command(&path, "a", &["--json"]);
+        consumer.env("GILMSG_LOG", "info");
         let mut consumer = bus.spawn("a", consumer);
         consumer.expect_stderr("waiting for readiness", READY_TIMEOUT);
         consumer
@@ -636,19 +600,12 @@ fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_testki
     let pidfile = bus.dir().join(format!("handler-{}.pid", extra.len()));
     let _ = std::fs::remove_file(&pidfile);
     let handler = format!("echo $$ > {}; exec sleep 30", utf8(&pidfile));
-    let mut consumer = Command::new(bins!().consumer);
-    consumer
-        .args([
-            "--config",
-            utf8(&bus.config_path),
-            "--certname",
-            "a",
-            "--exec",
-            &handler,
-        ])
-        .args(extra)
-        .env("GILMSG_LOG", "info")
-        .stdin(Stdio::null());
+    let mut consumer = bins!().consumer_command(
+        &bus.config_path,
+        "a",
+        &[&["--exec", handler.as_str()], extra].concat(),
+    );
+    consumer.env("GILMSG_LOG", "info");
     let consumer = bus.spawn("a", consumer);
     consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     let config = utf8(&bus.config_path);

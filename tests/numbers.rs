@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gilmsg_testkit::bins;
-use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::raw::{self, RawPub};
 use gilmsg_testkit::{within, within_async, Bus};
 use serde_json::{json, Value};
 
@@ -35,13 +35,7 @@ impl TamperingRelay {
         let sub = context.socket(zmq::SUB).expect("sub");
         sub.set_subscribe(b"").expect("subscribe");
         sub.connect(&bus.outbound).expect("connect to the relay");
-        let out = context.socket(zmq::XPUB).expect("xpub");
-        out.set_linger(0).expect("linger");
-        out.bind("tcp://127.0.0.1:*").expect("bind");
-        let endpoint = out
-            .get_last_endpoint()
-            .expect("endpoint")
-            .expect("utf-8 endpoint");
+        let (out, endpoint) = raw::bind_xpub(&context);
         let stop = Arc::new(AtomicBool::new(false));
         let (seen_tx, seen_rx) = mpsc::channel();
         let probe = format!("numbers-probe.{}", std::process::id());

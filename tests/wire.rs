@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use gilmsg_testkit::bins;
 use gilmsg_testkit::memory::{self, mib};
-use gilmsg_testkit::raw::{RawPub, RawSub};
+use gilmsg_testkit::raw::{self, RawPub, RawSub};
 use gilmsg_testkit::{field, Running};
 use gilmsg_testkit::{
     within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX,
@@ -36,14 +36,8 @@ const FRAME_CAP: usize = 4 * MAX_MESSAGE;
 /// `gilmsg-consumer --config <config> --certname <name> <args>`, started and
 /// waited for (its ready line is returned).
 fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Running, String) {
-    let mut command = Command::new(bins!().consumer);
-    command
-        .arg("--config")
-        .arg(config)
-        .args(["--certname", name])
-        .args(args)
-        .env("GILMSG_LOG", log)
-        .stdin(std::process::Stdio::null());
+    let mut command = bins!().consumer_command(config, name, args);
+    command.env("GILMSG_LOG", log);
     let child = Running::spawn(name, command);
     let line = child.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     (child, line)
@@ -442,13 +436,7 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         );
         // A hostile "publisher" endpoint the consumer connects to.
         let context = zmq::Context::new();
-        let hostile = context.socket(zmq::XPUB).expect("xpub");
-        hostile.set_linger(0).expect("linger");
-        hostile.bind("tcp://127.0.0.1:*").expect("bind");
-        let hostile_endpoint = hostile
-            .get_last_endpoint()
-            .expect("endpoint")
-            .expect("utf-8");
+        let (hostile, hostile_endpoint) = raw::bind_xpub(&context);
         let config = write_config(
             &bus,
             "hostile.toml",

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gilmsg_crypto::pki;
 use gilmsg_testkit::bins;
 use gilmsg_testkit::field;
+use gilmsg_testkit::fixture::ed25519_pki;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -68,18 +68,8 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let ssldir = dir.path().join("pki");
-        pki::init(
-            &ssldir,
-            &pki::InitOptions {
-                ca_name: "gilmsg-faults-ca".into(),
-                validity: Duration::from_secs(86_400),
-            },
-        )
-        .expect("pki init");
-        for name in std::iter::once(&"publisher").chain(consumers) {
-            pki::issue(&ssldir, name, &pki::IssueOptions::default())
-                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
-        }
+        let identities = [&["publisher"], consumers].concat();
+        ed25519_pki(&ssldir, "gilmsg-faults-ca", &identities).unwrap_or_else(|e| panic!("{e}"));
         let config = dir.path().join("direct.toml");
         write_config(&config, &ssldir, &relay_host.ip);
         let mut cluster = Cluster {

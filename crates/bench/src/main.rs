@@ -24,13 +24,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gilmsg_crypto::{pki, Identity, TrustStore};
+use gilmsg_crypto::{Identity, TrustStore};
 use gilmsg_proto::{Signer, Verifier};
 use serde_json::{json, Value};
 
 use gilmsg_cli::common::{self, Failure, EXIT_BUS};
 use gilmsg_cli::procs::{field, Proc};
 use gilmsg_cli::roles;
+use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
 mod python_anchor;
@@ -165,24 +166,10 @@ fn run(args: Args) -> Result<(), Failure> {
         .tempdir()
         .map_err(|e| fail(e.to_string()))?;
     let ssldir = work.path().join("pki");
-    pki::init(
-        &ssldir,
-        &pki::InitOptions {
-            ca_name: "bench CA".into(),
-            validity: Duration::from_secs(86_400),
-        },
-    )
-    .map_err(|e| fail(e.to_string()))?;
     let mut names = vec!["bench-pub".to_string()];
     names.extend((0..10).map(|i| format!("consumer-{i}")));
-    for name in &names {
-        pki::issue(
-            &ssldir,
-            name,
-            &pki::IssueOptions::valid_for(Duration::from_secs(86_400)),
-        )
-        .map_err(|e| fail(e.to_string()))?;
-    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    ed25519_pki(&ssldir, "bench CA", &names).map_err(fail)?;
     let mut report = Report {
         json: BTreeMap::new(),
         curves: Vec::new(),

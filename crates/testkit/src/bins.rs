@@ -8,6 +8,7 @@
 //! left in `target/` by an older build.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// The paths of the `gilmsg-cli` executables the tests start.
 ///
@@ -38,6 +39,20 @@ impl Bins {
             "gilmsg-pki" => self.pki,
             other => panic!("{other}: not a gilmsg-cli tool the tests run"),
         }
+    }
+
+    /// `gilmsg-consumer --config <config> --certname <certname> <args>`,
+    /// stdin from `/dev/null`, ready to be given more (`env`, `current_dir`)
+    /// and started.
+    pub fn consumer_command(&self, config: &Path, certname: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(self.consumer);
+        command
+            .arg("--config")
+            .arg(config)
+            .args(["--certname", certname])
+            .args(args)
+            .stdin(Stdio::null());
+        command
     }
 
     /// The directory they were built in (to put first on `PATH`): every

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use gilmsg_crypto::{pki, Identity};
@@ -63,18 +63,8 @@ impl Bus {
             .tempdir()
             .expect("tempdir");
         let ssldir = dir.path().join("pki");
-        pki::init(
-            &ssldir,
-            &pki::InitOptions {
-                ca_name: "gilmsg-test-ca".into(),
-                validity: Duration::from_secs(86_400),
-            },
-        )
-        .expect("pki init");
-        for name in std::iter::once(&PUBLISHER).chain(names) {
-            pki::issue(&ssldir, name, &pki::IssueOptions::default())
-                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
-        }
+        let identities = [&[PUBLISHER], names].concat();
+        ed25519_pki(&ssldir, "gilmsg-test-ca", &identities).unwrap_or_else(|e| panic!("{e}"));
 
         let mut command = Command::new(bins.relay);
         // Unlimited queues in the relay: tests that flood the bus count
@@ -258,14 +248,10 @@ relay_outbound = {outbound_value}
     }
 
     fn spawn_consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
-        let mut command = Command::new(self.bins.consumer);
-        command
-            .arg("--config")
-            .arg(config)
-            .args(["--certname", name, "--json"])
-            .args(args)
-            .env("GILMSG_LOG", log)
-            .stdin(Stdio::null());
+        let mut command = self
+            .bins
+            .consumer_command(config, name, &[&["--json"], args].concat());
+        command.env("GILMSG_LOG", log);
         Consumer {
             name: name.to_owned(),
             acks: !args.contains(&"--no-ack"),
@@ -382,6 +368,25 @@ impl Consumer {
         self.child.terminate(Duration::from_secs(5));
         self.child.stderr_until_closed(Duration::from_secs(5))
     }
+}
+
+/// A throwaway Ed25519 PKI in `ssldir` (made by `gilmsg-pki`'s own code):
+/// a CA called `ca_name`, valid for a day, and an identity for each of
+/// `names`.
+pub fn ed25519_pki(ssldir: &Path, ca_name: &str, names: &[&str]) -> Result<(), String> {
+    pki::init(
+        ssldir,
+        &pki::InitOptions {
+            ca_name: ca_name.into(),
+            validity: Duration::from_secs(86_400),
+        },
+    )
+    .map_err(|e| format!("pki init {}: {e}", ssldir.display()))?;
+    for name in names {
+        pki::issue(ssldir, name, &pki::IssueOptions::default())
+            .map_err(|e| format!("issue {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Polls an in-process publisher's counters (paced, bounded) until `done`

@@ -71,6 +71,20 @@ impl RawPub {
     }
 }
 
+/// An XPUB of `context` bound on `tcp://127.0.0.1:*` (linger 0): an
+/// endpoint the test plays, which consumers connect to; returns it with
+/// the endpoint it bound.
+pub fn bind_xpub(context: &zmq::Context) -> (zmq::Socket, String) {
+    let socket = context.socket(zmq::XPUB).expect("xpub");
+    socket.set_linger(0).expect("linger");
+    socket.bind("tcp://127.0.0.1:*").expect("bind");
+    let endpoint = socket
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8 endpoint");
+    (socket, endpoint)
+}
+
 /// A SUB connected to the relay's outbound.
 pub struct RawSub {
     _context: zmq::Context,
