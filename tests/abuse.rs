@@ -4,6 +4,8 @@
 //!
 //! `GILMSG_ABUSE_FRAMES` sets the size of the garbage flood (default 100 000).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

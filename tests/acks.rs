@@ -7,6 +7,8 @@
 //! right reason. A positive control (the honest ACK through the same
 //! harness) proves the harness can make a publish succeed.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_crypto::{pki, Identity};

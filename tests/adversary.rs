@@ -12,6 +12,8 @@
 //! 10 000); `GILMSG_ADVERSARY_SEED` the adversary's random seed. Run with
 //! `--nocapture` to see the summary table.
 
+#![forbid(unsafe_code)]
+
 mod adversary {
     pub mod injector;
 }

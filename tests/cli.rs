@@ -5,6 +5,8 @@
 //! misspelt keys, flag validation, and fedmsg's flags. Every test runs the
 //! real binaries.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};

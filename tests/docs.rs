@@ -39,6 +39,8 @@
 //! group is killed (SIGTERM, then SIGKILL), so no relay, consumer or
 //! publisher a document started in the background outlives the test.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

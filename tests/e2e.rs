@@ -1,5 +1,7 @@
 //! End to end: real relay and consumer processes, the library as publisher.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_testkit::bins;

@@ -22,6 +22,8 @@
 //! Reproduce: `cargo build --workspace && cargo test -p gilmsg-tests --test faults`.
 //! See docs/reliability.md for the measured results.
 
+#![forbid(unsafe_code)]
+
 #[path = "faults/cluster.rs"]
 mod cluster;
 #[path = "faults/net.rs"]

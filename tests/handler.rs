@@ -1,6 +1,8 @@
 //! Handler semantics of `gilmsg-consumer --exec`: no ACK unless the handler
 //! succeeded, and a re-sent message reaches the handler exactly once.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_testkit::bins;

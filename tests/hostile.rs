@@ -1,6 +1,8 @@
 //! Hostile input on the bus: consumers and the publisher drop and count
 //! every malformed, unsigned or badly signed frame, and keep working.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_testkit::bins;

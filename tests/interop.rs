@@ -11,6 +11,8 @@
 //! a Python publisher sends exactly once, from a probe message that went all
 //! the way through first. See docs/interop.md.
 
+#![forbid(unsafe_code)]
+
 #[path = "interop/support.rs"]
 mod support;
 

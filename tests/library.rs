@@ -1,6 +1,8 @@
 //! The library API against real consumer processes: many publishes in
 //! flight on one handle, the blocking facade, and plain (un-ACKed) publish.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

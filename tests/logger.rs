@@ -1,5 +1,7 @@
 //! `gilmsg-logger`: exit statuses and what stderr says, as scripts see them.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_testkit::bins;

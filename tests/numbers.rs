@@ -7,6 +7,8 @@
 //! never get a receipt for it; nor may a publisher silently sign another
 //! number than the one it was given.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;

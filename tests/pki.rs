@@ -3,6 +3,8 @@
 //! with which exit status. `openssl verify -crl_check_all` checks the
 //! result, as Python fedmsg would.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -4,6 +4,8 @@
 //! send them again; none of that may run a handler twice or make a consumer
 //! sign an ACK per copy.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use gilmsg_testkit::bins;

@@ -8,6 +8,8 @@
 //!   expired identity, with one error line naming the certificate file,
 //!   instead of running while every peer drops what they sign.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

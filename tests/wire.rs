@@ -7,6 +7,8 @@
 //! size) of the process under attack, before and after; bounds are generous
 //! and each test prints what it measured.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -16,6 +16,9 @@
 //! written as JSON and Markdown plus an SVG latency plot. Nothing here
 //! asserts a timing: benchmarks report, tests check behaviour.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
