@@ -75,22 +75,6 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// Runs a short command to completion, panicking with its output on failure.
-pub fn run(mut cmd: Command, what: &str) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The RSA PKI of a test (shared recipe: `gilmsg_cli::rsa_pki`); the
 /// test helpers panic on failure, as tests do.
 #[derive(Debug)]

@@ -223,6 +223,20 @@ pub fn run_bounded(
     }
 }
 
+/// Runs `command` with `stdin` under `limit` ([`run_bounded`], registered
+/// with this thread's guard) and returns its stdout; panics, naming it
+/// `what` and quoting its stderr, if it does not exit 0.
+pub fn run_ok(command: Command, what: &str, stdin: &str, limit: Duration) -> String {
+    let out = run_bounded(command, what, stdin, limit, &guard::current());
+    assert!(
+        out.status == Some(0),
+        "{what} failed ({:?}): {}",
+        out.status,
+        out.stderr.trim()
+    );
+    out.stdout
+}
+
 /// Waits up to `limit` for `child` to exit; past it, kills (SIGKILL) and
 /// reaps it and returns `None`.
 pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
