@@ -19,7 +19,7 @@
 //! `ip`/`nft` (installed on the fly when root and apt-get are there), it
 //! prints SKIP and passes, unless `GILMSG_FAULTS_REQUIRED=1`.
 //!
-//! Reproduce: `cargo build --workspace && cargo test -p gilmsg-tests --test faults`.
+//! Reproduce: `cargo test -p gilmsg-cli --test faults`.
 //! See docs/reliability.md for the measured results.
 
 #![forbid(unsafe_code)]
