@@ -440,6 +440,7 @@ fn timed_out_publishes_leave_nothing_in_flight() {
                 .map(|id| AckBody {
                     ack_msg_id: id.clone(),
                     ack_digest: None,
+                    ack_signer: None,
                 })
                 .collect();
             let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);

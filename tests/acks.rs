@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use gilmsg_crypto::{pki, Identity};
-use gilmsg_proto::ack::{digest_of_signed_part, AckBody};
+use gilmsg_proto::ack::AckBody;
+use gilmsg_proto::Digest;
 use gilmsg_proto::Envelope;
 use gilmsg_testkit::bins;
 use gilmsg_testkit::raw::FakeRecipient;
@@ -131,6 +132,7 @@ fn positive_control_an_ack_without_digest_counts_unchecked() {
                 let body = AckBody {
                     ack_msg_id: message.msg_id().to_owned(),
                     ack_digest: None,
+                    ack_signer: None,
                 };
                 let ack = forge::ack(&bus.ack_topic(), body, Some(&bus.identity("rcpt")));
                 forge::frames(&ack)
@@ -139,6 +141,40 @@ fn positive_control_an_ack_without_digest_counts_unchecked() {
         .await;
         let receipt = outcome.result.expect("a digest-less ACK counts");
         assert!(!receipt.acks[0].digest_checked);
+    })
+}
+
+/// An ACK that names the signer the recipient handled the message as.
+fn ack_naming(signer: &'static str) -> impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>> {
+    move |bus, message| {
+        let body = AckBody {
+            ack_signer: Some(signer.into()),
+            ..AckBody::for_message(message).expect("digest")
+        };
+        forge::frames(&forge::ack(
+            &bus.ack_topic(),
+            body,
+            Some(&bus.identity("rcpt")),
+        ))
+    }
+}
+
+#[test]
+fn an_ack_for_the_body_handled_as_another_signers_is_refused() {
+    // The recipient handled a copy of our exact body re-signed by the
+    // intruder: its ACK names the intruder, and must not count for us.
+    within_async(LIMIT, || async {
+        let outcome = answer_with("rcpt", |_| {}, ack_naming("intruder")).await;
+        assert_refused(outcome, "rcpt", "ack.signer_mismatch");
+    })
+}
+
+#[test]
+fn positive_control_an_ack_naming_the_publisher_counts() {
+    within_async(LIMIT, || async {
+        let outcome = answer_with("rcpt", |_| {}, ack_naming(gilmsg_tests::PUBLISHER)).await;
+        let receipt = outcome.result.expect("an ACK naming us counts");
+        assert!(receipt.acks[0].digest_checked);
     })
 }
 
@@ -162,6 +198,7 @@ fn digestless_ack(bus: &Bus, message: &Envelope) -> Vec<Vec<u8>> {
     let body = AckBody {
         ack_msg_id: message.msg_id().to_owned(),
         ack_digest: None,
+        ack_signer: None,
     };
     forge::frames(&forge::ack(
         &bus.ack_topic(),
@@ -306,7 +343,8 @@ fn ack_with_its_digest_altered_after_signing_has_a_bad_signature() {
             |bus, message| {
                 let ack = forge::honest_ack(&bus.ack_topic(), message, &bus.identity("rcpt"));
                 forge::tampered(&ack, |body| {
-                    body["msg"]["ack_digest"] = json!(digest_of_signed_part("something else"));
+                    body["msg"]["ack_digest"] =
+                        json!(Digest::of_signed_part("something else").to_string());
                 })
             },
         )
@@ -324,7 +362,11 @@ fn ack_from_the_recipient_for_another_msg_id() {
             |bus, message| {
                 let body = AckBody {
                     ack_msg_id: gilmsg_proto::envelope::new_msg_id(2026),
-                    ack_digest: Some(gilmsg_proto::ack::body_digest(message).expect("digest")),
+                    ack_digest: Some(
+                        Digest::of_signed_part(&message.signed_part().expect("signed part"))
+                            .to_string(),
+                    ),
+                    ack_signer: None,
                 };
                 forge::frames(&forge::ack(
                     &bus.ack_topic(),
@@ -349,7 +391,8 @@ fn ack_from_the_recipient_for_another_body() {
             |bus, message| {
                 let body = AckBody {
                     ack_msg_id: message.msg_id().to_owned(),
-                    ack_digest: Some(digest_of_signed_part("{\"msg\":\"other\"}")),
+                    ack_digest: Some(Digest::of_signed_part("{\"msg\":\"other\"}").to_string()),
+                    ack_signer: None,
                 };
                 forge::frames(&forge::ack(
                     &bus.ack_topic(),
@@ -386,6 +429,7 @@ fn batched_ack(bus: &Bus, message: &Envelope, signer: &str) -> Vec<Vec<u8>> {
     let other = AckBody {
         ack_msg_id: "2026-00000000-0000-4000-8000-000000000000".into(),
         ack_digest: None,
+        ack_signer: None,
     };
     let ours = AckBody::for_message(message).expect("digest");
     let msg = AckBody::batch_to_msg(&other, &[ours]);

@@ -205,3 +205,28 @@ fn a_body_receivers_would_refuse_is_refused_at_publish_at_once() {
             .expect("a normal publish after the refusals");
     })
 }
+
+#[test]
+fn an_ack_timeout_longer_than_max_message_age_is_refused_at_once() {
+    // Re-sends keep the first send's timestamp: consumers would refuse
+    // them before the publish gave up. The config refuses such an
+    // ack_timeout; a timeout given per call must be refused the same way.
+    within_async(LIMIT, || async {
+        let bus = Bus::start_with(&["c1"], "max_message_age = \"30s\"");
+        let _c1 = bus.consumer("c1", &[]);
+        let publisher = bus.publisher();
+        for recipients in [&["c1"][..], &[]] {
+            let err = publisher
+                .publish("late", json!({"n": 0}), recipients, Duration::from_secs(31))
+                .await
+                .expect_err("refused");
+            assert!(matches!(err, gilmsg::Error::InvalidArgument(_)), "{err}");
+            assert!(err.to_string().contains("max_message_age"), "{err}");
+        }
+        let receipt = publisher
+            .publish("in-time", json!({"n": 1}), &["c1"], Duration::from_secs(30))
+            .await
+            .expect("up to max_message_age is fine");
+        assert_eq!(receipt.acks[0].recipient, "c1");
+    })
+}

@@ -267,3 +267,75 @@ fn a_body_over_max_message_size_is_refused_at_once_with_exit_2() {
         assert_eq!(stats.get("message.received"), 0, "{stats}");
     })
 }
+
+#[test]
+fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
+    // The logger used serde_json's default limit (128) while consumers
+    // accept up to MAX_DEPTH (512): it refused bodies every receiver takes.
+    within(LIMIT, || {
+        let bus = Bus::start(&["a"]);
+        let a = bus.consumer("a", &[]);
+        let deep = |depth: usize| format!("{}1{}\n", "[".repeat(depth), "]".repeat(depth));
+        let mut args = base(&bus);
+        args.extend([
+            "--recipients",
+            "a",
+            "--json-input",
+            "--print-receipt",
+            "--ack-timeout",
+            "5s",
+        ]);
+        let out = bus.logger(&args, &deep(200), RUN);
+        assert_eq!(out.status, Some(0), "{out:?}");
+        let receipt: Value = serde_json::from_str(out.stdout.trim()).expect("receipt");
+        assert_eq!(receipt["acks"][0]["recipient"], json!("a"), "{out:?}");
+        a.wait_stdout(
+            receipt["msg_id"].as_str().expect("msg_id"),
+            Duration::from_secs(5),
+        );
+
+        let started = std::time::Instant::now();
+        let out = bus.logger(&args, &deep(600), RUN);
+        assert_eq!(out.status, Some(2), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "not refused at once: {:?}",
+            started.elapsed()
+        );
+        let lines = out.stderr_lines();
+        assert_eq!(lines.len(), 1, "{out:?}");
+        assert!(
+            lines[0].contains("stdin line 1: nests more than 512 levels deep"),
+            "{out:?}"
+        );
+    })
+}
+
+#[test]
+fn a_timeout_longer_than_max_message_age_exits_2_naming_it() {
+    within(LIMIT, || {
+        let bus = Bus::start_with(&["a"], "max_message_age = \"30s\"");
+        for (flag, recipients) in [("--ack-timeout", true), ("--timeout", false)] {
+            let mut args = base(&bus);
+            if recipients {
+                args.extend(["--recipients", "a"]);
+            }
+            args.extend([flag, "31s", "--message", "x"]);
+            let started = std::time::Instant::now();
+            let out = bus.logger(&args, "", RUN);
+            assert_eq!(out.status, Some(2), "{flag}: {out:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{flag}: not at once"
+            );
+            let lines = out.stderr_lines();
+            assert_eq!(lines.len(), 1, "{out:?}");
+            assert!(
+                lines[0].contains(&format!(
+                    "{flag} 31.00s is longer than max_message_age (30.00s)"
+                )),
+                "{out:?}"
+            );
+        }
+    })
+}

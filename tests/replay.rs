@@ -179,3 +179,37 @@ fn a_flood_of_copies_of_one_message_is_reacked_only_a_few_times() {
         assert_eq!(stats.get("message.delivered"), 1, "{stats}");
     })
 }
+
+#[test]
+fn review_a_body_resigned_by_another_identity_does_not_settle_the_victims_message() {
+    within(LIMIT, || {
+        let bus = Bus::start(&["c1", "mallory"]);
+        let consumer = bus.consumer("c1", &[]);
+        let raw = RawPub::connect(&bus.inbound);
+        let real = forge::message(
+            &bus.topic("payment"),
+            json!({"pay": 100}),
+            true,
+            Some(&bus.identity("publisher")),
+        );
+        let mut copy = real.clone();
+        copy.sign(&bus.identity("mallory")).expect("re-sign");
+        assert_eq!(copy.signed_part(), real.signed_part());
+        raw.send(&forge::frames(&copy));
+        let line = consumer.wait_stdout(real.msg_id(), WAIT);
+        assert!(line.contains("\"signer\":\"mallory\""), "{line}");
+        consumer.wait_stats("mallory's copy acked", WAIT, |s| s.get("ack.entries") >= 1);
+        raw.send(&forge::frames(&real));
+        let stats = consumer.wait_stats("the real message settled", WAIT, |s| {
+            s.get("duplicate.reacked")
+                + s.get("duplicate.reack_throttled")
+                + s.get("message.delivered")
+                >= 2
+        });
+        assert_eq!(
+            stats.get("message.delivered"),
+            2,
+            "settled as a copy of mallory's: {stats}"
+        );
+    })
+}

@@ -25,8 +25,8 @@ Exit status:
   0  success: every recipient acked (without --recipients: the message was sent)
   1  timeout: the message was sent and some recipient did not ACK in time (stderr names them)
   2  usage, configuration, key file or input error
-  3  bus error: socket or OS failure, or no subscriber appeared so nothing was sent
-     (with or without --recipients)
+  3  bus error: socket or OS failure, signing failed, or no subscriber appeared so
+     nothing was sent (with or without --recipients)
 With --keep-going or --stream: the highest status of any message.";
 
 /// A failure with the exit status it maps to.
@@ -52,8 +52,11 @@ impl From<gilmsg::Error> for Failure {
     fn from(e: gilmsg::Error) -> Self {
         let status = match &e {
             gilmsg::Error::Timeout(_) => EXIT_TIMEOUT,
-            // The OS refused a thread, a socketpair or a runtime: not a usage error.
-            gilmsg::Error::Os { .. } | gilmsg::Error::Socket { .. } => EXIT_BUS,
+            // The OS refused a thread, a socketpair or a runtime, or the
+            // signer failed at publish time: not a usage error.
+            gilmsg::Error::Os { .. } | gilmsg::Error::Socket { .. } | gilmsg::Error::Sign(_) => {
+                EXIT_BUS
+            }
             gilmsg::Error::Config(_)
             | gilmsg::Error::Crypto(_)
             | gilmsg::Error::Message(_)
@@ -357,6 +360,14 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signing_failure_at_publish_exits_3() {
+        let sign = gilmsg::Error::Sign(gilmsg_proto::SignError("HSM gone".into()));
+        assert_eq!(Failure::from(sign).status, EXIT_BUS);
+        let refused = gilmsg::Error::InvalidArgument("x".into());
+        assert_eq!(Failure::from(refused).status, EXIT_USAGE);
+    }
 
     #[test]
     fn durations_in_both_forms() {

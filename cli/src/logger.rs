@@ -19,6 +19,7 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gilmsg_proto::DecodeError;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -130,11 +131,27 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .timeout
         .or(args.ack_timeout)
         .unwrap_or(config.ack_timeout);
-    let timeout = if args.recipients.is_empty() {
-        plain_timeout
+    let (timeout, flag) = if args.recipients.is_empty() {
+        let flag = if args.common.timeout.is_some() {
+            "--timeout"
+        } else {
+            "--ack-timeout"
+        };
+        (plain_timeout, flag)
     } else {
-        ack_timeout
+        (ack_timeout, "--ack-timeout")
     };
+    if timeout > config.max_message_age {
+        // The config's rule (max_message_age >= ack_timeout) for the value
+        // given here: every send keeps the first one's timestamp.
+        return Err(Failure::usage(format!(
+            "error: {flag} {} is longer than max_message_age ({}): consumers would refuse \
+             the re-sends of a message before the logger gives up; raise max_message_age \
+             in the config or shorten {flag}",
+            common::show_duration(timeout),
+            common::show_duration(config.max_message_age)
+        )));
+    }
     let runtime = common::runtime()?;
     runtime.block_on(async {
         let mut builder = gilmsg::Bus::builder(&config)
@@ -256,9 +273,9 @@ impl Run<'_> {
                 continue;
             }
             let input = if args.json_input {
-                match serde_json::from_str(text) {
+                match parse_msg(text) {
                     Ok(v) => Input::Message(v),
-                    Err(e) => Input::Bad(format!("stdin line {number}: not valid JSON: {e}")),
+                    Err(e) => Input::Bad(format!("stdin line {number}: {e}")),
                 }
             } else {
                 Input::Message(json!({ "log": text }))
@@ -391,10 +408,10 @@ pub fn parse_json_input(input: &str) -> Result<Vec<Value>, String> {
         if text.is_empty() {
             continue;
         }
-        match serde_json::from_str(text) {
+        match parse_msg(text) {
             Ok(v) => values.push(v),
             Err(e) => {
-                first_error = Some(format!("stdin line {}: not valid JSON: {e}", index + 1));
+                first_error = Some(format!("stdin line {}: {e}", index + 1));
                 break;
             }
         }
@@ -402,16 +419,30 @@ pub fn parse_json_input(input: &str) -> Result<Vec<Value>, String> {
     match first_error {
         None if values.is_empty() => Err("stdin: no JSON input".into()),
         None => Ok(values),
-        Some(line_error) => match serde_json::from_str::<Value>(input) {
+        Some(line_error) => match parse_msg(input) {
             Ok(whole) => Ok(vec![whole]),
             Err(_) => Err(line_error),
         },
     }
 }
 
+/// One JSON value, read as consumers read bodies (nesting up to
+/// `MAX_DEPTH`, beyond serde_json's default of 128).
+fn parse_msg(text: &str) -> Result<Value, String> {
+    gilmsg_proto::envelope::parse_json(text.as_bytes()).map_err(|e| match e {
+        DecodeError::TooDeep { limit } => {
+            format!("nests more than {limit} levels deep, which no receiver accepts")
+        }
+        DecodeError::NotJson(why) | DecodeError::NotUtf8(why) | DecodeError::LoneSurrogate(why) => {
+            format!("not valid JSON: {why}")
+        }
+        other => format!("not valid JSON: {other}"),
+    })
+}
+
 fn to_msg(text: &str, json_input: bool) -> Result<Value, String> {
     if json_input {
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
+        parse_msg(text)
     } else {
         Ok(json!({ "log": text }))
     }

@@ -451,6 +451,7 @@ impl State {
         let predicted = AckBody {
             ack_msg_id: new_msg_id(2026),
             ack_digest: honest_body.ack_digest.clone(),
+            ack_signer: None,
         };
         let f = self.ack_frames(predicted, Some(&self.arsenal.impostor_ghost));
         self.send(Kind::Predicted, f);
@@ -459,6 +460,7 @@ impl State {
             let swapped = AckBody {
                 ack_msg_id: previous,
                 ack_digest: honest_body.ack_digest.clone(),
+                ack_signer: None,
             };
             let f = self.ack_frames(swapped, Some(&self.arsenal.mallory));
             self.send(Kind::SwapResigned, f);
@@ -472,6 +474,7 @@ impl State {
             .map(|id| AckBody {
                 ack_msg_id: id.clone(),
                 ack_digest: honest_body.ack_digest.clone(),
+                ack_signer: None,
             })
             .collect();
         let batch = AckBody::batch_to_msg(&honest_body, &rest);

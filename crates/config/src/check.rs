@@ -134,10 +134,12 @@ pub const HIGH_WATER_MARK: WholeNumber = WholeNumber {
     zero_means: Some("unlimited"),
 };
 
-/// `max_message_size`, in bytes.
+/// `max_message_size`, in bytes: at most 1 GiB. Sockets cap a frame at four
+/// times it (libzmq's `ZMQ_MAXMSGSIZE`, an `int64`), and a body is parsed
+/// and signed whole in memory; a larger bound is no bound at all.
 pub const MAX_MESSAGE_SIZE: WholeNumber = WholeNumber {
     min: 1,
-    max: usize::MAX as u64,
+    max: 1 << 30,
     zero_means: None,
 };
 
@@ -270,7 +272,7 @@ mod tests {
         assert!(HIGH_WATER_MARK.parse("3000000000").is_err());
         assert_eq!(
             MAX_MESSAGE_SIZE.check(0).unwrap_err(),
-            format!("must be a whole number from 1 to {}, not 0", usize::MAX)
+            "must be a whole number from 1 to 1073741824, not 0"
         );
         assert!(MAX_MESSAGE_SIZE.parse("1.5").is_err());
     }

@@ -782,6 +782,14 @@ mod tests {
         let mut c = ok.clone();
         c.max_message_size = 0;
         assert_eq!(key_of(&c), "max_message_size");
+        // Four times it is the sockets' frame cap (an int64): a huge value
+        // used to wrap that cap down to 64 KiB. At most 1 GiB.
+        for huge in [(1 << 30) + 1, usize::MAX / 4 + 1, usize::MAX] {
+            c.max_message_size = huge;
+            assert_eq!(key_of(&c), "max_message_size", "{huge}");
+        }
+        c.max_message_size = 1 << 30;
+        c.validate().unwrap();
 
         let mut c = ok.clone();
         c.max_message_age = Duration::from_secs(4);

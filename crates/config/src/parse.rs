@@ -711,6 +711,8 @@ mod tests {
     fn counts_are_whole_and_in_range() {
         for (text, key) in [
             ("max_message_size = -1", "max_message_size"),
+            ("max_message_size = 1073741825", "max_message_size"),
+            ("max_message_size = 9223372036854775807", "max_message_size"),
             ("dedupe_capacity = 1.5", "dedupe_capacity"),
             ("high_water_mark = -1", "high_water_mark"),
             ("high_water_mark = 3000000000", "high_water_mark"),
@@ -720,5 +722,7 @@ mod tests {
         }
         let c = toml("max_message_size = 10\nhigh_water_mark = 7").unwrap();
         assert_eq!((c.max_message_size, c.high_water_mark), (10, 7));
+        let c = toml("max_message_size = 1073741824").unwrap();
+        assert_eq!(c.max_message_size, 1 << 30);
     }
 }

@@ -1,5 +1,6 @@
 //! The bounded cache of certificates that passed chain validation *and*
-//! verified a signature, keyed by the SHA-256 of the certificate's DER.
+//! verified a signature, keyed by the SHA-256 of the certificate's signed
+//! part (the `TBSCertificate`, see `trust.rs`).
 //!
 //! Two properties matter more than the hit rate:
 //!
@@ -19,7 +20,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::RwLock;
+
+use crate::locks::{read, write};
 
 /// A bounded map from `K` to shared values; see the module docs.
 pub(crate) struct GenerationalCache<K, V> {
@@ -30,15 +33,6 @@ pub(crate) struct GenerationalCache<K, V> {
 struct Generations<K, V> {
     young: HashMap<K, V>,
     old: HashMap<K, V>,
-}
-
-// The maps are only ever changed by whole operations that leave them
-// consistent, so a panic elsewhere cannot poison them in a harmful way.
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> GenerationalCache<K, V> {

@@ -62,6 +62,7 @@ mod cert_cache;
 mod error;
 mod files;
 mod identity;
+mod locks;
 mod name;
 pub mod pki;
 mod trust;

@@ -5,9 +5,11 @@
 //! Cost model: a consumer sees the same few certificates thousands of times a
 //! second. Chain validation (X.509 parse, issuer match, CA signature check) is
 //! done once per distinct certificate and remembered with the parsed public
-//! key, keyed by the SHA-256 of the certificate's DER (so the free
-//! whitespace of the base64 `certificate` field does not make new entries),
-//! and only after a message signature verified with that key (so forged
+//! key, keyed by the SHA-256 of the part of the certificate the CA signed
+//! (the `TBSCertificate`: so neither the free whitespace of the base64
+//! `certificate` field nor another encoding of the CA's signature makes new
+//! entries; bytes after the certificate are refused), and only after a
+//! message signature verified with that key (so forged
 //! messages carrying a real certificate cannot fill or churn the cache; see
 //! `cert_cache.rs`). What can change between messages (the clock, the CRL) is
 //! checked on every call. The CRL file is re-read when its mtime or size
@@ -20,7 +22,10 @@
 //!   *name* (compared canonically, as OpenSSL does: see `name.rs`) and whose
 //!   key verifies the certificate's signature. A CRL belongs to the trusted
 //!   CA whose name matches its issuer and whose key verifies the CRL's
-//!   signature. Revocation state is then looked up by that CA, never by the
+//!   signature. When several do (an expired CA certificate and its renewal,
+//!   same name and key), the leaf is valid through whichever is valid at the
+//!   time of the call, whatever the bundle order. Revocation state is then
+//!   looked up by that CA, never by the
 //!   bytes of the certificate's issuer field, so a `UTF8String` issuer under
 //!   a `PrintableString` CA subject finds its CRL as OpenSSL finds it.
 //! - When a CRL is configured, a certificate whose CA has no CRL in the file
@@ -51,11 +56,11 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use gilmsg_proto::{VerifiedSigner, Verifier, VerifyError};
+use gilmsg_proto::{Digest, VerifiedSigner, Verifier, VerifyError};
 use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
 use x509_parser::num_bigint::BigUint;
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
@@ -66,6 +71,7 @@ use crate::cert_cache::GenerationalCache;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::identity::{Identity, SCHEME_ED25519, SCHEME_X509};
+use crate::locks::{lock, read, write};
 use crate::name::StoredName;
 
 /// How many proven certificates are remembered. A bus has far fewer
@@ -108,15 +114,43 @@ enum PublicKey {
 /// What chain validation established about one certificate.
 struct Validated {
     name: String,
-    /// Index into [`TrustStore::cas`] of the CA whose key signed the
-    /// certificate: revocation is looked up by this CA.
-    ca: usize,
+    /// Every trusted CA whose name and key issued the certificate (more
+    /// than one when a bundle holds a CA certificate and its renewal, with
+    /// the same name and key), in bundle order; never empty.
+    issuers: Vec<Issuer>,
     serial: Vec<u8>,
-    /// Intersection of the certificate's and its CA's validity, in Unix
+    key: PublicKey,
+}
+
+/// One trusted CA that issued a certificate, and when the pair is usable.
+#[derive(Clone, Copy)]
+struct Issuer {
+    /// Index into [`TrustStore::cas`]: revocation is looked up by this CA.
+    ca: usize,
+    /// Intersection of the certificate's and this CA's validity, in Unix
     /// seconds: an expired CA makes its certificates unusable too.
     not_before: i64,
     not_after: i64,
-    key: PublicKey,
+}
+
+impl Validated {
+    /// The earliest time the certificate is usable through any issuer.
+    fn not_before(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.not_before)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The latest time the certificate is usable through any issuer.
+    fn not_after(&self) -> i64 {
+        self.issuers
+            .iter()
+            .map(|i| i.not_after)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
 }
 
 /// What the CRL file says about one trusted CA, all of its CRLs merged.
@@ -204,7 +238,7 @@ pub struct TrustStore {
     cas: Vec<TrustedCa>,
     crl: Option<CrlSource>,
     crl_check_interval: Duration,
-    cache: GenerationalCache<[u8; 32], Arc<Validated>>,
+    cache: GenerationalCache<Digest, Arc<Validated>>,
 }
 
 impl fmt::Debug for TrustStore {
@@ -218,18 +252,6 @@ impl fmt::Debug for TrustStore {
             .field("crl", &self.crl.as_ref().map(|c| &c.path))
             .finish_non_exhaustive()
     }
-}
-
-// Locks only ever guard whole values that are replaced at once, so a panic
-// elsewhere cannot leave them half-updated: poisoning is safe to ignore.
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix_secs(t: SystemTime) -> i64 {
@@ -442,18 +464,38 @@ fn certificate_der(field: &str) -> std::result::Result<Vec<u8>, VerifyError> {
         .ok_or_else(|| malformed_cert("no CERTIFICATE PEM block"))
 }
 
-fn cache_key(der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let mut key = [0u8; 32];
-    key.copy_from_slice(digest.as_ref());
-    key
+/// The DER of the `TBSCertificate` in a certificate's DER: what the CA
+/// signed, so what names the certificate in the cache. A cheap outer parse,
+/// done before the cache lookup. Bytes after the certificate are refused:
+/// x509-parser would ignore them, so each such variant of a genuine
+/// certificate would verify and could be cached as a new one.
+fn signed_portion(der: &[u8]) -> std::result::Result<&[u8], VerifyError> {
+    use x509_parser::der_parser::asn1_rs::Any;
+    let not_x509 = |e| malformed_cert(format!("not an X.509 certificate: {e}"));
+    let (rest, certificate) = Any::from_der(der).map_err(not_x509)?;
+    refuse_trailing_bytes(rest)?;
+    let content = certificate.data;
+    let (after, _tbs) = Any::from_der(content).map_err(not_x509)?;
+    Ok(&content[..content.len() - after.len()])
+}
+
+fn refuse_trailing_bytes(rest: &[u8]) -> std::result::Result<(), VerifyError> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(malformed_cert(format!(
+            "{} bytes after the certificate",
+            rest.len()
+        )))
+    }
 }
 
 /// Chain validation of one certificate: everything that does not depend on
 /// the clock or the CRL.
 fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, VerifyError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| malformed_cert(format!("not an X.509 certificate: {e}")))?;
+    refuse_trailing_bytes(rest)?;
     let name = files::common_name(cert.subject())
         .ok_or_else(|| malformed_cert("certificate subject has no CN"))?;
 
@@ -464,15 +506,25 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
             cert.issuer()
         )));
     }
-    let (ca_index, ca) = named
+    // Every candidate whose key verifies, not the first: a bundle may hold
+    // an expired CA certificate before its renewal (same name and key), and
+    // which one the leaf is usable through depends on the time of each call.
+    let validity = cert.validity();
+    let issuers: Vec<Issuer> = named
         .into_iter()
-        .find(|(_, ca)| ca.key_verifies(|spki| cert.verify_signature(Some(spki)).is_ok()))
-        .ok_or_else(|| {
-            VerifyError::Untrusted(format!(
-                "{name:?}: signature does not verify with the key of {}",
-                cert.issuer()
-            ))
-        })?;
+        .filter(|(_, ca)| ca.key_verifies(|spki| cert.verify_signature(Some(spki)).is_ok()))
+        .map(|(index, ca)| Issuer {
+            ca: index,
+            not_before: validity.not_before.timestamp().max(ca.not_before),
+            not_after: validity.not_after.timestamp().min(ca.not_after),
+        })
+        .collect();
+    if issuers.is_empty() {
+        return Err(VerifyError::Untrusted(format!(
+            "{name:?}: signature does not verify with the key of {}",
+            cert.issuer()
+        )));
+    }
 
     let spki = cert.public_key();
     let key_bytes = spki.subject_public_key.data.to_vec();
@@ -496,25 +548,30 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
             spki.algorithm.algorithm.to_id_string()
         ))
     };
-    let validity = cert.validity();
     Ok(Validated {
         name,
-        ca: ca_index,
+        issuers,
         serial: cert.serial.to_bytes_be(),
-        not_before: validity.not_before.timestamp().max(ca.not_before),
-        not_after: validity.not_after.timestamp().min(ca.not_after),
         key,
     })
 }
 
-fn check_validity(v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
-    if now < v.not_before {
-        return Err(VerifyError::NotYetValid(v.name.clone()));
+/// The issuer through which the certificate is valid at `now` (the first
+/// in bundle order), or why there is none: not yet valid if some issuer's
+/// window is still ahead, else expired.
+fn check_validity(v: &Validated, now: i64) -> std::result::Result<Issuer, VerifyError> {
+    if let Some(issuer) = v
+        .issuers
+        .iter()
+        .find(|i| i.not_before <= now && now <= i.not_after)
+    {
+        return Ok(*issuer);
     }
-    if now > v.not_after {
-        return Err(VerifyError::Expired(v.name.clone()));
+    if v.issuers.iter().any(|i| now < i.not_before) {
+        Err(VerifyError::NotYetValid(v.name.clone()))
+    } else {
+        Err(VerifyError::Expired(v.name.clone()))
     }
-    Ok(())
 }
 
 impl TrustStore {
@@ -617,11 +674,24 @@ impl TrustStore {
 
     /// Revocation checks of a certificate that passed chain validation, by
     /// the CA that issued it.
-    fn check_revocation(&self, v: &Validated, now: i64) -> std::result::Result<(), VerifyError> {
+    fn check_revocation(
+        &self,
+        v: &Validated,
+        issuer: usize,
+        now: i64,
+    ) -> std::result::Result<(), VerifyError> {
         let Some(src) = &self.crl else { return Ok(()) };
         let state = read(&src.state);
-        let ca = self.cas.get(v.ca).map_or("?", |c| c.subject_text.as_str());
-        let Some(crl) = state.revocations.per_ca.get(v.ca).and_then(Option::as_ref) else {
+        let ca = self
+            .cas
+            .get(issuer)
+            .map_or("?", |c| c.subject_text.as_str());
+        let Some(crl) = state
+            .revocations
+            .per_ca
+            .get(issuer)
+            .and_then(Option::as_ref)
+        else {
             return Err(VerifyError::CrlMissing(format!(
                 "{:?} was issued by {ca}, and {} has no CRL from it",
                 v.name,
@@ -671,17 +741,22 @@ impl TrustStore {
         let v = validate(&self.cas, &der).map_err(fail)?;
         let now = unix_secs(now);
         let mut warnings = Vec::new();
-        match check_validity(&v, now) {
-            Ok(()) => {}
-            Err(VerifyError::NotYetValid(_)) => warnings.push(format!(
-                "{}: certificate of {:?} is not valid before {} (is this host's clock right?)",
-                identity.certificate_path().display(),
-                v.name,
-                show_time(v.not_before)
-            )),
+        let issuer = match check_validity(&v, now) {
+            Ok(issuer) => issuer.ca,
+            Err(VerifyError::NotYetValid(_)) => {
+                warnings.push(format!(
+                    "{}: certificate of {:?} is not valid before {} (is this host's clock right?)",
+                    identity.certificate_path().display(),
+                    v.name,
+                    show_time(v.not_before())
+                ));
+                // Not yet valid through any issuer: the first one's CRL
+                // still says whether it is revoked.
+                v.issuers.first().map_or(usize::MAX, |i| i.ca)
+            }
             Err(e) => return Err(fail(e)),
-        }
-        match self.check_revocation(&v, now) {
+        };
+        match self.check_revocation(&v, issuer, now) {
             Ok(()) => {}
             Err(e @ VerifyError::CrlExpired(_)) => warnings.push(e.to_string()),
             Err(e) => return Err(fail(e)),
@@ -694,7 +769,7 @@ impl TrustStore {
         }
         Ok(IdentityStanding {
             name: v.name.clone(),
-            not_after: crate::pki::to_system_time(v.not_after),
+            not_after: crate::pki::to_system_time(v.not_after()),
             warnings,
         })
     }
@@ -714,7 +789,7 @@ impl TrustStore {
         }
         self.refresh_crl_if_due();
         let der = certificate_der(certificate)?;
-        let key = cache_key(&der);
+        let key = Digest::of_bytes(signed_portion(&der)?);
         let cached = self.cache.get(&key);
         let v = match &cached {
             Some(v) => Arc::clone(v),
@@ -724,8 +799,8 @@ impl TrustStore {
         };
 
         let now = unix_secs(now);
-        check_validity(&v, now)?;
-        self.check_revocation(&v, now)?;
+        let issuer = check_validity(&v, now)?;
+        self.check_revocation(&v, issuer.ca, now)?;
 
         let sig = decode_b64(signature).map_err(|e| malformed_sig(format!("bad base64: {e}")))?;
         let ok = match (scheme, &v.key) {

@@ -1,6 +1,7 @@
 //! The trust store's cache of proven certificates: keyed by the
-//! certificate's DER (not the text of the `certificate` field), filled only
-//! after a signature verified, and never flushed whole.
+//! certificate's signed part (not the text of the `certificate` field, and
+//! no bytes after the DER), filled only after a signature verified, and
+//! never flushed whole.
 
 use std::fs;
 use std::time::Duration;
@@ -192,5 +193,37 @@ fn more_proven_certificates_than_the_capacity_evict_part_not_all() {
     assert!(
         kept >= CAPACITY / 2,
         "{kept} of {total} kept: a full clear, not an eviction"
+    );
+}
+
+#[test]
+fn review_trailing_bytes_after_the_der_do_not_make_new_cache_entries() {
+    let bus = bus();
+    let alice = peer(&bus, "alice");
+    let sig = alice.sign(MSG);
+    assert_eq!(
+        verify(&bus, &field(&alice.der, 64, 0, ""), &sig).unwrap(),
+        "alice"
+    );
+    for i in 0..CAPACITY as u32 {
+        let mut der = alice.der.clone();
+        der.extend_from_slice(&i.to_be_bytes());
+        match verify(&bus, &field(&der, 64, 0, ""), &sig) {
+            Err(VerifyError::Malformed {
+                field: "certificate",
+                detail,
+            }) => assert!(detail.contains("4 bytes after the certificate"), "{detail}"),
+            other => panic!("a certificate with trailing bytes: {other:?}"),
+        }
+    }
+    assert_eq!(
+        bus.trust.cached_certificates(),
+        1,
+        "one certificate, one entry"
+    );
+    // The genuine certificate still verifies, from the cache.
+    assert_eq!(
+        verify(&bus, &field(&alice.der, 76, 76, "\n"), &sig).unwrap(),
+        "alice"
     );
 }

@@ -286,6 +286,65 @@ fn expired_ca_makes_its_certificates_expired() {
 }
 
 #[test]
+fn a_renewed_ca_keeps_its_certificates_valid_whatever_the_bundle_order() {
+    // An expired CA certificate and its renewal (same name, same key) in
+    // one bundle: the leaf is valid through the renewal, whichever comes
+    // first. It used to be cut to the first CA whose key verified it.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    pki::init(
+        &dir,
+        &InitOptions {
+            ca_name: "Renewed CA".into(),
+            validity: 2 * DAY,
+        },
+    )
+    .unwrap();
+    pki::issue(&dir, "alice", &IssueOptions::valid_for(30 * DAY)).unwrap();
+    let id = Identity::load(&dir, "alice").unwrap();
+    let original = fs::read_to_string(dir.join("ca.crt")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::from_ca_cert_pem(&original).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::HOUR;
+    params.not_after = now + time::Duration::days(3650);
+    let renewal = params.self_signed(&key).unwrap().pem();
+    let later = SystemTime::now() + 5 * DAY;
+    let sig = id.sign(MSG).unwrap();
+    for (order, text) in [
+        ("expired first", original.clone() + &renewal),
+        ("renewal first", renewal.clone() + &original),
+    ] {
+        let bundle = dir.join("bundle.crt");
+        fs::write(&bundle, text).unwrap();
+        let t = TrustStore::load(&bundle, None).unwrap();
+        // Now both are valid; in five days only the renewal is.
+        assert!(
+            t.verify("ed25519", id.certificate(), &sig, MSG).is_ok(),
+            "{order}"
+        );
+        assert_eq!(
+            t.verify_at("ed25519", id.certificate(), &sig, MSG, later)
+                .map(|s| s.name),
+            Ok("alice".into()),
+            "{order}"
+        );
+        // Past the leaf's own validity, expired through both.
+        assert_eq!(
+            t.verify_at(
+                "ed25519",
+                id.certificate(),
+                &sig,
+                MSG,
+                SystemTime::now() + 40 * DAY
+            ),
+            Err(VerifyError::Expired("alice".into())),
+            "{order}"
+        );
+    }
+}
+
+#[test]
 fn revocation_reaches_a_live_store_through_the_cache() {
     let p = new_pki("Test CA");
     let alice = issue(&p, "alice");

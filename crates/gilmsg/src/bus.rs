@@ -90,17 +90,18 @@ impl BusBuilder {
         config.validate()?;
         let active = active.unwrap_or(config.active);
         let certname = certname.unwrap_or_else(|| config.certname_for(&modname, active));
-        let signer = if config.sign_messages {
-            Some(setup::load_signer(&config, &certname)?)
-        } else {
-            None
-        };
         // ACKs are always verified, whatever `validate_signatures` says:
         // counting an unverified ACK would be a false positive waiting to
         // happen. The routing policy does not apply to them: an ACK is
         // authorised by the publish's recipient list (a `routing_nitpicky`
         // policy that does not list the ACK topic must not veto them all).
-        let validator = Some(setup::load_ack_validator(&config)?);
+        let trust = setup::load_trust(&config, true)?;
+        let signer = if config.sign_messages {
+            Some(setup::load_signer(&config, &certname, trust.as_deref())?)
+        } else {
+            None
+        };
+        let validator = trust.map(setup::ack_validator);
         let own = if active {
             Vec::new()
         } else {
@@ -165,6 +166,7 @@ impl BusBuilder {
                 scheme: TopicScheme::new(&config.topic_prefix, &config.environment),
                 modname,
                 default_timeout: config.ack_timeout,
+                max_message_age: config.max_message_age,
                 max_message_size: config.max_message_size,
                 require_ack_digest: require_ack_digest.unwrap_or(config.require_ack_digest),
                 sequence: AtomicU64::new(0),
@@ -192,6 +194,8 @@ struct Inner {
     scheme: TopicScheme,
     modname: String,
     default_timeout: Duration,
+    /// `ack_timeout` may not exceed it (see `publish_full`).
+    max_message_age: Duration,
     max_message_size: usize,
     require_ack_digest: bool,
     sequence: AtomicU64,
@@ -319,6 +323,16 @@ impl Bus {
                 gilmsg_config::MAX_TIMEOUT.as_secs() / 86_400
             )));
         }
+        if ack_timeout > self.inner.max_message_age {
+            // The config rule, for a timeout given per call: every send
+            // keeps the timestamp taken here, so consumers would refuse the
+            // re-sends (or a send waiting for subscribers) before we gave up.
+            return Err(Error::InvalidArgument(format!(
+                "ack_timeout {ack_timeout:?} is longer than max_message_age ({:?}): consumers \
+                 would refuse the re-sends of the message before the publish gives up",
+                self.inner.max_message_age
+            )));
+        }
         if !recipients.is_empty() && !self.inner.has_ack_endpoints {
             return Err(Error::NoAckEndpoints);
         }
@@ -354,7 +368,8 @@ impl Bus {
         } else {
             Some(
                 AckCollector::new(&msg_id, Digest::of_signed_part(&signed), recipients)
-                    .require_digest(self.inner.require_ack_digest),
+                    .require_digest(self.inner.require_ack_digest)
+                    .signed_as(self.inner.signer.as_deref().map(|s| s.name())),
             )
         };
         let (reply, response) = oneshot::channel();

@@ -175,14 +175,18 @@ impl ConsumerBuilder {
             topics.push(format!("{}.", scheme.prefix()));
         }
         let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
-        let validator = if config.validate_signatures {
-            Some(setup::load_validator(&config)?)
+        let trust = if config.validate_signatures || send_acks {
+            setup::load_trust(&config, config.validate_signatures)?
         } else {
             None
         };
+        let validator = trust
+            .as_ref()
+            .filter(|_| config.validate_signatures)
+            .map(|t| setup::validator(&config, Arc::clone(t)));
         let signer = if send_acks {
             let certname = certname.unwrap_or_else(|| config.certname_for("gilmsg", active));
-            Some(setup::load_signer(&config, &certname)?)
+            Some(setup::load_signer(&config, &certname, trust.as_deref())?)
         } else {
             None
         };
@@ -296,6 +300,7 @@ impl Acker {
             .map(|p| AckBody {
                 ack_msg_id: p.msg_id.clone(),
                 ack_digest: Some(p.digest.to_string()),
+                ack_signer: p.signer.clone(),
             })
             .collect();
         let Some((first, rest)) = bodies.split_first() else {

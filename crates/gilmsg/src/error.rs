@@ -36,9 +36,13 @@ pub enum Error {
     #[error(transparent)]
     Crypto(#[from] gilmsg_crypto::Error),
     /// The message could not be built (a number a double cannot hold
-    /// exactly, a value with no canonical form, the signer failed).
+    /// exactly, a value with no canonical form): the caller's input.
     #[error("cannot build message: {0}")]
     Message(gilmsg_proto::envelope::BuildError),
+    /// The signer failed (a key or library error at signing time): not the
+    /// message's fault, so the command-line tools exit 3 for it, not 2.
+    #[error(transparent)]
+    Sign(gilmsg_proto::SignError),
     /// The message is one every consumer would refuse, so it was not sent
     /// (rather than re-sent until the timeout): nothing can ever ACK it.
     #[error("not sent: {0}")]
@@ -101,6 +105,7 @@ impl From<gilmsg_proto::envelope::BuildError> for Error {
                 Error::Unsendable(Unsendable::TooDeep { limit })
             }
             BuildError::UnsafeField("topic") => Error::Unsendable(Unsendable::UnsafeTopic),
+            BuildError::Sign(e) => Error::Sign(e),
             other => Error::Message(other),
         }
     }
@@ -203,6 +208,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signing_failure_is_not_a_message_error() {
+        use gilmsg_proto::envelope::BuildError;
+        let e = Error::from(BuildError::Sign(gilmsg_proto::SignError("HSM gone".into())));
+        assert!(matches!(e, Error::Sign(_)), "{e:?}");
+        assert_eq!(e.to_string(), "signing failed: HSM gone");
+    }
 
     #[test]
     fn timeout_message_names_missing_and_acked() {

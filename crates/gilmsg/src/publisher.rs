@@ -431,7 +431,7 @@ impl Actor {
         let Some(validator) = &self.validator else {
             return self.counters.bump("ack.rejected", "no_trust_store");
         };
-        // Signature and certificate only: see `setup::load_ack_validator`
+        // Signature and certificate only: see `setup::ack_validator`
         // for why the routing policy does not apply to ACKs.
         let signer = match validator.validate(&envelope) {
             Ok(v) => match v.signer {

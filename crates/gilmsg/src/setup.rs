@@ -12,24 +12,36 @@ use gilmsg_proto::{Signer, Validator};
 
 use crate::error::Result;
 
+/// The trust store from the config (CA file and CRL), loaded once per
+/// handle and shared by its validator and the check of its own identity.
+/// When not `required` (nothing is verified, only the own identity would be
+/// checked) a missing CA file gives `None`.
+pub(crate) fn load_trust(config: &Config, required: bool) -> Result<Option<Arc<TrustStore>>> {
+    let ca = config.ca_cert_path();
+    if !required && !ca.exists() {
+        tracing::debug!(ca = %ca.display(), "no CA file; own certificate not checked");
+        return Ok(None);
+    }
+    let crl = config.crl_path();
+    Ok(Some(Arc::new(TrustStore::load(&ca, crl.as_deref())?)))
+}
+
 /// Loads the identity named `certname` from `ssldir`, and refuses it if its
 /// peers would: a revoked, expired or foreign certificate (or one whose CA
 /// has no CRL, when a CRL is configured) would have everything this process
 /// signs dropped, so it is an error at start, naming the certificate file.
-pub(crate) fn load_signer(config: &Config, certname: &str) -> Result<Arc<dyn Signer>> {
+/// Without a trust store there is nothing to check against.
+pub(crate) fn load_signer(
+    config: &Config,
+    certname: &str,
+    trust: Option<&TrustStore>,
+) -> Result<Arc<dyn Signer>> {
     let identity = Identity::load(&config.ssldir, certname)?;
-    let ca = config.ca_cert_path();
-    // Without a CA file there is nothing to check against; a process that
-    // verifies anything fails on the missing file in `load_validator`.
-    if ca.exists() {
-        let crl = config.crl_path();
-        let store = TrustStore::load(&ca, crl.as_deref())?;
+    if let Some(store) = trust {
         let standing = store.check_identity(&identity)?;
         for warning in &standing.warnings {
             tracing::warn!(certname, "{warning}");
         }
-    } else {
-        tracing::debug!(ca = %ca.display(), "no CA file; own certificate not checked");
     }
     Ok(Arc::new(identity))
 }
@@ -37,26 +49,19 @@ pub(crate) fn load_signer(config: &Config, certname: &str) -> Result<Arc<dyn Sig
 /// The trust store alone, for ACKs: the routing policy decides who may
 /// publish on a topic, while an ACK is authorised by the recipient list of
 /// the publish it answers.
-pub(crate) fn load_ack_validator(config: &Config) -> Result<Arc<Validator>> {
-    let crl = config.crl_path();
-    let store = TrustStore::load(&config.ca_cert_path(), crl.as_deref())?;
-    Ok(Arc::new(Validator::new(
-        Arc::new(store),
-        RoutingPolicy::default(),
-    )))
+pub(crate) fn ack_validator(trust: Arc<TrustStore>) -> Arc<Validator> {
+    Arc::new(Validator::new(trust, RoutingPolicy::default()))
 }
 
 /// The trust store and routing policy from the config.
-pub(crate) fn load_validator(config: &Config) -> Result<Arc<Validator>> {
-    let crl = config.crl_path();
-    let store = TrustStore::load(&config.ca_cert_path(), crl.as_deref())?;
+pub(crate) fn validator(config: &Config, trust: Arc<TrustStore>) -> Arc<Validator> {
     let rules: HashMap<String, Vec<String>> = config
         .routing_policy
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let policy = RoutingPolicy::new(rules, config.routing_nitpicky);
-    Ok(Arc::new(Validator::new(Arc::new(store), policy)))
+    Arc::new(Validator::new(trust, policy))
 }
 
 pub(crate) fn retransmit_policy(config: &Config) -> RetransmitPolicy {

@@ -62,7 +62,10 @@ impl SocketTuning {
             reconnect_ivl: config.zmq_reconnect_ivl,
             reconnect_ivl_max: config.zmq_reconnect_ivl_max,
             tcp_keepalive: config.zmq_tcp_keepalive,
-            hard_max_message: (config.max_message_size as i64)
+            // max_message_size is at most 1 GiB (the config rule); the
+            // conversion saturates anyway, never wraps.
+            hard_max_message: i64::try_from(config.max_message_size)
+                .unwrap_or(i64::MAX)
                 .saturating_mul(4)
                 .max(1 << 16),
             max_subscriptions: config.max_subscriptions,

@@ -9,6 +9,15 @@
 //! digest; an ACK without one is accepted (unless the publisher asked for
 //! [`AckCollector::require_digest`]), one with a wrong digest never is.
 //!
+//! `ack_signer`, also ours and optional, names the identity the consumer
+//! verified the acknowledged message as (and handed to its handler). The
+//! digest cannot say it: `signature` and `certificate` are outside the signed
+//! part, so anyone can re-sign a victim's exact body, and a consumer handles
+//! that copy as the re-signer's. A publisher refuses an ACK whose
+//! `ack_signer` is not its own name ([`AckOutcome::SignerMismatch`]); an ACK
+//! without one (Python gilmsg, a consumer that does not check signatures) is
+//! accepted as before.
+//!
 //! Under load a consumer acknowledges many messages with one signature: the
 //! first entry stays in `ack_msg_id`/`ack_digest`, so a reader that knows
 //! only those (Python gilmsg) still sees a valid ACK for it, and the others
@@ -28,10 +37,14 @@ use crate::envelope::{DecodeError, Envelope};
 pub const ACK_MSG_ID_FIELD: &str = "ack_msg_id";
 /// `msg` field of an ACK carrying the body digest.
 pub const ACK_DIGEST_FIELD: &str = "ack_digest";
+/// `msg` field of an ACK naming the verified signer of the acknowledged
+/// message.
+pub const ACK_SIGNER_FIELD: &str = "ack_signer";
 /// `msg` field of a batched ACK carrying the entries after the first.
 pub const ACK_MORE_FIELD: &str = "ack_more";
 /// The most entries one batched ACK carries (keeps it far below any
-/// reasonable `max_message_size`: about 150 bytes an entry).
+/// reasonable `max_message_size`: about 150 bytes an entry plus the signer's
+/// name).
 pub const MAX_ACK_BATCH: usize = 256;
 
 /// The payload of an ACK.
@@ -41,14 +54,17 @@ pub struct AckBody {
     pub ack_msg_id: String,
     /// `sha256:<hex>` of the acknowledged body's signed part, if sent.
     pub ack_digest: Option<String>,
+    /// The name the acknowledged message was verified as, if sent.
+    pub ack_signer: Option<String>,
 }
 
 impl AckBody {
-    /// The ACK for a received message.
+    /// The ACK for a received message, naming its digest but no signer.
     pub fn for_message(message: &Envelope) -> Result<Self, CanonicalError> {
         Ok(AckBody {
             ack_msg_id: message.msg_id().to_owned(),
-            ack_digest: Some(body_digest(message)?),
+            ack_digest: Some(Digest::of_signed_part(&message.signed_part()?).to_string()),
+            ack_signer: None,
         })
     }
 
@@ -58,23 +74,29 @@ impl AckBody {
             .get(ACK_MSG_ID_FIELD)
             .and_then(Value::as_str)
             .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
-        let ack_digest = match msg.get(ACK_DIGEST_FIELD) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(DecodeError::Shape("ack_digest is not a string".into())),
+        let optional = |field: &str| match msg.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(DecodeError::Shape(format!("{field} is not a string"))),
         };
         Ok(AckBody {
             ack_msg_id: ack_msg_id.to_owned(),
-            ack_digest,
+            ack_digest: optional(ACK_DIGEST_FIELD)?,
+            ack_signer: optional(ACK_SIGNER_FIELD)?,
         })
     }
 
     /// The `msg` value to publish.
     pub fn to_msg(&self) -> Value {
-        match &self.ack_digest {
-            Some(d) => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id, ACK_DIGEST_FIELD: d }),
-            None => json!({ ACK_MSG_ID_FIELD: self.ack_msg_id }),
+        let mut msg = serde_json::Map::new();
+        msg.insert(ACK_MSG_ID_FIELD.into(), json!(self.ack_msg_id));
+        if let Some(d) = &self.ack_digest {
+            msg.insert(ACK_DIGEST_FIELD.into(), json!(d));
         }
+        if let Some(s) = &self.ack_signer {
+            msg.insert(ACK_SIGNER_FIELD.into(), json!(s));
+        }
+        Value::Object(msg)
     }
 
     /// The `msg` value of a batched ACK: `first` in the classic fields, the
@@ -122,17 +144,6 @@ impl AckBody {
     }
 }
 
-/// `sha256:<hex>` over the canonical signed part of `message`.
-pub fn body_digest(message: &Envelope) -> Result<String, CanonicalError> {
-    Ok(Digest::of_signed_part(&message.signed_part()?).to_string())
-}
-
-/// `sha256:<hex>` over already-canonical signed bytes (the text of
-/// [`Digest::of_signed_part`]).
-pub fn digest_of_signed_part(signed_part: &str) -> String {
-    Digest::of_signed_part(signed_part).to_string()
-}
-
 /// One recipient's ACK, as recorded in a receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckRecord {
@@ -163,6 +174,9 @@ pub enum AckOutcome {
     DigestMismatch,
     /// The ACK carries no digest and the publisher requires one.
     DigestMissing,
+    /// The ACK names another signer than this publisher: the recipient
+    /// handled this body as someone else's message (re-signed by them).
+    SignerMismatch,
 }
 
 impl AckOutcome {
@@ -175,6 +189,7 @@ impl AckOutcome {
             AckOutcome::WrongMessage => "wrong_msg_id",
             AckOutcome::DigestMismatch => "digest_mismatch",
             AckOutcome::DigestMissing => "digest_missing",
+            AckOutcome::SignerMismatch => "signer_mismatch",
         }
     }
 }
@@ -186,6 +201,8 @@ impl AckOutcome {
 pub struct AckCollector {
     msg_id: String,
     digest: Digest,
+    /// Our signing name: what an `ack_signer` must say.
+    publisher: Option<String>,
     require_digest: bool,
     first_sent: Option<Instant>,
     /// Declared recipients in declaration order, with their ACK once seen.
@@ -215,6 +232,7 @@ impl AckCollector {
         AckCollector {
             msg_id: msg_id.to_owned(),
             digest,
+            publisher: None,
             require_digest: false,
             first_sent: None,
             slots,
@@ -229,6 +247,16 @@ impl AckCollector {
     /// never complete such a publish.
     pub fn require_digest(mut self, required: bool) -> Self {
         self.require_digest = required;
+        self
+    }
+
+    /// The name this publisher signed the message as (`None`: unsigned).
+    /// An ACK whose `ack_signer` differs is refused
+    /// ([`AckOutcome::SignerMismatch`]): that recipient handled the body as
+    /// another identity's message. Until this is called, `ack_signer` must
+    /// be absent.
+    pub fn signed_as(mut self, name: Option<&str>) -> Self {
+        self.publisher = name.map(str::to_owned);
         self
     }
 
@@ -262,6 +290,9 @@ impl AckCollector {
             Some(_) => {}
             None if self.require_digest => return AckOutcome::DigestMissing,
             None => {}
+        }
+        if ack.ack_signer.is_some() && ack.ack_signer != self.publisher {
+            return AckOutcome::SignerMismatch;
         }
         if self.slots[slot].1.is_some() {
             return AckOutcome::Duplicate;
@@ -314,6 +345,7 @@ mod tests {
         AckBody {
             ack_msg_id: id.into(),
             ack_digest: digest.map(Into::into),
+            ack_signer: None,
         }
     }
 
@@ -394,6 +426,43 @@ mod tests {
             AckOutcome::Counted { complete: true }
         );
         assert!(!lax.acked()[0].digest_checked);
+    }
+
+    #[test]
+    fn an_ack_naming_another_signer_is_refused() {
+        let t0 = Instant::now();
+        let digest = d("body").to_string();
+        let named = |signer: Option<&str>| AckBody {
+            ack_signer: signer.map(Into::into),
+            ..ack("m1", Some(&digest))
+        };
+        let mut c = AckCollector::new("m1", d("body"), ["r", "py"]).signed_as(Some("alice"));
+        assert_eq!(
+            c.on_ack("r", &named(Some("mallory")), t0),
+            AckOutcome::SignerMismatch
+        );
+        assert_eq!(AckOutcome::SignerMismatch.kind(), "signer_mismatch");
+        assert_eq!(
+            c.on_ack("r", &named(Some("alice")), t0),
+            AckOutcome::Counted { complete: false }
+        );
+        // No ack_signer (Python gilmsg): accepted as before.
+        assert_eq!(
+            c.on_ack("py", &named(None), t0),
+            AckOutcome::Counted { complete: true }
+        );
+        // An unsigned publish: any named signer handled someone's copy.
+        let mut unsigned = AckCollector::new("m1", d("body"), ["r"]);
+        assert_eq!(
+            unsigned.on_ack("r", &named(Some("alice")), t0),
+            AckOutcome::SignerMismatch
+        );
+        // The field round-trips, in batches too.
+        let entries = [named(Some("alice")), named(None)];
+        let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+        assert_eq!(msg["ack_signer"], "alice");
+        assert_eq!(AckBody::entries_from_msg(&msg).unwrap(), entries);
+        assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_signer": 1})).is_err());
     }
 
     #[test]

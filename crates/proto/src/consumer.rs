@@ -18,10 +18,15 @@
 //! 2. The frames are decoded ([`Envelope::decode`]); its canonical signed
 //!    part is computed once, which also refuses number text the signature
 //!    does not cover as written.
-//! 3. A body already remembered (same digest of the signed part) is settled
-//!    before any signature check: re-acked if it was handled and acked
-//!    (spaced out by [`ReackPolicy`]), otherwise ignored. Nothing is trusted
-//!    from the copy: the re-ACK names the digest that was handled.
+//! 3. A copy of a message already remembered (same digest of the signed part
+//!    *and* the same certificate text, whitespace aside) is settled before
+//!    any signature check: re-acked if it was handled and acked (spaced out
+//!    by [`ReackPolicy`]), otherwise ignored. Nothing is trusted from the
+//!    copy: the re-ACK names the digest and the signer that were handled.
+//!    The digest alone would not do: `signature` and `certificate` are
+//!    outside the signed part, so another identity can re-sign a victim's
+//!    exact body; such a copy carries another certificate, so it is
+//!    verified like a new message (step 6).
 //! 4. A new body is checked against the time window (signed `timestamp`).
 //! 5. If the application cannot take one more delivery, the message is
 //!    dropped *before* it is remembered: remembering it would push out an
@@ -30,11 +35,19 @@
 //!    messages reach the handler again.
 //! 6. The signature is verified (the caller's closure), *then* the message
 //!    is remembered under `(signer, msg_id)`: a forged copy can never claim
-//!    an id ahead of the real message, and another identity cannot take a
-//!    victim's id (see [`crate::dedupe`] for the time and memory bounds).
+//!    an id ahead of the real message, and another identity that reuses a
+//!    victim's id, or re-signs the victim's whole body, sends a message of
+//!    its own, handled (and acked, naming that signer) as its own: it can
+//!    neither take the victim's id nor settle the victim's message. A body
+//!    already handled for the same signer but carried with another
+//!    certificate is a duplicate that is never acked
+//!    ([`Duplicate::OtherCertificate`]). See [`crate::dedupe`] for the time
+//!    and memory bounds.
 //! 7. It is delivered. An ACK is prepared only when the sender asked for
 //!    one (`gilmsg_version`) and the message is not itself an ACK; it goes
-//!    out when the handler says the message was handled. ACKs for gilmsg-rs
+//!    out when the handler says the message was handled, and names the
+//!    verified signer (`ack_signer`) so that a publisher never counts an ACK
+//!    for its body handled as someone else's. ACKs for gilmsg-rs
 //!    publishers whose `gilmsg_version` was *signed* are batched (one
 //!    signature for up to [`MAX_ACK_BATCH`] entries); Python gilmsg reads a
 //!    single `ack_msg_id`, so its messages are acked one by one.
@@ -42,7 +55,7 @@
 use std::time::Instant;
 
 use crate::ack::MAX_ACK_BATCH;
-use crate::dedupe::{DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
+use crate::dedupe::{CopyKey, DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
 use crate::digest::Digest;
 use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
 use crate::validate::{Rejection, Validated};
@@ -79,6 +92,9 @@ pub struct PendingAck {
     pub msg_id: String,
     /// Its signed part's digest.
     pub digest: Digest,
+    /// The signer it was verified as and handled for (`None` when
+    /// signatures are not checked): the ACK's `ack_signer`.
+    pub signer: Option<String>,
     /// Its publisher reads batched ACKs.
     pub batchable: bool,
 }
@@ -86,7 +102,7 @@ pub struct PendingAck {
 /// What the consumer's application must report back for one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    digest: Digest,
+    key: CopyKey,
     asked: bool,
     ack: Option<PendingAck>,
 }
@@ -106,7 +122,7 @@ impl Ticket {
 
     /// The digest of the delivered body's signed part.
     pub fn digest(&self) -> Digest {
-        self.digest
+        self.key.digest()
     }
 }
 
@@ -138,6 +154,9 @@ pub enum Duplicate {
     Failed,
     /// Its signer's `msg_id` was already handled with another body.
     DifferentBody,
+    /// Its signer's body already handled, but carried with another
+    /// certificate than the one verified then: never acked.
+    OtherCertificate,
 }
 
 impl Duplicate {
@@ -150,6 +169,7 @@ impl Duplicate {
             Duplicate::InProgress => "in_progress",
             Duplicate::Failed => "failed",
             Duplicate::DifferentBody => "different_body",
+            Duplicate::OtherCertificate => "other_certificate",
         }
     }
 }
@@ -318,15 +338,19 @@ impl ConsumerState {
             Err(e) => return refuse(Refusal::Invalid(DecodeError::Canonical(e)), &message),
         };
         let digest = Digest::of_signed_part(&signed);
+        let key = self
+            .cache
+            .copy_key(digest, message.str_field("certificate"));
         let is_ack = message.topic() == self.settings.ack_topic;
         let wants_ack = message.wants_ack() && !is_ack;
-        if let Some(seen) = self.cache.get(&digest) {
+        if let Some(seen) = self.cache.get(&key) {
             let kind = match seen.state {
                 Seen::Done { acked: true } if wants_ack => {
-                    if self.cache.may_reack(&digest, now, &self.settings.reack) {
+                    if self.cache.may_reack(&key, now, &self.settings.reack) {
                         self.pending.push(PendingAck {
                             msg_id: message.msg_id().to_owned(),
                             digest,
+                            signer: seen.signer.as_deref().map(str::to_owned),
                             batchable: seen.batchable,
                         });
                         Duplicate::Reacked
@@ -363,7 +387,7 @@ impl ConsumerState {
         let admitted = self.cache.admit(
             valid.signer.as_deref(),
             message.msg_id(),
-            digest,
+            key,
             timestamp,
             wall_now,
             batchable,
@@ -373,6 +397,12 @@ impl ConsumerState {
             Err(Refused::SameIdOtherBody(_)) => {
                 return Outcome::Duplicate {
                     kind: Duplicate::DifferentBody,
+                    msg_id: message.msg_id().to_owned(),
+                }
+            }
+            Err(Refused::OtherCertificate(_)) => {
+                return Outcome::Duplicate {
+                    kind: Duplicate::OtherCertificate,
                     msg_id: message.msg_id().to_owned(),
                 }
             }
@@ -394,13 +424,14 @@ impl ConsumerState {
         let ack = (self.settings.send_acks && wants_ack).then(|| PendingAck {
             msg_id: message.msg_id().to_owned(),
             digest,
+            signer: valid.signer.clone(),
             batchable,
         });
         Outcome::Deliver(Box::new(Accepted {
             message,
             signer: valid.signer,
             ticket: Ticket {
-                digest,
+                key,
                 asked: wants_ack,
                 ack,
             },
@@ -412,11 +443,11 @@ impl ConsumerState {
     /// not (never ACK it; re-sends are ignored).
     pub fn settle(&mut self, ticket: Ticket, handled: bool, now: Instant) {
         if !handled {
-            self.cache.settle(&ticket.digest, Seen::Failed, now);
+            self.cache.settle(&ticket.key, Seen::Failed, now);
             return;
         }
         let acked = ticket.ack.is_some();
-        self.cache.settle(&ticket.digest, Seen::Done { acked }, now);
+        self.cache.settle(&ticket.key, Seen::Done { acked }, now);
         if let Some(ack) = ticket.ack {
             self.pending.push(ack);
         }
@@ -425,7 +456,7 @@ impl ConsumerState {
     /// A delivery that could not be handed over after all (the application
     /// is gone): forgotten, so that a re-send gets another chance.
     pub fn abandon(&mut self, ticket: &Ticket) {
-        self.cache.forget(&ticket.digest);
+        self.cache.forget(&ticket.key);
     }
 
     /// Whether ACKs are waiting for the end of the burst.
@@ -658,6 +689,106 @@ mod tests {
     }
 
     #[test]
+    fn review_another_signer_cannot_settle_a_victims_message_by_resigning_its_body() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let real = message("alice", "m1", json!({"pay": 1}), NOW);
+        let mut copy = real.body().clone();
+        copy.insert("signature".into(), json!("by mallory"));
+        copy.insert("certificate".into(), json!("mallory"));
+        let copy = Envelope::parse_body(&serde_json::to_vec(&copy).unwrap(), 1 << 20).unwrap();
+        assert_eq!(copy.signed_part(), real.signed_part(), "same signed part");
+        let first = deliver(state.on_message(copy, t0, NOW, true, verifier(&calls)));
+        assert_eq!(first.signer.as_deref(), Some("mallory"));
+        state.settle(first.ticket, true, t0);
+        state.take_ack_batches();
+        let later = t0 + Duration::from_secs(1);
+        match state.on_frames(&frames(&real), later, NOW, true, verifier(&calls)) {
+            Outcome::Deliver(a) => assert_eq!(a.signer.as_deref(), Some("alice")),
+            other => panic!(
+                "alice's message settled without being verified or handled as hers: {other:?}; ACKs queued: {:?}",
+                state.take_ack_batches()
+            ),
+        }
+    }
+
+    #[test]
+    fn acks_and_reacks_name_the_signer_handled_and_other_certificates_are_never_reacked() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        let real = message("alice", "m1", json!({"pay": 1}), NOW);
+        let digest = accepted_digest(&real);
+        let resigned = |signer: &str, certificate: &str| {
+            let mut body = real.body().clone();
+            body.insert("signature".into(), json!(format!("by {signer}")));
+            body.insert("certificate".into(), json!(certificate));
+            Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap()
+        };
+        // Mallory's re-signed copy first: handled as hers, acked naming her.
+        let mallory = deliver(state.on_message(
+            resigned("mallory", "mallory"),
+            t0,
+            NOW,
+            true,
+            verifier(&calls),
+        ));
+        state.settle(mallory.ticket, true, t0);
+        let acks = state.take_ack_batches();
+        assert_eq!(acks[0][0].signer.as_deref(), Some("mallory"));
+        assert_eq!(acks[0][0].digest, digest);
+        // Alice's real one: handled as hers, acked naming her.
+        let alice = deliver(state.on_frames(&frames(&real), t0, NOW, true, verifier(&calls)));
+        state.settle(alice.ticket, true, t0);
+        let acks = state.take_ack_batches();
+        assert_eq!(acks[0][0].signer.as_deref(), Some("alice"));
+        assert_eq!(calls.get(), 2);
+        // Copies of each, with their own certificate (whitespace aside),
+        // are re-acked without verification, naming their own signer.
+        let later = t0 + Duration::from_secs(1);
+        let wrapped = resigned("alice", "ali\nce");
+        assert_eq!(
+            duplicate(&state.on_message(wrapped, later, NOW, true, verifier(&calls))),
+            Duplicate::Reacked
+        );
+        let copy = state.on_message(
+            resigned("mallory", "mallory"),
+            later,
+            NOW,
+            true,
+            verifier(&calls),
+        );
+        assert_eq!(duplicate(&copy), Duplicate::Reacked);
+        assert_eq!(calls.get(), 2);
+        let signers: Vec<Option<String>> = state
+            .take_ack_batches()
+            .concat()
+            .into_iter()
+            .map(|a| a.signer)
+            .collect();
+        assert_eq!(signers, [Some("alice".into()), Some("mallory".into())]);
+        // Alice's body with a certificate text that is not the one verified
+        // (still alice's, say): verified, and a duplicate never acked.
+        let even_later = later + Duration::from_secs(1);
+        let odd = |m: &Envelope, _: &str| {
+            assert_eq!(m.str_field("certificate"), Some("alice, another text"));
+            Ok(Validated {
+                signer: Some("alice".into()),
+                unsigned_gilmsg_version: false,
+            })
+        };
+        let mut body = real.body().clone();
+        body.insert("certificate".into(), json!("alice, another text"));
+        let other = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
+        assert_eq!(
+            duplicate(&state.on_message(other, even_later, NOW, true, odd)),
+            Duplicate::OtherCertificate
+        );
+        assert!(state.take_ack_batches().is_empty());
+    }
+
+    #[test]
     fn a_full_queue_refuses_without_touching_the_memory() {
         let t0 = Instant::now();
         let calls = Cell::new(0);
@@ -742,7 +873,10 @@ mod tests {
             let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
             state.settle(accepted.ticket, true, t0);
         }
-        assert!(state.cache().get(&accepted_digest(&target)).is_none());
+        let key = state
+            .cache()
+            .copy_key(accepted_digest(&target), target.str_field("certificate"));
+        assert!(state.cache().get(&key).is_none());
         let outcome = state.on_frames(&frames(&target), t0, NOW, true, verifier(&calls));
         assert_eq!(refusal(outcome), ("rejected", "replay_floor"));
         // Alice's new messages still go through.

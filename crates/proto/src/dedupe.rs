@@ -7,23 +7,35 @@
 //!
 //! Every accepted message is remembered under two keys:
 //!
-//! - the [`Digest`] of its signed part, looked up **before** verification:
-//!   a copy with exactly that digest is the very body that was verified and
-//!   handled, so it can be settled (re-acked or ignored) without verifying
-//!   it again, and nothing from the copy is trusted (a re-ACK names the
-//!   digest that was handled);
+//! - its [`CopyKey`]: the [`Digest`] of its signed part *and* a hash of the
+//!   certificate it came with, looked up **before** verification. The signed
+//!   part leaves out `signature` and `certificate`, so any identity can
+//!   re-sign a victim's exact body and get the same digest; only a copy that
+//!   also carries the certificate that was verified is the very message that
+//!   was verified and handled, and is settled (re-acked or ignored) without
+//!   verifying it again. Nothing else is trusted from the copy: a re-ACK
+//!   names the digest and the signer that were handled. A copy with another
+//!   certificate is verified like a new message;
 //! - `(signer, msg_id)`, checked **after** verification: one signer's
 //!   `msg_id` is handled once, whatever body it comes with later, and a
-//!   message signed by another identity that reuses a victim's `msg_id`
-//!   cannot take that id away from the victim. Without signature checks the
-//!   signer is unknown and the key is the `msg_id` alone (anyone can then
-//!   forge anything anyway).
+//!   message signed by another identity that reuses a victim's `msg_id`, or
+//!   re-signs the victim's whole body, is a message of its own, remembered
+//!   under its own signer: it can neither take the id away from the victim
+//!   nor settle the victim's message. A verified copy of a remembered body
+//!   that comes with another certificate of the same signer is a duplicate
+//!   ([`Refused::OtherCertificate`]) and is never acked. Without signature
+//!   checks the signer is unknown and the key is the `msg_id` alone (anyone
+//!   can then forge anything anyway).
 //!
-//! `(signer, msg_id)` pairs are remembered as a 64-bit SipHash under a
-//! random per-process key; nobody can aim for a collision without it, and an
-//! accidental one (about 1 in 10^10 at 32 768 entries) could only make a new
-//! message look like one already handled with another body: refused, never
-//! acked, a timeout (the safe side). About 140 bytes an entry in all.
+//! `(signer, msg_id)` pairs and certificate texts (whitespace left out, as
+//! the base64 may be wrapped) are remembered as 64-bit SipHashes under a
+//! random per-process key; nobody can aim for a collision without it. An
+//! accidental identity collision (about 1 in 10^10 at 32 768 entries) could
+//! only make a new message look like one already handled with another body:
+//! refused, never acked, a timeout (the safe side); an accidental
+//! certificate collision needs the same digest as well. The names of the
+//! signers of remembered messages are kept once per signer. About 150 bytes
+//! an entry in all.
 //!
 //! ## Time, capacity and the replay floor
 //!
@@ -53,7 +65,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::digest::Digest;
@@ -144,11 +157,31 @@ impl Stale {
     }
 }
 
+/// What a copy of a remembered message is recognised by before it is
+/// verified: the digest of its signed part and a keyed hash of the
+/// certificate text it carries ([`DedupeCache::copy_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CopyKey {
+    digest: Digest,
+    certificate: u64,
+}
+
+impl CopyKey {
+    /// The digest of the signed part.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
 /// Why a verified message was not remembered (and so must not be handled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// Its signer already had this `msg_id`, with another body.
     SameIdOtherBody(Seen),
+    /// Its signer already had this very body, carried with another
+    /// certificate: a copy, but not the one that was verified, so it is
+    /// never acked.
+    OtherCertificate(Seen),
     /// Stamped at or before its signer's replay floor: an id that old may
     /// have been forgotten.
     BelowFloor {
@@ -179,12 +212,14 @@ struct Entry {
 }
 
 /// A remembered message, as [`DedupeCache::get`] shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Remembered {
     /// Its state.
     pub state: Seen,
     /// Whether its ACKs may be batched.
     pub batchable: bool,
+    /// Its verified signer (`None` when signatures are not checked).
+    pub signer: Option<Arc<str>>,
 }
 
 /// The bounded memory described in the module doc.
@@ -192,8 +227,10 @@ pub struct Remembered {
 pub struct DedupeCache {
     retention: Retention,
     keys: RandomState,
-    entries: HashMap<Digest, Entry>,
-    by_identity: HashMap<u64, Digest>,
+    entries: HashMap<CopyKey, Entry>,
+    by_identity: HashMap<u64, CopyKey>,
+    /// The name of each signer with remembered messages, and how many.
+    names: HashMap<u64, (Arc<str>, usize)>,
     /// Identities in insertion order, oldest first.
     order: VecDeque<u64>,
     floors: HashMap<u64, i64>,
@@ -217,6 +254,7 @@ impl DedupeCache {
             entries: HashMap::with_capacity(capacity.min(4096)),
             by_identity: HashMap::with_capacity(capacity.min(4096)),
             order: VecDeque::with_capacity(capacity.min(4096)),
+            names: HashMap::new(),
             floors: HashMap::new(),
             common_floor: i64::MIN,
             epoch,
@@ -231,6 +269,26 @@ impl DedupeCache {
 
     fn signer_key(&self, signer: Option<&str>) -> u64 {
         self.keys.hash_one(signer)
+    }
+
+    /// The key a message is looked up by before verification: `digest` of
+    /// its signed part and its `certificate` field (whitespace left out: the
+    /// base64 may be wrapped anywhere without changing the certificate).
+    pub fn copy_key(&self, digest: Digest, certificate: Option<&str>) -> CopyKey {
+        let mut hasher = self.keys.build_hasher();
+        match certificate {
+            None => hasher.write_u8(0),
+            Some(text) => {
+                hasher.write_u8(1);
+                for chunk in text.split(|c: char| c.is_ascii_whitespace()) {
+                    hasher.write(chunk.as_bytes());
+                }
+            }
+        }
+        CopyKey {
+            digest,
+            certificate: hasher.finish(),
+        }
     }
 
     fn window_secs(&self) -> (i64, i64) {
@@ -261,11 +319,12 @@ impl DedupeCache {
         Ok(())
     }
 
-    /// The message remembered under `digest`, if any.
-    pub fn get(&self, digest: &Digest) -> Option<Remembered> {
-        self.entries.get(digest).map(|e| Remembered {
+    /// The message remembered under `key`, if any.
+    pub fn get(&self, key: &CopyKey) -> Option<Remembered> {
+        self.entries.get(key).map(|e| Remembered {
             state: e.state,
             batchable: e.batchable,
+            signer: self.names.get(&e.signer).map(|(name, _)| Arc::clone(name)),
         })
     }
 
@@ -280,15 +339,15 @@ impl DedupeCache {
         own.max(self.common_floor)
     }
 
-    /// Remembers a verified message as [`Seen::InProgress`], unless its
-    /// signer already had this `msg_id` or it is below the signer's floor.
-    /// Forgets what has left the window first, and the oldest entry when
-    /// full (raising that signer's floor).
+    /// Remembers a verified message under `key` as [`Seen::InProgress`],
+    /// unless its signer already had this `msg_id` or it is below the
+    /// signer's floor. Forgets what has left the window first, and the
+    /// oldest entry when full (raising that signer's floor).
     pub fn admit(
         &mut self,
         signer: Option<&str>,
         msg_id: &str,
-        digest: Digest,
+        key: CopyKey,
         timestamp: i64,
         now: i64,
         batchable: bool,
@@ -300,7 +359,16 @@ impl DedupeCache {
                 .entries
                 .get(earlier)
                 .map_or(Seen::InProgress, |e| e.state);
-            return Err(Refused::SameIdOtherBody(state));
+            return Err(if earlier.digest == key.digest {
+                Refused::OtherCertificate(state)
+            } else {
+                Refused::SameIdOtherBody(state)
+            });
+        }
+        if let Some(entry) = self.entries.get(&key) {
+            // Not reached when the caller looked `key` up first (the same
+            // certificate verifies as the same signer); never overwrite.
+            return Err(Refused::OtherCertificate(entry.state));
         }
         let floor = self.floor(signer);
         if timestamp <= floor {
@@ -309,9 +377,16 @@ impl DedupeCache {
         if self.entries.len() >= self.retention.capacity && !self.evict_one() {
             return Err(Refused::Full);
         }
+        let name = signer;
         let signer = self.signer_key(signer);
+        if let Some(name) = name {
+            self.names
+                .entry(signer)
+                .or_insert_with(|| (Arc::from(name), 0))
+                .1 += 1;
+        }
         self.entries.insert(
-            digest,
+            key,
             Entry {
                 identity,
                 signer,
@@ -322,16 +397,16 @@ impl DedupeCache {
                 last_ack_ms: NEVER,
             },
         );
-        self.by_identity.insert(identity, digest);
+        self.by_identity.insert(identity, key);
         self.order.push_back(identity);
         Ok(())
     }
 
     /// Records the handler's verdict; `now` is when an ACK (if `state` says
     /// one was sent) went out, the start of the re-ACK spacing.
-    pub fn settle(&mut self, digest: &Digest, state: Seen, now: Instant) {
+    pub fn settle(&mut self, key: &CopyKey, state: Seen, now: Instant) {
         let at = self.millis(now);
-        if let Some(entry) = self.entries.get_mut(digest) {
+        if let Some(entry) = self.entries.get_mut(key) {
             entry.state = state;
             if state == (Seen::Done { acked: true }) {
                 entry.last_ack_ms = at;
@@ -339,11 +414,11 @@ impl DedupeCache {
         }
     }
 
-    /// Whether a copy of the acked message `digest` may be acked again at
+    /// Whether a copy of the acked message `key` may be acked again at
     /// `now` under `policy`; if so, the re-ACK is recorded.
-    pub fn may_reack(&mut self, digest: &Digest, now: Instant, policy: &ReackPolicy) -> bool {
+    pub fn may_reack(&mut self, key: &CopyKey, now: Instant, policy: &ReackPolicy) -> bool {
         let at = self.millis(now);
-        let Some(entry) = self.entries.get_mut(digest) else {
+        let Some(entry) = self.entries.get_mut(key) else {
             return false;
         };
         let last = entry.last_ack_ms;
@@ -364,12 +439,13 @@ impl DedupeCache {
         true
     }
 
-    /// Forgets `digest` without raising any floor: for a message that was
+    /// Forgets `key` without raising any floor: for a message that was
     /// admitted but could not be handed over after all (never handled, so a
     /// re-send must get another chance).
-    pub fn forget(&mut self, digest: &Digest) {
-        if let Some(entry) = self.entries.remove(digest) {
+    pub fn forget(&mut self, key: &CopyKey) {
+        if let Some(entry) = self.entries.remove(key) {
             self.by_identity.remove(&entry.identity);
+            self.release_name(entry.signer);
             // Linear, but only on a rare path (the consumer closing).
             self.order.retain(|id| *id != entry.identity);
         }
@@ -406,11 +482,21 @@ impl DedupeCache {
             .min(NEVER - 1)
     }
 
-    /// The digest and entry of the identity at the front of the order.
-    fn front(&self) -> Option<(u64, Digest, &Entry)> {
+    /// One fewer remembered message of `signer`: its name goes with its last.
+    fn release_name(&mut self, signer: u64) {
+        if let Some((_, count)) = self.names.get_mut(&signer) {
+            *count -= 1;
+            if *count == 0 {
+                self.names.remove(&signer);
+            }
+        }
+    }
+
+    /// The key and entry of the identity at the front of the order.
+    fn front(&self) -> Option<(u64, CopyKey, &Entry)> {
         let identity = *self.order.front()?;
-        let digest = *self.by_identity.get(&identity)?;
-        Some((identity, digest, self.entries.get(&digest)?))
+        let key = *self.by_identity.get(&identity)?;
+        Some((identity, key, self.entries.get(&key)?))
     }
 
     /// Forgets entries from the front whose timestamp has left the window.
@@ -421,7 +507,7 @@ impl DedupeCache {
         let (past, _) = self.window_secs();
         let oldest = now.saturating_sub(past);
         while !self.order.is_empty() {
-            let Some((_, digest, entry)) = self.front() else {
+            let Some((_, key, entry)) = self.front() else {
                 // Cannot happen (order and maps change together); skip it.
                 self.order.pop_front();
                 continue;
@@ -430,7 +516,7 @@ impl DedupeCache {
                 break;
             }
             self.order.pop_front();
-            self.remove(&digest);
+            self.remove(&key);
             self.expired += 1;
         }
     }
@@ -441,13 +527,13 @@ impl DedupeCache {
         for _ in 0..self.order.len() {
             let front = self
                 .front()
-                .map(|(identity, digest, e)| (identity, digest, e.state));
+                .map(|(identity, key, e)| (identity, key, e.state));
             self.order.pop_front();
             match front {
                 None => continue,
                 Some((identity, _, Seen::InProgress)) => self.order.push_back(identity),
-                Some((_, digest, _)) => {
-                    self.remove(&digest);
+                Some((_, key, _)) => {
+                    self.remove(&key);
                     self.evicted += 1;
                     return true;
                 }
@@ -457,11 +543,12 @@ impl DedupeCache {
     }
 
     /// Removes an entry and raises its signer's floor to its timestamp.
-    fn remove(&mut self, digest: &Digest) {
-        let Some(entry) = self.entries.remove(digest) else {
+    fn remove(&mut self, key: &CopyKey) {
+        let Some(entry) = self.entries.remove(key) else {
             return;
         };
         self.by_identity.remove(&entry.identity);
+        self.release_name(entry.signer);
         if !self.floors.contains_key(&entry.signer) && self.floors.len() >= MAX_SIGNER_FLOORS {
             // Fold the lowest floor into the common one: that refuses no
             // more than needed, and never less.
@@ -489,8 +576,11 @@ mod tests {
         }
     }
 
-    fn d(n: u32) -> Digest {
-        Digest::of_signed_part(&n.to_string())
+    fn d(n: u32) -> CopyKey {
+        CopyKey {
+            digest: Digest::of_signed_part(&n.to_string()),
+            certificate: 0,
+        }
     }
 
     fn admit(c: &mut DedupeCache, signer: &str, id: u32, ts: i64) -> Result<(), Refused> {
@@ -499,8 +589,8 @@ mod tests {
 
     #[test]
     fn an_entry_stays_small() {
-        // Digest key (32) + entry, in the main map; identity -> digest; the
-        // order queue: about 136 bytes an entry with the tables' slack.
+        // Copy key (40) + entry, in the main map; identity -> copy key; the
+        // order queue: about 150 bytes an entry with the tables' slack.
         assert!(std::mem::size_of::<Entry>() <= 40);
     }
 
@@ -549,6 +639,46 @@ mod tests {
         c.forget(&d(4));
         assert_eq!(c.get(&d(4)), None);
         c.admit(None, "id-4", d(5), NOW, NOW, true).unwrap();
+    }
+
+    #[test]
+    fn copies_are_keyed_by_certificate_too_and_remember_their_signer() {
+        let mut c = DedupeCache::new(retention(8), Instant::now());
+        let body = Digest::of_signed_part("body");
+        let alice = c.copy_key(body, Some("QUxJ\nQ0U=\n"));
+        assert_eq!(alice, c.copy_key(body, Some("QUxJQ0U=")), "wrapping aside");
+        let mallory = c.copy_key(body, Some("TUFMTE9SWQ=="));
+        assert_ne!(alice, mallory);
+        assert_ne!(c.copy_key(body, None), c.copy_key(body, Some("")));
+        // Mallory's re-signed copy first, then alice's: two messages.
+        c.admit(Some("mallory"), "m1", mallory, NOW, NOW, true)
+            .unwrap();
+        assert_eq!(c.get(&alice), None);
+        c.admit(Some("alice"), "m1", alice, NOW, NOW, true).unwrap();
+        assert_eq!(
+            c.get(&mallory).and_then(|r| r.signer).as_deref(),
+            Some("mallory")
+        );
+        assert_eq!(
+            c.get(&alice).and_then(|r| r.signer).as_deref(),
+            Some("alice")
+        );
+        // Alice's body again with another certificate text of hers.
+        let other = c.copy_key(body, Some("another text"));
+        assert_eq!(
+            c.admit(Some("alice"), "m1", other, NOW, NOW, true),
+            Err(Refused::OtherCertificate(Seen::InProgress))
+        );
+        // Names are kept while a message of theirs is remembered.
+        c.admit(Some("alice"), "m2", d(2), NOW, NOW, true).unwrap();
+        c.forget(&alice);
+        assert_eq!(
+            c.get(&d(2)).and_then(|r| r.signer).as_deref(),
+            Some("alice")
+        );
+        c.forget(&d(2));
+        c.forget(&mallory);
+        assert!(c.names.is_empty());
     }
 
     #[test]

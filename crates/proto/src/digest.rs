@@ -18,7 +18,12 @@ impl Digest {
     /// The digest of already-canonical signed bytes
     /// ([`Envelope::signed_part`](crate::Envelope::signed_part)).
     pub fn of_signed_part(signed_part: &str) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, signed_part.as_bytes());
+        Digest::of_bytes(signed_part.as_bytes())
+    }
+
+    /// The SHA-256 of any bytes (the trust store keys certificates by it).
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
         let mut out = [0u8; 32];
         out.copy_from_slice(digest.as_ref());
         Digest(out)

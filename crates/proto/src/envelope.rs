@@ -405,10 +405,13 @@ impl Envelope {
     }
 }
 
-/// Parses a body whose nesting has first been bounded by
-/// [`nesting_within`], classifying serde_json's errors into the kinds that
-/// are counted apart.
-fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+/// Parses JSON as receivers do: the nesting is first bounded by
+/// [`MAX_DEPTH`](crate::canonical::MAX_DEPTH) (so no input can overflow the
+/// stack), then parsed without serde_json's fixed limit of 128, which is
+/// lower than what Python peers produce; serde_json's errors are classified
+/// into the kinds that are counted apart. Tools reading a message from a
+/// user use it too, so that they accept exactly what consumers accept.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
     use serde::Deserialize;
     let limit = canonical::MAX_DEPTH;
     if !nesting_within(bytes, limit) {

@@ -436,6 +436,7 @@ mod tests {
         AckBody {
             ack_msg_id: id.into(),
             ack_digest: None,
+            ack_signer: None,
         }
     }
 
