@@ -172,7 +172,7 @@ fn an_ack_for_the_body_handled_as_another_signers_is_refused() {
 #[test]
 fn positive_control_an_ack_naming_the_publisher_counts() {
     within_async(LIMIT, || async {
-        let outcome = answer_with("rcpt", |_| {}, ack_naming(gilmsg_tests::PUBLISHER)).await;
+        let outcome = answer_with("rcpt", |_| {}, ack_naming(gilmsg_testkit::PUBLISHER)).await;
         let receipt = outcome.result.expect("an ACK naming us counts");
         assert!(receipt.acks[0].digest_checked);
     })

@@ -212,7 +212,7 @@ fn an_ack_timeout_longer_than_max_message_age_is_refused_at_once() {
     // them before the publish gave up. The config refuses such an
     // ack_timeout; a timeout given per call must be refused the same way.
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], "max_message_age = \"30s\"");
+        let bus = Bus::start_with(bins!(), &["c1"], "max_message_age = \"30s\"");
         let _c1 = bus.consumer("c1", &[]);
         let publisher = bus.publisher();
         for recipients in [&["c1"][..], &[]] {

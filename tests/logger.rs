@@ -273,7 +273,7 @@ fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
     // The logger used serde_json's default limit (128) while consumers
     // accept up to MAX_DEPTH (512): it refused bodies every receiver takes.
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
         let deep = |depth: usize| format!("{}1{}\n", "[".repeat(depth), "]".repeat(depth));
         let mut args = base(&bus);
@@ -314,7 +314,7 @@ fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
 #[test]
 fn a_timeout_longer_than_max_message_age_exits_2_naming_it() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["a"], "max_message_age = \"30s\"");
+        let bus = Bus::start_with(bins!(), &["a"], "max_message_age = \"30s\"");
         for (flag, recipients) in [("--ack-timeout", true), ("--timeout", false)] {
             let mut args = base(&bus);
             if recipients {

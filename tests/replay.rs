@@ -183,7 +183,7 @@ fn a_flood_of_copies_of_one_message_is_reacked_only_a_few_times() {
 #[test]
 fn review_a_body_resigned_by_another_identity_does_not_settle_the_victims_message() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1", "mallory"]);
+        let bus = Bus::start(bins!(), &["c1", "mallory"]);
         let consumer = bus.consumer("c1", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let real = forge::message(
