@@ -4,12 +4,17 @@
 //!
 //! `GILMSG_ABUSE_FRAMES` sets the size of the garbage flood (default 100 000).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use gilmsg_proto::ack::AckBody;
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{forge, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::fixture::wait_publisher;
+use gilmsg_testkit::memory::{self, mib};
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -25,24 +30,19 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `VmRSS` and `VmHWM` (bytes) of a process, from `/proc/<pid>/status`.
+/// `VmRSS` and `VmHWM` (bytes) of a process.
 fn memory(pid: &str) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (memory::resident(pid), memory::peak(pid))
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+fn print_consumer_memory(rss_before: u64, rss_after: u64, hwm: u64) {
+    println!(
+        "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
+        mib(rss_before),
+        mib(rss_after),
+        mib(hwm),
+        mib(CONSUMER_MEMORY_BOUND)
+    );
 }
 
 /// The PID of the `gilmsg-consumer` of `bus` signing as `certname`, found
@@ -76,73 +76,6 @@ fn consumer_pid(bus: &Bus, certname: &str) -> String {
     panic!("no gilmsg-consumer process for {certname} of {config}");
 }
 
-/// An XPUB into the relay's inbound with no high-water mark, so nothing
-/// is dropped on our side however fast we send.
-struct Flooder {
-    _context: zmq::Context,
-    socket: zmq::Socket,
-}
-
-impl Flooder {
-    fn connect(endpoint: &str) -> Flooder {
-        let context = zmq::Context::new();
-        let socket = context.socket(zmq::XPUB).expect("xpub");
-        socket.set_sndhwm(0).expect("sndhwm");
-        socket.set_linger(5000).expect("linger");
-        socket.connect(endpoint).expect("connect");
-        // Wait for the relay's subscription, as RawPub does.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no subscription from the relay");
-            if socket
-                .poll(zmq::POLLIN, left.as_millis() as i64)
-                .expect("poll")
-                > 0
-            {
-                let frame = socket.recv_bytes(0).expect("recv");
-                if frame.first() == Some(&1) {
-                    break;
-                }
-            }
-        }
-        Flooder {
-            _context: context,
-            socket,
-        }
-    }
-
-    fn send<F: AsRef<[u8]>>(&self, frames: &[F]) {
-        let last = frames.len() - 1;
-        for (i, f) in frames.iter().enumerate() {
-            let flags = if i < last { zmq::SNDMORE } else { 0 };
-            self.socket.send(f.as_ref(), flags).expect("send");
-        }
-    }
-}
-
-/// Polls the publisher's counters (paced, bounded) until `done` holds.
-async fn wait_publisher(
-    publisher: &gilmsg::Bus,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&gilmsg::Stats) -> bool,
-) -> gilmsg::Stats {
-    let deadline = Instant::now() + limit;
-    loop {
-        let stats = publisher.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher never reached {what}: {stats}"
-        );
-        // Pacing of a bounded counter poll, not a synchronisation sleep.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn a_flood_of_garbage_is_counted_and_leaves_everyone_alive_and_bounded() {
     // A finite high-water mark bounds the consumer's receive queue; the
@@ -160,7 +93,11 @@ fn a_flood_of_garbage_with_the_default_high_water_mark_stays_bounded() {
 fn garbage_flood(extra_toml: &'static str) {
     let frames = env_u64("GILMSG_ABUSE_FRAMES", 100_000);
     within_async(LIMIT, move || async move {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX}\n{extra_toml}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX}\n{extra_toml}"),
+        );
         let consumer = bus.consumer("c1", &[]);
         let pid = consumer_pid(&bus, "c1");
         let publisher = bus.publisher();
@@ -193,7 +130,7 @@ fn garbage_flood(extra_toml: &'static str) {
 
         // Ten kinds, in turn; the expected counter for each.
         let mut expected: HashMap<&str, u64> = HashMap::new();
-        let flood = Flooder::connect(&bus.inbound);
+        let flood = RawPub::flooder(&bus.inbound);
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut relay_dropped = 0u64;
         let started = Instant::now();
@@ -280,13 +217,7 @@ fn garbage_flood(extra_toml: &'static str) {
             sending.as_secs_f64(),
             drained.as_secs_f64()
         );
-        println!(
-            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
-            mib(rss_before),
-            mib(rss_after),
-            mib(hwm),
-            mib(CONSUMER_MEMORY_BOUND)
-        );
+        print_consumer_memory(rss_before, rss_after, hwm);
         let mut table: Vec<_> = expected.iter().collect();
         table.sort();
         for (counter, n) in table {
@@ -330,7 +261,7 @@ fn garbage_flood(extra_toml: &'static str) {
         );
         let relay_before = relay_stats.get("relay.forwarded");
         {
-            let big = Flooder::connect(&bus.inbound);
+            let big = RawPub::flooder(&bus.inbound);
             big.send(&[t, &vec![b' '; 5 << 20]]);
         }
         let marker = RawPub::connect(&bus.inbound);
@@ -364,7 +295,11 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
     const FLOOD: u64 = 3000;
     const PUBLISHES: u64 = 150;
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1", "flooder"], &format!("dedupe_capacity = {DEDUPE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1", "flooder"],
+            &format!("dedupe_capacity = {DEDUPE}"),
+        );
         let log = bus.dir().join("handled.log");
         let exec = format!("echo \"$GILMSG_MSG_ID\" >> '{}'; sleep 0.01", log.display());
         let consumer = bus.consumer("c1", &["--exec", &exec, "--queue", "4"]);
@@ -386,7 +321,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
             .collect();
         let inbound = bus.inbound.clone();
         let flood_thread = std::thread::spawn(move || {
-            let out = Flooder::connect(&inbound);
+            let out = RawPub::flooder(&inbound);
             for frames in &flood {
                 out.send(frames);
             }
@@ -433,13 +368,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
             stats.get("dedupe.evicted"),
             stats.get("handler.ok"),
         );
-        println!(
-            "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
-            mib(rss_before),
-            mib(rss_after),
-            mib(hwm),
-            mib(CONSUMER_MEMORY_BOUND)
-        );
+        print_consumer_memory(rss_before, rss_after, hwm);
         println!("publisher: {}", publisher.stats());
         assert!(stats.get("dropped.queue_full") > 0, "{stats}");
         assert!(stats.get("dedupe.entries") <= DEDUPE, "{stats}");
@@ -464,7 +393,7 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
 fn timed_out_publishes_leave_nothing_in_flight() {
     const WAVE: usize = 2000;
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["nobody"]);
+        let bus = Bus::start(bins!(), &["nobody"]);
         let publisher = bus.publisher();
         let mut rss = Vec::new();
         let mut ids = Vec::new();

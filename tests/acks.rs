@@ -7,14 +7,17 @@
 //! right reason. A positive control (the honest ACK through the same
 //! harness) proves the harness can make a publish succeed.
 
-use std::time::{Duration, SystemTime};
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
 
 use gilmsg_crypto::{pki, Identity};
 use gilmsg_proto::ack::AckBody;
 use gilmsg_proto::Digest;
 use gilmsg_proto::Envelope;
-use gilmsg_tests::raw::FakeRecipient;
-use gilmsg_tests::{forge, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::FakeRecipient;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -44,7 +47,7 @@ async fn answer_publisher_with(
     publisher: impl FnOnce(&Bus) -> gilmsg::Bus,
     reply: impl FnOnce(&Bus, &Envelope) -> Vec<Vec<u8>>,
 ) -> Outcome {
-    let bus = Bus::start(&["rcpt", "intruder"]);
+    let bus = Bus::start(bins!(), &["rcpt", "intruder"]);
     setup(&bus);
     let topic = bus.topic("forged");
     let fake = FakeRecipient::connect(&bus, &topic);
@@ -107,13 +110,7 @@ fn positive_control_the_honest_ack_completes_the_publish() {
         let outcome = answer_with(
             "rcpt",
             |_| {},
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("rcpt"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "rcpt"),
         )
         .await;
         let receipt = outcome.result.expect("the honest ACK counts");
@@ -175,7 +172,7 @@ fn an_ack_for_the_body_handled_as_another_signers_is_refused() {
 #[test]
 fn positive_control_an_ack_naming_the_publisher_counts() {
     within_async(LIMIT, || async {
-        let outcome = answer_with("rcpt", |_| {}, ack_naming(gilmsg_tests::PUBLISHER)).await;
+        let outcome = answer_with("rcpt", |_| {}, ack_naming(gilmsg_testkit::PUBLISHER)).await;
         let receipt = outcome.result.expect("an ACK naming us counts");
         assert!(receipt.acks[0].digest_checked);
     })
@@ -188,8 +185,8 @@ fn strict_publisher(by_config: bool) -> impl FnOnce(&Bus) -> gilmsg::Bus {
         let mut config = bus.config();
         config.require_ack_digest = by_config;
         gilmsg::Bus::builder(&config)
-            .modname(gilmsg_tests::MODNAME)
-            .certname(gilmsg_tests::PUBLISHER)
+            .modname(gilmsg_testkit::MODNAME)
+            .certname(gilmsg_testkit::PUBLISHER)
             .active(true)
             .require_ack_digest(true)
             .build()
@@ -239,13 +236,7 @@ fn positive_control_a_strict_publisher_counts_the_honest_ack_as_digest_checked()
             "rcpt",
             |_| {},
             strict_publisher(true),
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("rcpt"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "rcpt"),
         )
         .await;
         let receipt = outcome.result.expect("the honest ACK counts");
@@ -259,13 +250,7 @@ fn ack_signed_by_a_valid_identity_that_is_not_a_recipient() {
         let outcome = answer_with(
             "rcpt",
             |_| {},
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("intruder"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "intruder"),
         )
         .await;
         assert_refused(outcome, "rcpt", "ack.not_a_recipient");
@@ -282,13 +267,7 @@ fn ack_signed_by_a_revoked_identity() {
                 bus.issue("gone");
                 bus.revoke("gone");
             },
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("gone"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "gone"),
         )
         .await;
         assert_refused(outcome, "gone", "ack.rejected.revoked_certificate");
@@ -328,23 +307,9 @@ fn ack_signed_by_an_expired_certificate() {
         let outcome = answer_with(
             "old",
             |bus| {
-                let now = SystemTime::now();
-                bus.issue_with(
-                    "old",
-                    &pki::IssueOptions {
-                        not_before: now - 3 * DAY,
-                        not_after: now - DAY,
-                        replace: false,
-                    },
-                );
+                bus.issue_expired("old");
             },
-            |bus, message| {
-                forge::frames(&forge::honest_ack(
-                    &bus.ack_topic(),
-                    message,
-                    &bus.identity("old"),
-                ))
-            },
+            |bus, message| bus.honest_ack(message, "old"),
         )
         .await;
         assert_refused(outcome, "old", "ack.rejected.expired_certificate");

@@ -12,6 +12,8 @@
 //! 10 000); `GILMSG_ADVERSARY_SEED` the adversary's random seed. Run with
 //! `--nocapture` to see the summary table.
 
+#![forbid(unsafe_code)]
+
 mod adversary {
     pub mod injector;
 }
@@ -23,8 +25,9 @@ use std::time::{Duration, Instant};
 use adversary::injector::{Arsenal, Injector, Kind, Tally};
 use gilmsg_crypto::{pki, Identity};
 use gilmsg_proto::Signer;
-use gilmsg_tests::raw::FakeRecipient;
-use gilmsg_tests::{within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::FakeRecipient;
+use gilmsg_testkit::{within_async, Bus};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -73,7 +76,7 @@ fn forged_acks_never_complete_a_publish() {
     let publishes = env_u64("GILMSG_ADVERSARY_PUBLISHES", 10_000);
     let seed = env_u64("GILMSG_ADVERSARY_SEED", 0x5eed_9111_2026);
     within_async(LIMIT, move || async move {
-        let bus = Bus::start(&["r1", "r2", "ghost", "intruder", "mallory"]);
+        let bus = Bus::start(bins!(), &["r1", "r2", "ghost", "intruder", "mallory"]);
         let other = bus.dir().join("other-pki");
         pki::init(
             &other,

@@ -5,14 +5,16 @@
 //! misspelt keys, flag validation, and fedmsg's flags. Every test runs the
 //! real binaries.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::field;
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::{parse_stats, within, Bus, READY_TIMEOUT};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::field;
+use gilmsg_testkit::{parse_stats, within, Bus, READY_TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -79,8 +81,8 @@ ack_timeout = "10s"
 billing = "ipc://billing.sock"
 ledger = "ipc://ledger.sock"
 "#,
-        prefix = gilmsg_tests::TOPIC_PREFIX,
-        env = gilmsg_tests::ENVIRONMENT,
+        prefix = gilmsg_testkit::TOPIC_PREFIX,
+        env = gilmsg_testkit::ENVIRONMENT,
         ssldir = utf8(&bus.ssldir),
     );
     std::fs::write(&path, text).expect("write direct config");
@@ -94,9 +96,9 @@ ledger = "ipc://ledger.sock"
 #[test]
 fn direct_topology_with_a_long_lived_logger() {
     within(LIMIT, || {
-        let bus = Bus::start(&["billing", "ledger"]);
+        let bus = Bus::start(bins!(), &["billing", "ledger"]);
         let config = write_direct_config(&bus);
-        let mut logger = Command::new(bin("gilmsg-logger"));
+        let mut logger = Command::new(bins!().logger);
         logger
             .args([
                 "--config",
@@ -118,59 +120,32 @@ fn direct_topology_with_a_long_lived_logger() {
             .env("GILMSG_LOG", "info")
             .stdin(Stdio::piped());
         let mut logger = bus.spawn("logger", logger);
-        logger
-            .proc()
-            .wait_stderr("publishing on ipc://", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
-        consumer
-            .args([
-                "--config",
-                utf8(&config),
-                "--name",
-                "ledger",
-                "--certname",
-                "ledger",
-                "--json",
-            ])
-            .stdin(Stdio::null());
+        logger.expect_stderr("publishing on ipc://", READY_TIMEOUT);
+        let consumer = bins!().consumer_command(&config, "ledger", &["--name", "ledger", "--json"]);
         let consumer = bus.spawn("ledger", consumer);
-        let ready = consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         assert_eq!(field(&ready, "endpoints"), Some("1/1"), "{ready}");
         assert!(bus.dir().join("billing.sock").exists());
         assert!(bus.dir().join("ledger.sock").exists());
 
-        let mut stdin = logger.proc_mut().take_stdin().expect("logger stdin");
+        let mut stdin = logger.take_stdin().expect("logger stdin");
         for n in [42, 43] {
             writeln!(stdin, "{{\"invoice\": {n}}}").expect("write a line");
             stdin.flush().expect("flush");
             let receipt = logger
-                .proc()
                 .wait_stdout("\"acks\"", RUN)
                 .unwrap_or_else(|e| panic!("{e}"));
             let receipt: Value = serde_json::from_str(&receipt).expect("receipt JSON");
             assert_eq!(receipt["acks"][0]["recipient"], "ledger", "{receipt}");
             let shown = consumer
-                .proc()
                 .wait_stdout(&format!("\"invoice\":{n}"), RUN)
                 .unwrap_or_else(|e| panic!("{e}"));
             let shown: Value = serde_json::from_str(&shown).expect("--json line");
             assert_eq!(shown["signer"], "billing", "{shown}");
         }
         drop(stdin);
-        let status = logger
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("logger exits at EOF");
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{:?}",
-            logger.proc().stderr_so_far()
-        );
+        let status = logger.wait_timeout(RUN).expect("logger exits at EOF");
+        assert_eq!(status.code(), Some(0), "{:?}", logger.stderr_so_far());
     })
 }
 
@@ -180,6 +155,7 @@ fn direct_topology_with_a_long_lived_logger() {
 fn cert_prefix_comes_from_the_config_unless_the_flag_is_given() {
     within(LIMIT, || {
         let bus = Bus::start_with(
+            bins!(),
             &["a", "billing.box", "other.box"],
             "cert_prefix = \"billing\"\nhostname = \"box\"",
         );
@@ -230,7 +206,7 @@ fn cert_prefix_comes_from_the_config_unless_the_flag_is_given() {
 #[test]
 fn keep_going_publishes_every_line_and_exits_with_the_worst_status() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a", "offline"]);
+        let bus = Bus::start(bins!(), &["a", "offline"]);
         let a = bus.consumer("a", &["--no-ack"]);
         let config = utf8(&bus.config_path);
         let args = [
@@ -307,7 +283,7 @@ fn keep_going_publishes_every_line_and_exits_with_the_worst_status() {
 #[test]
 fn no_subscriber_is_exit_3_either_way_with_the_real_elapsed_time() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("nobody.toml");
         std::fs::write(
             &path,
@@ -367,25 +343,14 @@ fn log_lines(stderr: &str) -> impl Iterator<Item = &str> {
 #[test]
 fn logs_say_what_happens_in_text_or_json() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
+        let bus = Bus::start(bins!(), &["a"]);
+        let mut consumer =
+            bins!().consumer_command(&bus.config_path, "a", &["--exec", "cat > /dev/null"]);
         consumer
-            .args([
-                "--config",
-                utf8(&bus.config_path),
-                "--certname",
-                "a",
-                "--exec",
-                "cat > /dev/null",
-            ])
             .env("GILMSG_LOG", "info")
-            .env("GILMSG_LOG_FORMAT", "json")
-            .stdin(Stdio::null());
+            .env("GILMSG_LOG_FORMAT", "json");
         let mut consumer = bus.spawn("a", consumer);
-        consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
         let args = [
             "--config",
@@ -433,20 +398,13 @@ fn logs_say_what_happens_in_text_or_json() {
             "{messages:?}"
         );
 
+        consumer.expect_stderr("exited 0", RUN);
         consumer
-            .proc()
-            .wait_stderr("exited 0", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
-        let status = consumer
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("consumer stops");
+        let status = consumer.wait_timeout(RUN).expect("consumer stops");
         assert_eq!(status.code(), Some(0));
-        let stderr = consumer.proc().stderr_until_closed(RUN);
+        let stderr = consumer.stderr_until_closed(RUN);
         let mut said = Vec::new();
         for line in stderr.iter().filter(|l| !l.starts_with("gilmsg-consumer:")) {
             let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -472,7 +430,7 @@ fn logs_say_what_happens_in_text_or_json() {
 #[test]
 fn relative_ipc_paths_resolve_against_the_config_file() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let confdir = bus.dir().join("etc");
         let elsewhere = bus.dir().join("elsewhere");
         std::fs::create_dir_all(&confdir).expect("mkdir");
@@ -482,37 +440,28 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             &path,
             format!(
                 "topic_prefix = \"{}\"\nenvironment = \"{}\"\nssldir = {:?}\nactive = true\nrelay_inbound = \"ipc://in.sock\"\n[endpoints]\nrelay_outbound = \"ipc://out.sock\"\n",
-                gilmsg_tests::TOPIC_PREFIX,
-                gilmsg_tests::ENVIRONMENT,
+                gilmsg_testkit::TOPIC_PREFIX,
+                gilmsg_testkit::ENVIRONMENT,
                 utf8(&bus.ssldir)
             ),
         )
         .expect("write config");
-        let mut relay = Command::new(bin("gilmsg-relay"));
+        let mut relay = Command::new(bins!().relay);
         relay
             .args(["--config", utf8(&path)])
             .current_dir(&elsewhere);
         let relay = bus.spawn("ipc-relay", relay);
-        let line = relay
-            .proc()
-            .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
         let expected = format!("ipc://{}", utf8(&confdir.join("in.sock")));
         assert_eq!(field(&line, "inbound"), Some(expected.as_str()), "{line}");
         assert!(confdir.join("in.sock").exists() && confdir.join("out.sock").exists());
         assert!(!elsewhere.join("in.sock").exists());
 
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
-        consumer
-            .args(["--config", utf8(&path), "--certname", "a", "--json"])
-            .current_dir(bus.dir())
-            .stdin(Stdio::null());
+        let mut consumer = bins!().consumer_command(&path, "a", &["--json"]);
+        consumer.current_dir(bus.dir());
         let consumer = bus.spawn("a", consumer);
-        consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut logger = Command::new(bin("gilmsg-logger"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+        let mut logger = Command::new(bins!().logger);
         logger
             .args([
                 "--config",
@@ -527,15 +476,9 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
             .current_dir(&elsewhere)
             .stdin(Stdio::null());
         let mut logger = bus.spawn("logger", logger);
-        let status = logger.proc_mut().wait_timeout(RUN).expect("logger exits");
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "{:?}",
-            logger.proc().stderr_so_far()
-        );
+        let status = logger.wait_timeout(RUN).expect("logger exits");
+        assert_eq!(status.code(), Some(0), "{:?}", logger.stderr_so_far());
         consumer
-            .proc()
             .wait_stdout("over ipc", RUN)
             .unwrap_or_else(|e| panic!("{e}"));
     })
@@ -547,7 +490,7 @@ fn relative_ipc_paths_resolve_against_the_config_file() {
 #[test]
 fn stats_lines_and_number_wording() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a", "b"]);
+        let bus = Bus::start(bins!(), &["a", "b"]);
         let idle = bus.consumer("b", &["--topic", "org.nothing."]);
         let stats_line = idle
             .stop_and_stderr()
@@ -556,23 +499,9 @@ fn stats_lines_and_number_wording() {
             .expect("a final stats line");
         assert!(!stats_line.ends_with(' '), "{stats_line:?}");
 
-        let mut counted = Command::new(bin("gilmsg-consumer"));
-        counted
-            .args([
-                "--config",
-                utf8(&bus.config_path),
-                "--certname",
-                "a",
-                "--json",
-                "--count",
-                "1",
-            ])
-            .stdin(Stdio::null());
+        let counted = bins!().consumer_command(&bus.config_path, "a", &["--json", "--count", "1"]);
         let mut counted = bus.spawn("a", counted);
-        counted
-            .proc()
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        counted.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let config = utf8(&bus.config_path);
         let out = bus.logger(
             &[
@@ -589,13 +518,9 @@ fn stats_lines_and_number_wording() {
             RUN,
         );
         assert_eq!(out.status, Some(0), "{out:?}");
-        let status = counted
-            .proc_mut()
-            .wait_timeout(RUN)
-            .expect("exits after --count 1");
+        let status = counted.wait_timeout(RUN).expect("exits after --count 1");
         assert_eq!(status.code(), Some(0));
         let last = counted
-            .proc()
             .stderr_until_closed(RUN)
             .into_iter()
             .rfind(|l| l.starts_with("gilmsg-consumer: stats"))
@@ -640,73 +565,51 @@ fn stats_lines_and_number_wording() {
 #[test]
 fn signals_before_ready_are_handled() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("never-ready.toml");
         // An endpoint nobody binds: the consumer waits for it.
         bus.write_config(&path, "", "\"ipc://nobody-binds-this.sock\"");
-        let mut consumer = Command::new(bin("gilmsg-consumer"));
-        consumer
-            .args(["--config", utf8(&path), "--certname", "a", "--json"])
-            .env("GILMSG_LOG", "info")
-            .stdin(Stdio::null());
+        let mut consumer = bins!().consumer_command(&path, "a", &["--json"]);
+        consumer.env("GILMSG_LOG", "info");
         let mut consumer = bus.spawn("a", consumer);
+        consumer.expect_stderr("waiting for readiness", READY_TIMEOUT);
         consumer
-            .proc()
-            .wait_stderr("waiting for readiness", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGUSR1)
             .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: stats", RUN);
         consumer
-            .proc()
-            .wait_stderr("gilmsg-consumer: stats", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
-        let status = consumer.proc_mut().wait_timeout(RUN).expect("stops");
+        let status = consumer.wait_timeout(RUN).expect("stops");
         assert_eq!(
             status.code(),
             Some(0),
             "{:?}",
-            consumer.proc().stderr_until_closed(RUN)
+            consumer.stderr_until_closed(RUN)
         );
         let stats = consumer
-            .proc()
             .stderr_until_closed(RUN)
             .iter()
             .filter(|l| l.starts_with("gilmsg-consumer: stats"))
             .count();
-        assert_eq!(stats, 2, "{:?}", consumer.proc().stderr_until_closed(RUN));
+        assert_eq!(stats, 2, "{:?}", consumer.stderr_until_closed(RUN));
     })
 }
 
 /// Starts a consumer whose handler records its pid and then sleeps 30 s,
 /// sends it one message, and returns it with the handler's pid.
-fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_tests::Running, i32) {
+fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_testkit::Running, i32) {
     let pidfile = bus.dir().join(format!("handler-{}.pid", extra.len()));
     let _ = std::fs::remove_file(&pidfile);
     let handler = format!("echo $$ > {}; exec sleep 30", utf8(&pidfile));
-    let mut consumer = Command::new(bin("gilmsg-consumer"));
-    consumer
-        .args([
-            "--config",
-            utf8(&bus.config_path),
-            "--certname",
-            "a",
-            "--exec",
-            &handler,
-        ])
-        .args(extra)
-        .env("GILMSG_LOG", "info")
-        .stdin(Stdio::null());
+    let mut consumer = bins!().consumer_command(
+        &bus.config_path,
+        "a",
+        &[&["--exec", handler.as_str()], extra].concat(),
+    );
+    consumer.env("GILMSG_LOG", "info");
     let consumer = bus.spawn("a", consumer);
-    consumer
-        .proc()
-        .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     let config = utf8(&bus.config_path);
     // A plain publish: the consumer gets it whether or not it ever acks.
     let out = bus.logger(
@@ -733,16 +636,14 @@ fn consumer_with_a_sleeping_handler(bus: &Bus, extra: &[&str]) -> (gilmsg_tests:
 #[test]
 fn sigterm_during_a_handler_follows_the_stop_sequence() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let (mut consumer, pid) =
             consumer_with_a_sleeping_handler(&bus, &["--stop-grace", "300ms"]);
         let started = Instant::now();
         consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
         let status = consumer
-            .proc_mut()
             .wait_timeout(Duration::from_secs(10))
             .expect("stops within the grace and the kill delay");
         assert_eq!(status.code(), Some(0));
@@ -751,7 +652,7 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
             wait_gone(pid, Duration::from_secs(5)),
             "handler {pid} survived the stop"
         );
-        let stderr = consumer.proc().stderr_until_closed(RUN);
+        let stderr = consumer.stderr_until_closed(RUN);
         assert!(
             stderr
                 .iter()
@@ -768,19 +669,13 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
         let (mut consumer, pid) =
             consumer_with_a_sleeping_handler(&bus, &["--stop-grace", "60s", "--json"]);
         consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("taking no new messages", RUN);
         consumer
-            .proc()
-            .wait_stderr("taking no new messages", RUN)
-            .unwrap_or_else(|e| panic!("{e}"));
-        consumer
-            .proc()
             .signal(Signal::SIGTERM)
             .unwrap_or_else(|e| panic!("{e}"));
         let status = consumer
-            .proc_mut()
             .wait_timeout(Duration::from_secs(10))
             .expect("a second SIGTERM ends the grace");
         assert_eq!(status.code(), Some(0));
@@ -795,9 +690,9 @@ fn sigterm_during_a_handler_follows_the_stop_sequence() {
 #[test]
 fn handler_dies_with_a_killed_consumer() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let (mut consumer, pid) = consumer_with_a_sleeping_handler(&bus, &[]);
-        consumer.proc_mut().kill();
+        consumer.kill();
         assert!(
             wait_gone(pid, Duration::from_secs(10)),
             "handler {pid} orphaned"
@@ -810,7 +705,7 @@ fn handler_dies_with_a_killed_consumer() {
 #[test]
 fn misspelt_config_keys_are_named() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let path = bus.dir().join("typos.toml");
         bus.write_config(
             &path,
@@ -867,7 +762,7 @@ fn misspelt_config_keys_are_named() {
 #[test]
 fn relay_flags_are_checked_like_the_config() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let run = |args: &[&str]| bus.run_with_env("gilmsg-relay", args, "", &[], RUN);
         let out = run(&[
             "--inbound",
@@ -911,7 +806,7 @@ fn relay_flags_are_checked_like_the_config() {
 #[test]
 fn python_logger_flags_are_accepted_and_honoured() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &["--topic-prefix", "org.other"]);
         let config = utf8(&bus.config_path);
         let fedmsg_flags = [

@@ -39,12 +39,15 @@
 //! group is killed (SIGTERM, then SIGKILL), so no relay, consumer or
 //! publisher a document started in the background outlives the test.
 
-use std::io::Read;
+#![forbid(unsafe_code)]
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gilmsg_testkit::child::read_all;
+use gilmsg_testkit::wait_timeout;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
@@ -54,7 +57,7 @@ const DOCUMENT_LIMIT: Duration = Duration::from_secs(120);
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ has a parent")
+        .expect("cli/ has a parent")
         .to_path_buf()
 }
 
@@ -284,13 +287,9 @@ fn run_document(relative: &str) {
     let script_path = work.path().join("doc-test.sh");
     std::fs::write(&script_path, &text).expect("write script");
 
-    let bins = gilmsg_tests::bins::bin("gilmsg-relay")
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
     let path = format!(
         "{}:{}",
-        bins.display(),
+        gilmsg_testkit::bins!().dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let mut child = Command::new("bash")
@@ -310,24 +309,9 @@ fn run_document(relative: &str) {
         .spawn()
         .expect("start bash");
     let group = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + DOCUMENT_LIMIT;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => break Some(status),
-            None if Instant::now() >= deadline => break None,
-            // Paces the wait for the script's exit; not a synchronisation sleep.
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    let out = read_all(child.stdout.take().expect("stdout"));
+    let err = read_all(child.stderr.take().expect("stderr"));
+    let status = wait_timeout(&mut child, DOCUMENT_LIMIT);
     // Stop everything the document left running, then make sure of it.
     let _ = killpg(group, Signal::SIGTERM);
     let grace = Instant::now() + Duration::from_secs(5);

@@ -1,8 +1,11 @@
 //! End to end: real relay and consumer processes, the library as publisher.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
-use gilmsg_tests::{within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::{within_async, Bus};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -11,7 +14,7 @@ const NAMES: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
 #[test]
 fn publish_to_three_consumers_returns_a_receipt_naming_all_three() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&NAMES);
+        let bus = Bus::start(bins!(), &NAMES);
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         let receipt = publisher
@@ -40,7 +43,10 @@ fn publish_to_three_consumers_returns_a_receipt_naming_all_three() {
 #[test]
 fn timeout_names_exactly_the_recipient_that_is_not_running() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["consumer-a", "consumer-b", "consumer-c", "consumer-d"]);
+        let bus = Bus::start(
+            bins!(),
+            &["consumer-a", "consumer-b", "consumer-c", "consumer-d"],
+        );
         let _consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         let everyone = ["consumer-a", "consumer-b", "consumer-c", "consumer-d"];
@@ -78,9 +84,9 @@ fn timeout_names_exactly_the_recipient_that_is_not_running() {
 // process, so a script asking for stats right after `ready` killed it.
 #[test]
 fn stats_can_be_asked_for_as_soon_as_a_process_is_ready() {
-    gilmsg_tests::within(LIMIT, || {
+    gilmsg_testkit::within(LIMIT, || {
         for _ in 0..10 {
-            let bus = Bus::start(&["a"]);
+            let bus = Bus::start(bins!(), &["a"]);
             let _ = bus.relay_stats();
             let consumer = bus.consumer("a", &[]);
             let _ = consumer.stats();
@@ -95,14 +101,15 @@ fn routing_nitpicky_does_not_veto_acks() {
     // unlisted topics are still refused by consumers.
     within_async(LIMIT, || async {
         let bus = Bus::start_with(
+            bins!(),
             &["c1"],
             &format!(
                 "routing_nitpicky = true\n\n[routing_policy]\n{:?} = [\"publisher\"]\n",
                 format!(
                     "{}.{}.{}.listed",
-                    gilmsg_tests::TOPIC_PREFIX,
-                    gilmsg_tests::ENVIRONMENT,
-                    gilmsg_tests::MODNAME
+                    gilmsg_testkit::TOPIC_PREFIX,
+                    gilmsg_testkit::ENVIRONMENT,
+                    gilmsg_testkit::MODNAME
                 )
             ),
         );

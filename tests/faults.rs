@@ -19,8 +19,10 @@
 //! `ip`/`nft` (installed on the fly when root and apt-get are there), it
 //! prints SKIP and passes, unless `GILMSG_FAULTS_REQUIRED=1`.
 //!
-//! Reproduce: `cargo build --workspace && cargo test -p gilmsg-tests --test faults`.
+//! Reproduce: `cargo test -p gilmsg-cli --test faults`.
 //! See docs/reliability.md for the measured results.
+
+#![forbid(unsafe_code)]
 
 #[path = "faults/cluster.rs"]
 mod cluster;
@@ -142,7 +144,7 @@ fn main() {
         let t0 = Instant::now();
         let run = s.run;
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            gilmsg_tests::within(LIMIT, run);
+            gilmsg_testkit::within(LIMIT, run);
         }));
         // After an overrun the body thread may still hold its namespaces.
         net::cleanup(&format!("gm{}-{}-", std::process::id(), short(s.name)));

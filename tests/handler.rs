@@ -1,9 +1,12 @@
 //! Handler semantics of `gilmsg-consumer --exec`: no ACK unless the handler
 //! succeeded, and a re-sent message reaches the handler exactly once.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
-use gilmsg_tests::{within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::{within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -11,7 +14,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 #[test]
 fn a_failing_handler_produces_no_ack() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["failer"]);
+        let bus = Bus::start(bins!(), &["failer"]);
         let failer = bus.consumer("failer", &["--exec", "exit 1"]);
         let publisher = bus.publisher();
         let err = publisher
@@ -46,7 +49,7 @@ fn a_failing_handler_produces_no_ack() {
 #[test]
 fn a_message_resent_many_times_reaches_the_handler_once() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["writer", "offline"]);
+        let bus = Bus::start(bins!(), &["writer", "offline"]);
         let log = bus.dir().join("handled.log");
         let exec = format!("echo \"$GILMSG_MSG_ID\" >> '{}'", log.display());
         let writer = bus.consumer("writer", &["--exec", &exec]);

@@ -1,36 +1,19 @@
 //! Hostile input on the bus: consumers and the publisher drop and count
 //! every malformed, unsigned or badly signed frame, and keep working.
 
-use std::time::{Duration, Instant};
+#![forbid(unsafe_code)]
 
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{forge, within_async, Bus};
+use std::time::Duration;
+
+use gilmsg_testkit::bins;
+use gilmsg_testkit::fixture::wait_publisher;
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{forge, within_async, Bus};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const MAX: usize = 4096;
 const NAMES: [&str; 2] = ["c1", "c2"];
-
-/// Polls the publisher's counters (paced, bounded) until `done` holds.
-async fn wait_publisher(
-    publisher: &gilmsg::Bus,
-    what: &str,
-    done: impl Fn(&gilmsg::Stats) -> bool,
-) -> gilmsg::Stats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = publisher.stats();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher never counted {what}: {stats}"
-        );
-        // Pacing of a bounded counter poll, not a synchronisation sleep.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn publish_to_all(bus: &Bus, publisher: &gilmsg::Bus, n: u64) -> gilmsg::Receipt {
     let receipt = publisher
@@ -52,7 +35,7 @@ async fn publish_to_all(bus: &Bus, publisher: &gilmsg::Bus, n: u64) -> gilmsg::R
 #[test]
 fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -136,9 +119,12 @@ fn garbage_on_the_bus_is_counted_and_everyone_keeps_working() {
             assert_eq!(stats.get("message.delivered"), 1, "{}: {stats}", c.name);
             assert_eq!(stats.get("handler.ok"), 1, "{}: {stats}", c.name);
         }
-        let stats = wait_publisher(&publisher, "the hostile ACK frames", |s| {
-            s.sum("ack.invalid.") >= 6 && s.get("ack.other_topic") >= 1
-        })
+        let stats = wait_publisher(
+            &publisher,
+            "the hostile ACK frames",
+            Duration::from_secs(10),
+            |s| s.sum("ack.invalid.") >= 6 && s.get("ack.other_topic") >= 1,
+        )
         .await;
         let expect = [
             ("ack.invalid.not_json", 1),
@@ -186,7 +172,7 @@ async fn publish_quickly(publisher: &gilmsg::Bus, recipients: &[&str]) -> gilmsg
 #[test]
 fn a_message_above_the_socket_hard_limit_does_not_cut_off_consumers() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -203,7 +189,7 @@ fn a_message_above_the_socket_hard_limit_does_not_cut_off_consumers() {
 #[test]
 fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_publisher() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&NAMES, &format!("max_message_size = {MAX}"));
+        let bus = Bus::start_with(bins!(), &NAMES, &format!("max_message_size = {MAX}"));
         let _consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         publish_to_all(&bus, &publisher, 1).await;
@@ -216,7 +202,7 @@ fn a_message_above_the_socket_hard_limit_on_the_ack_topic_does_not_deafen_the_pu
 #[test]
 fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reason() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let consumer = bus.consumer_with("c1", &bus.config_path, "debug", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let signer = bus.identity("publisher");

@@ -11,12 +11,15 @@
 //! a Python publisher sends exactly once, from a probe message that went all
 //! the way through first. See docs/interop.md.
 
+#![forbid(unsafe_code)]
+
 #[path = "interop/support.rs"]
 mod support;
 
 use std::time::Duration;
 
-use gilmsg_tests::guard::within;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::guard::within;
 use serde_json::{json, Value};
 use support::*;
 
@@ -29,7 +32,7 @@ const TOOL: Duration = Duration::from_secs(30);
 /// with `--json`) prints one: proves the relay path is up and the consumer
 /// subscribed before a Python publisher that sends only once is used.
 /// Returns the consumer's JSON line for the probe that arrived.
-fn probe_rust_consumer(world: &World, consumer: &gilmsg_cli::procs::Proc) -> Value {
+fn probe_rust_consumer(world: &World, consumer: &gilmsg_testkit::Proc) -> Value {
     for attempt in 1..=8 {
         let text = format!("probe-{attempt}");
         let out = world.python_tool("fedmsg-logger", &["--message", &text], TOOL);
@@ -54,7 +57,7 @@ fn probe_rust_consumer(world: &World, consumer: &gilmsg_cli::procs::Proc) -> Val
 
 /// Publishes probes with gilmsg-logger (no recipients) until the Python
 /// `tail` prints one; fedmsg.tail_messages connects asynchronously.
-fn probe_python_tail(world: &World, tail: &gilmsg_cli::procs::Proc) {
+fn probe_python_tail(world: &World, tail: &gilmsg_testkit::Proc) {
     for attempt in 1..=20 {
         let text = format!("probe-{attempt}");
         let out = world.rust_logger(&["--certname", "rust-pub", "--message", &text], None, None);
@@ -126,20 +129,13 @@ fn python_logger_acked_by_rust_consumer(use_fedmsg_relay: bool) {
         });
         assert_eq!(got["signer"], "py-shell");
         assert_eq!(got["body"]["gilmsg_version"], "0.1.2", "{got}");
-        let stats = stats(&consumer, "gilmsg-consumer");
+        let stats = consumer.stats("gilmsg-consumer: stats");
         assert!(
-            stats
-                .get("message.legacy_unsigned_gilmsg_version")
-                .copied()
-                .unwrap_or(0)
-                >= 1,
+            stats.get("message.legacy_unsigned_gilmsg_version") >= 1,
             "the compat rule should have been used: {stats:?}"
         );
-        assert!(
-            stats.get("ack.sent").copied().unwrap_or(0) >= 1,
-            "{stats:?}"
-        );
-        assert_eq!(stats.get("rejected.bad_signature"), None, "{stats:?}");
+        assert!(stats.get("ack.sent") >= 1, "{stats:?}");
+        assert_eq!(stats.get("rejected.bad_signature"), 0, "{stats:?}");
     });
 }
 
@@ -344,13 +340,9 @@ fn rust_consumer_checks_python_signatures() {
             "only the untouched message may pass: {accepted:#?}"
         );
         assert_eq!(accepted[0]["body"]["msg"], json!({"kind": "good", "n": 1}));
-        let stats = stats(&consumer, "gilmsg-consumer");
-        assert_eq!(
-            stats.get("rejected.revoked_certificate"),
-            Some(&1),
-            "{stats:?}"
-        );
-        assert_eq!(stats.get("rejected.bad_signature"), Some(&1), "{stats:?}");
+        let stats = consumer.stats("gilmsg-consumer: stats");
+        assert_eq!(stats.get("rejected.revoked_certificate"), 1, "{stats:?}");
+        assert_eq!(stats.get("rejected.bad_signature"), 1, "{stats:?}");
     });
 }
 
@@ -454,12 +446,10 @@ fn fedmsg_config_json_drives_the_rust_side() {
         // (cert_prefix "shell") signs as the Python loggers do.
         assert_eq!(config.certname("logger"), "py-shell");
 
-        let mut relay_cmd = std::process::Command::new(gilmsg_tests::bins::bin("gilmsg-relay"));
+        let mut relay_cmd = std::process::Command::new(bins!().relay);
         relay_cmd.arg("--config").arg(&json_path);
         let relay = spawn("gilmsg-relay", relay_cmd);
-        let line = relay
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY);
         assert_eq!(
             field(&line, "inbound").as_deref(),
             Some(world.inbound.as_str())

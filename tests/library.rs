@@ -1,10 +1,13 @@
 //! The library API against real consumer processes: many publishes in
 //! flight on one handle, the blocking facade, and plain (un-ACKed) publish.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use gilmsg_tests::{within, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::{within, within_async, Bus};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -14,7 +17,7 @@ const IN_FLIGHT: u64 = 200;
 #[test]
 fn many_publishes_in_flight_on_one_handle_each_get_their_own_receipt() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&NAMES);
+        let bus = Bus::start(bins!(), &NAMES);
         let consumers = bus.consumers(&NAMES, &[]);
         let publisher = bus.publisher();
         let mut tasks = tokio::task::JoinSet::new();
@@ -69,7 +72,7 @@ fn many_publishes_in_flight_on_one_handle_each_get_their_own_receipt() {
 #[test]
 fn blocking_facade_publishes_and_times_out() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1", "offline"]);
+        let bus = Bus::start(bins!(), &["c1", "offline"]);
         let _c1 = bus.consumer("c1", &[]);
         let publisher = gilmsg::blocking::Bus::from_async(bus.publisher()).expect("blocking bus");
         let receipt = publisher
@@ -102,7 +105,7 @@ fn blocking_facade_publishes_and_times_out() {
 #[test]
 fn plain_publish_without_recipients_reaches_consumers_and_asks_no_ack() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&NAMES);
+        let bus = Bus::start(bins!(), &NAMES);
         let acking = bus.consumer("c1", &[]);
         let tail = bus.consumer("c2", &["--no-ack"]);
         let publisher = bus.publisher();
@@ -152,7 +155,7 @@ fn plain_publish_without_recipients_reaches_consumers_and_asks_no_ack() {
 #[test]
 fn a_body_receivers_would_refuse_is_refused_at_publish_at_once() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let publisher = bus.publisher();
         // Deeper than any consumer parses (512 levels, the envelope being
         // one), built in code so that no parser limit stops it first.
@@ -209,7 +212,7 @@ fn an_ack_timeout_longer_than_max_message_age_is_refused_at_once() {
     // them before the publish gave up. The config refuses such an
     // ack_timeout; a timeout given per call must be refused the same way.
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], "max_message_age = \"30s\"");
+        let bus = Bus::start_with(bins!(), &["c1"], "max_message_age = \"30s\"");
         let _c1 = bus.consumer("c1", &[]);
         let publisher = bus.publisher();
         for recipients in [&["c1"][..], &[]] {

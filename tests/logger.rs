@@ -1,8 +1,11 @@
 //! `gilmsg-logger`: exit statuses and what stderr says, as scripts see them.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
-use gilmsg_tests::{within, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::{within, Bus};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -20,7 +23,7 @@ fn base(bus: &Bus) -> Vec<&str> {
 #[test]
 fn success_exits_0_with_empty_stderr() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
         let mut args = base(&bus);
         args.extend(["--recipients", "a", "--message", "hello", "--print-receipt"]);
@@ -41,7 +44,7 @@ fn success_exits_0_with_empty_stderr() {
 #[test]
 fn timeout_exits_1_with_one_line_naming_the_missing_recipient() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a", "b", "offline"]);
+        let bus = Bus::start(bins!(), &["a", "b", "offline"]);
         let _consumers = bus.consumers(&["a", "b"], &[]);
         let mut args = base(&bus);
         args.extend([
@@ -73,7 +76,7 @@ fn timeout_exits_1_with_one_line_naming_the_missing_recipient() {
 #[test]
 fn ack_timeout_accepts_humantime_and_bare_seconds() {
     within(LIMIT, || {
-        let bus = Bus::start(&["offline"]);
+        let bus = Bus::start(bins!(), &["offline"]);
         for form in ["250ms", "0.25"] {
             let mut args = base(&bus);
             args.extend([
@@ -110,7 +113,7 @@ fn ack_timeout_accepts_humantime_and_bare_seconds() {
 #[test]
 fn bad_config_exits_2_naming_the_file_and_the_key() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let path = bus.dir().join("bad.toml");
         bus.write_config(&path, "", "\"not-an-endpoint\"");
         let path_text = path.to_str().expect("utf-8 path");
@@ -134,7 +137,7 @@ fn bad_config_exits_2_naming_the_file_and_the_key() {
 #[test]
 fn missing_key_file_exits_2_naming_the_file() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let config = bus.config_path.to_str().expect("utf-8 path");
         let out = bus.logger(
             &["--config", config, "--certname", "nosuch", "--message", "x"],
@@ -155,7 +158,7 @@ fn missing_key_file_exits_2_naming_the_file() {
 #[test]
 fn bad_json_input_exits_2_naming_the_line_and_publishes_nothing() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
         let mut args = base(&bus);
         args.extend(["--json-input", "--recipients", "a"]);
@@ -182,12 +185,12 @@ fn bad_json_input_exits_2_naming_the_line_and_publishes_nothing() {
 #[test]
 fn help_lists_the_exit_statuses() {
     within(LIMIT, || {
-        let out = gilmsg_tests::fixture::run_tool(
-            &gilmsg_tests::bins::bin("gilmsg-logger"),
+        let out = gilmsg_testkit::run_tool(
+            bins!().logger,
             &["--help"],
             "",
             RUN,
-            &gilmsg_tests::guard::current(),
+            &gilmsg_testkit::guard::current(),
         );
         assert_eq!(out.status, Some(0), "{out:?}");
         assert!(out.stdout.contains("Exit status:"), "{out:?}");
@@ -212,7 +215,7 @@ fn a_msg_nested_127_deep_is_delivered_and_acked() {
     // limit, which used to drop it at every consumer while Python peers
     // accept it, and the logger waited out the whole timeout.
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
         let mut args = base(&bus);
         let message = nested_json(127);
@@ -239,7 +242,7 @@ fn a_msg_nested_127_deep_is_delivered_and_acked() {
 #[test]
 fn a_body_over_max_message_size_is_refused_at_once_with_exit_2() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["a"], "max_message_size = 4096");
+        let bus = Bus::start_with(bins!(), &["a"], "max_message_size = 4096");
         let a = bus.consumer("a", &[]);
         let mut args = base(&bus);
         let big = "x".repeat(8000);
@@ -270,7 +273,7 @@ fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
     // The logger used serde_json's default limit (128) while consumers
     // accept up to MAX_DEPTH (512): it refused bodies every receiver takes.
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
         let deep = |depth: usize| format!("{}1{}\n", "[".repeat(depth), "]".repeat(depth));
         let mut args = base(&bus);
@@ -311,7 +314,7 @@ fn stdin_json_nested_200_deep_is_acked_and_600_deep_exits_2_at_once() {
 #[test]
 fn a_timeout_longer_than_max_message_age_exits_2_naming_it() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["a"], "max_message_age = \"30s\"");
+        let bus = Bus::start_with(bins!(), &["a"], "max_message_age = \"30s\"");
         for (flag, recipients) in [("--ack-timeout", true), ("--timeout", false)] {
             let mut args = base(&bus);
             if recipients {

@@ -7,13 +7,16 @@
 //! never get a receipt for it; nor may a publisher silently sign another
 //! number than the one it was given.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{within, within_async, Bus};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::{self, RawPub};
+use gilmsg_testkit::{within, within_async, Bus};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -34,13 +37,7 @@ impl TamperingRelay {
         let sub = context.socket(zmq::SUB).expect("sub");
         sub.set_subscribe(b"").expect("subscribe");
         sub.connect(&bus.outbound).expect("connect to the relay");
-        let out = context.socket(zmq::XPUB).expect("xpub");
-        out.set_linger(0).expect("linger");
-        out.bind("tcp://127.0.0.1:*").expect("bind");
-        let endpoint = out
-            .get_last_endpoint()
-            .expect("endpoint")
-            .expect("utf-8 endpoint");
+        let (out, endpoint) = raw::bind_xpub(&context);
         let stop = Arc::new(AtomicBool::new(false));
         let (seen_tx, seen_rx) = mpsc::channel();
         let probe = format!("numbers-probe.{}", std::process::id());
@@ -115,7 +112,7 @@ impl Drop for TamperingRelay {
 #[test]
 fn a_relayed_body_with_a_rewritten_number_is_refused_and_never_acked() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["rcpt"]);
+        let bus = Bus::start(bins!(), &["rcpt"]);
         let tamper = TamperingRelay::start(&bus);
         // The consumer hears the bus only through the tampering relay; its
         // ACKs go back through the bus relay as usual.
@@ -184,7 +181,7 @@ fn logger_args(bus: &Bus) -> Vec<&str> {
 #[test]
 fn the_publisher_refuses_a_number_it_would_sign_as_another_and_normalises_exact_ones() {
     within(LIMIT, || {
-        let bus = Bus::start(&["a"]);
+        let bus = Bus::start(bins!(), &["a"]);
         let a = bus.consumer("a", &[]);
 
         let mut args = logger_args(&bus);

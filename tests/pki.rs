@@ -3,6 +3,8 @@
 //! with which exit status. `openssl verify -crl_check_all` checks the
 //! result, as Python fedmsg would.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -11,8 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use gilmsg_crypto::{pki, Identity, Signer as _, TrustStore, Verifier as _};
 use gilmsg_proto::VerifyError;
-use gilmsg_tests::fixture::run_tool;
-use gilmsg_tests::{bins, guard, within, ToolOutput};
+use gilmsg_testkit::run_tool;
+use gilmsg_testkit::{bins, guard, within, ToolOutput};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// One gilmsg-pki or openssl run (well under a second in practice).
@@ -39,7 +41,7 @@ impl Scratch {
     fn run(&self, args: &[&str]) -> ToolOutput {
         let mut full = vec!["--ssldir", self.pki.to_str().expect("utf-8 path")];
         full.extend(args);
-        run_tool(&bins::bin("gilmsg-pki"), &full, "", RUN, &guard::current())
+        run_tool(bins!().pki, &full, "", RUN, &guard::current())
     }
 
     /// Runs and asserts exit 0 with nothing on stderr; returns stdout.

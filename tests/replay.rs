@@ -4,10 +4,13 @@
 //! send them again; none of that may run a handler twice or make a consumer
 //! sign an ACK per copy.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
-use gilmsg_tests::raw::RawPub;
-use gilmsg_tests::{forge, within, Bus, Consumer};
+use gilmsg_testkit::bins;
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{forge, within, Bus, Consumer};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -45,7 +48,11 @@ fn lines_before_sentinel(
 fn a_message_replayed_after_more_than_the_dedupe_capacity_of_others_is_not_handled_again() {
     within(LIMIT, || {
         const CAPACITY: usize = 32;
-        let bus = Bus::start_with(&["c1", "filler"], &format!("dedupe_capacity = {CAPACITY}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1", "filler"],
+            &format!("dedupe_capacity = {CAPACITY}"),
+        );
         let consumer = bus.consumer("c1", &[]);
         let raw = RawPub::connect(&bus.inbound);
 
@@ -98,7 +105,11 @@ fn a_message_replayed_after_more_than_the_dedupe_capacity_of_others_is_not_handl
 #[test]
 fn messages_outside_the_time_window_are_refused_and_counted() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["c1"], "max_message_age = \"10m\"\nclock_skew = \"1m\"");
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            "max_message_age = \"10m\"\nclock_skew = \"1m\"",
+        );
         let consumer = bus.consumer("c1", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let signer = bus.identity("publisher");
@@ -138,7 +149,7 @@ fn a_flood_of_copies_of_one_message_is_reacked_only_a_few_times() {
         // Below the raw publisher's send high-water mark (1000), so that
         // none is dropped before it reaches the relay.
         const COPIES: u64 = 900;
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let consumer = bus.consumer("c1", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let m = forge::message(
@@ -172,7 +183,7 @@ fn a_flood_of_copies_of_one_message_is_reacked_only_a_few_times() {
 #[test]
 fn review_a_body_resigned_by_another_identity_does_not_settle_the_victims_message() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1", "mallory"]);
+        let bus = Bus::start(bins!(), &["c1", "mallory"]);
         let consumer = bus.consumer("c1", &[]);
         let raw = RawPub::connect(&bus.inbound);
         let real = forge::message(

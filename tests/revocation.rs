@@ -8,15 +8,17 @@
 //!   expired identity, with one error line naming the certificate file,
 //!   instead of running while every peer drops what they sign.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use gilmsg_crypto::pki;
 use gilmsg_proto::Envelope;
-use gilmsg_tests::fixture::run_tool;
-use gilmsg_tests::raw::FakeRecipient;
-use gilmsg_tests::{bins, forge, guard, within, within_async, Bus};
+use gilmsg_testkit::raw::FakeRecipient;
+use gilmsg_testkit::run_tool;
+use gilmsg_testkit::{bins, guard, within, within_async, Bus};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
     DnType, DnValue, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PrintableString,
@@ -109,11 +111,7 @@ async fn publish_and_ack(
             .await
     });
     let message: Envelope = fake.receive(&topic, Duration::from_secs(10));
-    let frames = forge::frames(&forge::honest_ack(
-        &bus.ack_topic(),
-        &message,
-        &bus.identity(recipient),
-    ));
+    let frames = bus.honest_ack(&message, recipient);
     fake.send(&frames);
     while !task.is_finished() {
         if let Some(copy) = fake.sub.recv(Duration::from_millis(50)) {
@@ -128,7 +126,7 @@ async fn publish_and_ack(
 #[test]
 fn ack_of_an_identity_revoked_under_a_differently_encoded_ca_name_is_refused() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["rcpt"]);
+        let bus = Bus::start(bins!(), &["rcpt"]);
         add_mixed_encoding_ca_revoking(&bus, "gone");
         let (result, stats) = publish_and_ack(&bus, "gone").await;
         let err = match result {
@@ -154,7 +152,7 @@ fn ack_of_an_identity_revoked_under_a_differently_encoded_ca_name_is_refused() {
     })
 }
 
-fn logger_as(bus: &Bus, certname: &str) -> gilmsg_tests::ToolOutput {
+fn logger_as(bus: &Bus, certname: &str) -> gilmsg_testkit::ToolOutput {
     let config = bus.config_path.to_str().expect("utf-8 path");
     bus.logger(
         &[
@@ -170,10 +168,10 @@ fn logger_as(bus: &Bus, certname: &str) -> gilmsg_tests::ToolOutput {
     )
 }
 
-fn consumer_as(bus: &Bus, certname: &str) -> gilmsg_tests::ToolOutput {
+fn consumer_as(bus: &Bus, certname: &str) -> gilmsg_testkit::ToolOutput {
     let config = bus.config_path.to_str().expect("utf-8 path");
     run_tool(
-        &bins::bin("gilmsg-consumer"),
+        bins!().consumer,
         &["--config", config, "--certname", certname, "--json"],
         "",
         RUN,
@@ -182,7 +180,7 @@ fn consumer_as(bus: &Bus, certname: &str) -> gilmsg_tests::ToolOutput {
 }
 
 /// One `<tool>: error: ...` line naming `file` and saying `why`; exit 2.
-fn assert_refused_at_start(out: &gilmsg_tests::ToolOutput, tool: &str, file: &str, why: &str) {
+fn assert_refused_at_start(out: &gilmsg_testkit::ToolOutput, tool: &str, file: &str, why: &str) {
     assert_eq!(out.status, Some(2), "{out:?}");
     let lines = out.stderr_lines();
     assert_eq!(lines.len(), 1, "{out:?}");
@@ -195,7 +193,7 @@ fn assert_refused_at_start(out: &gilmsg_tests::ToolOutput, tool: &str, file: &st
 #[test]
 fn a_revoked_identity_cannot_start_a_logger_or_a_consumer() {
     within(LIMIT, || {
-        let bus = Bus::start(&["ledger", "billing"]);
+        let bus = Bus::start(bins!(), &["ledger", "billing"]);
         bus.revoke("ledger");
         let out = logger_as(&bus, "ledger");
         assert_refused_at_start(&out, "gilmsg-logger", "ledger.crt", "revoked");
@@ -207,16 +205,8 @@ fn a_revoked_identity_cannot_start_a_logger_or_a_consumer() {
 #[test]
 fn an_expired_identity_cannot_start_a_logger_or_a_consumer() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
-        let now = SystemTime::now();
-        bus.issue_with(
-            "old",
-            &pki::IssueOptions {
-                not_before: now - 3 * DAY,
-                not_after: now - DAY,
-                replace: false,
-            },
-        );
+        let bus = Bus::start(bins!(), &[]);
+        bus.issue_expired("old");
         let out = logger_as(&bus, "old");
         assert_refused_at_start(&out, "gilmsg-logger", "old.crt", "expired");
         let out = consumer_as(&bus, "old");
@@ -227,7 +217,7 @@ fn an_expired_identity_cannot_start_a_logger_or_a_consumer() {
 #[test]
 fn an_identity_from_a_ca_without_a_crl_cannot_start_a_logger() {
     within(LIMIT, || {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         // A second CA in the CA file, and an identity from it, but the CRL
         // file has only the bus CA's CRL.
         let other = bus.dir().join("other-pki");

@@ -7,20 +7,20 @@
 //! size) of the process under attack, before and after; bounds are generous
 //! and each test prints what it measured.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::{field, Proc};
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::guard::{self, Registry};
-use gilmsg_tests::raw::{RawPub, RawSub};
-use gilmsg_tests::{
-    parse_stats, within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT,
-    TOPIC_PREFIX,
+use gilmsg_testkit::bins;
+use gilmsg_testkit::memory::{self, mib};
+use gilmsg_testkit::raw::{self, RawPub, RawSub};
+use gilmsg_testkit::{field, Running};
+use gilmsg_testkit::{
+    within, within_async, Bus, ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX,
 };
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -35,91 +35,22 @@ const FRAME_CAP: usize = 4 * MAX_MESSAGE;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A child process registered with the test's guard, killed when dropped.
-struct Guarded {
-    proc: Proc,
-    registry: Registry,
-}
-
-impl Guarded {
-    fn spawn(name: &str, command: Command) -> Guarded {
-        let registry = guard::current();
-        let proc =
-            Proc::spawn(name, command).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        registry.add(proc.pid());
-        Guarded { proc, registry }
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    fn stats(&self, needle: &str) -> gilmsg::Stats {
-        self.proc
-            .signal(Signal::SIGUSR1)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let line = self
-            .proc
-            .wait_stderr(needle, Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
-        parse_stats(&line)
-    }
-
-    fn wait_stats(
-        &self,
-        needle: &str,
-        what: &str,
-        done: impl Fn(&gilmsg::Stats) -> bool,
-    ) -> gilmsg::Stats {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let stats = self.stats(needle);
-            if done(&stats) {
-                return stats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; last stats: {stats}"
-            );
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.proc.kill();
-        self.registry.remove(self.proc.pid());
-    }
-}
-
 /// `gilmsg-consumer --config <config> --certname <name> <args>`, started and
 /// waited for (its ready line is returned).
-fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Guarded, String) {
-    let mut command = Command::new(bin("gilmsg-consumer"));
-    command
-        .arg("--config")
-        .arg(config)
-        .args(["--certname", name])
-        .args(args)
-        .env("GILMSG_LOG", log)
-        .stdin(std::process::Stdio::null());
-    let child = Guarded::spawn(name, command);
-    let line = child
-        .proc
-        .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+fn consumer(config: &Path, name: &str, args: &[&str], log: &str) -> (Running, String) {
+    let mut command = bins!().consumer_command(config, name, args);
+    command.env("GILMSG_LOG", log);
+    let child = Running::spawn(name, command);
+    let line = child.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
     (child, line)
 }
 
 /// A relay process bound where asked; returns it with its bound endpoints.
-fn relay(args: &[&str]) -> (Guarded, String, String) {
-    let mut command = Command::new(bin("gilmsg-relay"));
+fn relay(args: &[&str]) -> (Running, String, String) {
+    let mut command = Command::new(bins!().relay);
     command.args(args).env("GILMSG_LOG", "warn");
-    let child = Guarded::spawn("relay", command);
-    let line = child
-        .proc
-        .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let child = Running::spawn("relay", command);
+    let line = child.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
     let inbound = field(&line, "inbound").expect("inbound=").to_owned();
     let outbound = field(&line, "outbound").expect("outbound=").to_owned();
     (child, inbound, outbound)
@@ -136,23 +67,6 @@ fn write_config(bus: &Bus, file: &str, top: &str, endpoints: &str) -> PathBuf {
     );
     std::fs::write(&path, text).expect("write config");
     path
-}
-
-/// `VmHWM` (peak resident size) of a process, in bytes.
-fn peak_memory(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("process {pid} is gone: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// A TCP port on 127.0.0.1 that refuses connections (bound, then released).
@@ -286,9 +200,13 @@ impl RawZmtp {
 #[test]
 fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_small() {
     within(LIMIT, || {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         let (c1, _) = consumer(&bus.config_path, "c1", &["--json"], "warn");
-        let before = peak_memory(c1.pid());
+        let before = memory::peak(c1.pid());
         let (_context, flood) = flooder(&bus.inbound);
         let topic = bus.topic("big");
         let frame = vec![b'x'; FRAME_CAP];
@@ -299,11 +217,14 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
         let half = vec![b'y'; 3 << 20];
         send_all(&flood, &[half.as_slice(), half.as_slice()]);
         send_all(&flood, &[topic.as_bytes(), b"\xffmarker"]);
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the marker", |s| {
-            s.get("invalid.not_json") >= 1
-        });
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the marker",
+            Duration::from_secs(60),
+            |s| s.get("invalid.not_json") >= 1,
+        );
         let relay = bus.relay_stats();
-        let after = peak_memory(c1.pid());
+        let after = memory::peak(c1.pid());
         println!(
             "200 x {} frames into the relay: relay {relay}; consumer peak {} -> {} (bound: +{})",
             mib(FRAME_CAP as u64),
@@ -331,7 +252,11 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
 #[test]
 fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         let ack_endpoint = format!("ipc://{}", bus.dir().join("c1.sock").display());
         let config = write_config(
             &bus,
@@ -347,7 +272,7 @@ fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() 
         );
         let (c1, line) = consumer(&config, "c1", &["--json"], "warn");
         assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
-        let before = peak_memory(c1.pid());
+        let before = memory::peak(c1.pid());
 
         // 200 frames of 1 MiB that never end: the peer is cut off at the
         // first frame's header.
@@ -367,10 +292,13 @@ fn a_passive_consumer_cuts_off_a_peer_that_sends_big_frames_to_its_ack_socket() 
         for i in 0..200 {
             small.frame(&[b'x'; 100], i < 199).expect("small frames");
         }
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the small-frame message", |s| {
-            s.get("subscriptions.not_a_subscription") >= 1
-        });
-        let after = peak_memory(c1.pid());
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the small-frame message",
+            Duration::from_secs(60),
+            |s| s.get("subscriptions.not_a_subscription") >= 1,
+        );
+        let after = memory::peak(c1.pid());
         println!(
             "ACK socket: attacker wrote {written} of 200 x {} frames before being cut off; \
              consumer peak {} -> {} (bound: +{}); {stats}",
@@ -503,16 +431,14 @@ fn the_relay_counts_subscriptions_and_subscribers_and_bounds_them() {
 #[test]
 fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
     within_async(LIMIT, || async {
-        let bus = Bus::start_with(&["c1"], &format!("max_message_size = {MAX_MESSAGE}"));
+        let bus = Bus::start_with(
+            bins!(),
+            &["c1"],
+            &format!("max_message_size = {MAX_MESSAGE}"),
+        );
         // A hostile "publisher" endpoint the consumer connects to.
         let context = zmq::Context::new();
-        let hostile = context.socket(zmq::XPUB).expect("xpub");
-        hostile.set_linger(0).expect("linger");
-        hostile.bind("tcp://127.0.0.1:*").expect("bind");
-        let hostile_endpoint = hostile
-            .get_last_endpoint()
-            .expect("endpoint")
-            .expect("utf-8");
+        let (hostile, hostile_endpoint) = raw::bind_xpub(&context);
         let config = write_config(
             &bus,
             "hostile.toml",
@@ -544,9 +470,12 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         send_all(&hostile, &[topic.as_bytes(), &vec![b'x'; 2 * FRAME_CAP]]);
         // The consumer comes back on its own and subscribes again.
         subscribed(&hostile);
-        let stats = c1.wait_stats("gilmsg-consumer: stats", "the repair to be counted", |s| {
-            s.get("connection.protocol_error") >= 1
-        });
+        let stats = c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "the repair to be counted",
+            Duration::from_secs(60),
+            |s| s.get("connection.protocol_error") >= 1,
+        );
         println!("after an oversize frame from a connected peer: {stats}");
         send_all(&hostile, &[topic.as_bytes(), b"\xffafter"]);
         // A connected peer (no relay in between) can send many frames under
@@ -556,9 +485,12 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         let mut many: Vec<&[u8]> = vec![topic.as_bytes()];
         many.extend(std::iter::repeat(small.as_slice()).take(199));
         send_all(&hostile, &many);
-        c1.wait_stats("gilmsg-consumer: stats", "messages after the repair", |s| {
-            s.get("invalid.not_json") >= 1 && s.get("invalid.bad_frame_count") >= 1
-        });
+        c1.wait_stats(
+            "gilmsg-consumer: stats",
+            "messages after the repair",
+            Duration::from_secs(60),
+            |s| s.get("invalid.not_json") >= 1 && s.get("invalid.bad_frame_count") >= 1,
+        );
         let receipt = bus
             .publisher()
             .publish("after", json!({"n": 1}), &["c1"], Duration::from_secs(20))
@@ -576,7 +508,7 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
 #[test]
 fn an_ack_timeout_of_duration_max_is_refused_and_the_handle_keeps_working() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let _c1 = bus.consumer("c1", &[]);
         let publisher = bus.publisher();
         for timeout in [Duration::MAX, gilmsg::MAX_TIMEOUT + Duration::from_secs(1)] {
@@ -600,7 +532,7 @@ fn an_ack_timeout_of_duration_max_is_refused_and_the_handle_keeps_working() {
 #[test]
 fn huge_durations_on_the_command_line_and_in_the_config_exit_2_with_a_clear_error() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let config = bus.config_path.display().to_string();
         let base = [
             "--config",
@@ -672,7 +604,7 @@ fn huge_durations_on_the_command_line_and_in_the_config_exit_2_with_a_clear_erro
 #[test]
 fn dropping_a_plain_send_cancels_it() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&[]);
+        let bus = Bus::start(bins!(), &[]);
         let endpoint = format!("ipc://{}", bus.dir().join("pub.sock").display());
         let mut config = bus.config();
         config.active = false;
@@ -731,14 +663,14 @@ fn dropping_a_plain_send_cancels_it() {
 #[test]
 fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles_messages() {
     within_async(LIMIT, || async {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let dead = dead_endpoint();
         let config = bus.dir().join("dead.toml");
         bus.write_config(&config, "", &format!("[{:?}, {dead:?}]", bus.outbound));
         let (c1, line) = consumer(&config, "c1", &["--exec", "cat > /dev/null"], "info");
         assert_eq!(field(&line, "endpoints"), Some("1/2"), "{line}");
         assert_eq!(field(&line, "down"), Some(dead.as_str()), "{line}");
-        let logged = c1.proc.stderr_so_far();
+        let logged = c1.stderr_so_far();
         assert!(
             logged
                 .iter()
@@ -759,7 +691,7 @@ fn an_exec_consumer_with_an_unreachable_endpoint_is_ready_says_which_and_handles
 #[test]
 fn an_unreachable_endpoint_does_not_hold_the_logger_at_exit() {
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let _c1 = bus.consumer("c1", &[]);
         let dead = bus.dir().join("dead.toml");
         bus.write_config(
@@ -812,7 +744,7 @@ fn relay_consumer_and_logger_work_over_ipv6_loopback() {
         return;
     }
     within(LIMIT, || {
-        let bus = Bus::start(&["c1"]);
+        let bus = Bus::start(bins!(), &["c1"]);
         let (_relay, inbound, outbound) =
             relay(&["--inbound", "tcp://[::1]:*", "--outbound", "tcp://[::1]:*"]);
         assert!(
@@ -843,8 +775,7 @@ fn relay_consumer_and_logger_work_over_ipv6_loopback() {
             Duration::from_secs(20),
         );
         assert_eq!(out.status, Some(0), "{out:?}");
-        c1.proc
-            .wait_stdout("over v6", Duration::from_secs(10))
+        c1.wait_stdout("over v6", Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
     })
 }
@@ -864,7 +795,6 @@ fn ipc_socket_files_are_removed_after_a_clean_exit() {
         ]);
         assert!(inbound.exists() && outbound.exists());
         let status = relay
-            .proc
             .terminate(Duration::from_secs(10))
             .expect("exit status");
         assert!(status.success(), "{status}");
@@ -879,7 +809,7 @@ fn ipc_socket_files_are_removed_after_a_clean_exit() {
 fn direct_topology_publisher_binds_and_three_named_consumers_ack() {
     within_async(LIMIT, || async {
         let names = ["c1", "c2", "c3"];
-        let bus = Bus::start(&names);
+        let bus = Bus::start(bins!(), &names);
         let endpoint =
             |name: &str| format!("ipc://{}", bus.dir().join(format!("{name}.sock")).display());
         let mut config = gilmsg::Config::default();

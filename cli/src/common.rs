@@ -2,13 +2,13 @@
 //! command takes ([`CommonArgs`]: config file, fedmsg's common flags, log
 //! format) and how they apply to the configuration, duration and number
 //! parsing (by the config's own rules), logging set-up (text or JSON,
-//! colour only on a terminal), signals, and the one-line error format.
+//! colour only on a terminal), the stats line, and the one-line error
+//! format. Signals are in [`crate::signals`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gilmsg::Config;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Every recipient acked (or, without recipients, the message was sent).
 pub const EXIT_OK: u8 = 0;
@@ -93,14 +93,6 @@ pub fn report(program: &str, result: Result<(), Failure>) -> std::process::ExitC
             std::process::ExitCode::from(f.status)
         }
     }
-}
-
-/// Loads the config: `--config`, then `GILMSG_CONFIG`, then the default
-/// path; warns about keys gilmsg does not know (see [`CommonArgs::load`]).
-pub fn load_config(explicit: Option<&Path>) -> Result<Config, Failure> {
-    let config = Config::load(explicit)?;
-    warn_unknown_keys(&config);
-    Ok(config)
 }
 
 /// One warning per key of the file that gilmsg does not read, naming the
@@ -343,51 +335,6 @@ pub fn show_duration(d: Duration) -> String {
     }
 }
 
-/// What a signal asks a long-running command to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignalEvent {
-    /// SIGINT or SIGTERM: stop cleanly.
-    Exit,
-    /// SIGUSR1: print the counters.
-    Stats,
-}
-
-/// The signals a long-running command reacts to, installed eagerly: a
-/// SIGUSR1 or SIGTERM that arrives before the handler exists would kill
-/// the process with its default action, so commands install this first,
-/// before they read the configuration or wait for readiness.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    usr1: Signal,
-}
-
-impl Signals {
-    /// Installs the handlers now (inside a tokio runtime).
-    pub fn install() -> Result<Signals, Failure> {
-        let sig = |kind| {
-            signal(kind).map_err(|e| Failure {
-                status: EXIT_BUS,
-                message: format!("error: cannot watch signals: {e}"),
-            })
-        };
-        Ok(Signals {
-            term: sig(SignalKind::terminate())?,
-            int: sig(SignalKind::interrupt())?,
-            usr1: sig(SignalKind::user_defined1())?,
-        })
-    }
-
-    /// The next signal.
-    pub async fn next(&mut self) -> SignalEvent {
-        tokio::select! {
-            _ = self.term.recv() => SignalEvent::Exit,
-            _ = self.int.recv() => SignalEvent::Exit,
-            _ = self.usr1.recv() => SignalEvent::Stats,
-        }
-    }
-}
-
 /// `<program>: stats k=v k=v`, without a trailing space when there is
 /// nothing to count yet.
 pub fn stats_line(program: &str, stats: &gilmsg::Stats) -> String {
@@ -408,13 +355,6 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
             status: EXIT_BUS,
             message: format!("error: cannot start runtime: {e}"),
         })
-}
-
-/// Path of a sibling executable (the demo starts its roles this way).
-pub fn sibling_exe(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.join(name);
-    candidate.exists().then_some(candidate)
 }
 
 #[cfg(test)]

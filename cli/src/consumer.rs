@@ -40,7 +40,10 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
 
-use crate::common::{self, CommonArgs, Failure, SignalEvent, Signals};
+use crate::common::{self, CommonArgs, Failure};
+use crate::signals::{SignalEvent, Signals};
+
+mod handler_process;
 
 /// After the grace period and SIGTERM, how long a handler has before SIGKILL.
 pub const KILL_AFTER: Duration = Duration::from_secs(1);
@@ -62,6 +65,10 @@ Signals: SIGUSR1 prints the counters on stderr, at any time, even before the rea
 
 Exit status: 0 after a stop or --count; 2 usage or configuration error; 3 bus error
 (including stdout closed).";
+
+/// The start of the line the consumer prints on stderr once it is ready
+/// (`... certname=<name> endpoints=<connected>/<expected>[ down=...]`).
+pub const READY_LINE: &str = "gilmsg-consumer: ready";
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -203,7 +210,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             format!(" down={}", readiness.down.join(","))
         };
         eprintln!(
-            "gilmsg-consumer: ready certname={} endpoints={}/{}{down}",
+            "{READY_LINE} certname={} endpoints={}/{}{down}",
             consumer.signer_name().unwrap_or("-"),
             readiness.connected,
             readiness.expected
@@ -515,38 +522,6 @@ impl Handler {
         }
         tracing::warn!("handler for {msg_id} ended by the stop; not acking");
         self.delivery.fail();
-    }
-}
-
-/// The one place this crate needs `unsafe`: a hook that runs in the forked
-/// child before `exec`.
-#[allow(unsafe_code)]
-mod handler_process {
-    use nix::sys::signal::Signal;
-
-    /// Makes the kernel send SIGKILL to the handler if the consumer dies
-    /// first, however it dies (`PR_SET_PDEATHSIG`).
-    ///
-    /// The signal fires when the *thread* that forked exits: handlers are
-    /// spawned from the consumer's main thread (its runtime is
-    /// current-thread), which lives as long as the process.
-    pub(super) fn die_with_consumer(command: &mut tokio::process::Command) {
-        let consumer = nix::unistd::getpid();
-        // SAFETY: the closure runs in the child between fork and exec, where
-        // only async-signal-safe calls are allowed: it makes two system calls
-        // (prctl, getppid) and allocates nothing, even on its error paths.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                    .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-                // The consumer died before prctl took effect: nobody would
-                // ever signal this handler, so do not start it.
-                if nix::unistd::getppid() != consumer {
-                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
     }
 }
 

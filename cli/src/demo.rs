@@ -8,7 +8,6 @@
 //! PID before it exits, and the temporary directory is removed.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,7 +15,7 @@ use gilmsg_crypto::pki;
 use serde_json::json;
 
 use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::Proc;
+use crate::roles;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const CONSUMERS: [&str; 3] = ["consumer-a", "consumer-b", "consumer-c"];
@@ -40,21 +39,11 @@ pub struct Args {
 
 /// Entry point: runs the demo, or a role when re-executed by it.
 pub fn main() -> std::process::ExitCode {
-    let mut argv = std::env::args_os();
-    let program = argv.next().unwrap_or_default();
-    let role = std::env::args().nth(1);
-    match role.as_deref() {
-        Some("__relay") => {
-            let args = crate::relay::Args::parse_from(std::iter::once(program).chain(argv.skip(1)));
-            common::report("gilmsg-relay", crate::relay::run(args))
-        }
-        Some("__consumer") => {
-            let args =
-                crate::consumer::Args::parse_from(std::iter::once(program).chain(argv.skip(1)));
-            common::report("gilmsg-consumer", crate::consumer::run(args))
-        }
-        _ => common::report("gilmsg-demo", run(Args::parse())),
+    if let Some(status) = crate::roles::dispatch_reexec() {
+        return status;
     }
+    common::init_logging();
+    common::report("gilmsg-demo", run(Args::parse()))
 }
 
 fn step(text: &str) {
@@ -103,11 +92,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
     }
 
     step("2. A relay on 127.0.0.1 (ephemeral ports)");
-    let crate::procs::LoopbackRelay {
+    let roles::LoopbackRelay {
         proc: relay,
         inbound,
         outbound,
-    } = crate::procs::spawn_relay_role("relay", &exe, READY_TIMEOUT).map_err(fail)?;
+    } = roles::spawn_relay("relay", &exe, READY_TIMEOUT).map_err(fail)?;
     println!(
         "   relay pid {}: publishers -> {inbound}, consumers <- {outbound}",
         relay.pid()
@@ -117,19 +106,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
     write_config(&config_path, &inbound, &outbound)?;
 
     step("3. Three ACK-sending consumers (separate processes)");
-    let mut consumers = Vec::new();
-    for name in CONSUMERS {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("__consumer")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--certname", name, "--json"]);
-        let proc = Proc::spawn(name, cmd).map_err(|e| fail(format!("cannot start {name}: {e}")))?;
-        consumers.push(proc);
-    }
+    let consumers = CONSUMERS
+        .iter()
+        .map(|name| roles::spawn_consumer(name, &exe, &config_path, name, &["--json"]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
     for proc in &consumers {
-        proc.wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .map_err(fail)?;
+        roles::wait_consumer_ready(proc, READY_TIMEOUT).map_err(fail)?;
         println!("   {} ready (pid {})", proc.name(), proc.pid());
     }
 

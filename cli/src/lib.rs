@@ -1,26 +1,34 @@
 //! # gilmsg-cli: the command-line tools, as glue over the `gilmsg` library
 //!
-//! Each binary in `src/bin/` is a few lines that call into a module here,
+//! Each binary in `src/bin/` is a few lines that run one [`roles::Role`],
 //! so the demo can start real relay and consumer processes by re-running
 //! its own executable in another role.
 //!
 //! ## Layout
-//! - [`bench`]: `gilmsg-bench`, the benchmark suite.
-//! - [`bench_python`]: its Python anchor (fedmsg/gilmsg from the interop venv).
-//! - [`common`]: exit statuses, config loading, duration parsing, logging.
+//! - [`roles`]: which tool an executable runs, re-running an executable as
+//!   a relay or consumer, and starting those roles on loopback.
+//! - [`common`]: exit statuses, the flags every bus command takes, config
+//!   loading, duration parsing, logging, the stats line.
+//! - [`signals`]: SIGINT/SIGTERM (stop) and SIGUSR1 (counters).
+//! - [`procs`]: child processes with readiness lines and kill-on-drop.
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
-//! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg accepts.
-//! - [`procs`]: child processes with readiness lines and kill-on-drop.
+//! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
+//!
+//! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
+//! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
 
-pub mod bench;
-pub mod bench_python;
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod common;
 pub mod consumer;
 pub mod demo;
 pub mod logger;
+pub mod pki;
 pub mod procs;
 pub mod relay;
-pub mod rsa_pki;
+pub mod roles;
+pub mod signals;

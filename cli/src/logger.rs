@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::common::{
-    self, CommonArgs, Failure, SignalEvent, Signals, EXIT_BUS, EXIT_OK, EXIT_STATUS_HELP,
-    EXIT_TIMEOUT, EXIT_USAGE,
+    self, CommonArgs, Failure, EXIT_BUS, EXIT_OK, EXIT_STATUS_HELP, EXIT_TIMEOUT, EXIT_USAGE,
 };
+use crate::signals::{SignalEvent, Signals};
 
 const AFTER_HELP: &str = "\
 Input: --message sends one message. Otherwise stdin is read: each line is one message

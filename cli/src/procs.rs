@@ -1,8 +1,10 @@
 //! Child processes that announce readiness on a line of output.
 //!
-//! Used by the demo and by the integration tests: start a relay or a
-//! consumer, wait (bounded) for its `ready` line instead of sleeping, and
-//! make sure it is gone afterwards, by PID, even when the caller panics.
+//! The demo starts its relay and consumers this way (so do the benchmark
+//! and the test kit, which build on this type rather than keep their own):
+//! start a process, wait (bounded) for its `ready` line instead of
+//! sleeping, read what it prints, and make sure it is gone afterwards, by
+//! PID, even when the caller panics.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -168,18 +170,7 @@ impl Proc {
 
     /// Waits for exit up to `timeout`.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => {
-                    // Polling for exit of a child we cannot select on; this
-                    // paces a loop, it does not stand in for a readiness signal.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                _ => return None,
-            }
-        }
+        wait_timeout(&mut self.child, timeout)
     }
 
     /// Kills it at once (SIGKILL) and reaps it.
@@ -192,6 +183,23 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it is still
+/// running then (or cannot be waited for). It is not killed.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                // Polling for exit of a child we cannot select on; this
+                // paces a loop, it does not stand in for a readiness signal.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -209,44 +217,6 @@ fn wait_line(
             Err(RecvTimeoutError::Timeout) => return Err("timed out"),
             Err(RecvTimeoutError::Disconnected) => return Err("stream closed"),
         }
-    }
-}
-
-/// A relay started on ephemeral loopback ports, with the endpoints it bound.
-#[derive(Debug)]
-pub struct LoopbackRelay {
-    /// The process.
-    pub proc: Proc,
-    /// Where publishers connect.
-    pub inbound: String,
-    /// Where consumers connect.
-    pub outbound: String,
-}
-
-/// Runs `exe __relay` (the relay role of the demo and bench executables) on
-/// `tcp://127.0.0.1:*` for both sockets and waits for its ready line.
-pub fn spawn_relay_role(
-    name: &str,
-    exe: &std::path::Path,
-    timeout: Duration,
-) -> Result<LoopbackRelay, String> {
-    let mut command = Command::new(exe);
-    command.args([
-        "__relay",
-        "--inbound",
-        "tcp://127.0.0.1:*",
-        "--outbound",
-        "tcp://127.0.0.1:*",
-    ]);
-    let proc = Proc::spawn(name, command).map_err(|e| format!("cannot start {name}: {e}"))?;
-    let line = proc.wait_stderr("gilmsg-relay: ready", timeout)?;
-    match (field(&line, "inbound"), field(&line, "outbound")) {
-        (Some(i), Some(o)) => Ok(LoopbackRelay {
-            inbound: i.to_owned(),
-            outbound: o.to_owned(),
-            proc,
-        }),
-        _ => Err(format!("{name}: unexpected ready line {line:?}")),
     }
 }
 

@@ -12,8 +12,11 @@
 use clap::Parser;
 
 use crate::common::{self, CommonArgs, Failure};
+use crate::signals::{SignalEvent, Signals};
 
-pub use crate::common::{SignalEvent, Signals};
+/// The start of the line the relay prints on stderr once both sockets are
+/// bound (`... inbound=<endpoints> outbound=<endpoints>`).
+pub const READY_LINE: &str = "gilmsg-relay: ready";
 
 /// Command-line arguments.
 #[derive(Debug, Parser)]
@@ -81,7 +84,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         );
         let relay = gilmsg::Relay::bind(&config, &inbound, &outbound)?;
         eprintln!(
-            "gilmsg-relay: ready inbound={} outbound={}",
+            "{READY_LINE} inbound={} outbound={}",
             relay.inbound_endpoints().join(","),
             relay.outbound_endpoints().join(",")
         );

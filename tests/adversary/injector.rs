@@ -21,8 +21,8 @@ use gilmsg_crypto::Identity;
 use gilmsg_proto::ack::AckBody;
 use gilmsg_proto::envelope::new_msg_id;
 use gilmsg_proto::{Envelope, Signer};
-use gilmsg_tests::forge;
-use gilmsg_tests::raw::FakeRecipient;
+use gilmsg_testkit::forge;
+use gilmsg_testkit::raw::FakeRecipient;
 use serde_json::{json, Value};
 
 /// One kind of forgery, with the publisher counter(s) that should refuse it.

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::field;
-use gilmsg_crypto::pki;
-use gilmsg_tests::bins::bin;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::field;
+use gilmsg_testkit::fixture::ed25519_pki;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -68,18 +68,8 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let ssldir = dir.path().join("pki");
-        pki::init(
-            &ssldir,
-            &pki::InitOptions {
-                ca_name: "gilmsg-faults-ca".into(),
-                validity: Duration::from_secs(86_400),
-            },
-        )
-        .expect("pki init");
-        for name in std::iter::once(&"publisher").chain(consumers) {
-            pki::issue(&ssldir, name, &pki::IssueOptions::default())
-                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
-        }
+        let identities = [&["publisher"], consumers].concat();
+        ed25519_pki(&ssldir, "gilmsg-faults-ca", &identities).unwrap_or_else(|e| panic!("{e}"));
         let config = dir.path().join("direct.toml");
         write_config(&config, &ssldir, &relay_host.ip);
         let mut cluster = Cluster {
@@ -120,10 +110,7 @@ impl Cluster {
             ],
             false,
         );
-        proxy
-            .proc
-            .wait_stderr("faults-proxy: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        proxy.proc.expect_stderr("faults-proxy: ready", READY);
         let path = self.dir.path().join("proxied.toml");
         write_config(&path, &self.dir.path().join("pki"), &wan.ip);
         self.proxied_config = Some(path);
@@ -138,13 +125,10 @@ impl Cluster {
         let relay = self.net.spawn(
             &self.relay_host,
             "relay",
-            &bin("gilmsg-relay"),
+            bins!().relay,
             &["--inbound", &inbound, "--outbound", &outbound],
         );
-        let line = relay
-            .proc
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.proc.expect_stderr("gilmsg-relay: ready", READY);
         assert_eq!(field(&line, "inbound"), Some(inbound.as_str()), "{line}");
         self.relay = Some(relay);
     }
@@ -178,13 +162,10 @@ impl Cluster {
         let consumer = self.net.spawn(
             &host,
             name,
-            &bin("gilmsg-consumer"),
+            bins!().consumer,
             &["--config", &config, "--certname", name, "--exec", &exec],
         );
-        let line = consumer
-            .proc
-            .wait_stderr("gilmsg-consumer: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = consumer.proc.expect_stderr("gilmsg-consumer: ready", READY);
         assert_eq!(field(&line, "certname"), Some(name), "{line}");
         assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
         self.consumers.insert(name.to_owned(), consumer);
@@ -214,9 +195,8 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{e}"));
         let line = c
             .proc
-            .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("{e}"));
-        gilmsg_tests::parse_stats(&line)
+            .expect_stderr("gilmsg-consumer: stats", Duration::from_secs(5));
+        gilmsg_testkit::parse_stats(&line)
     }
 
     /// The long-lived publisher on the `pub` host.
@@ -245,7 +225,7 @@ impl Cluster {
         let mut all = vec!["--config", config.as_str(), "--certname", "publisher"];
         all.extend_from_slice(args);
         self.net
-            .spawn(&self.pub_host, "logger", &bin("gilmsg-logger"), &all)
+            .spawn(&self.pub_host, "logger", bins!().logger, &all)
     }
 
     /// Where consumer `name`'s handler appends the msg_ids it accepted.

@@ -23,50 +23,31 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use gilmsg_cli::procs::Proc;
-use gilmsg_tests::guard::{self, Registry};
+use gilmsg_testkit::child::run_ok;
+use gilmsg_testkit::guard::{self, Registry};
+use gilmsg_testkit::Running;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// How long one `ip` or `nft` command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
 /// Runs `ip <args>` (or any program), panicking with its stderr on failure.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_with_stdin(program, args, "")
 }
 
 /// Runs a command, feeding `stdin`; panics on failure.
-fn run_with_stdin(program: &str, args: &[&str], stdin: &str) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{program} {} failed: {}\ninput:\n{stdin}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+fn run_with_stdin(program: &str, args: &[&str], stdin: &str) -> String {
+    let mut command = Command::new(program);
+    command.args(args);
+    let mut what = format!("{program} {}", args.join(" "));
+    if !stdin.is_empty() {
+        what.push_str(&format!(" with input:\n{stdin}\n"));
+    }
+    run_ok(command, &what, stdin, COMMAND_LIMIT)
 }
 
 /// Why namespaces cannot be used here, or `None` if they can. Installs
@@ -320,15 +301,10 @@ impl Net {
             command.stdin(Stdio::null());
             None
         };
-        let proc = Proc::spawn(format!("{name}@{}", host.name), command)
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        // `ip netns exec` execs the program: this PID is the program's.
-        self.registry.add(proc.pid());
-        NsProc {
-            proc,
-            stdin,
-            registry: self.registry.clone(),
-        }
+        // `ip netns exec` execs the program: the PID registered with the
+        // guard is the program's.
+        let proc = Running::spawn_in(&self.registry, &format!("{name}@{}", host.name), command);
+        NsProc { proc, stdin }
     }
 }
 
@@ -397,11 +373,11 @@ impl Host {
 
 /// A process inside a namespace.
 pub struct NsProc {
-    /// The process, with its output read line by line.
-    pub proc: Proc,
+    /// The process, with its output read line by line (registered with
+    /// the test's guard, killed when dropped).
+    pub proc: Running,
     /// Its stdin, if started with one to write to.
     pub stdin: Option<UnixStream>,
-    registry: Registry,
 }
 
 impl NsProc {
@@ -415,12 +391,5 @@ impl NsProc {
     /// SIGKILL now, and reap.
     pub fn kill(&mut self) {
         self.proc.kill();
-        self.registry.remove(self.proc.pid());
-    }
-}
-
-impl Drop for NsProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

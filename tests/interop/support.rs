@@ -4,7 +4,7 @@
 //! Python side reads from its working directory) and the matching gilmsg TOML,
 //! and starting Python and Rust processes that announce readiness on a line.
 //!
-//! Every process is a [`Proc`]: killed by PID when dropped, and registered
+//! Every process is a [`Running`]: killed by PID when dropped, and registered
 //! with the test's hard-limit guard. Every Python process also arms its own
 //! SIGALRM (`peers.py --limit`), so it dies even if this test process is
 //! killed.
@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gilmsg_cli::procs::Proc;
-use gilmsg_cli::rsa_pki::RsaPki;
-use gilmsg_tests::bins::bin;
-use gilmsg_tests::guard;
+use gilmsg_testkit::bins;
+use gilmsg_testkit::python::{self, FedmsgD};
+use gilmsg_testkit::rsa_pki::RsaPki;
+use gilmsg_testkit::{Proc, Running};
 use serde_json::Value;
 
 /// The environment variable naming the venv made by `scripts/python-peers.sh`.
@@ -57,7 +57,7 @@ pub fn peers(test: &str) -> Option<Peers> {
         "{PEERS_VAR}={} has no bin/python: run scripts/python-peers.sh",
         venv.display()
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/peers.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/peers.py");
     Some(Peers {
         venv,
         python,
@@ -73,22 +73,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
-}
-
-/// Runs a short command to completion, panicking with its output on failure.
-pub fn run(mut cmd: Command, what: &str) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The RSA PKI of a test (shared recipe: `gilmsg_cli::rsa_pki`); the
@@ -151,7 +135,6 @@ impl World {
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_path_buf();
-        fs::create_dir_all(dir.join("home")).unwrap();
         let pki = Pki::make(&dir.join("pki"), IDENTITIES);
         let inbound = format!("tcp://127.0.0.1:{}", free_port());
         let outbound = format!("tcp://127.0.0.1:{}", free_port());
@@ -177,36 +160,20 @@ impl World {
     }
 
     fn write_configs(&self) {
-        let pki = self.pki.dir().display().to_string();
-        let names: Vec<String> = IDENTITIES.iter().map(|n| format!("{n:?}")).collect();
-        let fedmsg_d = format!(
-            r#"# Written by tests/interop.rs: the Python peers' configuration.
-import socket as _socket
-_H = _socket.gethostname().split('.')[0]
-_PKI = {pki:?}
-_NAMES = [{names}]
-config = dict(
-    topic_prefix={PREFIX:?},
-    environment={ENV:?},
-    zmq_enabled=True,
-    endpoints={{'relay_outbound': [{out:?}]}},
-    relay_inbound=[{inb:?}],
-    sign_messages=True,
-    validate_signatures=True,
-    ssldir=_PKI,
-    ca_cert_location=_PKI + '/ca.crt',
-    crl_location=_PKI + '/crl.pem',
-    certnames=dict([('shell.' + _H, 'py-shell')] + [(n + '.' + _H, n) for n in _NAMES]),
-    post_init_sleep=0.2,
-    zmq_linger=2000,
-)
-"#,
-            names = names.join(", "),
-            out = self.outbound,
-            inb = self.inbound,
-        );
-        fs::create_dir_all(self.dir.join("fedmsg.d")).unwrap();
-        fs::write(self.dir.join("fedmsg.d/test.py"), fedmsg_d).unwrap();
+        let mut certnames = vec![("shell", "py-shell")];
+        certnames.extend(IDENTITIES.iter().map(|n| (*n, *n)));
+        FedmsgD {
+            written_by: "tests/interop.rs: the Python peers' configuration",
+            pki: self.pki.dir(),
+            topic_prefix: PREFIX,
+            environment: ENV,
+            inbound: &self.inbound,
+            outbound: &self.outbound,
+            certnames: &certnames,
+            extra: &[("post_init_sleep", "0.2"), ("zmq_linger", "2000")],
+        }
+        .write(&self.dir, "test.py")
+        .unwrap();
 
         let mut config = gilmsg_config::Config::default();
         config.topic_prefix = PREFIX.into();
@@ -225,23 +192,17 @@ config = dict(
     }
 
     fn python_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.peers.python);
+        let mut cmd = python::command(&self.peers.python, &self.dir);
         cmd.arg(&self.peers.script)
             .args(args)
-            .current_dir(&self.dir)
-            // ~/.fedmsg.d and ~/.fedmsg-config.py must not leak in.
-            .env("HOME", self.dir.join("home"))
-            .env("PYTHONUNBUFFERED", "1")
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env_remove("VIRTUAL_ENV")
-            .env_remove("PYTHONPATH")
             .stdin(Stdio::null());
         cmd
     }
 
     /// Starts `peers.py ARGS` (its first argument is the sub-command; the
     /// `--limit` seconds are added here).
-    pub fn python(&self, name: &str, sub: &str, limit: Duration, args: &[&str]) -> Proc {
+    pub fn python(&self, name: &str, sub: &str, limit: Duration, args: &[&str]) -> Running {
         let limit = format!("{}", limit.as_secs_f64());
         let mut all = vec![sub, "--limit", &limit];
         all.extend_from_slice(args);
@@ -249,7 +210,7 @@ config = dict(
     }
 
     /// Starts the Python fedmsg-relay and waits for `peers: ready relay`.
-    pub fn fedmsg_relay(&self) -> Proc {
+    pub fn fedmsg_relay(&self) -> Running {
         let relay = self.python("fedmsg-relay", "relay", Duration::from_secs(120), &[]);
         relay
             .wait_stdout("peers: ready relay", READY)
@@ -258,8 +219,8 @@ config = dict(
     }
 
     /// Starts gilmsg-relay on ephemeral ports and points the configs at it.
-    pub fn gilmsg_relay(&mut self) -> Proc {
-        let mut cmd = Command::new(bin("gilmsg-relay"));
+    pub fn gilmsg_relay(&mut self) -> Running {
+        let mut cmd = Command::new(bins!().relay);
         cmd.args([
             "--inbound",
             "tcp://127.0.0.1:*",
@@ -267,9 +228,7 @@ config = dict(
             "tcp://127.0.0.1:*",
         ]);
         let relay = spawn("gilmsg-relay", cmd);
-        let line = relay
-            .wait_stderr("gilmsg-relay: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY);
         let inbound = field(&line, "inbound").expect("inbound= in ready line");
         let outbound = field(&line, "outbound").expect("outbound= in ready line");
         self.set_relay(&inbound, &outbound);
@@ -278,22 +237,20 @@ config = dict(
 
     /// Starts gilmsg-consumer (JSON lines on stdout) signing ACKs as
     /// `certname`, with the TOML config (or `config`), and waits for ready.
-    pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin("gilmsg-consumer"));
+    pub fn rust_consumer(&self, certname: &str, config: Option<&Path>, extra: &[&str]) -> Running {
+        let mut cmd = Command::new(bins!().consumer);
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
             .args(["--certname", certname, "--json"])
             .args(extra)
             .stdin(Stdio::null());
         let consumer = spawn(&format!("gilmsg-consumer {certname}"), cmd);
-        consumer
-            .wait_stderr("gilmsg-consumer: ready", READY)
-            .unwrap_or_else(|e| panic!("{e}"));
+        consumer.expect_stderr("gilmsg-consumer: ready", READY);
         consumer
     }
 
     /// Starts a Python gilmsg consumer signing as `name` and waits for ready.
-    pub fn python_consumer(&self, name: &str) -> Proc {
+    pub fn python_consumer(&self, name: &str) -> Running {
         let consumer = self.python(
             &format!("python consumer {name}"),
             "consume",
@@ -328,7 +285,7 @@ config = dict(
         config: Option<&Path>,
         input: Option<&str>,
     ) -> Outcome {
-        let mut cmd = Command::new(bin("gilmsg-logger"));
+        let mut cmd = Command::new(bins!().logger);
         cmd.arg("--config")
             .arg(config.unwrap_or(&self.toml))
             .args(args);
@@ -374,15 +331,13 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// Spawns with piped output and registers the PID with the test's guard.
-pub fn spawn(name: &str, cmd: Command) -> Proc {
-    let proc = Proc::spawn(name, cmd).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    guard::current().add(proc.pid());
-    proc
+/// Spawns with piped output, registered with the test's guard.
+pub fn spawn(name: &str, cmd: Command) -> Running {
+    Running::spawn(name, cmd)
 }
 
 /// Waits up to `limit` for exit (killing it then), collecting every line.
-pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
+pub fn finish(mut proc: Running, limit: Duration) -> Outcome {
     let start = Instant::now();
     let mut stdout = Vec::new();
     let status = loop {
@@ -401,7 +356,6 @@ pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
     while let Some(line) = proc.next_stdout(Duration::from_millis(200)) {
         stdout.push(line);
     }
-    guard::current().remove(proc.pid());
     Outcome {
         code: status.and_then(|s| s.code()),
         stdout,
@@ -412,7 +366,7 @@ pub fn finish(mut proc: Proc, limit: Duration) -> Outcome {
 
 /// `key=value` out of a ready/stats line.
 pub fn field(line: &str, key: &str) -> Option<String> {
-    gilmsg_cli::procs::field(line, key).map(str::to_owned)
+    gilmsg_testkit::field(line, key).map(str::to_owned)
 }
 
 /// Reads stdout lines until one starting with `prefix` (after `peers: got `
@@ -444,18 +398,4 @@ pub fn wait_json(
         proc.name(),
         proc.stderr_so_far()
     );
-}
-
-/// Sends SIGUSR1 to a gilmsg process and returns its next stats line.
-pub fn stats(proc: &Proc, program: &str) -> BTreeMap<String, u64> {
-    proc.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
-    let line = proc
-        .wait_stderr(&format!("{program}: stats"), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    line.split_whitespace()
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }

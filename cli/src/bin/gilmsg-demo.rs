@@ -1,6 +1,7 @@
 //! `gilmsg-demo`: see [`gilmsg_cli::demo`].
 
+#![forbid(unsafe_code)]
+
 fn main() -> std::process::ExitCode {
-    gilmsg_cli::common::init_logging();
     gilmsg_cli::demo::main()
 }

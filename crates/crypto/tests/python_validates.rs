@@ -14,11 +14,13 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gilmsg_crypto::{Identity, Signer as _};
 use gilmsg_proto::canonical;
+use gilmsg_testkit::child::run_bounded;
+use gilmsg_testkit::guard::Registry;
 use serde_json::{json, Value};
 
 /// How long the Python process may take (imports take ~1 s).
@@ -94,39 +96,18 @@ fn signed_body(id: &Identity, payload: Value, i: u64) -> Value {
 }
 
 /// Runs `python` on the script with a hard time limit; returns stdout.
-fn run_python(python: &Path, script: &Path, input: &Path, dir: &Path) -> String {
-    let stdout_path = dir.join("stdout");
-    let stderr_path = dir.join("stderr");
-    let mut child = Command::new(python)
-        .arg(script)
-        .arg(input)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&stdout_path).unwrap())
-        .stderr(fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    let deadline = Instant::now() + PYTHON_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "python did not finish within {PYTHON_TIMEOUT:?}; stderr:\n{}",
-                fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = fs::read_to_string(&stdout_path).unwrap();
-    let stderr = fs::read_to_string(&stderr_path).unwrap();
+fn run_python(python: &Path, script: &Path, input: &Path) -> String {
+    let mut command = Command::new(python);
+    command.arg(script).arg(input);
+    let out = run_bounded(command, "python", "", PYTHON_TIMEOUT, &Registry::default());
     assert!(
-        status.success(),
-        "python failed ({status}); stdout:\n{stdout}\nstderr:\n{stderr}"
+        out.status == Some(0),
+        "python failed ({:?}); stdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
     );
-    stdout
+    out.stdout
 }
 
 #[test]
@@ -250,7 +231,7 @@ fn rust_x509_signatures_validate_in_python_fedmsg() {
     let script_path = tmp.path().join("validate.py");
     fs::write(&script_path, SCRIPT).unwrap();
 
-    let stdout = run_python(&python, &script_path, &input_path, tmp.path());
+    let stdout = run_python(&python, &script_path, &input_path);
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))

@@ -9,11 +9,13 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
 
 use gilmsg_crypto::{Error, Identity, Signer as _, TrustStore, Verifier as _};
 use gilmsg_proto::VerifyError;
+use gilmsg_testkit::child::run_bounded;
+use gilmsg_testkit::guard::Registry;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams,
     DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
@@ -188,39 +190,26 @@ fn verify(t: &TrustStore, id: &Identity) -> Result<String, VerifyError> {
 
 /// `openssl verify -crl_check_all`: Ok(()) or the error it printed.
 fn openssl_verify(ca: &Path, crl: &Path, leaf: &Path) -> Result<(), String> {
-    let mut child = Command::new("openssl")
+    let mut command = Command::new("openssl");
+    command
         .arg("verify")
         .arg("-crl_check_all")
         .arg("-CAfile")
         .arg(ca)
         .arg("-CRLfile")
         .arg(crl)
-        .arg(leaf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the openssl command line is needed for this test");
-    let deadline = Instant::now() + OPENSSL_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("openssl verify ran longer than {OPENSSL_LIMIT:?}");
-        }
-        // Paces the wait for the child's exit; not a synchronisation sleep.
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    if status.success() {
+        .arg(leaf);
+    let out = run_bounded(
+        command,
+        "openssl verify",
+        "",
+        OPENSSL_LIMIT,
+        &Registry::default(),
+    );
+    if out.status == Some(0) {
         Ok(())
     } else {
-        Err(text)
+        Err(out.stdout + &out.stderr)
     }
 }
 

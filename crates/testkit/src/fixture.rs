@@ -1,50 +1,24 @@
 //! [`Bus`]: one throwaway bus: a PKI, a relay process, a config file.
 //!
-//! ```no_run
-//! let bus = gilmsg_tests::Bus::start(&["a", "b"]);
+//! ```ignore
+//! // In an integration test of gilmsg-cli (where `bins!` compiles):
+//! let bus = gilmsg_testkit::Bus::start(gilmsg_testkit::bins!(), &["a", "b"]);
 //! let consumers = bus.consumers(&["a", "b"], &[]);
 //! let publisher = bus.publisher();
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
-use gilmsg_cli::procs::{field, Proc};
 use gilmsg_crypto::{pki, Identity};
-use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use crate::bins::bin;
+use crate::child::{run_tool, run_tool_env, Running, ToolOutput};
 use crate::guard::{self, Registry};
+use crate::{field, Bins};
 use crate::{ENVIRONMENT, MODNAME, PUBLISHER, READY_TIMEOUT, TOPIC_PREFIX};
-
-/// A child process registered with the test's guard.
-struct Child {
-    proc: Proc,
-    registry: Registry,
-}
-
-impl Child {
-    fn spawn(name: &str, command: Command, registry: &Registry) -> Child {
-        let proc =
-            Proc::spawn(name, command).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        registry.add(proc.pid());
-        Child {
-            proc,
-            registry: registry.clone(),
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.proc.kill();
-        self.registry.remove(self.proc.pid());
-    }
-}
 
 /// A temporary bus: CA and identities in `ssldir`, a `gilmsg-relay` process
 /// on ephemeral loopback ports, and `config_path` pointing at both.
@@ -58,8 +32,9 @@ pub struct Bus {
     pub inbound: String,
     /// Where consumers connect (the relay's outbound XPUB).
     pub outbound: String,
-    relay: Child,
+    relay: Running,
     registry: Registry,
+    bins: Bins,
 }
 
 impl std::fmt::Debug for Bus {
@@ -73,34 +48,25 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// A bus with identities for [`PUBLISHER`] and each of `names`.
-    pub fn start(names: &[&str]) -> Bus {
-        Bus::start_with(names, "")
+    /// A bus with identities for [`PUBLISHER`] and each of `names`, whose
+    /// processes are the `bins` of this test run (`bins!()`).
+    pub fn start(bins: Bins, names: &[&str]) -> Bus {
+        Bus::start_with(bins, names, "")
     }
 
     /// Like [`Bus::start`], with extra top-level TOML lines in the config
     /// (e.g. `max_message_size = 4096`).
-    pub fn start_with(names: &[&str], extra_toml: &str) -> Bus {
+    pub fn start_with(bins: Bins, names: &[&str], extra_toml: &str) -> Bus {
         let registry = guard::current();
         let dir = tempfile::Builder::new()
             .prefix("gilmsg-test-")
             .tempdir()
             .expect("tempdir");
         let ssldir = dir.path().join("pki");
-        pki::init(
-            &ssldir,
-            &pki::InitOptions {
-                ca_name: "gilmsg-test-ca".into(),
-                validity: Duration::from_secs(86_400),
-            },
-        )
-        .expect("pki init");
-        for name in std::iter::once(&PUBLISHER).chain(names) {
-            pki::issue(&ssldir, name, &pki::IssueOptions::default())
-                .unwrap_or_else(|e| panic!("issue {name}: {e}"));
-        }
+        let identities = [&[PUBLISHER], names].concat();
+        ed25519_pki(&ssldir, "gilmsg-test-ca", &identities).unwrap_or_else(|e| panic!("{e}"));
 
-        let mut command = Command::new(bin("gilmsg-relay"));
+        let mut command = Command::new(bins.relay);
         // Unlimited queues in the relay: tests that flood the bus count
         // every frame at the consumer, so the relay must not drop any.
         command.args([
@@ -111,11 +77,8 @@ impl Bus {
             "--high-water-mark",
             "0",
         ]);
-        let relay = Child::spawn("relay", command, &registry);
-        let line = relay
-            .proc
-            .wait_stderr("gilmsg-relay: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let relay = Running::spawn_in(&registry, "relay", command);
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
         let inbound = field(&line, "inbound").expect("inbound=").to_owned();
         let outbound = field(&line, "outbound").expect("outbound=").to_owned();
         assert!(inbound.starts_with("tcp://127.0.0.1:"), "{line}");
@@ -129,6 +92,7 @@ impl Bus {
             outbound,
             relay,
             registry,
+            bins,
             dir,
         };
         bus.write_config(
@@ -137,6 +101,11 @@ impl Bus {
             &format!("[{:?}]", bus.outbound),
         );
         bus
+    }
+
+    /// The executables this bus runs.
+    pub fn bins(&self) -> Bins {
+        self.bins
     }
 
     /// The temporary directory holding everything of this bus.
@@ -183,6 +152,21 @@ relay_outbound = {outbound_value}
         pki::issue(&self.ssldir, name, options).unwrap_or_else(|e| panic!("issue {name}: {e}"));
     }
 
+    /// Issues an identity from this bus's CA that expired yesterday (valid
+    /// from three days ago).
+    pub fn issue_expired(&self, name: &str) {
+        const DAY: Duration = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        self.issue_with(
+            name,
+            &pki::IssueOptions {
+                not_before: now - 3 * DAY,
+                not_after: now - DAY,
+                replace: false,
+            },
+        );
+    }
+
     /// Revokes an identity (rewrites `crl.pem`).
     pub fn revoke(&self, name: &str) {
         pki::revoke(&self.ssldir, name).unwrap_or_else(|e| panic!("revoke {name}: {e}"));
@@ -191,6 +175,16 @@ relay_outbound = {outbound_value}
     /// Loads an identity of this bus's PKI, to sign with.
     pub fn identity(&self, name: &str) -> Identity {
         Identity::load(&self.ssldir, name).unwrap_or_else(|e| panic!("load {name}: {e}"))
+    }
+
+    /// The frames of the honest ACK of `message` (right msg_id and digest)
+    /// signed by this bus's identity `signer`, on this bus's ACK topic.
+    pub fn honest_ack(&self, message: &gilmsg_proto::Envelope, signer: &str) -> Vec<Vec<u8>> {
+        crate::forge::frames(&crate::forge::honest_ack(
+            &self.ack_topic(),
+            message,
+            &self.identity(signer),
+        ))
     }
 
     /// `<prefix>.<env>.<MODNAME>.<sub>`: the topic `publisher().publish(sub, ..)` uses.
@@ -254,36 +248,31 @@ relay_outbound = {outbound_value}
     }
 
     fn spawn_consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
-        let mut command = Command::new(bin("gilmsg-consumer"));
-        command
-            .arg("--config")
-            .arg(config)
-            .args(["--certname", name, "--json"])
-            .args(args)
-            .env("GILMSG_LOG", log)
-            .stdin(Stdio::null());
+        let mut command = self
+            .bins
+            .consumer_command(config, name, &[&["--json"], args].concat());
+        command.env("GILMSG_LOG", log);
         Consumer {
             name: name.to_owned(),
             acks: !args.contains(&"--no-ack"),
-            child: Child::spawn(name, command, &self.registry),
+            child: Running::spawn_in(&self.registry, name, command),
         }
     }
 
     /// Runs `gilmsg-logger <args>` with `stdin`, bounded by `limit`.
     pub fn logger(&self, args: &[&str], stdin: &str, limit: Duration) -> ToolOutput {
-        run_tool(&bin("gilmsg-logger"), args, stdin, limit, &self.registry)
+        run_tool(self.bins.logger, args, stdin, limit, &self.registry)
     }
 
     /// Starts any command as a child of this bus's test: registered with
     /// the guard, killed when the returned handle is dropped.
     pub fn spawn(&self, name: &str, command: Command) -> Running {
-        Running {
-            child: Child::spawn(name, command, &self.registry),
-        }
+        Running::spawn_in(&self.registry, name, command)
     }
 
-    /// Runs `program args` with `stdin` and extra environment variables,
-    /// bounded by `limit`.
+    /// Runs the tool `program` (e.g. `gilmsg-logger`, see [`Bins::get`])
+    /// with `args`, `stdin` and extra environment variables, bounded by
+    /// `limit`.
     pub fn run_with_env(
         &self,
         program: &str,
@@ -292,38 +281,19 @@ relay_outbound = {outbound_value}
         env: &[(&str, &str)],
         limit: Duration,
     ) -> ToolOutput {
-        run_tool_env(&bin(program), args, stdin, env, limit, &self.registry)
+        run_tool_env(
+            self.bins.get(program),
+            args,
+            stdin,
+            env,
+            limit,
+            &self.registry,
+        )
     }
 
     /// The relay's counters (SIGUSR1, then its stats line).
     pub fn relay_stats(&self) -> gilmsg::Stats {
-        stats_of(&self.relay.proc, "gilmsg-relay: stats")
-    }
-}
-
-/// A process started with [`Bus::spawn`].
-pub struct Running {
-    child: Child,
-}
-
-impl std::fmt::Debug for Running {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running")
-            .field("name", &self.child.proc.name())
-            .field("pid", &self.child.proc.pid())
-            .finish()
-    }
-}
-
-impl Running {
-    /// The process, to wait for its lines, signal or stop it.
-    pub fn proc(&self) -> &Proc {
-        &self.child.proc
-    }
-
-    /// The process, mutably (to take its stdin or wait for its exit).
-    pub fn proc_mut(&mut self) -> &mut Proc {
-        &mut self.child.proc
+        self.relay.stats("gilmsg-relay: stats")
     }
 }
 
@@ -333,14 +303,14 @@ pub struct Consumer {
     pub name: String,
     /// Whether it sends ACKs (started without `--no-ack`).
     pub acks: bool,
-    child: Child,
+    child: Running,
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("name", &self.name)
-            .field("pid", &self.child.proc.pid())
+            .field("pid", &self.child.pid())
             .finish()
     }
 }
@@ -349,9 +319,7 @@ impl Consumer {
     fn wait_ready(&self) {
         let line = self
             .child
-            .proc
-            .wait_stderr("gilmsg-consumer: ready", READY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
         let signs_as = if self.acks { self.name.as_str() } else { "-" };
         assert_eq!(field(&line, "certname"), Some(signs_as), "{line}");
         assert_eq!(field(&line, "endpoints"), Some("1/1"), "{line}");
@@ -359,7 +327,7 @@ impl Consumer {
 
     /// Its counters now (SIGUSR1, then its stats line).
     pub fn stats(&self) -> gilmsg::Stats {
-        stats_of(&self.child.proc, "gilmsg-consumer: stats")
+        self.child.stats("gilmsg-consumer: stats")
     }
 
     /// Polls its counters until `done` holds, for at most `limit`.
@@ -369,57 +337,79 @@ impl Consumer {
         limit: Duration,
         done: impl Fn(&gilmsg::Stats) -> bool,
     ) -> gilmsg::Stats {
-        let deadline = Instant::now() + limit;
-        loop {
-            let stats = self.stats();
-            if done(&stats) {
-                return stats;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: gave up waiting for {what}; last stats: {stats}",
-                self.name
-            );
-        }
+        self.child
+            .wait_stats("gilmsg-consumer: stats", what, limit, done)
     }
 
     /// Waits for a stdout line containing `needle`.
     pub fn wait_stdout(&self, needle: &str, limit: Duration) -> String {
         self.child
-            .proc
             .wait_stdout(needle, limit)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The next stdout line within `limit`, if any.
     pub fn next_stdout(&self, limit: Duration) -> Option<String> {
-        self.child.proc.next_stdout(limit)
+        self.child.next_stdout(limit)
     }
 
     /// Stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
-        self.child.proc.stderr_so_far()
+        self.child.stderr_so_far()
     }
 
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(mut self) -> Option<ExitStatus> {
-        self.child.proc.terminate(Duration::from_secs(5))
+        self.child.terminate(Duration::from_secs(5))
     }
 
     /// SIGTERM, wait, and return every stderr line it wrote.
     pub fn stop_and_stderr(mut self) -> Vec<String> {
-        self.child.proc.terminate(Duration::from_secs(5));
-        self.child.proc.stderr_until_closed(Duration::from_secs(5))
+        self.child.terminate(Duration::from_secs(5));
+        self.child.stderr_until_closed(Duration::from_secs(5))
     }
 }
 
-fn stats_of(proc: &Proc, needle: &str) -> gilmsg::Stats {
-    proc.signal(Signal::SIGUSR1)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let line = proc
-        .wait_stderr(needle, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("{e}"));
-    parse_stats(&line)
+/// A throwaway Ed25519 PKI in `ssldir` (made by `gilmsg-pki`'s own code):
+/// a CA called `ca_name`, valid for a day, and an identity for each of
+/// `names`.
+pub fn ed25519_pki(ssldir: &Path, ca_name: &str, names: &[&str]) -> Result<(), String> {
+    pki::init(
+        ssldir,
+        &pki::InitOptions {
+            ca_name: ca_name.into(),
+            validity: Duration::from_secs(86_400),
+        },
+    )
+    .map_err(|e| format!("pki init {}: {e}", ssldir.display()))?;
+    for name in names {
+        pki::issue(ssldir, name, &pki::IssueOptions::default())
+            .map_err(|e| format!("issue {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Polls an in-process publisher's counters (paced, bounded) until `done`
+/// holds; panics naming `what` and the last counters after `limit`.
+pub async fn wait_publisher(
+    publisher: &gilmsg::Bus,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&gilmsg::Stats) -> bool,
+) -> gilmsg::Stats {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let stats = publisher.stats();
+        if done(&stats) {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publisher never counted {what}: {stats}"
+        );
+        // Pacing of a bounded counter poll, not a synchronisation sleep.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Parses the `k=v k=v` part of a `... stats k=v ...` line.
@@ -441,100 +431,4 @@ pub fn parse_stats(line: &str) -> gilmsg::Stats {
         })
         .collect();
     gilmsg::Stats { counters }
-}
-
-/// What a finished command-line run produced.
-#[derive(Debug, Clone)]
-pub struct ToolOutput {
-    /// Exit code (`None`: killed by a signal).
-    pub status: Option<i32>,
-    /// All of stdout.
-    pub stdout: String,
-    /// All of stderr.
-    pub stderr: String,
-}
-
-impl ToolOutput {
-    /// Stderr's non-empty lines.
-    pub fn stderr_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
-    }
-}
-
-/// Runs `program args` with `stdin`, collecting output; kills it and panics
-/// if it runs longer than `limit`.
-pub fn run_tool(
-    program: &Path,
-    args: &[&str],
-    stdin: &str,
-    limit: Duration,
-    registry: &Registry,
-) -> ToolOutput {
-    run_tool_env(program, args, stdin, &[], limit, registry)
-}
-
-/// [`run_tool`] with extra environment variables (set after the defaults
-/// `GILMSG_LOG=warn` and no `GILMSG_CONFIG`, so they can override them).
-pub fn run_tool_env(
-    program: &Path,
-    args: &[&str],
-    stdin: &str,
-    env: &[(&str, &str)],
-    limit: Duration,
-    registry: &Registry,
-) -> ToolOutput {
-    let mut child = Command::new(program)
-        .args(args)
-        .env("GILMSG_LOG", "warn")
-        .env_remove("GILMSG_CONFIG")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    let pid = child.id();
-    registry.add(pid);
-    let mut input = child.stdin.take().expect("stdin");
-    let text = stdin.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(text.as_bytes());
-    });
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait().expect("try_wait") {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                registry.remove(pid);
-                panic!(
-                    "{} {args:?} ran longer than {limit:?}; stderr: {}",
-                    program.display(),
-                    err.join().unwrap_or_default()
-                );
-            }
-            // Paces the wait for the child's exit; not a synchronisation sleep.
-            None => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
-    registry.remove(pid);
-    let _ = writer.join();
-    ToolOutput {
-        status: status.code(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
 }

@@ -1,35 +1,58 @@
-//! # gilmsg-tests: the integration test kit
+//! # gilmsg-testkit: what the integration tests (and the benchmark) build on
 //!
-//! The tests in this package start the real binaries (`gilmsg-relay`,
-//! `gilmsg-consumer`, `gilmsg-logger`) on 127.0.0.1 with ephemeral ports,
-//! talk to them with the `gilmsg` library and with raw ZeroMQ sockets, and
-//! stop every process they started, by PID, when the fixture is dropped.
+//! The tests in `tests/` start the real binaries (`gilmsg-relay`,
+//! `gilmsg-consumer`, `gilmsg-logger`, `gilmsg-pki`) on 127.0.0.1 with
+//! ephemeral ports, talk to them with the `gilmsg` library and with raw
+//! ZeroMQ sockets, and stop every process they started, by PID, when the
+//! fixture is dropped. They are test targets of `gilmsg-cli`, so cargo
+//! builds the binaries before it runs them ([`bins!`]).
 //!
 //! ## Layout
+//! - [`bins`]: [`Bins`], the freshly built executables, taken by [`bins!`]
+//!   in the test crate.
 //! - [`guard`]: the hard time limit every test body runs under
 //!   ([`guard::within`], [`guard::within_async`]); on overrun the test's
 //!   child processes are killed and the test fails instead of hanging CI.
-//! - [`bins`]: finding the built executables next to the test executable.
+//! - [`child`]: the processes a test starts: [`Running`] (registered with
+//!   the guard, killed on drop, counters on demand) and [`run_tool`] (run
+//!   to completion under a time limit, whole output in a [`ToolOutput`]).
 //! - [`fixture`]: [`Bus`], a temporary PKI + relay process + config file,
-//!   with helpers to start consumers ([`Consumer`]), run the logger
-//!   ([`ToolOutput`]) and build an in-process publisher.
+//!   with helpers to start consumers ([`Consumer`]), run the logger and
+//!   build an in-process publisher.
 //! - [`raw`]: raw ZeroMQ peers: [`raw::RawPub`] (connected to the relay's
 //!   inbound, sends only once the relay has subscribed), [`raw::RawSub`],
 //!   and [`raw::FakeRecipient`], a hand-driven recipient that can send
 //!   forged ACKs.
 //! - [`forge`]: building ACKs and messages by hand, correct or not.
+//! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg
+//!   accepts (the interop tests and the benchmark's Python anchor).
+//! - [`memory`]: a process's resident and peak memory, from `/proc`.
+//! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
+//!
+//! Child processes are [`Proc`]s, the type the demo starts its roles with
+//! (`gilmsg_cli::procs`), re-exported here.
 //!
 //! Nothing here sleeps to synchronise: readiness comes from the processes'
 //! `ready` lines, from ZeroMQ subscription messages, from process exit, or
 //! from counters polled in bounded loops.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod bins;
+pub mod child;
 pub mod fixture;
 pub mod forge;
 pub mod guard;
+pub mod memory;
+pub mod python;
 pub mod raw;
+pub mod rsa_pki;
 
-pub use fixture::{parse_stats, Bus, Consumer, Running, ToolOutput};
+pub use bins::Bins;
+pub use child::{run_tool, Running, ToolOutput};
+pub use fixture::{parse_stats, Bus, Consumer};
+pub use gilmsg_cli::procs::{field, wait_timeout, Proc};
 pub use guard::{within, within_async};
 
 use std::time::Duration;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::procs::Proc;
+use gilmsg_cli::procs::Proc;
 
 /// How long one `openssl` invocation may take (RSA-2048 key generation is
 /// well under a second; this only bounds a hung process).

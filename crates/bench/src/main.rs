@@ -16,6 +16,9 @@
 //! written as JSON and Markdown plus an SVG latency plot. Nothing here
 //! asserts a timing: benchmarks report, tests check behaviour.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,12 +27,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use gilmsg_crypto::{pki, Identity, TrustStore};
+use gilmsg_crypto::{Identity, TrustStore};
 use gilmsg_proto::{Signer, Verifier};
 use serde_json::{json, Value};
 
-use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::{field, Proc};
+use gilmsg_cli::common::{self, Failure, EXIT_BUS};
+use gilmsg_cli::procs::{field, Proc};
+use gilmsg_cli::roles;
+use gilmsg_testkit::fixture::ed25519_pki;
+use gilmsg_testkit::memory;
+
+mod python_anchor;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -40,7 +48,7 @@ const READY: Duration = Duration::from_secs(30);
     version,
     about = "Benchmark gilmsg on 127.0.0.1: floor, latency, throughput, one-shot CLI, memory."
 )]
-pub struct Args {
+struct Args {
     /// Smoke mode for CI: few samples, under a minute.
     #[arg(long)]
     pub short: bool,
@@ -75,33 +83,17 @@ pub struct Args {
 }
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
-pub fn main() -> std::process::ExitCode {
-    let role = std::env::args().nth(1);
-    let rest = || {
-        std::env::args_os()
-            .take(1)
-            .chain(std::env::args_os().skip(2))
-    };
-    match role.as_deref() {
-        Some("__consumer") => {
-            let args = crate::consumer::Args::parse_from(rest());
-            common::report("gilmsg-consumer", crate::consumer::run(args))
-        }
-        Some("__relay") => {
-            let args = crate::relay::Args::parse_from(rest());
-            common::report("gilmsg-relay", crate::relay::run(args))
-        }
-        Some("__echo") => common::report(
-            "gilmsg-bench echo",
-            echo(
-                rest()
-                    .skip(1)
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .collect(),
-            ),
-        ),
-        _ => common::report("gilmsg-bench", run(Args::parse())),
+fn main() -> std::process::ExitCode {
+    if let Some(status) = roles::dispatch_reexec() {
+        return status;
     }
+    common::init_logging();
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|role| role == "__echo") {
+        let words = argv.map(|s| s.to_string_lossy().into_owned()).collect();
+        return common::report("gilmsg-bench echo", echo(words));
+    }
+    common::report("gilmsg-bench", run(Args::parse()))
 }
 
 fn fail(message: impl Into<String>) -> Failure {
@@ -136,6 +128,9 @@ impl Summary {
     fn max(&self) -> f64 {
         self.samples.last().copied().unwrap_or(f64::NAN)
     }
+    fn min(&self) -> f64 {
+        self.samples.first().copied().unwrap_or(f64::NAN)
+    }
     fn json(&self) -> Value {
         json!({"n": self.samples.len(), "p50_us": self.pct(50.0), "p90_us": self.pct(90.0),
                "p99_us": self.pct(99.0), "max_us": self.max()})
@@ -155,22 +150,6 @@ fn free_port() -> Result<u16, Failure> {
         .port())
 }
 
-fn rss_peak_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn rss_now_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
 /// The whole run's results, keyed by section.
 struct Report {
     json: BTreeMap<&'static str, Value>,
@@ -178,7 +157,7 @@ struct Report {
 }
 
 /// Runs the benchmark.
-pub fn run(args: Args) -> Result<(), Failure> {
+fn run(args: Args) -> Result<(), Failure> {
     let samples = args.samples.unwrap_or(if args.short { 200 } else { 2000 });
     let messages = args
         .messages
@@ -190,24 +169,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
         .tempdir()
         .map_err(|e| fail(e.to_string()))?;
     let ssldir = work.path().join("pki");
-    pki::init(
-        &ssldir,
-        &pki::InitOptions {
-            ca_name: "bench CA".into(),
-            validity: Duration::from_secs(86_400),
-        },
-    )
-    .map_err(|e| fail(e.to_string()))?;
     let mut names = vec!["bench-pub".to_string()];
     names.extend((0..10).map(|i| format!("consumer-{i}")));
-    for name in &names {
-        pki::issue(
-            &ssldir,
-            name,
-            &pki::IssueOptions::valid_for(Duration::from_secs(86_400)),
-        )
-        .map_err(|e| fail(e.to_string()))?;
-    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    ed25519_pki(&ssldir, "bench CA", &names).map_err(fail)?;
     let mut report = Report {
         json: BTreeMap::new(),
         curves: Vec::new(),
@@ -266,13 +231,13 @@ pub fn run(args: Args) -> Result<(), Failure> {
             let consumer_peak = bus
                 .consumers
                 .iter()
-                .filter_map(|c| rss_peak_kib(c.pid()))
+                .filter_map(|c| memory::kib(c.pid(), "VmHWM"))
                 .max();
             memory.insert(
                 format!("after_throughput_{k}_recipients"),
                 json!({
                     "consumer_peak_rss_kib": consumer_peak,
-                    "publisher_peak_rss_kib": rss_peak_kib(std::process::id()),
+                    "publisher_peak_rss_kib": memory::kib(std::process::id(), "VmHWM"),
                 }),
             );
         }
@@ -308,10 +273,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
             // Python runs take ~2 s each: 3 in short mode, at most 10 otherwise.
             let runs = if args.short { 3 } else { oneshot_runs.min(10) };
             let mut anchor =
-                crate::bench_python::anchor(&exe, work.path(), runs, &venv, args.short)
+                python_anchor::anchor(&exe, work.path(), runs, &venv, args.short)
                     .unwrap_or_else(|f| json!({"venv": venv.display().to_string(), "status": format!("failed: {}", f.message)}));
             let so_far = serde_json::to_value(&report.json).unwrap_or_default();
-            crate::bench_python::add_ratios(&mut anchor, &so_far);
+            python_anchor::add_ratios(&mut anchor, &so_far);
             anchor
         }
         None => {
@@ -431,19 +396,7 @@ fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
         signature = identity.sign(canonical).map_err(|e| fail(e.to_string()))?;
     }
     let sign = micros(start.elapsed()) / iterations as f64;
-    // First verification validates the certificate chain; later ones hit the cache.
-    let start = Instant::now();
-    store
-        .verify(
-            identity.scheme(),
-            identity.certificate(),
-            &signature,
-            canonical,
-        )
-        .map_err(|e| fail(e.to_string()))?;
-    let cold = micros(start.elapsed());
-    let start = Instant::now();
-    for _ in 0..iterations {
+    let verify_once = || {
         store
             .verify(
                 identity.scheme(),
@@ -451,7 +404,15 @@ fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
                 &signature,
                 canonical,
             )
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.to_string()))
+    };
+    // First verification validates the certificate chain; later ones hit the cache.
+    let start = Instant::now();
+    verify_once()?;
+    let cold = micros(start.elapsed());
+    let start = Instant::now();
+    for _ in 0..iterations {
+        verify_once()?;
     }
     let verify = micros(start.elapsed()) / iterations as f64;
     Ok(
@@ -496,24 +457,13 @@ impl DirectBus {
             .certname("bench-pub")
             .active(false)
             .build()?;
-        let mut consumers = Vec::new();
+        let mut planned = Vec::new();
         for i in 0..k {
             let name = format!("consumer-{i}");
             let path = write(&name)?;
-            let mut cmd = Command::new(exe);
-            cmd.arg("__consumer").arg("--config").arg(&path).args([
-                "--certname",
-                &name,
-                "--quiet",
-                "--topic",
-                "org.gilmsg.bench.dev.bench.",
-            ]);
-            consumers.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
+            planned.push((name.clone(), name, path, DIRECT_CONSUMER_ARGS));
         }
-        for c in &consumers {
-            c.wait_stderr("gilmsg-consumer: ready", READY)
-                .map_err(fail)?;
-        }
+        let consumers = start_consumers(planned, exe)?;
         Ok(DirectBus { bus, consumers })
     }
 
@@ -595,18 +545,42 @@ impl DirectBus {
     }
 }
 
-/// Relay topology for the one-shot logger: relay + 3 consumers (ACKs via the relay).
+/// How the direct topology's consumers run: no output, the bench's topics.
+const DIRECT_CONSUMER_ARGS: &[&str] = &["--quiet", "--topic", "org.gilmsg.bench.dev.bench."];
+/// Consumers that only ACK: printing would measure the terminal.
+const QUIET: &[&str] = &["--quiet"];
+
+/// Starts consumers `(process name, certname, config, extra args)` as
+/// roles of `exe`, all at once, then waits for each to be ready.
+fn start_consumers<'a>(
+    planned: impl IntoIterator<Item = (String, String, PathBuf, &'a [&'a str])>,
+    exe: &Path,
+) -> Result<Vec<Proc>, Failure> {
+    let consumers = planned
+        .into_iter()
+        .map(|(name, certname, config, args)| {
+            roles::spawn_consumer(&name, exe, &config, &certname, args)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    for consumer in &consumers {
+        roles::wait_consumer_ready(consumer, READY).map_err(fail)?;
+    }
+    Ok(consumers)
+}
+
+/// Relay topology for the one-shot logger: a relay and `consumers` quiet
+/// consumers (ACKs via the relay).
 fn relay_bus(
     exe: &Path,
     dir: &Path,
     consumers: usize,
-    quiet: bool,
 ) -> Result<(Proc, Vec<Proc>, PathBuf), Failure> {
-    let crate::procs::LoopbackRelay {
+    let roles::LoopbackRelay {
         proc: relay,
         inbound,
         outbound,
-    } = crate::procs::spawn_relay_role("relay", exe, READY).map_err(fail)?;
+    } = roles::spawn_relay("relay", exe, READY).map_err(fail)?;
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,
@@ -615,23 +589,13 @@ fn relay_bus(
         ),
     )
     .map_err(|e| fail(e.to_string()))?;
-    let mut procs = Vec::new();
-    for i in 0..consumers {
-        let name = format!("consumer-{i}");
-        let mut cmd = Command::new(exe);
-        cmd.arg("__consumer")
-            .arg("--config")
-            .arg(&config)
-            .args(["--certname", &name]);
-        if quiet {
-            cmd.arg("--quiet");
-        }
-        procs.push(Proc::spawn(&name, cmd).map_err(|e| fail(e.to_string()))?);
-    }
-    for p in &procs {
-        p.wait_stderr("gilmsg-consumer: ready", READY)
-            .map_err(fail)?;
-    }
+    let procs = start_consumers(
+        (0..consumers).map(|i| {
+            let name = format!("consumer-{i}");
+            (name.clone(), name, config.clone(), QUIET)
+        }),
+        exe,
+    )?;
     Ok((relay, procs, config))
 }
 
@@ -643,7 +607,7 @@ fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
     let Some(logger) = logger else {
         return Ok(json!({"status": "skipped: gilmsg-logger is not built next to gilmsg-bench"}));
     };
-    let (_relay, _consumers, config) = relay_bus(exe, dir, 3, true)?;
+    let (_relay, _consumers, config) = relay_bus(exe, dir, 3)?;
     let mut out = serde_json::Map::new();
     for k in [1usize, 3] {
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
@@ -700,8 +664,8 @@ fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<(), Fail
             "t_s": start.elapsed().as_secs(),
             "sent": sent,
             "rate": rate,
-            "consumer_rss_kib": rss_now_kib(consumer.pid()),
-            "publisher_rss_kib": rss_now_kib(std::process::id()),
+            "consumer_rss_kib": memory::kib(consumer.pid(), "VmRSS"),
+            "publisher_rss_kib": memory::kib(std::process::id(), "VmRSS"),
             "consumer_dedupe_entries": field(&stats, "dedupe.entries").and_then(|v| v.parse::<u64>().ok()),
             "publisher_counters": bus.bus.stats().counters,
         });
@@ -804,7 +768,7 @@ fn markdown(report: &Report) -> String {
             get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
-    md.push_str(&crate::bench_python::markdown(&j));
+    md.push_str(&python_anchor::markdown(&j));
     md
 }
 

@@ -20,9 +20,22 @@ pub struct RawPub {
 impl RawPub {
     /// Connects to `endpoint` and waits for the peer's subscription message.
     pub fn connect(endpoint: &str) -> RawPub {
+        RawPub::open(endpoint, None, 1000)
+    }
+
+    /// [`RawPub::connect`] with no high-water mark, so nothing is dropped
+    /// on our side however fast the test sends, and 5 s to flush at close.
+    pub fn flooder(endpoint: &str) -> RawPub {
+        RawPub::open(endpoint, Some(0), 5000)
+    }
+
+    fn open(endpoint: &str, sndhwm: Option<i32>, linger: i32) -> RawPub {
         let context = zmq::Context::new();
         let socket = context.socket(zmq::XPUB).expect("xpub");
-        socket.set_linger(1000).expect("linger");
+        if let Some(hwm) = sndhwm {
+            socket.set_sndhwm(hwm).expect("sndhwm");
+        }
+        socket.set_linger(linger).expect("linger");
         socket.connect(endpoint).expect("connect xpub");
         let deadline = Instant::now() + CONNECT_LIMIT;
         loop {
@@ -56,6 +69,20 @@ impl RawPub {
             self.socket.send(frame.as_ref(), flags).expect("send");
         }
     }
+}
+
+/// An XPUB of `context` bound on `tcp://127.0.0.1:*` (linger 0): an
+/// endpoint the test plays, which consumers connect to; returns it with
+/// the endpoint it bound.
+pub fn bind_xpub(context: &zmq::Context) -> (zmq::Socket, String) {
+    let socket = context.socket(zmq::XPUB).expect("xpub");
+    socket.set_linger(0).expect("linger");
+    socket.bind("tcp://127.0.0.1:*").expect("bind");
+    let endpoint = socket
+        .get_last_endpoint()
+        .expect("endpoint")
+        .expect("utf-8 endpoint");
+    (socket, endpoint)
 }
 
 /// A SUB connected to the relay's outbound.

@@ -39,8 +39,12 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::common::{self, Failure, EXIT_BUS};
-use crate::procs::Proc;
+use gilmsg_cli::common::{self, Failure};
+use gilmsg_cli::procs::Proc;
+use gilmsg_testkit::python::{self, FedmsgD};
+use gilmsg_testkit::rsa_pki::RsaPki;
+
+use crate::progress;
 
 const READY: Duration = Duration::from_secs(30);
 /// Bound of one one-shot run (Python start-up plus 3 × post_init_sleep is ~2 s).
@@ -54,28 +58,16 @@ const RUST_PUBLISHER: &str = "rust-pub";
 const CONSUMERS: usize = 3;
 
 fn fail(message: impl Into<String>) -> Failure {
-    Failure {
-        status: EXIT_BUS,
-        message: format!("error: python anchor: {}", message.into()),
-    }
+    crate::fail(format!("python anchor: {}", message.into()))
 }
 
-fn progress(text: impl AsRef<str>) {
-    eprintln!("gilmsg-bench: {}", text.as_ref());
-}
-
-/// Percentiles in microseconds, the same shape as the rest of the report.
-fn summary(mut samples: Vec<f64>) -> Value {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        if samples.is_empty() {
-            return Value::Null;
-        }
-        let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
-        json!(samples[rank.min(samples.len() - 1)])
-    };
-    json!({"n": samples.len(), "p50_us": pct(50.0), "p90_us": pct(90.0), "p99_us": pct(99.0),
-           "min_us": samples.first(), "max_us": samples.last()})
+/// Percentiles in microseconds, the same shape as the rest of the report,
+/// with the minimum too (one-shot runs vary a lot).
+fn summary(samples: Vec<f64>) -> Value {
+    let summary = crate::Summary::new(samples);
+    let mut value = summary.json();
+    value["min_us"] = json!(summary.min());
+    value
 }
 
 fn micros(d: Duration) -> f64 {
@@ -128,7 +120,7 @@ pub fn anchor(
     let mut names = vec![PY_PUBLISHER.to_string(), RUST_PUBLISHER.to_string()];
     names.extend((0..CONSUMERS).map(|i| format!("consumer-{i}")));
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    crate::rsa_pki::RsaPki::make(&pki, "gilmsg-bench-python-anchor-ca", &names).map_err(fail)?;
+    RsaPki::make(&pki, "gilmsg-bench-python-anchor-ca", &names).map_err(fail)?;
     if let Err(e) = gilmsg_crypto::Identity::load(&pki, "consumer-0") {
         let text = e.to_string();
         if text.contains("fedmsg-x509") {
@@ -415,7 +407,6 @@ fn one_shot_series(
 struct AnchorBus {
     dir: PathBuf,
     toml: PathBuf,
-    home: PathBuf,
     // Dropped (killed by PID) with the bus; consumers first.
     _consumers: Vec<Proc>,
     _relay: Proc,
@@ -427,11 +418,11 @@ fn toml_str(path: &Path) -> String {
 
 impl AnchorBus {
     fn start(exe: &Path, dir: &Path, pki: &Path) -> Result<AnchorBus, Failure> {
-        let crate::procs::LoopbackRelay {
+        let gilmsg_cli::roles::LoopbackRelay {
             proc: relay,
             inbound,
             outbound,
-        } = crate::procs::spawn_relay_role("python-anchor relay", exe, READY).map_err(fail)?;
+        } = gilmsg_cli::roles::spawn_relay("python-anchor relay", exe, READY).map_err(fail)?;
 
         // Our side.
         let toml = dir.join("gilmsg.toml");
@@ -447,51 +438,34 @@ impl AnchorBus {
 
         // The Python side: fedmsg's legacy loader reads ./fedmsg.d/*.py.
         // post_init_sleep is deliberately left at fedmsg's default (0.5 s).
-        let fedmsg_d = format!(
-            r#"# Written by gilmsg-bench (the Python anchor).
-import socket as _socket
-_H = _socket.gethostname().split('.')[0]
-_PKI = {pki:?}
-config = dict(
-    topic_prefix={PREFIX:?},
-    environment={ENV:?},
-    zmq_enabled=True,
-    endpoints={{'relay_outbound': [{outbound:?}]}},
-    relay_inbound=[{inbound:?}],
-    sign_messages=True,
-    validate_signatures=True,
-    ssldir=_PKI,
-    ca_cert_location=_PKI + '/ca.crt',
-    crl_location=_PKI + '/crl.pem',
-    certnames={{'shell.' + _H: {PY_PUBLISHER:?}}},
-)
-"#,
-            pki = pki.display().to_string(),
-        );
-        fs::create_dir_all(dir.join("fedmsg.d")).map_err(|e| fail(e.to_string()))?;
-        fs::write(dir.join("fedmsg.d/bench.py"), fedmsg_d).map_err(|e| fail(e.to_string()))?;
+        FedmsgD {
+            written_by: "gilmsg-bench (the Python anchor)",
+            pki,
+            topic_prefix: PREFIX,
+            environment: ENV,
+            inbound: &inbound,
+            outbound: &outbound,
+            certnames: &[("shell", PY_PUBLISHER)],
+            extra: &[],
+        }
+        .write(dir, "bench.py")
+        .map_err(|e| fail(e.to_string()))?;
 
-        let mut consumers = Vec::new();
-        for i in 0..CONSUMERS {
-            let name = format!("consumer-{i}");
-            let mut cmd = Command::new(exe);
-            cmd.arg("__consumer")
-                .arg("--config")
-                .arg(&toml)
-                .args(["--certname", &name, "--quiet"]);
-            consumers.push(
-                Proc::spawn(format!("python-anchor {name}"), cmd)
-                    .map_err(|e| fail(e.to_string()))?,
-            );
-        }
-        for c in &consumers {
-            c.wait_stderr("gilmsg-consumer: ready", READY)
-                .map_err(fail)?;
-        }
+        let consumers = crate::start_consumers(
+            (0..CONSUMERS).map(|i| {
+                let name = format!("consumer-{i}");
+                (
+                    format!("python-anchor {name}"),
+                    name,
+                    toml.clone(),
+                    crate::QUIET,
+                )
+            }),
+            exe,
+        )?;
         Ok(AnchorBus {
             dir: dir.to_path_buf(),
             toml,
-            home: dir.join("home"),
             _consumers: consumers,
             _relay: relay,
         })
@@ -500,13 +474,7 @@ config = dict(
     /// A Python command run in the fedmsg.d directory, with nothing of the
     /// user's fedmsg configuration (~/.fedmsg.d) leaking in.
     fn python_cmd(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.current_dir(&self.dir)
-            .env("HOME", &self.home)
-            .env("PYTHONUNBUFFERED", "1")
-            .env_remove("VIRTUAL_ENV")
-            .env_remove("PYTHONPATH");
-        cmd
+        python::command(program, &self.dir)
     }
 
     /// `count` publishes (after one warm-up) from one Python process.

@@ -51,15 +51,7 @@ pub fn frames(envelope: &Envelope) -> Vec<Vec<u8>> {
 pub fn tampered(envelope: &Envelope, edit: impl FnOnce(&mut Map<String, Value>)) -> Vec<Vec<u8>> {
     let mut body = envelope.body().clone();
     edit(&mut body);
-    let topic = body
-        .get("topic")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    vec![
-        topic.into_bytes(),
-        serde_json::to_vec(&Value::Object(body)).expect("serialise"),
-    ]
+    body_frames(body)
 }
 
 /// The frames of `envelope` after `edit` changed its body, then signed
@@ -82,6 +74,11 @@ pub fn resigned(
         "certificate".into(),
         Value::String(signer.certificate().to_owned()),
     );
+    body_frames(body)
+}
+
+/// The two frames a peer sends for `body`: its `topic`, then the JSON.
+fn body_frames(body: Map<String, Value>) -> Vec<Vec<u8>> {
     let topic = body
         .get("topic")
         .and_then(Value::as_str)

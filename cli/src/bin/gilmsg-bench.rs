@@ -1,6 +1,0 @@
-//! `gilmsg-bench`: see [`gilmsg_cli::bench`].
-
-fn main() -> std::process::ExitCode {
-    gilmsg_cli::common::init_logging();
-    gilmsg_cli::bench::main()
-}
