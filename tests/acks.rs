@@ -362,10 +362,7 @@ fn ack_from_the_recipient_for_another_msg_id() {
             |bus, message| {
                 let body = AckBody {
                     ack_msg_id: gilmsg_proto::envelope::new_msg_id(2026),
-                    ack_digest: Some(
-                        Digest::of_signed_part(&message.signed_part().expect("signed part"))
-                            .to_string(),
-                    ),
+                    ack_digest: Some(message.signed_part().expect("signed part").digest()),
                     ack_signer: None,
                 };
                 forge::frames(&forge::ack(
@@ -391,7 +388,7 @@ fn ack_from_the_recipient_for_another_body() {
             |bus, message| {
                 let body = AckBody {
                     ack_msg_id: message.msg_id().to_owned(),
-                    ack_digest: Some(Digest::of_signed_part("{\"msg\":\"other\"}").to_string()),
+                    ack_digest: Some(Digest::of_signed_part("{\"msg\":\"other\"}")),
                     ack_signer: None,
                 };
                 forge::frames(&forge::ack(

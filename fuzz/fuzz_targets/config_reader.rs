@@ -43,8 +43,8 @@ fn exercise(config: &Config) {
         config.crl_path(),
         config.subscribe_endpoints(),
         config.own_endpoints(),
-        config.ack_topic(),
-        config.topic("mod", "t"),
+        config.topic_scheme().ack_topic(),
+        config.topic_scheme().topic("mod", "t"),
     );
     let toml = config.to_toml_string();
     let mut back = Config::from_toml_str(&toml, Path::new(ORIGIN))

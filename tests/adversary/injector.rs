@@ -450,7 +450,7 @@ impl State {
 
         let predicted = AckBody {
             ack_msg_id: new_msg_id(2026),
-            ack_digest: honest_body.ack_digest.clone(),
+            ack_digest: honest_body.ack_digest,
             ack_signer: None,
         };
         let f = self.ack_frames(predicted, Some(&self.arsenal.impostor_ghost));
@@ -459,7 +459,7 @@ impl State {
         if let Some(previous) = self.recent_ids.back().cloned() {
             let swapped = AckBody {
                 ack_msg_id: previous,
-                ack_digest: honest_body.ack_digest.clone(),
+                ack_digest: honest_body.ack_digest,
                 ack_signer: None,
             };
             let f = self.ack_frames(swapped, Some(&self.arsenal.mallory));
@@ -473,7 +473,7 @@ impl State {
             .take(8)
             .map(|id| AckBody {
                 ack_msg_id: id.clone(),
-                ack_digest: honest_body.ack_digest.clone(),
+                ack_digest: honest_body.ack_digest,
                 ack_signer: None,
             })
             .collect();

@@ -143,26 +143,21 @@ pub const MAX_MESSAGE_SIZE: WholeNumber = WholeNumber {
     zero_means: None,
 };
 
-/// `dedupe_capacity`, in message ids.
-pub const DEDUPE_CAPACITY: WholeNumber = WholeNumber {
+/// A count or size that must not be zero, up to what `usize` holds.
+const POSITIVE: WholeNumber = WholeNumber {
     min: 1,
     max: usize::MAX as u64,
     zero_means: None,
 };
+
+/// `dedupe_capacity`, in message ids.
+pub const DEDUPE_CAPACITY: WholeNumber = POSITIVE;
 
 /// `max_subscriptions`, distinct prefixes per publishing socket.
-pub const MAX_SUBSCRIPTIONS: WholeNumber = WholeNumber {
-    min: 1,
-    max: usize::MAX as u64,
-    zero_means: None,
-};
+pub const MAX_SUBSCRIPTIONS: WholeNumber = POSITIVE;
 
 /// `max_subscription_length`, in bytes.
-pub const MAX_SUBSCRIPTION_LENGTH: WholeNumber = WholeNumber {
-    min: 1,
-    max: usize::MAX as u64,
-    zero_means: None,
-};
+pub const MAX_SUBSCRIPTION_LENGTH: WholeNumber = POSITIVE;
 
 /// `--io-threads` (fedmsg's flag; accepted, not used).
 pub const IO_THREADS: WholeNumber = WholeNumber {

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gilmsg_proto::TopicScheme;
+
 use crate::check;
 use crate::error::{join, ConfigError};
 use crate::keys::UnknownKey;
@@ -344,17 +346,10 @@ impl Config {
         self.endpoints.get(name).map(Vec::as_slice)
     }
 
-    /// The topic ACKs are published on: `<topic_prefix>.<environment>.gilmsg.ack`.
-    pub fn ack_topic(&self) -> String {
-        self.topic("gilmsg", "ack")
-    }
-
-    /// A fully-qualified topic: `<topic_prefix>.<environment>.<modname>.<topic>`.
-    pub fn topic(&self, modname: &str, topic: &str) -> String {
-        format!(
-            "{}.{}.{modname}.{topic}",
-            self.topic_prefix, self.environment
-        )
+    /// This bus's topic naming, `<topic_prefix>.<environment>.<modname>.<topic>`,
+    /// with its ACK topic (the protocol's one [`TopicScheme`]).
+    pub fn topic_scheme(&self) -> TopicScheme {
+        TopicScheme::new(&self.topic_prefix, &self.environment)
     }
 
     /// Checks every value and the rules that involve several keys:
@@ -750,9 +745,10 @@ mod tests {
             Some(&["tcp://b:2".to_string(), "tcp://c:3".to_string()][..])
         );
         c.environment = "prod".into();
-        assert_eq!(c.ack_topic(), "org.fedoraproject.prod.gilmsg.ack");
+        let scheme = c.topic_scheme();
+        assert_eq!(scheme.ack_topic(), "org.fedoraproject.prod.gilmsg.ack");
         assert_eq!(
-            c.topic("bodhi", "update.comment"),
+            scheme.topic("bodhi", "update.comment"),
             "org.fedoraproject.prod.bodhi.update.comment"
         );
     }

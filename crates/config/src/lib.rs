@@ -29,7 +29,7 @@
 //!     [endpoints]
 //!     "bodhi.app01" = "tcp://127.0.0.1:3000"
 //! "#, Path::new("/etc/gilmsg/gilmsg.toml")).unwrap();
-//! assert_eq!(cfg.topic("bodhi", "update.request"),
+//! assert_eq!(cfg.topic_scheme().topic("bodhi", "update.request"),
 //!            "org.fedoraproject.stg.bodhi.update.request");
 //! assert_eq!(cfg.own_endpoints(), Some(&["tcp://127.0.0.1:3000".to_string()][..]));
 //! ```

@@ -92,7 +92,7 @@ fn full_toml_example() {
             "tcp://relay.example.org:4001",
         ])
     );
-    assert_eq!(c.ack_topic(), "org.example.stg.gilmsg.ack");
+    assert_eq!(c.topic_scheme().ack_topic(), "org.example.stg.gilmsg.ack");
 }
 
 #[test]

@@ -1,24 +1,27 @@
 //! [`Bus`]: the long-lived, cloneable publisher handle.
 //!
-//! A handle signs on the caller's task (so many publishes sign in parallel)
-//! and hands finished frames to its socket thread, which owns every socket
-//! (see the `publisher` module). Each publish gets its own ACK state in the
-//! thread's in-flight table, so any number can be in flight at once.
+//! A handle builds and signs on the caller's task (so many publishes sign
+//! in parallel), computing the canonical JSON once ([`gilmsg_proto::Sealed`]),
+//! and hands the message to its transport, which owns every socket (ZeroMQ:
+//! `zeromq/publisher.rs`). Each publish gets its own ACK state in the
+//! transport's [`PublisherState`](gilmsg_proto::PublisherState), so any
+//! number can be in flight at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gilmsg_config::Config;
-use gilmsg_proto::{AckCollector, AckRecord, Digest, Draft, Signer, TopicScheme};
+use gilmsg_proto::publisher::PublisherSettings;
+use gilmsg_proto::{AckCollector, AckRecord, Draft, Signer, TopicScheme};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result, Unsendable};
-use crate::publisher::{Actor, Command, Outgoing, Setup};
 use crate::setup;
-use crate::stats::{Counters, Stats};
-use crate::wire::{self, Mailbox, SocketTuning};
+use crate::stats::{PublisherCounters, Record, Stats};
+use crate::transport::{Outgoing, PublisherDriver, PublisherLink};
+use crate::zeromq;
 
 /// Proof that every recipient acked one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +98,13 @@ impl BusBuilder {
         // happen. The routing policy does not apply to them: an ACK is
         // authorised by the publish's recipient list (a `routing_nitpicky`
         // policy that does not list the ACK topic must not veto them all).
-        let trust = setup::load_trust(&config, true)?;
+        let trust = setup::load_trust(&config)?;
         let signer = if config.sign_messages {
-            Some(setup::load_signer(&config, &certname, trust.as_deref())?)
+            Some(setup::load_signer(&config, &certname, Some(&trust))?)
         } else {
             None
         };
-        let validator = trust.map(setup::ack_validator);
+        let validator = setup::ack_validator(trust);
         let own = if active {
             Vec::new()
         } else {
@@ -121,9 +124,19 @@ impl BusBuilder {
             .into_iter()
             .filter(|e| !own.contains(e))
             .collect();
-        let counters = Counters::default();
-        let setup = Setup {
-            tuning: SocketTuning::from_config(&config),
+        let scheme = config.topic_scheme();
+        let counters = Arc::new(PublisherCounters::default());
+        let driver = PublisherDriver::new(
+            PublisherSettings {
+                ack_topic: scheme.ack_topic(),
+                retransmit: setup::retransmit_policy(&config),
+            },
+            validator,
+            config.max_message_size,
+            counters.clone(),
+        );
+        let sockets = zeromq::publisher::Sockets {
+            tuning: zeromq::SocketTuning::from_config(&config),
             bind: own,
             connect: if active {
                 config.relay_inbound.clone()
@@ -131,39 +144,16 @@ impl BusBuilder {
                 Vec::new()
             },
             ack_endpoints: ack_endpoints.clone(),
-            ack_topic: config.ack_topic(),
-            max_message_size: config.max_message_size,
-            validator,
-            retransmit: setup::retransmit_policy(&config),
-            counters: counters.clone(),
+            ack_topic: scheme.ack_topic(),
         };
-        let (mailbox, inbox) = wire::mailbox()?;
         // Sockets are created on the thread that will own them; the result of
         // that set-up comes back before `build` returns.
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("gilmsg-publisher".into())
-            .spawn(move || {
-                match Actor::new(setup, inbox) {
-                    Ok((actor, bound)) => {
-                        let _ = ready_tx.send(Ok(bound));
-                        actor.run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| Error::os("cannot start publisher thread", e))?;
-        let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
-        drop(thread);
+        let running = zeromq::publisher::start(sockets, driver, counters.link.clone())?;
         Ok(Bus {
             inner: Arc::new(Inner {
-                mailbox,
+                link: running.link,
                 signer,
-                scheme: TopicScheme::new(&config.topic_prefix, &config.environment),
+                scheme,
                 modname,
                 default_timeout: config.ack_timeout,
                 max_message_age: config.max_message_age,
@@ -172,9 +162,9 @@ impl BusBuilder {
                 sequence: AtomicU64::new(0),
                 username: setup::username(),
                 counters,
-                bound,
+                bound: running.bound,
                 has_ack_endpoints: !ack_endpoints.is_empty(),
-                done: std::sync::Mutex::new(Some(done_rx)),
+                done: std::sync::Mutex::new(Some(running.done)),
             }),
         })
     }
@@ -189,7 +179,8 @@ pub struct Bus {
 }
 
 struct Inner {
-    mailbox: Mailbox<Command>,
+    /// The transport the messages go out through.
+    link: Box<dyn PublisherLink>,
     signer: Option<Arc<dyn Signer>>,
     scheme: TopicScheme,
     modname: String,
@@ -200,7 +191,7 @@ struct Inner {
     require_ack_digest: bool,
     sequence: AtomicU64,
     username: String,
-    counters: Counters,
+    counters: Arc<PublisherCounters>,
     bound: Vec<String>,
     has_ack_endpoints: bool,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
@@ -208,7 +199,7 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.mailbox.send(Command::Shutdown);
+        self.link.shutdown();
     }
 }
 
@@ -349,17 +340,14 @@ impl Bus {
         };
         // Refuses, at once, what receivers would refuse: numbers a double
         // cannot hold exactly, nesting past the decoder's bound, control
-        // characters in the topic (see `Draft::build`).
-        let envelope = draft.build(self.inner.signer.as_deref())?;
-        let signed = envelope
-            .signed_part()
-            .map_err(gilmsg_proto::envelope::BuildError::from)?;
-        let frames = envelope
-            .encode()
-            .map_err(gilmsg_proto::envelope::BuildError::from)?;
-        if frames[1].len() > self.inner.max_message_size {
+        // characters in the topic (see `Draft::build`). The canonical JSON
+        // is computed here, once: the signature, the ACK digest and the
+        // body on the wire all come from it.
+        let sealed = draft.seal(self.inner.signer.as_deref())?;
+        let size = sealed.body_text().len();
+        if size > self.inner.max_message_size {
             return Err(Error::Unsendable(Unsendable::TooLarge {
-                size: frames[1].len(),
+                size,
                 limit: self.inner.max_message_size,
             }));
         }
@@ -367,25 +355,22 @@ impl Bus {
             None
         } else {
             Some(
-                AckCollector::new(&msg_id, Digest::of_signed_part(&signed), recipients)
+                AckCollector::new(&msg_id, sealed.signed_part().digest(), recipients)
                     .require_digest(self.inner.require_ack_digest)
                     .signed_as(self.inner.signer.as_deref().map(|s| s.name())),
             )
         };
         let (reply, response) = oneshot::channel();
-        let outgoing = Outgoing {
+        self.inner.link.publish(Outgoing {
             msg_id: msg_id.clone(),
             topic: full_topic,
-            frames,
+            message: sealed,
             collector,
             timeout: ack_timeout,
             reply,
-        };
-        self.inner
-            .mailbox
-            .send(Command::Publish(Box::new(outgoing)))?;
+        })?;
         let mut guard = CancelOnDrop {
-            mailbox: &self.inner.mailbox,
+            link: self.inner.link.as_ref(),
             msg_id: Some(msg_id),
         };
         let result = response.await.map_err(|_| Error::Closed)?;
@@ -410,23 +395,23 @@ impl Bus {
     /// `zmq_linger`), failing publishes still waiting with [`Error::Closed`].
     pub async fn close(self) {
         let done = self.inner.done.lock().ok().and_then(|mut d| d.take());
-        let _ = self.inner.mailbox.send(Command::Shutdown);
+        self.inner.link.shutdown();
         if let Some(done) = done {
             let _ = done.await;
         }
     }
 }
 
-/// Tells the socket thread to forget a publish whose caller stopped waiting.
+/// Tells the transport to forget a publish whose caller stopped waiting.
 struct CancelOnDrop<'a> {
-    mailbox: &'a Mailbox<Command>,
+    link: &'a dyn PublisherLink,
     msg_id: Option<String>,
 }
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(msg_id) = self.msg_id.take() {
-            let _ = self.mailbox.send(Command::Cancel(msg_id));
+            self.link.cancel(msg_id);
         }
     }
 }

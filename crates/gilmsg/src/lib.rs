@@ -21,19 +21,23 @@
 //! - [`blocking`]: the same for non-async producers.
 //! - [`consumer`]: [`Consumer`] and [`Delivery`], the ACK-sending consumer.
 //! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
-//! - `publisher`: the socket thread behind a [`Bus`] (readiness, re-sends,
-//!   ACK verification).
-//! - `wire`: ZeroMQ plumbing: socket options and caps, mailboxes.
-//! - `monitor`: per-socket endpoint bookkeeping from libzmq's monitor
-//!   (readiness, re-connects after protocol errors, peers, subscriptions).
 //! - [`error`]: the crate's [`Error`].
+//! - `transport`: the seam between the rules and the transports: the
+//!   drivers around `gilmsg-proto`'s state machines (verification,
+//!   counters, logs, answers to callers, deliveries) and what a transport
+//!   implements (its wire form, sends, readiness).
+//! - `zeromq`: the ZeroMQ transport, fedmsg's bus: one socket thread per
+//!   handle (`actor`), socket options and caps, libzmq's monitor
+//!   (readiness, re-connects after protocol errors, peers, subscriptions).
+//! - `stats`: typed counters and their [`Stats`] snapshot.
 //!
 //! Examples: `examples/publish.rs` (an acknowledged publish) and
 //! `examples/ack_consumer.rs` (a consumer that acks only what it handled).
 //!
-//! The protocol itself (envelope, canonical JSON, ACK bookkeeping) is in
-//! `gilmsg-proto`, without any I/O; keys and certificates in `gilmsg-crypto`;
-//! the configuration in `gilmsg-config`.
+//! The protocol itself (envelope, canonical JSON, ACK bookkeeping, the
+//! publisher's and consumer's state machines) is in `gilmsg-proto`, without
+//! any I/O; keys and certificates in `gilmsg-crypto`; the configuration in
+//! `gilmsg-config`. `docs/architecture.md` draws the rooms and the seam.
 //!
 //! Every socket is owned by one thread (libzmq sockets are not thread-safe);
 //! handles talk to that thread through a channel and a wake-up socketpair.
@@ -45,12 +49,12 @@ pub mod blocking;
 pub mod bus;
 pub mod consumer;
 pub mod error;
-mod monitor;
-mod publisher;
-pub mod relay;
 mod setup;
 mod stats;
-mod wire;
+mod transport;
+mod zeromq;
+
+pub use zeromq::relay;
 
 pub use bus::{Bus, BusBuilder, Receipt};
 pub use consumer::{Consumer, ConsumerBuilder, Delivery, Readiness};

@@ -1,29 +1,38 @@
-//! Turning a [`Config`] into the pieces the actors need: this process's
-//! signing identity and the validator for what it receives.
+//! Turning a [`Config`] into the pieces the handles and their transports
+//! need: this process's signing identity, the trust store and the
+//! validators for what it receives, the re-send policy, the user name and
+//! the clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use gilmsg_config::Config;
 use gilmsg_crypto::{Identity, TrustStore};
-use gilmsg_proto::inflight::RetransmitPolicy;
 use gilmsg_proto::policy::RoutingPolicy;
+use gilmsg_proto::retransmit::RetransmitPolicy;
 use gilmsg_proto::{Signer, Validator};
 
 use crate::error::Result;
 
 /// The trust store from the config (CA file and CRL), loaded once per
 /// handle and shared by its validator and the check of its own identity.
-/// When not `required` (nothing is verified, only the own identity would be
-/// checked) a missing CA file gives `None`.
-pub(crate) fn load_trust(config: &Config, required: bool) -> Result<Option<Arc<TrustStore>>> {
+pub(crate) fn load_trust(config: &Config) -> Result<Arc<TrustStore>> {
+    let crl = config.crl_path();
+    Ok(Arc::new(TrustStore::load(
+        &config.ca_cert_path(),
+        crl.as_deref(),
+    )?))
+}
+
+/// [`load_trust`] when nothing is verified and only the own identity would
+/// be checked: a missing CA file gives `None`.
+pub(crate) fn load_trust_if_any(config: &Config) -> Result<Option<Arc<TrustStore>>> {
     let ca = config.ca_cert_path();
-    if !required && !ca.exists() {
+    if !ca.exists() {
         tracing::debug!(ca = %ca.display(), "no CA file; own certificate not checked");
         return Ok(None);
     }
-    let crl = config.crl_path();
-    Ok(Some(Arc::new(TrustStore::load(&ca, crl.as_deref())?)))
+    load_trust(config).map(Some)
 }
 
 /// Loads the identity named `certname` from `ssldir`, and refuses it if its

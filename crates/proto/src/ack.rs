@@ -47,42 +47,27 @@ pub const ACK_MORE_FIELD: &str = "ack_more";
 /// name).
 pub const MAX_ACK_BATCH: usize = 256;
 
-/// The payload of an ACK.
+/// The payload of an ACK we send: which message, and the digest of the
+/// body that was handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckBody {
     /// The acknowledged message's id.
     pub ack_msg_id: String,
-    /// `sha256:<hex>` of the acknowledged body's signed part, if sent.
-    pub ack_digest: Option<String>,
+    /// The digest of the acknowledged body's signed part, if sent (Python
+    /// gilmsg sends none).
+    pub ack_digest: Option<Digest>,
     /// The name the acknowledged message was verified as, if sent.
     pub ack_signer: Option<String>,
 }
 
 impl AckBody {
-    /// The ACK for a received message, naming its digest but no signer.
+    /// The ACK for a received message, naming its digest (computes its
+    /// signed part) but no signer.
     pub fn for_message(message: &Envelope) -> Result<Self, CanonicalError> {
         Ok(AckBody {
             ack_msg_id: message.msg_id().to_owned(),
-            ack_digest: Some(Digest::of_signed_part(&message.signed_part()?).to_string()),
+            ack_digest: Some(message.signed_part()?.digest()),
             ack_signer: None,
-        })
-    }
-
-    /// Reads an ACK payload from a message's `msg`.
-    pub fn from_msg(msg: &Value) -> Result<Self, DecodeError> {
-        let ack_msg_id = msg
-            .get(ACK_MSG_ID_FIELD)
-            .and_then(Value::as_str)
-            .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
-        let optional = |field: &str| match msg.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(DecodeError::Shape(format!("{field} is not a string"))),
-        };
-        Ok(AckBody {
-            ack_msg_id: ack_msg_id.to_owned(),
-            ack_digest: optional(ACK_DIGEST_FIELD)?,
-            ack_signer: optional(ACK_SIGNER_FIELD)?,
         })
     }
 
@@ -113,13 +98,74 @@ impl AckBody {
         }
         msg
     }
+}
+
+/// What a received ACK entry says about the body it acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestClaim {
+    /// No `ack_digest` (Python gilmsg): the ACK names the `msg_id` only.
+    Absent,
+    /// An `ack_digest` that reads as a [`Digest`].
+    Names(Digest),
+    /// An `ack_digest` string that is not `sha256:<64 lowercase hex>`: it
+    /// names no body anyone could have sent, so it never matches (counted
+    /// as a mismatch, like a wrong digest).
+    Unreadable,
+}
+
+/// One entry of a received ACK, as its signer wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckEntry {
+    /// The message it acknowledges.
+    pub ack_msg_id: String,
+    /// The body it says was handled.
+    pub digest: DigestClaim,
+    /// Whom it says that body was handled as (`ack_signer`), if it says.
+    pub signer: Option<String>,
+}
+
+impl From<&AckBody> for AckEntry {
+    fn from(body: &AckBody) -> Self {
+        AckEntry {
+            ack_msg_id: body.ack_msg_id.clone(),
+            digest: body
+                .ack_digest
+                .map_or(DigestClaim::Absent, DigestClaim::Names),
+            signer: body.ack_signer.clone(),
+        }
+    }
+}
+
+impl AckEntry {
+    /// Reads the classic entry of an ACK's `msg` (`ack_msg_id`,
+    /// `ack_digest`), which is all a Python gilmsg reader sees.
+    pub fn from_msg(msg: &Value) -> Result<Self, DecodeError> {
+        let ack_msg_id = msg
+            .get(ACK_MSG_ID_FIELD)
+            .and_then(Value::as_str)
+            .ok_or_else(|| DecodeError::Shape("ACK without a string ack_msg_id".into()))?;
+        let optional = |field: &str| match msg.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(DecodeError::Shape(format!("{field} is not a string"))),
+        };
+        let digest = match optional(ACK_DIGEST_FIELD)? {
+            None => DigestClaim::Absent,
+            Some(text) => Digest::parse(text).map_or(DigestClaim::Unreadable, DigestClaim::Names),
+        };
+        Ok(AckEntry {
+            ack_msg_id: ack_msg_id.to_owned(),
+            digest,
+            signer: optional(ACK_SIGNER_FIELD)?.map(str::to_owned),
+        })
+    }
 
     /// Every entry of an ACK's `msg`: the classic one first, then `ack_more`.
     /// A malformed `ack_more` makes the whole ACK malformed (it is signed as
     /// one unit, so there is no partial trust to salvage), and so does one
     /// with more than [`MAX_ACK_BATCH`] entries.
-    pub fn entries_from_msg(msg: &Value) -> Result<Vec<Self>, DecodeError> {
-        let first = AckBody::from_msg(msg)?;
+    pub fn all_from_msg(msg: &Value) -> Result<Vec<Self>, DecodeError> {
+        let first = AckEntry::from_msg(msg)?;
         let more = match msg.get(ACK_MORE_FIELD) {
             None | Some(Value::Null) => return Ok(vec![first]),
             Some(Value::Array(items)) => items,
@@ -138,7 +184,7 @@ impl AckBody {
             if item.get(ACK_MORE_FIELD).is_some() {
                 return Err(DecodeError::Shape("nested ack_more".into()));
             }
-            entries.push(AckBody::from_msg(item)?);
+            entries.push(AckEntry::from_msg(item)?);
         }
         Ok(entries)
     }
@@ -275,23 +321,21 @@ impl AckCollector {
         self.first_sent.is_some()
     }
 
-    /// Considers a verified ACK from `signer`.
-    pub fn on_ack(&mut self, signer: &str, ack: &AckBody, at: Instant) -> AckOutcome {
+    /// Considers a verified ACK entry from `signer`.
+    pub fn on_ack(&mut self, signer: &str, ack: &AckEntry, at: Instant) -> AckOutcome {
         if ack.ack_msg_id != self.msg_id {
             return AckOutcome::WrongMessage;
         }
         let Some(&slot) = self.index.get(signer) else {
             return AckOutcome::NotARecipient;
         };
-        match &ack.ack_digest {
-            Some(text) if Digest::parse(text) != Some(self.digest) => {
-                return AckOutcome::DigestMismatch
-            }
-            Some(_) => {}
-            None if self.require_digest => return AckOutcome::DigestMissing,
-            None => {}
-        }
-        if ack.ack_signer.is_some() && ack.ack_signer != self.publisher {
+        let digest_checked = match ack.digest {
+            DigestClaim::Names(d) if d == self.digest => true,
+            DigestClaim::Names(_) | DigestClaim::Unreadable => return AckOutcome::DigestMismatch,
+            DigestClaim::Absent if self.require_digest => return AckOutcome::DigestMissing,
+            DigestClaim::Absent => false,
+        };
+        if ack.signer.is_some() && ack.signer != self.publisher {
             return AckOutcome::SignerMismatch;
         }
         if self.slots[slot].1.is_some() {
@@ -304,7 +348,7 @@ impl AckCollector {
         self.slots[slot].1 = Some(AckRecord {
             recipient: signer.to_owned(),
             after,
-            digest_checked: ack.ack_digest.is_some(),
+            digest_checked,
         });
         self.remaining -= 1;
         AckOutcome::Counted {
@@ -341,10 +385,19 @@ impl AckCollector {
 mod tests {
     use super::*;
 
-    fn ack(id: &str, digest: Option<&str>) -> AckBody {
+    /// An entry as read from the wire, the digest given as text.
+    fn ack(id: &str, digest: Option<&str>) -> AckEntry {
+        let msg = match digest {
+            Some(text) => json!({ ACK_MSG_ID_FIELD: id, ACK_DIGEST_FIELD: text }),
+            None => json!({ ACK_MSG_ID_FIELD: id }),
+        };
+        AckEntry::from_msg(&msg).unwrap()
+    }
+
+    fn body(id: &str, digest: Option<Digest>) -> AckBody {
         AckBody {
             ack_msg_id: id.into(),
-            ack_digest: digest.map(Into::into),
+            ack_digest: digest,
             ack_signer: None,
         }
     }
@@ -431,52 +484,54 @@ mod tests {
     #[test]
     fn an_ack_naming_another_signer_is_refused() {
         let t0 = Instant::now();
-        let digest = d("body").to_string();
         let named = |signer: Option<&str>| AckBody {
             ack_signer: signer.map(Into::into),
-            ..ack("m1", Some(&digest))
+            ..body("m1", Some(d("body")))
         };
+        let entry = |signer: Option<&str>| AckEntry::from(&named(signer));
         let mut c = AckCollector::new("m1", d("body"), ["r", "py"]).signed_as(Some("alice"));
         assert_eq!(
-            c.on_ack("r", &named(Some("mallory")), t0),
+            c.on_ack("r", &entry(Some("mallory")), t0),
             AckOutcome::SignerMismatch
         );
         assert_eq!(AckOutcome::SignerMismatch.kind(), "signer_mismatch");
         assert_eq!(
-            c.on_ack("r", &named(Some("alice")), t0),
+            c.on_ack("r", &entry(Some("alice")), t0),
             AckOutcome::Counted { complete: false }
         );
         // No ack_signer (Python gilmsg): accepted as before.
         assert_eq!(
-            c.on_ack("py", &named(None), t0),
+            c.on_ack("py", &entry(None), t0),
             AckOutcome::Counted { complete: true }
         );
         // An unsigned publish: any named signer handled someone's copy.
         let mut unsigned = AckCollector::new("m1", d("body"), ["r"]);
         assert_eq!(
-            unsigned.on_ack("r", &named(Some("alice")), t0),
+            unsigned.on_ack("r", &entry(Some("alice")), t0),
             AckOutcome::SignerMismatch
         );
         // The field round-trips, in batches too.
-        let entries = [named(Some("alice")), named(None)];
-        let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+        let bodies = [named(Some("alice")), named(None)];
+        let msg = AckBody::batch_to_msg(&bodies[0], &bodies[1..]);
         assert_eq!(msg["ack_signer"], "alice");
-        assert_eq!(AckBody::entries_from_msg(&msg).unwrap(), entries);
-        assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_signer": 1})).is_err());
+        let entries: Vec<AckEntry> = bodies.iter().map(AckEntry::from).collect();
+        assert_eq!(AckEntry::all_from_msg(&msg).unwrap(), entries);
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_signer": 1})).is_err());
     }
 
     #[test]
     fn batched_entries_roundtrip_and_stay_readable_as_one_ack() {
-        let entries: Vec<AckBody> = (0..5)
-            .map(|i| ack(&format!("m{i}"), Some("sha256:00")))
+        let bodies: Vec<AckBody> = (0..5)
+            .map(|i| body(&format!("m{i}"), Some(d(&i.to_string()))))
             .collect();
-        let msg = AckBody::batch_to_msg(&entries[0], &entries[1..]);
+        let entries: Vec<AckEntry> = bodies.iter().map(AckEntry::from).collect();
+        let msg = AckBody::batch_to_msg(&bodies[0], &bodies[1..]);
         // A classic reader sees the first entry.
-        assert_eq!(AckBody::from_msg(&msg).unwrap(), entries[0]);
-        assert_eq!(AckBody::entries_from_msg(&msg).unwrap(), entries);
-        assert_eq!(AckBody::batch_to_msg(&entries[0], &[]), entries[0].to_msg());
+        assert_eq!(AckEntry::from_msg(&msg).unwrap(), entries[0]);
+        assert_eq!(AckEntry::all_from_msg(&msg).unwrap(), entries);
+        assert_eq!(AckBody::batch_to_msg(&bodies[0], &[]), bodies[0].to_msg());
         assert_eq!(
-            AckBody::entries_from_msg(&entries[0].to_msg()).unwrap(),
+            AckEntry::all_from_msg(&bodies[0].to_msg()).unwrap(),
             vec![entries[0].clone()]
         );
         for bad in [
@@ -484,29 +539,38 @@ mod tests {
             json!({"ack_msg_id": "a", "ack_more": [{"ack_digest": "d"}]}),
             json!({"ack_msg_id": "a", "ack_more": [{"ack_msg_id": "b", "ack_more": []}]}),
         ] {
-            assert!(AckBody::entries_from_msg(&bad).is_err(), "{bad}");
+            assert!(AckEntry::all_from_msg(&bad).is_err(), "{bad}");
         }
         let too_many: Vec<AckBody> = (0..MAX_ACK_BATCH + 1)
-            .map(|i| ack(&format!("m{i}"), None))
+            .map(|i| body(&format!("m{i}"), None))
             .collect();
         assert!(
-            AckBody::entries_from_msg(&AckBody::batch_to_msg(&too_many[0], &too_many[1..]))
-                .is_err()
+            AckEntry::all_from_msg(&AckBody::batch_to_msg(&too_many[0], &too_many[1..])).is_err()
         );
     }
 
     #[test]
     fn ack_body_roundtrip_and_shape_errors() {
-        let body = ack("m1", Some("sha256:00"));
-        assert_eq!(AckBody::from_msg(&body.to_msg()).unwrap(), body);
-        assert!(AckBody::from_msg(&json!({"ack_msg_id": 5})).is_err());
-        assert!(AckBody::from_msg(&json!("x")).is_err());
-        assert!(AckBody::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
+        let sent = body("m1", Some(d("x")));
         assert_eq!(
-            AckBody::from_msg(&json!({"ack_msg_id": "m"}))
+            AckEntry::from_msg(&sent.to_msg()).unwrap(),
+            AckEntry::from(&sent)
+        );
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": 5})).is_err());
+        assert!(AckEntry::from_msg(&json!("x")).is_err());
+        assert!(AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_digest": 1})).is_err());
+        assert_eq!(
+            AckEntry::from_msg(&json!({"ack_msg_id": "m"}))
                 .unwrap()
-                .ack_digest,
-            None
+                .digest,
+            DigestClaim::Absent
+        );
+        // Text that is no digest is read, and never matches.
+        assert_eq!(
+            AckEntry::from_msg(&json!({"ack_msg_id": "m", "ack_digest": "sha256:00"}))
+                .unwrap()
+                .digest,
+            DigestClaim::Unreadable
         );
     }
 }

@@ -138,7 +138,7 @@ pub fn object_to_string_without(
     skip: &[&str],
 ) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Reformat)?;
+    write_object(&mut out, map, skip, 1, Numbers::Reformat, None)?;
     Ok(out)
 }
 
@@ -150,8 +150,104 @@ pub fn object_to_string_without(
 /// `certificate`.
 pub fn signed_bytes(map: &Map<String, Value>, skip: &[&str]) -> Result<String, CanonicalError> {
     let mut out = String::with_capacity(256);
-    write_object(&mut out, map, skip, 1, Numbers::Strict)?;
+    write_object(&mut out, map, skip, 1, Numbers::Strict, None)?;
     Ok(out)
+}
+
+/// Where one top-level key of an object stands in its canonical text (see
+/// [`signed_bytes_marked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The key was written: the byte range of its member, `"key":value`.
+    Member(std::ops::Range<usize>),
+    /// The key was left out (or is absent): the offset at which its member
+    /// would stand, for [`insert_members`].
+    Gap(usize),
+}
+
+/// [`signed_bytes`], and the [`Place`] of each key in `marks`: enough to
+/// add members to the text, or take one out, without serialising the
+/// object again (a message is canonicalised once; its body on the wire and
+/// the text Python gilmsg signed are derived from that one text).
+pub fn signed_bytes_marked(
+    map: &Map<String, Value>,
+    skip: &[&str],
+    marks: &[&str],
+) -> Result<(String, Vec<Place>), CanonicalError> {
+    let mut out = String::with_capacity(256);
+    let mut marker = Marker {
+        marks,
+        places: vec![None; marks.len()],
+    };
+    write_object(&mut out, map, skip, 1, Numbers::Strict, Some(&mut marker))?;
+    // Every mark is placed by the end of the object (at its end, if not
+    // before).
+    let end = out.len() - 1;
+    let places = marker
+        .places
+        .into_iter()
+        .map(|p| p.unwrap_or(Place::Gap(end)))
+        .collect();
+    Ok((out, places))
+}
+
+/// `object` (canonical text from [`signed_bytes_marked`]) with string
+/// members added: each `(gap, key, value)` becomes `"key":"value"` at the
+/// gap [`Place::Gap`] gave for `key`. The result is what serialising the
+/// object with those members would have written.
+pub fn insert_members(object: &str, members: &[(usize, &str, &str)]) -> String {
+    // Gaps lie between `{` and `}`; clamping keeps a bad one in bounds.
+    let last = object.len().saturating_sub(1).max(1);
+    let mut sorted: Vec<(usize, &str, &str)> = members
+        .iter()
+        .map(|&(gap, key, value)| (gap.clamp(1, last), key, value))
+        .collect();
+    sorted.sort_unstable();
+    let extra: usize = members.iter().map(|(_, k, v)| k.len() + v.len() + 8).sum();
+    let mut out = String::with_capacity(object.len() + extra);
+    let mut copied = 0;
+    let mut i = 0;
+    while i < sorted.len() {
+        let gap = sorted[i].0;
+        out.push_str(&object[copied..gap]);
+        copied = gap;
+        // Right after `{` the members are followed by a comma unless the
+        // object ends there; anywhere else they follow one.
+        let first = gap == 1;
+        let mut n = 0;
+        while i < sorted.len() && sorted[i].0 == gap {
+            let (_, key, value) = sorted[i];
+            if n > 0 || !first {
+                out.push(',');
+            }
+            write_str(&mut out, key);
+            out.push(':');
+            write_str(&mut out, value);
+            n += 1;
+            i += 1;
+        }
+        if first && object.as_bytes().get(gap) != Some(&b'}') {
+            out.push(',');
+        }
+    }
+    out.push_str(&object[copied..]);
+    out
+}
+
+/// `object` (canonical text) without the member at `range` (a
+/// [`Place::Member`]) and the comma that separated it.
+pub fn remove_member(object: &str, range: std::ops::Range<usize>) -> String {
+    let bytes = object.as_bytes();
+    let (start, end) = if range.start <= 1 {
+        let comma = usize::from(bytes.get(range.end) == Some(&b','));
+        (range.start, range.end + comma)
+    } else {
+        (range.start - 1, range.end)
+    };
+    let mut out = String::with_capacity(object.len());
+    out.push_str(&object[..start]);
+    out.push_str(&object[end..]);
+    out
 }
 
 /// Rewrites every number in `value` to its canonical text where that denotes
@@ -273,21 +369,25 @@ fn write_value(
             }
             out.push(']');
         }
-        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers)?,
+        Value::Object(map) => write_object(out, map, &[], enter(depth)?, numbers, None)?,
     }
     Ok(())
 }
 
-/// Writes an object that sits at nesting level `depth` (already counted).
+/// Writes an object that sits at nesting level `depth` (already counted),
+/// without the keys in `skip`, recording with `marker` (if any: only a
+/// top-level object is ever marked) where the keys it asks for stand.
 fn write_object(
     out: &mut String,
     map: &Map<String, Value>,
     skip: &[&str],
     depth: usize,
     numbers: Numbers,
+    mut marker: Option<&mut Marker<'_>>,
 ) -> Result<(), CanonicalError> {
     // serde_json's Map is a BTreeMap unless some crate in the build turns on
-    // `preserve_order`; sorting here keeps us correct either way.
+    // `preserve_order`; sorting here keeps us correct either way. Keys sort
+    // by code point, which for UTF-8 is byte order, as here.
     let mut entries: Vec<(&String, &Value)> = map
         .iter()
         .filter(|(k, _)| !skip.contains(&k.as_str()))
@@ -295,15 +395,47 @@ fn write_object(
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     out.push('{');
     for (i, (key, value)) in entries.into_iter().enumerate() {
+        if let Some(marker) = marker.as_deref_mut() {
+            let before = out.len();
+            marker.record(|mark| mark < key.as_str(), || Place::Gap(before));
+        }
         if i > 0 {
             out.push(',');
         }
+        let start = out.len();
         write_str(out, key);
         out.push(':');
         write_value(out, value, depth, numbers)?;
+        if let Some(marker) = marker.as_deref_mut() {
+            let end = out.len();
+            marker.record(|mark| mark == key.as_str(), || Place::Member(start..end));
+        }
+    }
+    if let Some(marker) = marker {
+        let end = out.len();
+        marker.record(|_| true, || Place::Gap(end));
     }
     out.push('}');
     Ok(())
+}
+
+/// The keys [`signed_bytes_marked`] was asked about, and where each was
+/// found so far.
+struct Marker<'a> {
+    marks: &'a [&'a str],
+    places: Vec<Option<Place>>,
+}
+
+impl Marker<'_> {
+    /// Gives every mark not placed yet for which `applies` holds the place
+    /// `place` makes.
+    fn record(&mut self, applies: impl Fn(&str) -> bool, place: impl Fn() -> Place) {
+        for (slot, mark) in self.places.iter_mut().zip(self.marks) {
+            if slot.is_none() && applies(mark) {
+                *slot = Some(place());
+            }
+        }
+    }
 }
 
 /// Appends `s` as a Python `ensure_ascii` JSON string literal.
@@ -546,6 +678,65 @@ mod tests {
             object_to_string_without(map, &["signature", "certificate"]).unwrap(),
             r#"{"a":1,"b":2}"#
         );
+    }
+
+    #[test]
+    fn members_added_or_removed_by_place_match_a_fresh_serialisation() {
+        // Keys around, before and after the marks; non-ASCII keys sort by
+        // code point, after every ASCII one.
+        let bodies = [
+            json!({}),
+            json!({"a": 1}),
+            json!({"z": [1, {"q": 2}]}),
+            json!({"a": 1, "crypto": "c", "i": 2, "msg": {"k": "v"}, "topic": "t", "\u{e9}": 3}),
+            json!({"gilmsg_version": "x", "msg": null}),
+            json!({"certificate": "y", "signature": "x", "msg": 1}),
+        ];
+        let skip = ["signature", "certificate"];
+        let marks = ["signature", "certificate", "gilmsg_version"];
+        for body in bodies {
+            let map = body.as_object().unwrap();
+            let (text, places) = signed_bytes_marked(map, &skip, &marks).unwrap();
+            assert_eq!(text, signed_bytes(map, &skip).unwrap(), "{body}");
+            // Adding both unsigned members gives the whole body's text.
+            let gap = |p: &Place| match p {
+                Place::Gap(g) => *g,
+                Place::Member(r) => panic!("{r:?} is written"),
+            };
+            let full = insert_members(
+                &text,
+                &[
+                    (gap(&places[0]), "signature", "S\n"),
+                    (gap(&places[1]), "certificate", "C"),
+                ],
+            );
+            let mut with = map.clone();
+            with.insert("signature".into(), json!("S\n"));
+            with.insert("certificate".into(), json!("C"));
+            assert_eq!(full, signed_bytes(&with, &[]).unwrap(), "{body}");
+            // Taking gilmsg_version out gives what Python gilmsg signed.
+            let legacy = match &places[2] {
+                Place::Member(range) => remove_member(&text, range.clone()),
+                Place::Gap(_) => text.clone(),
+            };
+            let mut without = skip.to_vec();
+            without.push("gilmsg_version");
+            assert_eq!(legacy, signed_bytes(map, &without).unwrap(), "{body}");
+        }
+        // Only the first member, and only the last.
+        let map = json!({"gilmsg_version": 1}).as_object().unwrap().clone();
+        let (text, places) = signed_bytes_marked(&map, &[], &["gilmsg_version"]).unwrap();
+        let Place::Member(range) = places[0].clone() else {
+            panic!()
+        };
+        assert_eq!(remove_member(&text, range), "{}");
+        let map = json!({"a": 1, "z": 2}).as_object().unwrap().clone();
+        let (text, places) = signed_bytes_marked(&map, &[], &["z", "a"]).unwrap();
+        let [Place::Member(z), Place::Member(a)] = [places[0].clone(), places[1].clone()] else {
+            panic!()
+        };
+        assert_eq!(remove_member(&text, z), r#"{"a":1}"#);
+        assert_eq!(remove_member(&text, a), r#"{"z":2}"#);
     }
 
     fn strict(text: &str) -> Result<String, CanonicalError> {

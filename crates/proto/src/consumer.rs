@@ -1,23 +1,27 @@
 //! [`ConsumerState`]: every decision an ACK-sending consumer makes, with no
 //! I/O, in the manner of rumqttc's `state.rs`.
 //!
-//! A transport hands it each received message (its frames, the time as an
+//! A transport hands it each received message as the topic it routes on
+//! and a way to decode the rest ([`ConsumerState::on_received`]; ZeroMQ's
+//! two frames have [`ConsumerState::on_frames`]), with the time as an
 //! [`Instant`] and as wall-clock seconds, whether the application can take
-//! one more delivery, and a closure that verifies a signature), and it
-//! answers with an [`Outcome`]: skip, deliver, settle as a duplicate, or
-//! refuse with a typed reason. The transport reports what the handler made
-//! of each delivery ([`ConsumerState::settle`]), and after each burst of at
-//! most [`ACK_BURST`] messages takes the ACKs to sign and send
-//! ([`ConsumerState::take_ack_batches`]). The ZeroMQ consumer in the
-//! `gilmsg` crate is one such transport.
+//! one more delivery, and a closure that verifies a signature. It answers
+//! with an [`Outcome`]: skip, deliver, settle as a duplicate, or refuse with
+//! a typed reason. The transport reports what the handler made of each
+//! delivery ([`ConsumerState::settle`]), and after each burst of at most
+//! [`ACK_BURST`] messages takes the ACKs to sign and send
+//! ([`ConsumerState::take_ack_batches`]). Which wire form a message came in
+//! (ZeroMQ frames, an AMQP routing key with headers) makes no difference to
+//! any rule.
 //!
 //! The rules, in the order they apply to one message:
 //!
 //! 1. ACK-topic traffic is skipped before parsing unless asked for (on a
 //!    gilmsg bus it is the most common message, and nobody ACKs an ACK).
-//! 2. The frames are decoded ([`Envelope::decode`]); its canonical signed
-//!    part is computed once, which also refuses number text the signature
-//!    does not cover as written.
+//! 2. The message is decoded (by the transport's decoder; ZeroMQ's is
+//!    [`Envelope::decode`]); its canonical signed part is computed once
+//!    ([`SignedPart`](crate::SignedPart)), which also refuses number text the signature does
+//!    not cover as written.
 //! 3. A copy of a message already remembered (same digest of the signed part
 //!    *and* the same certificate text, whitespace aside) is settled before
 //!    any signature check: re-acked if it was handled and acked (spaced out
@@ -58,7 +62,7 @@ use crate::ack::MAX_ACK_BATCH;
 use crate::dedupe::{CopyKey, DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
 use crate::digest::Digest;
 use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
-use crate::validate::{Rejection, Validated};
+use crate::validate::{Rejection, Verify};
 
 /// Messages received per burst before the burst's ACKs are signed and sent:
 /// a backlog of thousands must not hold every ACK back until it is all
@@ -67,6 +71,17 @@ pub const ACK_BURST: usize = 64;
 
 /// `gilmsg_version` prefix of publishers that read batched ACKs.
 pub const BATCHING_PEER: &str = "gilmsg-rs/";
+
+/// When and how a message arrived, as the transport saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The monotonic clock (re-ACK spacing).
+    pub now: Instant,
+    /// The wall clock in seconds since the epoch (the time window).
+    pub wall_now: i64,
+    /// Whether the application can take one more delivery.
+    pub room: bool,
+}
 
 /// What a consumer is configured to do.
 #[derive(Debug, Clone)]
@@ -283,51 +298,77 @@ impl ConsumerState {
         }
     }
 
-    /// Decides what to do with one received message (see the module doc).
-    /// `wall_now` is the wall clock in seconds since the epoch; `room` says
-    /// whether the application can take one more delivery; `verify` checks a
-    /// signature over the given signed part (called for new bodies only).
-    pub fn on_frames<F, V>(
-        &mut self,
-        frames: &[F],
-        now: Instant,
-        wall_now: i64,
-        room: bool,
-        verify: V,
-    ) -> Outcome
-    where
-        F: AsRef<[u8]>,
-        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
-    {
-        if !self.settings.deliver_acks
-            && frames
-                .first()
-                .is_some_and(|t| t.as_ref() == self.settings.ack_topic.as_bytes())
-        {
-            return Outcome::Skipped;
-        }
-        match Envelope::decode(frames, self.settings.max_message_size) {
-            Ok(message) => self.on_message(message, now, wall_now, room, verify),
-            Err(e) => Outcome::Refused {
-                refusal: Refusal::Invalid(e),
-                msg_id: None,
-                signer: None,
-            },
-        }
+    /// Whether a message on `topic` is skipped before it is decoded
+    /// (rule 1): ACK-topic traffic, unless ACKs are delivered too. `topic`
+    /// is the one the transport routes on (ZeroMQ's frame 0, an AMQP
+    /// routing key), so a transport can ask before it parses anything.
+    pub fn skips(&self, topic: &[u8]) -> bool {
+        !self.settings.deliver_acks && topic == self.settings.ack_topic.as_bytes()
     }
 
-    /// [`ConsumerState::on_frames`] for a message already decoded.
-    pub fn on_message<V>(
-        &mut self,
-        message: Envelope,
-        now: Instant,
-        wall_now: i64,
-        room: bool,
-        verify: V,
-    ) -> Outcome
+    /// Decides what to do with one received message (see the module doc):
+    /// the transport-neutral entry. `topic` is the one the transport routes
+    /// on; `decode` turns the transport's wire form into an [`Envelope`]
+    /// within the size limit it is given, and is called only if the topic
+    /// is not skipped; `verify` checks a signature over the given signed
+    /// part (called for new bodies only).
+    pub fn on_received<D, V>(&mut self, topic: &[u8], decode: D, at: Arrival, verify: V) -> Outcome
     where
-        V: FnOnce(&Envelope, &str) -> Result<Validated, Rejection>,
+        D: FnOnce(usize) -> Result<Envelope, DecodeError>,
+        V: Verify,
     {
+        if self.skips(topic) {
+            return Outcome::Skipped;
+        }
+        self.decided(decode(self.settings.max_message_size), at, verify)
+    }
+
+    /// [`ConsumerState::on_received`] for a message the transport has
+    /// already decoded (or failed to decode: the error is counted).
+    pub fn on_message<V: Verify>(
+        &mut self,
+        topic: &[u8],
+        decoded: Result<Envelope, DecodeError>,
+        at: Arrival,
+        verify: V,
+    ) -> Outcome {
+        self.on_received(topic, |_| decoded, at, verify)
+    }
+
+    /// [`ConsumerState::on_received`] for fedmsg's two-frame form
+    /// `[topic, body]` (ZeroMQ).
+    pub fn on_frames<F: AsRef<[u8]>, V: Verify>(
+        &mut self,
+        frames: &[F],
+        at: Arrival,
+        verify: V,
+    ) -> Outcome {
+        let topic = frames.first().map_or(&[][..], AsRef::as_ref);
+        self.on_received(topic, |limit| Envelope::decode(frames, limit), at, verify)
+    }
+
+    /// Rules 2 to 7 for a message that was not skipped.
+    fn decided<V: Verify>(
+        &mut self,
+        decoded: Result<Envelope, DecodeError>,
+        at: Arrival,
+        verify: V,
+    ) -> Outcome {
+        let Arrival {
+            now,
+            wall_now,
+            room,
+        } = at;
+        let message = match decoded {
+            Ok(message) => message,
+            Err(e) => {
+                return Outcome::Refused {
+                    refusal: Refusal::Invalid(e),
+                    msg_id: None,
+                    signer: None,
+                }
+            }
+        };
         let refuse = |refusal, message: &Envelope| Outcome::Refused {
             refusal,
             msg_id: Some(message.msg_id().to_owned()),
@@ -337,7 +378,7 @@ impl ConsumerState {
             Ok(s) => s,
             Err(e) => return refuse(Refusal::Invalid(DecodeError::Canonical(e)), &message),
         };
-        let digest = Digest::of_signed_part(&signed);
+        let digest = signed.digest();
         let key = self
             .cache
             .copy_key(digest, message.str_field("certificate"));
@@ -487,31 +528,16 @@ impl ConsumerState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{SignError, Signer, VerifyError};
     use crate::envelope::Draft;
+    use crate::envelope::SignedPart;
+    use crate::testing::{check_named, Named};
+    use crate::validate::Validated;
     use serde_json::json;
     use std::cell::Cell;
     use std::time::Duration;
 
     const NOW: i64 = 1_800_000_000;
     const ACK_TOPIC: &str = "t.dev.gilmsg.ack";
-
-    /// Signs with the signer's name as the "signature".
-    struct Named(&'static str);
-    impl Signer for Named {
-        fn name(&self) -> &str {
-            self.0
-        }
-        fn scheme(&self) -> &str {
-            "toy"
-        }
-        fn certificate(&self) -> &str {
-            self.0
-        }
-        fn sign(&self, _: &[u8]) -> Result<String, SignError> {
-            Ok(format!("by {}", self.0))
-        }
-    }
 
     fn settings(capacity: usize) -> ConsumerSettings {
         ConsumerSettings {
@@ -552,16 +578,18 @@ mod tests {
     /// A verifier that accepts "by <name>" and counts its calls.
     fn verifier(
         calls: &Cell<u32>,
-    ) -> impl Fn(&Envelope, &str) -> Result<Validated, Rejection> + '_ {
+    ) -> impl Fn(&Envelope, &SignedPart) -> Result<Validated, Rejection> + '_ {
         move |m, _signed| {
             calls.set(calls.get() + 1);
-            match m.str_field("signature").and_then(|s| s.strip_prefix("by ")) {
-                Some(name) if Some(name) == m.str_field("certificate") => Ok(Validated {
-                    signer: Some(name.to_owned()),
-                    unsigned_gilmsg_version: false,
-                }),
-                _ => Err(Rejection::Signature(VerifyError::BadSignature("?".into()))),
-            }
+            check_named(m)
+        }
+    }
+
+    fn arrival(now: Instant, wall_now: i64, room: bool) -> Arrival {
+        Arrival {
+            now,
+            wall_now,
+            room,
         }
     }
 
@@ -593,14 +621,14 @@ mod tests {
         let mut state = ConsumerState::new(settings(8), t0);
         let garbage = [ACK_TOPIC.as_bytes(), b"not even json"];
         assert!(matches!(
-            state.on_frames(&garbage, t0, NOW, true, verifier(&calls)),
+            state.on_frames(&garbage, arrival(t0, NOW, true), verifier(&calls)),
             Outcome::Skipped
         ));
         let mut asked = settings(8);
         asked.deliver_acks = true;
         let mut state = ConsumerState::new(asked, t0);
         assert_eq!(
-            refusal(state.on_frames(&garbage, t0, NOW, true, verifier(&calls))),
+            refusal(state.on_frames(&garbage, arrival(t0, NOW, true), verifier(&calls))),
             ("invalid", "not_json")
         );
         // An ACK delivered on request is never acked itself.
@@ -608,14 +636,65 @@ mod tests {
         let mut body = ack.body().clone();
         body.insert("topic".into(), json!(ACK_TOPIC));
         ack = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
-        let accepted = deliver(state.on_message(ack, t0, NOW, true, |_, _| {
-            Ok(Validated {
-                signer: Some("bob".into()),
-                unsigned_gilmsg_version: false,
-            })
-        }));
+        let accepted = deliver(state.on_message(
+            ACK_TOPIC.as_bytes(),
+            Ok(ack),
+            arrival(t0, NOW, true),
+            |_, _| {
+                Ok(Validated {
+                    signer: Some("bob".into()),
+                    unsigned_gilmsg_version: false,
+                })
+            },
+        ));
         assert!(!accepted.ticket.wants_ack());
         assert_eq!(calls.get(), 0);
+    }
+
+    #[test]
+    fn any_wire_form_goes_through_the_same_rules_and_skipped_topics_are_never_decoded() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let mut state = ConsumerState::new(settings(8), t0);
+        assert!(state.skips(ACK_TOPIC.as_bytes()) && !state.skips(b"t.dev.app.x"));
+        let never =
+            |_: usize| -> Result<Envelope, DecodeError> { panic!("decoded a skipped message") };
+        let outcome = state.on_received(
+            ACK_TOPIC.as_bytes(),
+            never,
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
+        assert!(matches!(outcome, Outcome::Skipped));
+        // A transport whose wire form is not ZeroMQ's two frames (a routing
+        // key, and the body elsewhere): its decoder is given the size limit.
+        let m = message("alice", "m1", json!(1), NOW);
+        let body = frames(&m)[1].clone();
+        let decode = |limit| Envelope::parse_body(&body, limit);
+        let accepted = deliver(state.on_received(
+            b"t.dev.app.x",
+            decode,
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        ));
+        assert_eq!(accepted.message, m);
+        assert_eq!(calls.get(), 1);
+        // Its decode errors are counted like ZeroMQ's.
+        let bad = |_| Err(DecodeError::NotJson("x".into()));
+        let outcome = state.on_received(
+            b"t.dev.app.x",
+            bad,
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
+        assert_eq!(refusal(outcome), ("invalid", "not_json"));
+        let outcome = state.on_message(
+            b"t.dev.app.x",
+            Err(DecodeError::FrameCount(3)),
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
+        assert_eq!(refusal(outcome), ("invalid", "bad_frame_count"));
     }
 
     #[test]
@@ -624,12 +703,13 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(8), t0);
         let m = message("alice", "m1", json!({"x": 1}), NOW);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         assert_eq!(calls.get(), 1);
         assert_eq!(accepted.signer.as_deref(), Some("alice"));
         assert!(accepted.ticket.wants_ack());
         // Before the verdict: a re-send is "in progress", and not verified.
-        let again = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+        let again = state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls));
         assert_eq!(duplicate(&again), Duplicate::InProgress);
         assert_eq!(calls.get(), 1);
         assert!(state.take_ack_batches().is_empty());
@@ -637,10 +717,7 @@ mod tests {
         let batches = state.take_ack_batches();
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0][0].msg_id, "m1");
-        assert_eq!(
-            batches[0][0].digest,
-            Digest::of_signed_part(&m.signed_part().unwrap())
-        );
+        assert_eq!(batches[0][0].digest, m.signed_part().unwrap().digest());
     }
 
     #[test]
@@ -649,11 +726,12 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(8), t0);
         let m = message("alice", "m1", json!({"x": 1}), NOW);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, true, t0);
         state.take_ack_batches();
         let later = t0 + Duration::from_millis(50);
-        let copy = state.on_frames(&frames(&m), later, NOW, true, verifier(&calls));
+        let copy = state.on_frames(&frames(&m), arrival(later, NOW, true), verifier(&calls));
         assert_eq!(duplicate(&copy), Duplicate::Reacked);
         assert_eq!(calls.get(), 1, "a copy is not verified again");
         let batches = state.take_ack_batches();
@@ -662,7 +740,7 @@ mod tests {
         // verified (it is not a copy), then refused as a different body,
         // never re-acked.
         let other = message("alice", "m1", json!({"x": 2}), NOW);
-        let outcome = state.on_frames(&frames(&other), later, NOW, true, verifier(&calls));
+        let outcome = state.on_frames(&frames(&other), arrival(later, NOW, true), verifier(&calls));
         assert_eq!(duplicate(&outcome), Duplicate::DifferentBody);
         assert_eq!(calls.get(), 2);
         assert!(state.take_ack_batches().is_empty());
@@ -678,13 +756,19 @@ mod tests {
         let mut forged = real.body().clone();
         forged.insert("signature".into(), json!("by nobody"));
         let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
-        let outcome = state.on_message(forged, t0, NOW, true, verifier(&calls));
+        let outcome = state.on_message(
+            b"t.dev.app.x",
+            Ok(forged),
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
         assert_eq!(refusal(outcome), ("rejected", "bad_signature"));
         // Mallory signs her own message with alice's id: accepted as hers.
         let mallory = message("mallory", "m1", json!({"pay": 1000}), NOW);
-        deliver(state.on_frames(&frames(&mallory), t0, NOW, true, verifier(&calls)));
+        deliver(state.on_frames(&frames(&mallory), arrival(t0, NOW, true), verifier(&calls)));
         // Alice's real message is still handled.
-        let accepted = deliver(state.on_frames(&frames(&real), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&real), arrival(t0, NOW, true), verifier(&calls)));
         assert_eq!(accepted.signer.as_deref(), Some("alice"));
     }
 
@@ -699,12 +783,17 @@ mod tests {
         copy.insert("certificate".into(), json!("mallory"));
         let copy = Envelope::parse_body(&serde_json::to_vec(&copy).unwrap(), 1 << 20).unwrap();
         assert_eq!(copy.signed_part(), real.signed_part(), "same signed part");
-        let first = deliver(state.on_message(copy, t0, NOW, true, verifier(&calls)));
+        let first = deliver(state.on_message(
+            b"t.dev.app.x",
+            Ok(copy),
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        ));
         assert_eq!(first.signer.as_deref(), Some("mallory"));
         state.settle(first.ticket, true, t0);
         state.take_ack_batches();
         let later = t0 + Duration::from_secs(1);
-        match state.on_frames(&frames(&real), later, NOW, true, verifier(&calls)) {
+        match state.on_frames(&frames(&real), arrival(later, NOW, true), verifier(&calls)) {
             Outcome::Deliver(a) => assert_eq!(a.signer.as_deref(), Some("alice")),
             other => panic!(
                 "alice's message settled without being verified or handled as hers: {other:?}; ACKs queued: {:?}",
@@ -728,10 +817,9 @@ mod tests {
         };
         // Mallory's re-signed copy first: handled as hers, acked naming her.
         let mallory = deliver(state.on_message(
-            resigned("mallory", "mallory"),
-            t0,
-            NOW,
-            true,
+            b"t.dev.app.x",
+            Ok(resigned("mallory", "mallory")),
+            arrival(t0, NOW, true),
             verifier(&calls),
         ));
         state.settle(mallory.ticket, true, t0);
@@ -739,7 +827,8 @@ mod tests {
         assert_eq!(acks[0][0].signer.as_deref(), Some("mallory"));
         assert_eq!(acks[0][0].digest, digest);
         // Alice's real one: handled as hers, acked naming her.
-        let alice = deliver(state.on_frames(&frames(&real), t0, NOW, true, verifier(&calls)));
+        let alice =
+            deliver(state.on_frames(&frames(&real), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(alice.ticket, true, t0);
         let acks = state.take_ack_batches();
         assert_eq!(acks[0][0].signer.as_deref(), Some("alice"));
@@ -749,14 +838,18 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let wrapped = resigned("alice", "ali\nce");
         assert_eq!(
-            duplicate(&state.on_message(wrapped, later, NOW, true, verifier(&calls))),
+            duplicate(&state.on_message(
+                b"t.dev.app.x",
+                Ok(wrapped),
+                arrival(later, NOW, true),
+                verifier(&calls)
+            )),
             Duplicate::Reacked
         );
         let copy = state.on_message(
-            resigned("mallory", "mallory"),
-            later,
-            NOW,
-            true,
+            b"t.dev.app.x",
+            Ok(resigned("mallory", "mallory")),
+            arrival(later, NOW, true),
             verifier(&calls),
         );
         assert_eq!(duplicate(&copy), Duplicate::Reacked);
@@ -771,7 +864,7 @@ mod tests {
         // Alice's body with a certificate text that is not the one verified
         // (still alice's, say): verified, and a duplicate never acked.
         let even_later = later + Duration::from_secs(1);
-        let odd = |m: &Envelope, _: &str| {
+        let odd = |m: &Envelope, _: &SignedPart| {
             assert_eq!(m.str_field("certificate"), Some("alice, another text"));
             Ok(Validated {
                 signer: Some("alice".into()),
@@ -782,7 +875,12 @@ mod tests {
         body.insert("certificate".into(), json!("alice, another text"));
         let other = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
         assert_eq!(
-            duplicate(&state.on_message(other, even_later, NOW, true, odd)),
+            duplicate(&state.on_message(
+                b"t.dev.app.x",
+                Ok(other),
+                arrival(even_later, NOW, true),
+                odd
+            )),
             Duplicate::OtherCertificate
         );
         assert!(state.take_ack_batches().is_empty());
@@ -794,22 +892,21 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(2), t0);
         let old = message("alice", "old", json!(1), NOW);
-        let accepted = deliver(state.on_frames(&frames(&old), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&old), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, true, t0);
         // A flood while the queue is full: nothing verified, nothing
         // remembered, so the handled id is not pushed out.
         for i in 0..10 {
             let m = message("alice", &format!("flood-{i}"), json!(i), NOW);
-            let outcome = state.on_frames(&frames(&m), t0, NOW, false, verifier(&calls));
+            let outcome = state.on_frames(&frames(&m), arrival(t0, NOW, false), verifier(&calls));
             assert_eq!(refusal(outcome), ("dropped", "queue_full"));
         }
         assert_eq!(calls.get(), 1);
         assert_eq!(state.cache().len(), 1);
         let copy = state.on_frames(
             &frames(&old),
-            t0 + Duration::from_secs(1),
-            NOW,
-            false,
+            arrival(t0 + Duration::from_secs(1), NOW, false),
             verifier(&calls),
         );
         assert_eq!(duplicate(&copy), Duplicate::Reacked);
@@ -821,16 +918,16 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(8), t0);
         let m = message("alice", "m1", json!(1), NOW);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         state.abandon(&accepted.ticket);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, false, t0);
         assert!(state.take_ack_batches().is_empty());
         let copy = state.on_frames(
             &frames(&m),
-            t0 + Duration::from_secs(1),
-            NOW,
-            true,
+            arrival(t0 + Duration::from_secs(1), NOW, true),
             verifier(&calls),
         );
         assert_eq!(duplicate(&copy), Duplicate::Failed);
@@ -845,13 +942,18 @@ mod tests {
         let cases = [(NOW - 3600, "too_old"), (NOW + 3600, "from_future")];
         for (ts, kind) in cases {
             let m = message("alice", &format!("m{ts}"), json!(1), ts);
-            let outcome = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+            let outcome = state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls));
             assert_eq!(refusal(outcome), ("rejected", kind));
         }
         let mut body = message("alice", "m", json!(1), NOW).body().clone();
         body.remove("timestamp");
         let m = Envelope::parse_body(&serde_json::to_vec(&body).unwrap(), 1 << 20).unwrap();
-        let outcome = state.on_message(m, t0, NOW, true, verifier(&calls));
+        let outcome = state.on_message(
+            b"t.dev.app.x",
+            Ok(m),
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
         assert_eq!(refusal(outcome), ("rejected", "no_timestamp"));
         assert_eq!(calls.get(), 0, "the window is checked before the signature");
     }
@@ -862,7 +964,8 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(16), t0);
         let target = message("alice", "target", json!({"pay": 1}), NOW - 30);
-        let accepted = deliver(state.on_frames(&frames(&target), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&target), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, true, t0);
         // Captured messages of another signer push the target out.
         // Each second of bob's stays under the capacity: a signer sending
@@ -870,22 +973,23 @@ mod tests {
         // rest of that second refused once the first is pushed out.
         for i in 0..40 {
             let m = message("bob", &format!("filler-{i}"), json!(i), NOW - 29 + i / 2);
-            let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+            let accepted =
+                deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
             state.settle(accepted.ticket, true, t0);
         }
         let key = state
             .cache()
             .copy_key(accepted_digest(&target), target.str_field("certificate"));
         assert!(state.cache().get(&key).is_none());
-        let outcome = state.on_frames(&frames(&target), t0, NOW, true, verifier(&calls));
+        let outcome = state.on_frames(&frames(&target), arrival(t0, NOW, true), verifier(&calls));
         assert_eq!(refusal(outcome), ("rejected", "replay_floor"));
         // Alice's new messages still go through.
         let fresh = message("alice", "fresh", json!(2), NOW);
-        deliver(state.on_frames(&frames(&fresh), t0, NOW, true, verifier(&calls)));
+        deliver(state.on_frames(&frames(&fresh), arrival(t0, NOW, true), verifier(&calls)));
     }
 
     fn accepted_digest(m: &Envelope) -> Digest {
-        Digest::of_signed_part(&m.signed_part().unwrap())
+        m.signed_part().unwrap().digest()
     }
 
     #[test]
@@ -894,14 +998,15 @@ mod tests {
         let calls = Cell::new(0);
         let mut state = ConsumerState::new(settings(8), t0);
         let m = message("alice", "m1", json!(1), NOW);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, true, t0);
         state.take_ack_batches();
         // 1,000 copies a second for 8 seconds.
         let mut reacked = 0;
         for i in 1..=8000u64 {
             let at = t0 + Duration::from_millis(i);
-            if duplicate(&state.on_frames(&frames(&m), at, NOW, true, verifier(&calls)))
+            if duplicate(&state.on_frames(&frames(&m), arrival(at, NOW, true), verifier(&calls)))
                 == Duplicate::Reacked
             {
                 reacked += 1;
@@ -912,14 +1017,15 @@ mod tests {
         assert_eq!(queued, reacked);
         // A publisher's own re-sends (25 ms, then doubling) are all answered.
         let mut state = ConsumerState::new(settings(8), t0);
-        let accepted = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let accepted =
+            deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         state.settle(accepted.ticket, true, t0);
         let mut at = Duration::ZERO;
         let mut rto = Duration::from_millis(25);
         for _ in 0..6 {
             at += rto;
             rto *= 2;
-            let copy = state.on_frames(&frames(&m), t0 + at, NOW, true, verifier(&calls));
+            let copy = state.on_frames(&frames(&m), arrival(t0 + at, NOW, true), verifier(&calls));
             assert_eq!(duplicate(&copy), Duplicate::Reacked, "re-send at {at:?}");
         }
     }
@@ -931,28 +1037,35 @@ mod tests {
         let mut state = ConsumerState::new(settings(1024), t0);
         for i in 0..300 {
             let m = message("alice", &format!("rs-{i}"), json!(i), NOW);
-            let a = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+            let a = deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
             state.settle(a.ticket, true, t0);
         }
         // Python gilmsg: its version is unsigned (legacy rule) or not ours.
         let legacy = message("alice", "py-1", json!(1), NOW);
-        let a = deliver(state.on_frames(&frames(&legacy), t0, NOW, true, |_, _| {
-            Ok(Validated {
-                signer: Some("alice".into()),
-                unsigned_gilmsg_version: true,
-            })
-        }));
+        let a = deliver(
+            state.on_frames(&frames(&legacy), arrival(t0, NOW, true), |_, _| {
+                Ok(Validated {
+                    signer: Some("alice".into()),
+                    unsigned_gilmsg_version: true,
+                })
+            }),
+        );
         assert!(a.legacy_unsigned_gilmsg_version);
         state.settle(a.ticket, true, t0);
         let mut python = message("alice", "py-2", json!(2), NOW).body().clone();
         python.insert(GILMSG_VERSION_FIELD.into(), json!("0.1.2"));
         let python = Envelope::parse_body(&serde_json::to_vec(&python).unwrap(), 1 << 20).unwrap();
-        let a = deliver(state.on_message(python, t0, NOW, true, |_, _| {
-            Ok(Validated {
-                signer: Some("alice".into()),
-                unsigned_gilmsg_version: false,
-            })
-        }));
+        let a = deliver(state.on_message(
+            b"t.dev.app.x",
+            Ok(python),
+            arrival(t0, NOW, true),
+            |_, _| {
+                Ok(Validated {
+                    signer: Some("alice".into()),
+                    unsigned_gilmsg_version: false,
+                })
+            },
+        ));
         state.settle(a.ticket, true, t0);
         let sizes: Vec<usize> = state.take_ack_batches().iter().map(Vec::len).collect();
         assert_eq!(sizes, [MAX_ACK_BATCH, 300 - MAX_ACK_BATCH, 1, 1]);
@@ -966,10 +1079,10 @@ mod tests {
         tail.send_acks = false;
         let mut state = ConsumerState::new(tail, t0);
         let m = message("alice", "m1", json!(1), NOW);
-        let a = deliver(state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls)));
+        let a = deliver(state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls)));
         assert!(!a.ticket.wants_ack());
         state.settle(a.ticket, true, t0);
-        let copy = state.on_frames(&frames(&m), t0, NOW, true, verifier(&calls));
+        let copy = state.on_frames(&frames(&m), arrival(t0, NOW, true), verifier(&calls));
         assert_eq!(duplicate(&copy), Duplicate::Done);
         assert!(state.take_ack_batches().is_empty());
 
@@ -982,12 +1095,16 @@ mod tests {
             b.replace(":0.1}", ":0.1000000000000000000000001}")
         });
         assert_eq!(
-            refusal(state.on_frames(&[topic, &rewritten], t0, NOW, true, verifier(&calls))),
+            refusal(state.on_frames(
+                &[topic, &rewritten],
+                arrival(t0, NOW, true),
+                verifier(&calls)
+            )),
             ("invalid", "non_canonical_number")
         );
         let nul = body(&number, &|b| b.replace("\"n\"", "\"n\\u0000\""));
         assert_eq!(
-            refusal(state.on_frames(&[topic, &nul], t0, NOW, true, verifier(&calls))),
+            refusal(state.on_frames(&[topic, &nul], arrival(t0, NOW, true), verifier(&calls))),
             ("invalid", "control_char_in_msg_id")
         );
         assert_eq!(calls.get(), 1);

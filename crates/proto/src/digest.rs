@@ -62,6 +62,13 @@ impl fmt::Display for Digest {
     }
 }
 
+/// Serialises as its `sha256:<hex>` text, the way it stands in an ACK.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Short form: enough to tell digests apart in logs and test output.

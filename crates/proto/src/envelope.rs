@@ -23,14 +23,15 @@
 //!
 //! Decoding also refuses what no honest peer sends and what would be unsafe
 //! to print or pass on: bodies nested deeper than
-//! [`canonical::MAX_DEPTH`](crate::canonical::MAX_DEPTH), and a `topic` or
+//! [`canonical::MAX_DEPTH`], and a `topic` or
 //! `msg_id` holding control characters (NUL, ESC, line breaks) or the
 //! Unicode line separators and bidirectional overrides.
 
 use serde_json::{Map, Value};
 
 use crate::auth::{SignError, Signer};
-use crate::canonical::{self, CanonicalError};
+use crate::canonical::{self, CanonicalError, Place};
+use crate::digest::Digest;
 
 /// Fields left out of the signed bytes.
 pub const UNSIGNED_FIELDS: [&str; 2] = ["signature", "certificate"];
@@ -191,7 +192,15 @@ impl Draft {
     /// another value is refused ([`CanonicalError::InexactNumber`]), and so
     /// is a `msg` nested too deep ([`CanonicalError::TooDeep`]) or a `topic`
     /// or `msg_id` that receivers would refuse ([`BuildError::UnsafeField`]).
-    pub fn build(mut self, signer: Option<&dyn Signer>) -> Result<Envelope, BuildError> {
+    pub fn build(self, signer: Option<&dyn Signer>) -> Result<Envelope, BuildError> {
+        self.seal(signer).map(Sealed::into_envelope)
+    }
+
+    /// [`Draft::build`], keeping the canonical signed part it computed:
+    /// what a sender needs to put the message on the wire
+    /// ([`Sealed::body_text`]) and to know the digest ACKs will name,
+    /// without serialising the body again.
+    pub fn seal(mut self, signer: Option<&dyn Signer>) -> Result<Sealed, BuildError> {
         for (field, value) in [("topic", &self.topic), ("msg_id", &self.msg_id)] {
             if value.chars().any(is_unsafe_char) {
                 return Err(BuildError::UnsafeField(field));
@@ -211,15 +220,162 @@ impl Draft {
                 Value::String(GILMSG_VERSION.into()),
             );
         }
-        let mut envelope = Envelope::from_map(body);
-        if let Some(signer) = signer {
-            envelope.sign(signer)?;
-        } else {
-            // Even unsigned bodies must be canonicalisable: the digest in an ACK
-            // is computed from the same bytes.
-            envelope.signed_part()?;
+        let signed = match signer {
+            Some(signer) => sign_in_place(&mut body, signer)?,
+            // Even unsigned bodies must be canonicalisable: the digest in an
+            // ACK is computed from the same bytes.
+            None => SignedPart::of(&body)?,
+        };
+        let envelope = Envelope::from_map(body);
+        let body = match (
+            envelope.str_field(UNSIGNED_FIELDS[0]),
+            envelope.str_field(UNSIGNED_FIELDS[1]),
+        ) {
+            (Some(signature), Some(certificate)) => {
+                signed.with_unsigned_fields(signature, certificate)
+            }
+            // Unsigned: the signed part is the whole body.
+            _ => signed.text.clone(),
+        };
+        Ok(Sealed {
+            envelope,
+            signed,
+            body,
+        })
+    }
+}
+
+/// Sets `crypto` to `signer`'s scheme, signs the signed part, and sets
+/// `signature` and `certificate`; returns the signed part.
+fn sign_in_place(
+    body: &mut Map<String, Value>,
+    signer: &dyn Signer,
+) -> Result<SignedPart, BuildError> {
+    body.insert("crypto".into(), Value::String(signer.scheme().to_owned()));
+    let signed = SignedPart::of(body)?;
+    let signature = signer.sign(signed.as_str().as_bytes())?;
+    body.insert(UNSIGNED_FIELDS[0].into(), Value::String(signature));
+    body.insert(
+        UNSIGNED_FIELDS[1].into(),
+        Value::String(signer.certificate().to_owned()),
+    );
+    Ok(signed)
+}
+
+/// The keys whose place in the signed part is recorded: the two unsigned
+/// fields (added to make the body on the wire) and `gilmsg_version` (taken
+/// out for Python gilmsg's signature).
+const MARKED_FIELDS: [&str; 3] = [UNSIGNED_FIELDS[0], UNSIGNED_FIELDS[1], GILMSG_VERSION_FIELD];
+
+/// The canonical bytes a message's signature covers, computed once per
+/// message and carried along: they are what is signed or verified, their
+/// SHA-256 is the [`Digest`] ACKs name, the body a sender puts on the wire
+/// is built from them by adding `signature` and `certificate`, and the text
+/// Python gilmsg signs is them without `gilmsg_version`. None of those
+/// serialises the body again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPart {
+    text: String,
+    /// Where each of [`MARKED_FIELDS`] stands in `text`.
+    places: Vec<Place>,
+}
+
+impl SignedPart {
+    /// The signed part of `body`: its canonical JSON without `signature`
+    /// and `certificate`, refusing number text that is not canonical
+    /// ([`canonical::signed_bytes`]).
+    fn of(body: &Map<String, Value>) -> Result<Self, CanonicalError> {
+        let (text, places) =
+            canonical::signed_bytes_marked(body, &UNSIGNED_FIELDS, &MARKED_FIELDS)?;
+        Ok(SignedPart { text, places })
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Its SHA-256, what an ACK's `ack_digest` names.
+    pub fn digest(&self) -> Digest {
+        Digest::of_signed_part(&self.text)
+    }
+
+    /// The text with `gilmsg_version` also left out: what Python gilmsg
+    /// signed, since it adds that field after signing.
+    pub fn without_gilmsg_version(&self) -> String {
+        match &self.places[2] {
+            Place::Member(range) => canonical::remove_member(&self.text, range.clone()),
+            Place::Gap(_) => self.text.clone(),
         }
-        Ok(envelope)
+    }
+
+    /// The canonical text of the whole body: this signed part with
+    /// `signature` and `certificate` added.
+    fn with_unsigned_fields(&self, signature: &str, certificate: &str) -> String {
+        let gap = |place: &Place| match place {
+            Place::Gap(at) => *at,
+            // Never: both are left out of the signed part.
+            Place::Member(range) => range.start,
+        };
+        canonical::insert_members(
+            &self.text,
+            &[
+                (gap(&self.places[0]), UNSIGNED_FIELDS[0], signature),
+                (gap(&self.places[1]), UNSIGNED_FIELDS[1], certificate),
+            ],
+        )
+    }
+}
+
+impl AsRef<str> for SignedPart {
+    fn as_ref(&self) -> &str {
+        &self.text
+    }
+}
+
+/// A message built by [`Draft::seal`]: the envelope, its signed part and
+/// the canonical text of its whole body, from one serialisation.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    envelope: Envelope,
+    signed: SignedPart,
+    body: String,
+}
+
+impl Sealed {
+    /// The message.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The message, without its canonical texts.
+    pub fn into_envelope(self) -> Envelope {
+        self.envelope
+    }
+
+    /// What its signature covers.
+    pub fn signed_part(&self) -> &SignedPart {
+        &self.signed
+    }
+
+    /// The canonical JSON of the whole body, exactly as
+    /// [`Envelope::encode`] writes it (fedmsg's wire form of the body),
+    /// made from the signed part by adding `signature` and `certificate`.
+    pub fn body_text(&self) -> &str {
+        &self.body
+    }
+
+    /// The topic and the body text, for a transport to put on its wire
+    /// without copying them.
+    pub fn into_topic_and_body(self) -> (String, String) {
+        let Sealed {
+            mut envelope, body, ..
+        } = self;
+        let topic = match envelope.body.remove("topic") {
+            Some(Value::String(topic)) => topic,
+            _ => String::new(),
+        };
+        (topic, body)
     }
 }
 
@@ -318,35 +474,31 @@ impl Envelope {
         Ok(Envelope { body })
     }
 
-    /// Signs in place: sets `crypto`, then `signature` and `certificate`.
+    /// Signs in place, as `signer`: sets `crypto`, then `signature` and
+    /// `certificate` (replacing any). For re-signing a body; a message being
+    /// built is signed by [`Draft::seal`].
     pub fn sign(&mut self, signer: &dyn Signer) -> Result<(), BuildError> {
-        self.body
-            .insert("crypto".into(), Value::String(signer.scheme().to_owned()));
-        let canonical = self.signed_part()?;
-        let signature = signer.sign(canonical.as_bytes())?;
-        self.body
-            .insert("signature".into(), Value::String(signature));
-        self.body.insert(
-            "certificate".into(),
-            Value::String(signer.certificate().to_owned()),
-        );
-        Ok(())
+        sign_in_place(&mut self.body, signer).map(drop)
     }
 
-    /// The canonical bytes a signature covers. Refuses a body with a
-    /// number not written canonically
-    /// ([`CanonicalError::NotCanonicalNumber`]): its signature would cover
-    /// another text than the one a reader of [`Envelope::msg`] sees.
-    pub fn signed_part(&self) -> Result<String, CanonicalError> {
-        canonical::signed_bytes(&self.body, &UNSIGNED_FIELDS)
+    /// The canonical bytes a signature covers (computed: see
+    /// [`SignedPart`]). Refuses a body with a number not written
+    /// canonically ([`CanonicalError::NotCanonicalNumber`]): its signature
+    /// would cover another text than the one a reader of [`Envelope::msg`]
+    /// sees.
+    pub fn signed_part(&self) -> Result<SignedPart, CanonicalError> {
+        SignedPart::of(&self.body)
     }
 
-    /// The canonical bytes with `gilmsg_version` also left out: what Python
-    /// gilmsg signed, since it adds that field after signing.
+    /// The canonical bytes with `gilmsg_version` also left out (what Python
+    /// gilmsg signed), serialised from scratch. The validator derives the
+    /// same text from the [`SignedPart`] it already has
+    /// ([`SignedPart::without_gilmsg_version`]); this is the independent
+    /// computation tests and fuzzers compare it with.
     pub fn signed_part_without_gilmsg_version(&self) -> Result<String, CanonicalError> {
         canonical::signed_bytes(
             &self.body,
-            &["signature", "certificate", GILMSG_VERSION_FIELD],
+            &[UNSIGNED_FIELDS[0], UNSIGNED_FIELDS[1], GILMSG_VERSION_FIELD],
         )
     }
 
@@ -529,13 +681,37 @@ mod tests {
         assert_eq!(envelope.crypto(), Some("test"));
         assert!(envelope.wants_ack());
         let signed = envelope.signed_part().unwrap();
-        assert!(signed.contains("\"crypto\":\"test\""));
-        assert!(signed.contains("gilmsg_version"));
-        assert!(!signed.contains("CERT"));
+        assert!(signed.as_str().contains("\"crypto\":\"test\""));
+        assert!(signed.as_str().contains("gilmsg_version"));
+        assert!(!signed.as_str().contains("CERT"));
         let frames = envelope.encode().unwrap();
         let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
         assert_eq!(decoded, envelope);
         assert_eq!(decoded.signed_part().unwrap(), signed);
+    }
+
+    #[test]
+    fn a_sealed_message_carries_the_text_a_fresh_serialisation_gives() {
+        let mut odd = draft();
+        odd.msg = json!({"\u{e9}": ["\n", 1e300, -0.0], "z": {}});
+        odd.topic = "a.b\u{2603}".into();
+        for (d, signer) in [
+            (draft(), Some(&FakeSigner as &dyn Signer)),
+            (draft(), None),
+            (odd.clone(), Some(&FakeSigner as &dyn Signer)),
+            (odd, None),
+        ] {
+            let sealed = d.seal(signer).unwrap();
+            let envelope = sealed.envelope();
+            let frames = envelope.encode().unwrap();
+            assert_eq!(sealed.body_text().as_bytes(), &frames[1][..]);
+            assert_eq!(sealed.signed_part(), &envelope.signed_part().unwrap());
+            let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
+            assert_eq!(
+                decoded.signed_part().unwrap().digest(),
+                sealed.signed_part().digest()
+            );
+        }
     }
 
     #[test]

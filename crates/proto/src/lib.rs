@@ -10,17 +10,19 @@
 //! - [`canonical`]: Python-identical canonical JSON, the bytes that are signed.
 //! - [`envelope`]: the fedmsg body (`topic`, `msg`, `msg_id`, ...), frame
 //!   decoding with size and shape checks, topic naming.
-//! - [`auth`]: the [`Signer`](auth::Signer) / [`Verifier`](auth::Verifier)
+//! - [`auth`]: the [`Signer`] / [`Verifier`]
 //!   traits the crypto crate implements.
 //! - [`validate`]: signature + routing policy, including the one Python
 //!   compatibility rule.
 //! - [`policy`]: fedmsg's `routing_policy` / `routing_nitpicky`.
-//! - [`ack`]: ACK payloads and the per-message [`AckCollector`](ack::AckCollector).
-//! - [`inflight`]: the publisher's table of messages awaiting ACKs, with
-//!   RFC 6298-style re-send timers.
+//! - [`ack`]: ACK payloads and the per-message [`AckCollector`].
+//! - [`publisher`]: [`PublisherState`], every
+//!   decision of a publisher (readiness, ACK matching, re-sends, deadlines)
+//!   as a pure state machine whose wake-ups cost what is due.
+//! - [`retransmit`]: RFC 6298 re-send timing.
 //! - [`dedupe`]: the consumer's bounded, time-windowed memory of the
 //!   messages it accepted, with per-signer replay floors.
-//! - [`consumer`]: [`ConsumerState`](consumer::ConsumerState), every
+//! - [`consumer`]: [`ConsumerState`], every
 //!   decision of an ACK-sending consumer as a pure state machine.
 //! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
 
@@ -34,13 +36,17 @@ pub mod consumer;
 pub mod dedupe;
 pub mod digest;
 pub mod envelope;
-pub mod inflight;
 pub mod policy;
+pub mod publisher;
+pub mod retransmit;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 
-pub use ack::{AckBody, AckCollector, AckOutcome, AckRecord};
+pub use ack::{AckBody, AckCollector, AckEntry, AckOutcome, AckRecord, DigestClaim};
 pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
-pub use consumer::{ConsumerSettings, ConsumerState, Outcome};
+pub use consumer::{Arrival, ConsumerSettings, ConsumerState, Outcome};
 pub use digest::Digest;
-pub use envelope::{DecodeError, Draft, Envelope, TopicScheme};
-pub use validate::{Rejection, Validated, Validator};
+pub use envelope::{DecodeError, Draft, Envelope, Sealed, SignedPart, TopicScheme};
+pub use publisher::{PublisherSettings, PublisherState};
+pub use validate::{Rejection, Validated, Validator, Verify};

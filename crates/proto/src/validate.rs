@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::auth::{Verifier, VerifyError};
 use crate::canonical::CanonicalError;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, SignedPart};
 use crate::policy::{PolicyError, RoutingPolicy};
 
 /// A message that passed validation.
@@ -24,6 +24,14 @@ pub struct Validated {
     /// The signature covered everything but `gilmsg_version` (Python gilmsg).
     pub unsigned_gilmsg_version: bool,
 }
+
+/// How a transport has a message's signature (and, for messages, the
+/// routing policy) checked over its signed part: the closure the state
+/// machines call, only once a message has passed every cheaper test.
+/// [`Validator::validate_signed`] is the usual one.
+pub trait Verify: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection> {}
+
+impl<F: FnOnce(&Envelope, &SignedPart) -> Result<Validated, Rejection>> Verify for F {}
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,11 +104,12 @@ impl Validator {
 
     /// Like [`Validator::validate`], with the message's
     /// [`Envelope::signed_part`] already computed (a consumer needs it for
-    /// the ACK digest anyway: canonical JSON once per message).
+    /// the ACK digest anyway: canonical JSON once per message; the text
+    /// Python gilmsg signed is derived from it, not serialised again).
     pub fn validate_signed(
         &self,
         message: &Envelope,
-        signed: &str,
+        signed: &SignedPart,
     ) -> Result<Validated, Rejection> {
         let (Some(scheme), Some(signature), Some(certificate)) = (
             message.crypto(),
@@ -112,13 +121,13 @@ impl Validator {
         let (signer, unsigned_gilmsg_version) =
             match self
                 .verifier
-                .verify(scheme, certificate, signature, signed.as_bytes())
+                .verify(scheme, certificate, signature, signed.as_str().as_bytes())
             {
                 Ok(signer) => (signer, false),
                 Err(VerifyError::BadSignature(who))
                     if self.accept_unsigned_gilmsg_version && message.wants_ack() =>
                 {
-                    let legacy = message.signed_part_without_gilmsg_version()?;
+                    let legacy = signed.without_gilmsg_version();
                     match self
                         .verifier
                         .verify(scheme, certificate, signature, legacy.as_bytes())

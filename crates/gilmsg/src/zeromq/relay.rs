@@ -19,15 +19,18 @@
 //! frame, so this bounds what reaches the consumers behind the relay, not
 //! what the relay itself holds (see docs/security.md).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gilmsg_config::Config;
 use tokio::sync::oneshot;
 
+use super::actor::{self, Actor, Mailbox, PollSet, PollSlot, Ready};
+use super::monitor::{Monitor, Role, Subscriptions};
+use super::socket::SocketTuning;
 use crate::error::{Error, Result};
-use crate::monitor::{Monitor, Subscriptions};
-use crate::stats::{Counters, Stats};
-use crate::wire::{self, Inbox, Mailbox, SocketTuning};
+use crate::stats::{Record, RelayCounters, Stats};
+use crate::transport::Flow;
 
 /// Frames in a fedmsg message: topic and body.
 const FRAMES: usize = 2;
@@ -35,6 +38,7 @@ const FRAMES: usize = 2;
 /// The key in `endpoints` where the relay publishes, as in fedmsg.
 pub const RELAY_OUTBOUND: &str = "relay_outbound";
 
+/// What a relay's handle tells its thread.
 enum Command {
     Shutdown,
 }
@@ -44,7 +48,7 @@ pub struct Relay {
     mailbox: Mailbox<Command>,
     inbound: Vec<String>,
     outbound: Vec<String>,
-    counters: Counters,
+    counters: Arc<RelayCounters>,
     done: Option<oneshot::Receiver<()>>,
 }
 
@@ -77,34 +81,19 @@ impl Relay {
     /// `tcp://127.0.0.1:*` port is resolved); socket options come from `config`.
     pub fn bind(config: &Config, inbound: &[String], outbound: &[String]) -> Result<Relay> {
         let tuning = SocketTuning::from_config(config);
-        let (mailbox, inbox) = wire::mailbox()?;
-        let counters = Counters::default();
+        let counters = Arc::new(RelayCounters::default());
         let thread_counters = counters.clone();
         let (inbound, outbound) = (inbound.to_vec(), outbound.to_vec());
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("gilmsg-relay".into())
-            .spawn(move || {
-                match Forwarder::new(&tuning, &inbound, &outbound, inbox, thread_counters) {
-                    Ok((forwarder, bound)) => {
-                        let _ = ready_tx.send(Ok(bound));
-                        forwarder.run();
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-                let _ = done_tx.send(());
-            })
-            .map_err(|e| Error::os("cannot start relay thread", e))?;
-        let (inbound, outbound) = ready_rx.recv().map_err(|_| Error::Closed)??;
+        let started = actor::start("relay", move |_own: Mailbox<Command>| {
+            Forwarder::new(&tuning, &inbound, &outbound, thread_counters)
+        })?;
+        let (inbound, outbound) = started.bound;
         Ok(Relay {
-            mailbox,
+            mailbox: started.mailbox,
             inbound,
             outbound,
             counters,
-            done: Some(done_rx),
+            done: Some(started.done),
         })
     }
 
@@ -141,17 +130,32 @@ impl Drop for Relay {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Slot {
+    Inbound,
+    /// Subscriptions arriving on the outbound XPUB.
+    Outbound,
+    InboundMonitor,
+    OutboundMonitor,
+}
+
+impl PollSlot for Slot {
+    fn bit(self) -> u32 {
+        self as u32
+    }
+}
+
 struct Forwarder {
-    _context: zmq::Context,
     inbound: zmq::Socket,
     outbound: zmq::Socket,
     inbound_monitor: Monitor,
     outbound_monitor: Monitor,
-    inbox: Inbox<Command>,
     subscriptions: Subscriptions,
     /// Largest message forwarded, all frames together.
     max_message: usize,
-    counters: Counters,
+    counters: Arc<RelayCounters>,
+    /// Held by every socket too; terminated when the last is dropped.
+    _context: zmq::Context,
 }
 
 type Bound = (Vec<String>, Vec<String>);
@@ -161,106 +165,99 @@ impl Forwarder {
         tuning: &SocketTuning,
         inbound: &[String],
         outbound: &[String],
-        inbox: Inbox<Command>,
-        counters: Counters,
+        counters: Arc<RelayCounters>,
     ) -> Result<(Self, Bound)> {
         let context = zmq::Context::new();
-        let sub = tuning.subscriber(&context, "relay inbound")?;
-        sub.set_subscribe(b"")
-            .map_err(|e| Error::socket("subscribe relay inbound", e))?;
-        let mut inbound_monitor = Monitor::attach(
+        let everything = [String::new()];
+        let (sub, mut inbound_monitor) = Monitor::open(
             &context,
-            &sub,
-            "relay inbound",
             tuning,
+            Role::Subscriber(&everything),
+            "relay inbound",
             Duration::ZERO,
-            counters.clone(),
+            &counters.link,
         )?;
         let bound_in = inbound_monitor.bind(&sub, inbound)?;
-        let xpub = tuning.publisher(&context, "relay outbound")?;
+        let (xpub, mut outbound_monitor) = Monitor::open(
+            &context,
+            tuning,
+            Role::Publisher,
+            "relay outbound",
+            Duration::ZERO,
+            &counters.link,
+        )?;
         // Verbose: every subscription is seen at once, so a new consumer is
         // registered before the next message is forwarded.
         xpub.set_xpub_verbose(true)
             .map_err(|e| Error::socket("set xpub_verbose", e))?;
-        let mut outbound_monitor = Monitor::attach(
-            &context,
-            &xpub,
-            "relay outbound",
-            tuning,
-            Duration::ZERO,
-            counters.clone(),
-        )?;
         let bound_out = outbound_monitor.bind(&xpub, outbound)?;
         let forwarder = Forwarder {
-            _context: context,
             inbound: sub,
             outbound: xpub,
             inbound_monitor,
             outbound_monitor,
-            inbox,
             subscriptions: Subscriptions::new(tuning),
             max_message: usize::try_from(tuning.hard_max_message).unwrap_or(usize::MAX),
             counters,
+            _context: context,
         };
         Ok((forwarder, (bound_in, bound_out)))
     }
+}
 
-    fn run(mut self) {
-        let mut commands = Vec::new();
-        loop {
-            let now = Instant::now();
-            let deadline = [
-                self.inbound_monitor.next_deadline(now),
-                self.outbound_monitor.next_deadline(now),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let mut items = [
-                zmq::PollItem::from_fd(self.inbox.fd(), zmq::POLLIN),
-                self.inbound.as_poll_item(zmq::POLLIN),
-                self.outbound.as_poll_item(zmq::POLLIN),
-                self.inbound_monitor.socket().as_poll_item(zmq::POLLIN),
-                self.outbound_monitor.socket().as_poll_item(zmq::POLLIN),
-            ];
-            if let Err(e) = zmq::poll(&mut items, wire::poll_timeout(deadline, now)) {
-                tracing::error!("relay poll failed: {e}");
-                return;
-            }
-            let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
-            if ready[0] {
-                let alive = self.inbox.drain(&mut commands).is_ok();
-                if !alive || commands.drain(..).any(|Command::Shutdown| true) {
-                    return;
-                }
-            }
-            let now = Instant::now();
-            if ready[3] && self.inbound_monitor.process(now) {
-                self.counters
-                    .set("relay", "publishers", self.inbound_monitor.peers() as u64);
-            }
-            if ready[4] && self.outbound_monitor.process(now) {
-                self.counters
-                    .set("relay", "subscribers", self.outbound_monitor.peers() as u64);
-            }
-            if ready[2] {
-                let drained = self
-                    .subscriptions
-                    .drain_from(&self.outbound, &self.counters);
-                if drained.changed {
-                    self.counters
-                        .set("relay", "subscriptions", self.subscriptions.len() as u64);
-                }
-                self.outbound_monitor.enforce(&self.outbound, drained, now);
-            }
-            if ready[1] {
-                self.forward_batch();
-            }
-            self.inbound_monitor.tick(&self.inbound, now);
-            self.outbound_monitor.tick(&self.outbound, now);
-        }
+impl Actor for Forwarder {
+    type Command = Command;
+    type Slot = Slot;
+
+    fn poll_items<'a>(&'a self, set: &mut PollSet<'a, Slot>) {
+        set.add(Slot::Inbound, &self.inbound);
+        set.add(Slot::Outbound, &self.outbound);
+        set.add(Slot::InboundMonitor, self.inbound_monitor.socket());
+        set.add(Slot::OutboundMonitor, self.outbound_monitor.socket());
     }
 
+    fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
+        [
+            self.inbound_monitor.next_deadline(now),
+            self.outbound_monitor.next_deadline(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_command(&mut self, Command::Shutdown: Command) -> Flow {
+        Flow::Stop
+    }
+
+    fn on_wakeup(&mut self, ready: Ready, now: Instant) {
+        if ready.has(Slot::InboundMonitor) && self.inbound_monitor.process(now) {
+            let peers = self.inbound_monitor.peers() as u64;
+            self.counters.publishers.set(peers);
+        }
+        if ready.has(Slot::OutboundMonitor) && self.outbound_monitor.process(now) {
+            let peers = self.outbound_monitor.peers() as u64;
+            self.counters.subscribers.set(peers);
+        }
+        if ready.has(Slot::Outbound) {
+            let drained = self
+                .subscriptions
+                .drain_from(&self.outbound, &self.counters.link);
+            if drained.changed {
+                let prefixes = self.subscriptions.len() as u64;
+                self.counters.subscriptions.set(prefixes);
+            }
+            self.outbound_monitor.enforce(&self.outbound, drained, now);
+        }
+        if ready.has(Slot::Inbound) {
+            self.forward_batch();
+        }
+        self.inbound_monitor.tick(&self.inbound, now);
+        self.outbound_monitor.tick(&self.outbound, now);
+    }
+}
+
+impl Forwarder {
     /// Forwards queued messages, without copying them, and drops those of
     /// more than two frames or over the size cap.
     fn forward_batch(&mut self) {
@@ -305,7 +302,7 @@ impl Forwarder {
             };
             if let Some(reason) = refusal {
                 parts.clear();
-                self.counters.bump("relay.dropped", reason);
+                self.counters.dropped.bump(reason);
                 tracing::debug!(
                     frames = count,
                     bytes = size,
@@ -327,7 +324,7 @@ impl Forwarder {
             }
             forwarded += 1;
         }
-        self.counters.add("relay", "forwarded", forwarded);
-        self.counters.add("relay", "frames", frames);
+        self.counters.forwarded.add(forwarded);
+        self.counters.frames.add(frames);
     }
 }

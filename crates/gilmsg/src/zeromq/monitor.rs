@@ -26,11 +26,12 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::socket::{self, SocketTuning};
 use crate::error::{Error, Result};
-use crate::stats::Counters;
-use crate::wire::{self, SocketTuning};
+use crate::stats::LinkCounters;
 
 /// How long after a disconnection a monitor waits for libzmq's own
 /// `CONNECT_RETRIED` before concluding that libzmq gave up on the endpoint.
@@ -112,6 +113,15 @@ impl IpcFile {
     }
 }
 
+/// What a socket does on the bus.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Role<'t> {
+    /// Sends messages: an XPUB, which reads its peers' subscriptions.
+    Publisher,
+    /// Receives the messages on these topic prefixes: a SUB.
+    Subscriber(&'t [String]),
+}
+
 /// The endpoints of one socket and what libzmq's monitor says about them.
 pub(crate) struct Monitor {
     reader: zmq::Socket,
@@ -135,10 +145,38 @@ pub(crate) struct Monitor {
     /// socket settled anyway (a black-holed host gives no verdict for minutes).
     grace: Duration,
     started: Instant,
-    counters: Counters,
+    counters: Arc<LinkCounters>,
 }
 
 impl Monitor {
+    /// Opens a socket for `role`, with `tuning`'s options and caps (a
+    /// subscriber subscribed to its topics), and its monitor, attached
+    /// before anything is bound or connected. Every socket-owning thread
+    /// makes its sockets this way.
+    pub(crate) fn open(
+        context: &zmq::Context,
+        tuning: &SocketTuning,
+        role: Role<'_>,
+        what: &'static str,
+        grace: Duration,
+        counters: &Arc<LinkCounters>,
+    ) -> Result<(zmq::Socket, Monitor)> {
+        let socket = match role {
+            Role::Publisher => tuning.publisher(context, what)?,
+            Role::Subscriber(topics) => {
+                let socket = tuning.subscriber(context, what)?;
+                for topic in topics {
+                    socket
+                        .set_subscribe(topic.as_bytes())
+                        .map_err(|e| Error::socket(format!("subscribe {what} to {topic:?}"), e))?;
+                }
+                socket
+            }
+        };
+        let monitor = Monitor::attach(context, &socket, what, tuning, grace, counters.clone())?;
+        Ok((socket, monitor))
+    }
+
     /// Starts monitoring `socket` (call before binding or connecting it).
     pub(crate) fn attach(
         context: &zmq::Context,
@@ -146,7 +184,7 @@ impl Monitor {
         what: &'static str,
         tuning: &SocketTuning,
         grace: Duration,
-        counters: Counters,
+        counters: Arc<LinkCounters>,
     ) -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let address = format!(
@@ -251,7 +289,7 @@ impl Monitor {
     /// endpoint or the number of peers changed.
     pub(crate) fn process(&mut self, now: Instant) -> bool {
         let mut changed = false;
-        while let Ok(Some(frames)) = wire::try_recv_multipart(&self.reader) {
+        while let Ok(Some(frames)) = socket::try_recv_multipart(&self.reader) {
             if frames.len() != 2 || frames[0].len() < 6 {
                 continue;
             }
@@ -363,7 +401,7 @@ impl Monitor {
             let link = &mut self.links[i];
             link.recheck = None;
             link.repairs += 1;
-            self.counters.bump("connection", "protocol_error");
+            self.counters.protocol_error.bump();
             tracing::warn!(
                 socket = what,
                 endpoint = %link.endpoint,
@@ -452,7 +490,7 @@ impl Monitor {
         let Some(reason) = drained.drop_peers else {
             return;
         };
-        self.counters.bump("subscriptions", reason);
+        self.counters.subscriptions.bump(reason);
         tracing::warn!(
             socket = self.what,
             reason,
@@ -634,7 +672,7 @@ impl Subscriptions {
 
     /// Reads queued subscription messages from an XPUB. Anything else a
     /// peer sends upstream (an XSUB may send data) is counted and dropped.
-    pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket, counters: &Counters) -> Drained {
+    pub(crate) fn drain_from(&mut self, xpub: &zmq::Socket, counters: &LinkCounters) -> Drained {
         let mut drained = Drained::default();
         let mut message = zmq::Message::new();
         for _ in 0..DRAIN_BATCH {
@@ -649,7 +687,7 @@ impl Subscriptions {
             if message.get_more() {
                 // Subscription notifications are single frames; this is data.
                 while message.get_more() && xpub.recv(&mut message, zmq::DONTWAIT).is_ok() {}
-                counters.bump("subscriptions", "not_a_subscription");
+                counters.subscriptions.bump("not_a_subscription");
                 continue;
             }
             match message.first() {
@@ -659,7 +697,7 @@ impl Subscriptions {
                         drained.drop_peers = Some("too_long");
                     }
                 }
-                _ => counters.bump("subscriptions", "not_a_subscription"),
+                _ => counters.subscriptions.bump("not_a_subscription"),
             }
         }
         if self.prefixes.len() > self.limit {
@@ -678,6 +716,7 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Record;
 
     #[test]
     fn subscriptions_track_distinct_prefixes() {
@@ -704,20 +743,25 @@ mod tests {
         assert!(!wants_ipv6("ipc:///tmp/x"));
     }
 
-    #[test]
-    fn hostname_endpoints_are_matched_by_port_once_resolved() {
+    /// A SUB with its monitor, connected to nothing yet.
+    fn subscriber() -> (zmq::Context, zmq::Socket, Monitor) {
         let context = zmq::Context::new();
-        let socket = context.socket(zmq::SUB).unwrap();
         let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(
+        let (socket, monitor) = Monitor::open(
             &context,
-            &socket,
-            "test",
             &tuning,
+            Role::Subscriber(&[]),
+            "test",
             Duration::from_secs(1),
-            Counters::default(),
+            &Arc::default(),
         )
         .unwrap();
+        (context, socket, monitor)
+    }
+
+    #[test]
+    fn hostname_endpoints_are_matched_by_port_once_resolved() {
+        let (_context, socket, mut m) = subscriber();
         let endpoints = [
             "tcp://localhost:1".to_owned(),
             "tcp://127.0.0.1:2".to_owned(),
@@ -747,18 +791,7 @@ mod tests {
 
     #[test]
     fn a_disconnection_without_a_retry_is_repaired() {
-        let context = zmq::Context::new();
-        let socket = context.socket(zmq::SUB).unwrap();
-        let tuning = SocketTuning::from_config(&gilmsg_config::Config::default());
-        let mut m = Monitor::attach(
-            &context,
-            &socket,
-            "test",
-            &tuning,
-            Duration::from_secs(1),
-            Counters::default(),
-        )
-        .unwrap();
+        let (_context, socket, mut m) = subscriber();
         m.connect(&socket, &["tcp://127.0.0.1:9".to_owned()])
             .unwrap();
         let t0 = Instant::now();

@@ -1,22 +1,10 @@
-//! ZeroMQ plumbing shared by the socket-owning threads.
-//!
-//! libzmq sockets are not thread-safe, so every socket in this crate is
-//! created, used and closed by exactly one thread (an "actor"). Other threads
-//! and async tasks talk to an actor through a [`Mailbox`]: a std channel for
-//! the commands plus a socketpair whose read end sits in the actor's
-//! `zmq::poll` set, so a command wakes the actor at once without the actor
-//! ever spinning or sleeping.
+//! ZeroMQ sockets: their options, and receiving and sending on them.
 //!
 //! [`SocketTuning`] gives every socket its options and its caps on what a
 //! peer may make it hold; the bookkeeping of endpoints and peers (readiness,
-//! re-connects, subscriptions) is in [`crate::monitor`].
+//! re-connects, subscriptions) is in [`super::monitor`], the thread that
+//! owns a socket in [`super::actor`].
 
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gilmsg_config::Config;
@@ -111,7 +99,7 @@ impl SocketTuning {
     /// libzmq cuts off a peer that sends a bigger frame, before allocating
     /// it. On a socket that connects, libzmq then never reconnects (a
     /// protocol error ends the session): the socket's
-    /// [`Monitor`](crate::monitor::Monitor) sees that and re-connects, so one
+    /// [`Monitor`](super::monitor::Monitor) sees that and re-connects, so one
     /// oversize message cannot cut a consumer off the bus for good.
     ///
     /// Linger is 0: a SUB only ever sends its subscriptions, and a
@@ -186,118 +174,22 @@ pub(crate) fn try_recv_bounded(socket: &zmq::Socket, keep: usize) -> Result<Opti
     }
 }
 
-/// Sends `[topic, body]`. On a PUB/XPUB this never blocks: with no matching
-/// subscriber or a full queue, libzmq drops the message (that is what
-/// re-sends are for).
-pub(crate) fn send_frames(socket: &zmq::Socket, frames: &[Vec<u8>; 2]) -> Result<()> {
-    socket
-        .send(&frames[0][..], zmq::SNDMORE | zmq::DONTWAIT)
-        .and_then(|()| socket.send(&frames[1][..], zmq::DONTWAIT))
-        .map_err(|e| Error::socket("send", e))
-}
-
-/// The sending half of an actor's mailbox. Cloneable and thread-safe.
-pub(crate) struct Mailbox<C> {
-    commands: mpsc::Sender<C>,
-    waker: Arc<Waker>,
-}
-
-impl<C> Clone for Mailbox<C> {
-    fn clone(&self) -> Self {
-        Mailbox {
-            commands: self.commands.clone(),
-            waker: self.waker.clone(),
-        }
+/// Sends a message's frames (`[topic, body]`). On a PUB/XPUB this never
+/// blocks: with no matching subscriber or a full queue, libzmq drops the
+/// message (that is what re-sends are for).
+pub(crate) fn send_frames(socket: &zmq::Socket, frames: &[Vec<u8>]) -> Result<()> {
+    let last = frames.len().saturating_sub(1);
+    for (i, frame) in frames.iter().enumerate() {
+        let flags = if i < last {
+            zmq::SNDMORE | zmq::DONTWAIT
+        } else {
+            zmq::DONTWAIT
+        };
+        socket
+            .send(&frame[..], flags)
+            .map_err(|e| Error::socket("send", e))?;
     }
-}
-
-impl<C> Mailbox<C> {
-    /// Queues a command and wakes the actor. Fails once the actor is gone.
-    pub(crate) fn send(&self, command: C) -> Result<()> {
-        self.commands.send(command).map_err(|_| Error::Closed)?;
-        self.waker.wake();
-        Ok(())
-    }
-}
-
-struct Waker {
-    writer: UnixStream,
-    pending: AtomicBool,
-}
-
-impl Waker {
-    fn wake(&self) {
-        // One byte per burst of commands (see `Inbox::drain` for why this
-        // cannot lose a wake-up).
-        if !self.pending.swap(true, Ordering::SeqCst) {
-            let _ = (&self.writer).write(&[1]);
-        }
-    }
-}
-
-/// The actor's half of the mailbox.
-pub(crate) struct Inbox<C> {
-    commands: mpsc::Receiver<C>,
-    reader: UnixStream,
-    waker: Arc<Waker>,
-}
-
-impl<C> Inbox<C> {
-    /// The fd to put in the poll set.
-    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
-        self.reader.as_raw_fd()
-    }
-
-    /// Takes every queued command. Returns `Err` when every sender is gone.
-    pub(crate) fn drain(&mut self, into: &mut Vec<C>) -> std::result::Result<(), ()> {
-        // Order matters: empty the pipe, *then* clear `pending`, then read the
-        // channel. A sender that saw `pending` set has queued its command
-        // before we clear it, so the channel read below finds it; a sender
-        // that finds it clear writes a fresh byte that this drain has not
-        // consumed, so the next poll wakes us. (Clearing first lost wake-ups:
-        // the byte of a sender racing the clear was swallowed here while
-        // `pending` stayed set, and later commands never woke the actor.)
-        let mut sink = [0u8; 64];
-        while let Ok(n) = (&self.reader).read(&mut sink) {
-            if n < sink.len() {
-                break;
-            }
-        }
-        self.waker.pending.store(false, Ordering::SeqCst);
-        loop {
-            match self.commands.try_recv() {
-                Ok(c) => into.push(c),
-                Err(mpsc::TryRecvError::Empty) => return Ok(()),
-                Err(mpsc::TryRecvError::Disconnected) => return Err(()),
-            }
-        }
-    }
-}
-
-/// A connected mailbox pair.
-pub(crate) fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
-    let (reader, writer) =
-        UnixStream::pair().map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
-    reader
-        .set_nonblocking(true)
-        .and_then(|()| writer.set_nonblocking(true))
-        .map_err(|e| Error::os("cannot configure wake-up socketpair", e))?;
-    let (tx, rx) = mpsc::channel();
-    let waker = Arc::new(Waker {
-        writer,
-        pending: AtomicBool::new(false),
-    });
-    Ok((
-        Mailbox {
-            commands: tx,
-            waker: waker.clone(),
-        },
-        Inbox {
-            commands: rx,
-            reader,
-            waker,
-        },
-    ))
+    Ok(())
 }
 
 /// Milliseconds until `deadline` for `zmq::poll`, rounded up so the actor
@@ -316,22 +208,6 @@ pub(crate) fn poll_timeout(deadline: Option<Instant>, now: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mailbox_wakes_and_drains() {
-        let (tx, mut rx) = mailbox::<u32>().unwrap();
-        tx.send(1).unwrap();
-        tx.send(2).unwrap();
-        let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
-        assert_eq!(zmq::poll(&mut items, 1000).unwrap(), 1);
-        let mut got = Vec::new();
-        rx.drain(&mut got).unwrap();
-        assert_eq!(got, vec![1, 2]);
-        let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
-        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
-        drop(tx);
-        assert!(rx.drain(&mut got).is_err());
-    }
 
     #[test]
     fn poll_timeout_rounds_up() {

@@ -1,0 +1,313 @@
+//! [`ConsumerDriver`]: a consumer's rules ([`ConsumerState`]) with what
+//! every transport adds around them: signature checks, the application's
+//! deliveries, signed ACKs, counters and logs.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use gilmsg_proto::ack::AckBody;
+use gilmsg_proto::consumer::{
+    Accepted, Arrival, ConsumerState, Outcome, PendingAck, Refusal, Ticket,
+};
+use gilmsg_proto::{Draft, Envelope, Signer, Validated, Validator};
+use tokio::sync::{mpsc, watch};
+
+use super::{ConsumerCommand, ConsumerLink, Flow, Settle, WireFormat};
+use crate::consumer::{Delivery, InlineHandler, Readiness};
+use crate::error::Result;
+use crate::setup;
+use crate::stats::{ConsumerCounters, LinkCounters};
+
+/// Signs ACKs.
+pub(crate) struct Acker {
+    pub(crate) signer: Arc<dyn Signer>,
+    pub(crate) ack_topic: String,
+    pub(crate) sequence: AtomicU64,
+    pub(crate) username: String,
+}
+
+impl Acker {
+    /// One signed ACK for every entry of `batch` (at most `MAX_ACK_BATCH`).
+    fn seal(&self, batch: &[PendingAck]) -> Result<gilmsg_proto::Sealed> {
+        let (timestamp, year) = setup::now_secs_and_year();
+        let bodies: Vec<AckBody> = batch
+            .iter()
+            .map(|p| AckBody {
+                ack_msg_id: p.msg_id.clone(),
+                ack_digest: Some(p.digest),
+                ack_signer: p.signer.clone(),
+            })
+            .collect();
+        let Some((first, rest)) = bodies.split_first() else {
+            return Err(crate::Error::InvalidArgument("empty ACK batch".into()));
+        };
+        let draft = Draft {
+            topic: self.ack_topic.clone(),
+            msg: AckBody::batch_to_msg(first, rest),
+            msg_id: gilmsg_proto::envelope::new_msg_id(year),
+            i: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp,
+            username: self.username.clone(),
+            wants_ack: false,
+        };
+        Ok(draft.seal(Some(self.signer.as_ref()))?)
+    }
+}
+
+/// What a consumer's builder prepares for its driver, on the caller's
+/// thread (so that configuration errors surface from `build`).
+pub(crate) struct ConsumerParts {
+    pub(crate) state: ConsumerState,
+    pub(crate) validator: Option<Arc<Validator>>,
+    pub(crate) acker: Option<Arc<Acker>>,
+    pub(crate) deliveries: mpsc::Sender<Delivery>,
+    pub(crate) inline: Option<InlineHandler>,
+    pub(crate) counters: Arc<ConsumerCounters>,
+    pub(crate) readiness: watch::Sender<Readiness>,
+}
+
+/// A consumer's rules and bookkeeping, for one transport's loop to drive.
+pub(crate) struct ConsumerDriver<W: WireFormat> {
+    parts: ConsumerParts,
+    /// Where deliveries send their verdicts back.
+    link: Arc<dyn ConsumerLink>,
+    wire: PhantomData<W>,
+}
+
+impl<W: WireFormat> ConsumerDriver<W> {
+    /// A driver whose deliveries report back through `link`.
+    pub(crate) fn new(parts: ConsumerParts, link: Arc<dyn ConsumerLink>) -> Self {
+        ConsumerDriver {
+            parts,
+            link,
+            wire: PhantomData,
+        }
+    }
+
+    /// One command from a handle.
+    pub(crate) fn on_command(&mut self, command: ConsumerCommand) -> Flow {
+        match command {
+            ConsumerCommand::Settle(settle) => {
+                self.settle(settle);
+                Flow::Continue
+            }
+            ConsumerCommand::Shutdown => Flow::Stop,
+        }
+    }
+
+    /// One received message: the state machine decides, this counts, logs
+    /// and hands over.
+    pub(crate) fn on_wire(&mut self, wire: &W::Wire, now: Instant) {
+        let parts = &mut self.parts;
+        parts.counters.received.bump();
+        let room = parts.inline.is_some() || parts.deliveries.capacity() > 0;
+        let validator = parts.validator.as_deref();
+        let verify = |message: &Envelope, signed: &gilmsg_proto::SignedPart| match validator {
+            Some(v) => v.validate_signed(message, signed),
+            None => Ok(Validated {
+                signer: None,
+                unsigned_gilmsg_version: false,
+            }),
+        };
+        let at = Arrival {
+            now,
+            wall_now: setup::unix_now(),
+            room,
+        };
+        let outcome =
+            parts
+                .state
+                .on_received(W::topic(wire), |limit| W::decode(wire, limit), at, verify);
+        match outcome {
+            Outcome::Skipped => parts.counters.ack_skipped.bump(),
+            Outcome::Duplicate { kind, msg_id } => {
+                parts.counters.duplicate.bump(kind.kind());
+                tracing::trace!(msg_id = ?msg_id, kind = kind.kind(), "duplicate");
+            }
+            Outcome::Refused {
+                refusal,
+                msg_id,
+                signer,
+            } => {
+                let (group, kind) = refusal.counter();
+                let family = match refusal {
+                    Refusal::Invalid(_) => &parts.counters.invalid,
+                    Refusal::Rejected(_) | Refusal::Stale(_) | Refusal::BelowReplayFloor { .. } => {
+                        &parts.counters.rejected
+                    }
+                    Refusal::QueueFull | Refusal::DedupeFull => &parts.counters.dropped,
+                };
+                family.bump(kind);
+                // Unverified text is logged with `?` (escaped), never raw.
+                tracing::debug!(
+                    reason = %format_args!("{group}.{kind}"),
+                    msg_id = ?msg_id,
+                    signer = ?signer,
+                    "refused message: {refusal}"
+                );
+            }
+            Outcome::Deliver(accepted) => self.deliver(*accepted),
+        }
+    }
+
+    fn deliver(&mut self, accepted: Accepted) {
+        let Accepted {
+            message,
+            signer,
+            ticket,
+            legacy_unsigned_gilmsg_version,
+        } = accepted;
+        let counters = &self.parts.counters;
+        if legacy_unsigned_gilmsg_version {
+            counters.legacy_unsigned_gilmsg_version.bump();
+        }
+        tracing::debug!(
+            msg_id = message.msg_id(),
+            topic = message.topic(),
+            signer = signer.as_deref().unwrap_or("-"),
+            "delivering"
+        );
+        if let Some(handler) = &mut self.parts.inline {
+            counters.delivered.bump();
+            let verdict = handler(&message, signer.as_deref());
+            if let Err(why) = &verdict {
+                tracing::warn!(
+                    msg_id = message.msg_id(),
+                    "handler failed, not acking: {why}"
+                );
+            }
+            return self.settle(Settle {
+                msg_id: message.msg_id().to_owned(),
+                ticket,
+                handled: verdict.is_ok(),
+            });
+        }
+        let delivery = Delivery::new(message, signer, ticket, self.link.clone());
+        let (mut undelivered, kind) = match self.parts.deliveries.try_send(delivery) {
+            Ok(()) => return counters.delivered.bump(),
+            // Only if the room checked above was taken meanwhile, which it
+            // cannot be: this thread is the only sender.
+            Err(mpsc::error::TrySendError::Full(d)) => (d, "queue_full"),
+            Err(mpsc::error::TrySendError::Closed(d)) => (d, "consumer_closed"),
+        };
+        // Not handled, so not remembered: a re-send gets another chance.
+        if let Some(ticket) = undelivered.take_ticket() {
+            self.parts.state.abandon(&ticket);
+        }
+        counters.dropped.bump(kind);
+        tracing::debug!(msg_id = undelivered.msg_id(), reason = kind, "dropped");
+    }
+
+    /// The application's verdict on a delivery.
+    fn settle(&mut self, settle: Settle) {
+        let Settle {
+            msg_id,
+            ticket,
+            handled,
+        } = settle;
+        if handled {
+            self.parts.counters.handler_ok.bump();
+            tracing::debug!(msg_id, "handled");
+        } else {
+            self.parts.counters.handler_failed.bump();
+            tracing::debug!(msg_id, "not handled: never acked");
+        }
+        self.settle_ticket(ticket, handled);
+    }
+
+    fn settle_ticket(&mut self, ticket: Ticket, handled: bool) {
+        self.parts.state.settle(ticket, handled, Instant::now());
+        self.publish_memory_counters();
+    }
+
+    /// Signs the ACKs the state machine gathered since the last call, one
+    /// signed message per batch it yields, and sends each through `send`.
+    pub(crate) fn flush_acks(&mut self, mut send: impl FnMut(W::Wire) -> Result<()>) {
+        if !self.parts.state.has_pending_acks() {
+            return;
+        }
+        let batches = self.parts.state.take_ack_batches();
+        self.publish_memory_counters();
+        let Some(acker) = self.parts.acker.clone() else {
+            return;
+        };
+        let counters = &self.parts.counters;
+        for batch in batches {
+            match acker.seal(&batch) {
+                Ok(sealed) => {
+                    match send(W::encode(sealed)) {
+                        Ok(()) => counters.acks_sent.bump(),
+                        Err(e) => {
+                            counters.ack_send_failed.bump();
+                            tracing::warn!("ACK send failed: {e}");
+                        }
+                    }
+                    counters.ack_entries.add(batch.len() as u64);
+                }
+                Err(e) => {
+                    counters.ack_sign_failed.bump();
+                    tracing::warn!("cannot sign ACK: {e}");
+                }
+            }
+        }
+    }
+
+    /// Exposed so soak tests and operators can see the bounds hold.
+    fn publish_memory_counters(&self) {
+        let cache = self.parts.state.cache();
+        let counters = &self.parts.counters;
+        counters.dedupe_entries.set(cache.len() as u64);
+        counters.dedupe_evicted.set(cache.evicted());
+        counters.dedupe_expired.set(cache.expired());
+    }
+
+    /// What the transport's sockets count, reported with the consumer's.
+    pub(crate) fn link_counters(&self) -> Arc<LinkCounters> {
+        self.parts.counters.link.clone()
+    }
+
+    /// Whether the consumer has said it is ready.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.parts.readiness.borrow().is_ready()
+    }
+
+    /// Publishes the transport's readiness (watchers are woken only on
+    /// change) and logs the moment the consumer becomes ready, with what is
+    /// down.
+    pub(crate) fn report_readiness(&self, readiness: Readiness) {
+        self.parts.readiness.send_if_modified(|r| {
+            if *r == readiness {
+                return false;
+            }
+            if readiness.is_ready() && !r.is_ready() {
+                if readiness.down.is_empty() {
+                    tracing::info!(
+                        connected = readiness.connected,
+                        expected = readiness.expected,
+                        "consumer ready: every endpoint connected"
+                    );
+                } else {
+                    tracing::warn!(
+                        connected = readiness.connected,
+                        expected = readiness.expected,
+                        ack_path = readiness.ack_path,
+                        down = ?readiness.down,
+                        "consumer ready without some endpoints; libzmq keeps retrying them"
+                    );
+                }
+            } else if !readiness.is_ready() {
+                tracing::debug!(
+                    connected = readiness.connected,
+                    expected = readiness.expected,
+                    ack_path = readiness.ack_path,
+                    waiting_for = ?readiness.down,
+                    "consumer waiting for endpoints"
+                );
+            }
+            *r = readiness;
+            true
+        });
+    }
+}

@@ -1,0 +1,392 @@
+//! One way to run a socket thread (an "actor"): start-up, mailbox, poll loop.
+//!
+//! libzmq sockets are not thread-safe, so every socket is created, used and
+//! closed by exactly one thread. Handles talk to that thread through a
+//! [`Mailbox`]: a std channel for the commands plus a socketpair whose read
+//! end sits in the thread's `zmq::poll` set, so a command wakes the thread
+//! at once without it ever spinning or sleeping.
+//!
+//! [`start`] spawns the thread, builds the actor *on* it (its sockets are
+//! created there), hands back what the set-up produced (the bound
+//! endpoints) or its error before returning, and gives a `done` signal that
+//! fires when the thread has finished (its sockets closed and flushed).
+//! [`run`] is the loop every actor shares: poll its sockets and the mailbox
+//! (its slots named by a [`PollSlot`] enum, not indices), hand the commands
+//! over, then let the actor do what the wake-up brought.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::socket::poll_timeout;
+use crate::error::{Error, Result};
+use crate::transport::Flow;
+
+/// A named place in an actor's poll set (an enum of its sockets).
+pub(crate) trait PollSlot: Copy {
+    /// A distinct number below 32 for each slot.
+    fn bit(self) -> u32;
+}
+
+/// The sockets one wake-up found readable, by slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ready {
+    slots: u32,
+    inbox: bool,
+}
+
+impl Ready {
+    /// Whether `slot` is readable.
+    pub(crate) fn has<S: PollSlot>(&self, slot: S) -> bool {
+        self.slots & (1 << slot.bit()) != 0
+    }
+}
+
+/// An actor's poll set being built: its sockets, each under its slot.
+pub(crate) struct PollSet<'a, S> {
+    items: Vec<zmq::PollItem<'a>>,
+    slots: Vec<S>,
+}
+
+impl<'a, S: PollSlot> PollSet<'a, S> {
+    /// Polls `socket` for input under `slot`.
+    pub(crate) fn add(&mut self, slot: S, socket: &'a zmq::Socket) {
+        self.items.push(socket.as_poll_item(zmq::POLLIN));
+        self.slots.push(slot);
+    }
+
+    /// Waits up to `timeout` ms (-1: forever); the inbox is always item 0.
+    fn poll(mut self, timeout: i64) -> zmq::Result<Ready> {
+        zmq::poll(&mut self.items, timeout)?;
+        let mut ready = Ready {
+            slots: 0,
+            inbox: self.items[0].is_readable(),
+        };
+        for (item, slot) in self.items[1..].iter().zip(&self.slots) {
+            if item.is_readable() {
+                ready.slots |= 1 << slot.bit();
+            }
+        }
+        Ok(ready)
+    }
+}
+
+/// What a socket thread does; [`run`] drives it.
+pub(crate) trait Actor: Send + 'static {
+    /// What handles send it.
+    type Command: Send + 'static;
+    /// Its poll slots.
+    type Slot: PollSlot;
+    /// Adds its sockets to the poll set.
+    fn poll_items<'a>(&'a self, set: &mut PollSet<'a, Self::Slot>);
+    /// When it next needs to run without any socket being readable.
+    fn next_deadline(&mut self, now: Instant) -> Option<Instant>;
+    /// One command from a handle.
+    fn on_command(&mut self, command: Self::Command) -> Flow;
+    /// After every wake-up (readable sockets, commands handled, or a
+    /// deadline): do what is due.
+    fn on_wakeup(&mut self, ready: Ready, now: Instant);
+    /// Once, after the loop ends.
+    fn on_stop(&mut self) {}
+}
+
+/// The loop every socket thread runs, until a command says stop or every
+/// handle is gone.
+fn run<A: Actor>(mut actor: A, mut inbox: Inbox<A::Command>, name: &str) {
+    let mut commands = Vec::new();
+    loop {
+        let now = Instant::now();
+        let timeout = poll_timeout(actor.next_deadline(now), now);
+        let mut set = PollSet {
+            items: vec![zmq::PollItem::from_fd(inbox.fd(), zmq::POLLIN)],
+            slots: Vec::new(),
+        };
+        actor.poll_items(&mut set);
+        let ready = match set.poll(timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("{name} poll failed: {e}");
+                break;
+            }
+        };
+        if ready.inbox {
+            let mut flow = match inbox.drain(&mut commands) {
+                Ok(()) => Flow::Continue,
+                Err(()) => Flow::Stop,
+            };
+            for command in commands.drain(..) {
+                if actor.on_command(command) == Flow::Stop {
+                    flow = Flow::Stop;
+                }
+            }
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        actor.on_wakeup(ready, Instant::now());
+    }
+    actor.on_stop();
+}
+
+/// A socket thread that has started: where to send it commands, what its
+/// set-up produced, and a signal that fires when it has finished.
+pub(crate) struct Started<C, B> {
+    pub(crate) mailbox: Mailbox<C>,
+    pub(crate) bound: B,
+    pub(crate) done: oneshot::Receiver<()>,
+}
+
+/// Spawns the thread `name` (`gilmsg-<what>`), builds the actor on it with
+/// `build` (given a mailbox of its own, for actors that hand it out), and
+/// returns once `build` has succeeded or failed.
+pub(crate) fn start<A, B, F>(what: &str, build: F) -> Result<Started<A::Command, B>>
+where
+    A: Actor,
+    B: Send + 'static,
+    F: FnOnce(Mailbox<A::Command>) -> Result<(A, B)> + Send + 'static,
+{
+    let (mailbox, inbox) = mailbox()?;
+    let own = mailbox.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = oneshot::channel();
+    let name = format!("gilmsg-{what}");
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            match build(own) {
+                Ok((actor, bound)) => {
+                    let _ = ready_tx.send(Ok(bound));
+                    run(actor, inbox, &thread_name);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::os(format!("cannot start {what} thread"), e))?;
+    let bound = ready_rx.recv().map_err(|_| Error::Closed)??;
+    Ok(Started {
+        mailbox,
+        bound,
+        done,
+    })
+}
+
+/// The sending half of an actor's mailbox. Cloneable and thread-safe.
+pub(crate) struct Mailbox<C> {
+    commands: mpsc::Sender<C>,
+    waker: Arc<Waker>,
+}
+
+impl<C> Clone for Mailbox<C> {
+    fn clone(&self) -> Self {
+        Mailbox {
+            commands: self.commands.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<C> Mailbox<C> {
+    /// Queues a command and wakes the actor. Fails once the actor is gone.
+    pub(crate) fn send(&self, command: C) -> Result<()> {
+        self.commands.send(command).map_err(|_| Error::Closed)?;
+        self.waker.wake();
+        Ok(())
+    }
+}
+
+struct Waker {
+    writer: UnixStream,
+    pending: AtomicBool,
+}
+
+impl Waker {
+    fn wake(&self) {
+        // One byte per burst of commands (see `Inbox::drain` for why this
+        // cannot lose a wake-up).
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            let _ = (&self.writer).write(&[1]);
+        }
+    }
+}
+
+/// The actor's half of the mailbox.
+struct Inbox<C> {
+    commands: mpsc::Receiver<C>,
+    reader: UnixStream,
+    waker: Arc<Waker>,
+}
+
+impl<C> Inbox<C> {
+    /// The fd to put in the poll set.
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.reader.as_raw_fd()
+    }
+
+    /// Takes every queued command. Returns `Err` when every sender is gone.
+    fn drain(&mut self, into: &mut Vec<C>) -> std::result::Result<(), ()> {
+        // Order matters: empty the pipe, *then* clear `pending`, then read the
+        // channel. A sender that saw `pending` set has queued its command
+        // before we clear it, so the channel read below finds it; a sender
+        // that finds it clear writes a fresh byte that this drain has not
+        // consumed, so the next poll wakes us. (Clearing first lost wake-ups:
+        // the byte of a sender racing the clear was swallowed here while
+        // `pending` stayed set, and later commands never woke the actor.)
+        let mut sink = [0u8; 64];
+        while let Ok(n) = (&self.reader).read(&mut sink) {
+            if n < sink.len() {
+                break;
+            }
+        }
+        self.waker.pending.store(false, Ordering::SeqCst);
+        loop {
+            match self.commands.try_recv() {
+                Ok(c) => into.push(c),
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(()),
+            }
+        }
+    }
+}
+
+/// A connected mailbox pair.
+fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
+    let (reader, writer) =
+        UnixStream::pair().map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
+    reader
+        .set_nonblocking(true)
+        .and_then(|()| writer.set_nonblocking(true))
+        .map_err(|e| Error::os("cannot configure wake-up socketpair", e))?;
+    let (tx, rx) = mpsc::channel();
+    let waker = Arc::new(Waker {
+        writer,
+        pending: AtomicBool::new(false),
+    });
+    Ok((
+        Mailbox {
+            commands: tx,
+            waker: waker.clone(),
+        },
+        Inbox {
+            commands: rx,
+            reader,
+            waker,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_wakes_and_drains() {
+        let (tx, mut rx) = mailbox::<u32>().unwrap();
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
+        assert_eq!(zmq::poll(&mut items, 1000).unwrap(), 1);
+        let mut got = Vec::new();
+        rx.drain(&mut got).unwrap();
+        assert_eq!(got, vec![1, 2]);
+        let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
+        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
+        drop(tx);
+        assert!(rx.drain(&mut got).is_err());
+    }
+
+    #[derive(Clone, Copy)]
+    enum Slot {
+        Pair,
+    }
+
+    impl PollSlot for Slot {
+        fn bit(self) -> u32 {
+            self as u32
+        }
+    }
+
+    /// Reports what reaches it and stops on command 0.
+    struct Echo {
+        pair: zmq::Socket,
+        _peer: zmq::Socket,
+        seen: std::sync::mpsc::Sender<String>,
+    }
+
+    impl Actor for Echo {
+        type Command = u32;
+        type Slot = Slot;
+        fn poll_items<'a>(&'a self, set: &mut PollSet<'a, Slot>) {
+            set.add(Slot::Pair, &self.pair);
+        }
+        fn next_deadline(&mut self, _: Instant) -> Option<Instant> {
+            None
+        }
+        fn on_command(&mut self, command: u32) -> Flow {
+            let _ = self.seen.send(format!("command {command}"));
+            if command == 0 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        }
+        fn on_wakeup(&mut self, ready: Ready, _: Instant) {
+            if ready.has(Slot::Pair) {
+                while let Ok(bytes) = self.pair.recv_bytes(zmq::DONTWAIT) {
+                    let _ = self.seen.send(String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+        }
+        fn on_stop(&mut self) {
+            let _ = self.seen.send("stopped".into());
+        }
+    }
+
+    #[test]
+    fn an_actor_starts_on_its_thread_reads_its_slots_and_stops() {
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let address = format!("inproc://actor-test-{}", std::process::id());
+        let started = start("test", move |_own| {
+            let context = zmq::Context::new();
+            let pair = context
+                .socket(zmq::PAIR)
+                .map_err(|e| Error::socket("pair", e))?;
+            pair.bind(&address).map_err(|e| Error::socket("bind", e))?;
+            let peer = context
+                .socket(zmq::PAIR)
+                .map_err(|e| Error::socket("pair", e))?;
+            peer.connect(&address)
+                .map_err(|e| Error::socket("connect", e))?;
+            peer.send("hello", 0)
+                .map_err(|e| Error::socket("send", e))?;
+            let echo = Echo {
+                pair,
+                _peer: peer,
+                seen: seen_tx,
+            };
+            Ok((echo, "bound"))
+        })
+        .unwrap();
+        assert_eq!(started.bound, "bound");
+        let wait = std::time::Duration::from_secs(5);
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "hello");
+        started.mailbox.send(7).unwrap();
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "command 7");
+        started.mailbox.send(0).unwrap();
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "command 0");
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "stopped");
+        started.done.blocking_recv().expect("the thread finished");
+        // A set-up that fails is reported, and nothing runs.
+        let failed = start::<Echo, (), _>("test", |_| Err(Error::Closed));
+        assert!(matches!(failed, Err(Error::Closed)));
+    }
+}
