@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod amqp;
 pub mod check;
 mod config;
 mod error;
@@ -62,6 +63,7 @@ mod keys;
 mod load;
 mod parse;
 
+pub use amqp::{AmqpConfig, AmqpTls, BindingConfig, ExchangeConfig, QueueConfig};
 pub use config::{Config, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};

@@ -132,14 +132,38 @@ impl TopicScheme {
         }
     }
 
-    /// `<topic_prefix>.<environment>`.
+    /// A scheme whose topics are `<prefix>.<modname>.<topic>`, or
+    /// `<modname>.<topic>` for an empty prefix: fedora-messaging's
+    /// `topic_prefix`, which is the whole prefix and empty by default.
+    pub fn from_prefix(prefix: &str) -> Self {
+        TopicScheme {
+            prefix: prefix.trim_end_matches('.').to_owned(),
+        }
+    }
+
+    /// `<topic_prefix>.<environment>` (possibly empty, see
+    /// [`TopicScheme::from_prefix`]).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The full topic for a module's sub-topic.
     pub fn topic(&self, modname: &str, topic: &str) -> String {
-        format!("{}.{modname}.{topic}", self.prefix)
+        if self.prefix.is_empty() {
+            format!("{modname}.{topic}")
+        } else {
+            format!("{}.{modname}.{topic}", self.prefix)
+        }
+    }
+
+    /// What every topic of this bus starts with: `<prefix>.`, or nothing
+    /// for an empty prefix.
+    pub fn topic_root(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", self.prefix)
+        }
     }
 
     /// The topic every ACK is published on.
@@ -763,6 +787,12 @@ mod tests {
             "org.fedoraproject.dev.logger.log"
         );
         assert_eq!(scheme.ack_topic(), "org.fedoraproject.dev.gilmsg.ack");
+        let bare = TopicScheme::from_prefix("");
+        assert_eq!(bare.ack_topic(), "gilmsg.ack");
+        assert_eq!(bare.topic_root(), "");
+        let full = TopicScheme::from_prefix("org.fedoraproject.prod");
+        assert_eq!(full.topic("bodhi", "update"), "org.fedoraproject.prod.bodhi.update");
+        assert_eq!(full.topic_root(), "org.fedoraproject.prod.");
         let id = new_msg_id(2026);
         assert!(id.starts_with("2026-") && id.len() == 41);
     }
