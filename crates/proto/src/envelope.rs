@@ -35,6 +35,12 @@ use crate::digest::Digest;
 
 /// Fields left out of the signed bytes.
 pub const UNSIGNED_FIELDS: [&str; 2] = ["signature", "certificate"];
+/// The field naming the message's schema, as fedora-messaging's
+/// `fedora_messaging_schema` header does (e.g. `base.message`). Signed like
+/// every other field; the AMQP transport also writes it as that header and
+/// reads an unsigned fedora-messaging message's header into it, so that
+/// both transports offer it in the same place.
+pub const SCHEMA_FIELD: &str = "fedora_messaging_schema";
 /// The field whose presence asks consumers for an ACK.
 pub const GILMSG_VERSION_FIELD: &str = "gilmsg_version";
 /// The `gilmsg_version` value this implementation writes.
@@ -461,6 +467,13 @@ impl Envelope {
         let Value::Object(body) = value else {
             return Err(DecodeError::Shape("body is not a JSON object".into()));
         };
+        Self::from_body(body)
+    }
+
+    /// Shape-checks a body a transport assembled itself (AMQP carries
+    /// `msg` as the message body and the other fields in a header): the
+    /// same checks as [`Envelope::parse_body`] after parsing.
+    pub fn from_body(body: Map<String, Value>) -> Result<Self, DecodeError> {
         require(&body, "topic", Value::is_string, "a string")?;
         require(&body, "msg", |_| true, "present")?;
         require(&body, "msg_id", Value::is_string, "a string")?;
@@ -791,7 +804,10 @@ mod tests {
         assert_eq!(bare.ack_topic(), "gilmsg.ack");
         assert_eq!(bare.topic_root(), "");
         let full = TopicScheme::from_prefix("org.fedoraproject.prod");
-        assert_eq!(full.topic("bodhi", "update"), "org.fedoraproject.prod.bodhi.update");
+        assert_eq!(
+            full.topic("bodhi", "update"),
+            "org.fedoraproject.prod.bodhi.update"
+        );
         assert_eq!(full.topic_root(), "org.fedoraproject.prod.");
         let id = new_msg_id(2026);
         assert!(id.starts_with("2026-") && id.len() == 41);

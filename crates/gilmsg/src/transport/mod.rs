@@ -59,6 +59,12 @@ pub(crate) trait WireFormat: Send + 'static {
     /// Decodes `wire`, refusing a body over `max_size` bytes. Errors are
     /// counted by their kind, the same on every transport.
     fn decode(wire: &Self::Wire, max_size: usize) -> std::result::Result<Envelope, DecodeError>;
+
+    /// What a broker said about a sent message, for a timeout's report
+    /// (`None`: the transport has no broker, as ZeroMQ).
+    fn broker_verdict(_wire: &Self::Wire) -> Option<crate::amqp::BrokerVerdict> {
+        None
+    }
 }
 
 /// Whether a transport's loop goes on after a command.
