@@ -27,6 +27,9 @@
 //! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg
 //!   accepts (the interop tests and the benchmark's Python anchor).
 //! - [`memory`]: a process's resident and peak memory, from `/proc`.
+//! - [`rabbit`]: a throwaway RabbitMQ node (own dirs, ports, epmd; stopped
+//!   by PID through a watchdog even if the test process dies) and TLS
+//!   certificates for it.
 //! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
 //!
 //! Child processes are [`Proc`]s, the type the demo starts its roles with
@@ -46,6 +49,7 @@ pub mod forge;
 pub mod guard;
 pub mod memory;
 pub mod python;
+pub mod rabbit;
 pub mod raw;
 pub mod rsa_pki;
 
