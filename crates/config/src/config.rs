@@ -418,13 +418,16 @@ impl Config {
             return bad("high_water_mark", r);
         }
 
-        if self.active && self.relay_inbound.is_empty() {
+        // How to publish on ZeroMQ (through the relay or by binding); an
+        // AMQP bus publishes to its broker either way.
+        let zeromq = self.amqp.is_none();
+        if zeromq && self.active && self.relay_inbound.is_empty() {
             return bad(
                 "relay_inbound",
                 "active = true publishes by connecting to relay_inbound, which is empty".into(),
             );
         }
-        if let (Some(name), false) = (&self.name, self.active) {
+        if let (Some(name), false, true) = (&self.name, self.active, zeromq) {
             if !self.endpoints.contains_key(name) {
                 return bad(
                     "name",

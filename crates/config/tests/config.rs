@@ -753,6 +753,24 @@ fn amqp_defaults_and_the_environment() {
 }
 
 #[test]
+fn amqp_ignores_the_zeromq_publishing_topology() {
+    // `active = true` (the tools' default) publishes through relay_inbound
+    // on ZeroMQ; on AMQP everything goes to the broker, so neither an
+    // empty relay_inbound nor a `name` without endpoints is an error.
+    let origin = Path::new("/etc/gilmsg/amqp.toml");
+    let mut c = Config::from_toml_str(
+        "amqp_url = \"amqp://\"\nactive = true\nname = \"svc\"\n",
+        origin,
+    )
+    .unwrap();
+    c.validate().unwrap();
+    c.active = false;
+    c.validate().unwrap();
+    let e = Config::from_toml_str("active = true\n", origin).unwrap_err();
+    assert_eq!(e.key(), Some("relay_inbound"), "{e}");
+}
+
+#[test]
 fn amqp_errors_name_the_file_and_the_key() {
     let origin = Path::new("/etc/gilmsg/amqp.toml");
     let cases = [
