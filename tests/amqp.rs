@@ -422,3 +422,77 @@ fn tls_with_client_certificates() {
         ledger.stop();
     });
 }
+
+#[test]
+fn the_tools_work_unchanged_on_amqp() {
+    within_async(LIMIT, || async {
+        let Some(bus) = AmqpBus::start(bins!(), "tools", &["j", "x", "p"]) else { return };
+        let config = bus.config_path.display().to_string();
+        // --json, --exec (the whole signed message on stdin), and the plain
+        // print, each a real gilmsg-consumer.
+        let j = bus.consumer("j", &[]);
+        let handled = bus.dir().join("handled");
+        let exec = format!("cat >> {0:?}; echo >> {0:?}", handled.display().to_string());
+        let x = bus.consumer("x", &["--exec", &exec]);
+        let mut command = bus.bins().consumer_command(&bus.config_path, "p", &[]);
+        command.env("GILMSG_LOG", "warn");
+        let p = bus.spawn("p", command);
+        p.expect_stderr("gilmsg-consumer: ready", gilmsg_testkit::READY_TIMEOUT);
+        // gilmsg-logger publishes and prints the receipt.
+        let out = bus.logger(
+            &["--config", &config, "--certname", PUBLISHER, "--message", "hello amqp", "--recipients", "j,x,p", "--print-receipt"],
+            "",
+            WAIT,
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        let receipt: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(receipt["acks"].as_array().map(Vec::len), Some(3), "{receipt}");
+        let msg_id = receipt["msg_id"].as_str().expect("msg_id").to_owned();
+        let line = j.wait_stdout(&msg_id, WAIT);
+        let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(printed["body"]["msg"]["log"], "hello amqp", "{line}");
+        assert_eq!(printed["signer"], PUBLISHER, "{line}");
+        let plain = p.wait_stdout(&msg_id, WAIT).unwrap_or_else(|e| panic!("{e}"));
+        assert!(plain.contains("signer=publisher") && plain.contains("hello amqp"), "{plain}");
+        let text = std::fs::read_to_string(&handled).unwrap();
+        let whole: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(whole["msg_id"], msg_id.as_str());
+        assert_eq!(whole["msg"]["log"], "hello amqp");
+        assert!(whole["signature"].is_string() && whole["certificate"].is_string(), "{whole}");
+        // --json-input, several messages from stdin, each acknowledged.
+        let out = bus.logger(
+            &["--config", &config, "--certname", PUBLISHER, "--json-input", "--topic", "batch", "--recipients", "j", "--print-receipt"],
+            "{\"n\": 1}\n{\"n\": 2}\n",
+            WAIT,
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        assert_eq!(out.stdout.lines().count(), 2, "{out:?}");
+        j.wait_stdout("\"n\":2", WAIT);
+        let stats = x.wait_stats("its ACKs confirmed", WAIT, |s| s.get("ack.confirmed") >= 3);
+        assert_eq!(stats.get("handler.ok"), 3, "{stats}");
+        j.stop();
+        x.stop();
+    });
+}
+
+#[test]
+fn the_blocking_library_works_on_amqp() {
+    gilmsg_testkit::within(LIMIT, || {
+        let Some(bus) = AmqpBus::start(bins!(), "blocking", &["c1", "offline"]) else { return };
+        let c1 = bus.consumer("c1", &[]);
+        let publisher = gilmsg::blocking::Bus::from_async(bus.publisher()).expect("blocking bus");
+        let receipt = publisher
+            .publish("blocking", json!({"n": 1}), &["c1"], WAIT)
+            .expect("c1 acks");
+        assert_eq!(receipt.acks[0].recipient, "c1");
+        let err = publisher
+            .publish("blocking", json!({"n": 2}), &["c1", "offline"], Duration::from_millis(800))
+            .expect_err("offline never acks");
+        let timeout = err.as_timeout().unwrap_or_else(|| panic!("not a timeout: {err}"));
+        assert_eq!(timeout.missing, ["offline"]);
+        assert_eq!(timeout.acked_names(), ["c1"]);
+        assert_eq!(publisher.stats().get("publish.acked"), 1);
+        publisher.close();
+        c1.stop();
+    })
+}
