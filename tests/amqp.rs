@@ -311,7 +311,7 @@ fn an_unroutable_message_fails_at_once() {
 fn a_broker_restart_during_a_publish_gives_no_false_positive() {
     within_async(LIMIT, || async {
         // Its own node: restarting the shared one would disturb the others.
-        if amqp::shared().is_none() {
+        if !amqp::available() {
             return;
         }
         let own: &'static Rabbit = Box::leak(Box::new(
@@ -494,5 +494,42 @@ fn the_blocking_library_works_on_amqp() {
         assert_eq!(publisher.stats().get("publish.acked"), 1);
         publisher.close();
         c1.stop();
+    })
+}
+
+#[test]
+fn the_demo_runs_on_a_rabbitmq_it_starts_itself() {
+    gilmsg_testkit::within(LIMIT, || {
+        if !amqp::available() {
+            return;
+        }
+        let demo = std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-demo"));
+        let out = gilmsg_testkit::run_tool(
+            demo,
+            &["--transport", "amqp"],
+            "",
+            Duration::from_secs(150),
+            &gilmsg_testkit::guard::current(),
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        for needle in [
+            "A RabbitMQ node on 127.0.0.1",
+            "acked by consumer-c",
+            "missing: [\"consumer-d\"]",
+            "routed it to a queue",
+            "demo finished",
+        ] {
+            assert!(out.stdout.contains(needle), "{needle:?} not in {}", out.stdout);
+        }
+        // The node it started is gone: its name is in the output.
+        let node = out
+            .stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("node "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the node's name")
+            .to_owned();
+        let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&ps.stdout).contains(&node), "{node} still runs");
     })
 }

@@ -16,6 +16,8 @@
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
 //! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
+//! - [`rabbit`]: a throwaway RabbitMQ node (the demo's `--transport amqp`,
+//!   the tests, the bench).
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -29,6 +31,7 @@ pub mod demo;
 pub mod logger;
 pub mod pki;
 pub mod procs;
+pub mod rabbit;
 pub mod relay;
 pub mod roles;
 pub mod signals;

@@ -37,17 +37,26 @@ pub const TLS_CLIENTS: &[&str] = &["publisher", "ledger"];
 pub fn shared() -> Option<&'static Rabbit> {
     static NODE: OnceLock<Option<Rabbit>> = OnceLock::new();
     NODE.get_or_init(|| {
-        if !rabbit::installed() {
-            if std::env::var_os("GILMSG_REQUIRE_RABBITMQ").is_some() {
-                panic!("{}", rabbit::NOT_INSTALLED);
-            }
-            eprintln!("SKIP: {}", rabbit::NOT_INSTALLED);
+        if !available() {
             return None;
         }
         let tls = Tls::make(&shared_tls_dir(), TLS_CLIENTS).unwrap_or_else(|e| panic!("{e}"));
-        Some(Rabbit::start(Some(&tls), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}")))
+        Some(Rabbit::start(Some(&tls.listener()), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}")))
     })
     .as_ref()
+}
+
+/// Whether the AMQP tests can run (`rabbitmq-server` installed); when it
+/// is not, says SKIP, or panics if `GILMSG_REQUIRE_RABBITMQ` is set.
+pub fn available() -> bool {
+    if rabbit::installed() {
+        return true;
+    }
+    if std::env::var_os("GILMSG_REQUIRE_RABBITMQ").is_some() {
+        panic!("{}", rabbit::NOT_INSTALLED);
+    }
+    eprintln!("SKIP: {}", rabbit::NOT_INSTALLED);
+    false
 }
 
 /// Where the shared node's TLS material is (`ca.crt`, `server.*`,
