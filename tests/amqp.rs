@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gilmsg_proto::ack::AckBody;
@@ -532,4 +533,167 @@ fn the_demo_runs_on_a_rabbitmq_it_starts_itself() {
         let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&ps.stdout).contains(&node), "{node} still runs");
     })
+}
+
+/// A directory for a fedora-messaging process: its config (`fm.toml`,
+/// fedora-messaging's own format) and the callback module `fm_record`,
+/// which validates each message and appends what it saw as a JSON line to
+/// `$GILMSG_FM_OUT`.
+fn fedora_messaging_dir(bus: &AmqpBus, binding_key: &str) -> std::path::PathBuf {
+    let dir = bus.dir().join("fedora-messaging");
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    std::fs::write(
+        dir.join("fm.toml"),
+        format!(
+            r#"amqp_url = "{url}"
+publish_exchange = "amq.topic"
+topic_prefix = ""
+callback = "fm_record:record"
+
+[client_properties]
+app = "gilmsg interop test"
+
+[queues.fm_interop]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "fm_interop"
+exchange = "amq.topic"
+routing_keys = ["{binding_key}"]
+
+[qos]
+prefetch_size = 0
+prefetch_count = 25
+"#,
+            url = bus.url
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("fm_record.py"),
+        r#"import json, os
+
+def record(message):
+    message.validate()  # fedora-messaging's schema check (get_message ran it too)
+    with open(os.environ["GILMSG_FM_OUT"], "a") as out:
+        out.write(json.dumps({
+            "topic": message.topic,
+            "id": message.id,
+            "body": message.body,
+            "class": type(message).__module__ + "." + type(message).__name__,
+            "schema_header": message._headers.get("fedora_messaging_schema"),
+            "severity": message.severity,
+            "sent_at": message._headers.get("sent-at"),
+            "gilmsg_envelope": "gilmsg_envelope" in message._headers,
+        }) + "\n")
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn fedora_messaging_consume_receives_our_messages() {
+    within_async(LIMIT, || async {
+        let Some(bus) = AmqpBus::start(bins!(), "fm-consume", &["ledger"]) else { return };
+        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else { return };
+        let topic = bus.topic("interop");
+        let dir = fedora_messaging_dir(&bus, &topic);
+        // The queue fedora-messaging's config declares, declared first so
+        // that our message waits in it whatever the peer's start-up time.
+        RawPeer::connect(&bus.url).await.durable_queue("fm_interop", &topic).await;
+        let ledger = bus.consumer("ledger", &[]);
+        let config = bus.config_path.display().to_string();
+        let out = bus.logger(
+            &["--config", &config, "--certname", PUBLISHER, "--json-input", "--modname", "test", "--topic", "interop",
+              "--recipients", "ledger", "--print-receipt"],
+            "{\"package\": \"gilmsg\", \"version\": [0, 1], \"note\": \"h\u{e9}llo\"}\n",
+            WAIT,
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        let receipt: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let msg_id = receipt["msg_id"].as_str().unwrap().to_owned();
+        let recorded = dir.join("recorded.jsonl");
+        // Its log goes to fm.log (quoted if the callback never runs).
+        let mut command = gilmsg_testkit::python::command(Path::new("sh"), &dir);
+        command
+            .arg("-c")
+            .arg("exec \"$0\" --conf fm.toml consume > fm.log 2>&1")
+            .arg(venv.join("bin/fedora-messaging"))
+            .env("PYTHONPATH", &dir)
+            .env("GILMSG_FM_OUT", &recorded)
+            .stdin(std::process::Stdio::null());
+        let consumer = bus.spawn("fedora-messaging consume", command);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&recorded).is_ok_and(|t| t.ends_with('\n')) {
+            assert!(
+                Instant::now() < deadline,
+                "fedora-messaging's callback never ran; its log:\n{}",
+                std::fs::read_to_string(dir.join("fm.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(consumer);
+        let text = std::fs::read_to_string(&recorded).unwrap();
+        let seen: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(seen["topic"], topic.as_str(), "{seen}");
+        assert_eq!(seen["id"], msg_id.as_str(), "{seen}");
+        assert_eq!(seen["body"], json!({"package": "gilmsg", "version": [0, 1], "note": "h\u{e9}llo"}), "{seen}");
+        assert_eq!(seen["class"], "fedora_messaging.message.Message", "{seen}");
+        assert_eq!(seen["schema_header"], "base.message", "{seen}");
+        assert_eq!(seen["severity"], 20, "{seen}");
+        assert!(seen["sent_at"].as_str().is_some_and(|t| t.ends_with("+00:00")), "{seen}");
+        assert_eq!(seen["gilmsg_envelope"], true, "{seen}");
+        ledger.stop();
+    });
+}
+
+#[test]
+fn fedora_messaging_publish_reaches_our_consumer_as_unsigned() {
+    within_async(LIMIT, || async {
+        let Some(bus) = AmqpBus::start(bins!(), "fm-publish", &["open", "strict"]) else { return };
+        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else { return };
+        let topic = bus.topic("from-python");
+        let dir = fedora_messaging_dir(&bus, &topic);
+        let open_config = bus.dir().join("open.toml");
+        let text = std::fs::read_to_string(&bus.config_path).unwrap();
+        std::fs::write(&open_config, text.replace("validate_signatures = true", "validate_signatures = false")).unwrap();
+        let open = bus.consumer_with("open", &open_config, "warn", &[]);
+        let strict = bus.consumer_with("strict", &bus.config_path, "debug", &[]);
+        // fedora-messaging writes the message file itself (`dumps`), then
+        // publishes it with its CLI (broker confirm, no mandatory).
+        let mut dump = gilmsg_testkit::python::command(&venv.join("bin/python"), &dir);
+        dump.args([
+            "-c",
+            "import sys; from fedora_messaging import message as m; \
+             sys.stdout.write(m.dumps(m.Message(topic=sys.argv[1], body={'from': 'fedora-messaging', 'n': 1})))",
+            &topic,
+        ]);
+        let line = gilmsg_testkit::child::run_ok(dump, "fedora-messaging dumps", "", WAIT);
+        std::fs::write(dir.join("messages.jsonl"), &line).unwrap();
+        let sent: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        let mut publish = gilmsg_testkit::python::command(&venv.join("bin/fedora-messaging"), &dir);
+        publish.args(["--conf", "fm.toml", "publish", "--exchange", "amq.topic", "messages.jsonl"]);
+        gilmsg_testkit::child::run_ok(publish, "fedora-messaging publish", "", Duration::from_secs(60));
+        // validate_signatures = false: delivered, marked unsigned (no
+        // signer), and never acknowledged (it asked for nothing).
+        let printed = open.wait_stdout("fedora-messaging", WAIT);
+        let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(printed["signer"], serde_json::Value::Null, "{printed}");
+        assert_eq!(printed["topic"], topic.as_str(), "{printed}");
+        assert_eq!(printed["msg_id"], sent["id"], "{printed}");
+        assert_eq!(printed["body"]["msg"], json!({"from": "fedora-messaging", "n": 1}), "{printed}");
+        let stats = open.wait_stats("delivered", WAIT, |s| s.get("message.delivered") == 1);
+        assert_eq!(stats.get("ack.sent"), 0, "{stats}");
+        // validate_signatures = true: refused as unsigned, counted, not
+        // delivered.
+        let stats = strict.wait_stats("the refusal", WAIT, |s| s.get("rejected.unsigned") == 1);
+        assert_eq!(stats.get("message.delivered"), 0, "{stats}");
+        assert_eq!(strict.next_stdout(Duration::from_millis(200)), None);
+        open.stop();
+        strict.stop();
+    });
 }

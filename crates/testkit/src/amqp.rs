@@ -310,6 +310,34 @@ impl RawPeer {
             .expect("consume")
     }
 
+    /// Declares the durable queue `name` (as fedora-messaging's config
+    /// declares its queues) bound to `binding_key` on `amq.topic`, so that
+    /// messages wait in it before its consumer starts.
+    pub async fn durable_queue(&self, name: &str, binding_key: &str) {
+        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        self.channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("declare");
+        self.channel
+            .queue_bind(
+                name.into(),
+                "amq.topic".into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                Default::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
     /// Publishes `body` with `properties` to `routing_key` on `amq.topic`
     /// and waits for the broker's confirm.
     pub async fn publish(&self, routing_key: &str, body: &[u8], properties: lapin::BasicProperties) {
