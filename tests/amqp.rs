@@ -697,3 +697,53 @@ fn fedora_messaging_publish_reaches_our_consumer_as_unsigned() {
         strict.stop();
     });
 }
+
+/// The TOML block of `docs/amqp.md` after `<!-- amqp-example: NAME -->`.
+fn guide_example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/amqp.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let marker = format!("<!-- amqp-example: {name} -->");
+    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{marker} not in docs/amqp.md")).1;
+    let block = after.split_once("```toml\n").expect("a toml block").1;
+    block.split_once("```").expect("its end").0.to_owned()
+}
+
+#[test]
+fn the_amqp_guide_example_loads_and_runs() {
+    within_async(LIMIT, || async {
+        let example = guide_example("ledger.toml");
+        // As written.
+        let origin = Path::new("/etc/fedora-messaging/ledger.toml");
+        let config = gilmsg::Config::from_toml_str(&example, origin).unwrap_or_else(|e| panic!("{e}"));
+        let amqp = config.amqp.as_ref().expect("amqp_url selects AMQP");
+        assert!(amqp.uses_tls());
+        assert!(amqp.queues.contains_key("ledger.gilmsg"));
+        assert_eq!(config.topic_scheme().topic("bodhi", "update"), "org.fedoraproject.prod.bodhi.update");
+        // On a throwaway node: the same text, its URL and paths replaced.
+        let Some(bus) = AmqpBus::start(bins!(), "guide", &["ledger"]) else { return };
+        let tls = amqp::shared_tls_dir();
+        let url = bus.node.tls_url(&bus.vhost).expect("TLS listener");
+        let local = example
+            .replace("amqps://ledger@rabbitmq.example.org/%2Fpubsub", &url)
+            .replace("/etc/fedora-messaging/cacert.pem", &tls.join("ca.crt").display().to_string())
+            .replace("/etc/fedora-messaging/ledger-key.pem", &tls.join("ledger.key").display().to_string())
+            .replace("/etc/fedora-messaging/ledger-cert.pem", &tls.join("ledger.crt").display().to_string())
+            .replace("/etc/gilmsg/pki", &bus.ssldir.display().to_string());
+        assert!(!local.lines().any(|l| !l.starts_with('#') && l.contains("/etc/")), "{local}");
+        let path = bus.dir().join("ledger.toml");
+        std::fs::write(&path, &local).unwrap();
+        let ledger = bus.consumer_with("ledger", &path, "warn", &[]);
+        let publisher = gilmsg::Bus::builder(&gilmsg::Config::from_path(&path).unwrap())
+            .modname("bodhi")
+            .certname(PUBLISHER)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let receipt = publisher
+            .publish("update", json!({"alias": "FEDORA-2026-1"}), &["ledger"], WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(receipt.topic, "org.fedoraproject.prod.bodhi.update");
+        ledger.wait_stdout("FEDORA-2026-1", WAIT);
+        ledger.stop();
+    });
+}
