@@ -233,8 +233,12 @@ impl ConsumerBuilder {
             },
             reack: ReackPolicy::default(),
         };
+        let mut state = ConsumerState::new(settings, Instant::now());
+        if !config.schemas.is_empty() {
+            state = state.with_schemas(Arc::new(config.schemas.clone()));
+        }
         let parts = ConsumerParts {
-            state: ConsumerState::new(settings, Instant::now()),
+            state,
             validator,
             acker: acker.clone(),
             deliveries: deliveries_tx,

@@ -196,6 +196,11 @@ counters! {
         delivered: Counter = "message.delivered",
         ack_skipped: Counter = "message.ack_skipped",
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
+        /// Delivered messages whose `msg` passed their topic's schema.
+        schema_checked: Counter = "schema.checked",
+        /// Delivered messages naming a schema this consumer does not know
+        /// for their topic (`fedora_messaging_schema`).
+        schema_unknown_name: Counter = "schema.unknown_name",
         invalid: Family = "invalid",
         rejected: Family = "rejected",
         duplicate: Family = "duplicate",

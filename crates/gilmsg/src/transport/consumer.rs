@@ -71,6 +71,8 @@ pub(crate) struct ConsumerParts {
 /// A consumer's rules and bookkeeping, for one transport's loop to drive.
 pub(crate) struct ConsumerDriver<W: WireFormat> {
     parts: ConsumerParts,
+    /// Schema names already warned about.
+    unknown_schemas: UnknownSchemas,
     /// Where deliveries send their verdicts back.
     link: Arc<dyn ConsumerLink>,
     wire: PhantomData<W>,
@@ -81,6 +83,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
     pub(crate) fn new(parts: ConsumerParts, link: Arc<dyn ConsumerLink>) -> Self {
         ConsumerDriver {
             parts,
+            unknown_schemas: UnknownSchemas::default(),
             link,
             wire: PhantomData,
         }
@@ -134,9 +137,10 @@ impl<W: WireFormat> ConsumerDriver<W> {
                 let (group, kind) = refusal.counter();
                 let family = match refusal {
                     Refusal::Invalid(_) => &parts.counters.invalid,
-                    Refusal::Rejected(_) | Refusal::Stale(_) | Refusal::BelowReplayFloor { .. } => {
-                        &parts.counters.rejected
-                    }
+                    Refusal::Rejected(_)
+                    | Refusal::Stale(_)
+                    | Refusal::BelowReplayFloor { .. }
+                    | Refusal::Schema(_) => &parts.counters.rejected,
                     Refusal::QueueFull | Refusal::DedupeFull => &parts.counters.dropped,
                 };
                 family.bump(kind);
@@ -158,10 +162,18 @@ impl<W: WireFormat> ConsumerDriver<W> {
             signer,
             ticket,
             legacy_unsigned_gilmsg_version,
+            schema,
         } = accepted;
         let counters = &self.parts.counters;
         if legacy_unsigned_gilmsg_version {
             counters.legacy_unsigned_gilmsg_version.bump();
+        }
+        if schema.checked {
+            counters.schema_checked.bump();
+        }
+        if let Some(name) = schema.unknown_name {
+            counters.schema_unknown_name.bump();
+            self.unknown_schemas.note(name, message.topic());
         }
         tracing::debug!(
             msg_id = message.msg_id(),
@@ -309,5 +321,33 @@ impl<W: WireFormat> ConsumerDriver<W> {
             *r = readiness;
             true
         });
+    }
+}
+
+/// Schema names a consumer has warned about: one warning per name (and at
+/// most [`UnknownSchemas::MAX`] names), then debug lines and the
+/// `schema.unknown_name` counter. fedora-messaging warns on every such
+/// message, which makes it the most common line in its users' logs.
+#[derive(Debug, Default)]
+struct UnknownSchemas {
+    warned: std::collections::HashSet<String>,
+}
+
+impl UnknownSchemas {
+    const MAX: usize = 64;
+
+    fn note(&mut self, name: String, topic: &str) {
+        let shown = gilmsg_proto::schema::printable(&name).into_owned();
+        if self.warned.len() < Self::MAX && !self.warned.contains(&name) {
+            tracing::warn!(
+                schema = %shown,
+                topic,
+                "messages name a schema this consumer does not know for their topic; \
+                 delivered (each counted as schema.unknown_name, further ones logged at debug)"
+            );
+            self.warned.insert(name);
+        } else {
+            tracing::debug!(schema = %shown, topic, "unknown schema name");
+        }
     }
 }
