@@ -299,7 +299,9 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err("the schema name is empty".into());
     }
     if name.chars().any(is_unsafe_char) {
-        return Err(format!("the schema name {name:?} holds a control character"));
+        return Err(format!(
+            "the schema name {name:?} holds a control character"
+        ));
     }
     if name.chars().count() > MAX_SCHEMA_NAME {
         return Err(format!(
@@ -314,8 +316,8 @@ fn compile(file: &Path) -> Result<jsonschema::Validator, String> {
     let shown = file.display();
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read schema file {shown}: {e}"))?;
-    let schema: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("schema file {shown} is not JSON: {e}"))?;
+    let schema: Value =
+        serde_json::from_str(&text).map_err(|e| format!("schema file {shown} is not JSON: {e}"))?;
     jsonschema::options()
         .should_validate_formats(false)
         .build(&schema)
@@ -323,11 +325,7 @@ fn compile(file: &Path) -> Result<jsonschema::Validator, String> {
             let pointer = e.instance_path().as_str();
             format!(
                 "schema file {shown} is not a valid JSON Schema: at \"{pointer}\"{}: {e}",
-                if pointer.is_empty() {
-                    " (the top)"
-                } else {
-                    ""
-                }
+                if pointer.is_empty() { " (the top)" } else { "" }
             )
         })
 }
@@ -454,12 +452,18 @@ mod tests {
         else {
             panic!("a string amount passed");
         };
-        assert_eq!((v.instance_path.as_str(), v.keyword.as_str()), ("/amount", "type"));
+        assert_eq!(
+            (v.instance_path.as_str(), v.keyword.as_str()),
+            ("/amount", "type")
+        );
         assert!(!v.reason.contains("secret-123"), "{v}");
         let SchemaVerdict::Failed(v) = schemas.check(topic, &json!({})) else {
             panic!("a missing amount passed");
         };
-        assert_eq!((v.instance_path.as_str(), v.keyword.as_str()), ("", "required"));
+        assert_eq!(
+            (v.instance_path.as_str(), v.keyword.as_str()),
+            ("", "required")
+        );
         // Draft 4: 1.0 is not an integer (later drafts say it is).
         assert!(matches!(
             schemas.check(topic, &json!({"amount": 1.0})),

@@ -721,7 +721,11 @@ topic_prefix = "org.example"
     assert_eq!(
         entries,
         [
-            ("org.example.prod.billing.invoice.new", file.as_path(), "invoice.v1"),
+            (
+                "org.example.prod.billing.invoice.new",
+                file.as_path(),
+                "invoice.v1"
+            ),
             ("org.example.prod.billing.#", file.as_path(), "billing.v1"),
         ]
     );
@@ -730,8 +734,10 @@ topic_prefix = "org.example"
         Some("billing.v1")
     );
     assert!(matches!(
-        c.schemas
-            .check("org.example.prod.billing.invoice.new", &serde_json::json!({"amount": "1"})),
+        c.schemas.check(
+            "org.example.prod.billing.invoice.new",
+            &serde_json::json!({"amount": "1"})
+        ),
         SchemaVerdict::Failed(_)
     ));
     assert!(!c.unknown_keys.iter().any(|k| k.key == "schemas"));
@@ -747,7 +753,10 @@ topic_prefix = "org.example"
     )
     .unwrap();
     let from_json = Config::from_path(&json).unwrap();
-    assert_eq!(from_json.schemas.schema_for("org.example.prod.billing.x"), Some("billing.v1"));
+    assert_eq!(
+        from_json.schemas.schema_for("org.example.prod.billing.x"),
+        Some("billing.v1")
+    );
     let mut built = Config::default();
     built
         .add_schema("org.example.prod.billing.#", &file, Some("billing.v1"))
@@ -777,7 +786,11 @@ fn bad_schema_entries_name_the_file_the_key_and_the_schema_file() {
                 r#"{"$schema": "http://json-schema.org/draft-07/schema#", "properties": {"amount": {"type": "integr"}}}"#,
             )],
             r#"schemas."org.example.#""#,
-            &["schemas/bad.json", "not a valid JSON Schema", "at \"/properties/amount/type\""],
+            &[
+                "schemas/bad.json",
+                "not a valid JSON Schema",
+                "at \"/properties/amount/type\"",
+            ],
         ),
         (
             r#""org.example." = "schemas/ok.json""#,

@@ -352,8 +352,10 @@ impl Bus {
         let sealed = draft.seal_with_schema(schema, self.inner.signer.as_deref())?;
         // Checked on the sealed `msg` (numbers in their canonical text):
         // exactly what consumers will check.
-        if let SchemaVerdict::Failed(violation) =
-            self.inner.schemas.check(&full_topic, sealed.envelope().msg())
+        if let SchemaVerdict::Failed(violation) = self
+            .inner
+            .schemas
+            .check(&full_topic, sealed.envelope().msg())
         {
             return Err(Error::Unsendable(Unsendable::Schema(violation)));
         }

@@ -223,7 +223,7 @@ pub enum Refusal {
     /// The memory is full of messages being handled (`dropped.dedupe_full`).
     DedupeFull,
     /// Its payload fails the consumer's schema for its topic
-    /// (`rejected.schema_mismatch`). Unlike the others, this one is
+    /// (`invalid.schema`). Unlike the others, this one is
     /// remembered: as a body that can never be handled.
     Schema(SchemaViolation),
 }
@@ -238,7 +238,7 @@ impl Refusal {
             Refusal::BelowReplayFloor { .. } => ("rejected", "replay_floor"),
             Refusal::QueueFull => ("dropped", "queue_full"),
             Refusal::DedupeFull => ("dropped", "dedupe_full"),
-            Refusal::Schema(_) => ("rejected", "schema_mismatch"),
+            Refusal::Schema(_) => ("invalid", "schema"),
         }
     }
 }
@@ -1207,8 +1207,7 @@ mod tests {
         // A bad signature is refused before the schema is looked at.
         let mut forged = named_message("m0", json!({}), None).body().clone();
         forged.insert("signature".into(), json!("by mallory"));
-        let forged =
-            Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
+        let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
         let outcome = state.on_message(
             b"t.dev.app.x",
             Ok(forged),
@@ -1225,7 +1224,7 @@ mod tests {
                 msg_id,
                 signer,
             } => {
-                assert_eq!(refusal.counter(), ("rejected", "schema_mismatch"));
+                assert_eq!(refusal.counter(), ("invalid", "schema"));
                 assert_eq!(msg_id.as_deref(), Some("m1"));
                 assert_eq!(signer.as_deref(), Some("alice"));
                 assert!(refusal.to_string().contains("schema n.v1"), "{refusal}");

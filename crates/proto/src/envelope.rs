@@ -564,6 +564,14 @@ impl Envelope {
         self.str_field("crypto")
     }
 
+    /// The schema its sender named for `msg` ([`SCHEMA_FIELD`], signed), if
+    /// any: what an AMQP sender also puts in the `fedora_messaging_schema`
+    /// header. A claim only: receivers check `msg` against their own schema
+    /// for the topic ([`crate::schema`]).
+    pub fn schema_name(&self) -> Option<&str> {
+        self.str_field(SCHEMA_FIELD)
+    }
+
     /// Whether the sender asked for ACKs.
     pub fn wants_ack(&self) -> bool {
         self.body.contains_key(GILMSG_VERSION_FIELD)

@@ -142,7 +142,7 @@ pub fn judge(schemas: &dyn SchemaCheck, message: &Envelope) -> Result<SchemaNote
     };
     // The envelope decoder has checked that the field, if present, is a string.
     let unknown_name = message
-        .str_field(SCHEMA_FIELD)
+        .schema_name()
         .filter(|claimed| Some(*claimed) != applied)
         .map(shorten);
     Ok(SchemaNote {
@@ -278,11 +278,18 @@ mod tests {
         );
         let note = judge(
             &Invoices,
-            &message("t.other", json!("anything"), Some("bodhi.update.comment.v1")),
+            &message(
+                "t.other",
+                json!("anything"),
+                Some("bodhi.update.comment.v1"),
+            ),
         )
         .unwrap();
         assert!(!note.checked);
-        assert_eq!(note.unknown_name.as_deref(), Some("bodhi.update.comment.v1"));
+        assert_eq!(
+            note.unknown_name.as_deref(),
+            Some("bodhi.update.comment.v1")
+        );
         let note = judge(&Invoices, &message("t.other", json!(1), None)).unwrap();
         assert_eq!(note, SchemaNote::default());
     }
@@ -308,8 +315,12 @@ mod tests {
 
     #[test]
     fn the_name_is_signed_and_must_be_a_safe_string() {
+        // Without a schema, the body is what it always was: no field.
+        let plain = message("t.invoice", json!({"amount": 1}), None);
+        assert_eq!(plain.schema_name(), None);
+        assert!(!plain.body().contains_key(SCHEMA_FIELD));
         let m = message("t.invoice", json!({"amount": 1}), Some("invoice.v1"));
-        assert_eq!(m.str_field(SCHEMA_FIELD), Some("invoice.v1"));
+        assert_eq!(m.schema_name(), Some("invoice.v1"));
         assert!(m
             .signed_part()
             .unwrap()

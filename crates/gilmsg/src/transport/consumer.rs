@@ -136,11 +136,10 @@ impl<W: WireFormat> ConsumerDriver<W> {
             } => {
                 let (group, kind) = refusal.counter();
                 let family = match refusal {
-                    Refusal::Invalid(_) => &parts.counters.invalid,
-                    Refusal::Rejected(_)
-                    | Refusal::Stale(_)
-                    | Refusal::BelowReplayFloor { .. }
-                    | Refusal::Schema(_) => &parts.counters.rejected,
+                    Refusal::Invalid(_) | Refusal::Schema(_) => &parts.counters.invalid,
+                    Refusal::Rejected(_) | Refusal::Stale(_) | Refusal::BelowReplayFloor { .. } => {
+                        &parts.counters.rejected
+                    }
                     Refusal::QueueFull | Refusal::DedupeFull => &parts.counters.dropped,
                 };
                 family.bump(kind);
@@ -173,7 +172,8 @@ impl<W: WireFormat> ConsumerDriver<W> {
         }
         if let Some(name) = schema.unknown_name {
             counters.schema_unknown_name.bump();
-            self.unknown_schemas.note(name, message.topic());
+            self.unknown_schemas
+                .note(name, message.topic(), schema.checked);
         }
         tracing::debug!(
             msg_id = message.msg_id(),
@@ -324,10 +324,14 @@ impl<W: WireFormat> ConsumerDriver<W> {
     }
 }
 
-/// Schema names a consumer has warned about: one warning per name (and at
-/// most [`UnknownSchemas::MAX`] names), then debug lines and the
-/// `schema.unknown_name` counter. fedora-messaging warns on every such
-/// message, which makes it the most common line in its users' logs.
+/// Schema names a consumer has warned about. A message naming a schema
+/// other than the one this consumer checks its topic against (publisher and
+/// consumer disagree: a new version, a stale config) gets one warning per
+/// name (and at most [`UnknownSchemas::MAX`] names), then debug lines; a
+/// name on a topic this consumer has no schema for is none of its business
+/// and only gets debug lines. Both are counted (`schema.unknown_name`).
+/// fedora-messaging warns on every such message, which makes it the most
+/// common line in its users' logs.
 #[derive(Debug, Default)]
 struct UnknownSchemas {
     warned: std::collections::HashSet<String>,
@@ -336,14 +340,16 @@ struct UnknownSchemas {
 impl UnknownSchemas {
     const MAX: usize = 64;
 
-    fn note(&mut self, name: String, topic: &str) {
+    /// `checked`: the message passed this consumer's own schema for `topic`.
+    fn note(&mut self, name: String, topic: &str, checked: bool) {
         let shown = gilmsg_proto::schema::printable(&name).into_owned();
-        if self.warned.len() < Self::MAX && !self.warned.contains(&name) {
+        if checked && self.warned.len() < Self::MAX && !self.warned.contains(&name) {
             tracing::warn!(
                 schema = %shown,
                 topic,
-                "messages name a schema this consumer does not know for their topic; \
-                 delivered (each counted as schema.unknown_name, further ones logged at debug)"
+                "messages name a schema other than the one this consumer checks their topic \
+                 against; they passed this consumer's and are delivered (each counted as \
+                 schema.unknown_name, further ones logged at debug)"
             );
             self.warned.insert(name);
         } else {
