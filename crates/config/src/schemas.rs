@@ -124,11 +124,7 @@ impl TopicPattern {
                         next[first..].iter_mut().for_each(|b| *b = true);
                     }
                 }
-                Word::One => {
-                    for i in 0..topic.len() {
-                        next[i + 1] = at[i];
-                    }
-                }
+                Word::One => next[1..].copy_from_slice(&at[..topic.len()]),
                 Word::Literal(w) => {
                     for i in 0..topic.len() {
                         next[i + 1] = at[i] && topic[i] == w;
@@ -537,6 +533,37 @@ mod tests {
             assert!(schemas.insert("w", &b, Some(bad)).is_err(), "{bad:?}");
         }
         assert_eq!(schemas.entries().count(), 2);
+    }
+
+    #[test]
+    fn catastrophic_patterns_fail_the_check_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        // The second needs the backtracking engine (a look-ahead), whose
+        // backtrack limit ends the match; the first runs in linear time.
+        for pattern in ["^(a+)+$", "^(?=(a+)+$)a"] {
+            let file = write(
+                dir.path(),
+                "p.json",
+                &json!({"type": "string", "pattern": pattern}).to_string(),
+            );
+            let mut schemas = Schemas::default();
+            schemas.insert("t", &file, None).unwrap();
+            let evil = format!("{}b", "a".repeat(5_000));
+            let started = std::time::Instant::now();
+            assert!(
+                matches!(schemas.check("t", &json!(evil)), SchemaVerdict::Failed(_)),
+                "{pattern}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "{pattern}: {:?}",
+                started.elapsed()
+            );
+            assert!(matches!(
+                schemas.check("t", &json!("aaa")),
+                SchemaVerdict::Passed { .. }
+            ));
+        }
     }
 
     #[test]

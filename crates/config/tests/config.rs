@@ -764,9 +764,13 @@ topic_prefix = "org.example"
     assert_eq!(built.schemas, from_json.schemas);
 }
 
+/// A `[schemas]` entry, the files beside it (name, text), the key the
+/// error must name and the texts it must hold.
+type BadSchemaCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+
 #[test]
 fn bad_schema_entries_name_the_file_the_key_and_the_schema_file() {
-    let cases: [(&str, &[(&str, &str)], &str, &[&str]); 7] = [
+    let cases: [BadSchemaCase; 7] = [
         (
             r#""org.example.#" = "schemas/missing.json""#,
             &[],
