@@ -69,4 +69,4 @@ pub use config::{Config, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};
-pub use schemas::{SchemaEntry, Schemas, TopicPattern, MAX_SCHEMA_NAME};
+pub use schemas::{SchemaEntry, Schemas, TopicPattern, MAX_SCHEMA_FILE, MAX_SCHEMA_NAME};

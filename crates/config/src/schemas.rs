@@ -307,11 +307,35 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest schema file read, in bytes: far beyond any real schema; it
+/// exists so that a path such as `/dev/zero` cannot exhaust memory.
+pub const MAX_SCHEMA_FILE: u64 = 16 << 20;
+
+/// The text of a regular file of at most [`MAX_SCHEMA_FILE`] bytes. Not a
+/// FIFO or a device: opening one could block the process at start, or read
+/// for ever.
+fn read_bounded(file: &Path) -> std::io::Result<String> {
+    use std::io::{Error, Read};
+    if !std::fs::metadata(file)?.is_file() {
+        return Err(Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(file)?
+        .take(MAX_SCHEMA_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SCHEMA_FILE {
+        return Err(Error::other(format!(
+            "larger than {} MiB",
+            MAX_SCHEMA_FILE >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Reads, parses and compiles one schema file.
 fn compile(file: &Path) -> Result<jsonschema::Validator, String> {
     let shown = file.display();
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read schema file {shown}: {e}"))?;
+    let text = read_bounded(file).map_err(|e| format!("cannot read schema file {shown}: {e}"))?;
     let schema: Value =
         serde_json::from_str(&text).map_err(|e| format!("schema file {shown} is not JSON: {e}"))?;
     jsonschema::options()
@@ -503,7 +527,15 @@ mod tests {
             "remote.json",
             r#"{"$ref": "https://example.invalid/schema.json"}"#,
         );
+        let dev_zero = PathBuf::from("/dev/zero");
+        let huge = dir.path().join("huge.json");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_SCHEMA_FILE + 1)
+            .unwrap();
         let cases = [
+            (&dev_zero, "not a regular file"),
+            (&huge, "larger than 16 MiB"),
             (&missing, "cannot read schema file"),
             (&not_json, "is not JSON"),
             (&bad_type, "at \"/properties/amount/type\""),
