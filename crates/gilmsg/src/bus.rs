@@ -268,6 +268,13 @@ impl Bus {
     /// Publishes `msg` on `<prefix>.<env>.<modname>.<topic>` and waits until
     /// every one of `recipients` has acked it, re-sending as needed. With no
     /// recipients this is a plain fedmsg publish (see [`Bus::send`]).
+    ///
+    /// When the configuration's `[schemas]` gives the topic a JSON Schema,
+    /// `msg` must pass it: one that fails is refused before anything is sent
+    /// with [`Error::Unsendable`] ([`Unsendable::Schema`], naming the schema,
+    /// the failing place as a JSON pointer into `msg`, and the keyword); one
+    /// that passes carries the schema's name in its signed
+    /// `fedora_messaging_schema` field.
     pub async fn publish<S: AsRef<str>>(
         &self,
         topic: &str,

@@ -198,8 +198,9 @@ counters! {
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
         /// Delivered messages whose `msg` passed their topic's schema.
         schema_checked: Counter = "schema.checked",
-        /// Delivered messages naming a schema this consumer does not know
-        /// for their topic (`fedora_messaging_schema`).
+        /// Delivered messages naming (`fedora_messaging_schema`) a schema
+        /// other than this consumer's for their topic, or on a topic it has
+        /// no schema for.
         schema_unknown_name: Counter = "schema.unknown_name",
         invalid: Family = "invalid",
         rejected: Family = "rejected",
