@@ -151,6 +151,7 @@ fn the_logger_refuses_a_failing_body_before_sending_and_names_the_schema_of_a_pa
             "{\"invoice\": 47, \"amount\": 1250}\n",
         );
         assert_eq!(out.status, Some(0), "{out:?}");
+        assert!(bus.relay_stats().get("relay.forwarded") >= 1);
         let body = body_of(&ledger.wait_stdout("\"invoice\":47", RUN));
         assert_eq!(body["fedora_messaging_schema"], json!("invoice.v1"));
         assert_eq!(body["topic"], json!(INVOICE_TOPIC));
@@ -193,11 +194,13 @@ fn a_consumer_drops_counts_and_never_acks_a_body_failing_its_own_schema() {
         assert_eq!(timeout.missing, ["ledger"]);
         assert_eq!(timeout.acked_names(), ["lax"]);
         assert!(timeout.sends >= 2, "re-sent while waiting: {timeout:?}");
-        // Judged once; every re-send settled as a duplicate of a failure.
-        let stats = ledger.wait_stats("the re-sends", RUN, |s| {
-            s.get("duplicate.failed") == u64::from(timeout.sends) - 1
-        });
+        // Judged once; its re-sends settled as duplicates of a failure.
+        let stats = ledger.wait_stats("a re-send", RUN, |s| s.get("duplicate.failed") >= 1);
         assert_eq!(stats.get("invalid.schema"), 1, "{stats}");
+        assert!(
+            stats.get("duplicate.failed") < u64::from(timeout.sends),
+            "{stats}"
+        );
         assert_eq!(stats.get("message.delivered"), 0, "{stats}");
         assert_eq!(stats.get("ack.entries"), 0, "{stats}");
         assert_eq!(lax.stats().get("message.delivered"), 1);
