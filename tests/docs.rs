@@ -21,7 +21,9 @@
 //!   deployment, ...).
 //!
 //! A block without a marker fails the test: nothing is left unrun by
-//! accident. Other blocks (Rust, plain text) are not looked at.
+//! accident. A `json` block marked `file PATH` is written like a `toml`
+//! one (the schema files of `[schemas]`); other blocks (Rust, plain text,
+//! unmarked JSON) are not looked at.
 //!
 //! Placeholders: a document declares what may be substituted with
 //! `<!-- doc-test: substitute KIND=VALUE ... -->`, and nothing else is:
@@ -120,7 +122,17 @@ fn parse(name: &str, markdown: &str) -> Document {
                 text.push('\n');
             }
             if !matches!(lang, "sh" | "bash" | "toml") {
-                pending = None;
+                // A data file the commands need (a JSON Schema): written
+                // when marked `file`, otherwise not looked at.
+                if let (Some((_, marker)), "json") = (pending.take(), lang) {
+                    if let Some(path) = marker.strip_prefix("file ").map(str::trim) {
+                        doc.steps.push(Step::File {
+                            line: number,
+                            path: path.to_owned(),
+                            text,
+                        });
+                    }
+                }
                 continue;
             }
             let (_, marker) = pending.take().unwrap_or_else(|| {
@@ -354,9 +366,13 @@ fn markers_are_required_and_understood() {
         "<!-- doc-test: substitute host=10.0.0.5 port=9940 -->\n\
          <!-- doc-test: run -->\n\n```sh\necho hi\n```\n\
          <!-- doc-test: skip needs apt -->\n```sh\napt-get install x\n```\n\
-         <!-- doc-test: file /etc/x.toml -->\n```toml\na = 1\n```\n```rust\nlet x = 1;\n```\n",
+         <!-- doc-test: file /etc/x.toml -->\n```toml\na = 1\n```\n```rust\nlet x = 1;\n```\n\
+         <!-- doc-test: file s.json -->\n```json\n{}\n```\n```json\n[]\n```\n",
     );
-    assert_eq!(doc.steps.len(), 2);
+    assert_eq!(doc.steps.len(), 3);
+    assert!(
+        matches!(&doc.steps[2], Step::File { path, text, .. } if path == "s.json" && text == "{}\n")
+    );
     assert_eq!(doc.skipped, 1);
     assert_eq!(doc.substitutions.len(), 2);
     let unmarked = std::panic::catch_unwind(|| parse("t.md", "text\n```sh\necho hi\n```\n"));

@@ -399,6 +399,56 @@ fn python_and_rust_consumers_ack_one_rust_publish() {
     });
 }
 
+/// A message naming its schema (`fedora_messaging_schema`, signed): Python
+/// fedmsg/gilmsg consumers validate its signature, field and all, and ack
+/// it like any other; our consumer, with a schema of its own for the topic,
+/// checks it too.
+#[test]
+fn python_consumer_acks_a_message_naming_its_schema() {
+    let Some(peers) = peers("python_consumer_acks_a_message_naming_its_schema") else {
+        return;
+    };
+    within(LIMIT, move || {
+        let world = World::new(&peers);
+        let _relay = world.fedmsg_relay();
+        let schema = world.dir.join("any-object.v1.json");
+        std::fs::write(&schema, r#"{"type": "object", "required": ["n"]}"#).unwrap();
+        let mut config = gilmsg_config::Config::from_path(&world.toml).unwrap();
+        config
+            .add_schema(&format!("{PREFIX}.#"), &schema, None)
+            .unwrap();
+        let with_schema = world.dir.join("schemas.toml");
+        std::fs::write(&with_schema, config.to_toml_string()).unwrap();
+        let py = world.python_consumer("py-a");
+        let rust = world.rust_consumer("rust-consumer", Some(&with_schema), &[]);
+        let out = world.rust_logger(
+            &[
+                "--certname",
+                "rust-pub",
+                "--recipients",
+                "py-a,rust-consumer",
+                "--ack-timeout",
+                "20",
+                "--json-input",
+                "--message",
+                r#"{"schema": "named", "n": 1}"#,
+            ],
+            Some(&with_schema),
+            None,
+        );
+        assert_eq!(out.code, Some(0), "{out}");
+        for (consumer, prefix) in [(&py, "peers: got "), (&rust, "")] {
+            let got = wait_json(consumer, prefix, Duration::from_secs(10), |v| {
+                v.pointer("/body/msg/schema").is_some()
+            });
+            assert_eq!(
+                got["body"]["fedora_messaging_schema"], "any-object.v1",
+                "{got}"
+            );
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 6. Config carry-over: the JSON printed by the real fedmsg-config for the
 //    test's fedmsg.d drives the Rust relay, consumer and logger.

@@ -16,6 +16,7 @@ use crate::amqp::AmqpConfig;
 use crate::check;
 use crate::error::{join, ConfigError};
 use crate::keys::UnknownKey;
+use crate::schemas::Schemas;
 
 /// The longest `ack_timeout` or re-send delay accepted (365 days), from a
 /// file or from the library API. Far beyond any useful wait; it exists so
@@ -173,6 +174,12 @@ pub struct Config {
     /// (fedora-messaging's keys; see [`AmqpConfig`]), which selects AMQP
     /// instead of ZeroMQ for every handle built from this configuration.
     pub amqp: Option<AmqpConfig>,
+    /// Message schemas: topic pattern -> JSON Schema file and name
+    /// (`[schemas]`, gilmsg key). Publishers refuse a payload that fails
+    /// its topic's schema and name the schema in `fedora_messaging_schema`;
+    /// consumers refuse (never ACK) one that fails. Empty by default. Add
+    /// entries in code with [`Config::add_schema`].
+    pub schemas: Schemas,
     /// The file this came from; relative paths were resolved against its
     /// directory.
     pub(crate) source: Option<PathBuf>,
@@ -220,6 +227,7 @@ impl Default for Config {
             unknown_keys: Vec::new(),
             strict_config: false,
             amqp: None,
+            schemas: Schemas::default(),
             source: None,
         }
     }
@@ -229,6 +237,38 @@ impl Config {
     /// The file this configuration was read from, if any.
     pub fn source(&self) -> Option<&Path> {
         self.source.as_deref()
+    }
+
+    /// Maps topics matching `pattern` to the JSON Schema in `file`
+    /// (relative to the configuration file's directory, or to the working
+    /// directory for a configuration built in code), named `name` (default:
+    /// the file name without its last extension): what a `[schemas]` entry
+    /// does. The schema is read and compiled now; an error names the key
+    /// (`schemas."<pattern>"`), the schema file and, for a schema that is
+    /// not valid, the JSON pointer of the bad part. See [`Schemas`].
+    pub fn add_schema(
+        &mut self,
+        pattern: &str,
+        file: impl AsRef<Path>,
+        name: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        let file = file.as_ref();
+        let key = join("schemas", pattern);
+        let invalid = |reason: String| ConfigError::invalid(self.source.as_deref(), &key, reason);
+        check::local_path(file).map_err(invalid)?;
+        let file = if file.is_relative() {
+            let base = match self.source.as_deref() {
+                Some(source) => crate::parse::base_dir(source),
+                None => std::env::current_dir().unwrap_or_default(),
+            };
+            base.join(file)
+        } else {
+            file.to_path_buf()
+        };
+        let mut schemas = self.schemas.clone();
+        schemas.insert(pattern, &file, name).map_err(invalid)?;
+        self.schemas = schemas;
+        Ok(())
     }
 
     /// Refuses a configuration whose file had keys gilmsg does not know
@@ -637,6 +677,18 @@ impl Config {
         );
         if let Some(amqp) = &self.amqp {
             write_amqp(&mut t, amqp, self);
+        }
+        if !self.schemas.is_empty() {
+            let entry = |e: crate::SchemaEntry<'_>| {
+                let mut t = Table::new();
+                t.insert("file".into(), p(e.file));
+                t.insert("name".into(), s(e.name));
+                (e.pattern.to_owned(), Value::Table(t))
+            };
+            t.insert(
+                "schemas".into(),
+                Value::Table(self.schemas.entries().map(entry).collect()),
+            );
         }
         format!("# gilmsg configuration\n{t}")
     }

@@ -45,6 +45,8 @@
 //!   value given on its command line the same way.
 //! - `load.rs`: files: [`Format`] choice by extension or sniffing, and the
 //!   search order `explicit` -> `$GILMSG_CONFIG` -> `/etc/gilmsg/gilmsg.toml`.
+//! - `schemas.rs`: [`Schemas`], the `[schemas]` table: topic patterns
+//!   mapped to JSON Schema files, compiled once when the file is read.
 //! - `error.rs`: [`ConfigError`], which always names the file and the key.
 //! - `keys.rs`: [`UnknownKey`]: keys gilmsg does not read, matched against
 //!   the ones it does (recorded by the parser) to name the likely typo.
@@ -62,9 +64,11 @@ mod error;
 mod keys;
 mod load;
 mod parse;
+mod schemas;
 
 pub use amqp::{AmqpConfig, AmqpTls, BindingConfig, ExchangeConfig, QueueConfig};
 pub use config::{Config, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};
+pub use schemas::{SchemaEntry, Schemas, TopicPattern, MAX_SCHEMA_FILE, MAX_SCHEMA_NAME};

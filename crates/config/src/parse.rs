@@ -229,7 +229,7 @@ impl Reader<'_> {
 /// The directory of `origin`, absolute: a relative one is taken against the
 /// working directory now, once, rather than wherever a process happens to
 /// be when it opens a file or socket later.
-fn base_dir(origin: &Path) -> PathBuf {
+pub(crate) fn base_dir(origin: &Path) -> PathBuf {
     let dir = origin.parent().unwrap_or(Path::new(""));
     if dir.is_absolute() {
         dir.to_path_buf()
@@ -397,6 +397,22 @@ fn from_map(
         c.crl_disabled = true;
     } else {
         c.crl_location = r.take_path("crl_location")?;
+    }
+
+    if let Some(map) = r.take::<BTreeMap<String, SchemaSpec>>("schemas")? {
+        for (pattern, spec) in map {
+            let key = join("schemas", &pattern);
+            let file = PathBuf::from(&spec.file);
+            check::local_path(&file).map_err(|e| r.invalid(format!("{key}.file"), e))?;
+            let file = if file.is_relative() {
+                r.base.join(file)
+            } else {
+                file
+            };
+            c.schemas
+                .insert(&pattern, &file, spec.name.as_deref())
+                .map_err(|e| r.invalid(&key, e))?;
+        }
     }
 
     // Known in both dialects, even where one of them ignores it.
@@ -656,6 +672,49 @@ impl<'de> Deserialize<'de> for OneOrMany {
                     out.push(s);
                 }
                 Ok(OneOrMany::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One `[schemas]` entry: a file path, or `{ file = "...", name = "..." }`.
+struct SchemaSpec {
+    file: String,
+    name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SchemaSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SchemaSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a schema file's path, or a table { file = \"...\", name = \"...\" }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SchemaSpec, E> {
+                Ok(SchemaSpec {
+                    file: s.to_owned(),
+                    name: None,
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<SchemaSpec, A::Error> {
+                let (mut file, mut name) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "file" => file = Some(map.next_value::<String>()?),
+                        "name" => name = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown key {other:?}: an entry takes `file` and `name`; \
+                                 a topic pattern must be quoted, or its dots make nested \
+                                 tables (\"org.example.#\" = ...)"
+                            )))
+                        }
+                    }
+                }
+                let file = file.ok_or_else(|| de::Error::missing_field("file"))?;
+                Ok(SchemaSpec { file, name })
             }
         }
         d.deserialize_any(V)

@@ -799,3 +799,162 @@ fn amqp_errors_name_the_file_and_the_key() {
         assert!(shown.contains(words), "{text}: {shown}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// [schemas]: topic patterns mapped to JSON Schema files.
+
+const INVOICE_SCHEMA: &str = r#"{
+    "$schema": "http://json-schema.org/draft-04/schema#",
+    "type": "object",
+    "required": ["amount"],
+    "properties": {"amount": {"type": "integer"}}
+}"#;
+
+/// A directory with `bus.toml` (the given text) and `schemas/`.
+fn schema_dir(toml: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("schemas")).unwrap();
+    for (name, text) in files {
+        fs::write(dir.path().join("schemas").join(name), text).unwrap();
+    }
+    let path = dir.path().join("bus.toml");
+    fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn schemas_are_read_relative_to_the_file_and_round_trip() {
+    use gilmsg_proto::schema::{SchemaCheck, SchemaVerdict};
+    let (dir, path) = schema_dir(
+        r#"
+topic_prefix = "org.example"
+[schemas]
+"org.example.prod.billing.invoice.new" = "schemas/invoice.v1.json"
+"org.example.prod.billing.#" = { file = "schemas/invoice.v1.json", name = "billing.v1" }
+"#,
+        &[("invoice.v1.json", INVOICE_SCHEMA)],
+    );
+    let c = Config::from_path(&path).unwrap();
+    let file = dir.path().join("schemas/invoice.v1.json");
+    let entries: Vec<(&str, &Path, &str)> = c
+        .schemas
+        .entries()
+        .map(|e| (e.pattern, e.file, e.name))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                "org.example.prod.billing.invoice.new",
+                file.as_path(),
+                "invoice.v1"
+            ),
+            ("org.example.prod.billing.#", file.as_path(), "billing.v1"),
+        ]
+    );
+    assert_eq!(
+        c.schemas.schema_for("org.example.prod.billing.refund"),
+        Some("billing.v1")
+    );
+    assert!(matches!(
+        c.schemas.check(
+            "org.example.prod.billing.invoice.new",
+            &serde_json::json!({"amount": "1"})
+        ),
+        SchemaVerdict::Failed(_)
+    ));
+    assert!(!c.unknown_keys.iter().any(|k| k.key == "schemas"));
+    // Written out and read back: the same table.
+    let copy = dir.path().join("copy.toml");
+    fs::write(&copy, c.to_toml_string()).unwrap();
+    assert_eq!(Config::from_path(&copy).unwrap().schemas, c.schemas);
+    // The same from fedmsg JSON, and built in code.
+    let json = dir.path().join("bus.json");
+    fs::write(
+        &json,
+        r#"{"schemas": {"org.example.prod.billing.#": {"file": "schemas/invoice.v1.json", "name": "billing.v1"}}}"#,
+    )
+    .unwrap();
+    let from_json = Config::from_path(&json).unwrap();
+    assert_eq!(
+        from_json.schemas.schema_for("org.example.prod.billing.x"),
+        Some("billing.v1")
+    );
+    let mut built = Config::default();
+    built
+        .add_schema("org.example.prod.billing.#", &file, Some("billing.v1"))
+        .unwrap();
+    assert_eq!(built.schemas, from_json.schemas);
+}
+
+/// A `[schemas]` entry, the files beside it (name, text), the key the
+/// error must name and the texts it must hold.
+type BadSchemaCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+
+#[test]
+fn bad_schema_entries_name_the_file_the_key_and_the_schema_file() {
+    let cases: [BadSchemaCase; 7] = [
+        (
+            r#""org.example.#" = "schemas/missing.json""#,
+            &[],
+            r#"schemas."org.example.#""#,
+            &["cannot read schema file", "schemas/missing.json"],
+        ),
+        (
+            r#""org.example.#" = "schemas/broken.json""#,
+            &[("broken.json", "{\"type\": \"object\",")],
+            r#"schemas."org.example.#""#,
+            &["schemas/broken.json", "is not JSON", "line 1"],
+        ),
+        (
+            r#""org.example.#" = "schemas/bad.json""#,
+            &[(
+                "bad.json",
+                r#"{"$schema": "http://json-schema.org/draft-07/schema#", "properties": {"amount": {"type": "integr"}}}"#,
+            )],
+            r#"schemas."org.example.#""#,
+            &[
+                "schemas/bad.json",
+                "not a valid JSON Schema",
+                "at \"/properties/amount/type\"",
+            ],
+        ),
+        (
+            r#""org.example." = "schemas/ok.json""#,
+            &[("ok.json", "{}")],
+            r#"schemas."org.example.""#,
+            &["\"org.example.#\""],
+        ),
+        (
+            // Unquoted, the dots make nested tables.
+            "org.example.billing = \"schemas/ok.json\"",
+            &[("ok.json", "{}")],
+            "schemas.org",
+            &["must be quoted"],
+        ),
+        (
+            r#""a.#" = { file = "schemas/ok.json", name = "bad\nname" }"#,
+            &[("ok.json", "{}")],
+            r#"schemas."a.#""#,
+            &["control character"],
+        ),
+        (
+            r#""a.#" = { name = "n" }"#,
+            &[],
+            r#"schemas."a.#""#,
+            &["missing field `file`"],
+        ),
+    ];
+    for (entry, files, key, needles) in cases {
+        let (_dir, path) = schema_dir(&format!("[schemas]\n{entry}\n"), files);
+        let e = Config::from_path(&path).unwrap_err();
+        let shown = e.to_string();
+        assert_eq!(e.path(), Some(path.as_path()), "{shown}");
+        assert_eq!(e.key(), Some(key), "{shown}");
+        assert!(shown.contains(&path.display().to_string()), "{shown}");
+        for needle in needles {
+            assert!(shown.contains(needle), "{needle:?} not in: {shown}");
+        }
+        eprintln!("{shown}");
+    }
+}

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gilmsg_config::Config;
+use gilmsg_config::{Config, Schemas};
 use gilmsg_proto::publisher::PublisherSettings;
+use gilmsg_proto::schema::{SchemaCheck, SchemaVerdict};
 use gilmsg_proto::{AckCollector, AckRecord, Draft, Signer, TopicScheme};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -182,6 +183,7 @@ impl BusBuilder {
                 max_message_age: config.max_message_age,
                 max_message_size: config.max_message_size,
                 require_ack_digest: require_ack_digest.unwrap_or(config.require_ack_digest),
+                schemas: config.schemas.clone(),
                 sequence: AtomicU64::new(0),
                 username: setup::username(),
                 counters,
@@ -212,6 +214,8 @@ struct Inner {
     max_message_age: Duration,
     max_message_size: usize,
     require_ack_digest: bool,
+    /// `[schemas]`: what each topic's `msg` must pass before it is sent.
+    schemas: Schemas,
     sequence: AtomicU64,
     username: String,
     counters: Arc<PublisherCounters>,
@@ -287,6 +291,13 @@ impl Bus {
     /// Publishes `msg` on `<prefix>.<env>.<modname>.<topic>` and waits until
     /// every one of `recipients` has acked it, re-sending as needed. With no
     /// recipients this is a plain fedmsg publish (see [`Bus::send`]).
+    ///
+    /// When the configuration's `[schemas]` gives the topic a JSON Schema,
+    /// `msg` must pass it: one that fails is refused before anything is sent
+    /// with [`Error::Unsendable`] ([`Unsendable::Schema`], naming the schema,
+    /// the failing place as a JSON pointer into `msg`, and the keyword); one
+    /// that passes carries the schema's name in its signed
+    /// `fedora_messaging_schema` field.
     pub async fn publish<S: AsRef<str>>(
         &self,
         topic: &str,
@@ -371,8 +382,19 @@ impl Bus {
         // cannot hold exactly, nesting past the decoder's bound, control
         // characters in the topic (see `Draft::build`). The canonical JSON
         // is computed here, once: the signature, the ACK digest and the
-        // body on the wire all come from it.
-        let sealed = draft.seal(self.inner.signer.as_deref())?;
+        // body on the wire all come from it. The topic's schema, if it has
+        // one, is named in the signed body.
+        let schema = self.inner.schemas.schema_for(&full_topic);
+        let sealed = draft.seal_with_schema(schema, self.inner.signer.as_deref())?;
+        // Checked on the sealed `msg` (numbers in their canonical text):
+        // exactly what consumers will check.
+        if let SchemaVerdict::Failed(violation) = self
+            .inner
+            .schemas
+            .check(&full_topic, sealed.envelope().msg())
+        {
+            return Err(Error::Unsendable(Unsendable::Schema(violation)));
+        }
         let size = sealed.body_text().len();
         if size > self.inner.max_message_size {
             return Err(Error::Unsendable(Unsendable::TooLarge {

@@ -213,8 +213,15 @@ impl ConsumerBuilder {
             },
             reack: ReackPolicy::default(),
         };
+        let mut state = ConsumerState::new(settings, Instant::now());
+        // `[schemas]`: messages that are not ACKs must pass this consumer's
+        // own schema for their topic (proto's rule 7). Without the table
+        // nothing is checked or noted, as before schemas existed.
+        if !config.schemas.is_empty() {
+            state = state.with_schemas(Arc::new(config.schemas.clone()));
+        }
         let parts = ConsumerParts {
-            state: ConsumerState::new(settings, Instant::now()),
+            state,
             validator,
             acker: acker.clone(),
             deliveries: deliveries_tx,

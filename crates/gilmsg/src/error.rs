@@ -116,6 +116,11 @@ pub enum Unsendable {
     /// The topic holds a control character, which receivers refuse.
     #[error("the topic holds a control character")]
     UnsafeTopic,
+    /// `msg` fails the JSON Schema the configuration gives its topic
+    /// (`[schemas]`): consumers that check it would refuse it. Names the
+    /// schema, the failing place (a JSON pointer into `msg`) and the keyword.
+    #[error(transparent)]
+    Schema(gilmsg_proto::SchemaViolation),
 }
 
 impl From<gilmsg_proto::envelope::BuildError> for Error {

@@ -206,6 +206,12 @@ counters! {
         delivered: Counter = "message.delivered",
         ack_skipped: Counter = "message.ack_skipped",
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
+        /// Delivered messages whose `msg` passed their topic's schema.
+        schema_checked: Counter = "schema.checked",
+        /// Delivered messages naming (`fedora_messaging_schema`) a schema
+        /// other than this consumer's for their topic, or on a topic it has
+        /// no schema for.
+        schema_unknown_name: Counter = "schema.unknown_name",
         invalid: Family = "invalid",
         rejected: Family = "rejected",
         duplicate: Family = "duplicate",

@@ -47,7 +47,15 @@
 //!    certificate is a duplicate that is never acked
 //!    ([`Duplicate::OtherCertificate`]). See [`crate::dedupe`] for the time
 //!    and memory bounds.
-//! 7. It is delivered. An ACK is prepared only when the sender asked for
+//! 7. If the consumer checks schemas ([`ConsumerState::with_schemas`]),
+//!    a message that is not an ACK is checked against the consumer's schema
+//!    for its topic ([`crate::schema`]). A body that fails is refused
+//!    ([`Refusal::Schema`]) and remembered as failed, like a body its
+//!    handler failed: never acked, and its re-sends are settled as
+//!    duplicates without being verified or checked again (the verdict on a
+//!    signed body cannot change). A schema name the consumer does not know
+//!    for the topic is noted ([`SchemaNote::unknown_name`]), not refused.
+//! 8. It is delivered. An ACK is prepared only when the sender asked for
 //!    one (`gilmsg_version`) and the message is not itself an ACK; it goes
 //!    out when the handler says the message was handled, and names the
 //!    verified signer (`ack_signer`) so that a publisher never counts an ACK
@@ -56,12 +64,14 @@
 //!    signature for up to [`MAX_ACK_BATCH`] entries); Python gilmsg reads a
 //!    single `ack_msg_id`, so its messages are acked one by one.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ack::MAX_ACK_BATCH;
 use crate::dedupe::{CopyKey, DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
 use crate::digest::Digest;
 use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
+use crate::schema::{self, SchemaCheck, SchemaNote, SchemaViolation};
 use crate::validate::{Rejection, Verify};
 
 /// Messages received per burst before the burst's ACKs are signed and sent:
@@ -162,6 +172,8 @@ pub struct Accepted {
     pub ticket: Ticket,
     /// Verified by Python gilmsg's rule (`gilmsg_version` not signed).
     pub legacy_unsigned_gilmsg_version: bool,
+    /// What the schema rule found (nothing when no schemas are checked).
+    pub schema: SchemaNote,
 }
 
 /// A copy of a message already remembered; the handler does not see it.
@@ -220,6 +232,10 @@ pub enum Refusal {
     QueueFull,
     /// The memory is full of messages being handled (`dropped.dedupe_full`).
     DedupeFull,
+    /// Its payload fails the consumer's schema for its topic
+    /// (`invalid.schema`). Unlike the others, this one is
+    /// remembered: as a body that can never be handled.
+    Schema(SchemaViolation),
 }
 
 impl Refusal {
@@ -232,6 +248,7 @@ impl Refusal {
             Refusal::BelowReplayFloor { .. } => ("rejected", "replay_floor"),
             Refusal::QueueFull => ("dropped", "queue_full"),
             Refusal::DedupeFull => ("dropped", "dedupe_full"),
+            Refusal::Schema(_) => ("invalid", "schema"),
         }
     }
 }
@@ -258,6 +275,7 @@ impl std::fmt::Display for Refusal {
             ),
             Refusal::QueueFull => f.write_str("the delivery queue is full"),
             Refusal::DedupeFull => f.write_str("every remembered message is being handled"),
+            Refusal::Schema(v) => write!(f, "{v}"),
         }
     }
 }
@@ -297,6 +315,8 @@ pub struct ConsumerState {
     settings: ConsumerSettings,
     cache: DedupeCache,
     pending: Vec<PendingAck>,
+    /// The consumer's schemas, if it checks any (rule 7).
+    schemas: Option<Arc<dyn SchemaCheck>>,
 }
 
 impl ConsumerState {
@@ -307,7 +327,15 @@ impl ConsumerState {
             cache: DedupeCache::new(settings.retention, epoch),
             settings,
             pending: Vec::new(),
+            schemas: None,
         }
+    }
+
+    /// The same consumer, checking each message that is not an ACK against
+    /// `schemas` (rule 7).
+    pub fn with_schemas(mut self, schemas: Arc<dyn SchemaCheck>) -> Self {
+        self.schemas = Some(schemas);
+        self
     }
 
     /// Whether a message on `topic` is skipped before it is decoded
@@ -478,6 +506,20 @@ impl ConsumerState {
                 }
             }
         }
+        let schema = match self.schemas.as_deref().filter(|_| !is_ack) {
+            None => SchemaNote::default(),
+            Some(schemas) => match schema::judge(schemas, &message) {
+                Ok(note) => note,
+                Err(violation) => {
+                    self.cache.settle(&key, Seen::Failed, now);
+                    return Outcome::Refused {
+                        refusal: Refusal::Schema(violation),
+                        msg_id: Some(message.msg_id().to_owned()),
+                        signer: valid.signer,
+                    };
+                }
+            },
+        };
         let ack = (self.settings.send_acks && wants_ack).then(|| PendingAck {
             msg_id: message.msg_id().to_owned(),
             digest,
@@ -494,6 +536,7 @@ impl ConsumerState {
                 ack,
             },
             legacy_unsigned_gilmsg_version: valid.unsigned_gilmsg_version,
+            schema,
         }))
     }
 
@@ -1125,5 +1168,144 @@ mod tests {
             ("invalid", "control_char_in_msg_id")
         );
         assert_eq!(calls.get(), 1);
+    }
+
+    /// Every topic's payload must be an object with a number `n`, schema
+    /// `n.v1`; counts its calls.
+    #[derive(Debug, Default)]
+    struct NeedsN {
+        calls: std::sync::atomic::AtomicU32,
+    }
+    impl SchemaCheck for NeedsN {
+        fn schema_for(&self, _topic: &str) -> Option<&str> {
+            Some("n.v1")
+        }
+        fn check(&self, _topic: &str, msg: &serde_json::Value) -> schema::SchemaVerdict<'_> {
+            self.calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if msg.get("n").is_some_and(serde_json::Value::is_number) {
+                schema::SchemaVerdict::Passed { schema: "n.v1" }
+            } else {
+                schema::SchemaVerdict::Failed(SchemaViolation::new(
+                    "n.v1",
+                    "",
+                    "required",
+                    "\"n\" is a required property",
+                ))
+            }
+        }
+    }
+
+    fn schema_calls(schemas: &NeedsN) -> u32 {
+        schemas.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn named_message(id: &str, msg: serde_json::Value, schema: Option<&str>) -> Envelope {
+        Draft {
+            topic: "t.dev.app.x".into(),
+            msg,
+            msg_id: id.into(),
+            i: 1,
+            timestamp: NOW,
+            username: "u".into(),
+            wants_ack: true,
+        }
+        .seal_with_schema(schema, Some(&Named("alice")))
+        .unwrap()
+        .into_envelope()
+    }
+
+    #[test]
+    fn a_body_failing_its_schema_is_refused_after_the_signature_and_never_acked() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let schemas = Arc::new(NeedsN::default());
+        let mut state = ConsumerState::new(settings(8), t0).with_schemas(schemas.clone());
+        // A bad signature is refused before the schema is looked at.
+        let mut forged = named_message("m0", json!({}), None).body().clone();
+        forged.insert("signature".into(), json!("by mallory"));
+        let forged = Envelope::parse_body(&serde_json::to_vec(&forged).unwrap(), 1 << 20).unwrap();
+        let outcome = state.on_message(
+            b"t.dev.app.x",
+            Ok(forged),
+            arrival(t0, NOW, true),
+            verifier(&calls),
+        );
+        assert_eq!(refusal(outcome), ("rejected", "bad_signature"));
+        assert_eq!(schema_calls(&schemas), 0);
+
+        let bad = named_message("m1", json!({"x": 1}), Some("n.v1"));
+        match state.on_frames(&frames(&bad), arrival(t0, NOW, true), verifier(&calls)) {
+            Outcome::Refused {
+                refusal: refusal @ Refusal::Schema(_),
+                msg_id,
+                signer,
+            } => {
+                assert_eq!(refusal.counter(), ("invalid", "schema"));
+                assert_eq!(msg_id.as_deref(), Some("m1"));
+                assert_eq!(signer.as_deref(), Some("alice"));
+                assert!(refusal.to_string().contains("schema n.v1"), "{refusal}");
+            }
+            other => panic!("expected a schema refusal, got {other:?}"),
+        }
+        assert!(state.take_ack_batches().is_empty());
+        // Its re-sends: settled as a failed duplicate, never verified,
+        // checked or acked again.
+        let later = t0 + std::time::Duration::from_secs(1);
+        let copy = state.on_frames(&frames(&bad), arrival(later, NOW, true), verifier(&calls));
+        assert_eq!(duplicate(&copy), Duplicate::Failed);
+        assert_eq!((calls.get(), schema_calls(&schemas)), (2, 1));
+        assert!(state.take_ack_batches().is_empty());
+
+        // A conforming body is delivered and acked.
+        let good = named_message("m2", json!({"n": 1}), Some("n.v1"));
+        let accepted =
+            deliver(state.on_frames(&frames(&good), arrival(t0, NOW, true), verifier(&calls)));
+        assert_eq!(
+            accepted.schema,
+            SchemaNote {
+                checked: true,
+                unknown_name: None
+            }
+        );
+        state.settle(accepted.ticket, true, t0);
+        assert_eq!(state.take_ack_batches().concat()[0].msg_id, "m2");
+    }
+
+    #[test]
+    fn unknown_schema_names_are_noted_and_acks_and_schemaless_consumers_are_not_checked() {
+        let t0 = Instant::now();
+        let calls = Cell::new(0);
+        let schemas = Arc::new(NeedsN::default());
+        let mut with_acks = settings(8);
+        with_acks.deliver_acks = true;
+        let mut state = ConsumerState::new(with_acks, t0).with_schemas(schemas.clone());
+        let other = named_message("m1", json!({"n": 2}), Some("n.v2"));
+        let accepted =
+            deliver(state.on_frames(&frames(&other), arrival(t0, NOW, true), verifier(&calls)));
+        assert_eq!(accepted.schema.unknown_name.as_deref(), Some("n.v2"));
+        assert!(accepted.schema.checked);
+        // An ACK (delivered on request) is never checked.
+        let ack = Draft {
+            topic: ACK_TOPIC.into(),
+            msg: json!({"ack_msg_id": "m1"}),
+            msg_id: "a1".into(),
+            i: 1,
+            timestamp: NOW,
+            username: "u".into(),
+            wants_ack: false,
+        }
+        .build(Some(&Named("bob")))
+        .unwrap();
+        let accepted =
+            deliver(state.on_frames(&frames(&ack), arrival(t0, NOW, true), verifier(&calls)));
+        assert_eq!(accepted.schema, SchemaNote::default());
+        assert_eq!(schema_calls(&schemas), 1);
+        // Without schemas, nothing is checked or noted.
+        let mut plain = ConsumerState::new(settings(8), t0);
+        let bad = named_message("m3", json!("no n"), Some("n.v1"));
+        let accepted =
+            deliver(plain.on_frames(&frames(&bad), arrival(t0, NOW, true), verifier(&calls)));
+        assert_eq!(accepted.schema, SchemaNote::default());
     }
 }

@@ -13,6 +13,7 @@
 //! | `username` | string | the OS user of the sender |
 //! | `crypto` | string | signature scheme, signed |
 //! | `gilmsg_version` | string | present when the sender wants ACKs; signed by us |
+//! | `fedora_messaging_schema` | string | the schema `msg` was checked against, when its topic has one ([`crate::schema`]) |
 //! | `signature`, `certificate` | string | not covered by the signature |
 //!
 //! The signature covers [`crate::canonical`] JSON of the body minus
@@ -32,15 +33,13 @@ use serde_json::{Map, Value};
 use crate::auth::{SignError, Signer};
 use crate::canonical::{self, CanonicalError, Place};
 use crate::digest::Digest;
+/// The signed field naming the message's schema (see [`crate::schema`]);
+/// the AMQP transport also writes it as fedora-messaging's header of that
+/// name and reads an unsigned fedora-messaging message's header into it.
+pub use crate::schema::SCHEMA_FIELD;
 
 /// Fields left out of the signed bytes.
 pub const UNSIGNED_FIELDS: [&str; 2] = ["signature", "certificate"];
-/// The field naming the message's schema, as fedora-messaging's
-/// `fedora_messaging_schema` header does (e.g. `base.message`). Signed like
-/// every other field; the AMQP transport also writes it as that header and
-/// reads an unsigned fedora-messaging message's header into it, so that
-/// both transports offer it in the same place.
-pub const SCHEMA_FIELD: &str = "fedora_messaging_schema";
 /// The field whose presence asks consumers for an ACK.
 pub const GILMSG_VERSION_FIELD: &str = "gilmsg_version";
 /// The `gilmsg_version` value this implementation writes.
@@ -230,8 +229,25 @@ impl Draft {
     /// what a sender needs to put the message on the wire
     /// ([`Sealed::body_text`]) and to know the digest ACKs will name,
     /// without serialising the body again.
-    pub fn seal(mut self, signer: Option<&dyn Signer>) -> Result<Sealed, BuildError> {
-        for (field, value) in [("topic", &self.topic), ("msg_id", &self.msg_id)] {
+    pub fn seal(self, signer: Option<&dyn Signer>) -> Result<Sealed, BuildError> {
+        self.seal_with_schema(None, signer)
+    }
+
+    /// [`Draft::seal`], naming the schema `msg` was checked against in the
+    /// signed field [`SCHEMA_FIELD`] (fedora-messaging's
+    /// `fedora_messaging_schema`) when `schema` is given. The field is
+    /// optional, so it is an argument here rather than a field of every
+    /// `Draft`; checking `msg` is the caller's (see [`crate::schema`]).
+    pub fn seal_with_schema(
+        mut self,
+        schema: Option<&str>,
+        signer: Option<&dyn Signer>,
+    ) -> Result<Sealed, BuildError> {
+        for (field, value) in [
+            ("topic", self.topic.as_str()),
+            ("msg_id", &self.msg_id),
+            (SCHEMA_FIELD, schema.unwrap_or_default()),
+        ] {
             if value.chars().any(is_unsafe_char) {
                 return Err(BuildError::UnsafeField(field));
             }
@@ -244,6 +260,9 @@ impl Draft {
         body.insert("i".into(), Value::from(self.i));
         body.insert("timestamp".into(), Value::from(self.timestamp));
         body.insert("username".into(), Value::String(self.username));
+        if let Some(schema) = schema {
+            body.insert(SCHEMA_FIELD.into(), Value::String(schema.to_owned()));
+        }
         if self.wants_ack {
             body.insert(
                 GILMSG_VERSION_FIELD.into(),
@@ -499,6 +518,7 @@ impl Envelope {
                 |v: &Value| v.is_string() || v.is_number(),
                 "a string",
             ),
+            (SCHEMA_FIELD, Value::is_string, "a string"),
         ] {
             if let Some(v) = body.get(field) {
                 if !check(v) {
@@ -576,6 +596,14 @@ impl Envelope {
     /// The signature scheme, if signed.
     pub fn crypto(&self) -> Option<&str> {
         self.str_field("crypto")
+    }
+
+    /// The schema its sender named for `msg` ([`SCHEMA_FIELD`], signed), if
+    /// any: what an AMQP sender also puts in the `fedora_messaging_schema`
+    /// header. A claim only: receivers check `msg` against their own schema
+    /// for the topic ([`crate::schema`]).
+    pub fn schema_name(&self) -> Option<&str> {
+        self.str_field(SCHEMA_FIELD)
     }
 
     /// Whether the sender asked for ACKs.

@@ -26,6 +26,8 @@
 //!   decision of an ACK-sending consumer as a pure state machine.
 //! - [`redelivery`]: how often a failed message is requeued (AMQP).
 //! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
+//! - [`schema`]: the message-schema rule and the [`SchemaCheck`] trait a
+//!   JSON Schema implementation provides (no JSON Schema library here).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -41,6 +43,7 @@ pub mod policy;
 pub mod publisher;
 pub mod redelivery;
 pub mod retransmit;
+pub mod schema;
 #[cfg(test)]
 mod testing;
 pub mod validate;
@@ -51,4 +54,5 @@ pub use consumer::{Arrival, ConsumerSettings, ConsumerState, Outcome};
 pub use digest::Digest;
 pub use envelope::{DecodeError, Draft, Envelope, Sealed, SignedPart, TopicScheme};
 pub use publisher::{PublisherSettings, PublisherState};
+pub use schema::{SchemaCheck, SchemaNote, SchemaVerdict, SchemaViolation, SCHEMA_FIELD};
 pub use validate::{Rejection, Validated, Validator, Verify};

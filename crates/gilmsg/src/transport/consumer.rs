@@ -96,6 +96,8 @@ pub(crate) enum Disposition {
 /// A consumer's rules and bookkeeping, for one transport's loop to drive.
 pub(crate) struct ConsumerDriver<W: WireFormat> {
     parts: ConsumerParts,
+    /// Schema names already warned about.
+    unknown_schemas: UnknownSchemas,
     /// Where deliveries send their verdicts back.
     link: Arc<dyn ConsumerLink>,
     wire: PhantomData<W>,
@@ -106,6 +108,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
     pub(crate) fn new(parts: ConsumerParts, link: Arc<dyn ConsumerLink>) -> Self {
         ConsumerDriver {
             parts,
+            unknown_schemas: UnknownSchemas::default(),
             link,
             wire: PhantomData,
         }
@@ -183,7 +186,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
             } => {
                 let (group, kind) = refusal.counter();
                 let family = match refusal {
-                    Refusal::Invalid(_) => &parts.counters.invalid,
+                    Refusal::Invalid(_) | Refusal::Schema(_) => &parts.counters.invalid,
                     Refusal::Rejected(_) | Refusal::Stale(_) | Refusal::BelowReplayFloor { .. } => {
                         &parts.counters.rejected
                     }
@@ -213,10 +216,19 @@ impl<W: WireFormat> ConsumerDriver<W> {
             signer,
             ticket,
             legacy_unsigned_gilmsg_version,
+            schema,
         } = accepted;
         let counters = &self.parts.counters;
         if legacy_unsigned_gilmsg_version {
             counters.legacy_unsigned_gilmsg_version.bump();
+        }
+        if schema.checked {
+            counters.schema_checked.bump();
+        }
+        if let Some(name) = schema.unknown_name {
+            counters.schema_unknown_name.bump();
+            self.unknown_schemas
+                .note(name, message.topic(), schema.checked);
         }
         tracing::debug!(
             msg_id = message.msg_id(),
@@ -431,5 +443,39 @@ impl<W: WireFormat> ConsumerDriver<W> {
             *r = readiness;
             true
         });
+    }
+}
+
+/// Schema names a consumer has warned about. A message naming a schema
+/// other than the one this consumer checks its topic against (publisher and
+/// consumer disagree: a new version, a stale config) gets one warning per
+/// name (and at most [`UnknownSchemas::MAX`] names), then debug lines; a
+/// name on a topic this consumer has no schema for is none of its business
+/// and only gets debug lines. Both are counted (`schema.unknown_name`).
+/// fedora-messaging warns on every such message, which makes it the most
+/// common line in its users' logs.
+#[derive(Debug, Default)]
+struct UnknownSchemas {
+    warned: std::collections::HashSet<String>,
+}
+
+impl UnknownSchemas {
+    const MAX: usize = 64;
+
+    /// `checked`: the message passed this consumer's own schema for `topic`.
+    fn note(&mut self, name: String, topic: &str, checked: bool) {
+        let shown = gilmsg_proto::schema::printable(&name).into_owned();
+        if checked && self.warned.len() < Self::MAX && !self.warned.contains(&name) {
+            tracing::warn!(
+                schema = %shown,
+                topic,
+                "messages name a schema other than the one this consumer checks their topic \
+                 against; they passed this consumer's and are delivered (each counted as \
+                 schema.unknown_name, further ones logged at debug)"
+            );
+            self.warned.insert(name);
+        } else {
+            tracing::debug!(schema = %shown, topic, "unknown schema name");
+        }
     }
 }
