@@ -747,3 +747,70 @@ fn the_amqp_guide_example_loads_and_runs() {
         ledger.stop();
     });
 }
+
+const INVOICE_SCHEMA: &str = r#"{
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "required": ["invoice", "amount"],
+    "properties": {"invoice": {"type": "integer"}, "amount": {"type": "integer", "minimum": 0}}
+}"#;
+
+#[test]
+fn schemas_pass_and_fail_on_both_sides_over_amqp() {
+    within_async(LIMIT, || async {
+        let schemas = format!(
+            "[schemas]\n\"{}\" = {{ file = \"schemas/invoice.json\", name = \"invoice.v1\" }}\n",
+            "org.gilmsg.test.dev.test.invoice"
+        );
+        let Some(bus) = AmqpBus::start_with(bins!(), "schemas", &["ledger"], &schemas) else { return };
+        std::fs::create_dir_all(bus.dir().join("schemas")).unwrap();
+        std::fs::write(bus.dir().join("schemas/invoice.json"), INVOICE_SCHEMA).unwrap();
+        let config = bus.config();
+        let ledger = bus.consumer("ledger", &[]);
+        let spy = RawPeer::connect(&bus.url).await;
+        let mut copies = spy.listen("spy", &bus.topic("invoice")).await;
+        // Publisher side: a failing body is refused before anything is
+        // sent, naming the schema and the failing place.
+        let publisher = bus.publisher_from(&config);
+        let err = publisher
+            .publish("invoice", json!({"invoice": 1, "amount": -5}), &["ledger"], WAIT)
+            .await
+            .expect_err("amount below its minimum");
+        let gilmsg::Error::Unsendable(gilmsg::Unsendable::Schema(violation)) = &err else {
+            panic!("not a schema refusal: {err:?}");
+        };
+        assert_eq!(
+            (violation.schema.as_str(), violation.instance_path.as_str(), violation.keyword.as_str()),
+            ("invoice.v1", "/amount", "minimum")
+        );
+        assert_eq!(publisher.stats().get("publish.sent"), 0);
+        // A passing body goes out naming its schema in the signed field and
+        // in fedora-messaging's header; the consumer checks it and ACKs.
+        let receipt = publisher
+            .publish("invoice", json!({"invoice": 1, "amount": 5}), &["ledger"], WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let copy = amqp::next_delivery(&mut copies, WAIT).await;
+        let headers = copy.properties.headers().clone().unwrap_or_default();
+        match headers.inner().get("fedora_messaging_schema") {
+            Some(lapin::types::AMQPValue::LongString(s)) => assert_eq!(s.to_string(), "invoice.v1"),
+            other => panic!("fedora_messaging_schema header: {other:?}"),
+        }
+        assert_eq!(amqp::envelope_of(&copy).str_field("fedora_messaging_schema"), Some("invoice.v1"));
+        ledger.wait_stdout(&receipt.msg_id, WAIT);
+        // Consumer side: a publisher without the schema sends a failing
+        // body; the consumer drops it, counts it, and never ACKs.
+        let plain = bus.config_file("plain.toml", "");
+        let unchecked = bus.publisher_from(&gilmsg::Config::from_path(&plain).unwrap());
+        let err = unchecked
+            .publish("invoice", json!({"invoice": "two", "amount": 5}), &["ledger"], Duration::from_secs(2))
+            .await
+            .expect_err("the consumer refuses it");
+        assert_eq!(err.as_timeout().expect("a timeout").missing, ["ledger"], "{err}");
+        let stats = ledger.wait_stats("the refusal", WAIT, |s| s.get("invalid.schema") == 1);
+        assert_eq!(stats.get("schema.checked"), 1, "{stats}");
+        assert_eq!(stats.get("message.delivered"), 1, "{stats}");
+        assert_eq!(unchecked.stats().get("ack.received"), 0, "{}", unchecked.stats());
+        ledger.stop();
+    });
+}
