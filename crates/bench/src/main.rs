@@ -37,6 +37,7 @@ use gilmsg_cli::roles;
 use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
+mod amqp;
 mod python_anchor;
 
 const READY: Duration = Duration::from_secs(30);
@@ -80,6 +81,16 @@ struct Args {
     /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
     #[arg(long)]
     pub python_peers: Option<PathBuf>,
+    /// Skip the AMQP runs (they start a RabbitMQ node; see amqp.rs).
+    #[arg(long)]
+    pub no_amqp: bool,
+    /// Run only the AMQP part (with the floors it needs).
+    #[arg(long)]
+    pub amqp_only: bool,
+    /// fedora-messaging venv for the AMQP Python anchor (default:
+    /// $GILMSG_FEDORA_MESSAGING).
+    #[arg(long)]
+    pub fedora_messaging: Option<PathBuf>,
 }
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
@@ -200,6 +211,17 @@ fn run(args: Args) -> Result<(), Failure> {
         "crypto",
         crypto_costs(&ssldir, if args.short { 500 } else { 5000 })?,
     );
+
+    if !args.no_amqp {
+        report.json.insert(
+            "amqp",
+            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
+        );
+        if args.amqp_only {
+            write_outputs(&args.out, &report)?;
+            return Ok(());
+        }
+    }
 
     let runtime = common::runtime()?;
     let mut latency = serde_json::Map::new();
@@ -769,6 +791,9 @@ fn markdown(report: &Report) -> String {
         );
     }
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(section) = j.get("amqp") {
+        md.push_str(&amqp::markdown(section));
+    }
     md
 }
 
