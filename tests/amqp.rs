@@ -45,11 +45,21 @@ fn msg_id_of(line: &str) -> String {
 #[test]
 fn three_recipients_acknowledge_a_publish() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "three", &["a", "b", "c"]) else { return };
-        let consumers: Vec<_> = ["a", "b", "c"].iter().map(|n| bus.consumer(n, &[])).collect();
+        let Some(bus) = AmqpBus::start(bins!(), "three", &["a", "b", "c"]) else {
+            return;
+        };
+        let consumers: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|n| bus.consumer(n, &[]))
+            .collect();
         let publisher = bus.publisher();
         let receipt = publisher
-            .publish("greeting", json!({"hello": "world", "n": 1.5}), &["a", "b", "c"], WAIT)
+            .publish(
+                "greeting",
+                json!({"hello": "world", "n": 1.5}),
+                &["a", "b", "c"],
+                WAIT,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(receipt.acks.len(), 3);
@@ -62,16 +72,35 @@ fn three_recipients_acknowledge_a_publish() {
         assert_eq!(publisher.stats().get("publish.acked"), 1);
         // The broker's confirm may come after the ACKs (it confirms a
         // persistent message once it is on disk).
-        until("the broker's confirm", WAIT, || publisher.stats().get("publish.confirmed") >= 1).await;
-        assert_eq!(publisher.stats().get("ack.received"), 3, "{}", publisher.stats());
+        until("the broker's confirm", WAIT, || {
+            publisher.stats().get("publish.confirmed") >= 1
+        })
+        .await;
+        assert_eq!(
+            publisher.stats().get("ack.received"),
+            3,
+            "{}",
+            publisher.stats()
+        );
         // ACKs are routed to their publisher alone: a second publisher's
         // message (every consumer of the topic ACKs it, named or not)
         // brings its three ACKs to it and none to the first.
         let other = bus.publisher();
-        let r2 = other.publish("greeting", json!({"k": 2}), &["a"], WAIT).await.unwrap();
+        let r2 = other
+            .publish("greeting", json!({"k": 2}), &["a"], WAIT)
+            .await
+            .unwrap();
         assert_eq!(r2.acks.len(), 1);
-        until("the other ACKs", WAIT, || other.stats().get("ack.received") == 3).await;
-        assert_eq!(publisher.stats().get("ack.received"), 3, "{}", publisher.stats());
+        until("the other ACKs", WAIT, || {
+            other.stats().get("ack.received") == 3
+        })
+        .await;
+        assert_eq!(
+            publisher.stats().get("ack.received"),
+            3,
+            "{}",
+            publisher.stats()
+        );
         for c in consumers {
             let stats = c.wait_stats("two ACKs confirmed", WAIT, |s| s.get("ack.confirmed") >= 2);
             assert_eq!(stats.get("handler.ok"), 2, "{stats}");
@@ -83,19 +112,30 @@ fn three_recipients_acknowledge_a_publish() {
 #[test]
 fn an_offline_recipient_is_named_and_its_durable_queue_delivers_later() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "offline", &["up", "down"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "offline", &["up", "down"]) else {
+            return;
+        };
         // `down` runs once so that its durable queue exists, then stops.
         bus.consumer("down", &[]).stop();
         let up = bus.consumer("up", &[]);
         let publisher = bus.publisher();
         let err = publisher
-            .publish("work", json!({"job": 7}), &["up", "down"], Duration::from_secs(2))
+            .publish(
+                "work",
+                json!({"job": 7}),
+                &["up", "down"],
+                Duration::from_secs(2),
+            )
             .await
             .expect_err("down is offline");
         let t = err.as_timeout().expect("a timeout");
         assert_eq!(t.missing, ["down"]);
         assert_eq!(t.acked_names(), ["up"]);
-        assert_eq!(t.broker, Some(gilmsg::BrokerVerdict::ConfirmedRouted), "{t}");
+        assert_eq!(
+            t.broker,
+            Some(gilmsg::BrokerVerdict::ConfirmedRouted),
+            "{t}"
+        );
         assert!(err.to_string().contains("routed it to a queue"), "{err}");
         // `down` comes back: its queue kept the message; the late ACK
         // reaches the publisher (its ACK queue lives as long as it) and is
@@ -103,7 +143,10 @@ fn an_offline_recipient_is_named_and_its_durable_queue_delivers_later() {
         let down = bus.consumer("down", &[]);
         let line = down.wait_stdout("\"job\":7", WAIT);
         assert_eq!(msg_id_of(&line), t.msg_id);
-        until("the late ACK", WAIT, || publisher.stats().get("ack.unknown_msg_id") >= 1).await;
+        until("the late ACK", WAIT, || {
+            publisher.stats().get("ack.unknown_msg_id") >= 1
+        })
+        .await;
         let stats = publisher.stats();
         assert_eq!(stats.get("ack.received"), 2, "{stats}");
         assert_eq!(stats.get("publish.acked"), 0, "{stats}");
@@ -130,22 +173,34 @@ fn assert_refused(
         .unwrap_or_else(|| panic!("{what}: expected a timeout, got {err}"));
     assert_eq!(timeout.missing, [recipient], "{what}: {err}");
     assert!(timeout.acked.is_empty(), "{what}: {err}");
-    assert!(stats.get("ack.received") >= 1, "{what}: the ACK never arrived: {stats}");
-    assert!(stats.get(counter) >= 1, "{what}: {counter} not counted: {stats}");
+    assert!(
+        stats.get("ack.received") >= 1,
+        "{what}: the ACK never arrived: {stats}"
+    );
+    assert!(
+        stats.get(counter) >= 1,
+        "{what}: {counter} not counted: {stats}"
+    );
     assert_eq!(stats.get("ack.counted"), 0, "{what}: {stats}");
 }
 
 type Forgery = Box<dyn Fn(&AmqpBus, &Envelope) -> Vec<Vec<u8>>>;
 
 fn ack_by(bus: &AmqpBus, body: AckBody, signer: &str) -> Vec<Vec<u8>> {
-    forge::frames(&forge::ack(&bus.ack_topic(), body, Some(&bus.identity(signer))))
+    forge::frames(&forge::ack(
+        &bus.ack_topic(),
+        body,
+        Some(&bus.identity(signer)),
+    ))
 }
 
 #[test]
 fn every_forged_ack_class_is_refused() {
     within_async(LIMIT, || async {
-        let Some(bus) =
-            AmqpBus::start(bins!(), "forged", &["rcpt", "intruder", "gone", "old"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "forged", &["rcpt", "intruder", "gone", "old"])
+        else {
+            return;
+        };
         bus.revoke("gone");
         bus.issue_expired("old");
         let other_ca = tempfile::tempdir().unwrap();
@@ -155,52 +210,156 @@ fn every_forged_ack_class_is_refused() {
         let peer = RawPeer::connect(&bus.url).await;
         let mut inbox = peer.listen("fake-recipient", &bus.topic("forged")).await;
         let honest: Forgery = Box::new(|bus, m| {
-            forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &bus.identity("rcpt")))
+            forge::frames(&forge::honest_ack(
+                &bus.ack_topic(),
+                m,
+                &bus.identity("rcpt"),
+            ))
         });
         let classes: Vec<(&str, &str, bool, Forgery, &str)> = vec![
-            ("signed by the wrong signer's view", "rcpt", false, Box::new(|bus, m| {
-                let body = AckBody { ack_signer: Some("intruder".into()), ..AckBody::for_message(m).unwrap() };
-                ack_by(bus, body, "rcpt")
-            }), "ack.signer_mismatch"),
-            ("no digest to a strict publisher", "rcpt", true, Box::new(|bus, m| {
-                let body = AckBody { ack_msg_id: m.msg_id().into(), ack_digest: None, ack_signer: None };
-                ack_by(bus, body, "rcpt")
-            }), "ack.digest_missing"),
-            ("by a valid identity that is not a recipient", "rcpt", false, Box::new(|bus, m| {
-                forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &bus.identity("intruder")))
-            }), "ack.not_a_recipient"),
-            ("by a revoked identity", "gone", false, Box::new(|bus, m| {
-                forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &bus.identity("gone")))
-            }), "ack.rejected.revoked_certificate"),
-            ("by a certificate of another CA", "rcpt", false, Box::new(move |bus, m| {
-                forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &impostor))
-            }), "ack.rejected.untrusted_certificate"),
-            ("by an expired certificate", "old", false, Box::new(|bus, m| {
-                forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &bus.identity("old")))
-            }), "ack.rejected.expired_certificate"),
-            ("altered after signing", "rcpt", false, Box::new(|bus, m| {
-                let ack = forge::honest_ack(&bus.ack_topic(), m, &bus.identity("rcpt"));
-                forge::tampered(&ack, |body| { body.insert("username".into(), json!("mallory")); })
-            }), "ack.rejected.bad_signature"),
-            ("its digest altered after signing", "rcpt", false, Box::new(|bus, m| {
-                let ack = forge::honest_ack(&bus.ack_topic(), m, &bus.identity("rcpt"));
-                forge::tampered(&ack, |body| { body["msg"]["ack_digest"] = json!("00".repeat(32)); })
-            }), "ack.rejected.bad_signature"),
-            ("for another msg_id", "rcpt", false, Box::new(|bus, m| {
-                let body = AckBody { ack_msg_id: "2026-not-this-one".into(), ..AckBody::for_message(m).unwrap() };
-                ack_by(bus, body, "rcpt")
-            }), "ack.unknown_msg_id"),
-            ("for another body", "rcpt", false, Box::new(|bus, m| {
-                let other = forge::message(m.topic(), json!({"pay": 1_000_000}), true, None);
-                let body = AckBody { ack_msg_id: m.msg_id().into(), ..AckBody::for_message(&other).unwrap() };
-                ack_by(bus, body, "rcpt")
-            }), "ack.digest_mismatch"),
-            ("unsigned", "rcpt", false, Box::new(|bus, m| {
-                forge::frames(&forge::ack(&bus.ack_topic(), AckBody::for_message(m).unwrap(), None))
-            }), "ack.rejected.unsigned"),
+            (
+                "signed by the wrong signer's view",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    let body = AckBody {
+                        ack_signer: Some("intruder".into()),
+                        ..AckBody::for_message(m).unwrap()
+                    };
+                    ack_by(bus, body, "rcpt")
+                }),
+                "ack.signer_mismatch",
+            ),
+            (
+                "no digest to a strict publisher",
+                "rcpt",
+                true,
+                Box::new(|bus, m| {
+                    let body = AckBody {
+                        ack_msg_id: m.msg_id().into(),
+                        ack_digest: None,
+                        ack_signer: None,
+                    };
+                    ack_by(bus, body, "rcpt")
+                }),
+                "ack.digest_missing",
+            ),
+            (
+                "by a valid identity that is not a recipient",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    forge::frames(&forge::honest_ack(
+                        &bus.ack_topic(),
+                        m,
+                        &bus.identity("intruder"),
+                    ))
+                }),
+                "ack.not_a_recipient",
+            ),
+            (
+                "by a revoked identity",
+                "gone",
+                false,
+                Box::new(|bus, m| {
+                    forge::frames(&forge::honest_ack(
+                        &bus.ack_topic(),
+                        m,
+                        &bus.identity("gone"),
+                    ))
+                }),
+                "ack.rejected.revoked_certificate",
+            ),
+            (
+                "by a certificate of another CA",
+                "rcpt",
+                false,
+                Box::new(move |bus, m| {
+                    forge::frames(&forge::honest_ack(&bus.ack_topic(), m, &impostor))
+                }),
+                "ack.rejected.untrusted_certificate",
+            ),
+            (
+                "by an expired certificate",
+                "old",
+                false,
+                Box::new(|bus, m| {
+                    forge::frames(&forge::honest_ack(
+                        &bus.ack_topic(),
+                        m,
+                        &bus.identity("old"),
+                    ))
+                }),
+                "ack.rejected.expired_certificate",
+            ),
+            (
+                "altered after signing",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    let ack = forge::honest_ack(&bus.ack_topic(), m, &bus.identity("rcpt"));
+                    forge::tampered(&ack, |body| {
+                        body.insert("username".into(), json!("mallory"));
+                    })
+                }),
+                "ack.rejected.bad_signature",
+            ),
+            (
+                "its digest altered after signing",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    let ack = forge::honest_ack(&bus.ack_topic(), m, &bus.identity("rcpt"));
+                    forge::tampered(&ack, |body| {
+                        body["msg"]["ack_digest"] = json!("00".repeat(32));
+                    })
+                }),
+                "ack.rejected.bad_signature",
+            ),
+            (
+                "for another msg_id",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    let body = AckBody {
+                        ack_msg_id: "2026-not-this-one".into(),
+                        ..AckBody::for_message(m).unwrap()
+                    };
+                    ack_by(bus, body, "rcpt")
+                }),
+                "ack.unknown_msg_id",
+            ),
+            (
+                "for another body",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    let other = forge::message(m.topic(), json!({"pay": 1_000_000}), true, None);
+                    let body = AckBody {
+                        ack_msg_id: m.msg_id().into(),
+                        ..AckBody::for_message(&other).unwrap()
+                    };
+                    ack_by(bus, body, "rcpt")
+                }),
+                "ack.digest_mismatch",
+            ),
+            (
+                "unsigned",
+                "rcpt",
+                false,
+                Box::new(|bus, m| {
+                    forge::frames(&forge::ack(
+                        &bus.ack_topic(),
+                        AckBody::for_message(m).unwrap(),
+                        None,
+                    ))
+                }),
+                "ack.rejected.unsigned",
+            ),
         ];
         // The positive control first: the same harness, the honest ACK.
-        let all = std::iter::once(("honest (control)", "rcpt", false, honest, "ack.counted")).chain(classes);
+        let all = std::iter::once(("honest (control)", "rcpt", false, honest, "ack.counted"))
+            .chain(classes);
         for (what, recipient, strict, reply, counter) in all {
             let mut config = bus.config();
             config.require_ack_digest = strict;
@@ -209,13 +368,23 @@ fn every_forged_ack_class_is_refused() {
             let recipient_owned = recipient.to_owned();
             let task = tokio::spawn(async move {
                 handle
-                    .publish("forged", json!({"pay": 100}), &[recipient_owned.as_str()], Duration::from_secs(1))
+                    .publish(
+                        "forged",
+                        json!({"pay": 100}),
+                        &[recipient_owned.as_str()],
+                        Duration::from_secs(1),
+                    )
                     .await
             });
             let delivery = amqp::next_delivery(&mut inbox, WAIT).await;
             let message = amqp::envelope_of(&delivery);
             assert!(message.wants_ack(), "{what}");
-            let reply_to = delivery.properties.reply_to().as_ref().expect("reply_to").to_string();
+            let reply_to = delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .expect("reply_to")
+                .to_string();
             let (body, properties) = amqp::amqp_form(&reply(&bus, &message));
             peer.publish(&reply_to, &body, properties).await;
             let result = task.await.unwrap();
@@ -251,7 +420,12 @@ fn a_failing_handler_is_never_acked_and_given_up_after_its_redeliveries() {
         assert_eq!(stats.get("handler.requeued"), 2, "{stats}");
         assert_eq!(stats.get("handler.ok"), 0, "{stats}");
         assert_eq!(stats.get("ack.sent"), 0, "{stats}");
-        assert_eq!(publisher.stats().get("ack.received"), 0, "{}", publisher.stats());
+        assert_eq!(
+            publisher.stats().get("ack.received"),
+            0,
+            "{}",
+            publisher.stats()
+        );
         flaky.stop();
     });
 }
@@ -259,19 +433,32 @@ fn a_failing_handler_is_never_acked_and_given_up_after_its_redeliveries() {
 #[test]
 fn a_redelivered_copy_reaches_the_handler_once_and_is_acked_again() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "redelivery", &["once"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "redelivery", &["once"]) else {
+            return;
+        };
         let once = bus.consumer("once", &[]);
         // A spy queue keeps a copy of what the publisher sends.
         let spy = RawPeer::connect(&bus.url).await;
         let mut copies = spy.listen("spy", &bus.topic("job")).await;
         let publisher = bus.publisher();
-        let receipt = publisher.publish("job", json!({"n": 1}), &["once"], WAIT).await.unwrap();
+        let receipt = publisher
+            .publish("job", json!({"n": 1}), &["once"], WAIT)
+            .await
+            .unwrap();
         once.wait_stdout(&receipt.msg_id, WAIT);
         let copy = amqp::next_delivery(&mut copies, WAIT).await;
         // The very same message comes again (as a broker redelivers after a
         // lost channel): re-acked, not handled again.
-        spy.publish(&copy.routing_key.to_string(), &copy.data, copy.properties.clone()).await;
-        until("the re-ACK", WAIT, || publisher.stats().get("ack.unknown_msg_id") >= 1).await;
+        spy.publish(
+            &copy.routing_key.to_string(),
+            &copy.data,
+            copy.properties.clone(),
+        )
+        .await;
+        until("the re-ACK", WAIT, || {
+            publisher.stats().get("ack.unknown_msg_id") >= 1
+        })
+        .await;
         let stats = once.wait_stats("the duplicate", WAIT, |s| s.get("duplicate.reacked") >= 1);
         assert_eq!(stats.get("handler.ok"), 1, "{stats}");
         assert_eq!(stats.get("message.delivered"), 1, "{stats}");
@@ -283,14 +470,20 @@ fn a_redelivered_copy_reaches_the_handler_once_and_is_acked_again() {
 #[test]
 fn an_unroutable_message_fails_at_once() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "unroutable", &["nobody"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "unroutable", &["nobody"]) else {
+            return;
+        };
         let publisher = bus.publisher();
         let started = Instant::now();
         let err = publisher
             .publish("nowhere", json!({}), &["nobody"], Duration::from_secs(30))
             .await
             .expect_err("no queue is bound");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(matches!(err, gilmsg::Error::Unroutable { .. }), "{err:?}");
         assert!(err.to_string().contains("no queue would receive"), "{err}");
         assert_eq!(publisher.stats().get("publish.unroutable"), 1);
@@ -298,11 +491,26 @@ fn an_unroutable_message_fails_at_once() {
         let config = bus.config_path.display().to_string();
         let started = Instant::now();
         let out = bus.logger(
-            &["--config", &config, "--certname", PUBLISHER, "--message", "x", "--recipients", "nobody", "--ack-timeout", "30s"],
+            &[
+                "--config",
+                &config,
+                "--certname",
+                PUBLISHER,
+                "--message",
+                "x",
+                "--recipients",
+                "nobody",
+                "--ack-timeout",
+                "30s",
+            ],
             "",
             WAIT,
         );
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
         assert_ne!(out.status, Some(0), "{out:?}");
         assert!(out.stderr.contains("no queue would receive"), "{out:?}");
     });
@@ -321,25 +529,50 @@ fn a_broker_restart_during_a_publish_gives_no_false_positive() {
         let bus = AmqpBus::on(own, bins!(), "restart", &["r"], "max_message_age = \"10m\"");
         let r = bus.consumer("r", &[]);
         let publisher = bus.publisher();
-        publisher.publish("w", json!({"warm": true}), &["r"], WAIT).await.unwrap();
+        publisher
+            .publish("w", json!({"warm": true}), &["r"], WAIT)
+            .await
+            .unwrap();
         // The recipient stops; a publish waits for it; the broker is killed
         // and comes back meanwhile.
         r.stop();
         let handle = publisher.clone();
         let publish = tokio::spawn(async move {
-            handle.publish("w", json!({"during": "restart"}), &["r"], Duration::from_secs(60)).await
+            handle
+                .publish(
+                    "w",
+                    json!({"during": "restart"}),
+                    &["r"],
+                    Duration::from_secs(60),
+                )
+                .await
         });
-        until("the broker's confirm", WAIT, || publisher.stats().get("publish.confirmed") >= 2).await;
-        own.restart(Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
-        // Nobody has handled it: it must not have succeeded.
-        assert!(!publish.is_finished(), "a publish completed with its recipient down");
-        until("the publisher's reconnection", Duration::from_secs(60), || {
-            publisher.stats().get("connection.reconnected") >= 1
+        until("the broker's confirm", WAIT, || {
+            publisher.stats().get("publish.confirmed") >= 2
         })
         .await;
-        assert!(!publish.is_finished(), "a publish completed with its recipient down");
+        own.restart(Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Nobody has handled it: it must not have succeeded.
+        assert!(
+            !publish.is_finished(),
+            "a publish completed with its recipient down"
+        );
+        until(
+            "the publisher's reconnection",
+            Duration::from_secs(60),
+            || publisher.stats().get("connection.reconnected") >= 1,
+        )
+        .await;
+        assert!(
+            !publish.is_finished(),
+            "a publish completed with its recipient down"
+        );
         let again = bus.consumer("r", &[]);
-        let receipt = publish.await.unwrap().unwrap_or_else(|e| panic!("after reconnect: {e}"));
+        let receipt = publish
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("after reconnect: {e}"));
         assert_eq!(receipt.acks.len(), 1);
         again.wait_stdout(&receipt.msg_id, WAIT);
         again.stop();
@@ -351,34 +584,65 @@ fn a_broker_restart_during_a_publish_gives_no_false_positive() {
 #[test]
 fn a_consumer_killed_between_its_handler_and_basic_ack_is_redelivered() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "killed", &["worker"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "killed", &["worker"]) else {
+            return;
+        };
         let runs = bus.dir().join("runs");
         // The handler records its run, then freezes the consumer (its
         // parent) before exiting 0: the consumer has a successful handler
         // and has neither published the ACK nor sent basic.ack when the
         // test kills it.
-        let freeze = format!("echo run >> {:?}; kill -STOP $PPID; exit 0", runs.display().to_string());
+        let freeze = format!(
+            "echo run >> {:?}; kill -STOP $PPID; exit 0",
+            runs.display().to_string()
+        );
         let worker = bus.consumer("worker", &["--exec", &freeze]);
         let publisher = bus.publisher();
         let handle = publisher.clone();
         let publish = tokio::spawn(async move {
-            handle.publish("job", json!({"once": true}), &["worker"], Duration::from_secs(60)).await
+            handle
+                .publish(
+                    "job",
+                    json!({"once": true}),
+                    &["worker"],
+                    Duration::from_secs(60),
+                )
+                .await
         });
-        let count = || std::fs::read_to_string(&runs).map(|t| t.lines().count()).unwrap_or(0);
+        let count = || {
+            std::fs::read_to_string(&runs)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
         until("the first handler run", WAIT, || count() == 1).await;
         let pid = nix::unistd::Pid::from_raw(worker.pid() as i32);
         until("the consumer frozen", WAIT, || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('T')))
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('T'))
+            })
         })
         .await;
         worker.kill();
-        assert!(!publish.is_finished(), "acked by a consumer that never sent its ACK");
+        assert!(
+            !publish.is_finished(),
+            "acked by a consumer that never sent its ACK"
+        );
         // The broker requeues the unacked delivery; a new consumer handles
         // it (at least once: a crash before basic.ack repeats the handler)
         // and its ACK completes the publish.
-        let again = bus.consumer("worker", &["--exec", &format!("echo run >> {:?}", runs.display().to_string())]);
-        let receipt = publish.await.unwrap().unwrap_or_else(|e| panic!("after the crash: {e}"));
+        let again = bus.consumer(
+            "worker",
+            &[
+                "--exec",
+                &format!("echo run >> {:?}", runs.display().to_string()),
+            ],
+        );
+        let receipt = publish
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("after the crash: {e}"));
         assert_eq!(receipt.acks.len(), 1);
         assert_eq!(count(), 2);
         let stats = again.wait_stats("the ACK confirmed", WAIT, |s| s.get("ack.confirmed") >= 1);
@@ -390,8 +654,13 @@ fn a_consumer_killed_between_its_handler_and_basic_ack_is_redelivered() {
 #[test]
 fn tls_with_client_certificates() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "tls", &["ledger"]) else { return };
-        let url = bus.node.tls_url(&bus.vhost).expect("the shared node listens with TLS");
+        let Some(bus) = AmqpBus::start(bins!(), "tls", &["ledger"]) else {
+            return;
+        };
+        let url = bus
+            .node
+            .tls_url(&bus.vhost)
+            .expect("the shared node listens with TLS");
         let tls = amqp::shared_tls_dir();
         let write = |name: &str, client: Option<&str>| {
             let client = client.map_or(String::new(), |c| {
@@ -402,24 +671,44 @@ fn tls_with_client_certificates() {
                 )
             });
             let path = bus.config_file(name, "");
-            let text = std::fs::read_to_string(&path).unwrap().replace(&bus.url, &url);
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace(&bus.url, &url);
             std::fs::write(
                 &path,
-                format!("{text}\n[tls]\nca_cert = {:?}\n{client}", tls.join("ca.crt").display().to_string()),
+                format!(
+                    "{text}\n[tls]\nca_cert = {:?}\n{client}",
+                    tls.join("ca.crt").display().to_string()
+                ),
             )
             .unwrap();
             path
         };
-        let ledger = bus.consumer_with("ledger", &write("tls-ledger.toml", Some("ledger")), "warn", &[]);
-        let publisher_config = gilmsg::Config::from_path(&write("tls-pub.toml", Some("publisher"))).unwrap();
+        let ledger = bus.consumer_with(
+            "ledger",
+            &write("tls-ledger.toml", Some("ledger")),
+            "warn",
+            &[],
+        );
+        let publisher_config =
+            gilmsg::Config::from_path(&write("tls-pub.toml", Some("publisher"))).unwrap();
         let publisher = bus.publisher_from(&publisher_config);
-        let receipt = publisher.publish("secure", json!({"tls": true}), &["ledger"], WAIT).await.unwrap();
+        let receipt = publisher
+            .publish("secure", json!({"tls": true}), &["ledger"], WAIT)
+            .await
+            .unwrap();
         assert_eq!(receipt.acks.len(), 1);
         ledger.wait_stdout(&receipt.msg_id, WAIT);
         // Without a client certificate the broker refuses the handshake.
         let no_cert = gilmsg::Config::from_path(&write("no-cert.toml", None)).unwrap();
-        let err = gilmsg::Bus::builder(&no_cert).certname(PUBLISHER).build().expect_err("no client certificate");
-        assert!(err.to_string().contains("cannot connect to the broker"), "{err}");
+        let err = gilmsg::Bus::builder(&no_cert)
+            .certname(PUBLISHER)
+            .build()
+            .expect_err("no client certificate");
+        assert!(
+            err.to_string().contains("cannot connect to the broker"),
+            "{err}"
+        );
         ledger.stop();
     });
 }
@@ -427,7 +716,9 @@ fn tls_with_client_certificates() {
 #[test]
 fn the_tools_work_unchanged_on_amqp() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "tools", &["j", "x", "p"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "tools", &["j", "x", "p"]) else {
+            return;
+        };
         let config = bus.config_path.display().to_string();
         // --json, --exec (the whole signed message on stdin), and the plain
         // print, each a real gilmsg-consumer.
@@ -441,28 +732,63 @@ fn the_tools_work_unchanged_on_amqp() {
         p.expect_stderr("gilmsg-consumer: ready", gilmsg_testkit::READY_TIMEOUT);
         // gilmsg-logger publishes and prints the receipt.
         let out = bus.logger(
-            &["--config", &config, "--certname", PUBLISHER, "--message", "hello amqp", "--recipients", "j,x,p", "--print-receipt"],
+            &[
+                "--config",
+                &config,
+                "--certname",
+                PUBLISHER,
+                "--message",
+                "hello amqp",
+                "--recipients",
+                "j,x,p",
+                "--print-receipt",
+            ],
             "",
             WAIT,
         );
         assert_eq!(out.status, Some(0), "{out:?}");
-        let receipt: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-        assert_eq!(receipt["acks"].as_array().map(Vec::len), Some(3), "{receipt}");
+        let receipt: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(
+            receipt["acks"].as_array().map(Vec::len),
+            Some(3),
+            "{receipt}"
+        );
         let msg_id = receipt["msg_id"].as_str().expect("msg_id").to_owned();
         let line = j.wait_stdout(&msg_id, WAIT);
         let printed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(printed["body"]["msg"]["log"], "hello amqp", "{line}");
         assert_eq!(printed["signer"], PUBLISHER, "{line}");
-        let plain = p.wait_stdout(&msg_id, WAIT).unwrap_or_else(|e| panic!("{e}"));
-        assert!(plain.contains("signer=publisher") && plain.contains("hello amqp"), "{plain}");
+        let plain = p
+            .wait_stdout(&msg_id, WAIT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            plain.contains("signer=publisher") && plain.contains("hello amqp"),
+            "{plain}"
+        );
         let text = std::fs::read_to_string(&handled).unwrap();
-        let whole: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let whole: serde_json::Value =
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(whole["msg_id"], msg_id.as_str());
         assert_eq!(whole["msg"]["log"], "hello amqp");
-        assert!(whole["signature"].is_string() && whole["certificate"].is_string(), "{whole}");
+        assert!(
+            whole["signature"].is_string() && whole["certificate"].is_string(),
+            "{whole}"
+        );
         // --json-input, several messages from stdin, each acknowledged.
         let out = bus.logger(
-            &["--config", &config, "--certname", PUBLISHER, "--json-input", "--topic", "batch", "--recipients", "j", "--print-receipt"],
+            &[
+                "--config",
+                &config,
+                "--certname",
+                PUBLISHER,
+                "--json-input",
+                "--topic",
+                "batch",
+                "--recipients",
+                "j",
+                "--print-receipt",
+            ],
             "{\"n\": 1}\n{\"n\": 2}\n",
             WAIT,
         );
@@ -479,7 +805,9 @@ fn the_tools_work_unchanged_on_amqp() {
 #[test]
 fn the_blocking_library_works_on_amqp() {
     gilmsg_testkit::within(LIMIT, || {
-        let Some(bus) = AmqpBus::start(bins!(), "blocking", &["c1", "offline"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "blocking", &["c1", "offline"]) else {
+            return;
+        };
         let c1 = bus.consumer("c1", &[]);
         let publisher = gilmsg::blocking::Bus::from_async(bus.publisher()).expect("blocking bus");
         let receipt = publisher
@@ -487,9 +815,16 @@ fn the_blocking_library_works_on_amqp() {
             .expect("c1 acks");
         assert_eq!(receipt.acks[0].recipient, "c1");
         let err = publisher
-            .publish("blocking", json!({"n": 2}), &["c1", "offline"], Duration::from_millis(800))
+            .publish(
+                "blocking",
+                json!({"n": 2}),
+                &["c1", "offline"],
+                Duration::from_millis(800),
+            )
             .expect_err("offline never acks");
-        let timeout = err.as_timeout().unwrap_or_else(|| panic!("not a timeout: {err}"));
+        let timeout = err
+            .as_timeout()
+            .unwrap_or_else(|| panic!("not a timeout: {err}"));
         assert_eq!(timeout.missing, ["offline"]);
         assert_eq!(timeout.acked_names(), ["c1"]);
         assert_eq!(publisher.stats().get("publish.acked"), 1);
@@ -520,7 +855,11 @@ fn the_demo_runs_on_a_rabbitmq_it_starts_itself() {
             "routed it to a queue",
             "demo finished",
         ] {
-            assert!(out.stdout.contains(needle), "{needle:?} not in {}", out.stdout);
+            assert!(
+                out.stdout.contains(needle),
+                "{needle:?} not in {}",
+                out.stdout
+            );
         }
         // The node it started is gone: its name is in the output.
         let node = out
@@ -530,8 +869,14 @@ fn the_demo_runs_on_a_rabbitmq_it_starts_itself() {
             .and_then(|rest| rest.split_whitespace().next())
             .expect("the node's name")
             .to_owned();
-        let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-        assert!(!String::from_utf8_lossy(&ps.stdout).contains(&node), "{node} still runs");
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&ps.stdout).contains(&node),
+            "{node} still runs"
+        );
     })
 }
 
@@ -598,18 +943,37 @@ def record(message):
 #[test]
 fn fedora_messaging_consume_receives_our_messages() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "fm-consume", &["ledger"]) else { return };
-        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "fm-consume", &["ledger"]) else {
+            return;
+        };
+        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else {
+            return;
+        };
         let topic = bus.topic("interop");
         let dir = fedora_messaging_dir(&bus, &topic);
         // The queue fedora-messaging's config declares, declared first so
         // that our message waits in it whatever the peer's start-up time.
-        RawPeer::connect(&bus.url).await.durable_queue("fm_interop", &topic).await;
+        RawPeer::connect(&bus.url)
+            .await
+            .durable_queue("fm_interop", &topic)
+            .await;
         let ledger = bus.consumer("ledger", &[]);
         let config = bus.config_path.display().to_string();
         let out = bus.logger(
-            &["--config", &config, "--certname", PUBLISHER, "--json-input", "--modname", "test", "--topic", "interop",
-              "--recipients", "ledger", "--print-receipt"],
+            &[
+                "--config",
+                &config,
+                "--certname",
+                PUBLISHER,
+                "--json-input",
+                "--modname",
+                "test",
+                "--topic",
+                "interop",
+                "--recipients",
+                "ledger",
+                "--print-receipt",
+            ],
             "{\"package\": \"gilmsg\", \"version\": [0, 1], \"note\": \"h\u{e9}llo\"}\n",
             WAIT,
         );
@@ -641,11 +1005,20 @@ fn fedora_messaging_consume_receives_our_messages() {
         let seen: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(seen["topic"], topic.as_str(), "{seen}");
         assert_eq!(seen["id"], msg_id.as_str(), "{seen}");
-        assert_eq!(seen["body"], json!({"package": "gilmsg", "version": [0, 1], "note": "h\u{e9}llo"}), "{seen}");
+        assert_eq!(
+            seen["body"],
+            json!({"package": "gilmsg", "version": [0, 1], "note": "h\u{e9}llo"}),
+            "{seen}"
+        );
         assert_eq!(seen["class"], "fedora_messaging.message.Message", "{seen}");
         assert_eq!(seen["schema_header"], "base.message", "{seen}");
         assert_eq!(seen["severity"], 20, "{seen}");
-        assert!(seen["sent_at"].as_str().is_some_and(|t| t.ends_with("+00:00")), "{seen}");
+        assert!(
+            seen["sent_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("+00:00")),
+            "{seen}"
+        );
         assert_eq!(seen["gilmsg_envelope"], true, "{seen}");
         ledger.stop();
     });
@@ -654,13 +1027,21 @@ fn fedora_messaging_consume_receives_our_messages() {
 #[test]
 fn fedora_messaging_publish_reaches_our_consumer_as_unsigned() {
     within_async(LIMIT, || async {
-        let Some(bus) = AmqpBus::start(bins!(), "fm-publish", &["open", "strict"]) else { return };
-        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "fm-publish", &["open", "strict"]) else {
+            return;
+        };
+        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else {
+            return;
+        };
         let topic = bus.topic("from-python");
         let dir = fedora_messaging_dir(&bus, &topic);
         let open_config = bus.dir().join("open.toml");
         let text = std::fs::read_to_string(&bus.config_path).unwrap();
-        std::fs::write(&open_config, text.replace("validate_signatures = true", "validate_signatures = false")).unwrap();
+        std::fs::write(
+            &open_config,
+            text.replace("validate_signatures = true", "validate_signatures = false"),
+        )
+        .unwrap();
         let open = bus.consumer_with("open", &open_config, "warn", &[]);
         let strict = bus.consumer_with("strict", &bus.config_path, "debug", &[]);
         // fedora-messaging writes the message file itself (`dumps`), then
@@ -676,8 +1057,20 @@ fn fedora_messaging_publish_reaches_our_consumer_as_unsigned() {
         std::fs::write(dir.join("messages.jsonl"), &line).unwrap();
         let sent: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
         let mut publish = gilmsg_testkit::python::command(&venv.join("bin/fedora-messaging"), &dir);
-        publish.args(["--conf", "fm.toml", "publish", "--exchange", "amq.topic", "messages.jsonl"]);
-        gilmsg_testkit::child::run_ok(publish, "fedora-messaging publish", "", Duration::from_secs(60));
+        publish.args([
+            "--conf",
+            "fm.toml",
+            "publish",
+            "--exchange",
+            "amq.topic",
+            "messages.jsonl",
+        ]);
+        gilmsg_testkit::child::run_ok(
+            publish,
+            "fedora-messaging publish",
+            "",
+            Duration::from_secs(60),
+        );
         // validate_signatures = false: delivered, marked unsigned (no
         // signer), and never acknowledged (it asked for nothing).
         let printed = open.wait_stdout("fedora-messaging", WAIT);
@@ -685,7 +1078,11 @@ fn fedora_messaging_publish_reaches_our_consumer_as_unsigned() {
         assert_eq!(printed["signer"], serde_json::Value::Null, "{printed}");
         assert_eq!(printed["topic"], topic.as_str(), "{printed}");
         assert_eq!(printed["msg_id"], sent["id"], "{printed}");
-        assert_eq!(printed["body"]["msg"], json!({"from": "fedora-messaging", "n": 1}), "{printed}");
+        assert_eq!(
+            printed["body"]["msg"],
+            json!({"from": "fedora-messaging", "n": 1}),
+            "{printed}"
+        );
         let stats = open.wait_stats("delivered", WAIT, |s| s.get("message.delivered") == 1);
         assert_eq!(stats.get("ack.sent"), 0, "{stats}");
         // validate_signatures = true: refused as unsigned, counted, not
@@ -703,7 +1100,10 @@ fn guide_example(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/amqp.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let marker = format!("<!-- amqp-example: {name} -->");
-    let after = text.split_once(&marker).unwrap_or_else(|| panic!("{marker} not in docs/amqp.md")).1;
+    let after = text
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("{marker} not in docs/amqp.md"))
+        .1;
     let block = after.split_once("```toml\n").expect("a toml block").1;
     block.split_once("```").expect("its end").0.to_owned()
 }
@@ -714,22 +1114,42 @@ fn the_amqp_guide_example_loads_and_runs() {
         let example = guide_example("ledger.toml");
         // As written.
         let origin = Path::new("/etc/fedora-messaging/ledger.toml");
-        let config = gilmsg::Config::from_toml_str(&example, origin).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            gilmsg::Config::from_toml_str(&example, origin).unwrap_or_else(|e| panic!("{e}"));
         let amqp = config.amqp.as_ref().expect("amqp_url selects AMQP");
         assert!(amqp.uses_tls());
         assert!(amqp.queues.contains_key("ledger.gilmsg"));
-        assert_eq!(config.topic_scheme().topic("bodhi", "update"), "org.fedoraproject.prod.bodhi.update");
+        assert_eq!(
+            config.topic_scheme().topic("bodhi", "update"),
+            "org.fedoraproject.prod.bodhi.update"
+        );
         // On a throwaway node: the same text, its URL and paths replaced.
-        let Some(bus) = AmqpBus::start(bins!(), "guide", &["ledger"]) else { return };
+        let Some(bus) = AmqpBus::start(bins!(), "guide", &["ledger"]) else {
+            return;
+        };
         let tls = amqp::shared_tls_dir();
         let url = bus.node.tls_url(&bus.vhost).expect("TLS listener");
         let local = example
             .replace("amqps://ledger@rabbitmq.example.org/%2Fpubsub", &url)
-            .replace("/etc/fedora-messaging/cacert.pem", &tls.join("ca.crt").display().to_string())
-            .replace("/etc/fedora-messaging/ledger-key.pem", &tls.join("ledger.key").display().to_string())
-            .replace("/etc/fedora-messaging/ledger-cert.pem", &tls.join("ledger.crt").display().to_string())
+            .replace(
+                "/etc/fedora-messaging/cacert.pem",
+                &tls.join("ca.crt").display().to_string(),
+            )
+            .replace(
+                "/etc/fedora-messaging/ledger-key.pem",
+                &tls.join("ledger.key").display().to_string(),
+            )
+            .replace(
+                "/etc/fedora-messaging/ledger-cert.pem",
+                &tls.join("ledger.crt").display().to_string(),
+            )
             .replace("/etc/gilmsg/pki", &bus.ssldir.display().to_string());
-        assert!(!local.lines().any(|l| !l.starts_with('#') && l.contains("/etc/")), "{local}");
+        assert!(
+            !local
+                .lines()
+                .any(|l| !l.starts_with('#') && l.contains("/etc/")),
+            "{local}"
+        );
         let path = bus.dir().join("ledger.toml");
         std::fs::write(&path, &local).unwrap();
         let ledger = bus.consumer_with("ledger", &path, "warn", &[]);
@@ -739,7 +1159,12 @@ fn the_amqp_guide_example_loads_and_runs() {
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
         let receipt = publisher
-            .publish("update", json!({"alias": "FEDORA-2026-1"}), &["ledger"], WAIT)
+            .publish(
+                "update",
+                json!({"alias": "FEDORA-2026-1"}),
+                &["ledger"],
+                WAIT,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(receipt.topic, "org.fedoraproject.prod.bodhi.update");
@@ -762,7 +1187,9 @@ fn schemas_pass_and_fail_on_both_sides_over_amqp() {
             "[schemas]\n\"{}\" = {{ file = \"schemas/invoice.json\", name = \"invoice.v1\" }}\n",
             "org.gilmsg.test.dev.test.invoice"
         );
-        let Some(bus) = AmqpBus::start_with(bins!(), "schemas", &["ledger"], &schemas) else { return };
+        let Some(bus) = AmqpBus::start_with(bins!(), "schemas", &["ledger"], &schemas) else {
+            return;
+        };
         std::fs::create_dir_all(bus.dir().join("schemas")).unwrap();
         std::fs::write(bus.dir().join("schemas/invoice.json"), INVOICE_SCHEMA).unwrap();
         let config = bus.config();
@@ -773,21 +1200,35 @@ fn schemas_pass_and_fail_on_both_sides_over_amqp() {
         // sent, naming the schema and the failing place.
         let publisher = bus.publisher_from(&config);
         let err = publisher
-            .publish("invoice", json!({"invoice": 1, "amount": -5}), &["ledger"], WAIT)
+            .publish(
+                "invoice",
+                json!({"invoice": 1, "amount": -5}),
+                &["ledger"],
+                WAIT,
+            )
             .await
             .expect_err("amount below its minimum");
         let gilmsg::Error::Unsendable(gilmsg::Unsendable::Schema(violation)) = &err else {
             panic!("not a schema refusal: {err:?}");
         };
         assert_eq!(
-            (violation.schema.as_str(), violation.instance_path.as_str(), violation.keyword.as_str()),
+            (
+                violation.schema.as_str(),
+                violation.instance_path.as_str(),
+                violation.keyword.as_str()
+            ),
             ("invoice.v1", "/amount", "minimum")
         );
         assert_eq!(publisher.stats().get("publish.sent"), 0);
         // A passing body goes out naming its schema in the signed field and
         // in fedora-messaging's header; the consumer checks it and ACKs.
         let receipt = publisher
-            .publish("invoice", json!({"invoice": 1, "amount": 5}), &["ledger"], WAIT)
+            .publish(
+                "invoice",
+                json!({"invoice": 1, "amount": 5}),
+                &["ledger"],
+                WAIT,
+            )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let copy = amqp::next_delivery(&mut copies, WAIT).await;
@@ -796,21 +1237,38 @@ fn schemas_pass_and_fail_on_both_sides_over_amqp() {
             Some(lapin::types::AMQPValue::LongString(s)) => assert_eq!(s.to_string(), "invoice.v1"),
             other => panic!("fedora_messaging_schema header: {other:?}"),
         }
-        assert_eq!(amqp::envelope_of(&copy).str_field("fedora_messaging_schema"), Some("invoice.v1"));
+        assert_eq!(
+            amqp::envelope_of(&copy).str_field("fedora_messaging_schema"),
+            Some("invoice.v1")
+        );
         ledger.wait_stdout(&receipt.msg_id, WAIT);
         // Consumer side: a publisher without the schema sends a failing
         // body; the consumer drops it, counts it, and never ACKs.
         let plain = bus.config_file("plain.toml", "");
         let unchecked = bus.publisher_from(&gilmsg::Config::from_path(&plain).unwrap());
         let err = unchecked
-            .publish("invoice", json!({"invoice": "two", "amount": 5}), &["ledger"], Duration::from_secs(2))
+            .publish(
+                "invoice",
+                json!({"invoice": "two", "amount": 5}),
+                &["ledger"],
+                Duration::from_secs(2),
+            )
             .await
             .expect_err("the consumer refuses it");
-        assert_eq!(err.as_timeout().expect("a timeout").missing, ["ledger"], "{err}");
+        assert_eq!(
+            err.as_timeout().expect("a timeout").missing,
+            ["ledger"],
+            "{err}"
+        );
         let stats = ledger.wait_stats("the refusal", WAIT, |s| s.get("invalid.schema") == 1);
         assert_eq!(stats.get("schema.checked"), 1, "{stats}");
         assert_eq!(stats.get("message.delivered"), 1, "{stats}");
-        assert_eq!(unchecked.stats().get("ack.received"), 0, "{}", unchecked.stats());
+        assert_eq!(
+            unchecked.stats().get("ack.received"),
+            0,
+            "{}",
+            unchecked.stats()
+        );
         ledger.stop();
     });
 }

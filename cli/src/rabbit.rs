@@ -166,7 +166,12 @@ impl Rabbit {
         let mut epmd = self.epmd.lock().map_err(|_| "poisoned")?;
         if epmd.is_none() {
             let child = Command::new("epmd")
-                .args(["-port", &self.epmd_port.to_string(), "-address", "127.0.0.1"])
+                .args([
+                    "-port",
+                    &self.epmd_port.to_string(),
+                    "-address",
+                    "127.0.0.1",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -177,10 +182,13 @@ impl Rabbit {
         let _ = fs::remove_file(self.dir.path().join("pid"));
         let mut server = Command::new(Path::new(RABBIT_BIN).join("rabbitmq-server"));
         self.env(&mut server);
-        let log = fs::File::create(self.dir.path().join("server.out")).map_err(|e| e.to_string())?;
+        let log =
+            fs::File::create(self.dir.path().join("server.out")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         server.stdout(log).stderr(log2).stdin(Stdio::null());
-        let child = server.spawn().map_err(|e| format!("rabbitmq-server: {e}"))?;
+        let child = server
+            .spawn()
+            .map_err(|e| format!("rabbitmq-server: {e}"))?;
         *self.server.lock().map_err(|_| "poisoned")? = Some(child);
         self.write_pids();
         let started = Instant::now();
@@ -200,7 +208,8 @@ impl Rabbit {
                 Ok(())
             }
             Err(e) => {
-                let log = fs::read_to_string(self.dir.path().join("server.out")).unwrap_or_default();
+                let log =
+                    fs::read_to_string(self.dir.path().join("server.out")).unwrap_or_default();
                 self.kill_server();
                 Err(format!("RabbitMQ did not start: {e}\n{log}"))
             }
@@ -242,7 +251,10 @@ impl Rabbit {
     pub fn vhost(&self, name: &str) -> Result<String, String> {
         let limit = Duration::from_secs(30);
         self.ctl(&["add_vhost", name], limit)?;
-        self.ctl(&["set_permissions", "-p", name, "guest", ".*", ".*", ".*"], limit)?;
+        self.ctl(
+            &["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+            limit,
+        )?;
         Ok(format!("amqp://guest:guest@127.0.0.1:{}/{name}", self.port))
     }
 
@@ -281,7 +293,9 @@ impl Rabbit {
         self.kill_server();
         // Wait until the port is free again.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }

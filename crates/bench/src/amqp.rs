@@ -72,7 +72,12 @@ pub(crate) fn section(
 }
 
 /// Runs the AMQP benchmark.
-pub(crate) fn bench(exe: &Path, dir: &Path, body_size: usize, o: &Options) -> Result<Value, Failure> {
+pub(crate) fn bench(
+    exe: &Path,
+    dir: &Path,
+    body_size: usize,
+    o: &Options,
+) -> Result<Value, Failure> {
     progress("AMQP: starting a RabbitMQ node");
     let node = Rabbit::start(None, Duration::from_secs(120)).map_err(fail)?;
     let url = node.default_url();
@@ -82,7 +87,10 @@ pub(crate) fn bench(exe: &Path, dir: &Path, body_size: usize, o: &Options) -> Re
     progress("AMQP floor: raw publish-confirm -> consume -> publish -> consume");
     let floor = runtime.block_on(floor_rtt(&url, o.samples, body_size))?;
     progress(format!("AMQP floor p50 {:.1} us", floor.pct(50.0)));
-    out.insert("floor_rtt".into(), json!({"body_bytes": body_size, "latency": floor.json()}));
+    out.insert(
+        "floor_rtt".into(),
+        json!({"body_bytes": body_size, "latency": floor.json()}),
+    );
 
     let config_path = dir.join("amqp.toml");
     std::fs::write(
@@ -126,7 +134,8 @@ pub(crate) fn bench(exe: &Path, dir: &Path, body_size: usize, o: &Options) -> Re
             let mut best = (0.0f64, 0usize);
             for window in [64usize, 256, 1024] {
                 let sub = format!("k{k}.throughput");
-                let rate = runtime.block_on(run_window(&bus, &sub, &recipients, o.messages, window))?;
+                let rate =
+                    runtime.block_on(run_window(&bus, &sub, &recipients, o.messages, window))?;
                 progress(format!("AMQP throughput window {window}: {rate:.0} msg/s"));
                 if rate > best.0 {
                     best = (rate, window);
@@ -137,7 +146,10 @@ pub(crate) fn bench(exe: &Path, dir: &Path, body_size: usize, o: &Options) -> Re
                 json!({"msgs_per_s": best.0, "window": best.1, "messages": o.messages}),
             );
         }
-        latency.insert(format!("{k}_recipients_publisher_counters"), json!(bus.stats().counters));
+        latency.insert(
+            format!("{k}_recipients_publisher_counters"),
+            json!(bus.stats().counters),
+        );
         runtime.block_on(bus.close());
         drop(consumers);
     }
@@ -152,7 +164,9 @@ pub(crate) fn bench(exe: &Path, dir: &Path, body_size: usize, o: &Options) -> Re
                 .map(|s| json!({"venv": venv.display().to_string(), "latency": s.json()}))
                 .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}))
         }
-        None => json!({"status": "skipped: no fedora-messaging venv (scripts/fedora-messaging-peer.sh; $GILMSG_FEDORA_MESSAGING)"}),
+        None => {
+            json!({"status": "skipped: no fedora-messaging venv (scripts/fedora-messaging-peer.sh; $GILMSG_FEDORA_MESSAGING)"})
+        }
     };
     out.insert("python_fedora_messaging_publish".into(), python);
     let mut section = Value::Object(out);
@@ -185,10 +199,18 @@ fn add_targets(section: &mut Value) {
 
 /// The Markdown table of the `amqp` section.
 pub(crate) fn markdown(section: &Value) -> String {
-    let get = |p: &str| section.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let get = |p: &str| {
+        section
+            .pointer(p)
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
     let floor = get("/floor_rtt/latency/p50_us");
     let mut md = String::from("\n### AMQP (RabbitMQ on 127.0.0.1)\n\n");
-    let _ = writeln!(md, "| measure | p50 | p99 | vs floor (p50) |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| measure | p50 | p99 | vs floor (p50) |\n|---|---|---|---|"
+    );
     let mut row = |name: &str, base: &str| {
         let p50 = get(&format!("{base}/p50_us"));
         let _ = writeln!(
@@ -200,18 +222,33 @@ pub(crate) fn markdown(section: &Value) -> String {
     };
     row("raw AMQP round trip (floor)", "/floor_rtt/latency");
     for k in [1, 3, 10] {
-        if section.pointer(&format!("/latency_warm_publish/{k}_recipients")).is_some() {
-            row(&format!("acknowledged publish, {k} recipient(s)"), &format!("/latency_warm_publish/{k}_recipients"));
+        if section
+            .pointer(&format!("/latency_warm_publish/{k}_recipients"))
+            .is_some()
+        {
+            row(
+                &format!("acknowledged publish, {k} recipient(s)"),
+                &format!("/latency_warm_publish/{k}_recipients"),
+            );
         }
     }
-    if section.pointer("/python_fedora_messaging_publish/latency").is_some() {
-        row("Python fedora-messaging api.publish (broker confirm only)", "/python_fedora_messaging_publish/latency");
+    if section
+        .pointer("/python_fedora_messaging_publish/latency")
+        .is_some()
+    {
+        row(
+            "Python fedora-messaging api.publish (broker confirm only)",
+            "/python_fedora_messaging_publish/latency",
+        );
     }
     let _ = writeln!(
         md,
         "\nThroughput, 1 recipient: {:.0} acknowledged msgs/s (window {}).\n",
         get("/throughput/1_recipients/msgs_per_s"),
-        section.pointer("/throughput/1_recipients/window").cloned().unwrap_or(Value::Null)
+        section
+            .pointer("/throughput/1_recipients/window")
+            .cloned()
+            .unwrap_or(Value::Null)
     );
     let _ = writeln!(md, "| target | value | met |\n|---|---|---|");
     if let Some(Value::Object(targets)) = section.get("targets") {
@@ -220,7 +257,9 @@ pub(crate) fn markdown(section: &Value) -> String {
                 md,
                 "| {name} ({}) | {} | {} |",
                 t["target"].as_str().unwrap_or(""),
-                t["value"].as_f64().map_or("-".into(), |v| format!("{v:.2}")),
+                t["value"]
+                    .as_f64()
+                    .map_or("-".into(), |v| format!("{v:.2}")),
                 t["met"]
             );
         }
@@ -251,18 +290,30 @@ async fn floor_rtt(url: &str, samples: usize, body_size: usize) -> Result<Summar
     };
     let persistent = BasicProperties::default().with_delivery_mode(2);
     let echo_conn = connect(url).await?;
-    let echo = echo_conn.create_channel().await.map_err(lapin_fail("channel"))?;
-    echo.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_fail("confirms"))?;
+    let echo = echo_conn
+        .create_channel()
+        .await
+        .map_err(lapin_fail("channel"))?;
+    echo.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(lapin_fail("confirms"))?;
     echo.queue_declare("bench.floor.ping".into(), durable, FieldTable::default())
         .await
         .map_err(lapin_fail("declare"))?;
     let mut pings = echo
-        .basic_consume("bench.floor.ping".into(), "".into(), no_ack, FieldTable::default())
+        .basic_consume(
+            "bench.floor.ping".into(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
         .await
         .map_err(lapin_fail("consume"))?;
     let conn = connect(url).await?;
     let ch = conn.create_channel().await.map_err(lapin_fail("channel"))?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(lapin_fail("confirms"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(lapin_fail("confirms"))?;
     let pong_queue = ch
         .queue_declare(
             "".into(),
@@ -277,7 +328,12 @@ async fn floor_rtt(url: &str, samples: usize, body_size: usize) -> Result<Summar
         .map_err(lapin_fail("declare"))?;
     let pong_name = pong_queue.name().to_string();
     let mut pongs = ch
-        .basic_consume(pong_queue.name().clone(), "".into(), no_ack, FieldTable::default())
+        .basic_consume(
+            pong_queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
         .await
         .map_err(lapin_fail("consume"))?;
     let echo_props = persistent.clone();
@@ -376,7 +432,12 @@ async fn run_window(
         let topic = topic.to_owned();
         tasks.spawn(async move {
             let result = bus
-                .publish(&topic, json!({"seq": i}), &recipients, Duration::from_secs(30))
+                .publish(
+                    &topic,
+                    json!({"seq": i}),
+                    &recipients,
+                    Duration::from_secs(30),
+                )
                 .await;
             drop(permit);
             result
@@ -394,7 +455,12 @@ async fn run_window(
 /// fedora-messaging's `api.publish` (blocking, confirms, not mandatory)
 /// timed in Python, to a topic a durable queue is bound to (so the broker
 /// persists it, as it does ours).
-async fn python_publish(url: &str, dir: &Path, venv: &Path, samples: usize) -> Result<Summary, Failure> {
+async fn python_publish(
+    url: &str,
+    dir: &Path,
+    venv: &Path,
+    samples: usize,
+) -> Result<Summary, Failure> {
     let topic = format!("{TOPIC_PREFIX}.python.latency");
     let conn = connect(url).await?;
     let ch = conn.create_channel().await.map_err(lapin_fail("channel"))?;

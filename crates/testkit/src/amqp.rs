@@ -41,7 +41,10 @@ pub fn shared() -> Option<&'static Rabbit> {
             return None;
         }
         let tls = Tls::make(&shared_tls_dir(), TLS_CLIENTS).unwrap_or_else(|e| panic!("{e}"));
-        Some(Rabbit::start(Some(&tls.listener()), Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}")))
+        Some(
+            Rabbit::start(Some(&tls.listener()), Duration::from_secs(90))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     })
     .as_ref()
 }
@@ -100,13 +103,24 @@ impl AmqpBus {
     }
 
     /// Like [`AmqpBus::start`], with extra top-level TOML lines.
-    pub fn start_with(bins: Bins, vhost: &str, names: &[&str], extra_toml: &str) -> Option<AmqpBus> {
+    pub fn start_with(
+        bins: Bins,
+        vhost: &str,
+        names: &[&str],
+        extra_toml: &str,
+    ) -> Option<AmqpBus> {
         let node = shared()?;
         Some(AmqpBus::on(node, bins, vhost, names, extra_toml))
     }
 
     /// A bus on `node` (e.g. a node of the test's own, to restart).
-    pub fn on(node: &'static Rabbit, bins: Bins, vhost: &str, names: &[&str], extra_toml: &str) -> AmqpBus {
+    pub fn on(
+        node: &'static Rabbit,
+        bins: Bins,
+        vhost: &str,
+        names: &[&str],
+        extra_toml: &str,
+    ) -> AmqpBus {
         let url = node.vhost(vhost).unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new()
             .prefix("gilmsg-amqp-test-")
@@ -283,7 +297,11 @@ impl RawPeer {
     pub async fn listen(&self, name: &str, binding_key: &str) -> lapin::Consumer {
         use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
         self.channel
-            .queue_declare(name.into(), QueueDeclareOptions::default(), Default::default())
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::default(),
+                Default::default(),
+            )
             .await
             .expect("declare");
         self.channel
@@ -340,7 +358,12 @@ impl RawPeer {
 
     /// Publishes `body` with `properties` to `routing_key` on `amq.topic`
     /// and waits for the broker's confirm.
-    pub async fn publish(&self, routing_key: &str, body: &[u8], properties: lapin::BasicProperties) {
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) {
         self.channel
             .basic_publish(
                 "amq.topic".into(),
@@ -360,7 +383,10 @@ impl RawPeer {
 ///
 /// # Panics
 /// When none comes.
-pub async fn next_delivery(consumer: &mut lapin::Consumer, limit: Duration) -> lapin::message::Delivery {
+pub async fn next_delivery(
+    consumer: &mut lapin::Consumer,
+    limit: Duration,
+) -> lapin::message::Delivery {
     use futures_util::StreamExt;
     match tokio::time::timeout(limit, consumer.next()).await {
         Ok(Some(Ok(d))) => d,

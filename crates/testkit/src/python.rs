@@ -110,7 +110,8 @@ pub fn fedora_messaging_venv() -> Option<std::path::PathBuf> {
         if let Some(dir) = std::env::var_os("GILMSG_FEDORA_MESSAGING") {
             return Some(dir.into());
         }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fedora-messaging-peer.sh");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fedora-messaging-peer.sh");
         let made = Command::new(&script)
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
@@ -121,7 +122,10 @@ pub fn fedora_messaging_venv() -> Option<std::path::PathBuf> {
                 .last()
                 .map(|l| std::path::PathBuf::from(l.trim())),
             other => {
-                let why = format!("SKIP: no fedora-messaging venv ({} failed: {other:?})", script.display());
+                let why = format!(
+                    "SKIP: no fedora-messaging venv ({} failed: {other:?})",
+                    script.display()
+                );
                 if std::env::var_os("GILMSG_REQUIRE_FEDORA_MESSAGING").is_some() {
                     panic!("{why}");
                 }
