@@ -526,8 +526,17 @@ fn a_broker_restart_during_a_publish_gives_no_false_positive() {
         let own: &'static Rabbit = Box::leak(Box::new(
             Rabbit::start(None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}")),
         ));
-        let bus = AmqpBus::on(own, bins!(), "restart", &["r"], "max_message_age = \"10m\"");
+        let bus = AmqpBus::on(
+            own,
+            bins!(),
+            "restart",
+            &["r", "s"],
+            "max_message_age = \"10m\"",
+        );
         let r = bus.consumer("r", &[]);
+        // `s` stays up through the restart: it must reconnect and neither
+        // lose nor double-count a message.
+        let s = bus.consumer("s", &[]);
         let publisher = bus.publisher();
         publisher
             .publish("w", json!({"warm": true}), &["r"], WAIT)
@@ -575,6 +584,18 @@ fn a_broker_restart_during_a_publish_gives_no_false_positive() {
             .unwrap_or_else(|e| panic!("after reconnect: {e}"));
         assert_eq!(receipt.acks.len(), 1);
         again.wait_stdout(&receipt.msg_id, WAIT);
+        let after = publisher
+            .publish("w", json!({"after": "restart"}), &["s"], WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("s after the restart: {e}"));
+        s.wait_stdout(&after.msg_id, WAIT);
+        let stats = s.wait_stats("s's three messages", WAIT, |st| {
+            st.get("handler.ok") >= 3
+        });
+        assert!(stats.get("connection.reconnected") >= 1, "{stats}");
+        assert_eq!(stats.get("handler.ok"), 3, "{stats}");
+        assert_eq!(stats.get("message.delivered"), 3, "{stats}");
+        s.stop();
         again.stop();
         publisher.close().await;
         own.stop_node();
