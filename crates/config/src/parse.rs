@@ -495,11 +495,12 @@ fn read_amqp(r: &mut Reader, environment_in_topics: bool) -> Result<AmqpConfig, 
         a.exchanges = exchanges
             .into_iter()
             .map(|(name, e)| {
-                let mut x = ExchangeConfig::default();
-                x.kind = e.kind;
-                x.durable = e.durable;
-                x.auto_delete = e.auto_delete;
-                x.arguments = e.arguments;
+                let x = ExchangeConfig {
+                    kind: e.kind,
+                    durable: e.durable,
+                    auto_delete: e.auto_delete,
+                    arguments: e.arguments,
+                };
                 (name, x)
             })
             .collect();
@@ -522,11 +523,12 @@ fn read_amqp(r: &mut Reader, environment_in_topics: bool) -> Result<AmqpConfig, 
             .into_iter()
             .filter(|(name, _)| !name.is_empty())
             .map(|(name, q)| {
-                let mut x = QueueConfig::default();
-                x.durable = q.durable;
-                x.auto_delete = q.auto_delete;
-                x.exclusive = q.exclusive;
-                x.arguments = q.arguments;
+                let x = QueueConfig {
+                    durable: q.durable,
+                    auto_delete: q.auto_delete,
+                    exclusive: q.exclusive,
+                    arguments: q.arguments,
+                };
                 (name, x)
             })
             .collect();

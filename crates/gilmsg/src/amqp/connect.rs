@@ -20,12 +20,16 @@ use crate::error::{Error, Result};
 /// The first wait before reconnecting; it doubles up to `reconnect_max`.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
 
+/// A client certificate chain and key, PEM.
+type ClientIdentity = (Vec<u8>, Vec<u8>);
+
 /// How to reach the broker: everything read from files is read once, when
 /// the handle is built, so a missing key file is a build error.
 #[derive(Clone)]
 pub(crate) struct Broker {
     pub(crate) config: AmqpConfig,
-    tls: Option<(Option<String>, Option<(Vec<u8>, Vec<u8>)>)>,
+    /// With TLS: the CA (PEM text) and the client identity, if any.
+    tls: Option<(Option<String>, Option<ClientIdentity>)>,
     /// What this process is, for the broker's connection list.
     app: String,
 }
