@@ -62,7 +62,7 @@ mod keys;
 mod load;
 mod parse;
 
-pub use config::{Config, MAX_TIMEOUT};
+pub use config::{Config, Monitoring, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};
