@@ -31,4 +31,5 @@ pub mod pki;
 pub mod procs;
 pub mod relay;
 pub mod roles;
+pub mod service;
 pub mod signals;

@@ -220,6 +220,13 @@ impl ConsumerBuilder {
         });
         let counters = Arc::new(ConsumerCounters::default());
         let (deliveries_tx, deliveries) = mpsc::channel(queue);
+        // Read at scrape time: only the application's side sees a delivery
+        // leave the queue. Weak, so the queue still closes with the thread.
+        let weak = deliveries_tx.downgrade();
+        counters.queue_deliveries.set(move || {
+            weak.upgrade()
+                .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
+        });
         let (readiness_tx, readiness) = watch::channel(Readiness::default());
         let settings = ConsumerSettings {
             ack_topic: scheme.ack_topic(),
@@ -257,6 +264,7 @@ impl ConsumerBuilder {
                 link: running.link,
                 counters,
                 done: std::sync::Mutex::new(Some(running.done)),
+                health: running.health,
             }),
             bound: running.bound,
             signer_name: acker.as_ref().map(|a| a.signer.name().to_owned()),
@@ -270,6 +278,7 @@ struct Shared {
     link: Arc<dyn ConsumerLink>,
     counters: Arc<ConsumerCounters>,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    health: crate::health::Health,
 }
 
 impl Drop for Shared {
@@ -352,6 +361,19 @@ impl Consumer {
     /// dropped message by reason.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether the consumer's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.shared.health.clone()
+    }
+
+    /// The consumer's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "consumer",
+            source: self.shared.counters.clone(),
+        }
     }
 
     /// Runs `handler` on each new message; ACKs when it returns `Ok`.
@@ -490,6 +512,7 @@ impl Delivery {
             msg_id: self.msg_id().to_owned(),
             ticket,
             handled,
+            received: self.received,
         })
     }
 }

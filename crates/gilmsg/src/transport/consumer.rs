@@ -171,6 +171,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
         );
         if let Some(handler) = &mut self.parts.inline {
             counters.delivered.bump();
+            let received = Instant::now();
             let verdict = handler(&message, signer.as_deref());
             if let Err(why) = &verdict {
                 tracing::warn!(
@@ -182,6 +183,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
                 msg_id: message.msg_id().to_owned(),
                 ticket,
                 handled: verdict.is_ok(),
+                received,
             });
         }
         let delivery = Delivery::new(message, signer, ticket, self.link.clone());
@@ -206,7 +208,11 @@ impl<W: WireFormat> ConsumerDriver<W> {
             msg_id,
             ticket,
             handled,
+            received,
         } = settle;
+        if handled && ticket.wants_ack() {
+            self.parts.counters.ack_latency.observe(received.elapsed());
+        }
         if handled {
             self.parts.counters.handler_ok.bump();
             tracing::debug!(msg_id, "handled");
