@@ -180,6 +180,8 @@ where
                     let _ = ready_tx.send(Err(e));
                 }
             }
+            // Ended before `done` says so: whoever waited for `done` sees it.
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os(format!("cannot start {what} thread"), e))?;

@@ -1,0 +1,441 @@
+//! Running gilmsg as a service (issue 14): the monitoring endpoint
+//! (`/live`, `/ready`, `/metrics`), systemd's notify protocol and units,
+//! heartbeats with `gilmsg-status`, and `gilmsg-tail`.
+//!
+//! Every process is real and on 127.0.0.1; the systemd side is a Unix
+//! datagram socket the test binds and hands over as `NOTIFY_SOCKET`, as
+//! systemd does.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gilmsg_testkit::raw::RawPub;
+use gilmsg_testkit::{bins, forge, within, within_async, Bus, READY_TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// One HTTP/1.0 GET: the status and the body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the monitoring endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the answer");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Prometheus text: every sample, keyed by `name{labels}` as written.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(all: &BTreeMap<String, f64>, key: &str) -> u64 {
+    let value = all
+        .get(key)
+        .unwrap_or_else(|| panic!("no sample {key} in {all:#?}"));
+    *value as u64
+}
+
+/// The `http://ADDRESS` a process printed as `<program>: monitoring on`.
+fn monitoring_address(line: &str) -> String {
+    line.rsplit("http://")
+        .next()
+        .expect("monitoring on http://...")
+        .trim()
+        .to_owned()
+}
+
+/// A NOTIFY_SOCKET, as systemd binds one for a `Type=notify` service.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    /// The next datagram within `limit`, if any.
+    fn next(&self, limit: Duration) -> Option<String> {
+        self.socket
+            .set_read_timeout(Some(limit))
+            .expect("read timeout");
+        let mut buffer = [0u8; 4096];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
+
+    /// Waits for a datagram containing `line` (e.g. `READY=1`).
+    fn expect(&self, line: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left.max(Duration::from_millis(1))) {
+                Some(d) if d.lines().any(|l| l == line) => return,
+                Some(d) => seen.push(d),
+                None => break,
+            }
+        }
+        panic!("no {line} within {limit:?}; got {seen:?}");
+    }
+}
+
+#[test]
+fn metrics_count_exactly_what_was_sent_and_ready_follows_the_ready_line() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        // With the relay paused, the consumer cannot finish its handshakes:
+        // it is up (its endpoint answers) and not ready.
+        bus.relay()
+            .proc()
+            .signal(Signal::SIGSTOP)
+            .expect("pause the relay");
+        let command = bus.bins().consumer_command(
+            &bus.config_path,
+            "consumer-a",
+            &["--json", "--monitoring", "127.0.0.1:0"],
+        );
+        let consumer = bus.spawn("consumer-a", command);
+        let line = consumer.expect_stderr("gilmsg-consumer: monitoring on http://", READY_TIMEOUT);
+        let address = monitoring_address(&line);
+        let (status, body) = get(&address, "/ready");
+        let ready_line_so_far = consumer
+            .proc()
+            .stderr_so_far()
+            .iter()
+            .any(|l| l.starts_with("gilmsg-consumer: ready"));
+        assert!(
+            !ready_line_so_far,
+            "the consumer got ready with its relay paused"
+        );
+        assert_eq!(status, 503, "/ready before the ready line: {body}");
+        assert_eq!(get(&address, "/live").0, 200);
+        bus.relay()
+            .proc()
+            .signal(Signal::SIGCONT)
+            .expect("resume the relay");
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+        let (status, body) = get(&address, "/ready");
+        assert_eq!(status, 200, "/ready after the ready line: {body}");
+
+        // Five acknowledged messages, then one of each refusal.
+        let publisher = bus.publisher();
+        for n in 0..5 {
+            publisher
+                .publish("counted", json!({"n": n}), &["consumer-a"], Duration::from_secs(10))
+                .await
+                .expect("consumer-a acks");
+        }
+        let raw = RawPub::connect(&bus.inbound);
+        let signer = bus.identity("publisher");
+        let topic = bus.topic("refused");
+        let good = forge::message(&topic, json!({"x": 1}), true, Some(&signer));
+        raw.send(&forge::tampered(&good, |b| {
+            b.insert("msg".into(), json!({"x": 2}));
+        })); // rejected.bad_signature
+        raw.send(&[topic.as_bytes(), b"{not json".as_slice()]); // invalid.not_json
+
+        // The counters settle (the refusals travel through the relay).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let all = loop {
+            let (status, text) = get(&address, "/metrics");
+            assert_eq!(status, 200);
+            let all = samples(&text);
+            let refused = all
+                .get("gilmsg_consumer_rejected_total{reason=\"bad_signature\"}")
+                .copied()
+                .unwrap_or(0.0)
+                + all
+                    .get("gilmsg_consumer_invalid_total{reason=\"not_json\"}")
+                    .copied()
+                    .unwrap_or(0.0);
+            if refused >= 2.0 {
+                break all;
+            }
+            assert!(Instant::now() < deadline, "refusals never counted: {text}");
+        };
+        assert_eq!(sample(&all, "gilmsg_consumer_message_delivered_total"), 5);
+        assert_eq!(sample(&all, "gilmsg_consumer_handler_ok_total"), 5);
+        assert_eq!(sample(&all, "gilmsg_consumer_handler_failed_total"), 0);
+        // One ACK entry per message handled, and one per re-sent copy
+        // that came while its ACK was on the way (re-ACKed duplicates).
+        let duplicates: u64 = all
+            .iter()
+            .filter(|(k, _)| k.starts_with("gilmsg_consumer_duplicate_total{"))
+            .map(|(_, v)| *v as u64)
+            .sum();
+        let entries = sample(&all, "gilmsg_consumer_ack_entries_total");
+        assert!((5..=5 + duplicates).contains(&entries), "{all:#?}");
+        assert_eq!(
+            sample(&all, "gilmsg_consumer_rejected_total{reason=\"bad_signature\"}"),
+            1
+        );
+        assert_eq!(
+            sample(&all, "gilmsg_consumer_invalid_total{reason=\"not_json\"}"),
+            1
+        );
+        // Every ACK latency is in the histogram, and nowhere else.
+        assert_eq!(sample(&all, "gilmsg_consumer_ack_latency_seconds_count"), 5);
+        assert_eq!(
+            sample(&all, "gilmsg_consumer_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+            5
+        );
+        assert!(all["gilmsg_consumer_ack_latency_seconds_sum"] > 0.0);
+        assert_eq!(sample(&all, "gilmsg_consumer_queue_deliveries"), 0);
+        assert_eq!(sample(&all, "gilmsg_consumer_dedupe_entries"), 5);
+        assert_eq!(sample(&all, "gilmsg_ready"), 1);
+        assert_eq!(sample(&all, "gilmsg_live"), 1);
+        // Received = everything accounted for: delivered, own ACKs seen
+        // coming back (skipped), refused.
+        let received = sample(&all, "gilmsg_consumer_message_received_total");
+        let skipped = sample(&all, "gilmsg_consumer_message_ack_skipped_total");
+        assert_eq!(received, 5 + duplicates + skipped + 2, "{all:#?}");
+
+        // The same numbers as the stats line: one set of counters.
+        let stats = consumer.stats("gilmsg-consumer: stats");
+        let (_, text) = get(&address, "/metrics");
+        let again = samples(&text);
+        assert_eq!(
+            stats.get("message.received"),
+            sample(&again, "gilmsg_consumer_message_received_total")
+        );
+        assert_eq!(stats.get("ack.sent"), sample(&again, "gilmsg_consumer_ack_sent_total"));
+        assert_eq!(stats.get("handler.ok"), 5);
+    })
+}
+
+#[test]
+fn ready_and_live_turn_503_when_the_socket_thread_ends() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        let config = bus.config();
+        let mut consumer = gilmsg::Consumer::builder(&config)
+            .certname("consumer-a")
+            .build()
+            .expect("consumer");
+        let health = gilmsg::health::ProcessHealth::new();
+        health.watch("consumer", consumer.health());
+        let mut metrics = gilmsg::monitoring::Metrics::new(&health);
+        metrics.add(consumer.metrics());
+        let server =
+            gilmsg::monitoring::MonitoringServer::start("127.0.0.1:0", health.clone(), metrics)
+                .expect("monitoring");
+        let address = server.local_addr().to_string();
+        assert_eq!(get(&address, "/ready").0, 503, "not ready yet");
+        consumer.ready().await;
+        health.mark_ready();
+        assert_eq!(get(&address, "/ready").0, 200);
+        assert_eq!(get(&address, "/live").0, 200);
+        // The socket thread ends (the handle closes it); the endpoint,
+        // still up, says so.
+        consumer.close().await;
+        let (status, body) = get(&address, "/ready");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("\"consumer\":\"ended\""), "{body}");
+        assert_eq!(get(&address, "/live").0, 503);
+        let (_, text) = get(&address, "/metrics");
+        assert_eq!(sample(&samples(&text), "gilmsg_ready"), 0);
+    })
+}
+
+/// A consumer whose stdout is a socket nobody reads: once its buffer is
+/// full, printing blocks, and so does the socket thread that prints.
+struct Stalled {
+    child: Child,
+    _stdout: UnixStream,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stalled {
+    fn start(bus: &Bus, notify: &Path, watchdog: Duration) -> Stalled {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let mut command = bus.bins().consumer_command(
+            &bus.config_path,
+            "consumer-a",
+            &["--monitoring", "127.0.0.1:0"],
+        );
+        command
+            .env("NOTIFY_SOCKET", notify)
+            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start the consumer");
+        gilmsg_testkit::guard::current().add(child.id());
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
+                }
+            }
+        });
+        Stalled {
+            child,
+            _stdout: ours,
+            stderr,
+        }
+    }
+
+    fn expect_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().find(|l| l.contains(needle)).cloned())
+            {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} on stderr");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sd_notify_ready_then_watchdog_pings_that_stop_when_the_socket_thread_is_stuck() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        let notify = NotifySocket::bind();
+        let consumer = Stalled::start(&bus, &notify.path, Duration::from_millis(400));
+        let address =
+            monitoring_address(&consumer.expect_stderr("gilmsg-consumer: monitoring on"));
+        notify.expect("READY=1", READY_TIMEOUT);
+        consumer.expect_stderr("gilmsg-consumer: ready");
+        notify.expect("WATCHDOG=1", Duration::from_secs(5));
+        notify.expect("WATCHDOG=1", Duration::from_secs(5));
+        assert_eq!(get(&address, "/live").0, 200);
+
+        // Messages big enough to fill the unread stdout: the socket thread
+        // blocks in the middle of printing one.
+        let raw = RawPub::flooder(&bus.inbound);
+        let signer = bus.identity("publisher");
+        let pad = "x".repeat(20_000);
+        for n in 0..200 {
+            let m = forge::message(&bus.topic("big"), json!({"n": n, "pad": pad}), false, Some(&signer));
+            raw.send(&forge::frames(&m));
+        }
+        // Stuck: /live says so once the thread missed its beats ...
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = get(&address, "/live");
+            if status == 503 {
+                assert!(body.contains("\"consumer\":\"stuck\""), "{body}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the consumer never looked stuck");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(get(&address, "/ready").0, 503);
+        // ... and the pings have stopped: none in many periods (drain
+        // those sent before the check saw the stall first).
+        while notify.next(Duration::from_millis(50)).is_some() {}
+        let quiet = Instant::now();
+        while let Some(datagram) = notify.next(Duration::from_millis(2000)) {
+            assert!(
+                !datagram.contains("WATCHDOG=1"),
+                "a watchdog ping {:?} after the socket thread got stuck",
+                quiet.elapsed()
+            );
+        }
+    })
+}
+
+#[test]
+fn sigterm_finishes_the_message_in_hand_acks_it_and_tells_systemd() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        let notify = NotifySocket::bind();
+        let started = bus.dir().join("handler-started");
+        let handler = format!(
+            "cat >/dev/null; touch {}; sleep 1",
+            started.display()
+        );
+        let mut command = bus.bins().consumer_command(
+            &bus.config_path,
+            "consumer-a",
+            &["--exec", &handler, "--stop-grace", "20s"],
+        );
+        command.env("NOTIFY_SOCKET", &notify.path);
+        let consumer = bus.spawn("consumer-a", command);
+        consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+        notify.expect("READY=1", READY_TIMEOUT);
+        let publisher = bus.publisher();
+        let publish = tokio::spawn(async move {
+            publisher
+                .publish("in-hand", json!({"n": 1}), &["consumer-a"], Duration::from_secs(30))
+                .await
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the handler never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        consumer
+            .proc()
+            .signal(Signal::SIGTERM)
+            .expect("SIGTERM the consumer");
+        notify.expect("STOPPING=1", Duration::from_secs(10));
+        let receipt = publish
+            .await
+            .expect("publish task")
+            .expect("the message in hand is acked during the stop");
+        assert_eq!(receipt.acks.len(), 1);
+        let mut consumer = consumer;
+        let status = consumer
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(20))
+            .expect("the consumer exits");
+        assert!(status.success(), "{status:?}");
+    })
+}
