@@ -439,3 +439,69 @@ fn sigterm_finishes_the_message_in_hand_acks_it_and_tells_systemd() {
         assert!(status.success(), "{status:?}");
     })
 }
+
+/// `systemd-analyze verify` on the shipped units, with `ExecStart` pointed
+/// at the binaries of this build (verify checks that they exist). It
+/// reports unknown keys and bad values on stderr with exit status 0, so a
+/// clean unit is one with nothing on stderr.
+fn verify_units(units: &Path, names: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(names.iter().map(|n| units.join(n)))
+        .current_dir(units)
+        .output()
+        .map_err(|e| format!("cannot run systemd-analyze: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() && stderr.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {stderr}", output.status))
+    }
+}
+
+#[test]
+fn the_shipped_units_pass_systemd_analyze_verify() {
+    within(LIMIT, || {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+        let consumer = std::fs::read_to_string(shipped.join("gilmsg-consumer@.service"))
+            .expect("contrib/systemd/gilmsg-consumer@.service");
+        let relay = std::fs::read_to_string(shipped.join("gilmsg-relay.service"))
+            .expect("contrib/systemd/gilmsg-relay.service");
+        for (name, text) in [("consumer", &consumer), ("relay", &relay)] {
+            for line in ["Type=notify", "WatchdogSec=", "NotifyAccess=main"] {
+                assert!(text.contains(line), "the {name} unit lacks {line}");
+            }
+        }
+        assert!(consumer.contains("--config /etc/gilmsg/%i.toml"));
+        assert!(
+            consumer.contains("KillMode=mixed"),
+            "SIGTERM must reach the consumer alone, so it can finish its handler"
+        );
+        if std::process::Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            println!("skipped systemd-analyze verify: systemd-analyze is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = bins!().dir().display().to_string();
+        let local = |text: &str| text.replace("/usr/bin/", &format!("{built}/"));
+        std::fs::write(dir.path().join("gilmsg-consumer@.service"), local(&consumer))
+            .expect("write");
+        std::fs::write(dir.path().join("gilmsg-relay.service"), local(&relay)).expect("write");
+        verify_units(
+            dir.path(),
+            &["gilmsg-relay.service", "gilmsg-consumer@ledger.service"],
+        )
+        .expect("the shipped units verify");
+        // The check can fail: a misspelt key is caught.
+        std::fs::write(
+            dir.path().join("gilmsg-relay.service"),
+            local(&relay).replace("TimeoutStopSec", "TimeoutStopSecs"),
+        )
+        .expect("write");
+        assert!(verify_units(dir.path(), &["gilmsg-relay.service"]).is_err());
+    })
+}
