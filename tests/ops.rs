@@ -505,3 +505,268 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
         assert!(verify_units(dir.path(), &["gilmsg-relay.service"]).is_err());
     })
 }
+
+/// A consumer publishing heartbeats every second as `name`, not acking.
+fn producer(bus: &Bus, name: &str) -> gilmsg_testkit::Running {
+    let command = bus.bins().consumer_command(
+        &bus.config_path,
+        name,
+        &["--no-ack", "--heartbeat-interval", "1s"],
+    );
+    let running = bus.spawn(name, command);
+    running.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+    running
+}
+
+/// `gilmsg-status` listening `listen` with a 1s interval, expecting `names`.
+fn status_command(bus: &Bus, names: &[&str], listen: &str, json: bool) -> std::process::Command {
+    let mut command = std::process::Command::new(bus.bins().status);
+    command
+        .arg("--config")
+        .arg(&bus.config_path)
+        .args(["--interval", "1s", "--listen", listen]);
+    for name in names {
+        command.args(["--expect", name]);
+    }
+    if json {
+        command.arg("--json");
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Runs a status check to its end: exit status and stdout.
+fn run_status(bus: &Bus, names: &[&str], listen: &str, json: bool) -> (i32, String) {
+    let mut running = bus.spawn("gilmsg-status", status_command(bus, names, listen, json));
+    let status = running
+        .proc_mut()
+        .wait_timeout(Duration::from_secs(60))
+        .expect("gilmsg-status ends");
+    let mut stdout = Vec::new();
+    while let Some(line) = running.proc().next_stdout(Duration::from_secs(1)) {
+        stdout.push(line);
+    }
+    (status.code().expect("an exit code"), stdout.join("\n"))
+}
+
+fn state_of<'a>(report: &'a serde_json::Value, name: &str) -> &'a str {
+    report["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .find(|i| i["name"] == name)
+        .and_then(|i| i["state"].as_str())
+        .unwrap_or_else(|| panic!("{name} not in {report}"))
+}
+
+const HEARTBEAT_NAMES: [&str; 3] = ["p-a", "p-b", "p-c"];
+
+#[test]
+fn status_is_critical_and_names_the_producer_that_was_killed() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &HEARTBEAT_NAMES);
+        let _a = producer(&bus, "p-a");
+        let _b = producer(&bus, "p-b");
+        let mut c = producer(&bus, "p-c");
+        // All three up: OK.
+        let (code, text) = run_status(&bus, &HEARTBEAT_NAMES, "3s", false);
+        assert_eq!(code, 0, "{text}");
+        assert!(text.starts_with("GILMSG STATUS OK - 0 silent, 0 late, 3 alive"), "{text}");
+        c.proc_mut().kill();
+        let (code, text) = run_status(&bus, &HEARTBEAT_NAMES, "3s", false);
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.starts_with("GILMSG STATUS CRITICAL - 1 silent (p-c), 0 late, 2 alive"),
+            "{text}"
+        );
+        assert!(text.contains("\np-c silent last_seen=never"), "{text}");
+        assert!(text.contains("\np-a alive last_seen="), "{text}");
+        let (code, text) = run_status(&bus, &HEARTBEAT_NAMES, "3s", true);
+        assert_eq!(code, 2, "{text}");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("--json");
+        assert_eq!(report["status"], "CRITICAL");
+        assert_eq!(state_of(&report, "p-a"), "alive");
+        assert_eq!(state_of(&report, "p-b"), "alive");
+        assert_eq!(state_of(&report, "p-c"), "silent");
+    })
+}
+
+#[test]
+fn status_warns_about_a_producer_paused_while_it_listened() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &HEARTBEAT_NAMES);
+        let _a = producer(&bus, "p-a");
+        let b = producer(&bus, "p-b");
+        let topic = format!("{}gilmsg.heartbeat", bus.prefix());
+        let mut status = bus.spawn(
+            "gilmsg-status",
+            status_command(&bus, &["p-a", "p-b"], "6s", true),
+        );
+        status.expect_stderr("gilmsg-status: listening", READY_TIMEOUT);
+        // Subscribed after the check: whatever this sees, the check got
+        // too. The next heartbeat of p-b is heard; then p-b stops.
+        let watch = gilmsg_testkit::raw::RawSub::connect(&bus.outbound, &[&topic]);
+        loop {
+            let heartbeat = watch.recv_envelope(&topic, Duration::from_secs(10));
+            if heartbeat.msg()["name"] == "p-b" {
+                break;
+            }
+        }
+        b.proc().signal(Signal::SIGSTOP).expect("pause p-b");
+        let code = status
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(30))
+            .expect("gilmsg-status ends")
+            .code();
+        let text = status
+            .proc()
+            .next_stdout(Duration::from_secs(5))
+            .expect("a report");
+        b.proc().signal(Signal::SIGCONT).expect("resume p-b");
+        assert_eq!(code, Some(1), "{text}");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("--json");
+        assert_eq!(report["status"], "WARNING");
+        assert_eq!(state_of(&report, "p-a"), "alive");
+        assert_eq!(state_of(&report, "p-b"), "late");
+    })
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_never_count_as_alive() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["p-a", "p-c", "mallory"]);
+        let _a = producer(&bus, "p-a");
+        let topic = format!("{}gilmsg.heartbeat", bus.prefix());
+        let mut status = bus.spawn(
+            "gilmsg-status",
+            status_command(&bus, &["p-a", "p-c"], "3s", true),
+        );
+        status.expect_stderr("gilmsg-status: listening", READY_TIMEOUT);
+        let raw = RawPub::connect(&bus.inbound);
+        let body = json!({"name": "p-c", "program": "gilmsg-consumer", "interval": 1.0});
+        // Signed by someone else, claiming to be p-c.
+        let mallory = bus.identity("mallory");
+        raw.send(&forge::frames(&forge::message(&topic, body.clone(), false, Some(&mallory))));
+        // p-c's own heartbeat, signed long ago, replayed now.
+        let p_c = bus.identity("p-c");
+        let old = forge::message_at(&topic, body.clone(), false, Some(&p_c), forge::unix_now() - 3600);
+        raw.send(&forge::frames(&old));
+        // p-c's real heartbeat with its timestamp moved to now.
+        let recent = forge::message_at(&topic, body.clone(), false, Some(&p_c), forge::unix_now() - 300);
+        raw.send(&forge::tampered(&recent, |b| {
+            b.insert("timestamp".into(), json!(forge::unix_now()));
+        }));
+        // Unsigned.
+        raw.send(&forge::frames(&forge::message(&topic, body, false, None)));
+        let code = status
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(30))
+            .expect("gilmsg-status ends")
+            .code();
+        let text = status
+            .proc()
+            .next_stdout(Duration::from_secs(5))
+            .expect("a report");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("--json");
+        assert_eq!(state_of(&report, "p-a"), "alive", "{text}");
+        assert_eq!(state_of(&report, "p-c"), "silent", "{text}");
+        assert_eq!(code, Some(2), "{text}");
+        // Mallory was heard, as herself.
+        assert_eq!(report["unexpected"], json!(["mallory"]), "{text}");
+    })
+}
+
+#[test]
+fn status_help_lists_the_nagios_exit_statuses() {
+    let output = std::process::Command::new(bins!().status)
+        .arg("--help")
+        .output()
+        .expect("gilmsg-status --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for line in ["0 OK", "1 WARNING", "2 CRITICAL", "3 UNKNOWN"] {
+        assert!(help.contains(line), "--help lacks {line:?}:\n{help}");
+    }
+    // A usage error is UNKNOWN, not clap's 2 (CRITICAL to nagios).
+    let output = std::process::Command::new(bins!().status)
+        .arg("--no-such-flag")
+        .output()
+        .expect("gilmsg-status");
+    assert_eq!(output.status.code(), Some(3));
+}
+
+#[test]
+fn tail_shows_every_message_with_its_verdict_and_never_acks() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["mallory"]);
+        let pattern = format!("{}*.tail.*", bus.prefix());
+        let tail = |args: &[&str]| {
+            let mut command = std::process::Command::new(bus.bins().tail);
+            command
+                .arg("--config")
+                .arg(&bus.config_path)
+                .args(["--topic", &pattern, "--count", "3"])
+                .args(args)
+                .stdin(Stdio::null());
+            let running = bus.spawn("gilmsg-tail", command);
+            running.expect_stderr("gilmsg-tail: ready", READY_TIMEOUT);
+            running
+        };
+        let json_tail = tail(&["--json"]);
+        let line_tail = tail(&[]);
+        let raw = RawPub::connect(&bus.inbound);
+        let publisher = bus.identity("publisher");
+        let topic = |what: &str| format!("{}test.tail.{what}", bus.prefix());
+        raw.send(&forge::frames(&forge::message(&topic("other-filter").replace(".tail.", ".nottail."), json!({"hidden": true}), false, Some(&publisher))));
+        raw.send(&forge::frames(&forge::message(&topic("valid"), json!({"n": 1}), true, Some(&publisher))));
+        let signed = forge::message(&topic("forged"), json!({"amount": 1}), true, Some(&publisher));
+        raw.send(&forge::tampered(&signed, |b| {
+            b.insert("msg".into(), json!({"amount": 1000}));
+        }));
+        raw.send(&forge::frames(&forge::message(&topic("unsigned"), json!({"n": 3}), false, None)));
+
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            lines.push(json_tail.proc().next_stdout(Duration::from_secs(20)).expect("a line"));
+        }
+        let shown: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("--json line"))
+            .collect();
+        let by_topic = |what: &str| {
+            shown
+                .iter()
+                .find(|m| m["topic"] == topic(what))
+                .unwrap_or_else(|| panic!("{what} not shown: {lines:?}"))
+        };
+        assert_eq!(by_topic("valid")["verdict"], "valid");
+        assert_eq!(by_topic("valid")["signer"], "publisher");
+        assert_eq!(by_topic("forged")["verdict"], "invalid");
+        assert_eq!(by_topic("forged")["reason"], "bad_signature");
+        assert_eq!(by_topic("forged")["claimed_signer"], "publisher");
+        assert_eq!(by_topic("forged")["signer"], serde_json::Value::Null);
+        assert_eq!(by_topic("forged")["msg"], json!({"amount": 1000}));
+        assert_eq!(by_topic("unsigned")["verdict"], "unsigned");
+        assert!(!lines.iter().any(|l| l.contains("hidden")), "{lines:?}");
+
+        let mut text = Vec::new();
+        for _ in 0..3 {
+            text.push(line_tail.proc().next_stdout(Duration::from_secs(20)).expect("a line"));
+        }
+        let line_for = |what: &str| {
+            text.iter()
+                .find(|l| l.contains(&topic(what)))
+                .unwrap_or_else(|| panic!("{what} not shown: {text:?}"))
+        };
+        assert!(line_for("valid").contains(" valid signer=publisher "), "{text:?}");
+        assert!(
+            line_for("forged").contains(" invalid(bad_signature) claimed=publisher (unverified) "),
+            "{text:?}"
+        );
+        assert!(line_for("unsigned").contains(" unsigned signer=- "), "{text:?}");
+        // Not a terminal: no colour.
+        assert!(!text.iter().any(|l| l.contains('\u{1b}')), "{text:?}");
+        // Nothing was acked: the relay saw no ACK.
+        assert_eq!(bus.relay_stats().get("relay.forwarded"), 4);
+    })
+}

@@ -32,4 +32,6 @@ pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod service;
+pub mod status;
+pub mod tail;
 pub mod signals;
