@@ -770,3 +770,123 @@ fn tail_shows_every_message_with_its_verdict_and_never_acks() {
         assert_eq!(bus.relay_stats().get("relay.forwarded"), 4);
     })
 }
+
+#[test]
+fn publisher_metrics_have_ack_latencies_resends_and_timeouts_by_recipient_and_topic() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(bins!(), &["consumer-a", "ghost"]);
+        let _consumer = bus.consumer("consumer-a", &[]);
+        let publisher = bus.publisher();
+        let health = gilmsg::health::ProcessHealth::new();
+        health.watch("publisher", publisher.health());
+        let mut metrics = gilmsg::monitoring::Metrics::new(&health);
+        metrics.add(publisher.metrics());
+        let server =
+            gilmsg::monitoring::MonitoringServer::start("127.0.0.1:0", health.clone(), metrics)
+                .expect("monitoring");
+        let address = server.local_addr().to_string();
+        for n in 0..3 {
+            publisher
+                .publish("latency", json!({"n": n}), &["consumer-a"], Duration::from_secs(10))
+                .await
+                .expect("acked");
+        }
+        let err = publisher
+            .publish(
+                "lost",
+                json!({"n": 4}),
+                &["consumer-a", "ghost"],
+                Duration::from_secs(1),
+            )
+            .await
+            .expect_err("ghost never acks");
+        assert!(matches!(err, gilmsg::Error::Timeout(_)), "{err}");
+        let (status, text) = get(&address, "/metrics");
+        assert_eq!(status, 200);
+        let all = samples(&text);
+        let stats = publisher.stats();
+        assert_eq!(sample(&all, "gilmsg_publisher_publish_acked_total"), 3);
+        assert_eq!(sample(&all, "gilmsg_publisher_publish_timed_out_total"), 1);
+        assert_eq!(sample(&all, "gilmsg_publisher_ack_latency_seconds_count"), 3);
+        assert_eq!(
+            sample(&all, "gilmsg_publisher_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+            3
+        );
+        let lost = bus.topic("lost");
+        assert_eq!(
+            sample(
+                &all,
+                &format!(
+                    "gilmsg_publisher_timeouts_by_recipient_total{{recipient=\"ghost\",topic=\"{lost}\"}}"
+                )
+            ),
+            1,
+            "{text}"
+        );
+        assert!(!text.contains("recipient=\"consumer-a\""), "{text}");
+        // Re-sent while ghost did not answer; the same count as the stats.
+        let resent = sample(&all, "gilmsg_publisher_publish_resent_total");
+        assert!(resent >= 1, "{text}");
+        assert_eq!(resent, stats.get("publish.resent"));
+        assert_eq!(sample(&all, "gilmsg_publisher_publish_in_flight"), 0);
+        assert_eq!(sample(&all, "gilmsg_live"), 1);
+    })
+}
+
+#[test]
+fn the_streaming_logger_serves_metrics_and_sends_heartbeats() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["consumer-a", "billing"]);
+        let _consumer = bus.consumer("consumer-a", &[]);
+        let notify = NotifySocket::bind();
+        let mut command = std::process::Command::new(bus.bins().logger);
+        command
+            .arg("--config")
+            .arg(&bus.config_path)
+            .args([
+                "--certname",
+                "billing",
+                "--stream",
+                "--recipients",
+                "consumer-a",
+                "--monitoring",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "1s",
+            ])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .stdin(Stdio::piped());
+        let mut logger = bus.spawn("gilmsg-logger", command);
+        let address =
+            monitoring_address(&logger.expect_stderr("gilmsg-logger: monitoring on", READY_TIMEOUT));
+        notify.expect("READY=1", READY_TIMEOUT);
+        // Its heartbeat, signed as billing, on the heartbeat topic.
+        let topic = format!("{}gilmsg.heartbeat", bus.prefix());
+        let watch = gilmsg_testkit::raw::RawSub::connect(&bus.outbound, &[&topic]);
+        let heartbeat = watch.recv_envelope(&topic, Duration::from_secs(10));
+        assert_eq!(heartbeat.msg()["name"], "billing");
+        assert_eq!(heartbeat.msg()["program"], "gilmsg-logger");
+        let mut stdin = logger.proc_mut().take_stdin().expect("stdin");
+        writeln!(stdin, "one").expect("write");
+        writeln!(stdin, "two").expect("write");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, text) = get(&address, "/metrics");
+            let all = samples(&text);
+            if all.get("gilmsg_publisher_publish_acked_total") == Some(&2.0) {
+                assert_eq!(sample(&all, "gilmsg_publisher_ack_latency_seconds_count"), 2);
+                assert_eq!(sample(&all, "gilmsg_ready"), 1);
+                break;
+            }
+            assert!(Instant::now() < deadline, "never acked: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(stdin);
+        notify.expect("STOPPING=1", Duration::from_secs(10));
+        let status = logger
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(20))
+            .expect("the logger exits at the end of its input");
+        assert!(status.success(), "{status:?}");
+    })
+}

@@ -124,7 +124,9 @@ impl Service {
                 "error: heartbeats are signed, and this process has no identity to sign them with (set certname, or turn heartbeat_interval off)",
             ));
         };
-        self.watch("heartbeat", bus.health(), bus.metrics());
+        // Its own prefix (gilmsg_heartbeat_...): the process may have a
+        // publisher of its own (the streaming logger).
+        self.watch("heartbeat", bus.health(), bus.metrics().named("heartbeat"));
         let program = self.program;
         let pid = std::process::id();
         let started = unix_now();

@@ -55,6 +55,16 @@ impl fmt::Debug for ComponentMetrics {
     }
 }
 
+impl ComponentMetrics {
+    /// The same counters under another component name (`gilmsg_<name>_`):
+    /// for a second component of one kind in a process, such as the
+    /// heartbeat's publisher beside the application's.
+    pub fn named(mut self, component: &'static str) -> Self {
+        self.component = component;
+        self
+    }
+}
+
 #[derive(Debug)]
 struct ComponentCollector(Arc<dyn ExportAll>);
 
@@ -90,6 +100,7 @@ impl Collector for HealthCollector {
 /// What a process's `/metrics` shows: its components' counters.
 pub struct Metrics {
     registry: Registry,
+    components: Vec<&'static str>,
 }
 
 impl fmt::Debug for Metrics {
@@ -104,12 +115,26 @@ impl Metrics {
     pub fn new(health: &ProcessHealth) -> Metrics {
         let mut registry = Registry::with_prefix("gilmsg");
         registry.register_collector(Box::new(HealthCollector(health.clone())));
-        Metrics { registry }
+        Metrics {
+            registry,
+            components: Vec::new(),
+        }
     }
 
     /// Adds one component's counters, under `gilmsg_<component>_`. Add at
     /// most one component of each kind (consumer, publisher, relay).
+    /// A second component under a name already added is left out (with a
+    /// warning): two sets of samples under one name are not valid
+    /// Prometheus text. Rename it with [`ComponentMetrics::named`].
     pub fn add(&mut self, metrics: ComponentMetrics) {
+        if self.components.contains(&metrics.component) {
+            tracing::warn!(
+                component = metrics.component,
+                "a second component with this name is left out of /metrics"
+            );
+            return;
+        }
+        self.components.push(metrics.component);
         self.registry
             .sub_registry_with_prefix(metrics.component)
             .register_collector(Box::new(ComponentCollector(metrics.source)));
@@ -230,5 +255,59 @@ fn answer(
             "text/plain",
             "not found: try /live, /ready or /metrics\n".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{ConsumerCounters, RelayCounters};
+    use std::time::Duration;
+
+    #[test]
+    fn metrics_are_prometheus_text_of_the_very_counters_the_stats_print() {
+        let health = ProcessHealth::new();
+        let consumer = Arc::new(ConsumerCounters::default());
+        consumer.received.add(3);
+        consumer.rejected.bump("bad_signature");
+        consumer.ack_latency.observe(Duration::from_millis(3));
+        consumer.ack_latency.observe(Duration::from_secs(60));
+        let relay = Arc::new(RelayCounters::default());
+        relay.forwarded.add(7);
+        let mut metrics = Metrics::new(&health);
+        metrics.add(ComponentMetrics {
+            component: "consumer",
+            source: consumer.clone(),
+        });
+        metrics.add(ComponentMetrics {
+            component: "relay",
+            source: relay.clone(),
+        });
+        // Left out: the name is taken.
+        metrics.add(ComponentMetrics {
+            component: "relay",
+            source: Arc::new(RelayCounters::default()),
+        });
+        let text = metrics.encode().unwrap();
+        for line in [
+            "# TYPE gilmsg_consumer_message_received_total counter",
+            "gilmsg_consumer_message_received_total 3",
+            "gilmsg_consumer_rejected_total{reason=\"bad_signature\"} 1",
+            "gilmsg_consumer_ack_latency_seconds_bucket{le=\"0.005\"} 1",
+            "gilmsg_consumer_ack_latency_seconds_bucket{le=\"10\"} 1",
+            "gilmsg_consumer_ack_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "gilmsg_consumer_ack_latency_seconds_count 2",
+            "gilmsg_relay_forwarded_total 7",
+            "gilmsg_live 1",
+            "gilmsg_ready 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE gilmsg_relay_forwarded_total").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(consumer.ack_latency.count(), 2);
     }
 }
