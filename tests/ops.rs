@@ -588,6 +588,11 @@ fn status_is_critical_and_names_the_producer_that_was_killed() {
         assert_eq!(state_of(&report, "p-a"), "alive");
         assert_eq!(state_of(&report, "p-b"), "alive");
         assert_eq!(state_of(&report, "p-c"), "silent");
+        // The producers (consumers themselves) saw each other's heartbeats
+        // and handed none to their handlers.
+        let stats = _a.stats("gilmsg-consumer: stats");
+        assert!(stats.get("message.heartbeat_skipped") > 0, "{stats}");
+        assert_eq!(stats.get("message.delivered"), 0, "{stats}");
     })
 }
 
@@ -888,5 +893,54 @@ fn the_streaming_logger_serves_metrics_and_sends_heartbeats() {
             .wait_timeout(Duration::from_secs(20))
             .expect("the logger exits at the end of its input");
         assert!(status.success(), "{status:?}");
+    })
+}
+
+#[test]
+fn the_relay_tells_systemd_and_serves_its_counters() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        let notify = NotifySocket::bind();
+        let mut command = std::process::Command::new(bus.bins().relay);
+        command
+            .args([
+                "--inbound",
+                "tcp://127.0.0.1:*",
+                "--outbound",
+                "tcp://127.0.0.1:*",
+                "--monitoring",
+                "127.0.0.1:0",
+            ])
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdin(Stdio::null());
+        let relay = bus.spawn("relay-2", command);
+        let address =
+            monitoring_address(&relay.expect_stderr("gilmsg-relay: monitoring on", READY_TIMEOUT));
+        let ready = relay.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
+        notify.expect("READY=1", READY_TIMEOUT);
+        notify.expect("WATCHDOG=1", Duration::from_secs(5));
+        assert_eq!(get(&address, "/ready").0, 200);
+        let inbound = gilmsg_testkit::field(&ready, "inbound").expect("inbound=");
+        let outbound = gilmsg_testkit::field(&ready, "outbound").expect("outbound=");
+        let topic = bus.topic("relayed");
+        let sub = gilmsg_testkit::raw::RawSub::connect(outbound, &[&topic]);
+        let raw = RawPub::connect(inbound);
+        let signer = bus.identity("publisher");
+        // Sent until the subscription has reached the relay (a SUB gives
+        // no sign of that), then counted exactly from there.
+        let mut sent = 0;
+        loop {
+            raw.send(&forge::frames(&forge::message(&topic, json!({"n": sent}), false, Some(&signer))));
+            sent += 1;
+            if sub.recv(Duration::from_millis(200)).is_some() {
+                break;
+            }
+            assert!(sent < 100, "the subscriber never got a message");
+        }
+        let (_, text) = get(&address, "/metrics");
+        assert_eq!(sample(&samples(&text), "gilmsg_relay_forwarded_total"), sent);
+        relay.proc().signal(Signal::SIGTERM).expect("stop the relay");
+        notify.expect("STOPPING=1", Duration::from_secs(10));
     })
 }

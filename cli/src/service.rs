@@ -231,12 +231,7 @@ impl Drop for Service {
     }
 }
 
-/// The module name heartbeats are published under: the topic is
-/// `<topic_prefix>.<environment>.gilmsg.heartbeat`.
-pub const HEARTBEAT_MODNAME: &str = "gilmsg";
-
-/// The topic heartbeats are published on, after the module name.
-pub const HEARTBEAT_TOPIC: &str = "heartbeat";
+pub use gilmsg::health::{HEARTBEAT_MODNAME, HEARTBEAT_TOPIC};
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -68,7 +68,7 @@ Exit status (nagios plugin convention):
 )]
 pub struct Args {
     /// An identity (certificate name) that must be alive (repeatable).
-    #[arg(long = "expect", value_name = "NAME")]
+    #[arg(long = "expect", value_name = "NAME", num_args = 1..)]
     pub expect: Vec<String>,
     /// How often the processes send heartbeats (default: heartbeat_interval).
     #[arg(long, value_name = "DURATION", value_parser = common::parse_duration)]
@@ -299,6 +299,7 @@ fn listen_for(
         let mut consumer = gilmsg::Consumer::builder(config)
             .topics([topic.to_owned()])
             .send_acks(false)
+            .deliver_heartbeats(true)
             .build_inline(move |message, signer| {
                 // The subscription is a prefix: only the very topic counts,
                 // and only signed heartbeats with a timestamp.

@@ -93,6 +93,9 @@ pub struct Args {
     /// Also show ACK messages.
     #[arg(long)]
     pub include_acks: bool,
+    /// Also show heartbeats (gilmsg.heartbeat).
+    #[arg(long)]
+    pub include_heartbeats: bool,
     /// Exit after showing this many messages.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
@@ -321,7 +324,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
         config.validate_signatures = false;
         let mut builder = gilmsg::Consumer::builder(&config)
             .send_acks(false)
-            .deliver_acks(args.include_acks);
+            .deliver_acks(args.include_acks)
+            .deliver_heartbeats(args.include_heartbeats);
         if !filters.is_empty() {
             builder = builder.topics(filters.iter().map(Filter::subscription));
         }

@@ -90,6 +90,7 @@ pub struct ConsumerBuilder {
     active: Option<bool>,
     send_acks: bool,
     deliver_acks: bool,
+    deliver_heartbeats: bool,
     queue: usize,
 }
 
@@ -99,6 +100,15 @@ impl ConsumerBuilder {
     /// verify and hand over every other consumer's ACKs.
     pub fn deliver_acks(mut self, deliver: bool) -> Self {
         self.deliver_acks = deliver;
+        self
+    }
+
+    /// Also deliver heartbeats (`<topic_prefix>.<environment>.gilmsg.heartbeat`,
+    /// see [`crate::health::heartbeat_topic`]). Off by default: they are the
+    /// processes' business, not the handlers'; a skipped heartbeat is
+    /// counted (`message.heartbeat_skipped`), never acked.
+    pub fn deliver_heartbeats(mut self, deliver: bool) -> Self {
+        self.deliver_heartbeats = deliver;
         self
     }
 
@@ -162,6 +172,7 @@ impl ConsumerBuilder {
             active,
             send_acks,
             deliver_acks,
+            deliver_heartbeats,
             queue,
         } = self;
         config.validate()?;
@@ -246,6 +257,7 @@ impl ConsumerBuilder {
             acker: acker.clone(),
             deliveries: deliveries_tx,
             inline,
+            skip_topic: (!deliver_heartbeats).then(|| crate::health::heartbeat_topic(&config)),
             counters: counters.clone(),
             readiness: readiness_tx,
         };
@@ -314,6 +326,7 @@ impl Consumer {
             active: None,
             send_acks: true,
             deliver_acks: false,
+            deliver_heartbeats: false,
             queue: 1024,
         }
     }

@@ -16,6 +16,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The module name heartbeats are published under.
+pub const HEARTBEAT_MODNAME: &str = "gilmsg";
+
+/// The topic heartbeats are published on, after the module name.
+pub const HEARTBEAT_TOPIC: &str = "heartbeat";
+
+/// `<topic_prefix>.<environment>.gilmsg.heartbeat`: where long-running
+/// processes publish their signed heartbeats.
+pub fn heartbeat_topic(config: &gilmsg_config::Config) -> String {
+    config
+        .topic_scheme()
+        .topic(HEARTBEAT_MODNAME, HEARTBEAT_TOPIC)
+}
+
 /// How often a transport loop turns at the least, to beat its pulse.
 pub const PULSE_EVERY: Duration = Duration::from_millis(500);
 

@@ -441,6 +441,8 @@ counters! {
         received: Counter = "message.received",
         delivered: Counter = "message.delivered",
         ack_skipped: Counter = "message.ack_skipped",
+        /// Heartbeats not handed to the application.
+        heartbeat_skipped: Counter = "message.heartbeat_skipped",
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
         invalid: Family = "invalid",
         rejected: Family = "rejected",

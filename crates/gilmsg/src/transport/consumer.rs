@@ -64,6 +64,8 @@ pub(crate) struct ConsumerParts {
     pub(crate) acker: Option<Arc<Acker>>,
     pub(crate) deliveries: mpsc::Sender<Delivery>,
     pub(crate) inline: Option<InlineHandler>,
+    /// Accepted messages on this topic are not handed over (heartbeats).
+    pub(crate) skip_topic: Option<String>,
     pub(crate) counters: Arc<ConsumerCounters>,
     pub(crate) readiness: watch::Sender<Readiness>,
 }
@@ -160,6 +162,12 @@ impl<W: WireFormat> ConsumerDriver<W> {
             legacy_unsigned_gilmsg_version,
         } = accepted;
         let counters = &self.parts.counters;
+        if self.parts.skip_topic.as_deref() == Some(message.topic()) {
+            counters.heartbeat_skipped.bump();
+            // Not handled: never acked (a heartbeat asks for none), not
+            // remembered.
+            return self.settle_ticket(ticket, false);
+        }
         if legacy_unsigned_gilmsg_version {
             counters.legacy_unsigned_gilmsg_version.bump();
         }
