@@ -162,7 +162,12 @@ fn metrics_count_exactly_what_was_sent_and_ready_follows_the_ready_line() {
         let publisher = bus.publisher();
         for n in 0..5 {
             publisher
-                .publish("counted", json!({"n": n}), &["consumer-a"], Duration::from_secs(10))
+                .publish(
+                    "counted",
+                    json!({"n": n}),
+                    &["consumer-a"],
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("consumer-a acks");
         }
@@ -207,7 +212,10 @@ fn metrics_count_exactly_what_was_sent_and_ready_follows_the_ready_line() {
         let entries = sample(&all, "gilmsg_consumer_ack_entries_total");
         assert!((5..=5 + duplicates).contains(&entries), "{all:#?}");
         assert_eq!(
-            sample(&all, "gilmsg_consumer_rejected_total{reason=\"bad_signature\"}"),
+            sample(
+                &all,
+                "gilmsg_consumer_rejected_total{reason=\"bad_signature\"}"
+            ),
             1
         );
         assert_eq!(
@@ -217,7 +225,10 @@ fn metrics_count_exactly_what_was_sent_and_ready_follows_the_ready_line() {
         // Every ACK latency is in the histogram, and nowhere else.
         assert_eq!(sample(&all, "gilmsg_consumer_ack_latency_seconds_count"), 5);
         assert_eq!(
-            sample(&all, "gilmsg_consumer_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+            sample(
+                &all,
+                "gilmsg_consumer_ack_latency_seconds_bucket{le=\"+Inf\"}"
+            ),
             5
         );
         assert!(all["gilmsg_consumer_ack_latency_seconds_sum"] > 0.0);
@@ -239,7 +250,10 @@ fn metrics_count_exactly_what_was_sent_and_ready_follows_the_ready_line() {
             stats.get("message.received"),
             sample(&again, "gilmsg_consumer_message_received_total")
         );
-        assert_eq!(stats.get("ack.sent"), sample(&again, "gilmsg_consumer_ack_sent_total"));
+        assert_eq!(
+            stats.get("ack.sent"),
+            sample(&again, "gilmsg_consumer_ack_sent_total")
+        );
         assert_eq!(stats.get("handler.ok"), 5);
     })
 }
@@ -348,8 +362,7 @@ fn sd_notify_ready_then_watchdog_pings_that_stop_when_the_socket_thread_is_stuck
         let bus = Bus::start(bins!(), &["consumer-a"]);
         let notify = NotifySocket::bind();
         let consumer = Stalled::start(&bus, &notify.path, Duration::from_millis(400));
-        let address =
-            monitoring_address(&consumer.expect_stderr("gilmsg-consumer: monitoring on"));
+        let address = monitoring_address(&consumer.expect_stderr("gilmsg-consumer: monitoring on"));
         notify.expect("READY=1", READY_TIMEOUT);
         consumer.expect_stderr("gilmsg-consumer: ready");
         notify.expect("WATCHDOG=1", Duration::from_secs(5));
@@ -362,7 +375,12 @@ fn sd_notify_ready_then_watchdog_pings_that_stop_when_the_socket_thread_is_stuck
         let signer = bus.identity("publisher");
         let pad = "x".repeat(20_000);
         for n in 0..200 {
-            let m = forge::message(&bus.topic("big"), json!({"n": n, "pad": pad}), false, Some(&signer));
+            let m = forge::message(
+                &bus.topic("big"),
+                json!({"n": n, "pad": pad}),
+                false,
+                Some(&signer),
+            );
             raw.send(&forge::frames(&m));
         }
         // Stuck: /live says so once the thread missed its beats ...
@@ -397,10 +415,7 @@ fn sigterm_finishes_the_message_in_hand_acks_it_and_tells_systemd() {
         let bus = Bus::start(bins!(), &["consumer-a"]);
         let notify = NotifySocket::bind();
         let started = bus.dir().join("handler-started");
-        let handler = format!(
-            "cat >/dev/null; touch {}; sleep 1",
-            started.display()
-        );
+        let handler = format!("cat >/dev/null; touch {}; sleep 1", started.display());
         let mut command = bus.bins().consumer_command(
             &bus.config_path,
             "consumer-a",
@@ -413,7 +428,12 @@ fn sigterm_finishes_the_message_in_hand_acks_it_and_tells_systemd() {
         let publisher = bus.publisher();
         let publish = tokio::spawn(async move {
             publisher
-                .publish("in-hand", json!({"n": 1}), &["consumer-a"], Duration::from_secs(30))
+                .publish(
+                    "in-hand",
+                    json!({"n": 1}),
+                    &["consumer-a"],
+                    Duration::from_secs(30),
+                )
                 .await
         });
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -488,8 +508,11 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
         let dir = tempfile::tempdir().expect("tempdir");
         let built = bins!().dir().display().to_string();
         let local = |text: &str| text.replace("/usr/bin/", &format!("{built}/"));
-        std::fs::write(dir.path().join("gilmsg-consumer@.service"), local(&consumer))
-            .expect("write");
+        std::fs::write(
+            dir.path().join("gilmsg-consumer@.service"),
+            local(&consumer),
+        )
+        .expect("write");
         std::fs::write(dir.path().join("gilmsg-relay.service"), local(&relay)).expect("write");
         verify_units(
             dir.path(),
@@ -571,7 +594,10 @@ fn status_is_critical_and_names_the_producer_that_was_killed() {
         // All three up: OK.
         let (code, text) = run_status(&bus, &HEARTBEAT_NAMES, "3s", false);
         assert_eq!(code, 0, "{text}");
-        assert!(text.starts_with("GILMSG STATUS OK - 0 silent, 0 late, 3 alive"), "{text}");
+        assert!(
+            text.starts_with("GILMSG STATUS OK - 0 silent, 0 late, 3 alive"),
+            "{text}"
+        );
         c.proc_mut().kill();
         let (code, text) = run_status(&bus, &HEARTBEAT_NAMES, "3s", false);
         assert_eq!(code, 2, "{text}");
@@ -651,13 +677,30 @@ fn forged_and_replayed_heartbeats_never_count_as_alive() {
         let body = json!({"name": "p-c", "program": "gilmsg-consumer", "interval": 1.0});
         // Signed by someone else, claiming to be p-c.
         let mallory = bus.identity("mallory");
-        raw.send(&forge::frames(&forge::message(&topic, body.clone(), false, Some(&mallory))));
+        raw.send(&forge::frames(&forge::message(
+            &topic,
+            body.clone(),
+            false,
+            Some(&mallory),
+        )));
         // p-c's own heartbeat, signed long ago, replayed now.
         let p_c = bus.identity("p-c");
-        let old = forge::message_at(&topic, body.clone(), false, Some(&p_c), forge::unix_now() - 3600);
+        let old = forge::message_at(
+            &topic,
+            body.clone(),
+            false,
+            Some(&p_c),
+            forge::unix_now() - 3600,
+        );
         raw.send(&forge::frames(&old));
         // p-c's real heartbeat with its timestamp moved to now.
-        let recent = forge::message_at(&topic, body.clone(), false, Some(&p_c), forge::unix_now() - 300);
+        let recent = forge::message_at(
+            &topic,
+            body.clone(),
+            false,
+            Some(&p_c),
+            forge::unix_now() - 300,
+        );
         raw.send(&forge::tampered(&recent, |b| {
             b.insert("timestamp".into(), json!(forge::unix_now()));
         }));
@@ -722,17 +765,42 @@ fn tail_shows_every_message_with_its_verdict_and_never_acks() {
         let raw = RawPub::connect(&bus.inbound);
         let publisher = bus.identity("publisher");
         let topic = |what: &str| format!("{}test.tail.{what}", bus.prefix());
-        raw.send(&forge::frames(&forge::message(&topic("other-filter").replace(".tail.", ".nottail."), json!({"hidden": true}), false, Some(&publisher))));
-        raw.send(&forge::frames(&forge::message(&topic("valid"), json!({"n": 1}), true, Some(&publisher))));
-        let signed = forge::message(&topic("forged"), json!({"amount": 1}), true, Some(&publisher));
+        raw.send(&forge::frames(&forge::message(
+            &topic("other-filter").replace(".tail.", ".nottail."),
+            json!({"hidden": true}),
+            false,
+            Some(&publisher),
+        )));
+        raw.send(&forge::frames(&forge::message(
+            &topic("valid"),
+            json!({"n": 1}),
+            true,
+            Some(&publisher),
+        )));
+        let signed = forge::message(
+            &topic("forged"),
+            json!({"amount": 1}),
+            true,
+            Some(&publisher),
+        );
         raw.send(&forge::tampered(&signed, |b| {
             b.insert("msg".into(), json!({"amount": 1000}));
         }));
-        raw.send(&forge::frames(&forge::message(&topic("unsigned"), json!({"n": 3}), false, None)));
+        raw.send(&forge::frames(&forge::message(
+            &topic("unsigned"),
+            json!({"n": 3}),
+            false,
+            None,
+        )));
 
         let mut lines = Vec::new();
         for _ in 0..3 {
-            lines.push(json_tail.proc().next_stdout(Duration::from_secs(20)).expect("a line"));
+            lines.push(
+                json_tail
+                    .proc()
+                    .next_stdout(Duration::from_secs(20))
+                    .expect("a line"),
+            );
         }
         let shown: Vec<serde_json::Value> = lines
             .iter()
@@ -756,19 +824,30 @@ fn tail_shows_every_message_with_its_verdict_and_never_acks() {
 
         let mut text = Vec::new();
         for _ in 0..3 {
-            text.push(line_tail.proc().next_stdout(Duration::from_secs(20)).expect("a line"));
+            text.push(
+                line_tail
+                    .proc()
+                    .next_stdout(Duration::from_secs(20))
+                    .expect("a line"),
+            );
         }
         let line_for = |what: &str| {
             text.iter()
                 .find(|l| l.contains(&topic(what)))
                 .unwrap_or_else(|| panic!("{what} not shown: {text:?}"))
         };
-        assert!(line_for("valid").contains(" valid signer=publisher "), "{text:?}");
+        assert!(
+            line_for("valid").contains(" valid signer=publisher "),
+            "{text:?}"
+        );
         assert!(
             line_for("forged").contains(" invalid(bad_signature) claimed=publisher (unverified) "),
             "{text:?}"
         );
-        assert!(line_for("unsigned").contains(" unsigned signer=- "), "{text:?}");
+        assert!(
+            line_for("unsigned").contains(" unsigned signer=- "),
+            "{text:?}"
+        );
         // Not a terminal: no colour.
         assert!(!text.iter().any(|l| l.contains('\u{1b}')), "{text:?}");
         // Nothing was acked: the relay saw no ACK.
@@ -792,7 +871,12 @@ fn publisher_metrics_have_ack_latencies_resends_and_timeouts_by_recipient_and_to
         let address = server.local_addr().to_string();
         for n in 0..3 {
             publisher
-                .publish("latency", json!({"n": n}), &["consumer-a"], Duration::from_secs(10))
+                .publish(
+                    "latency",
+                    json!({"n": n}),
+                    &["consumer-a"],
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("acked");
         }
@@ -812,9 +896,15 @@ fn publisher_metrics_have_ack_latencies_resends_and_timeouts_by_recipient_and_to
         let stats = publisher.stats();
         assert_eq!(sample(&all, "gilmsg_publisher_publish_acked_total"), 3);
         assert_eq!(sample(&all, "gilmsg_publisher_publish_timed_out_total"), 1);
-        assert_eq!(sample(&all, "gilmsg_publisher_ack_latency_seconds_count"), 3);
         assert_eq!(
-            sample(&all, "gilmsg_publisher_ack_latency_seconds_bucket{le=\"+Inf\"}"),
+            sample(&all, "gilmsg_publisher_ack_latency_seconds_count"),
+            3
+        );
+        assert_eq!(
+            sample(
+                &all,
+                "gilmsg_publisher_ack_latency_seconds_bucket{le=\"+Inf\"}"
+            ),
             3
         );
         let lost = bus.topic("lost");
@@ -862,8 +952,9 @@ fn the_streaming_logger_serves_metrics_and_sends_heartbeats() {
             .env("NOTIFY_SOCKET", &notify.path)
             .stdin(Stdio::piped());
         let mut logger = bus.spawn("gilmsg-logger", command);
-        let address =
-            monitoring_address(&logger.expect_stderr("gilmsg-logger: monitoring on", READY_TIMEOUT));
+        let address = monitoring_address(
+            &logger.expect_stderr("gilmsg-logger: monitoring on", READY_TIMEOUT),
+        );
         notify.expect("READY=1", READY_TIMEOUT);
         // Its heartbeat, signed as billing, on the heartbeat topic.
         let topic = format!("{}gilmsg.heartbeat", bus.prefix());
@@ -879,7 +970,10 @@ fn the_streaming_logger_serves_metrics_and_sends_heartbeats() {
             let (_, text) = get(&address, "/metrics");
             let all = samples(&text);
             if all.get("gilmsg_publisher_publish_acked_total") == Some(&2.0) {
-                assert_eq!(sample(&all, "gilmsg_publisher_ack_latency_seconds_count"), 2);
+                assert_eq!(
+                    sample(&all, "gilmsg_publisher_ack_latency_seconds_count"),
+                    2
+                );
                 assert_eq!(sample(&all, "gilmsg_ready"), 1);
                 break;
             }
@@ -931,7 +1025,12 @@ fn the_relay_tells_systemd_and_serves_its_counters() {
         // no sign of that), then counted exactly from there.
         let mut sent = 0;
         loop {
-            raw.send(&forge::frames(&forge::message(&topic, json!({"n": sent}), false, Some(&signer))));
+            raw.send(&forge::frames(&forge::message(
+                &topic,
+                json!({"n": sent}),
+                false,
+                Some(&signer),
+            )));
             sent += 1;
             if sub.recv(Duration::from_millis(200)).is_some() {
                 break;
@@ -939,8 +1038,14 @@ fn the_relay_tells_systemd_and_serves_its_counters() {
             assert!(sent < 100, "the subscriber never got a message");
         }
         let (_, text) = get(&address, "/metrics");
-        assert_eq!(sample(&samples(&text), "gilmsg_relay_forwarded_total"), sent);
-        relay.proc().signal(Signal::SIGTERM).expect("stop the relay");
+        assert_eq!(
+            sample(&samples(&text), "gilmsg_relay_forwarded_total"),
+            sent
+        );
+        relay
+            .proc()
+            .signal(Signal::SIGTERM)
+            .expect("stop the relay");
         notify.expect("STOPPING=1", Duration::from_secs(10));
     })
 }

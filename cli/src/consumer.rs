@@ -242,9 +242,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 )
                 .await
             }
-            None => {
-                inline_loop(&consumer, &mut signals, &mut service, &progress, args.count).await
-            }
+            None => inline_loop(&consumer, &mut signals, &mut service, &progress, args.count).await,
         };
         service.stopping();
         finish(consumer, result).await

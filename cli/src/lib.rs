@@ -32,6 +32,6 @@ pub mod procs;
 pub mod relay;
 pub mod roles;
 pub mod service;
+pub mod signals;
 pub mod status;
 pub mod tail;
-pub mod signals;

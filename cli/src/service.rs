@@ -83,12 +83,7 @@ impl Service {
 
     /// Watches one component: its loop for `/live`, `/ready` and the
     /// watchdog, its counters for `/metrics`.
-    pub fn watch(
-        &mut self,
-        name: &str,
-        health: gilmsg::health::Health,
-        metrics: ComponentMetrics,
-    ) {
+    pub fn watch(&mut self, name: &str, health: gilmsg::health::Health, metrics: ComponentMetrics) {
         self.health.watch(name, health);
         if let Some(all) = &mut self.metrics {
             all.add(metrics);
@@ -250,7 +245,9 @@ fn notify(states: &[NotifyState]) {
 /// Pings every `every` while every loop turns and the process is not
 /// stopping; checks more often, so a recovered loop pings again soon.
 fn watchdog(health: &ProcessHealth, stop: &AtomicBool, every: Duration, program: &str) {
-    let step = every.min(Duration::from_millis(100)).max(Duration::from_millis(10));
+    let step = every
+        .min(Duration::from_millis(100))
+        .max(Duration::from_millis(10));
     let mut waited = every;
     let mut was_live = true;
     while !stop.load(Ordering::Acquire) {

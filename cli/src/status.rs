@@ -191,7 +191,9 @@ fn run(args: &Args) -> Result<(u8, String), (u8, String)> {
             "nobody to expect: give --expect NAME or list names under [endpoints]",
         ));
     }
-    let topic = config.topic_scheme().topic(HEARTBEAT_MODNAME, HEARTBEAT_TOPIC);
+    let topic = config
+        .topic_scheme()
+        .topic(HEARTBEAT_MODNAME, HEARTBEAT_TOPIC);
     let heard = listen_for(&config, &topic, listen).map_err(unknown)?;
     let now = unix_now_f64();
     let mut rows = Vec::new();

@@ -233,13 +233,21 @@ fn printable(text: &str) -> String {
 }
 
 /// The text shown for one message.
-fn render(message: &Envelope, verdict: &Verdict, format: Format, json_lines: bool, colour: bool) -> String {
+fn render(
+    message: &Envelope,
+    verdict: &Verdict,
+    format: Format,
+    json_lines: bool,
+    colour: bool,
+) -> String {
     let when = message
         .timestamp()
         .and_then(|t| u64::try_from(t).ok())
         .map(|t| {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
-                .to_string()
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
+            )
+            .to_string()
         })
         .unwrap_or_else(|| "-".into());
     if json_lines {
@@ -269,7 +277,11 @@ fn render(message: &Envelope, verdict: &Verdict, format: Format, json_lines: boo
             .to_string(),
         );
     }
-    let style = if colour { verdict.style() } else { Style::new() };
+    let style = if colour {
+        verdict.style()
+    } else {
+        Style::new()
+    };
     let word = format!("{style}{}{style:#}", verdict.word());
     let text = match format {
         Format::Line => format!(

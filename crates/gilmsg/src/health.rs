@@ -103,7 +103,8 @@ impl Health {
 
     /// How long ago the loop last turned.
     pub fn since_last_beat(&self, now: Instant) -> Duration {
-        let last = self.beat.started + Duration::from_millis(self.beat.last_ms.load(Ordering::Relaxed));
+        let last =
+            self.beat.started + Duration::from_millis(self.beat.last_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(last)
     }
 }

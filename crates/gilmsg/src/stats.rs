@@ -125,7 +125,6 @@ impl Family {
     }
 }
 
-
 /// Writes one field into a Prometheus encoder, under `name` (the dotted
 /// stats name with `_` for `.`; the registry adds `gilmsg_<component>_`).
 pub(crate) trait Export {
