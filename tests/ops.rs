@@ -1049,3 +1049,33 @@ fn the_relay_tells_systemd_and_serves_its_counters() {
         notify.expect("STOPPING=1", Duration::from_secs(10));
     })
 }
+
+#[test]
+fn a_monitoring_port_in_use_is_a_clear_error() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["consumer-a"]);
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = taken.local_addr().expect("address").to_string();
+        let out = bus.run_with_env(
+            "gilmsg-consumer",
+            &[
+                "--config",
+                bus.config_path.to_str().expect("utf-8 path"),
+                "--certname",
+                "consumer-a",
+                "--monitoring",
+                &address,
+            ],
+            "",
+            &[],
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.status, Some(3), "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains(&format!("cannot listen on {address} for monitoring")),
+            "{}",
+            out.stderr
+        );
+    })
+}

@@ -161,8 +161,8 @@ impl Service {
     /// so `/ready` answers 503 meanwhile.
     pub fn start(&mut self) -> Result<(), Failure> {
         if let (Some(bind), Some(metrics)) = (&self.bind, self.metrics.take()) {
-            let server = MonitoringServer::start(bind, self.health.clone(), metrics)
-                .map_err(|e| Failure::usage(format!("error: [monitoring]: {e}")))?;
+            // A port in use is the host's state, not a usage error: exit 3.
+            let server = MonitoringServer::start(bind, self.health.clone(), metrics)?;
             eprintln!(
                 "{}: monitoring on http://{}",
                 self.program,

@@ -169,7 +169,10 @@ impl MonitoringServer {
     /// answers on a thread of its own.
     pub fn start(bind: &str, health: ProcessHealth, metrics: Metrics) -> Result<MonitoringServer> {
         let server = tiny_http::Server::http(bind).map_err(|e| {
-            Error::InvalidArgument(format!("cannot listen on {bind} for monitoring: {e}"))
+            Error::os(
+                format!("cannot listen on {bind} for monitoring"),
+                std::io::Error::other(e.to_string()),
+            )
         })?;
         let address = server
             .server_addr()
