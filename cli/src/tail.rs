@@ -277,33 +277,36 @@ fn render(
             .to_string(),
         );
     }
+    // Bus text is escaped field by field, before our own colour codes go
+    // around the verdict.
     let style = if colour {
         verdict.style()
     } else {
         Style::new()
     };
     let word = format!("{style}{}{style:#}", verdict.word());
-    let text = match format {
+    let (topic, msg_id, who) = (
+        printable(message.topic()),
+        printable(message.msg_id()),
+        printable(&verdict.who()),
+    );
+    match format {
         Format::Line => format!(
-            "{when} {} {word} {} msg_id={} {}",
-            message.topic(),
-            verdict.who(),
-            message.msg_id(),
-            message.msg()
+            "{when} {topic} {word} {who} msg_id={msg_id} {}",
+            printable(&message.msg().to_string())
         ),
         Format::Pretty => {
             let body = serde_json::to_string_pretty(message.msg()).unwrap_or_default();
-            let indented: Vec<String> = body.lines().map(|l| format!("    {l}")).collect();
+            let indented: Vec<String> = body
+                .lines()
+                .map(|l| format!("    {}", printable(l)))
+                .collect();
             format!(
-                "{when} {}\n  signature: {word} {}\n  msg_id: {}\n  msg:\n{}\n",
-                message.topic(),
-                verdict.who(),
-                message.msg_id(),
+                "{when} {topic}\n  signature: {word} {who}\n  msg_id: {msg_id}\n  msg:\n{}\n",
                 indented.join("\n")
             )
         }
-    };
-    printable(&text)
+    }
 }
 
 /// Runs the tail until a signal or `--count`.
@@ -409,6 +412,44 @@ mod tests {
         assert!(!glob.matches("org.x.prod.billing.refund.paid"));
         assert_eq!(glob.subscription(), "org.x.prod.");
         assert!(Filter::parse("org.[x").is_err());
+    }
+
+    fn unsigned(topic: &str, msg: serde_json::Value) -> Envelope {
+        gilmsg::proto::Draft {
+            topic: topic.to_owned(),
+            msg,
+            msg_id: "2026-0000".into(),
+            i: 1,
+            timestamp: 1_764_504_000,
+            username: "test".into(),
+            wants_ack: false,
+        }
+        .build(None)
+        .expect("a message")
+    }
+
+    #[test]
+    fn pretty_indents_the_payload_and_colour_is_only_on_request() {
+        let message = unsigned("org.x.prod.a.b", json!({"k": [1, 2]}));
+        let invalid = Verdict::Invalid {
+            reason: "bad_signature",
+            claimed: Some("mallory".into()),
+        };
+        let plain = render(&message, &invalid, Format::Pretty, false, false);
+        assert_eq!(
+            plain,
+            "2025-11-30T12:00:00Z org.x.prod.a.b\n  signature: invalid(bad_signature) claimed=mallory (unverified)\n  msg_id: 2026-0000\n  msg:\n    {\n      \"k\": [\n        1,\n        2\n      ]\n    }\n"
+        );
+        let coloured = render(&message, &invalid, Format::Line, false, true);
+        assert!(
+            coloured.contains("\u{1b}[1m\u{1b}[31minvalid(bad_signature)\u{1b}[0m"),
+            "{coloured:?}"
+        );
+        let line = render(&message, &Verdict::Unsigned, Format::Line, false, false);
+        assert_eq!(
+            line,
+            "2025-11-30T12:00:00Z org.x.prod.a.b unsigned signer=- msg_id=2026-0000 {\"k\":[1,2]}"
+        );
     }
 
     #[test]
