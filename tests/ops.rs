@@ -543,10 +543,20 @@ fn producer(bus: &Bus, name: &str) -> gilmsg_testkit::Running {
 
 /// `gilmsg-status` listening `listen` with a 1s interval, expecting `names`.
 fn status_command(bus: &Bus, names: &[&str], listen: &str, json: bool) -> std::process::Command {
+    status_command_with(bus, &bus.config_path, names, listen, json)
+}
+
+fn status_command_with(
+    bus: &Bus,
+    config: &Path,
+    names: &[&str],
+    listen: &str,
+    json: bool,
+) -> std::process::Command {
     let mut command = std::process::Command::new(bus.bins().status);
     command
         .arg("--config")
-        .arg(&bus.config_path)
+        .arg(config)
         .args(["--interval", "1s", "--listen", listen]);
     for name in names {
         command.args(["--expect", name]);
@@ -1077,5 +1087,51 @@ fn a_monitoring_port_in_use_is_a_clear_error() {
             "{}",
             out.stderr
         );
+    })
+}
+
+#[test]
+fn the_relay_sends_heartbeats_as_its_configured_identity() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["hub"]);
+        let config = bus.dir().join("hub.toml");
+        bus.write_config(
+            &config,
+            "certname = \"hub\"\nheartbeat_interval = \"1s\"",
+            &format!("[{:?}]", bus.outbound),
+        );
+        let mut command = std::process::Command::new(bus.bins().relay);
+        command
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--inbound",
+                "tcp://127.0.0.1:*",
+                "--outbound",
+                "tcp://127.0.0.1:*",
+            ])
+            .stdin(Stdio::null());
+        let relay = bus.spawn("hub", command);
+        let ready = relay.expect_stderr("gilmsg-relay: ready", READY_TIMEOUT);
+        // Heard on the hub's own outbound socket.
+        let outbound = gilmsg_testkit::field(&ready, "outbound").expect("outbound=");
+        let listen = bus.dir().join("listen.toml");
+        bus.write_config(&listen, "", &format!("[{outbound:?}]"));
+        let mut status = bus.spawn(
+            "gilmsg-status",
+            status_command_with(&bus, &listen, &["hub"], "3s", false),
+        );
+        let code = status
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(60))
+            .expect("gilmsg-status ends")
+            .code();
+        let mut lines = Vec::new();
+        while let Some(line) = status.proc().next_stdout(Duration::from_secs(1)) {
+            lines.push(line);
+        }
+        let text = lines.join("\n");
+        assert_eq!(code, Some(0), "{text}");
+        assert!(text.contains("\nhub alive "), "{text}");
     })
 }

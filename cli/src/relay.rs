@@ -90,7 +90,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let relay = gilmsg::Relay::bind(&config, &inbound, &outbound)?;
         let mut service = Service::new("gilmsg-relay", &config);
         service.watch("relay", relay.health(), relay.metrics());
-        service.start_heartbeat(&config, None)?;
+        // The relay's heartbeats go in through its own sockets, as bound
+        // (a `*` port resolved).
+        let mut own = config.clone();
+        own.relay_inbound = relay.inbound_endpoints().to_vec();
+        own.endpoints.insert(
+            gilmsg::relay::RELAY_OUTBOUND.to_owned(),
+            relay.outbound_endpoints().to_vec(),
+        );
+        service.start_heartbeat(&own, None)?;
         service.start()?;
         eprintln!(
             "{READY_LINE} inbound={} outbound={}",
