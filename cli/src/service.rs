@@ -1,4 +1,5 @@
-//! What every long-running command (relay, consumer) does as a service,
+//! What every long-running command (relay, consumer, `gilmsg-logger
+//! --stream`) does as a service,
 //! besides its job: the monitoring endpoint (`[monitoring]`, `/live`,
 //! `/ready`, `/metrics`), systemd's notify protocol (`READY=1`,
 //! `STOPPING=1`, `WATCHDOG=1`) and signed heartbeats
