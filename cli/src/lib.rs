@@ -16,6 +16,10 @@
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
 //! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
+//! - [`service`]: what the long-running tools do as services: monitoring
+//!   endpoint, systemd notify and watchdog, heartbeats.
+//! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
+//! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -31,4 +35,7 @@ pub mod pki;
 pub mod procs;
 pub mod relay;
 pub mod roles;
+pub mod service;
 pub mod signals;
+pub mod status;
+pub mod tail;

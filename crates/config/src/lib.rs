@@ -65,7 +65,7 @@ mod load;
 mod parse;
 mod schemas;
 
-pub use config::{Config, MAX_TIMEOUT};
+pub use config::{Config, Monitoring, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};

@@ -167,6 +167,7 @@ impl BusBuilder {
                 bound: running.bound,
                 has_ack_endpoints: !ack_endpoints.is_empty(),
                 done: std::sync::Mutex::new(Some(running.done)),
+                health: running.health,
             }),
         })
     }
@@ -199,6 +200,7 @@ struct Inner {
     bound: Vec<String>,
     has_ack_endpoints: bool,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    health: crate::health::Health,
 }
 
 impl Drop for Inner {
@@ -411,6 +413,19 @@ impl Bus {
     /// Counters: sent, re-sent, acked, timed out, and every refused ACK by reason.
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
+    }
+
+    /// Whether the publisher's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.inner.health.clone()
+    }
+
+    /// The publisher's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "publisher",
+            source: self.inner.counters.clone(),
+        }
     }
 
     /// Stops the socket thread after flushing queued messages (up to

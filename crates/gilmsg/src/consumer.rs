@@ -90,6 +90,7 @@ pub struct ConsumerBuilder {
     active: Option<bool>,
     send_acks: bool,
     deliver_acks: bool,
+    deliver_heartbeats: bool,
     queue: usize,
 }
 
@@ -99,6 +100,15 @@ impl ConsumerBuilder {
     /// verify and hand over every other consumer's ACKs.
     pub fn deliver_acks(mut self, deliver: bool) -> Self {
         self.deliver_acks = deliver;
+        self
+    }
+
+    /// Also deliver heartbeats (`<topic_prefix>.<environment>.gilmsg.heartbeat`,
+    /// see [`crate::health::heartbeat_topic`]). Off by default: they are the
+    /// processes' business, not the handlers'; a skipped heartbeat is
+    /// counted (`message.heartbeat_skipped`), never acked.
+    pub fn deliver_heartbeats(mut self, deliver: bool) -> Self {
+        self.deliver_heartbeats = deliver;
         self
     }
 
@@ -162,6 +172,7 @@ impl ConsumerBuilder {
             active,
             send_acks,
             deliver_acks,
+            deliver_heartbeats,
             queue,
         } = self;
         config.validate()?;
@@ -220,6 +231,13 @@ impl ConsumerBuilder {
         });
         let counters = Arc::new(ConsumerCounters::default());
         let (deliveries_tx, deliveries) = mpsc::channel(queue);
+        // Read at scrape time: only the application's side sees a delivery
+        // leave the queue. Weak, so the queue still closes with the thread.
+        let weak = deliveries_tx.downgrade();
+        counters.queue_deliveries.set(move || {
+            weak.upgrade()
+                .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
+        });
         let (readiness_tx, readiness) = watch::channel(Readiness::default());
         let settings = ConsumerSettings {
             ack_topic: scheme.ack_topic(),
@@ -246,6 +264,7 @@ impl ConsumerBuilder {
             acker: acker.clone(),
             deliveries: deliveries_tx,
             inline,
+            skip_topic: (!deliver_heartbeats).then(|| crate::health::heartbeat_topic(&config)),
             counters: counters.clone(),
             readiness: readiness_tx,
         };
@@ -264,6 +283,7 @@ impl ConsumerBuilder {
                 link: running.link,
                 counters,
                 done: std::sync::Mutex::new(Some(running.done)),
+                health: running.health,
             }),
             bound: running.bound,
             signer_name: acker.as_ref().map(|a| a.signer.name().to_owned()),
@@ -277,6 +297,7 @@ struct Shared {
     link: Arc<dyn ConsumerLink>,
     counters: Arc<ConsumerCounters>,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    health: crate::health::Health,
 }
 
 impl Drop for Shared {
@@ -312,6 +333,7 @@ impl Consumer {
             active: None,
             send_acks: true,
             deliver_acks: false,
+            deliver_heartbeats: false,
             queue: 1024,
         }
     }
@@ -359,6 +381,19 @@ impl Consumer {
     /// dropped message by reason.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether the consumer's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.shared.health.clone()
+    }
+
+    /// The consumer's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "consumer",
+            source: self.shared.counters.clone(),
+        }
     }
 
     /// Runs `handler` on each new message; ACKs when it returns `Ok`.
@@ -497,6 +532,7 @@ impl Delivery {
             msg_id: self.msg_id().to_owned(),
             ticket,
             handled,
+            received: self.received,
         })
     }
 }
