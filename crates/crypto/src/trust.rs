@@ -357,7 +357,7 @@ fn load_crl(path: &Path, cas: &[TrustedCa]) -> Result<CrlState> {
                 entry.next_update = Some(entry.next_update.map_or(next, |t| t.min(next)));
             }
             if let Some(n) = crl.crl_number() {
-                if entry.number.as_ref().map_or(true, |old| n > old) {
+                if entry.number.as_ref().is_none_or(|old| n > old) {
                     entry.number = Some(n.clone());
                 }
             }

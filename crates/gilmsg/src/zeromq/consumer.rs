@@ -156,7 +156,7 @@ impl ConsumerThread {
         let ack_path = self
             .ack
             .as_ref()
-            .map_or(true, |a| !a.needs_subscriber || self.subscriptions.any());
+            .is_none_or(|a| !a.needs_subscriber || self.subscriptions.any());
         let mut down = self.monitor.missing();
         let mut settled = self.monitor.settled(now);
         if let Some(ack) = &self.ack {
