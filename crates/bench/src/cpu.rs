@@ -74,3 +74,15 @@ impl Snapshot {
         json!({"total_us_per_msg": total, "by_thread_us_per_msg": by})
     }
 }
+
+/// CPU nanoseconds the calling thread has run so far (`/proc/thread-self/schedstat`),
+/// so that a measurement of the signature costs counts the work, not the
+/// time other processes on a shared machine held the core.
+pub fn thread_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
