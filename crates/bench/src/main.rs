@@ -76,6 +76,10 @@ struct Args {
     /// every 20,000 messages (`--only soak` for the soak alone).
     #[arg(long, value_parser = common::parse_duration)]
     pub soak: Option<Duration>,
+    /// The soak's consumer with this `dedupe_capacity` instead of the
+    /// default (the RSS target is for the default).
+    #[arg(long)]
+    pub soak_dedupe_capacity: Option<usize>,
     /// Run only these sections (comma-separated; default: all, the soak
     /// only with `--soak`).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -257,7 +261,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let direct = args.runs(Section::Latency) || args.runs(Section::Throughput);
     for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k)?;
+        let bus = DirectBus::start(&exe, work.path(), k, "")?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
         if args.runs(Section::Latency) {
             // CPU per publish, by thread, while one publish at a time is in
@@ -276,6 +280,14 @@ fn run(args: Args) -> Result<(), Failure> {
             let mut json = summary.json();
             json["cpu"] = cpu;
             latency.insert(format!("{k}_recipients"), json);
+            if k == 1 {
+                let plain = runtime.block_on(bus.plain_latency(samples))?;
+                progress(format!(
+                    "plain publish (sign, hand-offs, send): p50 {:.1} us",
+                    plain.pct(50.0)
+                ));
+                latency.insert("plain_publish".into(), plain.json());
+            }
             report
                 .curves
                 .push((format!("publish, {k} recipient(s)"), summary));
@@ -351,7 +363,16 @@ fn run(args: Args) -> Result<(), Failure> {
         let length = args.soak.unwrap_or(Duration::from_secs(600));
         report
             .json
-            .insert("soak", soak(&exe, work.path(), length, &args.out)?);
+            .insert(
+                "soak",
+                soak(
+                    &exe,
+                    work.path(),
+                    length,
+                    args.soak_dedupe_capacity,
+                    &args.out,
+                )?,
+            );
     }
     let targets = targets::evaluate(&serde_json::to_value(&report.json).unwrap_or_default());
     report.json.insert("targets", targets);
@@ -573,7 +594,8 @@ impl DirectBus {
         processes
     }
 
-    fn start(exe: &Path, dir: &Path, k: usize) -> Result<DirectBus, Failure> {
+    /// `extra` goes into every config file as is (TOML lines).
+    fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
             "bench-pub".to_string(),
             format!("tcp://127.0.0.1:{}", free_port()?),
@@ -586,7 +608,7 @@ impl DirectBus {
         }
         let write = |name: &str| -> Result<PathBuf, Failure> {
             let mut text = format!(
-                "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nname = \"{name}\"\nack_timeout = \"10s\"\n\n[endpoints]\n"
+                "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nname = \"{name}\"\nack_timeout = \"10s\"\n{extra}\n[endpoints]\n"
             );
             for (n, e) in &endpoints {
                 let _ = writeln!(text, "\"{n}\" = [\"{e}\"]");
@@ -654,6 +676,25 @@ impl DirectBus {
             }
         }
         Ok(best)
+    }
+
+    /// Plain publishes (no recipients), one at a time: the caller signs,
+    /// hands the message to the socket thread, which sends it and answers
+    /// back. Less the signature, what is left is the two thread hand-offs
+    /// an acknowledged publish adds to the raw round trip (and one send).
+    async fn plain_latency(&self, samples: usize) -> Result<Summary, Failure> {
+        let warmup = latency_warmup(samples);
+        let mut results = Vec::with_capacity(samples);
+        for i in 0..(samples + warmup) {
+            let start = Instant::now();
+            self.bus
+                .send("plain", json!({"seq": i, "payload": "x".repeat(64)}))
+                .await?;
+            if i >= warmup {
+                results.push(micros(start.elapsed()));
+            }
+        }
+        Ok(Summary::new(results))
     }
 
     async fn run_window(
@@ -797,16 +838,30 @@ fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
     Ok(Value::Object(out))
 }
 
-/// The memory soak: one consumer, acknowledged publishes without pause
-/// (window 128) for `length`, a sample every 20,000 messages. Writes
-/// `soak.json` (every sample) and returns the summary: the consumer's
-/// steady-state RSS is the median of the second half of the samples (once
-/// the dedupe cache has filled, which takes its capacity in messages), so
-/// one allocator spike does not decide it.
-fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<Value, Failure> {
+/// Acknowledged messages between two samples of the soak.
+const SOAK_STEP: usize = 10_000;
+
+/// The memory soak: one consumer with the default configuration,
+/// acknowledged publishes without pause (window 128) for `length`, a
+/// sample every [`SOAK_STEP`] messages. Writes `soak.json` (every sample)
+/// and returns the summary: the consumer's steady state is the samples
+/// after warm-up (once its dedupe cache is full, which takes its capacity
+/// in messages), reported as their median (so one allocator spike does not
+/// decide it) and their maximum, beside the peak (VmHWM) of the whole run.
+fn soak(
+    exe: &Path,
+    dir: &Path,
+    length: Duration,
+    dedupe_capacity: Option<usize>,
+    out: &Path,
+) -> Result<Value, Failure> {
     progress(format!("soak: {} s, 1 consumer", length.as_secs()));
     let runtime = common::runtime()?;
-    let bus = DirectBus::start(exe, dir, 1)?;
+    let extra = match dedupe_capacity {
+        Some(n) => format!("dedupe_capacity = {n}\n"),
+        None => String::new(),
+    };
+    let bus = DirectBus::start(exe, dir, 1, &extra)?;
     let recipients = vec!["consumer-0".to_string()];
     let consumer = &bus.consumers[0];
     let consumer_rss_at_start = memory::kib(consumer.pid(), "VmRSS");
@@ -814,8 +869,8 @@ fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<Value, F
     let mut rows = Vec::new();
     let mut sent = 0usize;
     while start.elapsed() < length {
-        let rate = runtime.block_on(bus.run_window(&recipients, 20_000, 128))?;
-        sent += 20_000;
+        let rate = runtime.block_on(bus.run_window(&recipients, SOAK_STEP, 128))?;
+        sent += SOAK_STEP;
         let _ = consumer.signal(nix::sys::signal::Signal::SIGUSR1);
         let stats = consumer
             .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
@@ -841,22 +896,33 @@ fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<Value, F
     )
     .map_err(|e| fail(e.to_string()))?;
     progress(format!("wrote {}", path.display()));
-    let second_half = |key: &str| {
-        let values: Vec<f64> = rows[rows.len() / 2..]
+    // Warm-up ends once the dedupe cache has filled (it starts evicting):
+    // from then on the consumer holds all it will hold. Without eviction
+    // (a soak too short to fill the cache), the second half of the samples.
+    let warm = rows
+        .iter()
+        .position(|r| r.get("consumer_dedupe_evicted").and_then(Value::as_u64) > Some(0))
+        .unwrap_or(rows.len() / 2);
+    let steady = |key: &str| {
+        let values: Vec<f64> = rows[warm..]
             .iter()
             .filter_map(|r| r.get(key).and_then(Value::as_f64))
             .collect();
-        Summary::new(values).pct(50.0)
+        Summary::new(values)
     };
     Ok(json!({
         "length_s": start.elapsed().as_secs(),
+        "dedupe_capacity": dedupe_capacity,
         "messages": sent,
         "samples": rows.len(),
         "msgs_per_s": sent as f64 / start.elapsed().as_secs_f64(),
         "consumer_rss_kib_at_start": consumer_rss_at_start,
-        "consumer_steady_rss_kib": second_half("consumer_rss_kib"),
+        "steady_from_s": rows.get(warm).and_then(|r| r.get("t_s")).cloned(),
+        "steady_samples": rows.len().saturating_sub(warm),
+        "consumer_steady_rss_kib": steady("consumer_rss_kib").pct(50.0),
+        "consumer_steady_max_rss_kib": steady("consumer_rss_kib").max(),
         "consumer_peak_rss_kib": memory::kib(consumer.pid(), "VmHWM"),
-        "publisher_steady_rss_kib": second_half("publisher_rss_kib"),
+        "publisher_steady_rss_kib": steady("publisher_rss_kib").pct(50.0),
         "consumer_dedupe_entries": rows.last().and_then(|r| r.get("consumer_dedupe_entries")).cloned(),
         "consumer_dedupe_evicted": rows.last().and_then(|r| r.get("consumer_dedupe_evicted")).cloned(),
     }))
@@ -914,6 +980,11 @@ fn markdown(report: &Report) -> String {
             &format!("/latency_warm_publish/{k}_recipients"),
         );
     }
+    row(
+        &mut md,
+        "plain publish, no recipients (sign, hand-off to the socket thread, send, answer back)",
+        "/latency_warm_publish/plain_publish",
+    );
     for k in [1, 3] {
         row(
             &mut md,
@@ -971,14 +1042,16 @@ fn markdown(report: &Report) -> String {
     if j.get("soak").is_some() {
         let _ = writeln!(
             md,
-            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of the second half of {:.0} samples) | {:.1} MiB | {:.1} MiB |\n| peak RSS | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
+            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
             get(&j, "/soak/length_s"),
             get(&j, "/soak/messages"),
             get(&j, "/soak/msgs_per_s"),
             get(&j, "/soak/consumer_rss_kib_at_start") / 1024.0,
-            get(&j, "/soak/samples"),
+            get(&j, "/soak/steady_samples"),
+            get(&j, "/soak/steady_from_s"),
             get(&j, "/soak/consumer_steady_rss_kib") / 1024.0,
             get(&j, "/soak/publisher_steady_rss_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
             get(&j, "/soak/consumer_peak_rss_kib") / 1024.0,
             get(&j, "/soak/consumer_dedupe_entries"),
             get(&j, "/soak/consumer_dedupe_evicted"),

@@ -40,7 +40,7 @@ enum Bound {
 
 /// One target: its name, floor formula and value, what was measured.
 struct Target {
-    name: &'static str,
+    name: String,
     formula: String,
     unit: &'static str,
     floor: f64,
@@ -91,7 +91,7 @@ pub fn evaluate(report: &Value) -> Value {
     let rate = |per_message_us: f64| cores * 1e6 / per_message_us;
     let targets = [
         Target {
-            name: "warm latency, 1 recipient, p50",
+            name: "warm latency, 1 recipient, p50".into(),
             formula: "1.3 × (RTT + 2S + 2V)".into(),
             unit: "µs",
             floor: one,
@@ -99,7 +99,7 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/latency_warm_publish/1_recipients/p50_us"),
         },
         Target {
-            name: "warm latency, 1 recipient, p99",
+            name: "warm latency, 1 recipient, p99".into(),
             formula: "2 × (RTT + 2S + 2V)".into(),
             unit: "µs",
             floor: one,
@@ -107,7 +107,7 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/latency_warm_publish/1_recipients/p99_us"),
         },
         Target {
-            name: "warm latency, 10 recipients, p50",
+            name: "warm latency, 10 recipients, p50".into(),
             formula: format!("1.3 × (RTT + S + 10V + (10V + 10S) / {cores})"),
             unit: "µs",
             floor: ten,
@@ -115,7 +115,7 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/latency_warm_publish/10_recipients/p50_us"),
         },
         Target {
-            name: "throughput, 1 recipient",
+            name: "throughput, 1 recipient".into(),
             formula: format!("0.65 × {cores} cores / (S + V)"),
             unit: "msgs/s",
             floor: rate(s + v),
@@ -123,7 +123,7 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/throughput/1_recipients/msgs_per_s"),
         },
         Target {
-            name: "throughput, 10 recipients",
+            name: "throughput, 10 recipients".into(),
             formula: format!("0.65 × {cores} cores / (S + 10V)"),
             unit: "msgs/s",
             floor: rate(s + 10.0 * v),
@@ -131,7 +131,10 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/throughput/10_recipients/msgs_per_s"),
         },
         Target {
-            name: "consumer steady-state RSS over the soak (default dedupe_capacity)",
+            name: match report.pointer("/soak/dedupe_capacity").and_then(Value::as_u64) {
+                Some(n) => format!("consumer steady-state RSS over the soak (dedupe_capacity {n}, not the default)"),
+                None => "consumer steady-state RSS over the soak (default dedupe_capacity)".into(),
+            },
             formula: format!("{RSS_LIMIT_MIB} MiB"),
             unit: "MiB",
             floor: RSS_LIMIT_MIB,
