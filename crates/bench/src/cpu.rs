@@ -24,7 +24,10 @@ impl Snapshot {
                 continue;
             };
             for task in tasks.flatten() {
-                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok())
+                let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u32>().ok())
                 else {
                     continue;
                 };

@@ -211,6 +211,7 @@ struct Report {
 
 /// Runs the benchmark.
 fn run(args: Args) -> Result<(), Failure> {
+    let started = Instant::now();
     let samples = args.samples.unwrap_or(if args.short { 200 } else { 2000 });
     let messages = args
         .messages
@@ -361,19 +362,20 @@ fn run(args: Args) -> Result<(), Failure> {
     report.json.insert("python_anchor", anchor);
     if args.runs(Section::Soak) {
         let length = args.soak.unwrap_or(Duration::from_secs(600));
-        report
-            .json
-            .insert(
-                "soak",
-                soak(
-                    &exe,
-                    work.path(),
-                    length,
-                    args.soak_dedupe_capacity,
-                    &args.out,
-                )?,
-            );
+        report.json.insert(
+            "soak",
+            soak(
+                &exe,
+                work.path(),
+                length,
+                args.soak_dedupe_capacity,
+                &args.out,
+            )?,
+        );
     }
+    report
+        .json
+        .insert("elapsed_s", json!(started.elapsed().as_secs()));
     let targets = targets::evaluate(&serde_json::to_value(&report.json).unwrap_or_default());
     report.json.insert("targets", targets);
     write_outputs(&args.out, &report)?;
@@ -395,7 +397,13 @@ fn machine() -> Value {
         .trim()
         .to_string();
     let (zmq_major, zmq_minor, zmq_patch) = zmq::version();
-    json!({"cpu": cpu, "cores": cores, "kernel": kernel, "libzmq": format!("{zmq_major}.{zmq_minor}.{zmq_patch}"),
+    // Other processes' load at the start: on a shared machine it says how
+    // much the absolute numbers of this run can be trusted.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    let command: Vec<String> = std::env::args().collect();
+    json!({"cpu": cpu, "cores": cores, "load_average_1m_at_start": load, "command": command.join(" "), "kernel": kernel, "libzmq": format!("{zmq_major}.{zmq_minor}.{zmq_patch}"),
            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
            "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)})
 }
@@ -952,6 +960,21 @@ fn markdown(report: &Report) -> String {
     let j = serde_json::to_value(&report.json).unwrap_or_default();
     let floor = get(&j, "/floor_zmq_rtt/latency/p50_us");
     let mut md = String::new();
+    let machine = |key: &str| {
+        j.pointer(&format!("/machine/{key}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let _ = writeln!(
+        md,
+        "`{}`: {} s, {} cores ({}), libzmq {}, load average {} at the start.\n",
+        machine("command").as_str().unwrap_or("?"),
+        j.get("elapsed_s").and_then(Value::as_u64).unwrap_or(0),
+        machine("cores"),
+        machine("cpu").as_str().unwrap_or("?"),
+        machine("libzmq").as_str().unwrap_or("?"),
+        machine("load_average_1m_at_start"),
+    );
     let _ = writeln!(
         md,
         "| measure | p50 | p90 | p99 | max | vs floor (p50) |\n|---|---|---|---|---|---|"
@@ -1006,9 +1029,19 @@ fn markdown(report: &Report) -> String {
         "\n| CPU per acknowledged publish (µs, user + kernel, from /proc/*/task/*/schedstat; threads under 0.1 µs left out) | total | by process: thread |\n|---|---|---|"
     );
     let scenarios = [1, 3, 10]
-        .map(|k| (format!("latency run, {k} recipient(s), one in flight"), format!("/latency_warm_publish/{k}_recipients/cpu")))
+        .map(|k| {
+            (
+                format!("latency run, {k} recipient(s), one in flight"),
+                format!("/latency_warm_publish/{k}_recipients/cpu"),
+            )
+        })
         .into_iter()
-        .chain([1, 10].map(|k| (format!("throughput run, {k} recipient(s), best window"), format!("/throughput/{k}_recipients/cpu"))));
+        .chain([1, 10].map(|k| {
+            (
+                format!("throughput run, {k} recipient(s), best window"),
+                format!("/throughput/{k}_recipients/cpu"),
+            )
+        }));
     for (label, pointer) in scenarios {
         let Some(cpu) = j.pointer(&pointer).filter(|c| !c.is_null()) else {
             continue;

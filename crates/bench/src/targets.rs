@@ -142,9 +142,35 @@ pub fn evaluate(report: &Value) -> Value {
             measured: get(report, "/soak/consumer_steady_rss_kib") / 1024.0,
         },
     ];
+    // Two views that do not depend on how busy the machine was: the
+    // 1-recipient p50 taken apart, and the throughput the measured CPU per
+    // message would allow if this run had the cores to itself.
+    let p50 = get(report, "/latency_warm_publish/1_recipients/p50_us");
+    let handoffs = get(report, "/latency_warm_publish/plain_publish/p50_us")
+        - get(report, "/crypto/ed25519/sign_us");
+    let cpu_bound = |k: usize| {
+        let per_message = get(
+            report,
+            &format!("/throughput/{k}_recipients/cpu/total_us_per_msg"),
+        );
+        json!({"cpu_us_per_msg": per_message, "msgs_per_s": rate(per_message)})
+    };
     json!({
         "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
         "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
+        "one_recipient_p50": {
+            "p50_us": p50,
+            "rtt_us": rtt,
+            "crypto_us": 2.0 * s + 2.0 * v,
+            "handoffs_us": handoffs,
+            "rest_us": p50 - one - handoffs,
+        },
+        "throughput_cpu_bound": {
+            "1_recipients": cpu_bound(1),
+            "10_recipients": cpu_bound(10),
+            "floor_1": rate(s + v),
+            "floor_10": rate(s + 10.0 * v),
+        },
     })
 }
 
@@ -197,6 +223,25 @@ pub fn markdown(report: &Value) -> String {
             get(row, "/ratio"),
             get(row, "/factor"),
             text("verdict"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n1 recipient, p50 {:.0} µs = RTT {:.0} + 2S + 2V {:.0} + two thread hand-offs ≈ {:.0} (plain publish p50 less one signature) + the rest {:.0} µs.",
+        get(t, "/one_recipient_p50/p50_us"),
+        get(t, "/one_recipient_p50/rtt_us"),
+        get(t, "/one_recipient_p50/crypto_us"),
+        get(t, "/one_recipient_p50/handoffs_us"),
+        get(t, "/one_recipient_p50/rest_us"),
+    );
+    for (k, floor) in [(1, "floor_1"), (10, "floor_10")] {
+        let base = format!("/throughput_cpu_bound/{k}_recipients");
+        let _ = writeln!(
+            md,
+            "\nThroughput, {k} recipient(s), if the run had had the cores to itself: {:.0} µs of CPU per message (all threads of all processes) allows {:.0} msgs/s, {:.2}× the floor.",
+            get(t, &format!("{base}/cpu_us_per_msg")),
+            get(t, &format!("{base}/msgs_per_s")),
+            get(t, &format!("{base}/msgs_per_s")) / get(t, &format!("/throughput_cpu_bound/{floor}")),
         );
     }
     md

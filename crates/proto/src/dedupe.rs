@@ -458,7 +458,10 @@ impl DedupeCache {
         self.expire(now);
         let identity = self.identity(signer, msg_id);
         if let Some(earlier) = self.find_identity(identity) {
-            let Slot { key: earlier, entry } = &self.slots[earlier];
+            let Slot {
+                key: earlier,
+                entry,
+            } = &self.slots[earlier];
             let state = entry.state;
             return Err(if earlier.digest == key.digest {
                 Refused::OtherCertificate(state)
@@ -887,7 +890,14 @@ mod tests {
         let now = at(2_000);
         for &j in &model {
             assert!(matches!(
-                c.admit(Some("a"), &format!("id-{j}"), d(j + 100_000), at(j), now, true),
+                c.admit(
+                    Some("a"),
+                    &format!("id-{j}"),
+                    d(j + 100_000),
+                    at(j),
+                    now,
+                    true
+                ),
                 Err(Refused::SameIdOtherBody(_))
             ));
         }
