@@ -888,6 +888,12 @@ fn soak(
             "sent": sent,
             "rate": rate,
             "consumer_rss_kib": memory::kib(consumer.pid(), "VmRSS"),
+            // RSS split: what the consumer allocated (heap, stacks) and the
+            // pages of its executable and libraries (the bench's own
+            // binary, larger than `gilmsg-consumer`; with `fedmsg-x509`,
+            // libssl and libcrypto too).
+            "consumer_rss_anon_kib": memory::kib(consumer.pid(), "RssAnon"),
+            "consumer_rss_file_kib": memory::kib(consumer.pid(), "RssFile"),
             "publisher_rss_kib": memory::kib(std::process::id(), "VmRSS"),
             "consumer_dedupe_entries": field(&stats, "dedupe.entries").and_then(|v| v.parse::<u64>().ok()),
             "consumer_dedupe_evicted": field(&stats, "dedupe.evicted").and_then(|v| v.parse::<u64>().ok()),
@@ -929,6 +935,8 @@ fn soak(
         "steady_samples": rows.len().saturating_sub(warm),
         "consumer_steady_rss_kib": steady("consumer_rss_kib").pct(50.0),
         "consumer_steady_max_rss_kib": steady("consumer_rss_kib").max(),
+        "consumer_steady_rss_anon_kib": steady("consumer_rss_anon_kib").pct(50.0),
+        "consumer_steady_rss_file_kib": steady("consumer_rss_file_kib").pct(50.0),
         "consumer_peak_rss_kib": memory::kib(consumer.pid(), "VmHWM"),
         "publisher_steady_rss_kib": steady("publisher_rss_kib").pct(50.0),
         "consumer_dedupe_entries": rows.last().and_then(|r| r.get("consumer_dedupe_entries")).cloned(),
@@ -1075,7 +1083,7 @@ fn markdown(report: &Report) -> String {
     if j.get("soak").is_some() {
         let _ = writeln!(
             md,
-            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
+            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
             get(&j, "/soak/length_s"),
             get(&j, "/soak/messages"),
             get(&j, "/soak/msgs_per_s"),
@@ -1084,6 +1092,8 @@ fn markdown(report: &Report) -> String {
             get(&j, "/soak/steady_from_s"),
             get(&j, "/soak/consumer_steady_rss_kib") / 1024.0,
             get(&j, "/soak/publisher_steady_rss_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
             get(&j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
             get(&j, "/soak/consumer_peak_rss_kib") / 1024.0,
             get(&j, "/soak/consumer_dedupe_entries"),
