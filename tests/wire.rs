@@ -211,7 +211,7 @@ fn a_200_frame_message_sent_to_the_relay_is_dropped_there_and_consumers_stay_sma
         let topic = bus.topic("big");
         let frame = vec![b'x'; FRAME_CAP];
         let mut message: Vec<&[u8]> = vec![topic.as_bytes()];
-        message.extend(std::iter::repeat(frame.as_slice()).take(199));
+        message.extend(std::iter::repeat_n(frame.as_slice(), 199));
         send_all(&flood, &message);
         // Two frames, each under the relay's frame cap, together over it.
         let half = vec![b'y'; 3 << 20];
@@ -483,7 +483,7 @@ fn a_consumer_reconnects_after_a_peer_sends_it_an_oversize_frame() {
         // uncopied.
         let small = vec![b'z'; 1024];
         let mut many: Vec<&[u8]> = vec![topic.as_bytes()];
-        many.extend(std::iter::repeat(small.as_slice()).take(199));
+        many.extend(std::iter::repeat_n(small.as_slice(), 199));
         send_all(&hostile, &many);
         c1.wait_stats(
             "gilmsg-consumer: stats",

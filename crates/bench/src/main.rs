@@ -10,11 +10,16 @@
 //! 4. one-shot `gilmsg-logger` wall time through a running relay;
 //! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
 //!    venv is present;
-//! 6. memory: peak RSS of a consumer and of the publisher.
+//! 6. memory: peak RSS of a consumer and of the publisher;
+//! 7. with `--soak`, a memory soak: acknowledged publishes without pause,
+//!    the consumer's RSS sampled as it goes, its steady state the median of
+//!    the second half of the samples.
 //!
 //! Results are ratios inside one run (the machines are shared and noisy),
-//! written as JSON and Markdown plus an SVG latency plot. Nothing here
-//! asserts a timing: benchmarks report, tests check behaviour.
+//! written as JSON and Markdown plus an SVG latency plot, with the speed
+//! targets evaluated against floors measured in the same run
+//! (`targets.rs`). Nothing here asserts a timing: benchmarks report, tests
+//! check behaviour.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -38,7 +43,9 @@ use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
 mod amqp;
+mod cpu;
 mod python_anchor;
+mod targets;
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -65,16 +72,28 @@ struct Args {
     /// One-shot logger runs per scenario (default 20, short: 5).
     #[arg(long)]
     pub oneshot_runs: Option<usize>,
-    /// Run a memory soak of this length instead (e.g. 10m): throughput
-    /// without pause, RSS and dedupe/in-flight state sampled every 10 s.
+    /// Also run a memory soak of this length (e.g. 10m), after the other
+    /// sections: throughput without pause, RSS and dedupe state sampled
+    /// every 20,000 messages (`--only soak` for the soak alone).
     #[arg(long, value_parser = common::parse_duration)]
     pub soak: Option<Duration>,
+    /// The soak's consumer with this `dedupe_capacity` instead of the
+    /// default (the RSS target is for the default).
+    #[arg(long)]
+    pub soak_dedupe_capacity: Option<usize>,
+    /// Run only these sections (comma-separated; default: all, the soak
+    /// only with `--soak`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Section>,
     /// Recipient counts for the latency runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
     pub recipients: Vec<usize>,
     /// Skip the throughput runs.
     #[arg(long)]
     pub no_throughput: bool,
+    /// In-flight windows the throughput runs try (the best one counts).
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    pub windows: Vec<usize>,
     /// Skip the one-shot logger runs.
     #[arg(long)]
     pub no_oneshot: bool,
@@ -84,13 +103,47 @@ struct Args {
     /// Skip the AMQP runs (they start a RabbitMQ node; see amqp.rs).
     #[arg(long)]
     pub no_amqp: bool,
-    /// Run only the AMQP part (with the floors it needs).
-    #[arg(long)]
-    pub amqp_only: bool,
     /// fedora-messaging venv for the AMQP Python anchor (default:
     /// $GILMSG_FEDORA_MESSAGING).
     #[arg(long)]
     pub fedora_messaging: Option<PathBuf>,
+}
+
+/// A part of the run, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// The raw ZeroMQ round trip.
+    Floor,
+    /// Signature costs.
+    Crypto,
+    /// Warm latency of acknowledged publishes.
+    Latency,
+    /// Acknowledged messages per second.
+    Throughput,
+    /// One-shot gilmsg-logger through a relay.
+    Oneshot,
+    /// The Python anchor.
+    Python,
+    /// The memory soak (length from `--soak`, default 10 minutes).
+    Soak,
+    /// The AMQP runs, on a RabbitMQ node of their own (amqp.rs).
+    Amqp,
+}
+
+impl Args {
+    /// Whether `section` runs.
+    fn runs(&self, section: Section) -> bool {
+        if !self.only.is_empty() {
+            return self.only.contains(&section);
+        }
+        match section {
+            Section::Throughput => !self.no_throughput,
+            Section::Oneshot => !self.no_oneshot,
+            Section::Soak => self.soak.is_some(),
+            Section::Amqp => !self.no_amqp,
+            _ => true,
+        }
+    }
 }
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
@@ -169,6 +222,7 @@ struct Report {
 
 /// Runs the benchmark.
 fn run(args: Args) -> Result<(), Failure> {
+    let started = Instant::now();
     let samples = args.samples.unwrap_or(if args.short { 200 } else { 2000 });
     let messages = args
         .messages
@@ -190,65 +244,75 @@ fn run(args: Args) -> Result<(), Failure> {
     };
     report.json.insert("machine", machine());
 
-    if let Some(length) = args.soak {
-        return soak(&exe, work.path(), length, &args.out);
+    if args.runs(Section::Floor) {
+        progress("floor: raw ZeroMQ round trip");
+        let body_size = signed_body_size(&ssldir)?;
+        let floor = floor_rtt(&exe, samples, body_size)?;
+        progress(format!("floor p50 {:.1} us", floor.pct(50.0)));
+        report.json.insert(
+            "floor_zmq_rtt",
+            json!({"body_bytes": body_size, "latency": floor.json()}),
+        );
+        report
+            .curves
+            .push(("raw ZeroMQ round trip".into(), floor.clone()));
     }
 
-    progress("floor: raw ZeroMQ round trip");
-    let body_size = signed_body_size(&ssldir)?;
-    let floor = floor_rtt(&exe, samples, body_size)?;
-    progress(format!("floor p50 {:.1} us", floor.pct(50.0)));
-    report.json.insert(
-        "floor_zmq_rtt",
-        json!({"body_bytes": body_size, "latency": floor.json()}),
-    );
-    report
-        .curves
-        .push(("raw ZeroMQ round trip".into(), floor.clone()));
-
-    progress("crypto: sign/verify per operation");
-    report.json.insert(
-        "crypto",
-        crypto_costs(&ssldir, if args.short { 500 } else { 5000 })?,
-    );
-
-    if !args.no_amqp {
+    if args.runs(Section::Crypto) {
+        progress("crypto: sign/verify per operation");
         report.json.insert(
-            "amqp",
-            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
+            "crypto",
+            crypto_costs(&ssldir, if args.short { 500 } else { 5000 })?,
         );
-        if args.amqp_only {
-            write_outputs(&args.out, &report)?;
-            return Ok(());
-        }
     }
 
     let runtime = common::runtime()?;
     let mut latency = serde_json::Map::new();
     let mut throughput = serde_json::Map::new();
     let mut memory = serde_json::Map::new();
-    for &k in &args.recipients {
+    let direct = args.runs(Section::Latency) || args.runs(Section::Throughput);
+    for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k)?;
+        let bus = DirectBus::start(&exe, work.path(), k, "")?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
-        let summary = runtime.block_on(bus.latency(&recipients, samples))?;
-        progress(format!(
-            "latency {k} recipients: p50 {:.1} us p99 {:.1} us",
-            summary.pct(50.0),
-            summary.pct(99.0)
-        ));
-        latency.insert(format!("{k}_recipients"), summary.json());
-        report
-            .curves
-            .push((format!("publish, {k} recipient(s)"), summary));
-        if k != 3 && !args.no_throughput {
-            let (rate, window) = runtime.block_on(bus.throughput(&recipients, messages))?;
+        if args.runs(Section::Latency) {
+            // CPU per publish, by thread, while one publish at a time is in
+            // flight: what the critical path computes; the rest of the wall
+            // time is waiting (wake-ups, hand-offs, the other processes).
+            let before = cpu::Snapshot::take(&bus.processes());
+            let summary = runtime.block_on(bus.latency(&recipients, samples))?;
+            let publishes = samples + latency_warmup(samples);
+            let cpu = before.per_message(&cpu::Snapshot::take(&bus.processes()), publishes);
+            progress(format!(
+                "latency {k} recipients: p50 {:.1} us p99 {:.1} us, CPU {:.1} us/publish",
+                summary.pct(50.0),
+                summary.pct(99.0),
+                get(&cpu, "/total_us_per_msg")
+            ));
+            let mut json = summary.json();
+            json["cpu"] = cpu;
+            latency.insert(format!("{k}_recipients"), json);
+            if k == 1 {
+                let plain = runtime.block_on(bus.plain_latency(samples))?;
+                progress(format!(
+                    "plain publish (sign, hand-offs, send): p50 {:.1} us",
+                    plain.pct(50.0)
+                ));
+                latency.insert("plain_publish".into(), plain.json());
+            }
+            report
+                .curves
+                .push((format!("publish, {k} recipient(s)"), summary));
+        }
+        if k != 3 && args.runs(Section::Throughput) {
+            let (rate, window, cpu) =
+                runtime.block_on(bus.throughput(&recipients, messages, &args.windows))?;
             progress(format!(
                 "throughput {k} recipients: {rate:.0} msg/s (window {window})"
             ));
             throughput.insert(
                 format!("{k}_recipients"),
-                json!({"msgs_per_s": rate, "window": window, "messages": messages}),
+                json!({"msgs_per_s": rate, "window": window, "messages": messages, "cpu": cpu}),
             );
             let consumer_peak = bus
                 .consumers
@@ -276,7 +340,7 @@ fn run(args: Args) -> Result<(), Failure> {
     report.json.insert("throughput", Value::Object(throughput));
     report.json.insert("memory", Value::Object(memory));
 
-    if !args.no_oneshot {
+    if args.runs(Section::Oneshot) {
         progress("one-shot gilmsg-logger through a relay");
         report
             .json
@@ -287,7 +351,7 @@ fn run(args: Args) -> Result<(), Failure> {
         .python_peers
         .clone()
         .or_else(|| std::env::var_os("GILMSG_PYTHON_PEERS").map(PathBuf::from));
-    let anchor = match python {
+    let anchor = match python.filter(|_| args.runs(Section::Python)) {
         Some(venv) => {
             progress(
                 "Python anchor: Python gilmsg-logger and gilmsg.publish on the same scenarios",
@@ -301,11 +365,37 @@ fn run(args: Args) -> Result<(), Failure> {
             python_anchor::add_ratios(&mut anchor, &so_far);
             anchor
         }
+        None if !args.runs(Section::Python) => json!({"status": "skipped: not asked for"}),
         None => {
             json!({"status": "skipped: no Python venv (set GILMSG_PYTHON_PEERS or --python-peers)"})
         }
     };
     report.json.insert("python_anchor", anchor);
+    if args.runs(Section::Soak) {
+        let length = args.soak.unwrap_or(Duration::from_secs(600));
+        report.json.insert(
+            "soak",
+            soak(
+                &exe,
+                work.path(),
+                length,
+                args.soak_dedupe_capacity,
+                &args.out,
+            )?,
+        );
+    }
+    if args.runs(Section::Amqp) {
+        let body_size = signed_body_size(&ssldir)?;
+        report.json.insert(
+            "amqp",
+            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
+        );
+    }
+    report
+        .json
+        .insert("elapsed_s", json!(started.elapsed().as_secs()));
+    let targets = targets::evaluate(&serde_json::to_value(&report.json).unwrap_or_default());
+    report.json.insert("targets", targets);
     write_outputs(&args.out, &report)?;
     Ok(())
 }
@@ -325,7 +415,13 @@ fn machine() -> Value {
         .trim()
         .to_string();
     let (zmq_major, zmq_minor, zmq_patch) = zmq::version();
-    json!({"cpu": cpu, "cores": cores, "kernel": kernel, "libzmq": format!("{zmq_major}.{zmq_minor}.{zmq_patch}"),
+    // Other processes' load at the start: on a shared machine it says how
+    // much the absolute numbers of this run can be trusted.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    let command: Vec<String> = std::env::args().collect();
+    json!({"cpu": cpu, "cores": cores, "load_average_1m_at_start": load, "command": command.join(" "), "kernel": kernel, "libzmq": format!("{zmq_major}.{zmq_minor}.{zmq_patch}"),
            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
            "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)})
 }
@@ -407,18 +503,66 @@ fn floor_rtt(exe: &Path, samples: usize, body_size: usize) -> Result<Summary, Fa
     Ok(Summary::new(results))
 }
 
+/// Publishes before the latency samples that count (connections warm,
+/// caches full).
+fn latency_warmup(samples: usize) -> usize {
+    (samples / 10).max(20)
+}
+
+/// What each signature operation costs: ring's Ed25519 primitives alone
+/// (the floors of `targets.rs`: what any implementation must pay), and the
+/// same operations as gilmsg calls them (sign: with the base64 of the
+/// signature; verify: through the trust store, certificate cache warm or
+/// first, so with chain validation).
 fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
+    use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
     let identity = Identity::load(ssldir, "bench-pub").map_err(|e| fail(e.to_string()))?;
     let store = TrustStore::load(&ssldir.join("ca.crt"), Some(&ssldir.join("crl.pem")))
         .map_err(|e| fail(e.to_string()))?;
     let canonical = br#"{"crypto":"ed25519","gilmsg_version":"gilmsg-rs/0.1.0","i":1,"msg":{"payload":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","seq":1},"msg_id":"2026-00000000-0000-4000-8000-000000000000","timestamp":0,"topic":"org.gilmsg.bench.dev.bench.latency","username":"bench"}"#;
-    let start = Instant::now();
+    // The cost of one operation: the median over batches of the CPU time
+    // this thread ran per operation (wall time when the kernel does not
+    // say), so the floors count the work, not the moments another process
+    // held the core; the median, so one interrupted batch does not decide.
+    let batches = 10;
+    let per_batch = (iterations / batches).max(1);
+    let per_op = |f: &mut dyn FnMut() -> Result<(), Failure>| -> Result<f64, Failure> {
+        let mut costs = Vec::with_capacity(batches);
+        for _ in 0..batches {
+            let (cpu, wall) = (cpu::thread_ns(), Instant::now());
+            for _ in 0..per_batch {
+                f()?;
+            }
+            let us = match (cpu, cpu::thread_ns()) {
+                (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e3,
+                _ => micros(wall.elapsed()),
+            };
+            costs.push(us / per_batch as f64);
+        }
+        Ok(Summary::new(costs).pct(50.0))
+    };
+
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| fail(e.to_string()))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| fail(e.to_string()))?;
+    let raw_signature = pair.sign(canonical);
+    let public = UnparsedPublicKey::new(&ED25519, pair.public_key().as_ref().to_vec());
+    let sign_raw = per_op(&mut || {
+        std::hint::black_box(pair.sign(std::hint::black_box(canonical)));
+        Ok(())
+    })?;
+    let verify_raw = per_op(&mut || {
+        public
+            .verify(std::hint::black_box(canonical), raw_signature.as_ref())
+            .map_err(|_| fail("ring refused its own signature"))
+    })?;
+
     let mut signature = String::new();
-    for _ in 0..iterations {
+    let sign = per_op(&mut || {
         signature = identity.sign(canonical).map_err(|e| fail(e.to_string()))?;
-    }
-    let sign = micros(start.elapsed()) / iterations as f64;
-    let verify_once = || {
+        Ok(())
+    })?;
+    let mut verify_once = || {
         store
             .verify(
                 identity.scheme(),
@@ -426,20 +570,22 @@ fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
                 &signature,
                 canonical,
             )
+            .map(|_| ())
             .map_err(|e| fail(e.to_string()))
     };
     // First verification validates the certificate chain; later ones hit the cache.
     let start = Instant::now();
     verify_once()?;
     let cold = micros(start.elapsed());
-    let start = Instant::now();
-    for _ in 0..iterations {
-        verify_once()?;
-    }
-    let verify = micros(start.elapsed()) / iterations as f64;
-    Ok(
-        json!({"ed25519": {"sign_us": sign, "verify_us_warm": verify, "verify_us_first_with_chain": cold, "iterations": iterations}}),
-    )
+    let verify = per_op(&mut verify_once)?;
+    Ok(json!({"ed25519": {
+        "sign_raw_us": sign_raw,
+        "verify_raw_us": verify_raw,
+        "sign_us": sign,
+        "verify_us_warm": verify,
+        "verify_us_first_with_chain": cold,
+        "iterations": iterations,
+    }}))
 }
 
 /// Publisher in-process, k consumer processes, direct topology: the publisher
@@ -449,8 +595,33 @@ struct DirectBus {
     consumers: Vec<Proc>,
 }
 
+impl Drop for DirectBus {
+    /// Consumers get SIGTERM (all at once) and a while to exit cleanly, so
+    /// that one run under a profiler (`valgrind --trace-children=yes`)
+    /// writes its profile; killed only if they do not.
+    fn drop(&mut self) {
+        for consumer in &self.consumers {
+            let _ = consumer.signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        for consumer in &mut self.consumers {
+            consumer.terminate(Duration::from_secs(10));
+        }
+    }
+}
+
 impl DirectBus {
-    fn start(exe: &Path, dir: &Path, k: usize) -> Result<DirectBus, Failure> {
+    /// The publisher (this process) and each consumer, labelled for
+    /// [`cpu::Snapshot`].
+    fn processes(&self) -> Vec<(String, u32)> {
+        let mut processes = vec![("publisher".to_owned(), std::process::id())];
+        for (i, consumer) in self.consumers.iter().enumerate() {
+            processes.push((format!("consumer-{i}"), consumer.pid()));
+        }
+        processes
+    }
+
+    /// `extra` goes into every config file as is (TOML lines).
+    fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
             "bench-pub".to_string(),
             format!("tcp://127.0.0.1:{}", free_port()?),
@@ -463,7 +634,7 @@ impl DirectBus {
         }
         let write = |name: &str| -> Result<PathBuf, Failure> {
             let mut text = format!(
-                "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nname = \"{name}\"\nack_timeout = \"10s\"\ndedupe_capacity = 32768\n\n[endpoints]\n"
+                "topic_prefix = \"org.gilmsg.bench\"\nenvironment = \"dev\"\nssldir = \"pki\"\nname = \"{name}\"\nack_timeout = \"10s\"\n{extra}\n[endpoints]\n"
             );
             for (n, e) in &endpoints {
                 let _ = writeln!(text, "\"{n}\" = [\"{e}\"]");
@@ -490,7 +661,7 @@ impl DirectBus {
     }
 
     async fn latency(&self, recipients: &[String], samples: usize) -> Result<Summary, Failure> {
-        let warmup = (samples / 10).max(20);
+        let warmup = latency_warmup(samples);
         let mut results = Vec::with_capacity(samples);
         for i in 0..(samples + warmup) {
             let start = Instant::now();
@@ -514,16 +685,42 @@ impl DirectBus {
         &self,
         recipients: &[String],
         messages: usize,
-    ) -> Result<(f64, usize), Failure> {
-        let mut best = (0.0, 0);
-        for window in [32usize, 128, 512] {
+        windows: &[usize],
+    ) -> Result<(f64, usize, Value), Failure> {
+        let mut best = (0.0, 0, Value::Null);
+        let processes = self.processes();
+        for &window in windows {
+            let before = cpu::Snapshot::take(&processes);
             let rate = self.run_window(recipients, messages, window).await?;
-            progress(format!("  window {window}: {rate:.0} msg/s"));
+            let cpu = before.per_message(&cpu::Snapshot::take(&processes), messages);
+            progress(format!(
+                "  window {window}: {rate:.0} msg/s, CPU {:.1} us/msg",
+                get(&cpu, "/total_us_per_msg")
+            ));
             if rate > best.0 {
-                best = (rate, window);
+                best = (rate, window, cpu);
             }
         }
         Ok(best)
+    }
+
+    /// Plain publishes (no recipients), one at a time: the caller signs,
+    /// hands the message to the socket thread, which sends it and answers
+    /// back. Less the signature, what is left is the two thread hand-offs
+    /// an acknowledged publish adds to the raw round trip (and one send).
+    async fn plain_latency(&self, samples: usize) -> Result<Summary, Failure> {
+        let warmup = latency_warmup(samples);
+        let mut results = Vec::with_capacity(samples);
+        for i in 0..(samples + warmup) {
+            let start = Instant::now();
+            self.bus
+                .send("plain", json!({"seq": i, "payload": "x".repeat(64)}))
+                .await?;
+            if i >= warmup {
+                results.push(micros(start.elapsed()));
+            }
+        }
+        Ok(Summary::new(results))
     }
 
     async fn run_window(
@@ -667,17 +864,39 @@ fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
     Ok(Value::Object(out))
 }
 
-fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<(), Failure> {
+/// Acknowledged messages between two samples of the soak.
+const SOAK_STEP: usize = 10_000;
+
+/// The memory soak: one consumer with the default configuration,
+/// acknowledged publishes without pause (window 128) for `length`, a
+/// sample every [`SOAK_STEP`] messages. Writes `soak.json` (every sample)
+/// and returns the summary: the consumer's steady state is the samples
+/// after warm-up (once its dedupe cache is full, which takes its capacity
+/// in messages), reported as their median (so one allocator spike does not
+/// decide it) and their maximum, beside the peak (VmHWM) of the whole run.
+fn soak(
+    exe: &Path,
+    dir: &Path,
+    length: Duration,
+    dedupe_capacity: Option<usize>,
+    out: &Path,
+) -> Result<Value, Failure> {
+    progress(format!("soak: {} s, 1 consumer", length.as_secs()));
     let runtime = common::runtime()?;
-    let bus = DirectBus::start(exe, dir, 1)?;
+    let extra = match dedupe_capacity {
+        Some(n) => format!("dedupe_capacity = {n}\n"),
+        None => String::new(),
+    };
+    let bus = DirectBus::start(exe, dir, 1, &extra)?;
     let recipients = vec!["consumer-0".to_string()];
+    let consumer = &bus.consumers[0];
+    let consumer_rss_at_start = memory::kib(consumer.pid(), "VmRSS");
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut sent = 0usize;
     while start.elapsed() < length {
-        let rate = runtime.block_on(bus.run_window(&recipients, 20_000, 128))?;
-        sent += 20_000;
-        let consumer = &bus.consumers[0];
+        let rate = runtime.block_on(bus.run_window(&recipients, SOAK_STEP, 128))?;
+        sent += SOAK_STEP;
         let _ = consumer.signal(nix::sys::signal::Signal::SIGUSR1);
         let stats = consumer
             .wait_stderr("gilmsg-consumer: stats", Duration::from_secs(5))
@@ -687,8 +906,15 @@ fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<(), Fail
             "sent": sent,
             "rate": rate,
             "consumer_rss_kib": memory::kib(consumer.pid(), "VmRSS"),
+            // RSS split: what the consumer allocated (heap, stacks) and the
+            // pages of its executable and libraries (the bench's own
+            // binary, larger than `gilmsg-consumer`; with `fedmsg-x509`,
+            // libssl and libcrypto too).
+            "consumer_rss_anon_kib": memory::kib(consumer.pid(), "RssAnon"),
+            "consumer_rss_file_kib": memory::kib(consumer.pid(), "RssFile"),
             "publisher_rss_kib": memory::kib(std::process::id(), "VmRSS"),
             "consumer_dedupe_entries": field(&stats, "dedupe.entries").and_then(|v| v.parse::<u64>().ok()),
+            "consumer_dedupe_evicted": field(&stats, "dedupe.evicted").and_then(|v| v.parse::<u64>().ok()),
             "publisher_counters": bus.bus.stats().counters,
         });
         progress(format!("soak {}", row));
@@ -702,7 +928,38 @@ fn soak(exe: &Path, dir: &Path, length: Duration, out: &Path) -> Result<(), Fail
     )
     .map_err(|e| fail(e.to_string()))?;
     progress(format!("wrote {}", path.display()));
-    Ok(())
+    // Warm-up ends once the dedupe cache has filled (it starts evicting):
+    // from then on the consumer holds all it will hold. Without eviction
+    // (a soak too short to fill the cache), the second half of the samples.
+    let warm = rows
+        .iter()
+        .position(|r| r.get("consumer_dedupe_evicted").and_then(Value::as_u64) > Some(0))
+        .unwrap_or(rows.len() / 2);
+    let steady = |key: &str| {
+        let values: Vec<f64> = rows[warm..]
+            .iter()
+            .filter_map(|r| r.get(key).and_then(Value::as_f64))
+            .collect();
+        Summary::new(values)
+    };
+    Ok(json!({
+        "length_s": start.elapsed().as_secs(),
+        "dedupe_capacity": dedupe_capacity,
+        "messages": sent,
+        "samples": rows.len(),
+        "msgs_per_s": sent as f64 / start.elapsed().as_secs_f64(),
+        "consumer_rss_kib_at_start": consumer_rss_at_start,
+        "steady_from_s": rows.get(warm).and_then(|r| r.get("t_s")).cloned(),
+        "steady_samples": rows.len().saturating_sub(warm),
+        "consumer_steady_rss_kib": steady("consumer_rss_kib").pct(50.0),
+        "consumer_steady_max_rss_kib": steady("consumer_rss_kib").max(),
+        "consumer_steady_rss_anon_kib": steady("consumer_rss_anon_kib").pct(50.0),
+        "consumer_steady_rss_file_kib": steady("consumer_rss_file_kib").pct(50.0),
+        "consumer_peak_rss_kib": memory::kib(consumer.pid(), "VmHWM"),
+        "publisher_steady_rss_kib": steady("publisher_rss_kib").pct(50.0),
+        "consumer_dedupe_entries": rows.last().and_then(|r| r.get("consumer_dedupe_entries")).cloned(),
+        "consumer_dedupe_evicted": rows.last().and_then(|r| r.get("consumer_dedupe_evicted")).cloned(),
+    }))
 }
 
 fn write_outputs(out: &Path, report: &Report) -> Result<(), Failure> {
@@ -729,6 +986,21 @@ fn markdown(report: &Report) -> String {
     let j = serde_json::to_value(&report.json).unwrap_or_default();
     let floor = get(&j, "/floor_zmq_rtt/latency/p50_us");
     let mut md = String::new();
+    let machine = |key: &str| {
+        j.pointer(&format!("/machine/{key}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let _ = writeln!(
+        md,
+        "`{}`: {} s, {} cores ({}), libzmq {}, load average {} at the start.\n",
+        machine("command").as_str().unwrap_or("?"),
+        j.get("elapsed_s").and_then(Value::as_u64).unwrap_or(0),
+        machine("cores"),
+        machine("cpu").as_str().unwrap_or("?"),
+        machine("libzmq").as_str().unwrap_or("?"),
+        machine("load_average_1m_at_start"),
+    );
     let _ = writeln!(
         md,
         "| measure | p50 | p90 | p99 | max | vs floor (p50) |\n|---|---|---|---|---|---|"
@@ -757,6 +1029,11 @@ fn markdown(report: &Report) -> String {
             &format!("/latency_warm_publish/{k}_recipients"),
         );
     }
+    row(
+        &mut md,
+        "plain publish, no recipients (sign, hand-off to the socket thread, send, answer back)",
+        "/latency_warm_publish/plain_publish",
+    );
     for k in [1, 3] {
         row(
             &mut md,
@@ -775,7 +1052,38 @@ fn markdown(report: &Report) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| crypto (Ed25519) | µs/op |\n|---|---|\n| sign | {:.1} |\n| verify (warm cache) | {:.1} |\n| verify (first, with chain) | {:.1} |",
+        "\n| CPU per acknowledged publish (µs, user + kernel, from /proc/*/task/*/schedstat; threads under 0.1 µs left out) | total | by process: thread |\n|---|---|---|"
+    );
+    let scenarios = [1, 3, 10]
+        .map(|k| {
+            (
+                format!("latency run, {k} recipient(s), one in flight"),
+                format!("/latency_warm_publish/{k}_recipients/cpu"),
+            )
+        })
+        .into_iter()
+        .chain([1, 10].map(|k| {
+            (
+                format!("throughput run, {k} recipient(s), best window"),
+                format!("/throughput/{k}_recipients/cpu"),
+            )
+        }));
+    for (label, pointer) in scenarios {
+        let Some(cpu) = j.pointer(&pointer).filter(|c| !c.is_null()) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {:.1} | {} |",
+            get(cpu, "/total_us_per_msg"),
+            cpu_by_thread(cpu)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| crypto (Ed25519) | µs/op |\n|---|---|\n| sign, ring alone (S) | {:.1} |\n| verify, ring alone (V) | {:.1} |\n| sign, as gilmsg signs (with base64) | {:.1} |\n| verify through the trust store (warm cache) | {:.1} |\n| verify through the trust store (first, with chain) | {:.1} |",
+        get(&j, "/crypto/ed25519/sign_raw_us"),
+        get(&j, "/crypto/ed25519/verify_raw_us"),
         get(&j, "/crypto/ed25519/sign_us"),
         get(&j, "/crypto/ed25519/verify_us_warm"),
         get(&j, "/crypto/ed25519/verify_us_first_with_chain")
@@ -790,11 +1098,54 @@ fn markdown(report: &Report) -> String {
             get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
+    if j.get("soak").is_some() {
+        let _ = writeln!(
+            md,
+            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
+            get(&j, "/soak/length_s"),
+            get(&j, "/soak/messages"),
+            get(&j, "/soak/msgs_per_s"),
+            get(&j, "/soak/consumer_rss_kib_at_start") / 1024.0,
+            get(&j, "/soak/steady_samples"),
+            get(&j, "/soak/steady_from_s"),
+            get(&j, "/soak/consumer_steady_rss_kib") / 1024.0,
+            get(&j, "/soak/publisher_steady_rss_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
+            get(&j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
+            get(&j, "/soak/consumer_peak_rss_kib") / 1024.0,
+            get(&j, "/soak/consumer_dedupe_entries"),
+            get(&j, "/soak/consumer_dedupe_evicted"),
+        );
+    }
+    md.push_str(&targets::markdown(&j));
     md.push_str(&python_anchor::markdown(&j));
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
     }
     md
+}
+
+/// `process: thread µs, ...; ...` from a [`cpu::Snapshot::per_message`].
+fn cpu_by_thread(cpu: &Value) -> String {
+    let mut parts = Vec::new();
+    for (process, threads) in cpu
+        .get("by_thread_us_per_msg")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let list: Vec<String> = threads
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, us)| Some((name, us.as_f64()?)))
+            .filter(|(_, us)| *us >= 0.1)
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        parts.push(format!("{process}: {}", list.join(", ")));
+    }
+    parts.join("; ")
 }
 
 /// A latency CDF, one curve per scenario, log-scaled x axis.

@@ -18,6 +18,7 @@
 //!   (the common case: a bus's few identities, seen thousands of times a
 //!   second).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::RwLock;
@@ -48,7 +49,11 @@ impl<K: Eq + Hash + Clone, V: Clone> GenerationalCache<K, V> {
     }
 
     /// The value for `key`, if cached; refreshes an old entry.
-    pub(crate) fn get(&self, key: &K) -> Option<V> {
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         {
             let g = read(&self.inner);
             if let Some(v) = g.young.get(key) {
@@ -60,7 +65,7 @@ impl<K: Eq + Hash + Clone, V: Clone> GenerationalCache<K, V> {
         }
         let mut g = write(&self.inner);
         let v = g.old.remove(key).or_else(|| g.young.get(key).cloned())?;
-        self.put(&mut g, key.clone(), v.clone());
+        self.put(&mut g, key.to_owned(), v.clone());
         Some(v)
     }
 

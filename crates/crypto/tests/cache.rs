@@ -1,7 +1,9 @@
 //! The trust store's cache of proven certificates: keyed by the
 //! certificate's signed part (not the text of the `certificate` field, and
 //! no bytes after the DER), filled only after a signature verified, and
-//! never flushed whole.
+//! never flushed whole; and the fast path in front of it (by the exact
+//! text of the field) answers only what the long way answered, with the
+//! signature and revocation still checked on every message.
 
 use std::fs;
 use std::time::Duration;
@@ -225,5 +227,63 @@ fn review_trailing_bytes_after_the_der_do_not_make_new_cache_entries() {
     assert_eq!(
         verify(&bus, &field(&alice.der, 76, 76, "\n"), &sig).unwrap(),
         "alice"
+    );
+}
+
+#[test]
+fn a_certificate_text_seen_before_still_needs_a_good_signature_and_no_revocation() {
+    let bus = bus();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, "alice");
+    p.serial_number = Some(rcgen::SerialNumber::from(77u64));
+    let alice = Peer {
+        name: "alice".into(),
+        der: p
+            .signed_by(&key, &bus.ca, &bus.ca_key)
+            .unwrap()
+            .der()
+            .to_vec(),
+        key: Ed25519KeyPair::from_pkcs8_maybe_unchecked(&key.serialize_der()).unwrap(),
+    };
+    let cert = field(&alice.der, 64, 0, "");
+    // The first verification takes the long way and remembers the text;
+    // the later ones take the fast path, and each still checks its own
+    // signature.
+    for _ in 0..3 {
+        assert_eq!(verify(&bus, &cert, &alice.sign(MSG)).unwrap(), "alice");
+    }
+    let forger = peer(&bus, "forger");
+    assert_eq!(
+        verify(&bus, &cert, &forger.sign(MSG)),
+        Err(VerifyError::BadSignature(alice.name.clone()))
+    );
+    // Revoked after it was remembered: refused on the fast path too.
+    let now = time::OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::HOUR,
+        next_update: now + time::Duration::DAY,
+        crl_number: rcgen::SerialNumber::from(2u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(77u64),
+            revocation_time: now - time::Duration::HOUR,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&bus.ca, &bus.ca_key)
+    .unwrap();
+    fs::write(bus._tmp.path().join("crl.pem"), crl.pem().unwrap()).unwrap();
+    bus.trust.reload().unwrap();
+    assert!(
+        matches!(
+            verify(&bus, &cert, &alice.sign(MSG)),
+            Err(VerifyError::Revoked(_))
+        ),
+        "{:?}",
+        verify(&bus, &cert, &alice.sign(MSG))
     );
 }

@@ -65,6 +65,8 @@ pub(crate) struct Queues {
 pub(crate) struct Running {
     pub(crate) link: Arc<dyn ConsumerLink>,
     pub(crate) done: oneshot::Receiver<()>,
+    /// The task's loop, for `/live` and `/ready`.
+    pub(crate) health: crate::health::Health,
 }
 
 struct Link(mpsc::UnboundedSender<ConsumerCommand>);
@@ -89,6 +91,7 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
     let driver = ConsumerDriver::<Amqp>::new(parts, link.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
+    let (pulse, health) = crate::health::Health::new();
     let task = Task {
         broker,
         queues,
@@ -109,12 +112,13 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
                     return;
                 }
             };
-            runtime.block_on(task.run(inbox, started_tx));
+            runtime.block_on(task.run(inbox, started_tx, &pulse));
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os("cannot start the AMQP consumer thread", e))?;
     started_rx.recv().map_err(|_| Error::Closed)??;
-    Ok(Running { link, done })
+    Ok(Running { link, done, health })
 }
 
 /// The deliveries waiting for one copy's verdict or its ACK's confirm.
@@ -151,6 +155,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<ConsumerCommand>,
         started: std::sync::mpsc::Sender<Result<()>>,
+        pulse: &crate::health::Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(l) => {
@@ -166,7 +171,9 @@ impl Task {
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            pulse.beat();
             tokio::select! {
+                () = tokio::time::sleep(crate::health::PULSE_EVERY) => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.command(command, &live).await == Flow::Stop {

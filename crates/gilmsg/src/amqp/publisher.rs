@@ -40,6 +40,8 @@ type Command = PublisherCommand<Arc<AmqpMessage>>;
 pub(crate) struct Running {
     pub(crate) link: Box<dyn PublisherLink>,
     pub(crate) done: oneshot::Receiver<()>,
+    /// The task's loop, for `/live` and `/ready`.
+    pub(crate) health: crate::health::Health,
 }
 
 /// What a handle's commands go through.
@@ -91,6 +93,7 @@ pub(crate) fn start(
     let (commands, inbox) = mpsc::unbounded_channel();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
+    let (pulse, health) = crate::health::Health::new();
     let priority = broker.config.publish_priority;
     let task = Task {
         broker,
@@ -112,7 +115,8 @@ pub(crate) fn start(
                     return;
                 }
             };
-            runtime.block_on(task.run(inbox, started_tx));
+            runtime.block_on(task.run(inbox, started_tx, &pulse));
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os("cannot start the AMQP publisher thread", e))?;
@@ -124,6 +128,7 @@ pub(crate) fn start(
             priority,
         }),
         done,
+        health,
     })
 }
 
@@ -160,6 +165,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Command>,
         started: std::sync::mpsc::Sender<Result<()>>,
+        pulse: &crate::health::Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(live) => {
@@ -175,12 +181,14 @@ impl Task {
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            pulse.beat();
             self.pump(&mut live, &mut confirms).await;
             let wake = self
                 .driver
                 .next_wakeup()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
+                () = tokio::time::sleep(crate::health::PULSE_EVERY) => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.driver.on_command(command, Instant::now()) == Flow::Stop {

@@ -39,6 +39,7 @@ pub(crate) struct Running {
     pub(crate) link: Arc<dyn ConsumerLink>,
     pub(crate) bound: Vec<String>,
     pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+    pub(crate) health: crate::health::Health,
 }
 
 /// Starts the thread; returns once its sockets are bound and connected.
@@ -51,6 +52,7 @@ pub(crate) fn start(sockets: Sockets, parts: ConsumerParts) -> Result<Running> {
         link: Arc::new(started.mailbox),
         bound: started.bound,
         done: started.done,
+        health: started.health,
     })
 }
 
@@ -154,7 +156,7 @@ impl ConsumerThread {
         let ack_path = self
             .ack
             .as_ref()
-            .map_or(true, |a| !a.needs_subscriber || self.subscriptions.any());
+            .is_none_or(|a| !a.needs_subscriber || self.subscriptions.any());
         let mut down = self.monitor.missing();
         let mut settled = self.monitor.settled(now);
         if let Some(ack) = &self.ack {

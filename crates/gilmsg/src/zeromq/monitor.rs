@@ -394,7 +394,7 @@ impl Monitor {
     pub(crate) fn tick(&mut self, socket: &zmq::Socket, now: Instant) {
         let what = self.what;
         for i in 0..self.links.len() {
-            if !self.links[i].recheck.is_some_and(|t| t <= now) {
+            if self.links[i].recheck.is_none_or(|t| t > now) {
                 continue;
             }
             let delay = self.recheck_delay(self.links[i].repairs + 1);
@@ -542,7 +542,7 @@ impl Monitor {
             || self
                 .started
                 .checked_add(self.grace)
-                .map_or(true, |end| now >= end)
+                .is_none_or(|end| now >= end)
     }
 
     /// Peers connected to the bound endpoints now.

@@ -1,0 +1,276 @@
+//! The speed targets of issue 10, evaluated against floors measured in the
+//! same run: absolute times differ by 2x between machines of this kind, so a
+//! target is a ratio to what ZeroMQ and the signatures cost here and now.
+//!
+//! The floors, from the run's own sections:
+//! - `RTT`: the raw ZeroMQ round trip's p50 (`floor_zmq_rtt`);
+//! - `S`, `V`: one Ed25519 sign and verify with ring alone
+//!   (`crypto.ed25519.sign_raw_us`, `verify_raw_us`): what any
+//!   implementation pays, without our base64, certificate cache or trust
+//!   checks, which count as our overhead;
+//! - `cores`: the machine's (2 on the reference VMs).
+//!
+//! The targets (a latency must stay at or under its limit times the floor,
+//! a throughput at or over; the ratio printed is measured / floor):
+//! - 1 recipient, warm: p50 ≤ 1.3 × (RTT + 2S + 2V), p99 ≤ 2 × the same;
+//! - 10 recipients, warm: p50 ≤ 1.3 × (RTT + S + 10V + (10V + 10S) / cores):
+//!   the publisher signs once and verifies ten ACKs, the consumers verify
+//!   and sign ten times between them, spread over the cores;
+//! - throughput on one handle: ≥ 0.65 × cores / (S + V) with 1 recipient,
+//!   ≥ 0.65 × cores / (S + 10V) with 10;
+//! - the consumer's steady-state RSS over the soak ≤ 16 MiB.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use crate::get;
+
+/// The consumer's steady-state RSS limit over the soak.
+const RSS_LIMIT_MIB: f64 = 16.0;
+
+/// Which way a target goes.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// Measured ≤ limit × floor.
+    AtMost(f64),
+    /// Measured ≥ limit × floor.
+    AtLeast(f64),
+}
+
+/// One target: its name, floor formula and value, what was measured.
+struct Target {
+    name: String,
+    formula: String,
+    unit: &'static str,
+    floor: f64,
+    bound: Bound,
+    measured: f64,
+}
+
+impl Target {
+    fn json(&self) -> Value {
+        let (kind, factor) = match self.bound {
+            Bound::AtMost(f) => ("at_most", f),
+            Bound::AtLeast(f) => ("at_least", f),
+        };
+        let ratio = self.measured / self.floor;
+        let met = match self.bound {
+            Bound::AtMost(f) => ratio <= f,
+            Bound::AtLeast(f) => ratio >= f,
+        };
+        let known = self.floor.is_finite() && self.measured.is_finite();
+        json!({
+            "target": self.name,
+            "formula": self.formula,
+            "unit": self.unit,
+            "floor": self.floor,
+            "bound": kind,
+            "factor": factor,
+            "limit": factor * self.floor,
+            "measured": self.measured,
+            "ratio": ratio,
+            "verdict": if !known { "not measured" } else if met { "met" } else { "missed" },
+        })
+    }
+}
+
+/// The floors and every target, from a report's JSON (missing sections
+/// give "not measured").
+pub fn evaluate(report: &Value) -> Value {
+    let rtt = get(report, "/floor_zmq_rtt/latency/p50_us");
+    let s = get(report, "/crypto/ed25519/sign_raw_us");
+    let v = get(report, "/crypto/ed25519/verify_raw_us");
+    let cores = report
+        .pointer("/machine/cores")
+        .and_then(Value::as_f64)
+        .filter(|c| *c >= 1.0)
+        .unwrap_or(2.0);
+    let one = rtt + 2.0 * s + 2.0 * v;
+    let ten = rtt + s + 10.0 * v + (10.0 * v + 10.0 * s) / cores;
+    let rate = |per_message_us: f64| cores * 1e6 / per_message_us;
+    let targets = [
+        Target {
+            name: "warm latency, 1 recipient, p50".into(),
+            formula: "1.3 × (RTT + 2S + 2V)".into(),
+            unit: "µs",
+            floor: one,
+            bound: Bound::AtMost(1.3),
+            measured: get(report, "/latency_warm_publish/1_recipients/p50_us"),
+        },
+        Target {
+            name: "warm latency, 1 recipient, p99".into(),
+            formula: "2 × (RTT + 2S + 2V)".into(),
+            unit: "µs",
+            floor: one,
+            bound: Bound::AtMost(2.0),
+            measured: get(report, "/latency_warm_publish/1_recipients/p99_us"),
+        },
+        Target {
+            name: "warm latency, 10 recipients, p50".into(),
+            formula: format!("1.3 × (RTT + S + 10V + (10V + 10S) / {cores})"),
+            unit: "µs",
+            floor: ten,
+            bound: Bound::AtMost(1.3),
+            measured: get(report, "/latency_warm_publish/10_recipients/p50_us"),
+        },
+        Target {
+            name: "throughput, 1 recipient".into(),
+            formula: format!("0.65 × {cores} cores / (S + V)"),
+            unit: "msgs/s",
+            floor: rate(s + v),
+            bound: Bound::AtLeast(0.65),
+            measured: get(report, "/throughput/1_recipients/msgs_per_s"),
+        },
+        Target {
+            name: "throughput, 10 recipients".into(),
+            formula: format!("0.65 × {cores} cores / (S + 10V)"),
+            unit: "msgs/s",
+            floor: rate(s + 10.0 * v),
+            bound: Bound::AtLeast(0.65),
+            measured: get(report, "/throughput/10_recipients/msgs_per_s"),
+        },
+        Target {
+            name: match report.pointer("/soak/dedupe_capacity").and_then(Value::as_u64) {
+                Some(n) => format!("consumer steady-state RSS over the soak (dedupe_capacity {n}, not the default)"),
+                None => "consumer steady-state RSS over the soak (default dedupe_capacity)".into(),
+            },
+            formula: format!("{RSS_LIMIT_MIB} MiB"),
+            unit: "MiB",
+            floor: RSS_LIMIT_MIB,
+            bound: Bound::AtMost(1.0),
+            measured: get(report, "/soak/consumer_steady_rss_kib") / 1024.0,
+        },
+    ];
+    // Two views that do not depend on how busy the machine was: the
+    // 1-recipient p50 taken apart, and the throughput the measured CPU per
+    // message would allow if this run had the cores to itself.
+    let p50 = get(report, "/latency_warm_publish/1_recipients/p50_us");
+    let handoffs = get(report, "/latency_warm_publish/plain_publish/p50_us")
+        - get(report, "/crypto/ed25519/sign_us");
+    let cpu_bound = |k: usize| {
+        let per_message = get(
+            report,
+            &format!("/throughput/{k}_recipients/cpu/total_us_per_msg"),
+        );
+        json!({"cpu_us_per_msg": per_message, "msgs_per_s": rate(per_message)})
+    };
+    json!({
+        "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
+        "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
+        "one_recipient_p50": {
+            "p50_us": p50,
+            "rtt_us": rtt,
+            "crypto_us": 2.0 * s + 2.0 * v,
+            "handoffs_us": handoffs,
+            "rest_us": p50 - one - handoffs,
+        },
+        "throughput_cpu_bound": {
+            "1_recipients": cpu_bound(1),
+            "10_recipients": cpu_bound(10),
+            "floor_1": rate(s + v),
+            "floor_10": rate(s + 10.0 * v),
+        },
+    })
+}
+
+/// The targets as a Markdown table, with the floors they stand on.
+pub fn markdown(report: &Value) -> String {
+    let mut md = String::new();
+    let Some(t) = report.get("targets") else {
+        return md;
+    };
+    let _ = writeln!(
+        md,
+        "\n| floor, this run | µs |\n|---|---|\n| RTT: raw ZeroMQ round trip, p50 | {:.1} |\n| S: Ed25519 sign (ring alone) | {:.1} |\n| V: Ed25519 verify (ring alone) | {:.1} |",
+        get(t, "/floors/rtt_us"),
+        get(t, "/floors/sign_us"),
+        get(t, "/floors/verify_us"),
+    );
+    let _ = writeln!(
+        md,
+        "\n| target | limit | floor | limit value | measured | ratio to floor | verdict |\n|---|---|---|---|---|---|---|"
+    );
+    for row in t
+        .get("targets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let text = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("?");
+        let unit = text("unit");
+        let number = |k: &str| {
+            let x = get(row, &format!("/{k}"));
+            if unit == "msgs/s" {
+                format!("{x:.0} {unit}")
+            } else {
+                format!("{x:.1} {unit}")
+            }
+        };
+        let bound = if text("bound") == "at_most" {
+            "≤"
+        } else {
+            "≥"
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {bound} {} | {} | {} | {} | {:.2}× (limit {:.2}×) | {} |",
+            text("target"),
+            text("formula"),
+            number("floor"),
+            number("limit"),
+            number("measured"),
+            get(row, "/ratio"),
+            get(row, "/factor"),
+            text("verdict"),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n1 recipient, p50 {:.0} µs = RTT {:.0} + 2S + 2V {:.0} + two thread hand-offs ≈ {:.0} (plain publish p50 less one signature) + the rest {:.0} µs.",
+        get(t, "/one_recipient_p50/p50_us"),
+        get(t, "/one_recipient_p50/rtt_us"),
+        get(t, "/one_recipient_p50/crypto_us"),
+        get(t, "/one_recipient_p50/handoffs_us"),
+        get(t, "/one_recipient_p50/rest_us"),
+    );
+    for (k, floor) in [(1, "floor_1"), (10, "floor_10")] {
+        let base = format!("/throughput_cpu_bound/{k}_recipients");
+        let _ = writeln!(
+            md,
+            "\nThroughput, {k} recipient(s), if the run had had the cores to itself: {:.0} µs of CPU per message (all threads of all processes) allows {:.0} msgs/s, {:.2}× the floor.",
+            get(t, &format!("{base}/cpu_us_per_msg")),
+            get(t, &format!("{base}/msgs_per_s")),
+            get(t, &format!("{base}/msgs_per_s")) / get(t, &format!("/throughput_cpu_bound/{floor}")),
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outside_run_of_old_main_reads_as_it_did() {
+        // RTT 120, S 21, V 38; p50 362 µs is 1.52 × 238 µs.
+        let report = json!({
+            "machine": {"cores": 2},
+            "floor_zmq_rtt": {"latency": {"p50_us": 120.0}},
+            "crypto": {"ed25519": {"sign_raw_us": 21.0, "verify_raw_us": 38.0}},
+            "latency_warm_publish": {"1_recipients": {"p50_us": 362.0, "p99_us": 400.0}},
+            "throughput": {"1_recipients": {"msgs_per_s": 17_818.0}},
+        });
+        let t = evaluate(&report);
+        let rows = t["targets"].as_array().unwrap();
+        assert!((rows[0]["floor"].as_f64().unwrap() - 238.0).abs() < 1e-9);
+        assert!((rows[0]["ratio"].as_f64().unwrap() - 1.52).abs() < 0.01);
+        assert_eq!(rows[0]["verdict"], "missed");
+        assert_eq!(rows[1]["verdict"], "met");
+        assert!((rows[3]["ratio"].as_f64().unwrap() - 0.525).abs() < 0.01);
+        assert_eq!(rows[3]["verdict"], "missed");
+        assert_eq!(rows[4]["verdict"], "not measured");
+        assert_eq!(rows[5]["verdict"], "not measured");
+        assert!(markdown(&json!({ "targets": t })).contains("| missed |"));
+    }
+}
