@@ -601,9 +601,7 @@ fn a_broker_restart_during_a_publish_gives_no_false_positive() {
             .await
             .unwrap_or_else(|e| panic!("s after the restart: {e}"));
         s.wait_stdout(&after.msg_id, WAIT);
-        let stats = s.wait_stats("s's three messages", WAIT, |st| {
-            st.get("handler.ok") >= 3
-        });
+        let stats = s.wait_stats("s's three messages", WAIT, |st| st.get("handler.ok") >= 3);
         assert!(stats.get("connection.reconnected") >= 1, "{stats}");
         assert_eq!(stats.get("handler.ok"), 3, "{stats}");
         assert_eq!(stats.get("message.delivered"), 3, "{stats}");

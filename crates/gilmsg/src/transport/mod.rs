@@ -139,6 +139,9 @@ pub(crate) struct Settle {
 }
 
 /// What a consumer's transport loop is told by its handles.
+// Settle is the per-message command and Shutdown comes once: boxing Settle
+// to shrink the enum would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ConsumerCommand {
     /// A delivery was handled (ACK it if asked) or not (never ACK it).
     Settle(Settle),
