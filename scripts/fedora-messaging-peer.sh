@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a Python virtualenv holding fedora-messaging 3.9.1, the peer of the
-# AMQP interoperability tests (tests/amqp_interop.rs) and the Python anchor
+# AMQP interoperability tests (tests/amqp.rs) and the Python anchor
 # of the AMQP benchmark. A venv of its own: its dependencies (pika, a recent
 # Twisted, jsonschema) do not mix with the pinned fedmsg set of
 # scripts/python-peers.sh.
