@@ -9,7 +9,8 @@
 //! is up. The node and its epmd are stopped **by PID**, when the [`Rabbit`]
 //! is dropped and also by a watchdog child that waits on a pipe from this
 //! process: when this process ends, however it ends (panic, abort,
-//! SIGKILL), the pipe closes and the watchdog stops them.
+//! SIGKILL), the pipe closes and the watchdog stops them and removes the
+//! node's directory.
 //! [`Rabbit::restart`] kills the node (its data stays) and starts it again
 //! on the same ports. [`Rabbit::vhost`] adds a vhost (one per test).
 
@@ -99,8 +100,10 @@ impl Rabbit {
         fs::write(d.join("rabbitmq.conf"), conf).map_err(|e| e.to_string())?;
         let watchdog_script = format!(
             "read _ignored; for p in $(cat {pids} 2>/dev/null); do kill -TERM $p 2>/dev/null; done; \
-             sleep 3; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done",
-            pids = d.join("pids").display()
+             sleep 3; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; \
+             rm -rf -- '{dir}'",
+            pids = d.join("pids").display(),
+            dir = d.display()
         );
         let mut watchdog = Command::new("sh")
             .arg("-c")
