@@ -6,6 +6,10 @@
 //! publishes to the three plus a fourth recipient that is not running and
 //! prints the timeout that names it. Every process it starts is stopped by
 //! PID before it exits, and the temporary directory is removed.
+//!
+//! With `--transport amqp` the bus is a throwaway RabbitMQ node it starts
+//! itself ([`crate::rabbit`]; Debian's `rabbitmq-server` must be installed)
+//! instead of the relay: the same consumers, publisher and steps, on AMQP.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +39,24 @@ pub struct Args {
     /// Keep the temporary directory (PKI, config) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// The bus: a relay (ZeroMQ) or a RabbitMQ node the demo starts (AMQP).
+    #[arg(long, value_enum, default_value_t = Transport::Zeromq)]
+    pub transport: Transport,
+}
+
+/// The bus the demo runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// A `gilmsg-relay` on 127.0.0.1.
+    Zeromq,
+    /// A RabbitMQ node on 127.0.0.1, started and stopped by the demo.
+    Amqp,
+}
+
+/// What carries the demo's bus.
+enum Carrier {
+    Relay(crate::procs::Proc),
+    Broker(crate::rabbit::Rabbit),
 }
 
 /// Entry point: runs the demo, or a role when re-executed by it.
@@ -91,19 +113,35 @@ pub fn run(args: Args) -> Result<(), Failure> {
         println!("   issued {name}");
     }
 
-    step("2. A relay on 127.0.0.1 (ephemeral ports)");
-    let roles::LoopbackRelay {
-        proc: relay,
-        inbound,
-        outbound,
-    } = roles::spawn_relay("relay", &exe, READY_TIMEOUT).map_err(fail)?;
-    println!(
-        "   relay pid {}: publishers -> {inbound}, consumers <- {outbound}",
-        relay.pid()
-    );
-
     let config_path = dir.join("bus.toml");
-    write_config(&config_path, &inbound, &outbound)?;
+    let carrier = match args.transport {
+        Transport::Zeromq => {
+            step("2. A relay on 127.0.0.1 (ephemeral ports)");
+            let roles::LoopbackRelay {
+                proc: relay,
+                inbound,
+                outbound,
+            } = roles::spawn_relay("relay", &exe, READY_TIMEOUT).map_err(fail)?;
+            println!(
+                "   relay pid {}: publishers -> {inbound}, consumers <- {outbound}",
+                relay.pid()
+            );
+            write_config(&config_path, &inbound, &outbound)?;
+            Carrier::Relay(relay)
+        }
+        Transport::Amqp => {
+            step("2. A RabbitMQ node on 127.0.0.1 (free ports, its own epmd)");
+            let node = crate::rabbit::Rabbit::start(None, Duration::from_secs(90)).map_err(fail)?;
+            println!(
+                "   node {} up: amqp://127.0.0.1:{} (data in {})",
+                node.node(),
+                node.port,
+                node.dir().display()
+            );
+            write_amqp_config(&config_path, &node.default_url())?;
+            Carrier::Broker(node)
+        }
+    };
 
     step("3. Three ACK-sending consumers (separate processes)");
     let consumers = CONSUMERS
@@ -209,8 +247,16 @@ pub fn run(args: Args) -> Result<(), Failure> {
         Err(e) => Err(Failure::from(e)),
     };
 
-    step("6. Shutting down the relay and consumers");
-    for mut proc in consumers.into_iter().chain(std::iter::once(relay)) {
+    let (relay, node) = match carrier {
+        Carrier::Relay(relay) => (Some(relay), None),
+        Carrier::Broker(node) => (None, Some(node)),
+    };
+    step(if node.is_some() {
+        "6. Shutting down the consumers and the RabbitMQ node"
+    } else {
+        "6. Shutting down the relay and consumers"
+    });
+    for mut proc in consumers.into_iter().chain(relay) {
         let status = proc.terminate(Duration::from_secs(5));
         let stats = proc
             .stderr_so_far()
@@ -231,6 +277,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 stats.split_once(": ").map(|x| x.1).unwrap_or(&stats)
             );
         }
+    }
+    if let Some(node) = node {
+        let name = node.node().to_owned();
+        drop(node);
+        println!("   {name} stopped");
     }
     if args.keep {
         let kept = workdir.keep();
@@ -257,6 +308,20 @@ ack_timeout = "5s"
 
 [endpoints]
 relay_outbound = ["{outbound}"]
+"#
+    );
+    std::fs::write(path, text).map_err(|e| fail(format!("cannot write {}: {e}", path.display())))
+}
+
+fn write_amqp_config(path: &Path, url: &str) -> Result<(), Failure> {
+    let text = format!(
+        r#"# Written by gilmsg-demo --transport amqp.
+amqp_url = "{url}"
+topic_prefix = "org.gilmsg.demo.dev"
+ssldir = "pki"
+sign_messages = true
+validate_signatures = true
+ack_timeout = "5s"
 "#
     );
     std::fs::write(path, text).map_err(|e| fail(format!("cannot write {}: {e}", path.display())))

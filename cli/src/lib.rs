@@ -16,6 +16,8 @@
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
 //! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
+//! - [`rabbit`]: a throwaway RabbitMQ node (the demo's `--transport amqp`,
+//!   the tests, the bench).
 //! - [`service`]: what the long-running tools do as services: monitoring
 //!   endpoint, systemd notify and watchdog, heartbeats.
 //! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod logger;
 pub mod pki;
 pub mod procs;
+pub mod rabbit;
 pub mod relay;
 pub mod roles;
 pub mod service;

@@ -504,6 +504,7 @@ mod tests {
             acked: Vec::new(),
             sends: 0,
             waited: Duration::from_secs(3),
+            broker: None,
         }));
         let plain = gilmsg::Error::NoSubscribers {
             topic: "t".into(),

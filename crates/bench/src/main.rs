@@ -42,6 +42,7 @@ use gilmsg_cli::roles;
 use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
+mod amqp;
 mod cpu;
 mod python_anchor;
 mod targets;
@@ -99,6 +100,13 @@ struct Args {
     /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
     #[arg(long)]
     pub python_peers: Option<PathBuf>,
+    /// Skip the AMQP runs (they start a RabbitMQ node; see amqp.rs).
+    #[arg(long)]
+    pub no_amqp: bool,
+    /// fedora-messaging venv for the AMQP Python anchor (default:
+    /// $GILMSG_FEDORA_MESSAGING).
+    #[arg(long)]
+    pub fedora_messaging: Option<PathBuf>,
 }
 
 /// A part of the run, for `--only`.
@@ -118,6 +126,8 @@ enum Section {
     Python,
     /// The memory soak (length from `--soak`, default 10 minutes).
     Soak,
+    /// The AMQP runs, on a RabbitMQ node of their own (amqp.rs).
+    Amqp,
 }
 
 impl Args {
@@ -130,6 +140,7 @@ impl Args {
             Section::Throughput => !self.no_throughput,
             Section::Oneshot => !self.no_oneshot,
             Section::Soak => self.soak.is_some(),
+            Section::Amqp => !self.no_amqp,
             _ => true,
         }
     }
@@ -371,6 +382,13 @@ fn run(args: Args) -> Result<(), Failure> {
                 args.soak_dedupe_capacity,
                 &args.out,
             )?,
+        );
+    }
+    if args.runs(Section::Amqp) {
+        let body_size = signed_body_size(&ssldir)?;
+        report.json.insert(
+            "amqp",
+            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
         );
     }
     report
@@ -1102,6 +1120,9 @@ fn markdown(report: &Report) -> String {
     }
     md.push_str(&targets::markdown(&j));
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(section) = j.get("amqp") {
+        md.push_str(&amqp::markdown(section));
+    }
     md
 }
 

@@ -191,6 +191,35 @@ pub const MAX_SUBSCRIPTIONS: WholeNumber = POSITIVE;
 /// `max_subscription_length`, in bytes.
 pub const MAX_SUBSCRIPTION_LENGTH: WholeNumber = POSITIVE;
 
+/// `[qos] prefetch_count`: AMQP's is 16 bits; 0 would mean unbounded,
+/// which gilmsg refuses (a consumer's memory and delivery queue are bounded).
+pub const PREFETCH_COUNT: WholeNumber = WholeNumber {
+    min: 1,
+    max: u16::MAX as u64,
+    zero_means: None,
+};
+
+/// `[qos] prefetch_size`, in bytes (AMQP's is 32 bits).
+pub const PREFETCH_SIZE: WholeNumber = WholeNumber {
+    min: 0,
+    max: u32::MAX as u64,
+    zero_means: Some("no limit"),
+};
+
+/// `max_redeliveries`: requeues of a message whose handler failed.
+pub const MAX_REDELIVERIES: WholeNumber = WholeNumber {
+    min: 0,
+    max: 1000,
+    zero_means: Some("never requeued"),
+};
+
+/// `publish_priority`: AMQP priorities are 0 to 255.
+pub const PUBLISH_PRIORITY: WholeNumber = WholeNumber {
+    min: 0,
+    max: u8::MAX as u64,
+    zero_means: None,
+};
+
 /// `[monitoring] port`: a TCP port; 0 picks a free one.
 pub const MONITORING_PORT: WholeNumber = WholeNumber {
     min: 0,

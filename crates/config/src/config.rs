@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use gilmsg_proto::TopicScheme;
 
+use crate::amqp::AmqpConfig;
 use crate::check;
 use crate::error::{join, ConfigError};
 use crate::keys::UnknownKey;
@@ -226,6 +227,10 @@ pub struct Config {
     /// Refuse a file with [`unknown_keys`](Self::unknown_keys) instead of
     /// warning about them (gilmsg key). Default `false`.
     pub strict_config: bool,
+    /// The AMQP transport's settings: `Some` when the file has `amqp_url`
+    /// (fedora-messaging's keys; see [`AmqpConfig`]), which selects AMQP
+    /// instead of ZeroMQ for every handle built from this configuration.
+    pub amqp: Option<AmqpConfig>,
     /// Message schemas: topic pattern -> JSON Schema file and name
     /// (`[schemas]`, gilmsg key). Publishers refuse a payload that fails
     /// its topic's schema and name the schema in `fedora_messaging_schema`;
@@ -280,6 +285,7 @@ impl Default for Config {
             ignored_keys: Vec::new(),
             unknown_keys: Vec::new(),
             strict_config: false,
+            amqp: None,
             schemas: Schemas::default(),
             source: None,
         }
@@ -448,7 +454,14 @@ impl Config {
     /// This bus's topic naming, `<topic_prefix>.<environment>.<modname>.<topic>`,
     /// with its ACK topic (the protocol's one [`TopicScheme`]).
     pub fn topic_scheme(&self) -> TopicScheme {
-        TopicScheme::new(&self.topic_prefix, &self.environment)
+        match &self.amqp {
+            // fedora-messaging: `topic_prefix` is the whole prefix, maybe
+            // empty; `environment` only when the file sets it.
+            Some(amqp) if !amqp.environment_in_topics => {
+                TopicScheme::from_prefix(&self.topic_prefix)
+            }
+            _ => TopicScheme::new(&self.topic_prefix, &self.environment),
+        }
     }
 
     /// Checks every value and the rules that involve several keys:
@@ -462,8 +475,15 @@ impl Config {
         let file = self.source.as_deref();
         let bad = |key: &str, reason: String| Err(ConfigError::invalid(file, key, reason));
 
-        if let Err(r) = check::topic_prefix(&self.topic_prefix) {
-            return bad("topic_prefix", r);
+        // fedora-messaging's topic_prefix may be empty (its default).
+        let empty_prefix_ok = self.amqp.as_ref().is_some_and(|a| !a.environment_in_topics);
+        if !(empty_prefix_ok && self.topic_prefix.is_empty()) {
+            if let Err(r) = check::topic_prefix(&self.topic_prefix) {
+                return bad("topic_prefix", r);
+            }
+        }
+        if let Some(amqp) = &self.amqp {
+            crate::amqp::validate(amqp, file)?;
         }
         if let Err(r) = check::environment(&self.environment) {
             return bad("environment", r);
@@ -497,13 +517,16 @@ impl Config {
             return bad("high_water_mark", r);
         }
 
-        if self.active && self.relay_inbound.is_empty() {
+        // How to publish on ZeroMQ (through the relay or by binding); an
+        // AMQP bus publishes to its broker either way.
+        let zeromq = self.amqp.is_none();
+        if zeromq && self.active && self.relay_inbound.is_empty() {
             return bad(
                 "relay_inbound",
                 "active = true publishes by connecting to relay_inbound, which is empty".into(),
             );
         }
-        if let (Some(name), false) = (&self.name, self.active) {
+        if let (Some(name), false, true) = (&self.name, self.active, zeromq) {
             if !self.endpoints.contains_key(name) {
                 return bad(
                     "name",
@@ -730,6 +753,9 @@ impl Config {
             "routing_policy".into(),
             table_of_lists(&self.routing_policy),
         );
+        if let Some(amqp) = &self.amqp {
+            write_amqp(&mut t, amqp, self);
+        }
         if !self.schemas.is_empty() {
             let entry = |e: crate::SchemaEntry<'_>| {
                 let mut t = Table::new();
@@ -744,6 +770,126 @@ impl Config {
         }
         format!("# gilmsg configuration\n{t}")
     }
+}
+
+/// The AMQP keys of [`Config::to_toml_string`].
+fn write_amqp(t: &mut toml::Table, a: &AmqpConfig, c: &Config) {
+    use toml::{Table, Value};
+    let s = |v: &str| Value::String(v.to_owned());
+    let p = |v: &Path| Value::String(v.to_string_lossy().into_owned());
+    let args = |m: &BTreeMap<String, serde_json::Value>| {
+        Value::Table(
+            m.iter()
+                .filter_map(|(k, v)| json_to_toml(v).map(|v| (k.clone(), v)))
+                .collect(),
+        )
+    };
+    t.insert("amqp_url".into(), s(&a.url));
+    if !a.environment_in_topics {
+        // The environment is not part of this file's topics.
+        t.remove("environment");
+    } else {
+        t.insert("environment".into(), s(&c.environment));
+    }
+    t.insert("publish_exchange".into(), s(&a.publish_exchange));
+    t.insert(
+        "passive_declares".into(),
+        Value::Boolean(a.passive_declares),
+    );
+    if let Some(v) = a.publish_priority {
+        t.insert("publish_priority".into(), Value::Integer(v.into()));
+    }
+    t.insert(
+        "max_redeliveries".into(),
+        Value::Integer(a.max_redeliveries.into()),
+    );
+    t.insert("reconnect_max".into(), s(&show(a.reconnect_max)));
+    let mut tls = Table::new();
+    for (k, v) in [
+        ("ca_cert", &a.tls.ca_cert),
+        ("keyfile", &a.tls.keyfile),
+        ("certfile", &a.tls.certfile),
+    ] {
+        if let Some(v) = v {
+            tls.insert(k.into(), p(v));
+        }
+    }
+    t.insert("tls".into(), Value::Table(tls));
+    t.insert(
+        "client_properties".into(),
+        Value::Table(
+            a.client_properties
+                .iter()
+                .map(|(k, v)| (k.clone(), s(v)))
+                .collect(),
+        ),
+    );
+    let mut exchanges = Table::new();
+    for (name, x) in &a.exchanges {
+        let mut e = Table::new();
+        e.insert("type".into(), s(&x.kind));
+        e.insert("durable".into(), Value::Boolean(x.durable));
+        e.insert("auto_delete".into(), Value::Boolean(x.auto_delete));
+        e.insert("arguments".into(), args(&x.arguments));
+        exchanges.insert(name.clone(), Value::Table(e));
+    }
+    t.insert("exchanges".into(), Value::Table(exchanges));
+    let mut queues = Table::new();
+    for (name, q) in &a.queues {
+        let mut e = Table::new();
+        e.insert("durable".into(), Value::Boolean(q.durable));
+        e.insert("auto_delete".into(), Value::Boolean(q.auto_delete));
+        e.insert("exclusive".into(), Value::Boolean(q.exclusive));
+        e.insert("arguments".into(), args(&q.arguments));
+        queues.insert(name.clone(), Value::Table(e));
+    }
+    t.insert("queues".into(), Value::Table(queues));
+    let bindings = a
+        .bindings
+        .iter()
+        .map(|b| {
+            let mut e = Table::new();
+            e.insert("queue".into(), s(&b.queue));
+            e.insert("exchange".into(), s(&b.exchange));
+            e.insert(
+                "routing_keys".into(),
+                Value::Array(b.routing_keys.iter().map(|k| s(k)).collect()),
+            );
+            e.insert("arguments".into(), args(&b.arguments));
+            Value::Table(e)
+        })
+        .collect();
+    t.insert("bindings".into(), Value::Array(bindings));
+    let mut qos = Table::new();
+    qos.insert(
+        "prefetch_count".into(),
+        Value::Integer(a.prefetch_count.into()),
+    );
+    qos.insert(
+        "prefetch_size".into(),
+        Value::Integer(a.prefetch_size.into()),
+    );
+    t.insert("qos".into(), Value::Table(qos));
+}
+
+/// A JSON value as TOML, where TOML can hold it (not `null`).
+fn json_to_toml(v: &serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().filter_map(json_to_toml).collect()),
+        J::Object(o) => toml::Value::Table(
+            o.iter()
+                .filter_map(|(k, v)| json_to_toml(v).map(|v| (k.clone(), v)))
+                .collect(),
+        ),
+    })
 }
 
 /// A duration as humantime writes it (`50ms`, `1s 500ms`), which is also

@@ -57,6 +57,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod amqp;
 pub mod check;
 mod config;
 mod error;
@@ -65,6 +66,7 @@ mod load;
 mod parse;
 mod schemas;
 
+pub use amqp::{AmqpConfig, AmqpTls, BindingConfig, ExchangeConfig, QueueConfig};
 pub use config::{Config, Monitoring, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};

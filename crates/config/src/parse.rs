@@ -23,6 +23,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::amqp::{AmqpConfig, BindingConfig, ExchangeConfig, QueueConfig};
 use crate::check::{self, BareUnit, WholeNumber};
 use crate::config::Config;
 use crate::error::{join, segment, ConfigError};
@@ -261,6 +262,14 @@ fn from_map(
         c.high_water_mark = 0;
     }
 
+    // fedora-messaging's meaning of topic_prefix (the whole prefix, empty
+    // by default) applies to AMQP files: see `amqp.rs`.
+    let is_amqp = r.peek("amqp_url").is_some_and(|v| !v.is_null());
+    let file_sets_environment = r.peek("environment").is_some_and(|v| !v.is_null());
+    if is_amqp {
+        c.topic_prefix = String::new();
+    }
+
     // Keys whose file type is the field type.
     macro_rules! plain {
         ($($field:ident),* $(,)?) => {$(
@@ -413,6 +422,10 @@ fn from_map(
     // Known in both dialects, even where one of them ignores it.
     r.known.insert("certname".to_owned());
 
+    if is_amqp {
+        c.amqp = Some(read_amqp(&mut r, file_sets_environment)?);
+    }
+
     c.ignored_keys = r.map.keys().cloned().collect();
     c.ignored_keys.sort();
     let report = match dialect {
@@ -426,6 +439,209 @@ fn from_map(
         c.check_strict()?;
     }
     Ok(c)
+}
+
+/// fedora-messaging's keys, for a file with `amqp_url`.
+fn read_amqp(r: &mut Reader, environment_in_topics: bool) -> Result<AmqpConfig, ConfigError> {
+    let url: String = r.take("amqp_url")?.unwrap_or_default();
+    crate::amqp::check_url(&url).map_err(|why| r.invalid("amqp_url", why))?;
+    let mut a = AmqpConfig::new(url);
+    a.environment_in_topics = environment_in_topics;
+    if let Some(v) = r.take("publish_exchange")? {
+        a.publish_exchange = v;
+    }
+    if let Some(v) = r.take("passive_declares")? {
+        a.passive_declares = v;
+    }
+    if let Some(n) = r.take_count("publish_priority", check::PUBLISH_PRIORITY)? {
+        a.publish_priority = u8::try_from(n).ok();
+    }
+    if let Some(n) = r.take_count("max_redeliveries", check::MAX_REDELIVERIES)? {
+        a.max_redeliveries = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(v) = r.take::<Secs>("reconnect_max")? {
+        a.reconnect_max = v.into();
+    }
+    if let Some(tls) = r.take::<TlsToml>("tls")? {
+        for (key, value, field) in [
+            ("ca_cert", tls.ca_cert, &mut a.tls.ca_cert),
+            ("keyfile", tls.keyfile, &mut a.tls.keyfile),
+            ("certfile", tls.certfile, &mut a.tls.certfile),
+        ] {
+            let Some(raw) = value.filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            let path = PathBuf::from(&raw);
+            check::local_path(&path).map_err(|why| r.invalid(join("tls", key), why))?;
+            *field = Some(if path.is_relative() {
+                r.base.join(path)
+            } else {
+                path
+            });
+        }
+    }
+    if let Some(props) = r.take::<BTreeMap<String, Value>>("client_properties")? {
+        for (key, value) in props {
+            let text = match value {
+                Value::String(s) => s,
+                Value::Number(_) | Value::Bool(_) => value.to_string(),
+                _ => {
+                    return Err(r.invalid(
+                        join("client_properties", &key),
+                        "must be a string, number or boolean",
+                    ))
+                }
+            };
+            a.client_properties.insert(key, text);
+        }
+    }
+    if let Some(exchanges) = r.take::<BTreeMap<String, ExchangeToml>>("exchanges")? {
+        a.exchanges = exchanges
+            .into_iter()
+            .map(|(name, e)| {
+                let x = ExchangeConfig {
+                    kind: e.kind,
+                    durable: e.durable,
+                    auto_delete: e.auto_delete,
+                    arguments: e.arguments,
+                };
+                (name, x)
+            })
+            .collect();
+        for (name, x) in &a.exchanges {
+            if !["topic", "direct", "fanout", "headers"].contains(&x.kind.as_str()) {
+                return Err(r.invalid(
+                    format!("{}.type", join("exchanges", name)),
+                    format!(
+                        "{:?} is not an exchange type (topic, direct, fanout, headers)",
+                        x.kind
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(queues) = r.take::<BTreeMap<String, QueueToml>>("queues")? {
+        // fedora-messaging's default queue is server-named (""): gilmsg's
+        // consumer uses its identity queue for it (see `AmqpConfig::queues`).
+        a.queues = queues
+            .into_iter()
+            .filter(|(name, _)| !name.is_empty())
+            .map(|(name, q)| {
+                let x = QueueConfig {
+                    durable: q.durable,
+                    auto_delete: q.auto_delete,
+                    exclusive: q.exclusive,
+                    arguments: q.arguments,
+                };
+                (name, x)
+            })
+            .collect();
+    }
+    if let Some(bindings) = r.take::<Vec<BindingToml>>("bindings")? {
+        for (i, b) in bindings.into_iter().enumerate() {
+            if b.routing_keys.is_empty() {
+                return Err(r.invalid(
+                    format!("bindings[{i}].routing_keys"),
+                    "lists no routing key",
+                ));
+            }
+            if !b.queue.is_empty() && !a.queues.contains_key(&b.queue) {
+                return Err(r.invalid(
+                    format!("bindings[{i}].queue"),
+                    format!("{:?} is not a key of [queues]", b.queue),
+                ));
+            }
+            let mut x = BindingConfig::new(b.queue, b.exchange, b.routing_keys);
+            x.arguments = b.arguments;
+            a.bindings.push(x);
+        }
+    }
+    if let Some(qos) = r.take::<BTreeMap<String, Value>>("qos")? {
+        for (key, value) in qos {
+            let text = match &value {
+                Value::Number(n) => n.to_string(),
+                other => other.to_string(),
+            };
+            let at = join("qos", &key);
+            match key.as_str() {
+                "prefetch_count" => {
+                    let n = check::PREFETCH_COUNT
+                        .parse(&text)
+                        .map_err(|why| r.invalid(&at, why))?;
+                    a.prefetch_count = u16::try_from(n).unwrap_or(u16::MAX);
+                }
+                "prefetch_size" => {
+                    let n = check::PREFETCH_SIZE
+                        .parse(&text)
+                        .map_err(|why| r.invalid(&at, why))?;
+                    a.prefetch_size = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+                _ => return Err(r.invalid(at, "not a qos key (prefetch_count, prefetch_size)")),
+            }
+        }
+    }
+    for key in crate::amqp::FEDORA_MESSAGING_ONLY {
+        r.map.remove(*key);
+        r.known.insert((*key).to_owned());
+    }
+    Ok(a)
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn topic_kind() -> String {
+    "topic".into()
+}
+
+/// `[tls]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsToml {
+    ca_cert: Option<String>,
+    keyfile: Option<String>,
+    certfile: Option<String>,
+}
+
+/// One `[exchanges]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeToml {
+    #[serde(rename = "type", default = "topic_kind")]
+    kind: String,
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: BTreeMap<String, Value>,
+}
+
+/// One `[queues]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueueToml {
+    #[serde(default = "yes")]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    exclusive: bool,
+    #[serde(default)]
+    arguments: BTreeMap<String, Value>,
+}
+
+/// One `[[bindings]]` entry as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingToml {
+    #[serde(default)]
+    queue: String,
+    exchange: String,
+    routing_keys: Vec<String>,
+    #[serde(default)]
+    arguments: BTreeMap<String, Value>,
 }
 
 /// fedora-messaging's `[monitoring]` section: `address` (default `""`,

@@ -677,6 +677,129 @@ fn bad_numbers_get_one_wording() {
     }
 }
 
+/// fedora-messaging's own `config.toml.example`, byte for byte: it loads as
+/// it is, selects AMQP, and keeps fedora-messaging's meanings and defaults.
+#[test]
+fn fedora_messaging_example_loads_as_it_is() {
+    let path = data("fedora-messaging.toml");
+    let c = Config::from_path(&path).unwrap();
+    let a = c.amqp.as_ref().expect("amqp_url selects AMQP");
+    assert_eq!(a.url, "amqp://");
+    assert_eq!(a.publish_exchange, "amq.topic");
+    assert_eq!(c.topic_prefix, "");
+    assert_eq!(c.topic_scheme().topic("bodhi", "update"), "bodhi.update");
+    assert_eq!(c.topic_scheme().ack_topic(), "gilmsg.ack");
+    assert_eq!(
+        a.tls.ca_cert.as_deref(),
+        Some(Path::new("/etc/fedora-messaging/cacert.pem"))
+    );
+    assert_eq!(
+        a.tls.certfile.as_deref(),
+        Some(Path::new("/etc/fedora-messaging/fedora-cert.pem"))
+    );
+    assert_eq!(a.client_properties["app"], "Example Application");
+    assert_eq!(a.exchanges["amq.topic"].kind, "topic");
+    assert!(a.exchanges["amq.topic"].durable);
+    assert!(a.queues["my_queue"].durable);
+    assert!(!a.queues["my_queue"].exclusive);
+    assert_eq!(a.bindings.len(), 1);
+    assert_eq!(a.bindings[0].queue, "my_queue");
+    assert_eq!(a.bindings[0].routing_keys, strings(&["#"]));
+    assert_eq!((a.prefetch_count, a.prefetch_size), (25, 0));
+    // callback, consumer_config, log_config: fedora-messaging's, not typos.
+    assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+    // Round trip through gilmsg TOML.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("c.toml");
+    fs::write(&copy, c.to_toml_string()).unwrap();
+    let back = Config::from_path(&copy).unwrap();
+    assert_eq!(back.amqp, c.amqp);
+    assert_eq!(back.topic_scheme(), c.topic_scheme());
+}
+
+#[test]
+fn amqp_defaults_and_the_environment() {
+    let origin = Path::new("/etc/gilmsg/amqp.toml");
+    let c = Config::from_toml_str(
+        "amqp_url = \"amqps://u:pw@broker/%2f?connection_attempts=3&retry_delay=5\"\n",
+        origin,
+    )
+    .unwrap();
+    let a = c.amqp.as_ref().unwrap();
+    assert_eq!(a.prefetch_count, 10);
+    assert_eq!(a.exchanges.keys().collect::<Vec<_>>(), ["amq.topic"]);
+    assert!(a.queues.is_empty() && a.bindings.is_empty());
+    assert!(a.uses_tls());
+    // gilmsg's secure defaults stay on beside fedora-messaging's keys.
+    assert!(c.sign_messages && c.validate_signatures);
+    let c = Config::from_toml_str(
+        "amqp_url = \"amqp://\"\ntopic_prefix = \"org.fedoraproject\"\nenvironment = \"prod\"\n",
+        origin,
+    )
+    .unwrap();
+    assert_eq!(
+        c.topic_scheme().topic("bodhi", "update"),
+        "org.fedoraproject.prod.bodhi.update"
+    );
+    let c = Config::from_toml_str(
+        "amqp_url = \"amqp://\"\ntopic_prefix = \"org.fedoraproject.prod\"\n",
+        origin,
+    )
+    .unwrap();
+    assert_eq!(
+        c.topic_scheme().ack_topic(),
+        "org.fedoraproject.prod.gilmsg.ack"
+    );
+}
+
+#[test]
+fn amqp_ignores_the_zeromq_publishing_topology() {
+    // `active = true` (the tools' default) publishes through relay_inbound
+    // on ZeroMQ; on AMQP everything goes to the broker, so neither an
+    // empty relay_inbound nor a `name` without endpoints is an error.
+    let origin = Path::new("/etc/gilmsg/amqp.toml");
+    let mut c = Config::from_toml_str(
+        "amqp_url = \"amqp://\"\nactive = true\nname = \"svc\"\n",
+        origin,
+    )
+    .unwrap();
+    c.validate().unwrap();
+    c.active = false;
+    c.validate().unwrap();
+    let e = Config::from_toml_str("active = true\n", origin).unwrap_err();
+    assert_eq!(e.key(), Some("relay_inbound"), "{e}");
+}
+
+#[test]
+fn amqp_errors_name_the_file_and_the_key() {
+    let origin = Path::new("/etc/gilmsg/amqp.toml");
+    let cases = [
+        ("amqp_url = \"tcp://x:1\"", "amqp_url", "not an AMQP URL"),
+        ("amqp_url = \"amqp://\"\n[qos]\nprefetch_count = 0", "qos.prefetch_count", "whole number from 1"),
+        ("amqp_url = \"amqp://\"\n[qos]\nprefetch_count = -1", "qos.prefetch_count", "not -1"),
+        ("amqp_url = \"amqp://\"\n[qos]\nprefetch_cnt = 3", "qos.prefetch_cnt", "not a qos key"),
+        ("amqp_url = \"amqp://\"\n[tls]\nca_crt = \"x\"", "tls.ca_crt", "unknown field"),
+        ("amqp_url = \"amqp://\"\n[tls]\nkeyfile = \"k.pem\"", "tls.certfile", "both"),
+        ("amqp_url = \"amqp://\"\n[exchanges.x]\ntype = \"tpoic\"", "exchanges.x.type", "not an exchange type"),
+        ("amqp_url = \"amqp://\"\n[queues.q]\ndurable = \"yes\"", "queues.q.durable", "invalid type"),
+        ("amqp_url = \"amqp://\"\n[[bindings]]\nqueue = \"nope\"\nexchange = \"amq.topic\"\nrouting_keys = [\"#\"]", "bindings[0].queue", "not a key of [queues]"),
+        ("amqp_url = \"amqp://\"\n[[bindings]]\nexchange = \"amq.topic\"\nrouting_keys = []", "bindings[0].routing_keys", "no routing key"),
+        ("amqp_url = \"amqp://\"\nmax_redeliveries = 5000", "max_redeliveries", "to 1000"),
+        ("amqp_url = \"amqp://\"\nreconnect_max = \"0s\"", "reconnect_max", "greater than 0"),
+        ("amqp_url = \"amqp://\"\npublish_priority = 300", "publish_priority", "to 255"),
+    ];
+    for (text, key, words) in cases {
+        let e = Config::from_toml_str(text, origin).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("config /etc/gilmsg/amqp.toml: "),
+            "{shown}"
+        );
+        assert_eq!(e.key(), Some(key), "{text}: {shown}");
+        assert!(shown.contains(words), "{text}: {shown}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // [schemas]: topic patterns mapped to JSON Schema files.
 

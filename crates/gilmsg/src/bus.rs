@@ -22,7 +22,7 @@ use crate::error::{Error, Result, Unsendable};
 use crate::setup;
 use crate::stats::{PublisherCounters, Record, Stats};
 use crate::transport::{Outgoing, PublisherDriver, PublisherLink};
-use crate::zeromq;
+use crate::{amqp, zeromq};
 
 /// Proof that every recipient acked one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,53 +106,77 @@ impl BusBuilder {
             None
         };
         let validator = setup::ack_validator(trust);
-        let own = if active {
-            Vec::new()
-        } else {
-            config
-                .own_endpoints()
-                .map(<[String]>::to_vec)
-                .unwrap_or_default()
-        };
-        if !active && own.is_empty() {
-            return Err(Error::InvalidArgument(
-                "nowhere to publish: set `active = true` with `relay_inbound`, or `name` with an entry in `endpoints`"
-                    .into(),
-            ));
-        }
-        let ack_endpoints: Vec<String> = config
-            .subscribe_endpoints()
-            .into_iter()
-            .filter(|e| !own.contains(e))
-            .collect();
         let scheme = config.topic_scheme();
         let counters = Arc::new(PublisherCounters::default());
-        let driver = PublisherDriver::new(
-            PublisherSettings {
-                ack_topic: scheme.ack_topic(),
-                retransmit: setup::retransmit_policy(&config),
-            },
-            validator,
-            config.max_message_size,
-            counters.clone(),
-        );
-        let sockets = zeromq::publisher::Sockets {
-            tuning: zeromq::SocketTuning::from_config(&config),
-            bind: own,
-            connect: if active {
-                config.relay_inbound.clone()
-            } else {
-                Vec::new()
-            },
-            ack_endpoints: ack_endpoints.clone(),
-            ack_topic: scheme.ack_topic(),
+        let driver_for = |counters: &Arc<PublisherCounters>| {
+            (
+                PublisherSettings {
+                    ack_topic: scheme.ack_topic(),
+                    retransmit: setup::retransmit_policy(&config),
+                },
+                validator.clone(),
+                config.max_message_size,
+                counters.clone(),
+            )
         };
-        // Sockets are created on the thread that will own them; the result of
-        // that set-up comes back before `build` returns.
-        let running = zeromq::publisher::start(sockets, driver, counters.link.clone())?;
+        let (link, bound, done, has_ack_endpoints, health) = match &config.amqp {
+            Some(amqp_config) => {
+                // AMQP: the broker routes; no endpoints, no relay.
+                let (settings, validator, max, c) = driver_for(&counters);
+                let driver = PublisherDriver::new(settings, validator, max, c);
+                let broker = amqp::connect::Broker::new(amqp_config, &modname)?;
+                let running =
+                    amqp::publisher::start(broker, driver, counters.clone(), scheme.ack_topic())?;
+                (running.link, Vec::new(), running.done, true, running.health)
+            }
+            None => {
+                let own = if active {
+                    Vec::new()
+                } else {
+                    config
+                        .own_endpoints()
+                        .map(<[String]>::to_vec)
+                        .unwrap_or_default()
+                };
+                if !active && own.is_empty() {
+                    return Err(Error::InvalidArgument(
+                        "nowhere to publish: set `active = true` with `relay_inbound`, or `name` with an entry in `endpoints`"
+                            .into(),
+                    ));
+                }
+                let ack_endpoints: Vec<String> = config
+                    .subscribe_endpoints()
+                    .into_iter()
+                    .filter(|e| !own.contains(e))
+                    .collect();
+                let (settings, validator, max, c) = driver_for(&counters);
+                let driver = PublisherDriver::new(settings, validator, max, c);
+                let sockets = zeromq::publisher::Sockets {
+                    tuning: zeromq::SocketTuning::from_config(&config),
+                    bind: own,
+                    connect: if active {
+                        config.relay_inbound.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    ack_endpoints: ack_endpoints.clone(),
+                    ack_topic: scheme.ack_topic(),
+                };
+                // Sockets are created on the thread that will own them; the
+                // result of that set-up comes back before `build` returns.
+                let running = zeromq::publisher::start(sockets, driver, counters.link.clone())?;
+                (
+                    running.link,
+                    running.bound,
+                    running.done,
+                    !ack_endpoints.is_empty(),
+                    running.health,
+                )
+            }
+        };
         Ok(Bus {
             inner: Arc::new(Inner {
-                link: running.link,
+                link,
                 signer,
                 scheme,
                 modname,
@@ -164,10 +188,10 @@ impl BusBuilder {
                 sequence: AtomicU64::new(0),
                 username: setup::username(),
                 counters,
-                bound: running.bound,
-                has_ack_endpoints: !ack_endpoints.is_empty(),
-                done: std::sync::Mutex::new(Some(running.done)),
-                health: running.health,
+                bound,
+                has_ack_endpoints,
+                done: std::sync::Mutex::new(Some(done)),
+                health,
             }),
         })
     }
@@ -307,7 +331,13 @@ impl Bus {
         recipients: &[S],
         ack_timeout: Duration,
     ) -> Result<Receipt> {
-        if full_topic == self.inner.scheme.ack_topic() {
+        let ack_topic = self.inner.scheme.ack_topic();
+        // Under the ACK topic too: AMQP routes ACKs on `<ack topic>.<id>`.
+        if full_topic == ack_topic
+            || full_topic
+                .strip_prefix(ack_topic.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+        {
             return Err(Error::InvalidArgument(
                 "the ACK topic is reserved for ACKs".into(),
             ));

@@ -41,7 +41,9 @@ use crate::setup;
 use crate::stats::{ConsumerCounters, Record, Stats};
 use crate::transport::consumer::Acker;
 use crate::transport::{ConsumerLink, ConsumerParts, Settle};
-use crate::zeromq;
+use crate::{amqp, zeromq};
+use gilmsg_config::{AmqpConfig, BindingConfig, QueueConfig};
+use gilmsg_proto::redelivery::Redeliveries;
 
 /// How long a consumer waits for endpoints that give no verdict (a host
 /// that drops packets gives none for minutes) before calling itself ready
@@ -177,8 +179,9 @@ impl ConsumerBuilder {
         } = self;
         config.validate()?;
         let scheme = config.topic_scheme();
+        let explicit_topics = !topics.is_empty();
         if topics.is_empty() {
-            topics.push(format!("{}.", scheme.prefix()));
+            topics.push(scheme.topic_root());
         }
         let active = active.unwrap_or(config.active || config.own_endpoints().is_none());
         let trust = if config.validate_signatures {
@@ -198,29 +201,6 @@ impl ConsumerBuilder {
         } else {
             None
         };
-        let own: Vec<String> = config
-            .own_endpoints()
-            .map(<[String]>::to_vec)
-            .unwrap_or_default();
-        let (ack_bind, ack_connect) = match (send_acks, active) {
-            (false, _) => (Vec::new(), Vec::new()),
-            (true, true) if config.relay_inbound.is_empty() => return Err(Error::InvalidArgument(
-                "nowhere to send ACKs: set `relay_inbound`, or `name` with an entry in `endpoints`"
-                    .into(),
-            )),
-            (true, true) => (Vec::new(), config.relay_inbound.clone()),
-            (true, false) => (own.clone(), Vec::new()),
-        };
-        let endpoints: Vec<String> = config
-            .subscribe_endpoints()
-            .into_iter()
-            .filter(|e| !ack_bind.contains(e))
-            .collect();
-        if endpoints.is_empty() {
-            return Err(Error::InvalidArgument(
-                "`endpoints` lists nothing to subscribe to".into(),
-            ));
-        }
         let acker = signer.map(|signer| {
             Arc::new(Acker {
                 signer,
@@ -267,25 +247,73 @@ impl ConsumerBuilder {
             skip_topic: (!deliver_heartbeats).then(|| crate::health::heartbeat_topic(&config)),
             counters: counters.clone(),
             readiness: readiness_tx,
+            redeliveries: None,
         };
-        let sockets = zeromq::consumer::Sockets {
-            tuning: zeromq::SocketTuning::from_config(&config),
-            endpoints,
-            topics,
-            ack_bind,
-            ack_connect,
+        let (link, bound, done, health) = match &config.amqp {
+            Some(amqp_config) => {
+                let identity = acker.as_ref().map(|a| a.signer.name().to_owned());
+                let queues = amqp_queues(
+                    amqp_config,
+                    identity.as_deref(),
+                    &topics,
+                    explicit_topics,
+                    scheme.ack_topic(),
+                );
+                let mut parts = parts;
+                parts.redeliveries = Some(Redeliveries::new(
+                    amqp_config.max_redeliveries,
+                    config.dedupe_capacity,
+                ));
+                let app = identity.unwrap_or_else(|| "gilmsg-consumer".to_owned());
+                let broker = amqp::connect::Broker::new(amqp_config, &app)?;
+                let running = amqp::consumer::start(broker, queues, parts)?;
+                (running.link, Vec::new(), running.done, running.health)
+            }
+            None => {
+                let own: Vec<String> = config
+                    .own_endpoints()
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default();
+                let (ack_bind, ack_connect) = match (send_acks, active) {
+                (false, _) => (Vec::new(), Vec::new()),
+                (true, true) if config.relay_inbound.is_empty() => return Err(Error::InvalidArgument(
+                    "nowhere to send ACKs: set `relay_inbound`, or `name` with an entry in `endpoints`"
+                        .into(),
+                )),
+                (true, true) => (Vec::new(), config.relay_inbound.clone()),
+                (true, false) => (own.clone(), Vec::new()),
+            };
+                let endpoints: Vec<String> = config
+                    .subscribe_endpoints()
+                    .into_iter()
+                    .filter(|e| !ack_bind.contains(e))
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(Error::InvalidArgument(
+                        "`endpoints` lists nothing to subscribe to".into(),
+                    ));
+                }
+                let sockets = zeromq::consumer::Sockets {
+                    tuning: zeromq::SocketTuning::from_config(&config),
+                    endpoints,
+                    topics,
+                    ack_bind,
+                    ack_connect,
+                };
+                let running = zeromq::consumer::start(sockets, parts)?;
+                (running.link, running.bound, running.done, running.health)
+            }
         };
-        let running = zeromq::consumer::start(sockets, parts)?;
         Ok(Consumer {
             deliveries,
             readiness,
             shared: Arc::new(Shared {
-                link: running.link,
+                link,
                 counters,
-                done: std::sync::Mutex::new(Some(running.done)),
-                health: running.health,
+                done: std::sync::Mutex::new(Some(done)),
+                health,
             }),
-            bound: running.bound,
+            bound,
             signer_name: acker.as_ref().map(|a| a.signer.name().to_owned()),
         })
     }
@@ -540,6 +568,70 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         let _ = self.settle(false);
+    }
+}
+
+/// The queues an AMQP consumer declares and the bindings it makes: the
+/// configuration's `[queues]`, or else its identity's durable queue
+/// `<identity>.gilmsg` (a server-named exclusive one for a consumer that
+/// sends no ACKs and so has no identity), bound by the `[[bindings]]` that
+/// name no queue and, when the caller chose topics or the configuration
+/// binds nothing, to the publish exchange for `topics`.
+fn amqp_queues(
+    amqp_config: &AmqpConfig,
+    identity: Option<&str>,
+    topics: &[String],
+    explicit_topics: bool,
+    ack_topic: String,
+) -> amqp::consumer::Queues {
+    if !amqp_config.queues.is_empty() {
+        return amqp::consumer::Queues {
+            queues: amqp_config
+                .queues
+                .iter()
+                .map(|(n, q)| (n.clone(), q.clone()))
+                .collect(),
+            bindings: amqp_config
+                .bindings
+                .iter()
+                .filter(|b| !b.queue.is_empty())
+                .cloned()
+                .collect(),
+            ack_topic,
+        };
+    }
+    let (name, declaration) = match identity {
+        Some(id) => (format!("{id}.gilmsg"), QueueConfig::default()),
+        None => {
+            let mut q = QueueConfig::default();
+            q.durable = false;
+            q.exclusive = true;
+            q.auto_delete = true;
+            (String::new(), q)
+        }
+    };
+    let mut bindings: Vec<BindingConfig> = amqp_config
+        .bindings
+        .iter()
+        .filter(|b| b.queue.is_empty())
+        .map(|b| {
+            let mut b = b.clone();
+            b.queue = name.clone();
+            b
+        })
+        .collect();
+    if explicit_topics || bindings.is_empty() {
+        let keys: Vec<String> = topics.iter().flat_map(|t| amqp::binding_keys(t)).collect();
+        bindings.push(BindingConfig::new(
+            name.clone(),
+            amqp_config.publish_exchange.clone(),
+            keys,
+        ));
+    }
+    amqp::consumer::Queues {
+        queues: vec![(name, declaration)],
+        bindings,
+        ack_topic,
     }
 }
 

@@ -65,6 +65,28 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// AMQP: the broker returned the message (`mandatory`): no queue is
+    /// bound for its topic, so no recipient would ever receive it.
+    #[error(
+        "no queue would receive {topic} on exchange {exchange:?}: the broker returned it ({reply})"
+    )]
+    Unroutable {
+        /// Full topic (the routing key).
+        topic: String,
+        /// The exchange it was published to.
+        exchange: String,
+        /// The broker's reply text (`NO_ROUTE`).
+        reply: String,
+    },
+    /// AMQP: the broker could not be reached or refused us; `context` says
+    /// what was being done (with the URL, its password left out).
+    #[error("{context}: {reason}")]
+    Broker {
+        /// What was being done.
+        context: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The handle was closed or its socket thread is gone.
     #[error("the bus handle is closed")]
     Closed,
@@ -155,6 +177,10 @@ pub struct TimeoutError {
     pub sends: u32,
     /// The ACK timeout that expired.
     pub waited: Duration,
+    /// On AMQP, whether the broker confirmed the message and routed it to
+    /// a queue (where it waits for the missing recipients) or never
+    /// confirmed it; `None` on ZeroMQ.
+    pub broker: Option<crate::amqp::BrokerVerdict>,
 }
 
 impl TimeoutError {
@@ -181,6 +207,9 @@ impl fmt::Display for TimeoutError {
         )?;
         if self.sends == 0 {
             write!(f, "; never sent: no subscriber appeared")?;
+        }
+        if let Some(broker) = self.broker {
+            write!(f, "; {broker}")?;
         }
         Ok(())
     }
@@ -235,6 +264,7 @@ mod tests {
             }],
             sends: 3,
             waited: Duration::from_millis(1500),
+            broker: None,
         };
         assert_eq!(
             t.to_string(),

@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod amqp;
 pub mod blocking;
 pub mod bus;
 pub mod consumer;
@@ -58,6 +59,8 @@ mod setup;
 mod stats;
 mod transport;
 mod zeromq;
+
+pub use amqp::BrokerVerdict;
 
 pub use zeromq::relay;
 

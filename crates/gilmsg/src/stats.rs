@@ -381,6 +381,10 @@ macro_rules! counters {
 pub(crate) struct LinkCounters {
     /// libzmq dropped a connection we made without reconnecting; we did.
     pub(crate) protocol_error: Counter,
+    /// AMQP: connections lost (the broker restarted, the network broke).
+    pub(crate) lost: Counter,
+    /// AMQP: connections made again after one was lost.
+    pub(crate) reconnected: Counter,
     /// Why every peer of an XPUB was dropped, and data sent upstream.
     pub(crate) subscriptions: Family,
 }
@@ -389,6 +393,8 @@ impl Record for LinkCounters {
     fn record(&self, into: &mut BTreeMap<String, u64>) {
         self.protocol_error
             .record("connection.protocol_error", into);
+        self.lost.record("connection.lost", into);
+        self.reconnected.record("connection.reconnected", into);
         self.subscriptions.record("subscriptions", into);
     }
 }
@@ -415,6 +421,10 @@ counters! {
         acked: Counter = "publish.acked",
         timed_out: Counter = "publish.timed_out",
         no_subscriber: Counter = "publish.no_subscriber",
+        /// AMQP: returned by the broker: no queue bound for the topic.
+        unroutable: Counter = "publish.unroutable",
+        /// AMQP: confirmed by the broker and routed to a queue.
+        confirmed: Counter = "publish.confirmed",
         cancelled: Counter = "publish.cancelled",
         ack_received: Counter = "ack.received",
         ack_batches: Counter = "ack.batches",
@@ -455,6 +465,13 @@ counters! {
         dropped: Family = "dropped",
         handler_ok: Counter = "handler.ok",
         handler_failed: Counter = "handler.failed",
+        /// AMQP: failed, back to the queue for another try.
+        handler_requeued: Counter = "handler.requeued",
+        /// AMQP: failed after every redelivery; dead-lettered or dropped.
+        handler_gave_up: Counter = "handler.gave_up",
+        /// AMQP: ACK messages the broker confirmed (then the deliveries
+        /// they acknowledge were consumed).
+        ack_confirmed: Counter = "ack.confirmed",
         acks_sent: Counter = "ack.sent",
         ack_entries: Counter = "ack.entries",
         ack_send_failed: Counter = "ack.send_failed",

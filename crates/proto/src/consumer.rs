@@ -122,6 +122,10 @@ pub struct PendingAck {
     pub signer: Option<String>,
     /// Its publisher reads batched ACKs.
     pub batchable: bool,
+    /// The copy it acknowledges: a transport that must settle each
+    /// delivery with its broker (AMQP's `basic.ack` once the ACK is
+    /// confirmed) finds its deliveries by it.
+    pub key: CopyKey,
 }
 
 /// What the consumer's application must report back for one delivery.
@@ -148,6 +152,12 @@ impl Ticket {
     /// The digest of the delivered body's signed part.
     pub fn digest(&self) -> Digest {
         self.key.digest()
+    }
+
+    /// The delivered copy (digest and certificate), as
+    /// [`Outcome::Duplicate`] and [`PendingAck`] name it.
+    pub fn key(&self) -> CopyKey {
+        self.key
     }
 }
 
@@ -284,6 +294,8 @@ pub enum Outcome {
         kind: Duplicate,
         /// Its id (a copy's, unverified).
         msg_id: String,
+        /// The copy (what a re-ACK's [`PendingAck::key`] names).
+        key: CopyKey,
     },
     /// Refused, with why; `msg_id` when it decoded (unverified).
     Refused {
@@ -421,6 +433,7 @@ impl ConsumerState {
                             digest,
                             signer: seen.signer.as_deref().map(str::to_owned),
                             batchable: seen.batchable,
+                            key,
                         });
                         Duplicate::Reacked
                     } else {
@@ -434,6 +447,7 @@ impl ConsumerState {
             return Outcome::Duplicate {
                 kind,
                 msg_id: message.msg_id().to_owned(),
+                key,
             };
         }
         let timestamp = match self.cache.check_age(message.timestamp(), wall_now) {
@@ -467,12 +481,14 @@ impl ConsumerState {
                 return Outcome::Duplicate {
                     kind: Duplicate::DifferentBody,
                     msg_id: message.msg_id().to_owned(),
+                    key,
                 }
             }
             Err(Refused::OtherCertificate(_)) => {
                 return Outcome::Duplicate {
                     kind: Duplicate::OtherCertificate,
                     msg_id: message.msg_id().to_owned(),
+                    key,
                 }
             }
             Err(Refused::BelowFloor { floor }) => {
@@ -509,6 +525,7 @@ impl ConsumerState {
             digest,
             signer: valid.signer.clone(),
             batchable,
+            key,
         });
         Outcome::Deliver(Box::new(Accepted {
             message,

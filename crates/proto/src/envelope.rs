@@ -33,7 +33,10 @@ use serde_json::{Map, Value};
 use crate::auth::{SignError, Signer};
 use crate::canonical::{self, CanonicalError, Place};
 use crate::digest::Digest;
-use crate::schema::SCHEMA_FIELD;
+/// The signed field naming the message's schema (see [`crate::schema`]);
+/// the AMQP transport also writes it as fedora-messaging's header of that
+/// name and reads an unsigned fedora-messaging message's header into it.
+pub use crate::schema::SCHEMA_FIELD;
 
 /// Fields left out of the signed bytes.
 pub const UNSIGNED_FIELDS: [&str; 2] = ["signature", "certificate"];
@@ -134,14 +137,38 @@ impl TopicScheme {
         }
     }
 
-    /// `<topic_prefix>.<environment>`.
+    /// A scheme whose topics are `<prefix>.<modname>.<topic>`, or
+    /// `<modname>.<topic>` for an empty prefix: fedora-messaging's
+    /// `topic_prefix`, which is the whole prefix and empty by default.
+    pub fn from_prefix(prefix: &str) -> Self {
+        TopicScheme {
+            prefix: prefix.trim_end_matches('.').to_owned(),
+        }
+    }
+
+    /// `<topic_prefix>.<environment>` (possibly empty, see
+    /// [`TopicScheme::from_prefix`]).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The full topic for a module's sub-topic.
     pub fn topic(&self, modname: &str, topic: &str) -> String {
-        format!("{}.{modname}.{topic}", self.prefix)
+        if self.prefix.is_empty() {
+            format!("{modname}.{topic}")
+        } else {
+            format!("{}.{modname}.{topic}", self.prefix)
+        }
+    }
+
+    /// What every topic of this bus starts with: `<prefix>.`, or nothing
+    /// for an empty prefix.
+    pub fn topic_root(&self) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", self.prefix)
+        }
     }
 
     /// The topic every ACK is published on.
@@ -459,6 +486,13 @@ impl Envelope {
         let Value::Object(body) = value else {
             return Err(DecodeError::Shape("body is not a JSON object".into()));
         };
+        Self::from_body(body)
+    }
+
+    /// Shape-checks a body a transport assembled itself (AMQP carries
+    /// `msg` as the message body and the other fields in a header): the
+    /// same checks as [`Envelope::parse_body`] after parsing.
+    pub fn from_body(body: Map<String, Value>) -> Result<Self, DecodeError> {
         require(&body, "topic", Value::is_string, "a string")?;
         require(&body, "msg", |_| true, "present")?;
         require(&body, "msg_id", Value::is_string, "a string")?;
@@ -794,6 +828,15 @@ mod tests {
             "org.fedoraproject.dev.logger.log"
         );
         assert_eq!(scheme.ack_topic(), "org.fedoraproject.dev.gilmsg.ack");
+        let bare = TopicScheme::from_prefix("");
+        assert_eq!(bare.ack_topic(), "gilmsg.ack");
+        assert_eq!(bare.topic_root(), "");
+        let full = TopicScheme::from_prefix("org.fedoraproject.prod");
+        assert_eq!(
+            full.topic("bodhi", "update"),
+            "org.fedoraproject.prod.bodhi.update"
+        );
+        assert_eq!(full.topic_root(), "org.fedoraproject.prod.");
         let id = new_msg_id(2026);
         assert!(id.starts_with("2026-") && id.len() == 41);
     }

@@ -24,6 +24,7 @@
 //!   messages it accepted, with per-signer replay floors.
 //! - [`consumer`]: [`ConsumerState`], every
 //!   decision of an ACK-sending consumer as a pure state machine.
+//! - [`redelivery`]: how often a failed message is requeued (AMQP).
 //! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
 //! - [`schema`]: the message-schema rule and the [`SchemaCheck`] trait a
 //!   JSON Schema implementation provides (no JSON Schema library here).
@@ -40,6 +41,7 @@ pub mod digest;
 pub mod envelope;
 pub mod policy;
 pub mod publisher;
+pub mod redelivery;
 pub mod retransmit;
 pub mod schema;
 #[cfg(test)]

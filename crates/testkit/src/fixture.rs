@@ -253,15 +253,7 @@ relay_outbound = {outbound_value}
     }
 
     fn spawn_consumer_with(&self, name: &str, config: &Path, log: &str, args: &[&str]) -> Consumer {
-        let mut command = self
-            .bins
-            .consumer_command(config, name, &[&["--json"], args].concat());
-        command.env("GILMSG_LOG", log);
-        Consumer {
-            name: name.to_owned(),
-            acks: !args.contains(&"--no-ack"),
-            child: Running::spawn_in(&self.registry, name, command),
-        }
+        Consumer::spawn(&self.registry, self.bins, name, config, log, args)
     }
 
     /// Runs `gilmsg-logger <args>` with `stdin`, bounded by `limit`.
@@ -321,7 +313,28 @@ impl std::fmt::Debug for Consumer {
 }
 
 impl Consumer {
-    fn wait_ready(&self) {
+    /// Starts `gilmsg-consumer --config <config> --certname <name> --json
+    /// <args>` with the `GILMSG_LOG` filter `log`, registered with
+    /// `registry`; not waited for (see [`Consumer::wait_ready`]).
+    pub fn spawn(
+        registry: &Registry,
+        bins: Bins,
+        name: &str,
+        config: &Path,
+        log: &str,
+        args: &[&str],
+    ) -> Consumer {
+        let mut command = bins.consumer_command(config, name, &[&["--json"], args].concat());
+        command.env("GILMSG_LOG", log);
+        Consumer {
+            name: name.to_owned(),
+            acks: !args.contains(&"--no-ack"),
+            child: Running::spawn_in(registry, name, command),
+        }
+    }
+
+    /// Waits for its ready line (all its endpoints connected).
+    pub fn wait_ready(&self) {
         let line = self
             .child
             .expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
@@ -361,6 +374,16 @@ impl Consumer {
     /// Stderr lines so far.
     pub fn stderr(&self) -> Vec<String> {
         self.child.stderr_so_far()
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// SIGKILL and reap: a crash, nothing flushed.
+    pub fn kill(mut self) {
+        self.child.kill();
     }
 
     /// SIGTERM and wait; returns the exit status.

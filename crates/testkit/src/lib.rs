@@ -27,6 +27,11 @@
 //! - [`rsa_pki`]: a throwaway RSA PKI by the openssl recipe Python fedmsg
 //!   accepts (the interop tests and the benchmark's Python anchor).
 //! - [`memory`]: a process's resident and peak memory, from `/proc`.
+//! - [`amqp`]: [`amqp::AmqpBus`], a bus on a vhost of the RabbitMQ node
+//!   the test binary shares, for the real binaries and the library.
+//! - [`rabbit`]: a throwaway RabbitMQ node (own dirs, ports, epmd; stopped
+//!   by PID through a watchdog even if the test process dies) and TLS
+//!   certificates for it.
 //! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
 //!
 //! Child processes are [`Proc`]s, the type the demo starts its roles with
@@ -39,6 +44,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod amqp;
 pub mod bins;
 pub mod child;
 pub mod fixture;
@@ -46,6 +52,7 @@ pub mod forge;
 pub mod guard;
 pub mod memory;
 pub mod python;
+pub mod rabbit;
 pub mod raw;
 pub mod rsa_pki;
 

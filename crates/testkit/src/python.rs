@@ -94,3 +94,45 @@ pub fn command(program: &Path, dir: &Path) -> Command {
         .env_remove("PYTHONPATH");
     command
 }
+
+/// The venv holding fedora-messaging 3.9.1 (the AMQP interop peer and the
+/// bench's AMQP Python anchor): `$GILMSG_FEDORA_MESSAGING` when set (as
+/// `scripts/test` sets it), else made (or found ready) by
+/// `scripts/fedora-messaging-peer.sh` in this workspace's `target/`.
+/// `None`, after saying SKIP, when it cannot be had (offline, no python3)
+/// and `GILMSG_REQUIRE_FEDORA_MESSAGING` is not set.
+///
+/// # Panics
+/// When it cannot be had and `GILMSG_REQUIRE_FEDORA_MESSAGING` is set.
+pub fn fedora_messaging_venv() -> Option<std::path::PathBuf> {
+    static VENV: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("GILMSG_FEDORA_MESSAGING") {
+            return Some(dir.into());
+        }
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fedora-messaging-peer.sh");
+        let made = Command::new(&script)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        match made {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .map(|l| std::path::PathBuf::from(l.trim())),
+            other => {
+                let why = format!(
+                    "SKIP: no fedora-messaging venv ({} failed: {other:?})",
+                    script.display()
+                );
+                if std::env::var_os("GILMSG_REQUIRE_FEDORA_MESSAGING").is_some() {
+                    panic!("{why}");
+                }
+                eprintln!("{why}");
+                None
+            }
+        }
+    })
+    .clone()
+}

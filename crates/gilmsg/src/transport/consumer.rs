@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use gilmsg_proto::ack::AckBody;
 use gilmsg_proto::consumer::{
-    Accepted, Arrival, ConsumerState, Outcome, PendingAck, Refusal, Ticket,
+    Accepted, Arrival, ConsumerState, Duplicate, Outcome, PendingAck, Refusal, Ticket,
 };
+use gilmsg_proto::dedupe::CopyKey;
+use gilmsg_proto::redelivery::{AfterFailure, Redeliveries};
 use gilmsg_proto::{Draft, Envelope, Signer, Validated, Validator};
 use tokio::sync::{mpsc, watch};
 
@@ -68,6 +70,29 @@ pub(crate) struct ConsumerParts {
     pub(crate) skip_topic: Option<String>,
     pub(crate) counters: Arc<ConsumerCounters>,
     pub(crate) readiness: watch::Sender<Readiness>,
+    /// How often a failed message is requeued, for a transport whose
+    /// broker redelivers (AMQP); `None` (ZeroMQ): a failed message is
+    /// never handled nor acked again.
+    pub(crate) redeliveries: Option<Redeliveries>,
+}
+
+/// What a transport with a broker does with one delivery, once the rules
+/// have decided (ZeroMQ has nothing to settle and ignores it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// Nothing more will come of it: tell the broker it is consumed.
+    Consumed,
+    /// Refused, or given up after its redeliveries: tell the broker to
+    /// dead-letter or drop it.
+    Reject,
+    /// Not now (the application has no room, or its handler failed and it
+    /// may be retried): back to its queue.
+    Requeue,
+    /// With the application, whose verdict settles it (`settle_with`).
+    Waiting(CopyKey),
+    /// An ACK for it is queued: consumed once that ACK is published and
+    /// confirmed.
+    AwaitAck(CopyKey),
 }
 
 /// A consumer's rules and bookkeeping, for one transport's loop to drive.
@@ -105,6 +130,18 @@ impl<W: WireFormat> ConsumerDriver<W> {
     /// One received message: the state machine decides, this counts, logs
     /// and hands over.
     pub(crate) fn on_wire(&mut self, wire: &W::Wire, now: Instant) {
+        self.on_wire_with(wire, now, None);
+    }
+
+    /// [`ConsumerDriver::on_wire`], saying what the transport must do with
+    /// its broker's delivery; `broker_deliveries` is how often the broker
+    /// says it delivered it before, if it says.
+    pub(crate) fn on_wire_with(
+        &mut self,
+        wire: &W::Wire,
+        now: Instant,
+        broker_deliveries: Option<u32>,
+    ) -> Disposition {
         let parts = &mut self.parts;
         parts.counters.received.bump();
         let room = parts.inline.is_some() || parts.deliveries.capacity() > 0;
@@ -126,10 +163,23 @@ impl<W: WireFormat> ConsumerDriver<W> {
                 .state
                 .on_received(W::topic(wire), |limit| W::decode(wire, limit), at, verify);
         match outcome {
-            Outcome::Skipped => parts.counters.ack_skipped.bump(),
-            Outcome::Duplicate { kind, msg_id } => {
+            Outcome::Skipped => {
+                parts.counters.ack_skipped.bump();
+                Disposition::Consumed
+            }
+            Outcome::Duplicate { kind, msg_id, key } => {
                 parts.counters.duplicate.bump(kind.kind());
                 tracing::trace!(msg_id = ?msg_id, kind = kind.kind(), "duplicate");
+                match kind {
+                    Duplicate::Reacked => Disposition::AwaitAck(key),
+                    // Its ACK went out moments ago, or none is wanted.
+                    Duplicate::ReackThrottled | Duplicate::Done => Disposition::Consumed,
+                    // Settled with the copy being handled.
+                    Duplicate::InProgress => Disposition::Waiting(key),
+                    Duplicate::Failed | Duplicate::DifferentBody | Duplicate::OtherCertificate => {
+                        Disposition::Reject
+                    }
+                }
             }
             Outcome::Refused {
                 refusal,
@@ -152,12 +202,17 @@ impl<W: WireFormat> ConsumerDriver<W> {
                     signer = ?signer,
                     "refused message: {refusal}"
                 );
+                match refusal {
+                    // Room later, or memory freed later.
+                    Refusal::QueueFull | Refusal::DedupeFull => Disposition::Requeue,
+                    _ => Disposition::Reject,
+                }
             }
-            Outcome::Deliver(accepted) => self.deliver(*accepted),
+            Outcome::Deliver(accepted) => self.deliver(*accepted, broker_deliveries),
         }
     }
 
-    fn deliver(&mut self, accepted: Accepted) {
+    fn deliver(&mut self, accepted: Accepted, broker_deliveries: Option<u32>) -> Disposition {
         let Accepted {
             message,
             signer,
@@ -170,7 +225,9 @@ impl<W: WireFormat> ConsumerDriver<W> {
             counters.heartbeat_skipped.bump();
             // Not handled: never acked (a heartbeat asks for none), not
             // remembered.
-            return self.settle_ticket(ticket, false);
+            self.settle_ticket(ticket, false);
+            // On a broker: consumed (a heartbeat is not requeued either).
+            return Disposition::Consumed;
         }
         if legacy_unsigned_gilmsg_version {
             counters.legacy_unsigned_gilmsg_version.bump();
@@ -199,16 +256,23 @@ impl<W: WireFormat> ConsumerDriver<W> {
                     "handler failed, not acking: {why}"
                 );
             }
-            return self.settle(Settle {
-                msg_id: message.msg_id().to_owned(),
-                ticket,
-                handled: verdict.is_ok(),
-                received,
-            });
+            return self.settle_with(
+                Settle {
+                    msg_id: message.msg_id().to_owned(),
+                    ticket,
+                    handled: verdict.is_ok(),
+                    received,
+                },
+                broker_deliveries,
+            );
         }
+        let key = ticket.key();
         let delivery = Delivery::new(message, signer, ticket, self.link.clone());
         let (mut undelivered, kind) = match self.parts.deliveries.try_send(delivery) {
-            Ok(()) => return counters.delivered.bump(),
+            Ok(()) => {
+                counters.delivered.bump();
+                return Disposition::Waiting(key);
+            }
             // Only if the room checked above was taken meanwhile, which it
             // cannot be: this thread is the only sender.
             Err(mpsc::error::TrySendError::Full(d)) => (d, "queue_full"),
@@ -220,27 +284,77 @@ impl<W: WireFormat> ConsumerDriver<W> {
         }
         counters.dropped.bump(kind);
         tracing::debug!(msg_id = undelivered.msg_id(), reason = kind, "dropped");
+        Disposition::Requeue
     }
 
     /// The application's verdict on a delivery.
     fn settle(&mut self, settle: Settle) {
+        self.settle_with(settle, None);
+    }
+
+    /// The application's verdict on a delivery, and what the transport's
+    /// broker must be told: with [`ConsumerParts::redeliveries`], a failed
+    /// message is forgotten and requeued (so that its redelivery reaches
+    /// the handler again) until its budget is spent, then rejected and
+    /// remembered as failed (never acked).
+    pub(crate) fn settle_with(
+        &mut self,
+        settle: Settle,
+        broker_deliveries: Option<u32>,
+    ) -> Disposition {
         let Settle {
             msg_id,
             ticket,
             handled,
             received,
         } = settle;
+        let key = ticket.key();
         if handled && ticket.wants_ack() {
             self.parts.counters.ack_latency.observe(received.elapsed());
         }
         if handled {
             self.parts.counters.handler_ok.bump();
             tracing::debug!(msg_id, "handled");
-        } else {
-            self.parts.counters.handler_failed.bump();
-            tracing::debug!(msg_id, "not handled: never acked");
+            if let Some(r) = &mut self.parts.redeliveries {
+                r.forget(&key);
+            }
+            let wants_ack = ticket.wants_ack();
+            self.settle_ticket(ticket, true);
+            return if wants_ack {
+                Disposition::AwaitAck(key)
+            } else {
+                Disposition::Consumed
+            };
         }
-        self.settle_ticket(ticket, handled);
+        self.parts.counters.handler_failed.bump();
+        let after = self
+            .parts
+            .redeliveries
+            .as_mut()
+            .map(|r| r.on_failure(key, broker_deliveries));
+        match after {
+            Some(AfterFailure::Requeue { failures }) => {
+                self.parts.counters.handler_requeued.bump();
+                tracing::debug!(msg_id, failures, "not handled: requeued for another try");
+                self.parts.state.abandon(&ticket);
+                Disposition::Requeue
+            }
+            Some(AfterFailure::GiveUp { failures }) => {
+                self.parts.counters.handler_gave_up.bump();
+                tracing::warn!(
+                    msg_id,
+                    failures,
+                    "not handled after every redelivery: dead-lettered or dropped, never acked"
+                );
+                self.settle_ticket(ticket, false);
+                Disposition::Reject
+            }
+            None => {
+                tracing::debug!(msg_id, "not handled: never acked");
+                self.settle_ticket(ticket, false);
+                Disposition::Reject
+            }
+        }
     }
 
     fn settle_ticket(&mut self, ticket: Ticket, handled: bool) {
@@ -250,7 +364,12 @@ impl<W: WireFormat> ConsumerDriver<W> {
 
     /// Signs the ACKs the state machine gathered since the last call, one
     /// signed message per batch it yields, and sends each through `send`.
-    pub(crate) fn flush_acks(&mut self, mut send: impl FnMut(W::Wire) -> Result<()>) {
+    /// `send` gets the entries each message acknowledges too (AMQP routes
+    /// it to their publishers and settles their deliveries by them).
+    pub(crate) fn flush_acks(
+        &mut self,
+        mut send: impl FnMut(W::Wire, &[PendingAck]) -> Result<()>,
+    ) {
         if !self.parts.state.has_pending_acks() {
             return;
         }
@@ -263,7 +382,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
         for batch in batches {
             match acker.seal(&batch) {
                 Ok(sealed) => {
-                    match send(W::encode(sealed)) {
+                    match send(W::encode(sealed), &batch) {
                         Ok(()) => counters.acks_sent.bump(),
                         Err(e) => {
                             counters.ack_send_failed.bump();
@@ -287,6 +406,11 @@ impl<W: WireFormat> ConsumerDriver<W> {
         counters.dedupe_entries.set(cache.len() as u64);
         counters.dedupe_evicted.set(cache.evicted());
         counters.dedupe_expired.set(cache.expired());
+    }
+
+    /// The consumer's counters.
+    pub(crate) fn counters(&self) -> &Arc<ConsumerCounters> {
+        &self.parts.counters
     }
 
     /// What the transport's sockets count, reported with the consumer's.

@@ -61,6 +61,12 @@ pub(crate) trait WireFormat: Send + 'static {
     /// Decodes `wire`, refusing a body over `max_size` bytes. Errors are
     /// counted by their kind, the same on every transport.
     fn decode(wire: &Self::Wire, max_size: usize) -> std::result::Result<Envelope, DecodeError>;
+
+    /// What a broker said about a sent message, for a timeout's report
+    /// (`None`: the transport has no broker, as ZeroMQ).
+    fn broker_verdict(_wire: &Self::Wire) -> Option<crate::amqp::BrokerVerdict> {
+        None
+    }
 }
 
 /// Whether a transport's loop goes on after a command.
@@ -133,6 +139,9 @@ pub(crate) struct Settle {
 }
 
 /// What a consumer's transport loop is told by its handles.
+// Settle is the per-message command and Shutdown comes once: boxing Settle
+// to shrink the enum would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ConsumerCommand {
     /// A delivery was handled (ACK it if asked) or not (never ACK it).
     Settle(Settle),

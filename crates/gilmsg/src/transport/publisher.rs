@@ -236,6 +236,7 @@ impl<W: WireFormat> PublisherDriver<W> {
             acked,
             sends,
             waited: payload.timeout,
+            broker: W::broker_verdict(&payload.wire),
         };
         let _ = payload.reply.send(Err(Error::Timeout(Box::new(error))));
     }
@@ -321,6 +322,18 @@ impl<W: WireFormat> PublisherDriver<W> {
                 );
             }
             AckEffect::Unknown => self.counters.ack.bump("unknown_msg_id"),
+        }
+    }
+
+    /// Fails one publish at once with `error` (AMQP: the broker returned
+    /// it, no queue would receive it); `false` if it is not in flight.
+    pub(crate) fn fail(&mut self, msg_id: &str, error: Error) -> bool {
+        match self.state.remove(msg_id) {
+            Some(done) => {
+                let _ = done.payload.reply.send(Err(error));
+                true
+            }
+            None => false,
         }
     }
 

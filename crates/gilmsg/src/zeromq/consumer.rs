@@ -177,7 +177,7 @@ impl ConsumerThread {
     /// Signs and sends the ACKs the driver gathered.
     fn flush_acks(&mut self) {
         let ack = self.ack.as_ref();
-        self.driver.flush_acks(|frames| match ack {
+        self.driver.flush_acks(|frames, _| match ack {
             Some(ack) => socket::send_frames(&ack.socket, &frames),
             None => Ok(()),
         });
