@@ -41,6 +41,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Notify};
 
 use crate::common::{self, CommonArgs, Failure};
+use crate::service::{Service, ServiceArgs};
 use crate::signals::{SignalEvent, Signals};
 
 mod handler_process;
@@ -117,6 +118,9 @@ pub struct Args {
     /// On SIGTERM/SIGINT, how long a running --exec handler may take to finish.
     #[arg(long, value_name = "DURATION", value_parser = common::parse_duration, default_value = "5s")]
     pub stop_grace: Duration,
+    /// Monitoring endpoint and heartbeats.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Config file, fedmsg's common flags, logging.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -136,6 +140,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config.name = Some(name.clone());
             config.active = false;
         }
+        args.service.apply(&mut config);
         config.validate()?;
         if args.common.printed_config(&config) {
             return Ok(());
@@ -183,6 +188,10 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 })?
             }
         };
+        let mut service = Service::new("gilmsg-consumer", &config);
+        service.watch("consumer", consumer.health(), consumer.metrics());
+        service.start_heartbeat(&config, consumer.signer_name().or(args.certname.as_deref()))?;
+        service.start()?;
         tracing::info!(
             "consumer up: signing ACKs as {}, ACKs {}, handler {}",
             consumer.signer_name().unwrap_or("(none)"),
@@ -199,6 +208,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         );
 
         let Some(readiness) = wait_ready(&mut consumer, &mut signals).await else {
+            service.stopping();
             return finish(consumer, Ok(())).await;
         };
         // Endpoints still down when waiting settled are named on the ready
@@ -215,6 +225,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             readiness.connected,
             readiness.expected
         );
+        service.ready();
         let result = match &args.exec {
             Some(command) => {
                 let stop = StopPolicy {
@@ -223,6 +234,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 exec_loop(
                     &mut consumer,
                     &mut signals,
+                    &mut service,
                     command,
                     &progress,
                     args.count,
@@ -230,8 +242,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 )
                 .await
             }
-            None => inline_loop(&consumer, &mut signals, &progress, args.count).await,
+            None => inline_loop(&consumer, &mut signals, &mut service, &progress, args.count).await,
         };
+        service.stopping();
         finish(consumer, result).await
     })
 }
@@ -283,6 +296,7 @@ fn print_stats(stats: &gilmsg::Stats) {
 async fn inline_loop(
     consumer: &gilmsg::Consumer,
     signals: &mut Signals,
+    service: &mut Service,
     progress: &Progress,
     count: Option<u64>,
 ) -> Result<(), Failure> {
@@ -306,6 +320,7 @@ async fn inline_loop(
                 SignalEvent::Stats => print_stats(&consumer.stats()),
                 SignalEvent::Exit => {
                     tracing::info!("stopping on a signal");
+                    service.stopping();
                     return Ok(());
                 }
             },
@@ -323,6 +338,7 @@ struct StopPolicy {
 async fn exec_loop(
     consumer: &mut gilmsg::Consumer,
     signals: &mut Signals,
+    service: &mut Service,
     command: &str,
     progress: &Progress,
     count: Option<u64>,
@@ -361,10 +377,12 @@ async fn exec_loop(
                 SignalEvent::Stats => print_stats(&consumer.stats()),
                 SignalEvent::Exit => match (&running, stop_deadline) {
                     (None, _) => {
+                        service.stopping();
                         tracing::info!("stopping on a signal");
                         return Ok(());
                     }
                     (Some(handler), None) => {
+                        service.stopping();
                         tracing::info!(
                             "stopping: taking no new messages; the handler for {} has {} to finish (another signal ends it now)",
                             handler.delivery.msg_id(),

@@ -18,6 +18,10 @@
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 //! - [`rabbit`]: a throwaway RabbitMQ node (the demo's `--transport amqp`,
 //!   the tests, the bench).
+//! - [`service`]: what the long-running tools do as services: monitoring
+//!   endpoint, systemd notify and watchdog, heartbeats.
+//! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
+//! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -34,4 +38,7 @@ pub mod procs;
 pub mod rabbit;
 pub mod relay;
 pub mod roles;
+pub mod service;
 pub mod signals;
+pub mod status;
+pub mod tail;

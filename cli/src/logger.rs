@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::common::{
     self, CommonArgs, Failure, EXIT_BUS, EXIT_OK, EXIT_STATUS_HELP, EXIT_TIMEOUT, EXIT_USAGE,
 };
+use crate::service::{Service, ServiceArgs};
 use crate::signals::{SignalEvent, Signals};
 
 const AFTER_HELP: &str = "\
@@ -100,6 +101,10 @@ pub struct Args {
     /// it arrives (with --json-input, each line one JSON value); implies --keep-going.
     #[arg(long, conflicts_with = "message")]
     pub stream: bool,
+    /// Monitoring endpoint and heartbeats (with --stream only: a one-shot
+    /// run is over before anyone would look).
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Config file, fedmsg's common flags, logging.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -121,6 +126,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
     } else {
         config.name.is_none() || config.active
     };
+    if args.stream {
+        args.service.apply(&mut config);
+    } else if args.service.monitoring.is_some() || args.service.heartbeat_interval.is_some() {
+        return Err(Failure::usage(
+            "error: --monitoring and --heartbeat-interval need --stream (a one-shot run is over before anyone would look)",
+        ));
+    } else {
+        // The config's keys are for the long-running processes.
+        config.monitoring = None;
+        config.heartbeat_interval = None;
+    }
     config.validate()?;
     if args.common.printed_config(&config) {
         return Ok(());
@@ -161,6 +177,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
             builder = builder.certname(certname);
         }
         let bus = builder.build()?;
+        let mut service = Service::new("gilmsg-logger", &config);
+        if args.stream {
+            service.watch("publisher", bus.health(), bus.metrics());
+            service.start_heartbeat(&config, bus.signer_name())?;
+            service.start()?;
+            // Bound or connected: each line is published as it comes.
+            service.ready();
+        }
         if config.active {
             tracing::info!(
                 "publishing through relay_inbound {} as {}",
@@ -185,6 +209,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             worst: EXIT_OK,
         };
         let result = run.all().await;
+        service.stopping();
         let (published, failed, worst) = (run.published, run.failed, run.worst);
         tracing::debug!("closing the publisher (flushing for up to zmq_linger)");
         bus.close().await;

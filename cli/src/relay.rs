@@ -12,6 +12,7 @@
 use clap::Parser;
 
 use crate::common::{self, CommonArgs, Failure};
+use crate::service::{Service, ServiceArgs};
 use crate::signals::{SignalEvent, Signals};
 
 /// The start of the line the relay prints on stderr once both sockets are
@@ -35,6 +36,9 @@ pub struct Args {
     /// Bind outbound here instead of endpoints.relay_outbound (repeatable).
     #[arg(long, value_name = "ENDPOINT", value_parser = common::parse_endpoint)]
     pub outbound: Vec<String>,
+    /// Monitoring endpoint and heartbeats.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Config file, fedmsg's common flags, logging.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -61,6 +65,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 args.outbound.clone(),
             );
         }
+        args.service.apply(&mut config);
         config.validate()?;
         if args.common.printed_config(&config) {
             return Ok(());
@@ -83,14 +88,28 @@ pub fn run(args: Args) -> Result<(), Failure> {
             config.high_water_mark
         );
         let relay = gilmsg::Relay::bind(&config, &inbound, &outbound)?;
+        let mut service = Service::new("gilmsg-relay", &config);
+        service.watch("relay", relay.health(), relay.metrics());
+        // The relay's heartbeats go in through its own sockets, as bound
+        // (a `*` port resolved).
+        let mut own = config.clone();
+        own.relay_inbound = relay.inbound_endpoints().to_vec();
+        own.endpoints.insert(
+            gilmsg::relay::RELAY_OUTBOUND.to_owned(),
+            relay.outbound_endpoints().to_vec(),
+        );
+        service.start_heartbeat(&own, None)?;
+        service.start()?;
         eprintln!(
             "{READY_LINE} inbound={} outbound={}",
             relay.inbound_endpoints().join(","),
             relay.outbound_endpoints().join(",")
         );
+        service.ready();
         while signals.next().await == SignalEvent::Stats {
             eprintln!("{}", common::stats_line("gilmsg-relay", &relay.stats()));
         }
+        service.stopping();
         tracing::info!("stopping: closing the relay's sockets");
         eprintln!("{}", common::stats_line("gilmsg-relay", &relay.stats()));
         relay.close().await;

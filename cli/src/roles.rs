@@ -32,6 +32,10 @@ pub enum Role {
     Relay,
     /// `gilmsg-pki`: see [`crate::pki`].
     Pki,
+    /// `gilmsg-status`: see [`crate::status`].
+    Status,
+    /// `gilmsg-tail`: see [`crate::tail`].
+    Tail,
 }
 
 impl Role {
@@ -46,6 +50,8 @@ impl Role {
             Role::Consumer => "gilmsg-consumer",
             Role::Relay => "gilmsg-relay",
             Role::Pki => "gilmsg-pki",
+            Role::Status => "gilmsg-status",
+            Role::Tail => "gilmsg-tail",
         }
     }
 
@@ -78,6 +84,13 @@ impl Role {
                 report(crate::relay::run(args))
             }
             Role::Pki => crate::pki::main(argv),
+            // Its exit statuses are nagios's, usage errors included.
+            Role::Status => crate::status::main(argv),
+            Role::Tail => {
+                let args = crate::tail::Args::parse_from(argv);
+                common::init_logging_as(args.common.log_format);
+                report(crate::tail::run(args))
+            }
         }
     }
 }

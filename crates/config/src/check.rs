@@ -114,6 +114,38 @@ pub fn resolve_ipc(endpoint: &str, base: &Path) -> String {
     }
 }
 
+/// `[monitoring] address`: an IP address or host name to listen on, or
+/// `""` for every interface. Only its shape is checked here; whether it
+/// can be bound is the operating system's answer at start-up.
+pub fn monitoring_address(value: &str) -> Result<(), String> {
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(format!(
+            "{value:?} is not an address to listen on (an IP address, a host name, or \"\" for every interface)"
+        ));
+    }
+    Ok(())
+}
+
+/// `heartbeat_interval`: more than 0 and at most a day (a heartbeat a day
+/// apart tells nobody anything in time; the bound keeps `now + interval`
+/// far from overflowing).
+pub fn heartbeat_interval(value: Duration) -> Result<(), String> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    if value.is_zero() {
+        return Err("must be greater than 0 (leave the key out to turn heartbeats off)".into());
+    }
+    if value > DAY {
+        return Err(format!(
+            "{} is longer than the maximum, 1day",
+            humantime::format_duration(value)
+        ));
+    }
+    Ok(())
+}
+
 /// The allowed range of one whole-number setting. The parser, `validate`
 /// and the command-line flags all refuse out-of-range values through
 /// [`WholeNumber::check`], so `-1`, `0` and `1.5` get one wording.
@@ -186,6 +218,13 @@ pub const PUBLISH_PRIORITY: WholeNumber = WholeNumber {
     min: 0,
     max: u8::MAX as u64,
     zero_means: None,
+};
+
+/// `[monitoring] port`: a TCP port; 0 picks a free one.
+pub const MONITORING_PORT: WholeNumber = WholeNumber {
+    min: 0,
+    max: u16::MAX as u64,
+    zero_means: Some("a free port"),
 };
 
 /// `--io-threads` (fedmsg's flag; accepted, not used).

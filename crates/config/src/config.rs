@@ -23,6 +23,53 @@ use crate::schemas::Schemas;
 /// that a deadline `now + timeout` can never overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Where a long-running process serves its monitoring endpoint
+/// (`[monitoring]`, as in fedora-messaging).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Monitoring {
+    /// The address to listen on: an IP address or a host name; `""` (the
+    /// default, as in fedora-messaging) means every interface.
+    pub address: String,
+    /// The TCP port; required when the section is there. `0` picks a free
+    /// port (the process prints the one it bound).
+    pub port: u16,
+}
+
+impl Monitoring {
+    /// `address:port` as a socket address text to bind (`""` becomes
+    /// `0.0.0.0`; an IPv6 address gets its brackets).
+    pub fn bind_text(&self) -> String {
+        let host = match self.address.as_str() {
+            "" => "0.0.0.0",
+            a => a,
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", self.port)
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// Reads `ADDRESS:PORT` as a command-line flag gives it (`:9100` and
+    /// `[::1]:9100` too), by the rules the `[monitoring]` keys follow.
+    pub fn parse_flag(text: &str) -> Result<Monitoring, String> {
+        let refuse = || {
+            format!("{text:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9100, :9100 for every interface, [::1]:9100)")
+        };
+        let (host, port) = text.rsplit_once(':').ok_or_else(refuse)?;
+        let port: u16 = port.parse().map_err(|_| refuse())?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        check::monitoring_address(host)?;
+        Ok(Monitoring {
+            address: host.to_owned(),
+            port,
+        })
+    }
+}
+
 /// The configuration of one gilmsg bus process.
 ///
 /// Field names are the configuration keys; where fedmsg has the key, the
@@ -160,6 +207,16 @@ pub struct Config {
     /// but **unused**: gilmsg waits for subscriptions to be ready instead of
     /// sleeping and hoping.
     pub post_init_sleep: Option<Duration>,
+    /// The monitoring HTTP endpoint (`/live`, `/ready`, `/metrics`) of
+    /// long-running processes: fedora-messaging's `[monitoring]` section,
+    /// with its keys `address` and `port`. `None` (no section, or an empty
+    /// one) turns it off, the default.
+    pub monitoring: Option<Monitoring>,
+    /// How often long-running processes (relay, consumer, `gilmsg-logger
+    /// --stream`) publish a signed heartbeat on
+    /// `<topic_prefix>.<environment>.gilmsg.heartbeat`; `None` (the
+    /// default) turns heartbeats off. Bare numbers are seconds (gilmsg key).
+    pub heartbeat_interval: Option<Duration>,
     /// Top-level keys the file had that gilmsg does not use, sorted; for a
     /// CLI to warn about (a typo looks exactly like an unused fedmsg key).
     pub ignored_keys: Vec<String>,
@@ -223,6 +280,8 @@ impl Default for Config {
             zmq_reconnect_ivl_max: Duration::from_secs(2),
             zmq_tcp_keepalive: false,
             post_init_sleep: None,
+            monitoring: None,
+            heartbeat_interval: None,
             ignored_keys: Vec::new(),
             unknown_keys: Vec::new(),
             strict_config: false,
@@ -537,6 +596,16 @@ impl Config {
         if self.max_message_age.is_zero() {
             return bad("max_message_age", "must be greater than 0".into());
         }
+        if let Some(interval) = self.heartbeat_interval {
+            if let Err(r) = check::heartbeat_interval(interval) {
+                return bad("heartbeat_interval", r);
+            }
+        }
+        if let Some(monitoring) = &self.monitoring {
+            if let Err(r) = check::monitoring_address(&monitoring.address) {
+                return bad("monitoring.address", r);
+            }
+        }
         if self.max_message_age < self.ack_timeout {
             return bad(
                 "max_message_age",
@@ -657,6 +726,15 @@ impl Config {
         );
         if let Some(v) = self.post_init_sleep {
             t.insert("post_init_sleep".into(), d(v));
+        }
+        if let Some(v) = self.heartbeat_interval {
+            t.insert("heartbeat_interval".into(), d(v));
+        }
+        if let Some(m) = &self.monitoring {
+            let mut section = Table::new();
+            section.insert("address".into(), s(&m.address));
+            section.insert("port".into(), Value::Integer(m.port.into()));
+            t.insert("monitoring".into(), Value::Table(section));
         }
         let table_of_lists = |m: &BTreeMap<String, Vec<String>>| {
             Value::Table(m.iter().map(|(k, v)| (k.clone(), list(v))).collect())

@@ -364,6 +364,10 @@ fn from_map(
         c.certname = r.take("certname")?;
     }
     c.post_init_sleep = r.take::<Secs>("post_init_sleep")?.map(Into::into);
+    c.heartbeat_interval = r.take::<Secs>("heartbeat_interval")?.map(Into::into);
+    if let Some(section) = r.take::<Map<String, Value>>("monitoring")? {
+        c.monitoring = monitoring(&r, section)?;
+    }
 
     if let Some(map) = r.take::<BTreeMap<String, OneOrMany>>("endpoints")? {
         for (service, list) in map {
@@ -636,6 +640,57 @@ struct BindingToml {
     routing_keys: Vec<String>,
     #[serde(default)]
     arguments: BTreeMap<String, Value>,
+}
+
+/// fedora-messaging's `[monitoring]` section: `address` (default `""`,
+/// every interface) and `port` (required); an empty section turns
+/// monitoring off, as there. Any other key is refused, naming it: a
+/// misspelt `prot` would otherwise leave monitoring silently off.
+fn monitoring(
+    r: &Reader<'_>,
+    mut section: Map<String, Value>,
+) -> Result<Option<crate::Monitoring>, ConfigError> {
+    if section.is_empty() {
+        return Ok(None);
+    }
+    let address = match section.remove("address") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(other) => {
+            return Err(r.invalid(
+                "monitoring.address",
+                format!("must be a string (an address, or \"\" for every interface), not {other}"),
+            ))
+        }
+    };
+    check::monitoring_address(&address).map_err(|why| r.invalid("monitoring.address", why))?;
+    let port =
+        match section.remove("port") {
+            None | Some(Value::Null) => return Err(r.invalid(
+                "monitoring.port",
+                "must be set to turn monitoring on (an empty [monitoring] section turns it off)",
+            )),
+            Some(value) => {
+                let text = match &value {
+                    Value::Number(n) => n.to_string(),
+                    other => other.to_string(),
+                };
+                check::MONITORING_PORT
+                    .parse(&text)
+                    .map_err(|why| r.invalid("monitoring.port", why))?
+            }
+        };
+    if let Some(key) = section.keys().next() {
+        return Err(r.invalid(
+            join("monitoring", key),
+            "not a key of [monitoring] (address, port)",
+        ));
+    }
+    Ok(Some(crate::Monitoring {
+        address,
+        // The rule's range is that of a port.
+        port: u16::try_from(port).unwrap_or(u16::MAX),
+    }))
 }
 
 /// fedmsg's `iterate()`: a value that may be one string or a list of them.
@@ -978,6 +1033,64 @@ mod tests {
         assert_eq!(e.key(), Some("endpoints.relay_outbound[1]"));
         let e = toml("high_water_mark = \"lots\"").unwrap_err();
         assert_eq!(e.key(), Some("high_water_mark"));
+    }
+
+    #[test]
+    fn monitoring_and_heartbeats_are_read_and_checked() {
+        let c = toml("heartbeat_interval = 30\n[monitoring]\naddress = \"127.0.0.1\"\nport = 9100")
+            .unwrap();
+        assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(30)));
+        let m = c.monitoring.clone().expect("monitoring on");
+        assert_eq!((m.address.as_str(), m.port), ("127.0.0.1", 9100));
+        assert_eq!(m.bind_text(), "127.0.0.1:9100");
+        // The round trip keeps both.
+        let back = Config::from_toml_str(&c.to_toml_string(), Path::new("/cfg/bus.toml")).unwrap();
+        assert_eq!(back.monitoring, c.monitoring);
+        assert_eq!(back.heartbeat_interval, c.heartbeat_interval);
+        // fedora-messaging: the address defaults to every interface; an
+        // empty section (or none) turns monitoring off.
+        let c = toml("[monitoring]\nport = 0").unwrap();
+        assert_eq!(c.monitoring.unwrap().bind_text(), "0.0.0.0:0");
+        assert_eq!(toml("[monitoring]").unwrap().monitoring, None);
+        assert_eq!(toml("").unwrap().monitoring, None);
+        assert_eq!(toml("").unwrap().heartbeat_interval, None);
+        for (text, key) in [
+            ("[monitoring]\naddress = \"::1\"", "monitoring.port"),
+            ("[monitoring]\nport = 70000", "monitoring.port"),
+            ("[monitoring]\nport = -1", "monitoring.port"),
+            ("[monitoring]\nport = \"9100\"", "monitoring.port"),
+            ("[monitoring]\nport = 1\nprot = 2", "monitoring.prot"),
+            (
+                "[monitoring]\nport = 1\naddress = \"a b\"",
+                "monitoring.address",
+            ),
+            ("[monitoring]\nport = 1\naddress = 5", "monitoring.address"),
+            ("heartbeat_interval = 0", "heartbeat_interval"),
+            ("heartbeat_interval = \"2days\"", "heartbeat_interval"),
+            ("heartbeat_interval = \"soon\"", "heartbeat_interval"),
+        ] {
+            let e = toml(text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}: {e}");
+            assert!(e.to_string().contains("/cfg/bus.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn monitoring_flags_read_like_the_section() {
+        use crate::Monitoring;
+        let m = Monitoring::parse_flag("127.0.0.1:0").unwrap();
+        assert_eq!((m.address.as_str(), m.port), ("127.0.0.1", 0));
+        assert_eq!(
+            Monitoring::parse_flag(":9100").unwrap().bind_text(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            Monitoring::parse_flag("[::1]:9100").unwrap().bind_text(),
+            "[::1]:9100"
+        );
+        for bad in ["9100", "host:", "host:99999", "a b:1", ""] {
+            assert!(Monitoring::parse_flag(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl BusBuilder {
                 counters.clone(),
             )
         };
-        let (link, bound, done, has_ack_endpoints) = match &config.amqp {
+        let (link, bound, done, has_ack_endpoints, health) = match &config.amqp {
             Some(amqp_config) => {
                 // AMQP: the broker routes; no endpoints, no relay.
                 let (settings, validator, max, c) = driver_for(&counters);
@@ -127,7 +127,7 @@ impl BusBuilder {
                 let broker = amqp::connect::Broker::new(amqp_config, &modname)?;
                 let running =
                     amqp::publisher::start(broker, driver, counters.clone(), scheme.ack_topic())?;
-                (running.link, Vec::new(), running.done, true)
+                (running.link, Vec::new(), running.done, true, running.health)
             }
             None => {
                 let own = if active {
@@ -170,6 +170,7 @@ impl BusBuilder {
                     running.bound,
                     running.done,
                     !ack_endpoints.is_empty(),
+                    running.health,
                 )
             }
         };
@@ -190,6 +191,7 @@ impl BusBuilder {
                 bound,
                 has_ack_endpoints,
                 done: std::sync::Mutex::new(Some(done)),
+                health,
             }),
         })
     }
@@ -222,6 +224,7 @@ struct Inner {
     bound: Vec<String>,
     has_ack_endpoints: bool,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    health: crate::health::Health,
 }
 
 impl Drop for Inner {
@@ -440,6 +443,19 @@ impl Bus {
     /// Counters: sent, re-sent, acked, timed out, and every refused ACK by reason.
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
+    }
+
+    /// Whether the publisher's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.inner.health.clone()
+    }
+
+    /// The publisher's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "publisher",
+            source: self.inner.counters.clone(),
+        }
     }
 
     /// Stops the socket thread after flushing queued messages (up to

@@ -92,6 +92,7 @@ pub struct ConsumerBuilder {
     active: Option<bool>,
     send_acks: bool,
     deliver_acks: bool,
+    deliver_heartbeats: bool,
     queue: usize,
 }
 
@@ -101,6 +102,15 @@ impl ConsumerBuilder {
     /// verify and hand over every other consumer's ACKs.
     pub fn deliver_acks(mut self, deliver: bool) -> Self {
         self.deliver_acks = deliver;
+        self
+    }
+
+    /// Also deliver heartbeats (`<topic_prefix>.<environment>.gilmsg.heartbeat`,
+    /// see [`crate::health::heartbeat_topic`]). Off by default: they are the
+    /// processes' business, not the handlers'; a skipped heartbeat is
+    /// counted (`message.heartbeat_skipped`), never acked.
+    pub fn deliver_heartbeats(mut self, deliver: bool) -> Self {
+        self.deliver_heartbeats = deliver;
         self
     }
 
@@ -164,6 +174,7 @@ impl ConsumerBuilder {
             active,
             send_acks,
             deliver_acks,
+            deliver_heartbeats,
             queue,
         } = self;
         config.validate()?;
@@ -200,6 +211,13 @@ impl ConsumerBuilder {
         });
         let counters = Arc::new(ConsumerCounters::default());
         let (deliveries_tx, deliveries) = mpsc::channel(queue);
+        // Read at scrape time: only the application's side sees a delivery
+        // leave the queue. Weak, so the queue still closes with the thread.
+        let weak = deliveries_tx.downgrade();
+        counters.queue_deliveries.set(move || {
+            weak.upgrade()
+                .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
+        });
         let (readiness_tx, readiness) = watch::channel(Readiness::default());
         let settings = ConsumerSettings {
             ack_topic: scheme.ack_topic(),
@@ -226,11 +244,12 @@ impl ConsumerBuilder {
             acker: acker.clone(),
             deliveries: deliveries_tx,
             inline,
+            skip_topic: (!deliver_heartbeats).then(|| crate::health::heartbeat_topic(&config)),
             counters: counters.clone(),
             readiness: readiness_tx,
             redeliveries: None,
         };
-        let (link, bound, done) = match &config.amqp {
+        let (link, bound, done, health) = match &config.amqp {
             Some(amqp_config) => {
                 let identity = acker.as_ref().map(|a| a.signer.name().to_owned());
                 let queues = amqp_queues(
@@ -248,7 +267,7 @@ impl ConsumerBuilder {
                 let app = identity.unwrap_or_else(|| "gilmsg-consumer".to_owned());
                 let broker = amqp::connect::Broker::new(amqp_config, &app)?;
                 let running = amqp::consumer::start(broker, queues, parts)?;
-                (running.link, Vec::new(), running.done)
+                (running.link, Vec::new(), running.done, running.health)
             }
             None => {
                 let own: Vec<String> = config
@@ -282,7 +301,7 @@ impl ConsumerBuilder {
                     ack_connect,
                 };
                 let running = zeromq::consumer::start(sockets, parts)?;
-                (running.link, running.bound, running.done)
+                (running.link, running.bound, running.done, running.health)
             }
         };
         Ok(Consumer {
@@ -292,6 +311,7 @@ impl ConsumerBuilder {
                 link,
                 counters,
                 done: std::sync::Mutex::new(Some(done)),
+                health,
             }),
             bound,
             signer_name: acker.as_ref().map(|a| a.signer.name().to_owned()),
@@ -305,6 +325,7 @@ struct Shared {
     link: Arc<dyn ConsumerLink>,
     counters: Arc<ConsumerCounters>,
     done: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    health: crate::health::Health,
 }
 
 impl Drop for Shared {
@@ -340,6 +361,7 @@ impl Consumer {
             active: None,
             send_acks: true,
             deliver_acks: false,
+            deliver_heartbeats: false,
             queue: 1024,
         }
     }
@@ -387,6 +409,19 @@ impl Consumer {
     /// dropped message by reason.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// Whether the consumer's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.shared.health.clone()
+    }
+
+    /// The consumer's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "consumer",
+            source: self.shared.counters.clone(),
+        }
     }
 
     /// Runs `handler` on each new message; ACKs when it returns `Ok`.
@@ -525,6 +560,7 @@ impl Delivery {
             msg_id: self.msg_id().to_owned(),
             ticket,
             handled,
+            received: self.received,
         })
     }
 }

@@ -29,7 +29,10 @@
 //! - `zeromq`: the ZeroMQ transport, fedmsg's bus: one socket thread per
 //!   handle (`actor`), socket options and caps, libzmq's monitor
 //!   (readiness, re-connects after protocol errors, peers, subscriptions).
-//! - `stats`: typed counters and their [`Stats`] snapshot.
+//! - `stats`: typed counters and their [`Stats`] snapshot, and their
+//!   Prometheus form.
+//! - [`health`]: whether each transport loop turns, whether the process
+//!   is ready; [`monitoring`]: `/live`, `/ready` and `/metrics`.
 //!
 //! Examples: `examples/publish.rs` (an acknowledged publish) and
 //! `examples/ack_consumer.rs` (a consumer that acks only what it handled).
@@ -50,6 +53,8 @@ pub mod blocking;
 pub mod bus;
 pub mod consumer;
 pub mod error;
+pub mod health;
+pub mod monitoring;
 mod setup;
 mod stats;
 mod transport;

@@ -13,10 +13,25 @@
 //! [`Stats`] turns them into the dotted names, leaving out counters that
 //! are still zero and gauges never set, as the string-keyed map before
 //! them did, so the command-line stats lines read the same.
+//!
+//! The same fields are what `/metrics` shows ([`Export`]): each counter
+//! struct writes its fields into a `prometheus-client` encoder at scrape
+//! time, so nothing is counted twice. A few fields exist for `/metrics`
+//! only and stay out of [`Stats`]: the ACK latency histograms
+//! ([`Latency`]), timeouts by recipient and topic ([`Timeouts`]). Queue
+//! depths that only the reader of a queue can see are read when asked
+//! ([`Probe`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 
 /// A count that only grows.
 #[derive(Debug, Default)]
@@ -110,6 +125,205 @@ impl Family {
     }
 }
 
+/// Writes one field into a Prometheus encoder, under `name` (the dotted
+/// stats name with `_` for `.`; the registry adds `gilmsg_<component>_`).
+pub(crate) trait Export {
+    /// Encodes the field's descriptor and samples.
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result;
+}
+
+impl Export for Counter {
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let metric = ConstCounter::new(self.0.load(Ordering::Relaxed));
+        metric.encode(out.encode_descriptor(name, help, None, MetricType::Counter)?)
+    }
+}
+
+impl Export for Gauge {
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let value = self.0.load(Ordering::Relaxed);
+        let encoder = out.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        if value == NOT_SET {
+            return Ok(());
+        }
+        ConstGauge::new(value).encode(encoder)
+    }
+}
+
+impl Export for Family {
+    /// One counter with a `reason` label per kind counted.
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let mut encoder = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (slot, count) in self.kinds.iter().zip(&self.counts) {
+            let Some(kind) = slot.get() else { break };
+            let labels = [("reason", *kind)];
+            ConstCounter::new(count.load(Ordering::Relaxed))
+                .encode(encoder.encode_family(&labels)?)?;
+        }
+        let other = self.other.load(Ordering::Relaxed);
+        if other > 0 {
+            let labels = [("reason", "other")];
+            ConstCounter::new(other).encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The upper bounds, in seconds, of the ACK latency histograms' buckets:
+/// from a loopback round trip to the longest `ack_timeout` people use.
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations in [`LATENCY_BUCKETS`] (and one past the
+/// last), with their sum in microseconds. For `/metrics` only.
+#[derive(Debug, Default)]
+pub(crate) struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Latency {
+    /// Records one duration.
+    pub(crate) fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn record(&self, _name: &str, _into: &mut BTreeMap<String, u64>) {}
+}
+
+impl Export for Latency {
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let encoder = out.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        // The encoder takes each bucket's own count and sums them itself.
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&self.buckets)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let mut encoder = encoder;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// At most this many (recipient, topic) pairs are counted apart; the rest
+/// go under `other` (topics and names come from callers and configs, and a
+/// scrape must stay small).
+pub(crate) const MAX_TIMEOUT_PAIRS: usize = 1000;
+
+/// Recipients that did not ACK in time, by recipient and topic. For
+/// `/metrics` only; `publish.timed_out` counts the messages.
+#[derive(Debug, Default)]
+pub(crate) struct Timeouts {
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Timeouts {
+    /// One recipient did not ACK a message on `topic` in time.
+    pub(crate) fn bump(&self, recipient: &str, topic: &str) {
+        let Ok(mut counts) = self.counts.lock() else {
+            return;
+        };
+        let key = (recipient.to_owned(), topic.to_owned());
+        if counts.len() >= MAX_TIMEOUT_PAIRS && !counts.contains_key(&key) {
+            *counts.entry(("other".into(), "other".into())).or_default() += 1;
+        } else {
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+
+    fn record(&self, _name: &str, _into: &mut BTreeMap<String, u64>) {}
+}
+
+impl Export for Timeouts {
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let counts = match self.counts.lock() {
+            Ok(counts) => counts.clone(),
+            Err(_) => BTreeMap::new(),
+        };
+        let mut encoder = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for ((recipient, topic), value) in &counts {
+            let labels = [("recipient", recipient.as_str()), ("topic", topic.as_str())];
+            ConstCounter::new(*value).encode(encoder.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A gauge read when asked, from whoever can see it (how many deliveries
+/// wait in a queue the application drains). Unset until a reader is given.
+#[derive(Default)]
+pub(crate) struct Probe {
+    read: OnceLock<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+}
+
+impl fmt::Debug for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Probe")
+    }
+}
+
+impl Probe {
+    /// Where to read the value from (`None`: nothing to read any more).
+    pub(crate) fn set(&self, read: impl Fn() -> Option<u64> + Send + Sync + 'static) {
+        let _ = self.read.set(Box::new(read));
+    }
+
+    fn value(&self) -> Option<u64> {
+        self.read.get().and_then(|read| read())
+    }
+
+    fn record(&self, name: &str, into: &mut BTreeMap<String, u64>) {
+        if let Some(value) = self.value() {
+            into.insert(name.to_owned(), value);
+        }
+    }
+}
+
+impl Export for Probe {
+    fn export(&self, name: &str, help: &str, out: &mut DescriptorEncoder) -> fmt::Result {
+        let encoder = out.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        match self.value() {
+            Some(value) => ConstGauge::new(value).encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every field of one counter struct, for `/metrics`.
+pub(crate) trait ExportAll: Send + Sync + fmt::Debug {
+    /// Encodes every field, names without the component's prefix.
+    fn export_all(&self, out: &mut DescriptorEncoder) -> fmt::Result;
+}
+
+/// The metric name of the stats name `key` under `component`:
+/// `relay.forwarded` in the relay is `forwarded` (the registry puts
+/// `gilmsg_relay_` before it), `message.received` is `message_received`.
+fn metric_name(component: &str, key: &str) -> String {
+    let key = key
+        .strip_prefix(component)
+        .and_then(|k| k.strip_prefix('.'))
+        .unwrap_or(key);
+    key.replace('.', "_")
+}
+
 /// Writes one counter struct's values under their dotted names.
 pub(crate) trait Record {
     /// Inserts every counter that has a value.
@@ -127,7 +341,7 @@ pub(crate) trait Record {
 macro_rules! counters {
     (
         $(#[$doc:meta])*
-        $name:ident {
+        $name:ident in $component:literal {
             $($(#[$field_doc:meta])* $field:ident: $kind:ident = $key:literal,)*
         }
     ) => {
@@ -143,6 +357,19 @@ macro_rules! counters {
             fn record(&self, into: &mut BTreeMap<String, u64>) {
                 $(self.$field.record($key, into);)*
                 self.link.record(into);
+            }
+        }
+
+        impl ExportAll for $name {
+            fn export_all(&self, out: &mut DescriptorEncoder) -> fmt::Result {
+                $(
+                    self.$field.export(
+                        &metric_name($component, $key),
+                        concat!("gilmsg stats name: ", $key),
+                        out,
+                    )?;
+                )*
+                self.link.export_all(out)
             }
         }
     };
@@ -172,9 +399,21 @@ impl Record for LinkCounters {
     }
 }
 
+impl ExportAll for LinkCounters {
+    fn export_all(&self, out: &mut DescriptorEncoder) -> fmt::Result {
+        self.protocol_error.export(
+            "connection_protocol_error",
+            "gilmsg stats name: connection.protocol_error",
+            out,
+        )?;
+        self.subscriptions
+            .export("subscriptions", "gilmsg stats name: subscriptions", out)
+    }
+}
+
 counters! {
     /// What a publisher counts (`publish.*`, `ack.*`).
-    PublisherCounters {
+    PublisherCounters in "publisher" {
         sent: Counter = "publish.sent",
         sent_plain: Counter = "publish.sent_plain",
         resent: Counter = "publish.resent",
@@ -195,16 +434,24 @@ counters! {
         ack: Family = "ack",
         ack_invalid: Family = "ack.invalid",
         ack_rejected: Family = "ack.rejected",
+        /// Acknowledged publishes in flight (sent or waiting to be).
+        in_flight: Gauge = "publish.in_flight",
+        /// From a publish to its last ACK (its receipt's `elapsed`).
+        ack_latency: Latency = "ack_latency_seconds",
+        /// Each recipient that did not ACK in time, with the topic.
+        timeouts: Timeouts = "timeouts_by_recipient",
     }
 }
 
 counters! {
     /// What a consumer counts (`message.*`, `invalid.*`, `rejected.*`,
     /// `duplicate.*`, `dropped.*`, `handler.*`, `ack.*`, `dedupe.*`).
-    ConsumerCounters {
+    ConsumerCounters in "consumer" {
         received: Counter = "message.received",
         delivered: Counter = "message.delivered",
         ack_skipped: Counter = "message.ack_skipped",
+        /// Heartbeats not handed to the application.
+        heartbeat_skipped: Counter = "message.heartbeat_skipped",
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
         /// Delivered messages whose `msg` passed their topic's schema.
         schema_checked: Counter = "schema.checked",
@@ -232,12 +479,16 @@ counters! {
         dedupe_entries: Gauge = "dedupe.entries",
         dedupe_evicted: Gauge = "dedupe.evicted",
         dedupe_expired: Gauge = "dedupe.expired",
+        /// Deliveries waiting for the application.
+        queue_deliveries: Probe = "queue.deliveries",
+        /// From a message's arrival to its ACK being queued.
+        ack_latency: Latency = "ack_latency_seconds",
     }
 }
 
 counters! {
     /// What a relay counts (`relay.*`).
-    RelayCounters {
+    RelayCounters in "relay" {
         forwarded: Counter = "relay.forwarded",
         frames: Counter = "relay.frames",
         dropped: Family = "relay.dropped",

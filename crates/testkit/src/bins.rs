@@ -24,6 +24,10 @@ pub struct Bins {
     pub logger: &'static Path,
     /// `gilmsg-pki`.
     pub pki: &'static Path,
+    /// `gilmsg-status`.
+    pub status: &'static Path,
+    /// `gilmsg-tail`.
+    pub tail: &'static Path,
 }
 
 impl Bins {
@@ -37,6 +41,8 @@ impl Bins {
             "gilmsg-consumer" => self.consumer,
             "gilmsg-logger" => self.logger,
             "gilmsg-pki" => self.pki,
+            "gilmsg-status" => self.status,
+            "gilmsg-tail" => self.tail,
             other => panic!("{other}: not a gilmsg-cli tool the tests run"),
         }
     }
@@ -73,6 +79,8 @@ macro_rules! bins {
             consumer: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-consumer")),
             logger: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-logger")),
             pki: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-pki")),
+            status: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-status")),
+            tail: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-tail")),
         }
     };
 }

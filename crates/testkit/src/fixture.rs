@@ -103,6 +103,11 @@ impl Bus {
         bus
     }
 
+    /// The relay process (to pause it with SIGSTOP, say).
+    pub fn relay(&self) -> &Running {
+        &self.relay
+    }
+
     /// The executables this bus runs.
     pub fn bins(&self) -> Bins {
         self.bins

@@ -47,6 +47,7 @@ use super::connect::{backoff, field_table, Broker};
 use super::{Amqp, AmqpMessage};
 use crate::consumer::Readiness;
 use crate::error::{Error, Result};
+use crate::health::{Health, Pulse, PULSE_EVERY};
 use crate::transport::consumer::Disposition;
 use crate::transport::{
     ConsumerCommand, ConsumerDriver, ConsumerLink, ConsumerParts, Flow, Settle,
@@ -65,6 +66,8 @@ pub(crate) struct Queues {
 pub(crate) struct Running {
     pub(crate) link: Arc<dyn ConsumerLink>,
     pub(crate) done: oneshot::Receiver<()>,
+    /// Whether the task's loop turns.
+    pub(crate) health: Health,
 }
 
 struct Link(mpsc::UnboundedSender<ConsumerCommand>);
@@ -89,6 +92,7 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
     let driver = ConsumerDriver::<Amqp>::new(parts, link.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
+    let (pulse, health) = Health::new();
     let task = Task {
         broker,
         queues,
@@ -109,12 +113,15 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
                     return;
                 }
             };
-            runtime.block_on(task.run(inbox, started_tx));
+            runtime.block_on(task.run(inbox, started_tx, &pulse));
+            // The loop ended: ended before `done`, so that whoever waits
+            // for `done` sees it ended.
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os("cannot start the AMQP consumer thread", e))?;
     started_rx.recv().map_err(|_| Error::Closed)??;
-    Ok(Running { link, done })
+    Ok(Running { link, done, health })
 }
 
 /// The deliveries waiting for one copy's verdict or its ACK's confirm.
@@ -151,6 +158,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<ConsumerCommand>,
         started: std::sync::mpsc::Sender<Result<()>>,
+        pulse: &Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(l) => {
@@ -165,8 +173,13 @@ impl Task {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // The loop turns at least this often, idle or not, to beat.
+        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
+        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            pulse.beat();
             tokio::select! {
+                _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.command(command, &live).await == Flow::Stop {

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::connect::{backoff, Broker};
 use super::{Amqp, AmqpMessage};
 use crate::error::{Error, Result};
+use crate::health::{Health, Pulse, PULSE_EVERY};
 use crate::stats::PublisherCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
@@ -40,6 +41,8 @@ type Command = PublisherCommand<Arc<AmqpMessage>>;
 pub(crate) struct Running {
     pub(crate) link: Box<dyn PublisherLink>,
     pub(crate) done: oneshot::Receiver<()>,
+    /// Whether the task's loop turns.
+    pub(crate) health: Health,
 }
 
 /// What a handle's commands go through.
@@ -91,6 +94,7 @@ pub(crate) fn start(
     let (commands, inbox) = mpsc::unbounded_channel();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
+    let (pulse, health) = Health::new();
     let priority = broker.config.publish_priority;
     let task = Task {
         broker,
@@ -112,7 +116,10 @@ pub(crate) fn start(
                     return;
                 }
             };
-            runtime.block_on(task.run(inbox, started_tx));
+            runtime.block_on(task.run(inbox, started_tx, &pulse));
+            // The loop ended: ended before `done`, so that whoever waits
+            // for `done` sees it ended.
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os("cannot start the AMQP publisher thread", e))?;
@@ -124,6 +131,7 @@ pub(crate) fn start(
             priority,
         }),
         done,
+        health,
     })
 }
 
@@ -160,6 +168,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Command>,
         started: std::sync::mpsc::Sender<Result<()>>,
+        pulse: &Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(live) => {
@@ -174,13 +183,18 @@ impl Task {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // The loop turns at least this often, idle or not, to beat.
+        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
+        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            pulse.beat();
             self.pump(&mut live, &mut confirms).await;
             let wake = self
                 .driver
                 .next_wakeup()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
+                _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.driver.on_command(command, Instant::now()) == Flow::Stop {

@@ -66,6 +66,8 @@ pub(crate) struct ConsumerParts {
     pub(crate) acker: Option<Arc<Acker>>,
     pub(crate) deliveries: mpsc::Sender<Delivery>,
     pub(crate) inline: Option<InlineHandler>,
+    /// Accepted messages on this topic are not handed over (heartbeats).
+    pub(crate) skip_topic: Option<String>,
     pub(crate) counters: Arc<ConsumerCounters>,
     pub(crate) readiness: watch::Sender<Readiness>,
     /// How often a failed message is requeued, for a transport whose
@@ -219,6 +221,13 @@ impl<W: WireFormat> ConsumerDriver<W> {
             schema,
         } = accepted;
         let counters = &self.parts.counters;
+        if self.parts.skip_topic.as_deref() == Some(message.topic()) {
+            counters.heartbeat_skipped.bump();
+            // Not handled: never acked (a heartbeat asks for none), not
+            // remembered; consumed from a broker's queue.
+            self.settle_ticket(ticket, false);
+            return Disposition::Consumed;
+        }
         if legacy_unsigned_gilmsg_version {
             counters.legacy_unsigned_gilmsg_version.bump();
         }
@@ -238,6 +247,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
         );
         if let Some(handler) = &mut self.parts.inline {
             counters.delivered.bump();
+            let received = Instant::now();
             let verdict = handler(&message, signer.as_deref());
             if let Err(why) = &verdict {
                 tracing::warn!(
@@ -250,6 +260,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
                     msg_id: message.msg_id().to_owned(),
                     ticket,
                     handled: verdict.is_ok(),
+                    received,
                 },
                 broker_deliveries,
             );
@@ -294,8 +305,12 @@ impl<W: WireFormat> ConsumerDriver<W> {
             msg_id,
             ticket,
             handled,
+            received,
         } = settle;
         let key = ticket.key();
+        if handled && ticket.wants_ack() {
+            self.parts.counters.ack_latency.observe(received.elapsed());
+        }
         if handled {
             self.parts.counters.handler_ok.bump();
             tracing::debug!(msg_id, "handled");

@@ -15,6 +15,8 @@
 //! | sends the bytes the rules say to send | the `send` closures it passes to [`PublisherDriver::send_ready`], [`PublisherDriver::fire_timers`], [`ConsumerDriver::flush_acks`] |
 //! | reports its readiness signals | the `ready` closure of [`PublisherDriver::send_ready`], [`ConsumerDriver::report_readiness`] |
 //! | wakes up when the rules need it | [`PublisherDriver::next_wakeup`] |
+//! | shows that its loop turns | a [`Pulse`](crate::health) beaten every turn, at least every [`PULSE_EVERY`](crate::health::PULSE_EVERY) (dropped when the loop ends) |
+//! | shows its counters on `/metrics` | nothing: the drivers count, [`monitoring`](crate::monitoring) reads the counters |
 //! | takes commands from the handles | [`PublisherLink`], [`ConsumerLink`] |
 //!
 //! A transport never decides what is a duplicate, which ACK counts, when to
@@ -132,6 +134,8 @@ pub(crate) struct Settle {
     pub(crate) msg_id: String,
     pub(crate) ticket: Ticket,
     pub(crate) handled: bool,
+    /// When the message arrived (for the ACK latency histogram).
+    pub(crate) received: std::time::Instant,
 }
 
 /// What a consumer's transport loop is told by its handles.

@@ -59,7 +59,13 @@ impl<W: WireFormat> PublisherDriver<W> {
             PublisherCommand::Cancel(msg_id) => self.cancel(&msg_id),
             PublisherCommand::Shutdown => return Flow::Stop,
         }
+        self.publish_depth();
         Flow::Continue
+    }
+
+    /// `publish.in_flight`, after every change.
+    fn publish_depth(&self) {
+        self.counters.in_flight.set(self.state.len() as u64);
     }
 
     /// Takes a publish in; it waits for [`PublisherDriver::send_ready`].
@@ -187,6 +193,7 @@ impl<W: WireFormat> PublisherDriver<W> {
                 TimerEvent::Expired(done) => self.expired(done, &down),
             }
         }
+        self.publish_depth();
     }
 
     /// A deadline passed: a timeout naming who did not ACK, or, for a
@@ -209,6 +216,9 @@ impl<W: WireFormat> PublisherDriver<W> {
             return;
         };
         self.counters.timed_out.bump();
+        for recipient in collector.missing() {
+            self.counters.timeouts.bump(&recipient, &topic);
+        }
         let acked = collector.acked();
         tracing::info!(
             msg_id = %msg_id,
@@ -233,6 +243,11 @@ impl<W: WireFormat> PublisherDriver<W> {
 
     /// One message received on the ACK topic.
     pub(crate) fn on_ack(&mut self, wire: &W::Wire, now: Instant) {
+        self.judge_ack(wire, now);
+        self.publish_depth();
+    }
+
+    fn judge_ack(&mut self, wire: &W::Wire, now: Instant) {
         self.counters.ack_received.bump();
         let decoded = W::decode(wire, self.max_message_size);
         let validator = &self.validator;
@@ -290,6 +305,7 @@ impl<W: WireFormat> PublisherDriver<W> {
                     sends: done.sends,
                     elapsed: now.saturating_duration_since(done.payload.started),
                 };
+                self.counters.ack_latency.observe(receipt.elapsed);
                 let _ = done.payload.reply.send(Ok(receipt));
             }
             AckEffect::Judged(AckOutcome::Counted { .. }) => {

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use super::socket::poll_timeout;
 use crate::error::{Error, Result};
+use crate::health::{Health, Pulse, PULSE_EVERY};
 use crate::transport::Flow;
 
 /// A named place in an actor's poll set (an enum of its sockets).
@@ -98,11 +99,16 @@ pub(crate) trait Actor: Send + 'static {
 
 /// The loop every socket thread runs, until a command says stop or every
 /// handle is gone.
-fn run<A: Actor>(mut actor: A, mut inbox: Inbox<A::Command>, name: &str) {
+fn run<A: Actor>(mut actor: A, mut inbox: Inbox<A::Command>, name: &str, pulse: &Pulse) {
     let mut commands = Vec::new();
+    let pulse_ms = i64::try_from(PULSE_EVERY.as_millis()).unwrap_or(i64::MAX);
     loop {
+        pulse.beat();
         let now = Instant::now();
-        let timeout = poll_timeout(actor.next_deadline(now), now);
+        let timeout = match poll_timeout(actor.next_deadline(now), now) {
+            t if t < 0 || t > pulse_ms => pulse_ms,
+            t => t,
+        };
         let mut set = PollSet {
             items: vec![zmq::PollItem::from_fd(inbox.fd(), zmq::POLLIN)],
             slots: Vec::new(),
@@ -140,6 +146,8 @@ pub(crate) struct Started<C, B> {
     pub(crate) mailbox: Mailbox<C>,
     pub(crate) bound: B,
     pub(crate) done: oneshot::Receiver<()>,
+    /// Whether the thread is turning.
+    pub(crate) health: Health,
 }
 
 /// Spawns the thread `name` (`gilmsg-<what>`), builds the actor on it with
@@ -157,18 +165,23 @@ where
     let (done_tx, done) = oneshot::channel();
     let name = format!("gilmsg-{what}");
     let thread_name = name.clone();
+    let (pulse, health) = Health::new();
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
+            // Moved in: dropped when the thread ends, even by unwinding.
+            let pulse = pulse;
             match build(own) {
                 Ok((actor, bound)) => {
                     let _ = ready_tx.send(Ok(bound));
-                    run(actor, inbox, &thread_name);
+                    run(actor, inbox, &thread_name, &pulse);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
             }
+            // Ended before `done` says so: whoever waited for `done` sees it.
+            drop(pulse);
             let _ = done_tx.send(());
         })
         .map_err(|e| Error::os(format!("cannot start {what} thread"), e))?;
@@ -177,6 +190,7 @@ where
         mailbox,
         bound,
         done,
+        health,
     })
 }
 

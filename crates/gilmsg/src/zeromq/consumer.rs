@@ -39,6 +39,7 @@ pub(crate) struct Running {
     pub(crate) link: Arc<dyn ConsumerLink>,
     pub(crate) bound: Vec<String>,
     pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+    pub(crate) health: crate::health::Health,
 }
 
 /// Starts the thread; returns once its sockets are bound and connected.
@@ -51,6 +52,7 @@ pub(crate) fn start(sockets: Sockets, parts: ConsumerParts) -> Result<Running> {
         link: Arc::new(started.mailbox),
         bound: started.bound,
         done: started.done,
+        health: started.health,
     })
 }
 

@@ -49,6 +49,7 @@ pub(crate) struct Running {
     pub(crate) link: Box<dyn PublisherLink>,
     pub(crate) bound: Vec<String>,
     pub(crate) done: tokio::sync::oneshot::Receiver<()>,
+    pub(crate) health: crate::health::Health,
 }
 
 type Command = PublisherCommand<Vec<Vec<u8>>>;
@@ -66,6 +67,7 @@ pub(crate) fn start(
         link: Box::new(started.mailbox),
         bound: started.bound,
         done: started.done,
+        health: started.health,
     })
 }
 

@@ -50,6 +50,7 @@ pub struct Relay {
     outbound: Vec<String>,
     counters: Arc<RelayCounters>,
     done: Option<oneshot::Receiver<()>>,
+    health: crate::health::Health,
 }
 
 impl std::fmt::Debug for Relay {
@@ -94,6 +95,7 @@ impl Relay {
             outbound,
             counters,
             done: Some(started.done),
+            health: started.health,
         })
     }
 
@@ -113,6 +115,19 @@ impl Relay {
     /// (publishers connected), `subscriptions.*` and `connection.*`.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
+    }
+
+    /// Whether the relay's socket thread is turning.
+    pub fn health(&self) -> crate::health::Health {
+        self.health.clone()
+    }
+
+    /// The relay's counters for `/metrics`.
+    pub fn metrics(&self) -> crate::monitoring::ComponentMetrics {
+        crate::monitoring::ComponentMetrics {
+            component: "relay",
+            source: self.counters.clone(),
+        }
     }
 
     /// Stops forwarding and waits for the thread.
