@@ -25,8 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// fedora-messaging's keys that gilmsg accepts and does not use.
-pub const FEDORA_MESSAGING_ONLY: &[&str] =
-    &["callback", "consumer_config", "log_config"];
+pub const FEDORA_MESSAGING_ONLY: &[&str] = &["callback", "consumer_config", "log_config"];
 
 /// The exchange fedora-messaging publishes to by default.
 pub const DEFAULT_EXCHANGE: &str = "amq.topic";
