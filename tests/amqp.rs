@@ -1660,4 +1660,85 @@ mod ops {
             assert_eq!(queue.message_count(), 4);
         })
     }
+
+    #[test]
+    fn the_streaming_logger_on_amqp_serves_metrics_and_sends_heartbeats() {
+        within_async(LIMIT, || async {
+            let Some(bus) = AmqpBus::start(bins!(), "ops-logger", &["consumer-a", "billing"])
+            else {
+                return;
+            };
+            let _consumer = bus.consumer("consumer-a", &[]);
+            // Bound before the logger starts: every heartbeat reaches it.
+            let spy = RawPeer::connect(&bus.url).await;
+            let topic = format!(
+                "{}.{}.gilmsg.heartbeat",
+                gilmsg_testkit::TOPIC_PREFIX,
+                gilmsg_testkit::ENVIRONMENT
+            );
+            let mut heartbeats = spy.listen("heartbeats", &topic).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let notify_path = dir.path().join("notify");
+            let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+            let mut command = std::process::Command::new(bus.bins().logger);
+            command
+                .arg("--config")
+                .arg(&bus.config_path)
+                .args([
+                    "--certname",
+                    "billing",
+                    "--stream",
+                    "--recipients",
+                    "consumer-a",
+                    "--monitoring",
+                    "127.0.0.1:0",
+                    "--heartbeat-interval",
+                    "1s",
+                ])
+                .env("NOTIFY_SOCKET", &notify_path)
+                .stdin(Stdio::piped());
+            let mut logger = bus.spawn("gilmsg-logger", command);
+            let line = logger.expect_stderr("gilmsg-logger: monitoring on", READY_TIMEOUT);
+            let address = line
+                .rsplit("http://")
+                .next()
+                .expect("an address")
+                .trim()
+                .to_owned();
+            expect_notify(&notify, "READY=1", READY_TIMEOUT);
+            // Its heartbeat, signed as billing, on the heartbeat topic.
+            let delivery = amqp::next_delivery(&mut heartbeats, WAIT).await;
+            assert_eq!(delivery.routing_key.as_str(), topic);
+            let heartbeat = amqp::envelope_of(&delivery);
+            assert_eq!(heartbeat.msg()["name"], "billing");
+            assert_eq!(heartbeat.msg()["program"], "gilmsg-logger");
+            assert!(heartbeat.str_field("certificate").is_some());
+            let mut stdin = logger.proc_mut().take_stdin().expect("stdin");
+            writeln!(stdin, "one").expect("write");
+            writeln!(stdin, "two").expect("write");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let (_, text) = get(&address, "/metrics");
+                let all = samples(&text);
+                if all.get("gilmsg_publisher_publish_acked_total") == Some(&2.0) {
+                    assert_eq!(
+                        sample(&all, "gilmsg_publisher_ack_latency_seconds_count"),
+                        2
+                    );
+                    assert_eq!(sample(&all, "gilmsg_ready"), 1);
+                    assert_eq!(sample(&all, "gilmsg_live"), 1);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never acked: {text}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            drop(stdin);
+            expect_notify(&notify, "STOPPING=1", WAIT);
+            let status = logger
+                .proc_mut()
+                .wait_timeout(WAIT)
+                .expect("the logger exits at the end of its input");
+            assert!(status.success(), "{status:?}");
+        })
+    }
 }
