@@ -1457,6 +1457,11 @@ mod ops {
             );
             assert!(all["gilmsg_consumer_ack_latency_seconds_sum"] > 0.0);
             assert_eq!(sample(&all, "gilmsg_consumer_ack_confirmed_total"), 5);
+            assert_eq!(sample(&all, "gilmsg_consumer_connection_lost_total"), 0);
+            assert_eq!(
+                sample(&all, "gilmsg_consumer_connection_reconnected_total"),
+                0
+            );
             assert_eq!(sample(&all, "gilmsg_ready"), 1);
             assert_eq!(sample(&all, "gilmsg_live"), 1);
             // The same numbers as the stats line: one set of counters.
