@@ -220,7 +220,7 @@ impl Task {
                     self.ack_confirmed(&keys, generation, confirmed, &live).await;
                 }
                 () = sleep_until(retry_at), if live.is_none() => {
-                    match self.open().await {
+                    match super::connect::beating(self.open(), pulse).await {
                         Ok(l) => {
                             live = Some(l);
                             retry_at = None;

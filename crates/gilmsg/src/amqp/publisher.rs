@@ -237,7 +237,7 @@ impl Task {
                 }
                 () = sleep_until(wake) => {}
                 () = sleep_until(retry_at), if live.is_none() => {
-                    match self.open().await {
+                    match super::connect::beating(self.open(), pulse).await {
                         Ok(l) => {
                             live = Some(l);
                             retry_at = None;
