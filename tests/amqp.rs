@@ -1303,3 +1303,521 @@ fn schemas_pass_and_fail_on_both_sides_over_amqp() {
         ledger.stop();
     });
 }
+
+// ---------------------------------------------------------------------
+// Running as a service on AMQP (issue 14 item 5): the monitoring endpoint,
+// systemd readiness, heartbeats with gilmsg-status, gilmsg-tail. The same
+// code as on ZeroMQ (tests/ops.rs); here on the shared RabbitMQ node.
+
+mod ops {
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::unix::net::UnixDatagram;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use gilmsg_testkit::amqp::{self, AmqpBus, RawPeer};
+    use gilmsg_testkit::{bins, forge, within, within_async, READY_TIMEOUT};
+    use serde_json::json;
+
+    use super::{LIMIT, WAIT};
+
+    /// One HTTP/1.0 GET: the status and the body.
+    fn get(address: &str, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(address).expect("connect to the monitoring endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read the answer");
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// Prometheus text: every sample, keyed by `name{labels}` as written.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                Some((key.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn sample(all: &BTreeMap<String, f64>, key: &str) -> u64 {
+        let value = all
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in {all:#?}"));
+        *value as u64
+    }
+
+    /// Waits on a NOTIFY_SOCKET (as systemd binds one) for a datagram
+    /// with `line`.
+    fn expect_notify(socket: &UnixDatagram, line: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("read timeout");
+            let Ok(n) = socket.recv(&mut buffer) else {
+                break;
+            };
+            let datagram = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            if datagram.lines().any(|l| l == line) {
+                return;
+            }
+            seen.push(datagram);
+        }
+        panic!("no {line} within {limit:?}; got {seen:?}");
+    }
+
+    /// Ready means able to ACK: while the broker is gone the consumer is
+    /// live (its loop turns, reconnecting) but not ready, and ready again
+    /// once it has reconnected. Its own node: stopping the shared one
+    /// would disturb the other tests.
+    #[test]
+    fn ready_is_503_while_the_broker_is_gone_and_200_after_the_reconnect() {
+        within_async(LIMIT, || async {
+            if !amqp::available() {
+                return;
+            }
+            let own: &'static super::Rabbit = Box::leak(Box::new(
+                super::Rabbit::start(None, Duration::from_secs(90))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ));
+            let bus = AmqpBus::on(own, bins!(), "readiness", &["watched"], "");
+            let command = bus.bins().consumer_command(
+                &bus.config_path,
+                "watched",
+                &["--json", "--monitoring", "127.0.0.1:0"],
+            );
+            let consumer = bus.spawn("watched", command);
+            let line =
+                consumer.expect_stderr("gilmsg-consumer: monitoring on http://", READY_TIMEOUT);
+            let address = line
+                .rsplit("http://")
+                .next()
+                .expect("an address")
+                .trim()
+                .to_owned();
+            consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+            assert_eq!(get(&address, "/ready").0, 200);
+
+            own.stop_node();
+            super::until("/ready 503 without the broker", WAIT, || {
+                get(&address, "/ready").0 == 503
+            })
+            .await;
+            let (live, body) = get(&address, "/live");
+            assert_eq!(live, 200, "reconnecting is live: {body}");
+            let (_, body) = get(&address, "/ready");
+            assert!(body.contains("reconnecting"), "{body}");
+
+            own.start_again(Duration::from_secs(90))
+                .unwrap_or_else(|e| panic!("{e}"));
+            super::until(
+                "/ready 200 after the reconnect",
+                Duration::from_secs(60),
+                || get(&address, "/ready").0 == 200,
+            )
+            .await;
+            // Ready again means able to ACK again.
+            let publisher = bus.publisher();
+            publisher
+                .publish("after", json!({"back": true}), &["watched"], WAIT)
+                .await
+                .unwrap_or_else(|e| panic!("watched after the reconnect: {e}"));
+            publisher.close().await;
+            consumer.stop();
+            own.stop_node();
+        });
+    }
+
+    #[test]
+    fn an_amqp_consumer_serves_exact_metrics_and_tells_systemd() {
+        within_async(LIMIT, || async {
+            let Some(bus) = AmqpBus::start(bins!(), "ops-metrics", &["watched"]) else {
+                return;
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let notify_path = dir.path().join("notify");
+            let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+            let mut command = bus.bins().consumer_command(
+                &bus.config_path,
+                "watched",
+                &["--json", "--monitoring", "127.0.0.1:0"],
+            );
+            command.env("NOTIFY_SOCKET", &notify_path);
+            let consumer = bus.spawn("watched", command);
+            let line =
+                consumer.expect_stderr("gilmsg-consumer: monitoring on http://", READY_TIMEOUT);
+            let address = line
+                .rsplit("http://")
+                .next()
+                .expect("an address")
+                .trim()
+                .to_owned();
+            consumer.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+            expect_notify(&notify, "READY=1", READY_TIMEOUT);
+            let (status, body) = get(&address, "/ready");
+            assert_eq!(status, 200, "/ready after the ready line: {body}");
+            assert_eq!(get(&address, "/live").0, 200);
+
+            // Five acknowledged messages, then one forged.
+            let publisher = bus.publisher();
+            for n in 0..5 {
+                publisher
+                    .publish("counted", json!({"n": n}), &["watched"], WAIT)
+                    .await
+                    .expect("watched acks");
+            }
+            let spy = RawPeer::connect(&bus.url).await;
+            let topic = bus.topic("refused");
+            let signer = bus.identity(gilmsg_testkit::PUBLISHER);
+            let good = forge::message(&topic, json!({"x": 1}), true, Some(&signer));
+            let (body, properties) = amqp::amqp_form(&forge::tampered(&good, |b| {
+                b.insert("msg".into(), json!({"x": 2}));
+            }));
+            spy.publish(&topic, &body, properties).await;
+
+            let deadline = Instant::now() + WAIT;
+            let all = loop {
+                let (status, text) = get(&address, "/metrics");
+                assert_eq!(status, 200);
+                let all = samples(&text);
+                if all
+                    .get("gilmsg_consumer_rejected_total{reason=\"bad_signature\"}")
+                    .is_some_and(|v| *v >= 1.0)
+                {
+                    break all;
+                }
+                assert!(Instant::now() < deadline, "refusal never counted: {text}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(sample(&all, "gilmsg_consumer_message_delivered_total"), 5);
+            assert_eq!(sample(&all, "gilmsg_consumer_handler_ok_total"), 5);
+            assert_eq!(sample(&all, "gilmsg_consumer_handler_failed_total"), 0);
+            assert_eq!(
+                sample(
+                    &all,
+                    "gilmsg_consumer_rejected_total{reason=\"bad_signature\"}"
+                ),
+                1
+            );
+            assert_eq!(sample(&all, "gilmsg_consumer_ack_latency_seconds_count"), 5);
+            assert_eq!(
+                sample(
+                    &all,
+                    "gilmsg_consumer_ack_latency_seconds_bucket{le=\"+Inf\"}"
+                ),
+                5
+            );
+            assert!(all["gilmsg_consumer_ack_latency_seconds_sum"] > 0.0);
+            assert_eq!(sample(&all, "gilmsg_consumer_ack_confirmed_total"), 5);
+            assert_eq!(sample(&all, "gilmsg_consumer_connection_lost_total"), 0);
+            assert_eq!(
+                sample(&all, "gilmsg_consumer_connection_reconnected_total"),
+                0
+            );
+            assert_eq!(sample(&all, "gilmsg_ready"), 1);
+            assert_eq!(sample(&all, "gilmsg_live"), 1);
+            // The same numbers as the stats line: one set of counters.
+            let stats = consumer.stats("gilmsg-consumer: stats");
+            assert_eq!(stats.get("handler.ok"), 5);
+            assert_eq!(stats.get("ack.confirmed"), 5);
+        })
+    }
+
+    fn producer(bus: &AmqpBus, name: &str) -> gilmsg_testkit::Running {
+        let command = bus.bins().consumer_command(
+            &bus.config_path,
+            name,
+            &["--no-ack", "--heartbeat-interval", "1s"],
+        );
+        let running = bus.spawn(name, command);
+        running.expect_stderr("gilmsg-consumer: ready", READY_TIMEOUT);
+        running
+    }
+
+    /// Runs `gilmsg-status` (1s interval, listening `listen`) to its end:
+    /// exit status and stdout.
+    fn run_status(bus: &AmqpBus, names: &[&str], listen: &str) -> (i32, String) {
+        let mut command = std::process::Command::new(bus.bins().status);
+        command.arg("--config").arg(&bus.config_path).args([
+            "--interval",
+            "1s",
+            "--listen",
+            listen,
+        ]);
+        for name in names {
+            command.args(["--expect", name]);
+        }
+        command.stdin(Stdio::null());
+        let mut running = bus.spawn("gilmsg-status", command);
+        let status = running
+            .proc_mut()
+            .wait_timeout(Duration::from_secs(60))
+            .expect("gilmsg-status ends");
+        let mut stdout = Vec::new();
+        while let Some(line) = running.proc().next_stdout(Duration::from_secs(1)) {
+            stdout.push(line);
+        }
+        (status.code().expect("an exit code"), stdout.join("\n"))
+    }
+
+    #[test]
+    fn status_on_amqp_is_critical_and_names_the_producer_that_was_killed() {
+        within(LIMIT, || {
+            let names = ["p-a", "p-b", "p-c"];
+            let Some(bus) = AmqpBus::start(bins!(), "ops-status", &names) else {
+                return;
+            };
+            let a = producer(&bus, "p-a");
+            let _b = producer(&bus, "p-b");
+            let mut c = producer(&bus, "p-c");
+            let (code, text) = run_status(&bus, &names, "3s");
+            assert_eq!(code, 0, "{text}");
+            assert!(
+                text.starts_with("GILMSG STATUS OK - 0 silent, 0 late, 3 alive"),
+                "{text}"
+            );
+            c.proc_mut().kill();
+            let (code, text) = run_status(&bus, &names, "3s");
+            assert_eq!(code, 2, "{text}");
+            assert!(
+                text.starts_with("GILMSG STATUS CRITICAL - 1 silent (p-c), 0 late, 2 alive"),
+                "{text}"
+            );
+            assert!(text.contains("\np-c silent last_seen=never"), "{text}");
+            // The producers' own queues got each other's heartbeats and
+            // handed none to a handler.
+            let stats = a.stats("gilmsg-consumer: stats");
+            assert!(stats.get("message.heartbeat_skipped") > 0, "{stats}");
+            assert_eq!(stats.get("message.delivered"), 0, "{stats}");
+        })
+    }
+
+    #[test]
+    fn tail_on_amqp_shows_verdicts_and_takes_nothing_from_other_queues() {
+        within_async(LIMIT, || async {
+            let Some(bus) = AmqpBus::start(bins!(), "ops-tail", &[]) else {
+                return;
+            };
+            // A service's durable queue, named in the config the tail reads:
+            // the tail must leave its messages where they are.
+            let spy = RawPeer::connect(&bus.url).await;
+            let everything = format!("{}.#", gilmsg_testkit::TOPIC_PREFIX);
+            spy.durable_queue("svc.q", &everything).await;
+            let config = bus.config_file(
+                "tail.toml",
+                &format!(
+                    "[queues.\"svc.q\"]\ndurable = true\n\n[[bindings]]\nqueue = \"svc.q\"\nexchange = \"amq.topic\"\nrouting_keys = [{everything:?}]\n"
+                ),
+            );
+            let topic = |what: &str| bus.topic(&format!("tail.{what}"));
+            // A glob: its literal start is what the private queue binds.
+            let pattern = format!(
+                "{}.{}.*.tail.*",
+                gilmsg_testkit::TOPIC_PREFIX,
+                gilmsg_testkit::ENVIRONMENT
+            );
+            let mut command = std::process::Command::new(bus.bins().tail);
+            command
+                .arg("--config")
+                .arg(&config)
+                .args(["--topic", &pattern, "--count", "3", "--json"])
+                .stdin(Stdio::null());
+            let tail = bus.spawn("gilmsg-tail", command);
+            tail.expect_stderr("gilmsg-tail: ready", READY_TIMEOUT);
+
+            let publisher = bus.identity(gilmsg_testkit::PUBLISHER);
+            let send = |frames: Vec<Vec<u8>>, key: String| {
+                let spy = &spy;
+                async move {
+                    let (body, properties) = amqp::amqp_form(&frames);
+                    spy.publish(&key, &body, properties).await;
+                }
+            };
+            let hidden = topic("hidden").replace(".tail.", ".nottail.");
+            send(
+                forge::frames(&forge::message(
+                    &hidden,
+                    json!({"hidden": true}),
+                    false,
+                    Some(&publisher),
+                )),
+                hidden.clone(),
+            )
+            .await;
+            send(
+                forge::frames(&forge::message(
+                    &topic("valid"),
+                    json!({"n": 1}),
+                    true,
+                    Some(&publisher),
+                )),
+                topic("valid"),
+            )
+            .await;
+            let signed = forge::message(
+                &topic("forged"),
+                json!({"amount": 1}),
+                true,
+                Some(&publisher),
+            );
+            send(
+                forge::tampered(&signed, |b| {
+                    b.insert("msg".into(), json!({"amount": 1000}));
+                }),
+                topic("forged"),
+            )
+            .await;
+            send(
+                forge::frames(&forge::message(
+                    &topic("unsigned"),
+                    json!({"n": 3}),
+                    false,
+                    None,
+                )),
+                topic("unsigned"),
+            )
+            .await;
+
+            let mut lines = Vec::new();
+            for _ in 0..3 {
+                lines.push(tail.proc().next_stdout(WAIT).expect("a line"));
+            }
+            let shown: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(l).expect("--json line"))
+                .collect();
+            let by_topic = |what: &str| {
+                shown
+                    .iter()
+                    .find(|m| m["topic"] == topic(what))
+                    .unwrap_or_else(|| panic!("{what} not shown: {lines:?}"))
+            };
+            assert_eq!(by_topic("valid")["verdict"], "valid");
+            assert_eq!(by_topic("valid")["signer"], gilmsg_testkit::PUBLISHER);
+            assert_eq!(by_topic("forged")["verdict"], "invalid");
+            assert_eq!(by_topic("forged")["reason"], "bad_signature");
+            assert_eq!(by_topic("forged")["signer"], serde_json::Value::Null);
+            assert_eq!(by_topic("unsigned")["verdict"], "unsigned");
+            assert!(!lines.iter().any(|l| l.contains("hidden")), "{lines:?}");
+            // Every message is still in the service's queue, and nobody
+            // sent an ACK (none was routed anywhere: the queue holds only
+            // the four messages).
+            let queue = spy
+                .channel
+                .queue_declare(
+                    "svc.q".into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .expect("svc.q exists");
+            assert_eq!(queue.message_count(), 4);
+        })
+    }
+
+    #[test]
+    fn the_streaming_logger_on_amqp_serves_metrics_and_sends_heartbeats() {
+        within_async(LIMIT, || async {
+            let Some(bus) = AmqpBus::start(bins!(), "ops-logger", &["consumer-a", "billing"])
+            else {
+                return;
+            };
+            let _consumer = bus.consumer("consumer-a", &[]);
+            // Bound before the logger starts: every heartbeat reaches it.
+            let spy = RawPeer::connect(&bus.url).await;
+            let topic = format!(
+                "{}.{}.gilmsg.heartbeat",
+                gilmsg_testkit::TOPIC_PREFIX,
+                gilmsg_testkit::ENVIRONMENT
+            );
+            let mut heartbeats = spy.listen("heartbeats", &topic).await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let notify_path = dir.path().join("notify");
+            let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+            let mut command = std::process::Command::new(bus.bins().logger);
+            command
+                .arg("--config")
+                .arg(&bus.config_path)
+                .args([
+                    "--certname",
+                    "billing",
+                    "--stream",
+                    "--recipients",
+                    "consumer-a",
+                    "--monitoring",
+                    "127.0.0.1:0",
+                    "--heartbeat-interval",
+                    "1s",
+                ])
+                .env("NOTIFY_SOCKET", &notify_path)
+                .stdin(Stdio::piped());
+            let mut logger = bus.spawn("gilmsg-logger", command);
+            let line = logger.expect_stderr("gilmsg-logger: monitoring on", READY_TIMEOUT);
+            let address = line
+                .rsplit("http://")
+                .next()
+                .expect("an address")
+                .trim()
+                .to_owned();
+            expect_notify(&notify, "READY=1", READY_TIMEOUT);
+            // Its heartbeat, signed as billing, on the heartbeat topic.
+            let delivery = amqp::next_delivery(&mut heartbeats, WAIT).await;
+            assert_eq!(delivery.routing_key.as_str(), topic);
+            let heartbeat = amqp::envelope_of(&delivery);
+            assert_eq!(heartbeat.msg()["name"], "billing");
+            assert_eq!(heartbeat.msg()["program"], "gilmsg-logger");
+            assert!(heartbeat.str_field("certificate").is_some());
+            let mut stdin = logger.proc_mut().take_stdin().expect("stdin");
+            writeln!(stdin, "one").expect("write");
+            writeln!(stdin, "two").expect("write");
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let (_, text) = get(&address, "/metrics");
+                let all = samples(&text);
+                if all.get("gilmsg_publisher_publish_acked_total") == Some(&2.0) {
+                    assert_eq!(
+                        sample(&all, "gilmsg_publisher_ack_latency_seconds_count"),
+                        2
+                    );
+                    assert_eq!(sample(&all, "gilmsg_ready"), 1);
+                    assert_eq!(sample(&all, "gilmsg_live"), 1);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "never acked: {text}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            drop(stdin);
+            expect_notify(&notify, "STOPPING=1", WAIT);
+            let status = logger
+                .proc_mut()
+                .wait_timeout(WAIT)
+                .expect("the logger exits at the end of its input");
+            assert!(status.success(), "{status:?}");
+        })
+    }
+}

@@ -93,8 +93,8 @@ impl Service {
 
     /// Starts publishing signed heartbeats every `heartbeat_interval` (if
     /// set) as `certname` (default: the config's certname rules), through
-    /// `relay_inbound`; the heartbeat's publisher is watched like any
-    /// component.
+    /// `relay_inbound` on ZeroMQ, through the broker on AMQP; the
+    /// heartbeat's publisher is watched like any component.
     pub fn start_heartbeat(
         &mut self,
         config: &Config,
@@ -103,7 +103,9 @@ impl Service {
         let Some(interval) = config.heartbeat_interval else {
             return Ok(());
         };
-        if config.relay_inbound.is_empty() {
+        // ZeroMQ: published through the relay. AMQP: through the broker,
+        // to `config.topic_scheme()`'s heartbeat topic.
+        if config.amqp.is_none() && config.relay_inbound.is_empty() {
             return Err(Failure::usage(
                 "error: heartbeat_interval needs relay_inbound: heartbeats are published through the relay",
             ));

@@ -301,6 +301,9 @@ fn listen_for(
         let mut consumer = gilmsg::Consumer::builder(config)
             .topics([topic.to_owned()])
             .send_acks(false)
+            // On AMQP: a queue of its own, so no heartbeat is taken from
+            // another watcher's queue.
+            .private_queue(true)
             .deliver_heartbeats(true)
             .build_inline(move |message, signer| {
                 // The subscription is a prefix: only the very topic counts,

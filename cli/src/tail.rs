@@ -339,6 +339,9 @@ pub fn run(args: Args) -> Result<(), Failure> {
         config.validate_signatures = false;
         let mut builder = gilmsg::Consumer::builder(&config)
             .send_acks(false)
+            // On AMQP: a queue of its own (exclusive, auto-delete, bound
+            // to the filters alone), never another consumer's.
+            .private_queue(true)
             .deliver_acks(args.include_acks)
             .deliver_heartbeats(args.include_heartbeats);
         if !filters.is_empty() {

@@ -5,10 +5,10 @@
 //! A file with `amqp_url` selects the AMQP transport. Its other
 //! fedora-messaging keys (`publish_exchange`, `topic_prefix`, `[tls]`,
 //! `[client_properties]`, `[exchanges]`, `[queues]`, `[[bindings]]`,
-//! `[qos]`, `publish_priority`, `passive_declares`) keep their
-//! fedora-messaging meaning and defaults (`fedora_messaging/config.py`);
+//! `[qos]`, `publish_priority`, `passive_declares`, `[monitoring]`) keep
+//! their fedora-messaging meaning and defaults (`fedora_messaging/config.py`);
 //! the keys fedora-messaging reads and gilmsg has no use for (`callback`,
-//! `consumer_config`, `log_config`, `monitoring`) are accepted and ignored.
+//! `consumer_config`, `log_config`) are accepted and ignored.
 //! gilmsg's own keys (`ssldir`, `certnames`, `routing_policy`,
 //! `ack_timeout`, ...) sit beside them, plus two for AMQP alone:
 //! `max_redeliveries` and `reconnect_max`.
@@ -25,8 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// fedora-messaging's keys that gilmsg accepts and does not use.
-pub const FEDORA_MESSAGING_ONLY: &[&str] =
-    &["callback", "consumer_config", "log_config", "monitoring"];
+pub const FEDORA_MESSAGING_ONLY: &[&str] = &["callback", "consumer_config", "log_config"];
 
 /// The exchange fedora-messaging publishes to by default.
 pub const DEFAULT_EXCHANGE: &str = "amq.topic";

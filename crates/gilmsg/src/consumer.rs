@@ -93,6 +93,7 @@ pub struct ConsumerBuilder {
     send_acks: bool,
     deliver_acks: bool,
     deliver_heartbeats: bool,
+    private_queue: bool,
     queue: usize,
 }
 
@@ -111,6 +112,18 @@ impl ConsumerBuilder {
     /// counted (`message.heartbeat_skipped`), never acked.
     pub fn deliver_heartbeats(mut self, deliver: bool) -> Self {
         self.deliver_heartbeats = deliver;
+        self
+    }
+
+    /// On AMQP, read through a queue of this consumer's own: server-named,
+    /// exclusive and auto-delete, bound to [`ConsumerBuilder::topics`]
+    /// alone, whatever the config's `[queues]` and `[[bindings]]` say. For
+    /// watchers (`gilmsg-tail`, `gilmsg-status`): they see a copy of the
+    /// traffic and never take a message off another consumer's queue.
+    /// Off by default; no effect on ZeroMQ, where every subscriber gets
+    /// its own copy anyway.
+    pub fn private_queue(mut self, private: bool) -> Self {
+        self.private_queue = private;
         self
     }
 
@@ -175,6 +188,7 @@ impl ConsumerBuilder {
             send_acks,
             deliver_acks,
             deliver_heartbeats,
+            private_queue,
             queue,
         } = self;
         config.validate()?;
@@ -252,13 +266,17 @@ impl ConsumerBuilder {
         let (link, bound, done, health) = match &config.amqp {
             Some(amqp_config) => {
                 let identity = acker.as_ref().map(|a| a.signer.name().to_owned());
-                let queues = amqp_queues(
-                    amqp_config,
-                    identity.as_deref(),
-                    &topics,
-                    explicit_topics,
-                    scheme.ack_topic(),
-                );
+                let queues = if private_queue {
+                    private_amqp_queue(amqp_config, &topics, scheme.ack_topic())
+                } else {
+                    amqp_queues(
+                        amqp_config,
+                        identity.as_deref(),
+                        &topics,
+                        explicit_topics,
+                        scheme.ack_topic(),
+                    )
+                };
                 let mut parts = parts;
                 parts.redeliveries = Some(Redeliveries::new(
                     amqp_config.max_redeliveries,
@@ -362,6 +380,7 @@ impl Consumer {
             send_acks: true,
             deliver_acks: false,
             deliver_heartbeats: false,
+            private_queue: false,
             queue: 1024,
         }
     }
@@ -568,6 +587,29 @@ impl Delivery {
 impl Drop for Delivery {
     fn drop(&mut self) {
         let _ = self.settle(false);
+    }
+}
+
+/// A watcher's queue (see [`ConsumerBuilder::private_queue`]): one
+/// server-named, exclusive, auto-delete queue bound to `topics` alone.
+fn private_amqp_queue(
+    amqp_config: &AmqpConfig,
+    topics: &[String],
+    ack_topic: String,
+) -> amqp::consumer::Queues {
+    let mut declaration = QueueConfig::default();
+    declaration.durable = false;
+    declaration.exclusive = true;
+    declaration.auto_delete = true;
+    let keys: Vec<String> = topics.iter().flat_map(|t| amqp::binding_keys(t)).collect();
+    amqp::consumer::Queues {
+        queues: vec![(String::new(), declaration)],
+        bindings: vec![BindingConfig::new(
+            String::new(),
+            amqp_config.publish_exchange.clone(),
+            keys,
+        )],
+        ack_topic,
     }
 }
 

@@ -43,6 +43,10 @@ struct Beat {
     last_ms: AtomicU64,
     /// The loop's thread or task has not ended.
     running: AtomicBool,
+    /// The loop holds its connection (a broker transport between a lost
+    /// connection and the reconnect says false; ZeroMQ, whose library
+    /// reconnects by itself, always true). Not ready while false.
+    connected: AtomicBool,
 }
 
 /// The view of one component's transport loop: cloneable, cheap to read.
@@ -80,6 +84,7 @@ impl Health {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             running: AtomicBool::new(true),
+            connected: AtomicBool::new(true),
         });
         (Pulse { beat: beat.clone() }, Health { beat })
     }
@@ -99,6 +104,11 @@ impl Health {
     /// The loop's state now.
     pub fn state(&self) -> LoopState {
         self.state_at(Instant::now())
+    }
+
+    /// Whether the loop holds its connection (see [`ProcessHealth::is_ready`]).
+    pub fn is_connected(&self) -> bool {
+        self.beat.connected.load(Ordering::Acquire)
     }
 
     /// How long ago the loop last turned.
@@ -123,6 +133,13 @@ impl Pulse {
         self.beat
             .last_ms
             .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether the loop holds its connection now: a process is not ready
+    /// (`/ready` 503) while one of its loops has lost it, though it is
+    /// live (`/live` 200: it turns, reconnecting).
+    pub(crate) fn connected(&self, connected: bool) {
+        self.beat.connected.store(connected, Ordering::Release);
     }
 }
 
@@ -155,6 +172,8 @@ pub struct ComponentReport {
     pub name: String,
     /// Its loop's state.
     pub state: LoopState,
+    /// Whether its loop holds its connection.
+    pub connected: bool,
 }
 
 impl ProcessHealth {
@@ -189,6 +208,7 @@ impl ProcessHealth {
                 .map(|(name, health)| ComponentReport {
                     name: name.clone(),
                     state: health.state_at(now),
+                    connected: health.is_connected(),
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -202,11 +222,15 @@ impl ProcessHealth {
             .all(|c| c.state == LoopState::Running)
     }
 
-    /// Live, said it was ready, and not stopping.
+    /// Live, said it was ready, not stopping, and every loop holds its
+    /// connection (ready means able to ACK: not while reconnecting).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
             && !self.inner.stopping.load(Ordering::Acquire)
-            && self.is_live()
+            && self
+                .components_at(Instant::now())
+                .iter()
+                .all(|c| c.state == LoopState::Running && c.connected)
     }
 
     /// Whether the process said it was ready (whatever its loops do now).
@@ -244,6 +268,21 @@ mod tests {
         assert_eq!(health.state_at(now), LoopState::Ended);
         assert!(!process.is_live());
         assert!(!process.is_ready());
+    }
+
+    #[test]
+    fn a_loop_without_its_connection_is_live_but_not_ready_until_it_reconnects() {
+        let (pulse, health) = Health::new();
+        let process = ProcessHealth::new();
+        process.watch("consumer", health);
+        pulse.beat();
+        process.mark_ready();
+        assert!(process.is_ready());
+        pulse.connected(false);
+        assert!(process.is_live());
+        assert!(!process.is_ready());
+        pulse.connected(true);
+        assert!(process.is_ready());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::health::ProcessHealth;
+use crate::health::{LoopState, ProcessHealth};
 use crate::stats::ExportAll;
 
 /// One component's counters, for [`Metrics::add`]: from
@@ -236,7 +236,15 @@ fn answer(
         let components: serde_json::Map<String, serde_json::Value> = health
             .components_at(Instant::now())
             .into_iter()
-            .map(|c| (c.name, json!(c.state.as_str())))
+            .map(|c| {
+                // A turning loop without its connection is reconnecting.
+                let shown = if c.state == LoopState::Running && !c.connected {
+                    "reconnecting"
+                } else {
+                    c.state.as_str()
+                };
+                (c.name, json!(shown))
+            })
             .collect();
         let body = json!({
             "status": if ok { "ok" } else { "unavailable" },

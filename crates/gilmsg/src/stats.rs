@@ -406,6 +406,13 @@ impl ExportAll for LinkCounters {
             "gilmsg stats name: connection.protocol_error",
             out,
         )?;
+        self.lost
+            .export("connection_lost", "gilmsg stats name: connection.lost", out)?;
+        self.reconnected.export(
+            "connection_reconnected",
+            "gilmsg stats name: connection.reconnected",
+            out,
+        )?;
         self.subscriptions
             .export("subscriptions", "gilmsg stats name: subscriptions", out)
     }

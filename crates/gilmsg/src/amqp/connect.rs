@@ -158,6 +158,25 @@ impl Broker {
     }
 }
 
+/// Awaits `work` (a reconnection) while beating `pulse`: a loop waiting
+/// on the network for a broker is not stuck, and `/live` and the systemd
+/// watchdog must not say it is (a connect to an unreachable host can take
+/// the TCP timeout, minutes).
+pub(crate) async fn beating<F: std::future::Future>(
+    work: F,
+    pulse: &crate::health::Pulse,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut every = tokio::time::interval(crate::health::PULSE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = every.tick() => pulse.beat(),
+        }
+    }
+}
+
 /// The wait before reconnection attempt `attempt` (0-based): 100 ms
 /// doubling, at most `max`.
 pub(crate) fn backoff(attempt: u32, max: Duration) -> Duration {

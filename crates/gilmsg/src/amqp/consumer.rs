@@ -47,6 +47,7 @@ use super::connect::{backoff, field_table, Broker};
 use super::{Amqp, AmqpMessage};
 use crate::consumer::Readiness;
 use crate::error::{Error, Result};
+use crate::health::{Health, Pulse, PULSE_EVERY};
 use crate::transport::consumer::Disposition;
 use crate::transport::{
     ConsumerCommand, ConsumerDriver, ConsumerLink, ConsumerParts, Flow, Settle,
@@ -65,8 +66,8 @@ pub(crate) struct Queues {
 pub(crate) struct Running {
     pub(crate) link: Arc<dyn ConsumerLink>,
     pub(crate) done: oneshot::Receiver<()>,
-    /// The task's loop, for `/live` and `/ready`.
-    pub(crate) health: crate::health::Health,
+    /// Whether the task's loop turns.
+    pub(crate) health: Health,
 }
 
 struct Link(mpsc::UnboundedSender<ConsumerCommand>);
@@ -91,7 +92,7 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
     let driver = ConsumerDriver::<Amqp>::new(parts, link.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
-    let (pulse, health) = crate::health::Health::new();
+    let (pulse, health) = Health::new();
     let task = Task {
         broker,
         queues,
@@ -113,6 +114,8 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
                 }
             };
             runtime.block_on(task.run(inbox, started_tx, &pulse));
+            // The loop ended: ended before `done`, so that whoever waits
+            // for `done` sees it ended.
             drop(pulse);
             let _ = done_tx.send(());
         })
@@ -155,7 +158,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<ConsumerCommand>,
         started: std::sync::mpsc::Sender<Result<()>>,
-        pulse: &crate::health::Pulse,
+        pulse: &Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(l) => {
@@ -170,10 +173,14 @@ impl Task {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // The loop turns at least this often, idle or not, to beat.
+        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
+        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             pulse.beat();
+            pulse.connected(live.is_some());
             tokio::select! {
-                () = tokio::time::sleep(crate::health::PULSE_EVERY) => {}
+                _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.command(command, &live).await == Flow::Stop {
@@ -214,7 +221,7 @@ impl Task {
                     self.ack_confirmed(&keys, generation, confirmed, &live).await;
                 }
                 () = sleep_until(retry_at), if live.is_none() => {
-                    match self.open().await {
+                    match super::connect::beating(self.open(), pulse).await {
                         Ok(l) => {
                             live = Some(l);
                             retry_at = None;

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::connect::{backoff, Broker};
 use super::{Amqp, AmqpMessage};
 use crate::error::{Error, Result};
+use crate::health::{Health, Pulse, PULSE_EVERY};
 use crate::stats::PublisherCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
@@ -40,8 +41,8 @@ type Command = PublisherCommand<Arc<AmqpMessage>>;
 pub(crate) struct Running {
     pub(crate) link: Box<dyn PublisherLink>,
     pub(crate) done: oneshot::Receiver<()>,
-    /// The task's loop, for `/live` and `/ready`.
-    pub(crate) health: crate::health::Health,
+    /// Whether the task's loop turns.
+    pub(crate) health: Health,
 }
 
 /// What a handle's commands go through.
@@ -93,7 +94,7 @@ pub(crate) fn start(
     let (commands, inbox) = mpsc::unbounded_channel();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
-    let (pulse, health) = crate::health::Health::new();
+    let (pulse, health) = Health::new();
     let priority = broker.config.publish_priority;
     let task = Task {
         broker,
@@ -116,6 +117,8 @@ pub(crate) fn start(
                 }
             };
             runtime.block_on(task.run(inbox, started_tx, &pulse));
+            // The loop ended: ended before `done`, so that whoever waits
+            // for `done` sees it ended.
             drop(pulse);
             let _ = done_tx.send(());
         })
@@ -165,7 +168,7 @@ impl Task {
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Command>,
         started: std::sync::mpsc::Sender<Result<()>>,
-        pulse: &crate::health::Pulse,
+        pulse: &Pulse,
     ) {
         let mut live = match self.open().await {
             Ok(live) => {
@@ -180,15 +183,19 @@ impl Task {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
         let mut attempt = 0u32;
         let mut retry_at: Option<tokio::time::Instant> = None;
+        // The loop turns at least this often, idle or not, to beat.
+        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
+        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             pulse.beat();
+            pulse.connected(live.is_some());
             self.pump(&mut live, &mut confirms).await;
             let wake = self
                 .driver
                 .next_wakeup()
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
-                () = tokio::time::sleep(crate::health::PULSE_EVERY) => {}
+                _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
                     if self.driver.on_command(command, Instant::now()) == Flow::Stop {
@@ -231,7 +238,7 @@ impl Task {
                 }
                 () = sleep_until(wake) => {}
                 () = sleep_until(retry_at), if live.is_none() => {
-                    match self.open().await {
+                    match super::connect::beating(self.open(), pulse).await {
                         Ok(l) => {
                             live = Some(l);
                             retry_at = None;

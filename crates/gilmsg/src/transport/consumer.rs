@@ -224,9 +224,8 @@ impl<W: WireFormat> ConsumerDriver<W> {
         if self.parts.skip_topic.as_deref() == Some(message.topic()) {
             counters.heartbeat_skipped.bump();
             // Not handled: never acked (a heartbeat asks for none), not
-            // remembered.
+            // remembered; consumed from a broker's queue.
             self.settle_ticket(ticket, false);
-            // On a broker: consumed (a heartbeat is not requeued either).
             return Disposition::Consumed;
         }
         if legacy_unsigned_gilmsg_version {
