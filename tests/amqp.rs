@@ -1445,7 +1445,7 @@ mod ops {
                 .await
                 .unwrap_or_else(|e| panic!("watched after the reconnect: {e}"));
             publisher.close().await;
-            consumer.stop();
+            drop(consumer);
             own.stop_node();
         });
     }
