@@ -51,6 +51,7 @@ pub mod fixture;
 pub mod forge;
 pub mod guard;
 pub mod memory;
+pub mod monitoring;
 pub mod python;
 pub mod rabbit;
 pub mod raw;

@@ -1,8 +1,8 @@
 //! Opening a connection to the broker and declaring what the configuration
 //! lists: the URL (password never logged), TLS through rustls on ring with
 //! the `[tls]` CA bundle and client certificate, fedora-messaging's
-//! `[client_properties]`, the `[exchanges]`, and the back-off between
-//! reconnection attempts.
+//! `[client_properties]`, the `[exchanges]`, the back-off between
+//! reconnection attempts, and the thread each connection's task runs on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -242,4 +242,43 @@ mod tests {
             Some(AMQPValue::LongLongInt(10))
         ));
     }
+}
+
+/// Runs a connection's task on a thread of its own (named `name`, with a
+/// current-thread runtime: the task owns its connection, the handles talk
+/// to it through channels) and returns once the task reported its start
+/// on the sender it is given: then its loop's [`Health`](crate::health::Health)
+/// and a receiver that fires after the loop ended. The task owns its
+/// [`Pulse`](crate::health::Pulse), so the loop reads as ended (the pulse
+/// dropped with the task's future) before `done` fires.
+pub(crate) fn spawn_task<T, F>(
+    name: &str,
+    task: F,
+) -> Result<(tokio::sync::oneshot::Receiver<()>, crate::health::Health)>
+where
+    F: FnOnce(std::sync::mpsc::Sender<Result<()>>, crate::health::Pulse) -> T + Send + 'static,
+    T: std::future::Future<Output = ()>,
+{
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let (pulse, health) = crate::health::Health::new();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = started_tx.send(Err(Error::os("cannot start the AMQP runtime", e)));
+                    return;
+                }
+            };
+            runtime.block_on(task(started_tx, pulse));
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| Error::os(format!("cannot start the thread {name}"), e))?;
+    started_rx.recv().map_err(|_| Error::Closed)??;
+    Ok((done, health))
 }

@@ -90,9 +90,6 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
     let (commands, inbox) = mpsc::unbounded_channel();
     let link: Arc<dyn ConsumerLink> = Arc::new(Link(commands));
     let driver = ConsumerDriver::<Amqp>::new(parts, link.clone());
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (done_tx, done) = oneshot::channel();
-    let (pulse, health) = Health::new();
     let task = Task {
         broker,
         queues,
@@ -100,27 +97,10 @@ pub(crate) fn start(broker: Broker, queues: Queues, parts: ConsumerParts) -> Res
         held: HashMap::new(),
         generation: 0,
     };
-    std::thread::Builder::new()
-        .name("gilmsg-amqp-consumer".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = started_tx.send(Err(Error::os("cannot start the AMQP runtime", e)));
-                    return;
-                }
-            };
-            runtime.block_on(task.run(inbox, started_tx, &pulse));
-            // The loop ended: ended before `done`, so that whoever waits
-            // for `done` sees it ended.
-            drop(pulse);
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| Error::os("cannot start the AMQP consumer thread", e))?;
-    started_rx.recv().map_err(|_| Error::Closed)??;
+    let (done, health) =
+        super::connect::spawn_task("gilmsg-amqp-consumer", move |started, pulse| async move {
+            task.run(inbox, started, &pulse).await
+        })?;
     Ok(Running { link, done, health })
 }
 

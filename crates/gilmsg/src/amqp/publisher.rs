@@ -92,9 +92,6 @@ pub(crate) fn start(
 ) -> Result<Running> {
     let reply_key = format!("{ack_topic}.{}", uuid::Uuid::new_v4().simple());
     let (commands, inbox) = mpsc::unbounded_channel();
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let (done_tx, done) = oneshot::channel();
-    let (pulse, health) = Health::new();
     let priority = broker.config.publish_priority;
     let task = Task {
         broker,
@@ -103,27 +100,10 @@ pub(crate) fn start(
         reply_key: reply_key.clone(),
         generation: 0,
     };
-    std::thread::Builder::new()
-        .name("gilmsg-amqp-publisher".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = started_tx.send(Err(Error::os("cannot start the AMQP runtime", e)));
-                    return;
-                }
-            };
-            runtime.block_on(task.run(inbox, started_tx, &pulse));
-            // The loop ended: ended before `done`, so that whoever waits
-            // for `done` sees it ended.
-            drop(pulse);
-            let _ = done_tx.send(());
-        })
-        .map_err(|e| Error::os("cannot start the AMQP publisher thread", e))?;
-    started_rx.recv().map_err(|_| Error::Closed)??;
+    let (done, health) =
+        super::connect::spawn_task("gilmsg-amqp-publisher", move |started, pulse| async move {
+            task.run(inbox, started, &pulse).await
+        })?;
     Ok(Running {
         link: Box::new(Link {
             commands,
