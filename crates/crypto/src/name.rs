@@ -101,7 +101,7 @@ fn text_of(tag: Tag, data: &[u8]) -> Option<Option<String>> {
             Some(latin1())
         }
         Tag::BmpString => {
-            if data.len() % 2 != 0 {
+            if !data.len().is_multiple_of(2) {
                 None
             } else {
                 let units = data
@@ -114,7 +114,7 @@ fn text_of(tag: Tag, data: &[u8]) -> Option<Option<String>> {
             }
         }
         Tag::UniversalString => {
-            if data.len() % 4 != 0 {
+            if !data.len().is_multiple_of(4) {
                 None
             } else {
                 data.chunks_exact(4)

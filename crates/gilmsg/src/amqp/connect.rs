@@ -215,35 +215,6 @@ fn amqp_value(v: &Value) -> AMQPValue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_its_bound() {
-        let max = Duration::from_secs(5);
-        assert_eq!(backoff(0, max), Duration::from_millis(100));
-        assert_eq!(backoff(3, max), Duration::from_millis(800));
-        assert_eq!(backoff(40, max), max);
-    }
-
-    #[test]
-    fn arguments_keep_their_types() {
-        let mut args = BTreeMap::new();
-        args.insert("x-max-priority".to_owned(), serde_json::json!(10));
-        args.insert(
-            "x-dead-letter-exchange".to_owned(),
-            serde_json::json!("dlx"),
-        );
-        let t = field_table(&args);
-        assert_eq!(t.inner().len(), 2);
-        assert!(matches!(
-            t.inner().get("x-max-priority"),
-            Some(AMQPValue::LongLongInt(10))
-        ));
-    }
-}
-
 /// Runs a connection's task on a thread of its own (named `name`, with a
 /// current-thread runtime: the task owns its connection, the handles talk
 /// to it through channels) and returns once the task reported its start
@@ -281,4 +252,33 @@ where
         .map_err(|e| Error::os(format!("cannot start the thread {name}"), e))?;
     started_rx.recv().map_err(|_| Error::Closed)??;
     Ok((done, health))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_bound() {
+        let max = Duration::from_secs(5);
+        assert_eq!(backoff(0, max), Duration::from_millis(100));
+        assert_eq!(backoff(3, max), Duration::from_millis(800));
+        assert_eq!(backoff(40, max), max);
+    }
+
+    #[test]
+    fn arguments_keep_their_types() {
+        let mut args = BTreeMap::new();
+        args.insert("x-max-priority".to_owned(), serde_json::json!(10));
+        args.insert(
+            "x-dead-letter-exchange".to_owned(),
+            serde_json::json!("dlx"),
+        );
+        let t = field_table(&args);
+        assert_eq!(t.inner().len(), 2);
+        assert!(matches!(
+            t.inner().get("x-max-priority"),
+            Some(AMQPValue::LongLongInt(10))
+        ));
+    }
 }
