@@ -135,8 +135,13 @@ pub(crate) fn bench(
             let mut best = (0.0f64, 0usize);
             for window in [64usize, 256, 1024] {
                 let sub = format!("k{k}.throughput");
-                let rate =
-                    runtime.block_on(run_window(&bus, &sub, &recipients, o.messages, window))?;
+                let rate = runtime.block_on(super::publish_window(
+                    &bus,
+                    &sub,
+                    &recipients,
+                    o.messages,
+                    window,
+                ))?;
                 progress(format!("AMQP throughput window {window}: {rate:.0} msg/s"));
                 if rate > best.0 {
                     best = (rate, window);
@@ -409,48 +414,6 @@ async fn publish_latency(
         }
     }
     Ok(Summary::new(results))
-}
-
-async fn run_window(
-    bus: &gilmsg::Bus,
-    topic: &str,
-    recipients: &[String],
-    messages: usize,
-    window: usize,
-) -> Result<f64, Failure> {
-    let recipients = std::sync::Arc::new(recipients.to_vec());
-    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(window));
-    let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for i in 0..messages {
-        let permit = semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let bus = bus.clone();
-        let recipients = recipients.clone();
-        let topic = topic.to_owned();
-        tasks.spawn(async move {
-            let result = bus
-                .publish(
-                    &topic,
-                    json!({"seq": i}),
-                    &recipients,
-                    Duration::from_secs(30),
-                )
-                .await;
-            drop(permit);
-            result
-        });
-        while let Some(done) = tasks.try_join_next() {
-            done.map_err(|e| fail(e.to_string()))??;
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.map_err(|e| fail(e.to_string()))??;
-    }
-    Ok(messages as f64 / start.elapsed().as_secs_f64())
 }
 
 /// fedora-messaging's `api.publish` (blocking, confirms, not mandatory)
