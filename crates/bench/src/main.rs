@@ -384,10 +384,11 @@ fn run(args: Args) -> Result<(), Failure> {
         );
     }
     if args.runs(Section::Amqp) {
-        let body_size = signed_body_size(&ssldir)?;
+        let (message, ack) = signed_sample(&ssldir)?;
+        let sample = amqp::SignedSample::new(&message, &ack)?;
         report.json.insert(
             "amqp",
-            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
+            amqp::section(&exe, work.path(), &sample, samples, messages, &args),
         );
     }
     report
@@ -425,9 +426,14 @@ fn machine() -> Value {
            "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)})
 }
 
-/// The size of a typical signed body, so the floor moves the same bytes.
-fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
-    let identity = Identity::load(ssldir, "bench-pub").map_err(|e| fail(e.to_string()))?;
+/// A typical signed message of the bench (the publisher's identity, the
+/// latency loop's body) and its signed ACK by `consumer-0`, so that the
+/// floors move the same bytes as an acknowledged publish.
+fn signed_sample(
+    ssldir: &Path,
+) -> Result<(gilmsg_proto::Envelope, gilmsg_proto::Envelope), Failure> {
+    let load = |name: &str| Identity::load(ssldir, name).map_err(|e| fail(e.to_string()));
+    let (publisher, consumer) = (load("bench-pub")?, load("consumer-0")?);
     let draft = gilmsg_proto::Draft {
         topic: "org.gilmsg.bench.dev.bench.latency".into(),
         msg: json!({"seq": 1, "payload": "x".repeat(64)}),
@@ -437,10 +443,29 @@ fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
         username: "bench".into(),
         wants_ack: true,
     };
-    let envelope = draft
-        .build(Some(&identity))
+    let message = draft
+        .build(Some(&publisher))
         .map_err(|e| fail(e.to_string()))?;
-    Ok(envelope.encode().map_err(|e| fail(e.to_string()))?[1].len())
+    let body =
+        gilmsg_proto::ack::AckBody::for_message(&message).map_err(|e| fail(e.to_string()))?;
+    let ack = gilmsg_proto::Draft {
+        topic: "org.gilmsg.bench.dev.gilmsg.ack".into(),
+        msg: body.to_msg(),
+        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+        i: 1,
+        timestamp: 0,
+        username: "bench".into(),
+        wants_ack: false,
+    }
+    .build(Some(&consumer))
+    .map_err(|e| fail(e.to_string()))?;
+    Ok((message, ack))
+}
+
+/// The size of a typical signed body (ZeroMQ's second frame).
+fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
+    let (message, _) = signed_sample(ssldir)?;
+    Ok(message.encode().map_err(|e| fail(e.to_string()))?[1].len())
 }
 
 /// The raw ZeroMQ echo role: SUB connected to `in`, XPUB bound on `out`;
