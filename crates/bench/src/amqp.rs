@@ -287,24 +287,26 @@ pub(crate) fn markdown(section: &Value) -> String {
             "/python_fedora_messaging_publish/latency",
         );
     }
-    let _ = writeln!(
-        md,
-        "\nThroughput, 1 recipient: {:.0} acknowledged msgs/s (window {}).\n",
-        get("/throughput/1_recipients/msgs_per_s"),
-        section
-            .pointer("/throughput/1_recipients/window")
-            .cloned()
-            .unwrap_or(Value::Null)
-    );
-    let _ = writeln!(
-        md,
-        "Throughput floor (raw same-work round trips, pipelined): {:.0}/s (window {}).\n",
-        get("/floor_rate/round_trips_per_s"),
-        section
-            .pointer("/floor_rate/window")
-            .cloned()
-            .unwrap_or(Value::Null)
-    );
+    if !get("/throughput/1_recipients/msgs_per_s").is_nan() {
+        let _ = writeln!(
+            md,
+            "\nThroughput, 1 recipient: {:.0} acknowledged msgs/s (window {}).\n",
+            get("/throughput/1_recipients/msgs_per_s"),
+            section
+                .pointer("/throughput/1_recipients/window")
+                .cloned()
+                .unwrap_or(Value::Null)
+        );
+        let _ = writeln!(
+            md,
+            "Throughput floor (raw same-work round trips, pipelined): {:.0}/s (window {}).\n",
+            get("/floor_rate/round_trips_per_s"),
+            section
+                .pointer("/floor_rate/window")
+                .cloned()
+                .unwrap_or(Value::Null)
+        );
+    }
     let _ = writeln!(md, "| target | value | met |\n|---|---|---|");
     if let Some(Value::Object(targets)) = section.get("targets") {
         for (name, t) in targets {

@@ -994,12 +994,43 @@ fn markdown(report: &Report) -> String {
         machine("libzmq").as_str().unwrap_or("?"),
         machine("load_average_1m_at_start"),
     );
+    // A run of other sections only (`--only amqp`) prints no ZeroMQ tables.
+    let zeromq_ran = [
+        "floor_zmq_rtt",
+        "latency_warm_publish",
+        "throughput",
+        "crypto",
+        "oneshot_logger",
+        "soak",
+    ]
+    .iter()
+    .any(|k| {
+        j.get(k)
+            .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+    });
+    if zeromq_ran {
+        zeromq_tables(&j, floor, &mut md);
+        md.push_str(&targets::markdown(&j));
+    }
+    md.push_str(&python_anchor::markdown(&j));
+    if let Some(section) = j.get("amqp") {
+        md.push_str(&amqp::markdown(section));
+    }
+    md
+}
+
+/// The ZeroMQ tables: latency, throughput, CPU, crypto, memory, soak.
+fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     let _ = writeln!(
         md,
         "| measure | p50 | p90 | p99 | max | vs floor (p50) |\n|---|---|---|---|---|---|"
     );
+    // Sections a run left out (`--only`) print no rows.
     let row = |md: &mut String, name: &str, base: &str| {
         let p50 = get(&j, &format!("{base}/p50_us"));
+        if p50.is_nan() {
+            return;
+        }
         let _ = writeln!(
             md,
             "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× |",
@@ -1011,31 +1042,34 @@ fn markdown(report: &Report) -> String {
         );
     };
     row(
-        &mut md,
+        md,
         "raw ZeroMQ round trip (floor)",
         "/floor_zmq_rtt/latency",
     );
     for k in [1, 3, 10] {
         row(
-            &mut md,
+            md,
             &format!("warm publish, {k} recipient(s)"),
             &format!("/latency_warm_publish/{k}_recipients"),
         );
     }
     row(
-        &mut md,
+        md,
         "plain publish, no recipients (sign, hand-off to the socket thread, send, answer back)",
         "/latency_warm_publish/plain_publish",
     );
     for k in [1, 3] {
         row(
-            &mut md,
+            md,
             &format!("one-shot gilmsg-logger, {k} recipient(s)"),
             &format!("/oneshot_logger/{k}_recipients"),
         );
     }
     let _ = writeln!(md, "\n| throughput | msgs/s | window |\n|---|---|---|");
     for k in [1, 10] {
+        if get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {k} recipient(s) | {:.0} | {} |",
@@ -1111,12 +1145,6 @@ fn markdown(report: &Report) -> String {
             get(&j, "/soak/consumer_dedupe_evicted"),
         );
     }
-    md.push_str(&targets::markdown(&j));
-    md.push_str(&python_anchor::markdown(&j));
-    if let Some(section) = j.get("amqp") {
-        md.push_str(&amqp::markdown(section));
-    }
-    md
 }
 
 /// `process: thread µs, ...; ...` from a [`cpu::Snapshot::per_message`].
