@@ -253,6 +253,14 @@ fn add_targets(section: &mut Value) {
     let floor_rate = get("/floor_rate/per_s");
     let cpu_bound = get("/throughput/1_recipients/cpu_bound_per_s");
     let floor_cpu_bound = get("/floor_rate/cpu_bound_per_s");
+    // The floor's CPU per message plus the crypto floor's (2S + 2V, thread
+    // CPU time): what the raw round trip with gilmsg's signatures would
+    // cost, as a rate with the cores to itself.
+    let cores = get("/floor_rate/cores");
+    let with_crypto = get("/floor_rate/cpu/total_us_per_msg")
+        .zip(get("/crypto_floor/two_signs_two_verifies_us"))
+        .zip(cores)
+        .map(|((floor, crypto), cores)| cores * 1e6 / (floor + crypto));
     let ratio = one.zip(floor).map(|(a, b)| a / b);
     let rate_ratio = rate.zip(floor_rate).map(|(a, b)| a / b);
     let targets = json!({
@@ -272,6 +280,12 @@ fn add_targets(section: &mut Value) {
         // itself: what a busy machine does not skew.
         "acked_msgs_per_s_1_recipient_cpu_bound": {"value": cpu_bound, "target": ">= 5000 (if the run had had the cores to itself)", "met": cpu_bound.map(|r| r >= 5000.0)},
         "floor_rate_cpu_bound": {"value": floor_cpu_bound, "target": "information: the raw same-work rate the floor's CPU per message allows", "met": Value::Null},
+        "floor_with_crypto_cpu_bound": {"value": with_crypto, "target": "information: the same with the crypto floor's CPU added (2S + 2V per message)", "met": Value::Null},
+        "acked_cpu_bound_vs_floor_with_crypto": {
+            "value": cpu_bound.zip(with_crypto).map(|(a, b)| a / b),
+            "target": "information: above 1 when ACK bursts (one signed ACK for several messages) save more than gilmsg's own work costs",
+            "met": Value::Null,
+        },
         "p50_1_recipient_vs_python_publish": {
             "value": one.zip(python).map(|(a, b)| a / b),
             "target": "< 1 (our signed receipt faster than fedora-messaging's broker-only publish)",
@@ -788,6 +802,7 @@ impl Rate {
             "messages": messages,
             "cpu": self.cpu,
             "cpu_bound_per_s": self.cpu_bound(cores),
+            "cores": cores,
         })
     }
 }
