@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use gilmsg::crypto::TrustStore;
 use gilmsg::proto::Verifier;
+use gilmsg_testkit::browser::{self, Browser};
 use gilmsg_testkit::child::Running;
 use gilmsg_testkit::mosquitto::{self, Mosquitto, FIREHOSE_USER};
 use gilmsg_testkit::{bins, within, Bus, READY_TIMEOUT};
@@ -52,7 +53,8 @@ fn broker() -> Option<Mosquitto> {
     )
 }
 
-/// Starts `gilmsg-firehose` on `bus` with `args`, waits for its ready line.
+/// Starts `gilmsg-firehose` on `bus` with `args`, waits for its ready line
+/// (with `--mqtt`, also for its connection to the broker).
 fn firehose(bus: &Bus, args: &[&str]) -> Running {
     let mut command = Command::new(FIREHOSE);
     command
@@ -63,6 +65,11 @@ fn firehose(bus: &Bus, args: &[&str]) -> Running {
         .stdin(Stdio::null());
     let running = bus.spawn("gilmsg-firehose", command);
     running.expect_stderr("gilmsg-firehose: ready", READY_TIMEOUT);
+    if args.contains(&"--mqtt") {
+        running.wait_stats(STATS, "the MQTT connection", READY_TIMEOUT, |s| {
+            s.get("firehose.mqtt.connects") >= 1
+        });
+    }
     running
 }
 
@@ -109,8 +116,9 @@ impl Subscriber {
                         let _ = acked_tx.send(());
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let value = serde_json::from_slice(&p.payload)
-                            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into()));
+                        let value = serde_json::from_slice(&p.payload).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(&p.payload).into())
+                        });
                         if tx.send((p.topic.clone(), value)).is_err() {
                             return;
                         }
@@ -153,7 +161,9 @@ impl Subscriber {
                 }
                 Err(_) => panic!(
                     "gave up after {limit:?}; received: {:#?}",
-                    seen.iter().map(|(t, v)| format!("{t} {v}")).collect::<Vec<_>>()
+                    seen.iter()
+                        .map(|(t, v)| format!("{t} {v}"))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -197,7 +207,6 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
             .map(String::as_str)
             .collect::<Vec<_>>(),
         );
-        firehose.expect_stderr("gilmsg-firehose: mqtt connected", READY_TIMEOUT);
         let watcher = Subscriber::connect(
             broker.port,
             "watcher",
@@ -212,18 +221,36 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
             // Published first: if it were forwarded, it would arrive
             // before everything below on the same connections.
             publisher
-                .publish("secret.key", json!({"password": "hunter2"}), &["ledger"], Duration::from_secs(10))
+                .publish(
+                    "secret.key",
+                    json!({"password": "hunter2"}),
+                    &["ledger"],
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("the secret publish");
             let receipt = publisher
-                .publish("firehose.hello", json!({"n": 1, "text": "hello"}), &["ledger"], Duration::from_secs(10))
+                .publish(
+                    "firehose.hello",
+                    json!({"n": 1, "text": "hello"}),
+                    &["ledger"],
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("an acknowledged publish");
             assert_eq!(receipt.acks.len(), 1);
             let timeout = publisher
-                .publish("firehose.offline", json!({"n": 2}), &["ledger", "offline"], Duration::from_secs(2))
+                .publish(
+                    "firehose.offline",
+                    json!({"n": 2}),
+                    &["ledger", "offline"],
+                    Duration::from_secs(2),
+                )
                 .await;
-            assert!(matches!(timeout, Err(gilmsg::Error::Timeout(_))), "{timeout:?}");
+            assert!(
+                matches!(timeout, Err(gilmsg::Error::Timeout(_))),
+                "{timeout:?}"
+            );
         });
 
         // The message, its receipt events, then the second one's
@@ -277,14 +304,20 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
             .is_err());
 
         let receipts: Vec<&Value> = on(&mqtt_path(RECEIPT_PREFIX, &hello));
-        let events: Vec<&str> = receipts.iter().map(|v| v["event"].as_str().unwrap_or("?")).collect();
+        let events: Vec<&str> = receipts
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or("?"))
+            .collect();
         assert_eq!(events, ["waiting", "acked", "complete"], "{receipts:#?}");
         assert_eq!(receipts[0]["recipients"], json!(["ledger"]));
         assert_eq!(receipts[0]["publisher"], "publisher");
         assert_eq!(receipts[1]["recipient"], "ledger");
         assert_eq!(receipts[1]["digest_checked"], true);
         let second: Vec<&Value> = on(&mqtt_path(RECEIPT_PREFIX, &offline));
-        let events: Vec<&str> = second.iter().map(|v| v["event"].as_str().unwrap_or("?")).collect();
+        let events: Vec<&str> = second
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or("?"))
+            .collect();
         assert_eq!(events, ["waiting", "acked", "incomplete"], "{second:#?}");
         assert_eq!(second[2]["missing"], json!(["offline"]));
         assert_eq!(second[2]["acked"], json!(["ledger"]));
@@ -295,7 +328,9 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
         );
         // Denied: neither the message nor its receipts nor its ACK's topic path.
         assert!(
-            !seen.iter().any(|(t, v)| t.contains("secret") || v.to_string().contains("hunter2")),
+            !seen
+                .iter()
+                .any(|(t, v)| t.contains("secret") || v.to_string().contains("hunter2")),
             "{seen:#?}"
         );
 
@@ -304,10 +339,18 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
         // nobody. A marker the firehose forwards afterwards arrives; the
         // forgery never does.
         let forger = Subscriber::connect(broker.port, "forger", &["nothing/here"]);
-        for topic in [mqtt_path(MQTT_PREFIX, &hello), mqtt_path(RECEIPT_PREFIX, &hello)] {
+        for topic in [
+            mqtt_path(MQTT_PREFIX, &hello),
+            mqtt_path(RECEIPT_PREFIX, &hello),
+        ] {
             forger
                 .client
-                .publish(topic, QoS::AtLeastOnce, false, br#"{"forged":true}"#.to_vec())
+                .publish(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    br#"{"forged":true}"#.to_vec(),
+                )
                 .expect("queue the forged publish");
         }
         drop(forger); // disconnects after its queue is written
@@ -348,7 +391,6 @@ fn a_broker_down_for_ten_seconds_under_load_never_slows_the_bus() {
         ]
         .concat();
         let firehose = firehose(&bus, &args.iter().map(String::as_str).collect::<Vec<_>>());
-        firehose.expect_stderr("gilmsg-firehose: mqtt connected", READY_TIMEOUT);
         let _ledger = bus.consumer("ledger", &[]);
 
         // Acknowledged publishes back to back, in three phases: broker up,
@@ -366,7 +408,12 @@ fn a_broker_down_for_ten_seconds_under_load_never_slows_the_bus() {
                         n += 1;
                         let started = Instant::now();
                         publisher
-                            .publish("firehose.load", json!({"phase": name, "n": n}), &["ledger"], Duration::from_secs(10))
+                            .publish(
+                                "firehose.load",
+                                json!({"phase": name, "n": n}),
+                                &["ledger"],
+                                Duration::from_secs(10),
+                            )
                             .await
                             .unwrap_or_else(|e| panic!("publish {n} in phase {name}: {e}"));
                         latencies.push(started.elapsed());
@@ -410,11 +457,18 @@ fn a_broker_down_for_ten_seconds_under_load_never_slows_the_bus() {
             "publishes slowed while the broker was down: p50 {up:?} -> {down:?}"
         );
         // The firehose reconnected and counted what it dropped.
-        firehose.expect_stderr("gilmsg-firehose: mqtt connection to", Duration::from_secs(5));
         let stats = firehose.wait_stats(STATS, "a reconnection", Duration::from_secs(30), |s| {
             s.get("firehose.mqtt.connects") >= 2
         });
         eprintln!("firehose: {stats}");
+        assert!(
+            firehose
+                .stderr_so_far()
+                .iter()
+                .any(|l| l.contains("gilmsg-firehose: mqtt connection to") && l.contains("lost")),
+            "{:?}",
+            firehose.stderr_so_far()
+        );
         assert!(stats.get("firehose.dropped.buffer_full") > 0, "{stats}");
         assert_eq!(stats.get("firehose.mqtt.connection_lost"), 1, "{stats}");
         // And forwards again.
@@ -429,55 +483,12 @@ fn a_broker_down_for_ten_seconds_under_load_never_slows_the_bus() {
     });
 }
 
-/// Debian's chromium, or `None` (and the reason printed).
-fn chromium() -> Option<PathBuf> {
-    let path = PathBuf::from("/usr/bin/chromium");
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: chromium is not installed (Debian: apt-get install -y chromium; scripts/test installs it)");
-        None
-    }
-}
-
-/// Headless chromium with the flags this machine needs and a fresh
-/// profile; `what` is `--dump-dom` or `--screenshot=...`.
-fn headless(chromium: &Path, profile: &Path, what: &[&str], url: &str) -> std::process::Output {
-    let mut command = Command::new(chromium);
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1280,1000",
-            // The page is complete once the event stream's backlog is in:
-            // chromium runs the page's timers and events this long in
-            // virtual time before it dumps or shoots.
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(what)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = command.spawn().expect("start chromium");
-    let pid = child.id();
-    gilmsg_testkit::guard::current().add(pid);
-    let output = child.wait_with_output().expect("chromium output");
-    gilmsg_testkit::guard::current().remove(pid);
-    output
-}
-
 #[test]
 fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
-    let Some(chromium) = chromium() else { return };
+    if !browser::installed() {
+        eprintln!("SKIPPED: {}", browser::NOT_INSTALLED);
+        return;
+    }
     within(LIMIT, move || {
         let bus = Bus::start(bins!(), &["ledger"]);
         let firehose = firehose(
@@ -495,11 +506,12 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
                 "30s",
             ],
         );
-        let line = firehose.expect_stderr("gilmsg-firehose: web view on", READY_TIMEOUT);
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .expect("the URL")
+        // Printed before the ready line.
+        let url = firehose
+            .stderr_so_far()
+            .iter()
+            .find_map(|l| l.strip_prefix("gilmsg-firehose: web view on "))
+            .expect("the web view's address")
             .to_owned();
         let _ledger = bus.consumer("ledger", &["--heartbeat-interval", "1s"]);
         let hostile = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>";
@@ -510,38 +522,55 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
                 .await
                 .expect("the hostile body");
             publisher
-                .publish("web.invoice", json!({"invoice": 42}), &["ledger"], Duration::from_secs(10))
+                .publish(
+                    "web.invoice",
+                    json!({"invoice": 42}),
+                    &["ledger"],
+                    Duration::from_secs(10),
+                )
                 .await
                 .expect("the acknowledged publish");
             let timeout = publisher
-                .publish("web.offline", json!({"invoice": 43}), &["ledger", "offline"], Duration::from_secs(1))
+                .publish(
+                    "web.offline",
+                    json!({"invoice": 43}),
+                    &["ledger", "offline"],
+                    Duration::from_secs(1),
+                )
                 .await;
-            assert!(matches!(timeout, Err(gilmsg::Error::Timeout(_))), "{timeout:?}");
+            assert!(
+                matches!(timeout, Err(gilmsg::Error::Timeout(_))),
+                "{timeout:?}"
+            );
         });
         // Synchronised on the firehose's own counters: the window closed
         // and a heartbeat from ledger was seen.
-        firehose.wait_stats(STATS, "the incomplete receipt", Duration::from_secs(20), |s| {
-            s.get("firehose.receipt.incomplete") >= 1 && s.get("firehose.receipt.complete") >= 1
-        });
-        let profile = tempfile::tempdir().expect("profile dir");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let dom = loop {
-            let output = headless(&chromium, profile.path(), &["--dump-dom"], &url);
-            let dom = String::from_utf8_lossy(&output.stdout).into_owned();
-            // The heartbeat status comes every second; ledger's first
-            // heartbeat may still be on its way.
-            if dom.contains(r#"data-identity="ledger""#) && dom.contains("chip state-alive") {
-                break dom;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page never showed ledger alive:\n{dom}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
+        firehose.wait_stats(
+            STATS,
+            "the incomplete receipt",
+            Duration::from_secs(20),
+            |s| {
+                s.get("firehose.receipt.incomplete") >= 1 && s.get("firehose.receipt.complete") >= 1
+            },
+        );
+        let browser = Browser::start(1280, 1000).unwrap_or_else(|e| panic!("{e}"));
+        browser.open(&url).unwrap_or_else(|e| panic!("{e}"));
+        // Synchronised on the content: everything published above, and the
+        // heartbeat status (sent every second) with ledger alive.
+        let dom = browser
+            .wait_for(Duration::from_secs(30), |dom| {
+                dom.contains(">incomplete<")
+                    && dom.contains(">complete<")
+                    && dom.contains("web.hostile")
+                    && dom.contains(r#"data-identity="ledger""#)
+                    && dom.contains("state-alive")
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         let row = |key: &str, value: &str| -> String {
             let needle = format!(r#"{key}="{value}""#);
-            let start = dom.find(&needle).unwrap_or_else(|| panic!("no row with {needle}:\n{dom}"));
+            let start = dom
+                .find(&needle)
+                .unwrap_or_else(|| panic!("no row with {needle}:\n{dom}"));
             let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
             dom[start..end].to_owned()
         };
@@ -551,8 +580,14 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
             hostile_row.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"),
             "{hostile_row}"
         );
-        assert!(!dom.contains("<img src=\"x\""), "the body became markup:\n{dom}");
-        assert!(dom.contains("<title>gilmsg firehose</title>"), "a script ran:\n{dom}");
+        assert!(
+            !dom.contains("<img src=\"x\""),
+            "the body became markup:\n{dom}"
+        );
+        assert!(
+            dom.contains("<title>gilmsg firehose</title>"),
+            "a script ran:\n{dom}"
+        );
         // An acknowledged publish turned complete.
         let complete = row("data-topic", &bus.topic("web.invoice"));
         assert!(complete.contains(">complete<"), "{complete}");
@@ -563,18 +598,24 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
         assert!(incomplete.contains("offline: missing"), "{incomplete}");
         assert!(incomplete.contains("ledger: acked"), "{incomplete}");
         // Heartbeats judged as gilmsg-status judges them.
-        assert!(row("data-identity", "ledger").contains("state-alive"), "{dom}");
-        assert!(row("data-identity", "ghost").contains("state-silent"), "{dom}");
+        assert!(
+            row("data-identity", "ledger").contains("state-alive"),
+            "{dom}"
+        );
+        assert!(
+            row("data-identity", "ghost").contains("state-silent"),
+            "{dom}"
+        );
 
+        assert_eq!(
+            browser.title().unwrap_or_default(),
+            "gilmsg firehose",
+            "a script from the bus ran"
+        );
         // The screenshot for the README (copied to docs/firehose.png).
         let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firehose.png");
-        let output = headless(
-            &chromium,
-            profile.path(),
-            &[&format!("--screenshot={}", shot.display())],
-            &url,
-        );
-        assert!(shot.exists(), "no screenshot: {}", String::from_utf8_lossy(&output.stderr));
+        let png = browser.screenshot().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&shot, png).expect("write the screenshot");
         eprintln!("screenshot: {}", shot.display());
     });
 }

@@ -81,12 +81,7 @@ impl ExportAll for SourceExport {
         for (name, help, value) in self.0.counters() {
             let metric = prometheus_client::metrics::counter::ConstCounter::new(value);
             let name = name.replace(['.', '-'], "_");
-            metric.encode(out.encode_descriptor(
-                &name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
+            metric.encode(out.encode_descriptor(&name, help, None, MetricType::Counter)?)?;
         }
         Ok(())
     }

@@ -35,6 +35,8 @@
 //! - [`mosquitto`]: a throwaway mosquitto broker (loopback, TCP and
 //!   websockets listeners, anonymous read-only, one publishing user),
 //!   stopped by PID even if the test process dies.
+//! - [`browser`]: headless Debian chromium driven by chromedriver
+//!   (WebDriver), for the web pages the tools serve.
 //! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
 //!
 //! Child processes are [`Proc`]s, the type the demo starts its roles with
@@ -49,6 +51,7 @@
 
 pub mod amqp;
 pub mod bins;
+pub mod browser;
 pub mod child;
 pub mod fixture;
 pub mod forge;
