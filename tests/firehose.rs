@@ -41,10 +41,20 @@ fn block_on<F: std::future::Future>(body: F) -> F::Output {
         .block_on(body)
 }
 
+/// Says why a test does not run, and fails it when `scripts/test` has
+/// installed the tools (`GILMSG_REQUIRE_FIREHOSE_TOOLS`): CI never skips.
+fn skip(why: &str) {
+    assert!(
+        std::env::var_os("GILMSG_REQUIRE_FIREHOSE_TOOLS").is_none(),
+        "GILMSG_REQUIRE_FIREHOSE_TOOLS is set, and {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// The broker, or `None` (and the reason printed) when it is not installed.
 fn broker() -> Option<Mosquitto> {
     if !mosquitto::installed() {
-        eprintln!("SKIPPED: {}", mosquitto::NOT_INSTALLED);
+        skip(mosquitto::NOT_INSTALLED);
         return None;
     }
     Some(
@@ -486,7 +496,7 @@ fn a_broker_down_for_ten_seconds_under_load_never_slows_the_bus() {
 #[test]
 fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
     if !browser::installed() {
-        eprintln!("SKIPPED: {}", browser::NOT_INSTALLED);
+        skip(browser::NOT_INSTALLED);
         return;
     }
     within(LIMIT, move || {

@@ -100,6 +100,11 @@ pub struct Args {
     /// Messages waiting for the broker at most; more are dropped and counted.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub buffer: usize,
+    /// Messages received and not yet handled at most; more are dropped by
+    /// the firehose's own subscription (`dropped.queue_full`), never
+    /// slowing the bus.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub queue: usize,
     /// Publish only topics matching one of these (repeatable).
     #[arg(long = "allow", value_name = "PATTERN")]
     pub allow: Vec<String>,
@@ -616,6 +621,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
             .private_queue(true)
             .deliver_acks(true)
             .deliver_heartbeats(true)
+            .queue(args.queue)
             .build()?;
         service.watch("consumer", consumer.health(), consumer.metrics());
         service.add_metrics(gilmsg::monitoring::ComponentMetrics::from_source(
