@@ -629,3 +629,61 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
         eprintln!("screenshot: {}", shot.display());
     });
 }
+
+#[test]
+fn on_amqp_messages_and_receipts_reach_mqtt_too() {
+    let Some(broker) = broker() else { return };
+    within(LIMIT, move || {
+        let Some(bus) = gilmsg_testkit::amqp::AmqpBus::start(bins!(), "firehose", &["ledger"])
+        else {
+            return;
+        };
+        let mut command = Command::new(FIREHOSE);
+        command
+            .arg("--config")
+            .arg(&bus.config_path)
+            .args(mqtt_args(&broker, bus.dir()))
+            .env("GILMSG_LOG", "warn")
+            .stdin(Stdio::null());
+        let firehose = bus.spawn("gilmsg-firehose", command);
+        firehose.expect_stderr("gilmsg-firehose: ready", READY_TIMEOUT);
+        firehose.wait_stats(STATS, "the MQTT connection", READY_TIMEOUT, |s| {
+            s.get("firehose.mqtt.connects") >= 1
+        });
+        let watcher = Subscriber::connect(
+            broker.port,
+            "amqp-watcher",
+            &[&format!("{MQTT_PREFIX}/#"), &format!("{RECEIPT_PREFIX}/#")],
+        );
+        let _ledger = bus.consumer("ledger", &[]);
+        let topic = bus.topic("firehose.amqp");
+        block_on(async {
+            bus.publisher()
+                .publish(
+                    "firehose.amqp",
+                    json!({"on": "amqp"}),
+                    &["ledger"],
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("an acknowledged publish on AMQP");
+        });
+        let seen = watcher.until(Duration::from_secs(30), |t, v| {
+            t == mqtt_path(RECEIPT_PREFIX, &topic) && v["event"] == "complete"
+        });
+        let message = seen
+            .iter()
+            .find(|(t, _)| *t == mqtt_path(MQTT_PREFIX, &topic))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no message: {seen:#?}"));
+        assert_eq!(message["valid"], true, "{message}");
+        assert_eq!(message["signer"], "publisher");
+        assert_eq!(message["msg"], json!({"on": "amqp"}));
+        let events: Vec<&str> = seen
+            .iter()
+            .filter(|(t, _)| *t == mqtt_path(RECEIPT_PREFIX, &topic))
+            .map(|(_, v)| v["event"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(events, ["waiting", "acked", "complete"], "{seen:#?}");
+    });
+}
