@@ -57,10 +57,9 @@ fn broker() -> Option<Mosquitto> {
         skip(mosquitto::NOT_INSTALLED);
         return None;
     }
-    Some(
-        Mosquitto::start(&[MQTT_PREFIX, RECEIPT_PREFIX], Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
+    // The firehose's defaults are what the deployment's ACL allows.
+    assert_eq!(mosquitto::acl_prefixes(), [MQTT_PREFIX, RECEIPT_PREFIX]);
+    Some(Mosquitto::start(Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Starts `gilmsg-firehose` on `bus` with `args`, waits for its ready line

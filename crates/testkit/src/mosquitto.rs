@@ -1,9 +1,10 @@
 //! A throwaway mosquitto broker for the firehose tests: Debian's
-//! `mosquitto` with a config of its own in a temporary directory, on
-//! loopback only, on free ports: a TCP listener and a websockets listener.
-//! Anonymous clients may subscribe only; the user [`FIREHOSE_USER`] alone
-//! may publish, under the prefixes given to [`Mosquitto::start`] (a
-//! password file made with `mosquitto_passwd`, an ACL file).
+//! `mosquitto` running the deployment's own config and ACL
+//! (`contrib/mosquitto/`, shown in `docs/firehose.md`), with its two
+//! listeners (TCP and websockets) moved to loopback and free ports and its
+//! files in a temporary directory. Anonymous clients may subscribe only;
+//! the user [`FIREHOSE_USER`] alone may publish, under the ACL's prefixes
+//! (a password file made with `mosquitto_passwd`).
 //!
 //! Ready when a TCP connection to its port is accepted (polled in a bounded
 //! loop, never a fixed sleep). Stopped **by PID** when dropped, and by a
@@ -58,10 +59,10 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts a broker where [`FIREHOSE_USER`] may publish under each of
-    /// `prefixes` (`<prefix>/#`) and anyone may subscribe; waits up to
-    /// `limit` for it.
-    pub fn start(prefixes: &[&str], limit: Duration) -> Result<Mosquitto, String> {
+    /// Starts a broker with the deployment's config and ACL
+    /// (`contrib/mosquitto/`): [`FIREHOSE_USER`] may publish under
+    /// [`acl_prefixes`], anyone may subscribe; waits up to `limit` for it.
+    pub fn start(limit: Duration) -> Result<Mosquitto, String> {
         if !installed() {
             return Err(NOT_INSTALLED.into());
         }
@@ -87,8 +88,9 @@ impl Mosquitto {
             ));
         }
         let (port, ws_port) = (free_port(), free_port());
-        fs::write(d.join("acl"), acl(prefixes)).map_err(|e| e.to_string())?;
-        fs::write(d.join("mosquitto.conf"), config(d, port, ws_port)).map_err(|e| e.to_string())?;
+        fs::write(d.join("acl"), CONTRIB_ACL).map_err(|e| e.to_string())?;
+        fs::write(d.join("mosquitto.conf"), config(d, port, ws_port)?)
+            .map_err(|e| e.to_string())?;
         let watchdog_script = format!(
             "read _ignored; for p in $(cat {pids} 2>/dev/null); do kill -TERM $p 2>/dev/null; done; \
              sleep 2; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; \
@@ -212,38 +214,54 @@ impl Drop for Mosquitto {
     }
 }
 
-/// The ACL: anonymous clients read everything; the firehose user writes
-/// under its prefixes (and reads everything).
-pub fn acl(prefixes: &[&str]) -> String {
-    let mut text = String::from("# anonymous clients: subscribe only\ntopic read #\n\n");
-    text.push_str(&format!("user {FIREHOSE_USER}\ntopic read #\n"));
-    for prefix in prefixes {
-        text.push_str(&format!("topic write {}/#\n", prefix.trim_end_matches('/')));
-    }
-    text
+/// The deployment's config, as `docs/firehose.md` shows it.
+pub const CONTRIB_CONFIG: &str = include_str!("../../../contrib/mosquitto/gilmsg-firehose.conf");
+/// The deployment's ACL.
+pub const CONTRIB_ACL: &str = include_str!("../../../contrib/mosquitto/gilmsg-firehose.acl");
+
+/// The prefixes the ACL lets [`FIREHOSE_USER`] publish under.
+pub fn acl_prefixes() -> Vec<&'static str> {
+    CONTRIB_ACL
+        .lines()
+        .filter_map(|l| l.strip_prefix("topic write "))
+        .map(|t| t.trim().trim_end_matches("/#"))
+        .collect()
 }
 
-/// The broker's config: loopback listeners, the password and ACL files of
-/// `dir`, no persistence.
-pub fn config(dir: &Path, port: u16, ws_port: u16) -> String {
-    format!(
-        "# gilmsg test broker: loopback only\n\
-         per_listener_settings false\n\
-         allow_anonymous true\n\
-         password_file {passwd}\n\
-         acl_file {acl}\n\
-         persistence false\n\
-         log_dest stderr\n\
-         log_type error\n\
-         log_type warning\n\
-         log_type notice\n\
-         # as root, stay root: the files are in a private temporary directory\n\
-         user root\n\
-         listener {port} 127.0.0.1\n\
-         protocol mqtt\n\
-         listener {ws_port} 127.0.0.1\n\
-         protocol websockets\n",
-        passwd = dir.join("passwd").display(),
-        acl = dir.join("acl").display(),
-    )
+/// The deployment's config with its listeners on loopback and the given
+/// ports and its files in `dir`, and the settings a test run needs
+/// (log to stderr; as root, stay root: the files are in a private
+/// temporary directory).
+pub fn config(dir: &Path, port: u16, ws_port: u16) -> Result<String, String> {
+    let mut text = String::new();
+    let mut replaced = 0;
+    for line in CONTRIB_CONFIG.lines() {
+        let line = match line.trim() {
+            "listener 1883" => format!("listener {port} 127.0.0.1"),
+            "listener 9001" => format!("listener {ws_port} 127.0.0.1"),
+            "password_file /etc/mosquitto/gilmsg-firehose.passwd" => {
+                format!("password_file {}", dir.join("passwd").display())
+            }
+            "acl_file /etc/mosquitto/gilmsg-firehose.acl" => {
+                format!("acl_file {}", dir.join("acl").display())
+            }
+            _ => {
+                text.push_str(line);
+                text.push('\n');
+                continue;
+            }
+        };
+        replaced += 1;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    if replaced != 4 {
+        return Err(format!(
+            "contrib/mosquitto/gilmsg-firehose.conf: expected its two listeners and two files, replaced {replaced}"
+        ));
+    }
+    text.push_str(
+        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nuser root\n",
+    );
+    Ok(text)
 }
