@@ -686,3 +686,64 @@ fn on_amqp_messages_and_receipts_reach_mqtt_too() {
         assert_eq!(events, ["waiting", "acked", "complete"], "{seen:#?}");
     });
 }
+
+/// How many messages a second the firehose forwards to the broker: a
+/// flood of signed messages (made beforehand, sent raw into the relay)
+/// until the firehose has written them all to mosquitto. A measurement,
+/// not a check: `cargo test -p gilmsg-cli --test firehose throughput --
+/// --ignored --nocapture` (the figure in docs/firehose.md).
+#[test]
+#[ignore]
+fn throughput() {
+    let Some(broker) = broker() else { return };
+    within(Duration::from_secs(300), move || {
+        const N: u64 = 20_000;
+        let bus = Bus::start(bins!(), &[]);
+        let args = [
+            mqtt_args(&broker, bus.dir()),
+            [
+                "--buffer",
+                "100000",
+                "--queue",
+                "100000",
+                "--high-water-mark",
+                "0",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ]
+        .concat();
+        let firehose = firehose(&bus, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let publisher = bus.identity("publisher");
+        let topic = bus.topic("firehose.flood");
+        let frames: Vec<Vec<Vec<u8>>> = (0..N)
+            .map(|n| {
+                gilmsg_testkit::forge::frames(&gilmsg_testkit::forge::message(
+                    &topic,
+                    json!({"n": n, "text": "a message of about the size of a real one, with some text in it"}),
+                    false,
+                    Some(&publisher),
+                ))
+            })
+            .collect();
+        let raw = gilmsg_testkit::raw::RawPub::flooder(&bus.inbound);
+        let started = Instant::now();
+        for f in &frames {
+            raw.send(f);
+        }
+        let sent_in = started.elapsed();
+        let stats = firehose.wait_stats(
+            STATS,
+            "every message written to the broker",
+            Duration::from_secs(240),
+            |s| s.get("firehose.mqtt.sent") >= N,
+        );
+        let elapsed = started.elapsed();
+        eprintln!(
+            "firehose throughput: {N} signed messages sent into the relay in {sent_in:.2?}, all verified and written to mosquitto after {elapsed:.2?}: {:.0} msgs/s ({} build)",
+            N as f64 / elapsed.as_secs_f64(),
+            if cfg!(debug_assertions) { "debug" } else { "release" }
+        );
+        eprintln!("{stats}");
+    });
+}
