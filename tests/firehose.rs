@@ -380,6 +380,64 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
     });
 }
 
+#[test]
+fn with_no_broker_at_all_the_firehose_runs_counts_its_drops_and_stops_at_once() {
+    within(LIMIT, move || {
+        let bus = Bus::start(bins!(), &["ledger"]);
+        // A port nobody listens on: connections are refused, forever.
+        let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut command = Command::new(FIREHOSE);
+        command
+            .arg("--config")
+            .arg(&bus.config_path)
+            .args(["--mqtt", &format!("127.0.0.1:{nobody}"), "--buffer", "10"])
+            .env("GILMSG_LOG", "warn")
+            .stdin(Stdio::null());
+        let mut firehose = bus.spawn("gilmsg-firehose", command);
+        firehose.expect_stderr("gilmsg-firehose: ready", READY_TIMEOUT);
+        let _ledger = bus.consumer("ledger", &[]);
+        block_on(async {
+            let publisher = bus.publisher();
+            for n in 0..50 {
+                publisher
+                    .publish(
+                        "firehose.nobroker",
+                        json!({"n": n}),
+                        &["ledger"],
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("publishes go on without a broker");
+            }
+        });
+        let stats = firehose.wait_stats(STATS, "the drops", Duration::from_secs(20), |s| {
+            s.get("firehose.dropped.buffer_full") >= 40
+        });
+        assert_eq!(stats.get("firehose.mqtt.connects"), 0, "{stats}");
+        // A stop does not wait for the broker (nor drain the buffer into it).
+        let asked = Instant::now();
+        let status = firehose.terminate(Duration::from_secs(10));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{:?}",
+            firehose.stderr_so_far()
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(8),
+            "the stop took {:?}",
+            asked.elapsed()
+        );
+        eprintln!(
+            "stopped in {:?} with the broker unreachable",
+            asked.elapsed()
+        );
+    });
+}
+
 /// Percentile of sorted latencies.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {

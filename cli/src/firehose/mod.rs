@@ -640,7 +640,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         eprintln!("{READY_LINE}");
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_status = Instant::now() - Duration::from_secs(10);
+        let mut last_status: Option<Instant> = None;
         loop {
             tokio::select! {
                 delivery = consumer.next() => {
@@ -679,8 +679,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
                         outlets.receipt(&event);
                     }
                     if let Some(hub) = &outlets.hub {
-                        if now.duration_since(last_status) >= Duration::from_secs(1) {
-                            last_status = now;
+                        if last_status.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                            last_status = Some(now);
                             hub.broadcast("status", &heartbeats.status());
                         }
                     }
@@ -748,7 +748,7 @@ mod tests {
             mqtt_topic("gilmsg", "org.x.prod.billing.paid"),
             "gilmsg/org/x/prod/billing/paid"
         );
-        assert_eq!(mqtt_topic("a/b/", "t.+.#/x"), "a/b/t/_/___x");
+        assert_eq!(mqtt_topic("a/b/", "t.+.#/x"), "a/b/t/_/__x");
         assert_eq!(mqtt_topic("", "a.b"), "a/b");
     }
 

@@ -182,7 +182,9 @@ async fn own(
                 }
             }
         }
-        if buffer.is_closed() && buffer.is_empty() {
+        // Stopping: done once the buffer is drained, or at once while the
+        // broker is away (a stop never waits for a broker that is down).
+        if buffer.is_closed() && (buffer.is_empty() || !connected) {
             break;
         }
     }
