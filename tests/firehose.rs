@@ -620,7 +620,7 @@ fn the_web_view_shows_messages_receipts_heartbeats_and_escapes_bodies() {
                 s.get("firehose.receipt.incomplete") >= 1 && s.get("firehose.receipt.complete") >= 1
             },
         );
-        let browser = Browser::start(1280, 1000).unwrap_or_else(|e| panic!("{e}"));
+        let browser = Browser::start(1280, 640).unwrap_or_else(|e| panic!("{e}"));
         browser.open(&url).unwrap_or_else(|e| panic!("{e}"));
         // Synchronised on the content: everything published above, and the
         // heartbeat status (sent every second) with ledger alive.

@@ -30,15 +30,23 @@ function filterText() {
   return document.getElementById("filter").value.trim();
 }
 
-function shown(topic) {
+// ACKs and heartbeats are bus messages too; they are counted in the
+// receipts and heartbeat tables, and listed only on request.
+function plumbing(topic) {
+  const t = String(topic);
+  return t.endsWith(".gilmsg.ack") || t.endsWith(".gilmsg.heartbeat");
+}
+
+function shown(topic, isMessage) {
   const f = filterText();
+  if (isMessage && plumbing(topic) && !document.getElementById("plumbing").checked) return false;
   return f === "" || String(topic).includes(f);
 }
 
 function applyFilter() {
   for (const id of ["messages", "receipts"]) {
     for (const row of document.querySelectorAll("#" + id + " tbody tr")) {
-      row.hidden = !shown(row.dataset.topic);
+      row.hidden = !shown(row.dataset.topic, id === "messages");
     }
   }
 }
@@ -61,7 +69,7 @@ function onMessage(m) {
   verdict.appendChild(chip(m.verdict + (m.reason ? " (" + m.reason + ")" : ""), m.verdict));
   cell(row, m.signer || (m.claimed_signer ? m.claimed_signer + " (unverified)" : "-"));
   cell(row, JSON.stringify(m.msg), "body");
-  row.hidden = !shown(m.topic);
+  row.hidden = !shown(m.topic, true);
   prepend("#messages tbody", row);
 }
 
@@ -90,7 +98,7 @@ function onReceipt(e) {
     }
     entry = { row, chips, state };
     receipts.set(e.msg_id, entry);
-    row.hidden = !shown(e.topic);
+    row.hidden = !shown(e.topic, false);
     prepend("#receipts tbody", row);
     if (receipts.size > MAX_ROWS * 2) {
       for (const [id, old] of receipts) {
@@ -150,6 +158,7 @@ function connect() {
 }
 
 document.getElementById("filter").addEventListener("input", applyFilter);
+document.getElementById("plumbing").addEventListener("change", applyFilter);
 const initial = new URLSearchParams(location.search).get("topic");
 if (initial) document.getElementById("filter").value = initial;
 connect();

@@ -237,3 +237,34 @@ fn stream(request: tiny_http::Request, events: &Receiver<Arc<str>>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_new_client_gets_the_history_then_the_latest_status_and_a_slow_one_loses_events() {
+        let counters = Arc::new(Counters::default());
+        let hub = Hub::new(counters.clone());
+        for n in 0..HISTORY + 10 {
+            hub.broadcast("message", &json!({ "n": n }));
+        }
+        hub.broadcast("status", &json!({"identities": []}));
+        hub.broadcast("status", &json!({"identities": ["newest"]}));
+        let client = hub.join().expect("a client");
+        let frames: Vec<Arc<str>> = client.try_iter().collect();
+        assert_eq!(frames.len(), HISTORY + 1, "bounded history, one status");
+        assert_eq!(&*frames[0], "event: message\ndata: {\"n\":10}\n\n");
+        assert!(frames[HISTORY].contains("newest"), "{}", frames[HISTORY]);
+        // A client that reads nothing: its queue fills, the rest is
+        // dropped and counted, and broadcasting never waits for it.
+        for n in 0..CLIENT_BUFFER + HISTORY + 50 {
+            hub.broadcast("message", &json!({ "n": n }));
+        }
+        assert!(counters.web_dropped.load(Ordering::Relaxed) >= 49);
+        drop(client);
+        hub.broadcast("message", &json!({"gone": true}));
+        assert_eq!(hub.inner.lock().map(|i| i.clients.len()).unwrap_or(9), 0);
+    }
+}
