@@ -374,6 +374,28 @@ fn messages_and_receipts_reach_an_independent_mqtt_subscriber_and_reverify() {
             !after.iter().any(|(_, v)| v.to_string().contains("forged")),
             "an anonymous client published into the firehose's topics: {after:#?}"
         );
+        // The websockets listener (for web pages) speaks MQTT over websockets.
+        let mut ws = std::net::TcpStream::connect(("127.0.0.1", broker.ws_port)).expect("connect");
+        ws.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        std::io::Write::write_all(
+            &mut ws,
+            b"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+        )
+        .expect("handshake");
+        let mut answer = [0u8; 256];
+        let n = std::io::Read::read(&mut ws, &mut answer).expect("an answer");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("sec-websocket-protocol: mqtt"),
+            "{answer}"
+        );
+
         let stats = firehose.stats(STATS);
         assert!(stats.get("firehose.message.denied") >= 1, "{stats}");
         assert_eq!(stats.get("firehose.dropped.buffer_full"), 0, "{stats}");
