@@ -416,6 +416,7 @@ fn with_no_broker_at_all_the_firehose_runs_counts_its_drops_and_stops_at_once() 
             .arg("--config")
             .arg(&bus.config_path)
             .args(["--mqtt", &format!("127.0.0.1:{nobody}"), "--buffer", "10"])
+            .args(["--monitoring", "127.0.0.1:0"])
             .env("GILMSG_LOG", "warn")
             .stdin(Stdio::null());
         let mut firehose = bus.spawn("gilmsg-firehose", command);
@@ -439,6 +440,31 @@ fn with_no_broker_at_all_the_firehose_runs_counts_its_drops_and_stops_at_once() 
             s.get("firehose.dropped.buffer_full") >= 40
         });
         assert_eq!(stats.get("firehose.mqtt.connects"), 0, "{stats}");
+        // The same counters on /metrics.
+        let address = firehose
+            .stderr_so_far()
+            .iter()
+            .find(|l| l.contains("monitoring on http://"))
+            .map(|l| gilmsg_testkit::monitoring::monitoring_address(l))
+            .expect("the monitoring address");
+        let (status, text) = gilmsg_testkit::monitoring::get(&address, "/metrics");
+        assert_eq!(status, 200, "{text}");
+        let samples = gilmsg_testkit::monitoring::samples(&text);
+        assert!(
+            gilmsg_testkit::monitoring::sample(
+                &samples,
+                "gilmsg_firehose_dropped_buffer_full_total"
+            ) >= 40,
+            "{text}"
+        );
+        assert_eq!(
+            gilmsg_testkit::monitoring::sample(&samples, "gilmsg_firehose_mqtt_connects_total"),
+            0
+        );
+        assert!(
+            gilmsg_testkit::monitoring::sample(&samples, "gilmsg_consumer_message_received_total")
+                >= 50
+        );
         // A stop does not wait for the broker (nor drain the buffer into it).
         let asked = Instant::now();
         let status = firehose.terminate(Duration::from_secs(10));
