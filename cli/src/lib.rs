@@ -22,6 +22,7 @@
 //!   endpoint, systemd notify and watchdog, heartbeats.
 //! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
 //! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
+//! - [`firehose`]: `gilmsg-firehose`, the bus on MQTT and a live web view.
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -32,6 +33,7 @@
 pub mod common;
 pub mod consumer;
 pub mod demo;
+pub mod firehose;
 pub mod logger;
 pub mod pki;
 pub mod procs;

@@ -36,6 +36,8 @@ pub enum Role {
     Status,
     /// `gilmsg-tail`: see [`crate::tail`].
     Tail,
+    /// `gilmsg-firehose`: see [`crate::firehose`].
+    Firehose,
 }
 
 impl Role {
@@ -52,6 +54,7 @@ impl Role {
             Role::Pki => "gilmsg-pki",
             Role::Status => "gilmsg-status",
             Role::Tail => "gilmsg-tail",
+            Role::Firehose => "gilmsg-firehose",
         }
     }
 
@@ -90,6 +93,11 @@ impl Role {
                 let args = crate::tail::Args::parse_from(argv);
                 common::init_logging_as(args.common.log_format);
                 report(crate::tail::run(args))
+            }
+            Role::Firehose => {
+                let args = crate::firehose::Args::parse_from(argv);
+                common::init_logging_as(args.common.log_format);
+                report(crate::firehose::run(args))
             }
         }
     }

@@ -91,6 +91,14 @@ impl Service {
         }
     }
 
+    /// Adds counters to `/metrics` that belong to no transport loop (a
+    /// tool's own, such as the firehose's).
+    pub fn add_metrics(&mut self, metrics: ComponentMetrics) {
+        if let Some(all) = &mut self.metrics {
+            all.add(metrics);
+        }
+    }
+
     /// Starts publishing signed heartbeats every `heartbeat_interval` (if
     /// set) as `certname` (default: the config's certname rules), through
     /// `relay_inbound` on ZeroMQ, through the broker on AMQP; the
