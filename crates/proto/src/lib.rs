@@ -34,6 +34,7 @@
 
 pub mod ack;
 pub mod auth;
+pub mod bridge;
 pub mod canonical;
 pub mod consumer;
 pub mod dedupe;
