@@ -36,6 +36,8 @@ pub enum Role {
     Status,
     /// `gilmsg-tail`: see [`crate::tail`].
     Tail,
+    /// `gilmsg-bridge`: see [`crate::bridge`].
+    Bridge,
 }
 
 impl Role {
@@ -52,6 +54,7 @@ impl Role {
             Role::Pki => "gilmsg-pki",
             Role::Status => "gilmsg-status",
             Role::Tail => "gilmsg-tail",
+            Role::Bridge => "gilmsg-bridge",
         }
     }
 
@@ -90,6 +93,11 @@ impl Role {
                 let args = crate::tail::Args::parse_from(argv);
                 common::init_logging_as(args.common.log_format);
                 report(crate::tail::run(args))
+            }
+            Role::Bridge => {
+                let args = crate::bridge::Args::parse_from(argv);
+                common::init_logging_as(args.run_args().common.log_format);
+                report(crate::bridge::run(args))
             }
         }
     }
