@@ -1,0 +1,470 @@
+//! `gilmsg-bridge` end to end: a real RabbitMQ node (the test kit's shared
+//! node, a vhost per test), a real `gilmsg-relay` for the ZeroMQ bus, real
+//! bridge processes, our consumers and loggers on both sides, and (when
+//! `GILMSG_PYTHON_PEERS` / the fedora-messaging venv are there) the Python
+//! peers: fedmsg's validating tail, Python gilmsg's logger and consumer,
+//! fedora-messaging's consumer and publisher. Without RabbitMQ (or the
+//! Python venvs, for the tests that need them) a test prints SKIP and
+//! passes, as `tests/amqp.rs` and `tests/interop.rs` do.
+//!
+//! Readiness comes from ready lines (the bridge prints `gilmsg-bridge:
+//! ready zmq_to_amqp=... amqp_to_zmq=<bound endpoint>` once each direction
+//! holds its socket and connection); counts from the processes' counters
+//! (SIGUSR1) and the consumers' JSON lines. No sleeps.
+
+#![forbid(unsafe_code)]
+
+#[path = "interop/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gilmsg_testkit::amqp::AmqpBus;
+use gilmsg_testkit::guard::within;
+use gilmsg_testkit::{bins, field, Running, PUBLISHER};
+use serde_json::{json, Value};
+
+/// Hard limit of one test body; its processes are killed on overrun.
+const LIMIT: Duration = Duration::from_secs(300);
+/// How long a process may take to print its ready line.
+const READY: Duration = Duration::from_secs(30);
+/// How long a message may take to cross.
+const CROSS: Duration = Duration::from_secs(20);
+/// Our test bus's topics: `<prefix>.<env>.<modname>.<topic>` on both sides.
+const PREFIX: &str = "org.gilmsg.test";
+
+/// The bridge's ready line.
+const BRIDGE_READY: &str = "gilmsg-bridge: ready";
+const BRIDGE_STATS: &str = "gilmsg-bridge: stats";
+
+fn bridge_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_gilmsg-bridge"))
+}
+
+/// One bridged world: an AMQP vhost (with its ed25519 PKI and config), a
+/// ZeroMQ relay, and the config files of each side.
+struct Rig {
+    bus: AmqpBus,
+    _relay: Running,
+    relay_in: String,
+    relay_out: String,
+}
+
+impl Rig {
+    fn new(vhost: &str, names: &[&str]) -> Option<Rig> {
+        let bus = AmqpBus::start(bins!(), vhost, names)?;
+        let mut relay = Command::new(bins!().relay);
+        relay.args([
+            "--inbound",
+            "tcp://127.0.0.1:*",
+            "--outbound",
+            "tcp://127.0.0.1:*",
+        ]);
+        let relay = Running::spawn("gilmsg-relay", relay);
+        let line = relay.expect_stderr("gilmsg-relay: ready", READY);
+        let relay_in = field(&line, "inbound").expect("inbound").to_owned();
+        let relay_out = field(&line, "outbound").expect("outbound").to_owned();
+        Some(Rig {
+            bus,
+            _relay: relay,
+            relay_in,
+            relay_out,
+        })
+    }
+
+    /// `gilmsg-bridge <args> --config <bus>`; returns it and its ready line.
+    fn bridge(&self, name: &str, args: &[&str]) -> (Running, String) {
+        let mut command = Command::new(bridge_bin());
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&self.bus.config_path)
+            .env("GILMSG_LOG", "warn")
+            .stdin(Stdio::null());
+        let bridge = Running::spawn(name, command);
+        let line = bridge.expect_stderr(BRIDGE_READY, READY);
+        (bridge, line)
+    }
+
+    /// `gilmsg-bridge both` from the relay to `zmq.topic`, and from
+    /// `amq.topic` to a socket on an ephemeral port; returns it and that
+    /// socket's endpoint.
+    fn both(&self, name: &str) -> (Running, String) {
+        let (bridge, line) = self.bridge(
+            name,
+            &[
+                "both",
+                "--zmq-endpoint",
+                &self.relay_out,
+                "--publish-endpoint",
+                "tcp://127.0.0.1:*",
+                "--certname",
+                "bridge",
+            ],
+        );
+        let pub_endpoint = field(&line, "amqp_to_zmq").expect("amqp_to_zmq=").to_owned();
+        (bridge, pub_endpoint)
+    }
+
+    /// A ZeroMQ-side config: the relay, and the bridges' sockets as
+    /// endpoints (what consumers and ACK listeners connect to).
+    fn zmq_config(&self, name: &str, bridges: &[&str]) -> PathBuf {
+        let mut config = gilmsg_config::Config::default();
+        config.topic_prefix = PREFIX.into();
+        config.environment = gilmsg_testkit::ENVIRONMENT.into();
+        config
+            .endpoints
+            .insert("relay_outbound".into(), vec![self.relay_out.clone()]);
+        for (i, endpoint) in bridges.iter().enumerate() {
+            config
+                .endpoints
+                .insert(format!("amqp_to_zmq_{i}"), vec![(*endpoint).to_owned()]);
+        }
+        config.relay_inbound = vec![self.relay_in.clone()];
+        config.sign_messages = true;
+        config.validate_signatures = true;
+        config.ssldir = self.bus.ssldir.clone();
+        config.ack_timeout = Duration::from_secs(5);
+        config.certnames = BTreeMap::new();
+        let path = self.bus.dir().join(name);
+        std::fs::write(&path, config.to_toml_string()).unwrap();
+        path
+    }
+
+    /// An AMQP consumer's config: its queue bound to both exchanges, as the
+    /// migration note says migrated consumers do.
+    fn amqp_both_exchanges(&self, name: &str) -> PathBuf {
+        self.bus.config_file(
+            name,
+            &format!(
+                r#"
+[[bindings]]
+exchange = "amq.topic"
+routing_keys = ["{PREFIX}.dev.#"]
+
+[[bindings]]
+exchange = "zmq.topic"
+routing_keys = ["{PREFIX}.dev.#"]
+"#
+            ),
+        )
+    }
+
+    fn logger(&self, config: &Path, args: &[&str], stdin: &str) -> gilmsg_testkit::ToolOutput {
+        let config = config.display().to_string();
+        let mut all = vec![
+            "--config",
+            config.as_str(),
+            "--certname",
+            PUBLISHER,
+            "--modname",
+            "test",
+        ];
+        all.extend_from_slice(args);
+        self.bus.logger(&all, stdin, Duration::from_secs(60))
+    }
+}
+
+/// `gilmsg-consumer --config <config> --certname <name> --json <extra>`,
+/// waited for.
+fn consumer(name: &str, config: &Path, extra: &[&str]) -> Running {
+    let mut command = Command::new(bins!().consumer);
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["--certname", name, "--json"])
+        .args(extra)
+        .env("GILMSG_LOG", "warn")
+        .stdin(Stdio::null());
+    let consumer = Running::spawn(name, command);
+    consumer.expect_stderr("gilmsg-consumer: ready", READY);
+    consumer
+}
+
+/// Reads a consumer's JSON lines until `pred` holds for one; returns it.
+fn wait_line(proc: &Running, limit: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while let Some(line) = proc.next_stdout(deadline.saturating_duration_since(Instant::now())) {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            if pred(&v) {
+                return v;
+            }
+        }
+        seen.push(line);
+    }
+    panic!(
+        "{}: no matching line within {limit:?}; lines: {seen:#?}; stderr: {:#?}",
+        proc.name(),
+        proc.stderr_so_far()
+    );
+}
+
+fn receipt(out: &gilmsg_testkit::ToolOutput) -> Value {
+    let last = out.stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("no receipt ({e}): {out:?}"))
+}
+
+fn acked_by(receipt: &Value) -> Vec<String> {
+    let mut names: Vec<String> = receipt["acks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["recipient"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+// ---------------------------------------------------------------------------
+// 1. Signed messages cross both ways and verify on the far side; ACKs come
+//    back across; one publish with recipients on both sides.
+
+#[test]
+fn signed_messages_and_acks_cross_both_ways() {
+    within(LIMIT, || {
+        let Some(rig) = Rig::new(
+            "bridge-signed",
+            &["amqp-consumer", "zmq-consumer", "bridge"],
+        ) else {
+            return;
+        };
+        let (bridge, bridge_pub) = rig.both("bridge");
+        let zmq_toml = rig.zmq_config("zmq.toml", &[&bridge_pub]);
+        let amqp_toml = rig.amqp_both_exchanges("amqp-consumer.toml");
+        let zmq_consumer = consumer("zmq-consumer", &zmq_toml, &[]);
+        let amqp_consumer = consumer("amqp-consumer", &amqp_toml, &[]);
+
+        // ZeroMQ -> AMQP, acknowledged by the AMQP consumer.
+        let out = rig.logger(
+            &zmq_toml,
+            &[
+                "--topic",
+                "z2a",
+                "--recipients",
+                "amqp-consumer",
+                "--print-receipt",
+                "--json-input",
+            ],
+            "{\"from\": \"zmq\", \"n\": 1.5, \"t\": \"h\u{e9}\"}\n",
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        assert_eq!(acked_by(&receipt(&out)), ["amqp-consumer"]);
+        let got = wait_line(&amqp_consumer, CROSS, |v| v["topic"] == format!("{PREFIX}.dev.test.z2a"));
+        assert_eq!(got["signer"], PUBLISHER, "verified as the ZeroMQ sender: {got}");
+        assert_eq!(got["body"]["msg"], json!({"from": "zmq", "n": 1.5, "t": "h\u{e9}"}));
+
+        // AMQP -> ZeroMQ, acknowledged by the ZeroMQ consumer.
+        let out = rig.logger(
+            &rig.bus.config_path,
+            &[
+                "--topic",
+                "a2z",
+                "--recipients",
+                "zmq-consumer",
+                "--print-receipt",
+                "--message",
+                "from amqp",
+            ],
+            "",
+        );
+        assert_eq!(out.status, Some(0), "{out:?}");
+        assert_eq!(acked_by(&receipt(&out)), ["zmq-consumer"]);
+        let got = wait_line(&zmq_consumer, CROSS, |v| v["topic"] == format!("{PREFIX}.dev.test.a2z"));
+        assert_eq!(got["signer"], PUBLISHER, "verified as the AMQP sender: {got}");
+
+        // One publish, recipients on both sides, from each side.
+        for config in [&rig.bus.config_path, &zmq_toml] {
+            let out = rig.logger(
+                config,
+                &[
+                    "--topic",
+                    "mixed",
+                    "--recipients",
+                    "zmq-consumer,amqp-consumer",
+                    "--print-receipt",
+                    "--message",
+                    "to both sides",
+                ],
+                "",
+            );
+            assert_eq!(out.status, Some(0), "{}: {out:?}", config.display());
+            assert_eq!(acked_by(&receipt(&out)), ["amqp-consumer", "zmq-consumer"]);
+        }
+
+        // The ZeroMQ consumer's offline: the AMQP publisher's timeout names it.
+        drop(zmq_consumer);
+        let out = rig.logger(
+            &rig.bus.config_path,
+            &[
+                "--topic",
+                "offline",
+                "--recipients",
+                "zmq-consumer,amqp-consumer",
+                "--ack-timeout",
+                "3",
+                "--message",
+                "one is offline",
+            ],
+            "",
+        );
+        assert_eq!(out.status, Some(1), "{out:?}");
+        assert!(out.stderr.contains("zmq-consumer"), "{out:?}");
+        assert!(!out.stderr.contains("from amqp-consumer"), "{out:?}");
+
+        let stats = bridge.stats(BRIDGE_STATS);
+        assert_eq!(stats.sum("zmq_to_amqp.refused"), 0, "{stats}");
+        assert_eq!(stats.sum("amqp_to_zmq.refused"), 0, "{stats}");
+        // The ZeroMQ consumer's ACKs for a2z and the AMQP mixed publish.
+        assert_eq!(stats.get("zmq_to_amqp.acks_routed"), 2, "{stats}");
+        assert!(
+            stats.get("amqp_to_zmq.skipped.ack_for_amqp_publisher") >= 1,
+            "{stats}"
+        );
+        let consumer_stats = amqp_consumer.stats("gilmsg-consumer: stats");
+        assert_eq!(consumer_stats.sum("rejected"), 0, "{consumer_stats}");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 2. No loop: both bridges up, consumers bound to both exchanges, N plain
+//    messages published on each side; exact counts on each side. Then the
+//    same with two misconfigured bridges beside the good one: an
+//    amqp_to_zmq bound to zmq.topic (its socket listed by ZeroMQ consumers)
+//    and a zmq_to_amqp subscribed to the good bridge's own socket.
+
+const N: usize = 20;
+
+fn publish_n(rig: &Rig, config: &Path, topic: &str, marker: &str) {
+    let mut input: String = (0..N).map(|n| format!("{{\"n\": {n}}}\n")).collect();
+    input.push_str(&format!("{{\"marker\": \"{marker}\"}}\n"));
+    let out = rig.logger(config, &["--topic", topic, "--json-input"], &input);
+    assert_eq!(out.status, Some(0), "{out:?}");
+}
+
+fn no_loop(misconfigured: bool) {
+    let vhost = if misconfigured {
+        "bridge-no-loop-misconfigured"
+    } else {
+        "bridge-no-loop"
+    };
+    let Some(rig) = Rig::new(vhost, &["zmq-consumer", "amqp-consumer", "bridge"]) else {
+        return;
+    };
+    let (bridge, bridge_pub) = rig.both("bridge");
+    let mut others = Vec::new();
+    let mut zmq_endpoints = vec![bridge_pub.clone()];
+    if misconfigured {
+        // Bound to the exchange the ZeroMQ -> AMQP bridge publishes to.
+        let (wrong_exchange, line) = rig.bridge(
+            "bridge on zmq.topic",
+            &[
+                "amqp_to_zmq",
+                "--amqp-exchange",
+                "zmq.topic",
+                "--zmq-exchange",
+                "unused.topic",
+                "--queue",
+                "misconfigured",
+                "--publish-endpoint",
+                "tcp://127.0.0.1:*",
+                "--certname",
+                "bridge",
+            ],
+        );
+        zmq_endpoints.push(field(&line, "amqp_to_zmq").unwrap().to_owned());
+        // Subscribed to the good bridge's AMQP -> ZeroMQ socket.
+        let (own_socket, _) = rig.bridge(
+            "bridge on the bridge's socket",
+            &["zmq_to_amqp", "--zmq-endpoint", &bridge_pub],
+        );
+        others.push(wrong_exchange);
+        others.push(own_socket);
+    }
+    let endpoints: Vec<&str> = zmq_endpoints.iter().map(String::as_str).collect();
+    let zmq_toml = rig.zmq_config("zmq.toml", &endpoints);
+    let amqp_toml = rig.amqp_both_exchanges("amqp-consumer.toml");
+    let zmq_consumer = consumer("zmq-consumer", &zmq_toml, &["--no-ack"]);
+    let amqp_consumer = consumer("amqp-consumer", &amqp_toml, &["--no-ack"]);
+
+    publish_n(&rig, &zmq_toml, "from_zmq", "zmq-done");
+    publish_n(&rig, &rig.bus.config_path, "from_amqp", "amqp-done");
+    // Each consumer sees both markers; everything before them is counted.
+    for (who, consumer) in [("zmq", &zmq_consumer), ("amqp", &amqp_consumer)] {
+        let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        let mut markers = 0;
+        wait_line(consumer, CROSS, |v| {
+            let topic = v["topic"].as_str().unwrap_or_default().to_owned();
+            if v.pointer("/body/msg/marker").is_some() {
+                markers += 1;
+            } else if let Some(n) = v.pointer("/body/msg/n").and_then(Value::as_i64) {
+                seen.entry(topic).or_default().push(n);
+            }
+            markers == 2
+        });
+        for topic in ["from_zmq", "from_amqp"] {
+            let mut ns = seen
+                .remove(&format!("{PREFIX}.dev.test.{topic}"))
+                .unwrap_or_default();
+            ns.sort_unstable();
+            let expected: Vec<i64> = (0..N as i64).collect();
+            assert_eq!(ns, expected, "{who} consumer, {topic}: each exactly once");
+        }
+        assert!(seen.is_empty(), "{who} consumer got more: {seen:?}");
+    }
+    let one_way = N as u64 + 1;
+    let stats = bridge.stats(BRIDGE_STATS);
+    assert_eq!(stats.get("zmq_to_amqp.confirmed"), one_way, "{stats}");
+    assert_eq!(stats.get("amqp_to_zmq.sent"), one_way, "{stats}");
+    if misconfigured {
+        // It sees what the good bridge carried from ZeroMQ, and the copies
+        // the other misconfigured bridge made (below): all marked, all
+        // refused.
+        let wrong_exchange = others[0].wait_stats(
+            BRIDGE_STATS,
+            "every marked message refused",
+            CROSS,
+            |s| s.get("amqp_to_zmq.received") >= 2 * one_way,
+        );
+        assert_eq!(
+            wrong_exchange.get("amqp_to_zmq.refused.bridged_from_zmq"),
+            2 * one_way,
+            "{wrong_exchange}"
+        );
+        assert_eq!(wrong_exchange.get("amqp_to_zmq.sent"), 0, "{wrong_exchange}");
+        // The bridge on the bridge's socket copies the signed AMQP messages
+        // into zmq.topic once (nothing marks them on ZeroMQ): our AMQP
+        // consumer settled those copies as duplicates (handled once, counted
+        // above), and nothing went further.
+        let own_socket = others[1].stats(BRIDGE_STATS);
+        assert_eq!(own_socket.get("zmq_to_amqp.received"), one_way, "{own_socket}");
+        let consumer_stats = amqp_consumer.stats("gilmsg-consumer: stats");
+        assert_eq!(
+            consumer_stats.get("message.delivered"),
+            2 * one_way,
+            "{consumer_stats}"
+        );
+    } else {
+        for (who, c) in [("zmq", &zmq_consumer), ("amqp", &amqp_consumer)] {
+            let s = c.stats("gilmsg-consumer: stats");
+            assert_eq!(s.get("message.delivered"), 2 * one_way, "{who}: {s}");
+            assert_eq!(s.sum("duplicate"), 0, "{who}: {s}");
+        }
+    }
+}
+
+#[test]
+fn no_loop_with_both_bridges_up() {
+    within(LIMIT, || no_loop(false));
+}
+
+#[test]
+fn no_loop_with_misconfigured_bridges_beside() {
+    within(LIMIT, || no_loop(true));
+}
