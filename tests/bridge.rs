@@ -106,7 +106,9 @@ impl Rig {
                 "bridge",
             ],
         );
-        let pub_endpoint = field(&line, "amqp_to_zmq").expect("amqp_to_zmq=").to_owned();
+        let pub_endpoint = field(&line, "amqp_to_zmq")
+            .expect("amqp_to_zmq=")
+            .to_owned();
         (bridge, pub_endpoint)
     }
 
@@ -185,6 +187,28 @@ fn consumer(name: &str, config: &Path, extra: &[&str]) -> Running {
     consumer
 }
 
+/// Reads `proc`'s stdout lines (after `prefix`) as JSON until `pred` holds
+/// for one, for at most `limit`; `None` if none did.
+fn saw(
+    proc: &Running,
+    prefix: &str,
+    limit: Duration,
+    mut pred: impl FnMut(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + limit;
+    while let Some(line) = proc.next_stdout(deadline.saturating_duration_since(Instant::now())) {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_str::<Value>(rest) {
+            if pred(&v) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
 /// Reads a consumer's JSON lines until `pred` holds for one; returns it.
 fn wait_line(proc: &Running, limit: Duration, mut pred: impl FnMut(&Value) -> bool) -> Value {
     let deadline = Instant::now() + limit;
@@ -256,9 +280,17 @@ fn signed_messages_and_acks_cross_both_ways() {
         );
         assert_eq!(out.status, Some(0), "{out:?}");
         assert_eq!(acked_by(&receipt(&out)), ["amqp-consumer"]);
-        let got = wait_line(&amqp_consumer, CROSS, |v| v["topic"] == format!("{PREFIX}.dev.test.z2a"));
-        assert_eq!(got["signer"], PUBLISHER, "verified as the ZeroMQ sender: {got}");
-        assert_eq!(got["body"]["msg"], json!({"from": "zmq", "n": 1.5, "t": "h\u{e9}"}));
+        let got = wait_line(&amqp_consumer, CROSS, |v| {
+            v["topic"] == format!("{PREFIX}.dev.test.z2a")
+        });
+        assert_eq!(
+            got["signer"], PUBLISHER,
+            "verified as the ZeroMQ sender: {got}"
+        );
+        assert_eq!(
+            got["body"]["msg"],
+            json!({"from": "zmq", "n": 1.5, "t": "h\u{e9}"})
+        );
 
         // AMQP -> ZeroMQ, acknowledged by the ZeroMQ consumer.
         let out = rig.logger(
@@ -276,8 +308,13 @@ fn signed_messages_and_acks_cross_both_ways() {
         );
         assert_eq!(out.status, Some(0), "{out:?}");
         assert_eq!(acked_by(&receipt(&out)), ["zmq-consumer"]);
-        let got = wait_line(&zmq_consumer, CROSS, |v| v["topic"] == format!("{PREFIX}.dev.test.a2z"));
-        assert_eq!(got["signer"], PUBLISHER, "verified as the AMQP sender: {got}");
+        let got = wait_line(&zmq_consumer, CROSS, |v| {
+            v["topic"] == format!("{PREFIX}.dev.test.a2z")
+        });
+        assert_eq!(
+            got["signer"], PUBLISHER,
+            "verified as the AMQP sender: {got}"
+        );
 
         // One publish, recipients on both sides, from each side.
         for config in [&rig.bus.config_path, &zmq_toml] {
@@ -426,24 +463,30 @@ fn no_loop(misconfigured: bool) {
         // It sees what the good bridge carried from ZeroMQ, and the copies
         // the other misconfigured bridge made (below): all marked, all
         // refused.
-        let wrong_exchange = others[0].wait_stats(
-            BRIDGE_STATS,
-            "every marked message refused",
-            CROSS,
-            |s| s.get("amqp_to_zmq.received") >= 2 * one_way,
-        );
+        let wrong_exchange =
+            others[0].wait_stats(BRIDGE_STATS, "every marked message refused", CROSS, |s| {
+                s.get("amqp_to_zmq.received") >= 2 * one_way
+            });
         assert_eq!(
             wrong_exchange.get("amqp_to_zmq.refused.bridged_from_zmq"),
             2 * one_way,
             "{wrong_exchange}"
         );
-        assert_eq!(wrong_exchange.get("amqp_to_zmq.sent"), 0, "{wrong_exchange}");
+        assert_eq!(
+            wrong_exchange.get("amqp_to_zmq.sent"),
+            0,
+            "{wrong_exchange}"
+        );
         // The bridge on the bridge's socket copies the signed AMQP messages
         // into zmq.topic once (nothing marks them on ZeroMQ): our AMQP
         // consumer settled those copies as duplicates (handled once, counted
         // above), and nothing went further.
         let own_socket = others[1].stats(BRIDGE_STATS);
-        assert_eq!(own_socket.get("zmq_to_amqp.received"), one_way, "{own_socket}");
+        assert_eq!(
+            own_socket.get("zmq_to_amqp.received"),
+            one_way,
+            "{own_socket}"
+        );
         let consumer_stats = amqp_consumer.stats("gilmsg-consumer: stats");
         assert_eq!(
             consumer_stats.get("message.delivered"),
@@ -467,4 +510,499 @@ fn no_loop_with_both_bridges_up() {
 #[test]
 fn no_loop_with_misconfigured_bridges_beside() {
     within(LIMIT, || no_loop(true));
+}
+
+// ---------------------------------------------------------------------------
+// With the Python peers (fedmsg 1.1.7, gilmsg 0.1.2; RSA identities): the
+// interop world of tests/interop.rs (fedmsg.d, the relay) plus a vhost on
+// the shared RabbitMQ node and a bridge between them.
+
+/// The interop world, a vhost, and a bridge (`both`) from the world's relay
+/// to the vhost and back on a socket the Python peers list among their
+/// endpoints (`fedmsg.d/zz-bridge.py`, merged into `endpoints`).
+struct PyRig {
+    world: support::World,
+    _relay: Running,
+    url: String,
+    amqp_toml: PathBuf,
+    bridge: Running,
+    bridge_pub: String,
+}
+
+/// Python's topics: `org.example.dev.<modname>.<topic>`.
+const PY_PREFIX: &str = "org.example.dev";
+
+impl PyRig {
+    fn new(test: &str) -> Option<PyRig> {
+        let peers = support::peers(test)?;
+        let node = gilmsg_testkit::amqp::shared()?;
+        let world = support::World::new(&peers);
+        let relay = world.fedmsg_relay();
+        let url = node.vhost(test).unwrap_or_else(|e| panic!("{e}"));
+        let amqp_toml = world.dir.join("amqp.toml");
+        std::fs::write(
+            &amqp_toml,
+            format!(
+                r#"amqp_url = {url:?}
+topic_prefix = "{prefix}"
+environment = "{env}"
+ssldir = {ssldir:?}
+ca_cert_location = {ca:?}
+crl_location = {crl:?}
+sign_messages = true
+validate_signatures = true
+ack_timeout = "10s"
+reconnect_max = "500ms"
+
+[[bindings]]
+exchange = "amq.topic"
+routing_keys = ["{PY_PREFIX}.#"]
+
+[[bindings]]
+exchange = "zmq.topic"
+routing_keys = ["{PY_PREFIX}.#"]
+"#,
+                prefix = support::PREFIX,
+                env = support::ENV,
+                ssldir = world.pki.dir().display().to_string(),
+                ca = world.pki.ca().display().to_string(),
+                crl = world.pki.crl().display().to_string(),
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(bridge_bin());
+        command
+            .args([
+                "both",
+                "--zmq-endpoint",
+                &world.outbound,
+                "--publish-endpoint",
+                "tcp://127.0.0.1:*",
+                "--certname",
+                "bridge",
+                "--config",
+            ])
+            .arg(&amqp_toml)
+            .env("GILMSG_LOG", "warn")
+            .stdin(Stdio::null());
+        let bridge = Running::spawn("gilmsg-bridge", command);
+        let line = bridge.expect_stderr(BRIDGE_READY, READY);
+        let bridge_pub = field(&line, "amqp_to_zmq").unwrap().to_owned();
+        std::fs::write(
+            world.dir.join("fedmsg.d/zz-bridge.py"),
+            format!("config = dict(endpoints={{'amqp_to_zmq': [{bridge_pub:?}]}})\n"),
+        )
+        .unwrap();
+        // Our ZeroMQ-side tools list the bridge's socket too.
+        let mut config = gilmsg_config::Config::from_path(&world.toml).unwrap();
+        config
+            .endpoints
+            .insert("amqp_to_zmq".into(), vec![bridge_pub.clone()]);
+        std::fs::write(&world.toml, config.to_toml_string()).unwrap();
+        Some(PyRig {
+            world,
+            _relay: relay,
+            url,
+            amqp_toml,
+            bridge,
+            bridge_pub,
+        })
+    }
+
+    /// Our AMQP consumer (bound to both exchanges), JSON lines.
+    fn amqp_consumer(&self, name: &str, extra: &[&str]) -> Running {
+        consumer(name, &self.amqp_toml, extra)
+    }
+
+    /// `fedmsg-logger` probes until `consumer` (ours, on AMQP) prints one:
+    /// the relay -> bridge path is up (a one-shot Python publisher may lose
+    /// its message to ZeroMQ's slow joiner otherwise).
+    fn probe_through_bridge(&self, consumer: &Running) {
+        let give_up = Instant::now() + Duration::from_secs(90);
+        let mut attempt = 0;
+        while Instant::now() < give_up {
+            attempt += 1;
+            let text = format!("probe-{attempt}");
+            let out = self.world.python_tool(
+                "fedmsg-logger",
+                &["--message", &text],
+                Duration::from_secs(30),
+            );
+            assert_eq!(out.code, Some(0), "fedmsg-logger failed: {out}");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while let Some(line) =
+                consumer.next_stdout(deadline.saturating_duration_since(Instant::now()))
+            {
+                let v: Value = serde_json::from_str(&line).unwrap_or_default();
+                if v.pointer("/body/msg/log").and_then(Value::as_str) == Some(text.as_str()) {
+                    assert_eq!(v["signer"], "py-shell", "{v}");
+                    return;
+                }
+            }
+        }
+        panic!("no probe crossed the bridge in 90 s");
+    }
+
+    /// Our `gilmsg-logger` on the AMQP side, signing as `rust-pub`.
+    fn amqp_logger(&self, args: &[&str]) -> support::Outcome {
+        let mut all = vec!["--certname", "rust-pub", "--modname", "logger"];
+        all.extend_from_slice(args);
+        self.world.rust_logger(&all, Some(&self.amqp_toml), None)
+    }
+}
+
+/// Python gilmsg-logger on ZeroMQ -> fedmsg-relay -> bridge -> RabbitMQ ->
+/// our AMQP consumer; its ACK returns the other way and the Python
+/// publisher exits 0. With our consumer offline, Python's timeout names it.
+#[test]
+fn python_gilmsg_logger_is_acked_by_our_amqp_consumer_across_the_bridge() {
+    within(LIMIT, || {
+        let Some(rig) = PyRig::new("bridge-py-logger-acked") else {
+            return;
+        };
+        let mut ours = rig.amqp_consumer("amqp-consumer", &[]);
+        rig.probe_through_bridge(&ours);
+        let out = rig.world.python_tool(
+            "gilmsg-logger",
+            &[
+                "--recipients",
+                "amqp-consumer",
+                "--ack-timeout",
+                "15",
+                "--post-init-sleep",
+                "1.0",
+                "--message",
+                "hello across the bridge",
+            ],
+            Duration::from_secs(40),
+        );
+        assert_eq!(out.code, Some(0), "Python gilmsg-logger got no ACK: {out}");
+        assert!(out.stdout_text().contains("peers: exit rc=0"), "{out}");
+        let got = wait_line(&ours, CROSS, |v| {
+            v.pointer("/body/msg/log") == Some(&json!("hello across the bridge"))
+        });
+        assert_eq!(
+            got["signer"], "py-shell",
+            "verified as the Python sender: {got}"
+        );
+
+        ours.kill();
+        let out = rig.world.python_tool(
+            "gilmsg-logger",
+            &[
+                "--recipients",
+                "amqp-consumer",
+                "--ack-timeout",
+                "3",
+                "--post-init-sleep",
+                "1.0",
+                "--message",
+                "nobody home",
+            ],
+            Duration::from_secs(40),
+        );
+        // Python gilmsg's Timeout counts, it does not name (gilmsg 0.1.2:
+        // "Received 0 acks from 0 of 1 systems"); the one recipient is
+        // amqp-consumer.
+        assert_ne!(out.code, Some(0), "{out}");
+        assert!(
+            out.stderr_text()
+                .contains("gilmsg.Timeout: Received 0 acks from 0 of 1 systems"),
+            "a timeout for the one recipient: {out}"
+        );
+    });
+}
+
+/// Mirrored: our AMQP publisher gets receipts from a Python gilmsg consumer
+/// on ZeroMQ (which validates our signature), alone and with a recipient on
+/// AMQP in the same publish; with the Python consumer gone, our timeout
+/// names it.
+#[test]
+fn our_amqp_publisher_is_acked_by_a_python_consumer_across_the_bridge() {
+    within(LIMIT, || {
+        let Some(rig) = PyRig::new("bridge-py-consumer-acks") else {
+            return;
+        };
+        let mut py = rig.world.python_consumer("py-a");
+        let ours = rig.amqp_consumer("amqp-consumer", &[]);
+        let out = rig.amqp_logger(&[
+            "--recipients",
+            "py-a",
+            "--ack-timeout",
+            "20",
+            "--print-receipt",
+            "--message",
+            "to python, from amqp",
+        ]);
+        assert_eq!(out.code, Some(0), "{out}");
+        let receipt: Value = serde_json::from_str(out.stdout.last().unwrap()).unwrap();
+        assert_eq!(acked_by(&receipt), ["py-a"], "{receipt}");
+        let got = support::wait_json(&py, "peers: got ", CROSS, |v| {
+            v.pointer("/body/msg/log") == Some(&json!("to python, from amqp"))
+        });
+        assert_eq!(got["body"]["crypto"], "x509", "{got}");
+        assert_eq!(got["body"]["msg_id"], receipt["msg_id"]);
+
+        let out = rig.amqp_logger(&[
+            "--recipients",
+            "py-a,amqp-consumer",
+            "--ack-timeout",
+            "20",
+            "--print-receipt",
+            "--message",
+            "mixed",
+        ]);
+        assert_eq!(out.code, Some(0), "{out}");
+        let receipt: Value = serde_json::from_str(out.stdout.last().unwrap()).unwrap();
+        assert_eq!(acked_by(&receipt), ["amqp-consumer", "py-a"], "{receipt}");
+
+        py.kill();
+        let out = rig.amqp_logger(&[
+            "--recipients",
+            "py-a,amqp-consumer",
+            "--ack-timeout",
+            "3",
+            "--message",
+            "py-a is gone",
+        ]);
+        assert_eq!(out.code, Some(1), "{out}");
+        assert!(
+            out.stderr_text()
+                .contains("from py-a (acked: amqp-consumer)"),
+            "{out}"
+        );
+        drop(ours);
+    });
+}
+
+/// A validating Python fedmsg consumer receives what crosses AMQP -> ZeroMQ:
+/// a message our AMQP publisher signed (the same signature), and an
+/// unsigned fedora-messaging message, signed by the bridge and marked as
+/// bridged. Our ZeroMQ consumer sees the same: signer `bridge`, the mark.
+#[test]
+fn python_fedmsg_validates_what_the_bridge_carries_to_zeromq() {
+    within(LIMIT, || {
+        let Some(rig) = PyRig::new("bridge-py-fedmsg-validates") else {
+            return;
+        };
+        let tail = rig.world.python(
+            "fedmsg.tail_messages",
+            "tail",
+            Duration::from_secs(120),
+            &[],
+        );
+        tail.wait_stdout("peers: ready tail", READY)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ours = rig
+            .world
+            .rust_consumer("rust-consumer", None, &["--no-ack"]);
+        // Probes from AMQP until both print one: their SUBs connect to the
+        // bridge's socket asynchronously, and a plain message sent before
+        // reaches nobody.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0;
+        let (mut tail_ok, mut ours_ok) = (false, false);
+        while !(tail_ok && ours_ok) {
+            assert!(
+                Instant::now() < give_up,
+                "no probe reached both: tail {tail_ok}, ours {ours_ok}"
+            );
+            attempt += 1;
+            let text = format!("probe-{attempt}");
+            let out = rig.amqp_logger(&["--topic", "probe", "--message", &text]);
+            assert_eq!(out.code, Some(0), "{out}");
+            let is_probe = |v: &Value| {
+                v.pointer("/body/msg/log").and_then(Value::as_str) == Some(text.as_str())
+            };
+            tail_ok |= saw(&tail, "peers: got ", Duration::from_secs(2), is_probe).is_some();
+            ours_ok |= saw(&ours, "", Duration::from_secs(2), is_probe).is_some();
+        }
+        let out = rig.amqp_logger(&[
+            "--topic",
+            "signed",
+            "--json-input",
+            "--message",
+            r#"{"n": 1, "t": "caf\u00e9"}"#,
+        ]);
+        assert_eq!(out.code, Some(0), "{out}");
+        let got = support::wait_json(&tail, "peers: got ", CROSS, |v| {
+            v["topic"] == format!("{PY_PREFIX}.logger.signed")
+        });
+        assert_eq!(got["body"]["crypto"], "x509", "{got}");
+        assert_eq!(
+            got["body"]["msg"],
+            json!({"n": 1, "t": "caf\u{e9}"}),
+            "{got}"
+        );
+        let mine = wait_line(&ours, CROSS, |v| {
+            v["topic"] == format!("{PY_PREFIX}.logger.signed")
+        });
+        assert_eq!(mine["signer"], "rust-pub", "{mine}");
+
+        // fedora-messaging's own message: no gilmsg_envelope, no signature.
+        let topic = format!("{PY_PREFIX}.bodhi.update.comment");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use lapin::types::{AMQPValue, FieldTable, LongString};
+            let peer = gilmsg_testkit::amqp::RawPeer::connect(&rig.url).await;
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "fedora_messaging_schema".into(),
+                AMQPValue::LongString(LongString::from("base.message")),
+            );
+            headers.insert(
+                "sent-at".into(),
+                AMQPValue::LongString(LongString::from("2026-11-30T09:00:00+00:00")),
+            );
+            headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(20));
+            let properties = lapin::BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_content_encoding("utf-8".into())
+                .with_delivery_mode(2)
+                .with_message_id("fm-4b1d".into())
+                .with_headers(headers);
+            peer.publish(&topic, br#"{"comment": "LGTM", "karma": 1}"#, properties)
+                .await;
+        });
+        let got = support::wait_json(&tail, "peers: got ", CROSS, |v| v["topic"] == topic);
+        let body = &got["body"];
+        assert_eq!(body["msg"], json!({"comment": "LGTM", "karma": 1}), "{got}");
+        assert_eq!(body["msg_id"], "fm-4b1d", "{got}");
+        assert_eq!(body["username"], "amqp-bridge", "{got}");
+        assert_eq!(
+            body["gilmsg_bridged"],
+            json!({"from": "amqp", "by": "bridge", "sent_at": 1_796_029_200}),
+            "{got}"
+        );
+        assert_eq!(body["crypto"], "x509", "{got}");
+        let mine = wait_line(&ours, CROSS, |v| v["topic"] == topic);
+        assert_eq!(
+            mine["signer"], "bridge",
+            "signed as the bridge, never as a sender: {mine}"
+        );
+        let err = tail.stderr_so_far().join("\n");
+        assert!(
+            !err.contains("invalid message received") && !err.contains("invalid signature"),
+            "the Python tail rejected something: {err}"
+        );
+        let stats = rig.bridge.stats(BRIDGE_STATS);
+        assert_eq!(stats.get("amqp_to_zmq.wrapped"), 1, "{stats}");
+        let _ = &rig.bridge_pub;
+    });
+}
+
+/// A Python fedora-messaging consumer (its queue bound to zmq.topic)
+/// receives what a Python fedmsg publisher signed on ZeroMQ, with its
+/// schema validation passing.
+#[test]
+fn fedora_messaging_consumer_receives_bridged_zeromq_messages() {
+    within(LIMIT, || {
+        let Some(rig) = PyRig::new("bridge-fm-consumer") else {
+            return;
+        };
+        let Some(venv) = gilmsg_testkit::python::fedora_messaging_venv() else {
+            return;
+        };
+        let ours = rig.amqp_consumer("amqp-consumer", &["--no-ack"]);
+        rig.probe_through_bridge(&ours);
+        let dir = rig.world.dir.join("fedora-messaging");
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        std::fs::write(
+            dir.join("fm.toml"),
+            format!(
+                r#"amqp_url = "{url}"
+publish_exchange = "amq.topic"
+topic_prefix = ""
+callback = "fm_record:record"
+
+[queues.fm_bridged]
+durable = true
+auto_delete = false
+exclusive = false
+arguments = {{}}
+
+[[bindings]]
+queue = "fm_bridged"
+exchange = "zmq.topic"
+routing_keys = ["{PY_PREFIX}.#"]
+"#,
+                url = rig.url
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("fm_record.py"),
+            r#"import json, os
+
+def record(message):
+    message.validate()  # fedora-messaging's schema check (get_message ran it too)
+    with open(os.environ["GILMSG_FM_OUT"], "a") as out:
+        out.write(json.dumps({
+            "topic": message.topic,
+            "id": message.id,
+            "body": message.body,
+            "class": type(message).__module__ + "." + type(message).__name__,
+            "schema_header": message._headers.get("fedora_messaging_schema"),
+            "bridged_from": message._headers.get("gilmsg_bridged_from"),
+        }) + "\n")
+"#,
+        )
+        .unwrap();
+        let recorded = dir.join("recorded.jsonl");
+        let mut command = gilmsg_testkit::python::command(Path::new("sh"), &dir);
+        command
+            .arg("-c")
+            .arg("exec \"$0\" --conf fm.toml consume > fm.log 2>&1")
+            .arg(venv.join("bin/fedora-messaging"))
+            .env("PYTHONPATH", &dir)
+            .env("GILMSG_FM_OUT", &recorded)
+            .stdin(Stdio::null());
+        let fm = Running::spawn("fedora-messaging consume", command);
+        // Re-sent until the consumer's queue exists and records it.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut attempt = 0;
+        let seen = loop {
+            attempt += 1;
+            let text = format!("to fedora-messaging {attempt}");
+            let out = rig.world.python_tool(
+                "fedmsg-logger",
+                &["--message", &text],
+                Duration::from_secs(30),
+            );
+            assert_eq!(out.code, Some(0), "{out}");
+            // A one-shot publisher may lose its message to ZeroMQ's slow
+            // joiner: then the next attempt.
+            let _ = saw(&ours, "", Duration::from_secs(3), |v| {
+                v.pointer("/body/msg/log").and_then(Value::as_str) == Some(text.as_str())
+            });
+            let text_now = std::fs::read_to_string(&recorded).unwrap_or_default();
+            if let Some(line) = text_now.lines().next() {
+                break serde_json::from_str::<Value>(line).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fedora-messaging's callback never ran; its log:\n{}",
+                std::fs::read_to_string(dir.join("fm.log")).unwrap_or_default()
+            );
+        };
+        drop(fm);
+        assert!(
+            seen["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&format!("{PY_PREFIX}."))),
+            "{seen}"
+        );
+        assert!(
+            seen["body"]["log"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("to fedora-messaging")),
+            "{seen}"
+        );
+        assert_eq!(seen["class"], "fedora_messaging.message.Message", "{seen}");
+        assert_eq!(seen["schema_header"], "base.message", "{seen}");
+        assert_eq!(seen["bridged_from"], "zmq", "{seen}");
+    });
 }

@@ -237,10 +237,11 @@ impl ReplyRoutes {
 }
 
 /// The envelope a bridge signs for an unsigned AMQP message (a
-/// fedora-messaging publish): its topic, payload, `msg_id` and send time,
-/// the bridge's own sequence number `i`, `username` [`BRIDGE_USERNAME`],
-/// the schema it named, and the signed mark [`BRIDGE_MARK_FIELD`] naming
-/// the bridge `by`. Unsigned here: the caller signs it as `by`
+/// fedora-messaging publish): its topic, payload and `msg_id`, the
+/// bridge's own sequence number `i` and time `now_secs` as `timestamp`,
+/// `username` [`BRIDGE_USERNAME`], the schema it named, and the signed mark
+/// [`BRIDGE_MARK_FIELD`]: `{"from": "amqp", "by": <bridge>, "sent_at":
+/// <the sender's sent-at, if any>}`. Unsigned here: the caller signs it as `by`
 /// ([`Envelope::sign`]). Numbers in `msg` are brought to their canonical
 /// text first, as for any message about to be signed.
 pub fn wrap_unsigned(
@@ -257,10 +258,10 @@ pub fn wrap_unsigned(
     body.insert("msg".into(), msg);
     body.insert("msg_id".into(), Value::String(unsigned.msg_id().to_owned()));
     body.insert("i".into(), Value::from(i));
-    body.insert(
-        "timestamp".into(),
-        Value::from(unsigned.timestamp().unwrap_or(now_secs)),
-    );
+    // The bridge's time: it signs that it wrapped the message then (a
+    // message that waited in the queue is not refused as too old for
+    // that); the sender's `sent-at` stays in the mark.
+    body.insert("timestamp".into(), Value::from(now_secs));
     body.insert("username".into(), Value::String(BRIDGE_USERNAME.into()));
     if let Some(schema) = unsigned.schema_name() {
         body.insert(SCHEMA_FIELD.into(), Value::String(schema.to_owned()));
@@ -268,6 +269,9 @@ pub fn wrap_unsigned(
     let mut mark = Map::new();
     mark.insert("from".into(), Value::String("amqp".into()));
     mark.insert("by".into(), Value::String(by.to_owned()));
+    if let Some(sent) = unsigned.timestamp() {
+        mark.insert("sent_at".into(), Value::from(sent));
+    }
     body.insert(BRIDGE_MARK_FIELD.into(), Value::Object(mark));
     Envelope::from_body(body)
 }
@@ -385,11 +389,12 @@ mod tests {
         unsigned.insert(SCHEMA_FIELD.into(), json!("bodhi.update.v1"));
         unsigned.insert("msg".into(), json!({"f": 1.0, "deep": [1, {"x": null}]}));
         let unsigned = Envelope::from_body(unsigned).unwrap();
-        let w = wrap_unsigned(&unsigned, 42, 5, "amqp-bridge.host").unwrap();
+        let w = wrap_unsigned(&unsigned, 42, 1_800_000_000, "amqp-bridge.host").unwrap();
         assert_eq!(w.msg_id(), "2026-abc");
         assert_eq!(w.topic(), "org.x.dev.a.b");
         assert_eq!(w.msg()["deep"], json!([1, {"x": null}]));
-        assert_eq!(w.timestamp(), Some(1_700_000_000));
+        assert_eq!(w.timestamp(), Some(1_800_000_000), "the bridge's time");
+        assert_eq!(w.body()[BRIDGE_MARK_FIELD]["sent_at"], 1_700_000_000);
         assert_eq!(w.str_field("username"), Some(BRIDGE_USERNAME));
         assert_eq!(w.schema_name(), Some("bodhi.update.v1"));
         assert_eq!(w.body()["i"], 42);

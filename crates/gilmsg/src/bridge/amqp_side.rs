@@ -259,7 +259,12 @@ impl Out {
                 return Ok(());
             }
             memories.sent_to_amqp.remember(envelope.msg_id(), now);
-            ack_routes(&envelope, &self.setup.settings.ack_topic, &mut memories, now)
+            ack_routes(
+                &envelope,
+                &self.setup.settings.ack_topic,
+                &mut memories,
+                now,
+            )
         };
         let Some(live) = live else {
             counters.zmq_dropped.bump("no_broker");
@@ -388,7 +393,10 @@ impl In {
         let connection = broker.connect().await?;
         let channel = broker.channel(&connection).await?;
         channel
-            .basic_qos(broker.config.prefetch_count.max(1), BasicQosOptions::default())
+            .basic_qos(
+                broker.config.prefetch_count.max(1),
+                BasicQosOptions::default(),
+            )
             .await
             .map_err(|e| broker.failed("qos.prefetch_count: cannot set", e))?;
         let passive = broker.config.passive_declares;
@@ -403,7 +411,9 @@ impl In {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| broker.failed(&format!("queue {:?}: cannot declare", self.setup.queue), e))?;
+            .map_err(|e| {
+                broker.failed(&format!("queue {:?}: cannot declare", self.setup.queue), e)
+            })?;
         for key in &self.setup.binding_keys {
             channel
                 .queue_bind(
@@ -570,7 +580,8 @@ impl In {
             counters.amqp_skipped.bump("ack_for_amqp_publisher");
             return settle(&live.channel, tag, Settle::Done).await;
         }
-        let wire = AmqpMessage::received(routing_key, delivery.data, delivery.properties, ack_topic);
+        let wire =
+            AmqpMessage::received(routing_key, delivery.data, delivery.properties, ack_topic);
         let now = Instant::now();
         let checked = {
             let mut memories = lock(&self.setup.shared);
@@ -602,7 +613,11 @@ impl In {
             let (signer, name) = &self.setup.signer;
             let wrapped = wrap_unsigned(&envelope, self.sequence, unix_now(), name)
                 .map_err(|e| e.to_string())
-                .and_then(|mut w| w.sign(signer.as_ref()).map(|()| w).map_err(|e| e.to_string()));
+                .and_then(|mut w| {
+                    w.sign(signer.as_ref())
+                        .map(|()| w)
+                        .map_err(|e| e.to_string())
+                });
             match wrapped {
                 Ok(w) => {
                     counters.amqp_wrapped.bump();
@@ -702,4 +717,3 @@ fn unix_now() -> i64 {
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
-

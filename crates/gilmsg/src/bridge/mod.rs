@@ -122,7 +122,9 @@ pub(crate) type Shared = Arc<Mutex<Memories>>;
 /// Locks the memories (a panicked holder cannot leave them half-written:
 /// each operation is one call).
 pub(crate) fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Memories> {
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A running bridge; it stops when closed or dropped.
