@@ -15,7 +15,6 @@
 #![forbid(unsafe_code)]
 
 #[path = "interop/support.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::collections::BTreeMap;

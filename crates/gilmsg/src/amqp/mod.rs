@@ -231,12 +231,16 @@ impl WireFormat for Amqp {
 /// header are each canonical JSON: the signed part is the canonical JSON of
 /// their union with the topic, which every receiver recomputes.
 fn encode(message: &Sealed) -> AmqpMessage {
-    encode_envelope(message.envelope())
+    encode_envelope(message.envelope(), None)
 }
 
 /// [`encode`] for any envelope (a received one too: the bridge carries
-/// ZeroMQ messages to AMQP with it, signed fields untouched).
-pub(crate) fn encode_envelope(envelope: &gilmsg_proto::Envelope) -> AmqpMessage {
+/// ZeroMQ messages to AMQP with it, signed fields untouched), with one more
+/// (unsigned) header if `extra` names one.
+pub(crate) fn encode_envelope(
+    envelope: &gilmsg_proto::Envelope,
+    extra: Option<(&str, &str)>,
+) -> AmqpMessage {
     let body = envelope.body();
     let msg_text = gilmsg_proto::canonical::to_string(envelope.msg())
         // Sealed messages are canonical already, and the bridge checks a
@@ -255,6 +259,9 @@ pub(crate) fn encode_envelope(envelope: &gilmsg_proto::Envelope) -> AmqpMessage 
         AMQPValue::LongString(LongString::from(schema)),
     );
     headers.insert(SEVERITY_HEADER.into(), AMQPValue::LongInt(20));
+    if let Some((name, value)) = extra {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
     let timestamp = envelope.timestamp();
     if let Some(text) = timestamp.and_then(sent_at) {
         headers.insert(

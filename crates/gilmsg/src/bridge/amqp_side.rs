@@ -25,7 +25,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 
 use super::zmq_side::{Delivered, Outgoing};
@@ -246,7 +246,7 @@ impl Out {
             return Ok(());
         }
         let now = Instant::now();
-        let routes = {
+        {
             let mut memories = lock(&self.setup.shared);
             if let Err(refusal) = check_from_zmq(&envelope, &mut memories.sent_to_zmq, now) {
                 drop(memories);
@@ -258,6 +258,13 @@ impl Out {
                 );
                 return Ok(());
             }
+        }
+        let Some(live) = live else {
+            counters.zmq_dropped.bump("no_broker");
+            return Ok(());
+        };
+        let routes = {
+            let mut memories = lock(&self.setup.shared);
             memories.sent_to_amqp.remember(envelope.msg_id(), now);
             ack_routes(
                 &envelope,
@@ -266,17 +273,7 @@ impl Out {
                 now,
             )
         };
-        let Some(live) = live else {
-            counters.zmq_dropped.bump("no_broker");
-            return Ok(());
-        };
-        let mut wire = encode_envelope(&envelope);
-        let mut headers = wire.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            BRIDGED_FROM_HEADER.into(),
-            AMQPValue::LongString(LongString::from(FROM_ZMQ)),
-        );
-        wire.properties = wire.properties.clone().with_headers(headers);
+        let wire = encode_envelope(&envelope, Some((BRIDGED_FROM_HEADER, FROM_ZMQ)));
         let targets: Vec<(&str, &str)> = if routes.is_empty() {
             vec![(self.setup.zmq_exchange.as_str(), wire.routing_key.as_str())]
         } else {
@@ -297,8 +294,11 @@ impl Out {
                     wire.properties.clone(),
                 )
                 .await
-                .map_err(|e| e.to_string())?;
-            confirms.push(Box::pin(async move { confirm.await }));
+                .map_err(|e| {
+                    counters.zmq_dropped.bump("no_broker");
+                    e.to_string()
+                })?;
+            confirms.push(Box::pin(confirm));
         }
         Ok(())
     }
@@ -567,9 +567,15 @@ impl In {
         counters.amqp_received.bump();
         let tag = delivery.delivery_tag;
         let routing_key = delivery.routing_key.to_string();
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let bridged = headers.inner().contains_key(BRIDGED_FROM_HEADER);
-        let has_envelope = headers.inner().contains_key(ENVELOPE_HEADER);
+        let has_header = |name: &str| {
+            delivery
+                .properties
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(name))
+        };
+        let bridged = has_header(BRIDGED_FROM_HEADER);
+        let has_envelope = has_header(ENVELOPE_HEADER);
         let ack_topic = &self.setup.settings.ack_topic;
         // An ACK routed to one AMQP publisher (`<ack topic>.<id>`): nobody
         // on ZeroMQ waits for it.
