@@ -227,6 +227,36 @@ fn wait_line(proc: &Running, limit: Duration, mut pred: impl FnMut(&Value) -> bo
     );
 }
 
+/// Publishes an unsigned message as fedora-messaging writes one (no
+/// `gilmsg_envelope`) to `amq.topic` on `url`.
+fn publish_unsigned(url: &str, topic: &str, message_id: &str, body: &[u8]) {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let peer = gilmsg_testkit::amqp::RawPeer::connect(url).await;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "fedora_messaging_schema".into(),
+            AMQPValue::LongString(LongString::from("base.message")),
+        );
+        headers.insert(
+            "sent-at".into(),
+            AMQPValue::LongString(LongString::from("2026-11-30T09:00:00+00:00")),
+        );
+        headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(20));
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("utf-8".into())
+            .with_delivery_mode(2)
+            .with_message_id(message_id.into())
+            .with_headers(headers);
+        peer.publish(topic, body, properties).await;
+    });
+}
+
 fn receipt(out: &gilmsg_testkit::ToolOutput) -> Value {
     let last = out.stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("no receipt ({e}): {out:?}"))
@@ -393,7 +423,28 @@ fn no_loop(misconfigured: bool) {
     let Some(rig) = Rig::new(vhost, &["zmq-consumer", "amqp-consumer", "bridge"]) else {
         return;
     };
-    let (bridge, bridge_pub) = rig.both("bridge");
+    let (bridge, bridge_pub) = if misconfigured {
+        // Also subscribed to its own socket: its msg_id memory refuses what
+        // comes back (and the wrap mark what it wrapped).
+        let own = format!("tcp://127.0.0.1:{}", support::free_port());
+        let (bridge, _) = rig.bridge(
+            "bridge",
+            &[
+                "both",
+                "--zmq-endpoint",
+                &rig.relay_out,
+                "--zmq-endpoint",
+                &own,
+                "--publish-endpoint",
+                &own,
+                "--certname",
+                "bridge",
+            ],
+        );
+        (bridge, own)
+    } else {
+        rig.both("bridge")
+    };
     let mut others = Vec::new();
     let mut zmq_endpoints = vec![bridge_pub.clone()];
     if misconfigured {
@@ -430,6 +481,9 @@ fn no_loop(misconfigured: bool) {
     let amqp_consumer = consumer("amqp-consumer", &amqp_toml, &["--no-ack"]);
 
     publish_n(&rig, &zmq_toml, "from_zmq", "zmq-done");
+    // fedora-messaging's own (unsigned): wrapped and signed by the bridge.
+    let fm_topic = format!("{PREFIX}.dev.test.from_fm");
+    publish_unsigned(&rig.bus.url, &fm_topic, "fm-1", br#"{"n": 0}"#);
     publish_n(&rig, &rig.bus.config_path, "from_amqp", "amqp-done");
     // Each consumer sees both markers; everything before them is counted.
     for (who, consumer) in [("zmq", &zmq_consumer), ("amqp", &amqp_consumer)] {
@@ -452,13 +506,32 @@ fn no_loop(misconfigured: bool) {
             let expected: Vec<i64> = (0..N as i64).collect();
             assert_eq!(ns, expected, "{who} consumer, {topic}: each exactly once");
         }
+        // Wrapped for ZeroMQ; refused unsigned by the validating AMQP consumer.
+        let fm = seen.remove(&fm_topic).unwrap_or_default();
+        let expected: &[i64] = if who == "zmq" { &[0] } else { &[] };
+        assert_eq!(fm, expected, "{who} consumer, the fedora-messaging message");
         assert!(seen.is_empty(), "{who} consumer got more: {seen:?}");
     }
     let one_way = N as u64 + 1;
     let stats = bridge.stats(BRIDGE_STATS);
     assert_eq!(stats.get("zmq_to_amqp.confirmed"), one_way, "{stats}");
-    assert_eq!(stats.get("amqp_to_zmq.sent"), one_way, "{stats}");
+    assert_eq!(stats.get("amqp_to_zmq.sent"), one_way + 1, "{stats}");
+    assert_eq!(stats.get("amqp_to_zmq.wrapped"), 1, "{stats}");
     if misconfigured {
+        // What it sent to ZeroMQ and read back from its own socket.
+        let stats = bridge.wait_stats(BRIDGE_STATS, "its own messages back", CROSS, |s| {
+            s.get("zmq_to_amqp.received") >= 2 * one_way + 1
+        });
+        assert_eq!(
+            stats.get("zmq_to_amqp.refused.sent_the_other_way"),
+            one_way,
+            "{stats}"
+        );
+        assert_eq!(
+            stats.get("zmq_to_amqp.refused.wrapped_by_bridge"),
+            1,
+            "{stats}"
+        );
         // It sees what the good bridge carried from ZeroMQ, and the copies
         // the other misconfigured bridge made (below): all marked, all
         // refused.
@@ -480,10 +553,22 @@ fn no_loop(misconfigured: bool) {
         // into zmq.topic once (nothing marks them on ZeroMQ): our AMQP
         // consumer settled those copies as duplicates (handled once, counted
         // above), and nothing went further.
-        let own_socket = others[1].stats(BRIDGE_STATS);
+        let own_socket = others[1].wait_stats(BRIDGE_STATS, "everything sent", CROSS, |s| {
+            s.get("zmq_to_amqp.received") >= one_way + 1
+        });
         assert_eq!(
             own_socket.get("zmq_to_amqp.received"),
+            one_way + 1,
+            "{own_socket}"
+        );
+        assert_eq!(
+            own_socket.get("zmq_to_amqp.confirmed"),
             one_way,
+            "{own_socket}"
+        );
+        assert_eq!(
+            own_socket.get("zmq_to_amqp.refused.wrapped_by_bridge"),
+            1,
             "{own_socket}"
         );
         let consumer_stats = amqp_consumer.stats("gilmsg-consumer: stats");
@@ -493,9 +578,13 @@ fn no_loop(misconfigured: bool) {
             "{consumer_stats}"
         );
     } else {
-        for (who, c) in [("zmq", &zmq_consumer), ("amqp", &amqp_consumer)] {
+        // The ZeroMQ consumer also got the wrapped fedora-messaging message.
+        for (who, c, expected) in [
+            ("zmq", &zmq_consumer, 2 * one_way + 1),
+            ("amqp", &amqp_consumer, 2 * one_way),
+        ] {
             let s = c.stats("gilmsg-consumer: stats");
-            assert_eq!(s.get("message.delivered"), 2 * one_way, "{who}: {s}");
+            assert_eq!(s.get("message.delivered"), expected, "{who}: {s}");
             assert_eq!(s.sum("duplicate"), 0, "{who}: {s}");
         }
     }
@@ -840,32 +929,12 @@ fn python_fedmsg_validates_what_the_bridge_carries_to_zeromq() {
 
         // fedora-messaging's own message: no gilmsg_envelope, no signature.
         let topic = format!("{PY_PREFIX}.bodhi.update.comment");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            use lapin::types::{AMQPValue, FieldTable, LongString};
-            let peer = gilmsg_testkit::amqp::RawPeer::connect(&rig.url).await;
-            let mut headers = FieldTable::default();
-            headers.insert(
-                "fedora_messaging_schema".into(),
-                AMQPValue::LongString(LongString::from("base.message")),
-            );
-            headers.insert(
-                "sent-at".into(),
-                AMQPValue::LongString(LongString::from("2026-11-30T09:00:00+00:00")),
-            );
-            headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(20));
-            let properties = lapin::BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_content_encoding("utf-8".into())
-                .with_delivery_mode(2)
-                .with_message_id("fm-4b1d".into())
-                .with_headers(headers);
-            peer.publish(&topic, br#"{"comment": "LGTM", "karma": 1}"#, properties)
-                .await;
-        });
+        publish_unsigned(
+            &rig.url,
+            &topic,
+            "fm-4b1d",
+            br#"{"comment": "LGTM", "karma": 1}"#,
+        );
         let got = support::wait_json(&tail, "peers: got ", CROSS, |v| v["topic"] == topic);
         let body = &got["body"];
         assert_eq!(body["msg"], json!({"comment": "LGTM", "karma": 1}), "{got}");
