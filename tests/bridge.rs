@@ -41,7 +41,7 @@ const BRIDGE_READY: &str = "gilmsg-bridge: ready";
 const BRIDGE_STATS: &str = "gilmsg-bridge: stats";
 
 fn bridge_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_gilmsg-bridge"))
+    bins!().bridge
 }
 
 /// One bridged world: an AMQP vhost (with its ed25519 PKI and config), a
