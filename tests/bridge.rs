@@ -578,6 +578,15 @@ fn no_loop(misconfigured: bool) {
             "{consumer_stats}"
         );
     } else {
+        // SIGTERM: a clean stop, exit 0, the counters printed.
+        let mut bridge = bridge;
+        let status = bridge.terminate(Duration::from_secs(15));
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        let stderr = bridge.stderr_until_closed(Duration::from_secs(10));
+        assert!(
+            stderr.last().is_some_and(|l| l.starts_with(BRIDGE_STATS)),
+            "the counters at exit: {stderr:?}"
+        );
         // The ZeroMQ consumer also got the wrapped fedora-messaging message.
         for (who, c, expected) in [
             ("zmq", &zmq_consumer, 2 * one_way + 1),
@@ -1295,5 +1304,81 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
             restart_publishes(),
             report.join("; ")
         );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors: exit 2 with one line naming what is wrong, before any
+// connection (no broker needed).
+
+#[test]
+fn usage_errors_exit_2() {
+    within(Duration::from_secs(60), || {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bridge.toml");
+        std::fs::write(&config, "amqp_url = \"amqp://127.0.0.1:1/none\"\n").unwrap();
+        let plain = dir.path().join("zmq-only.toml");
+        std::fs::write(&plain, "topic_prefix = \"org.x\"\n").unwrap();
+        let config = config.display().to_string();
+        let plain = plain.display().to_string();
+        for (args, needle) in [
+            (
+                vec![
+                    "both",
+                    "--config",
+                    &config,
+                    "--zmq-endpoint",
+                    "tcp://127.0.0.1:1",
+                    "--publish-endpoint",
+                    "tcp://127.0.0.1:*",
+                    "--zmq-exchange",
+                    "amq.topic",
+                ],
+                "the bridges would loop",
+            ),
+            (
+                vec!["amqp_to_zmq", "--config", &config],
+                "amqp_to_zmq needs an endpoint to bind",
+            ),
+            (
+                vec!["zmq_to_amqp", "--config", &config],
+                "zmq_to_amqp needs ZeroMQ endpoints",
+            ),
+            (
+                vec![
+                    "zmq_to_amqp",
+                    "--config",
+                    &config,
+                    "--zmq-endpoint",
+                    "tcp://127.0.0.1:1",
+                    "--publish-endpoint",
+                    "tcp://127.0.0.1:*",
+                ],
+                "--publish-endpoint is for amqp_to_zmq",
+            ),
+            (
+                vec![
+                    "both",
+                    "--config",
+                    &plain,
+                    "--zmq-endpoint",
+                    "tcp://127.0.0.1:1",
+                    "--publish-endpoint",
+                    "tcp://127.0.0.1:*",
+                ],
+                "amqp_url",
+            ),
+        ] {
+            let out = gilmsg_testkit::run_tool(
+                bridge_bin(),
+                &args,
+                "",
+                Duration::from_secs(20),
+                &gilmsg_testkit::guard::current(),
+            );
+            assert_eq!(out.status, Some(2), "{args:?}: {out:?}");
+            assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
+            assert_eq!(out.stderr_lines().len(), 1, "{args:?}: {out:?}");
+        }
     });
 }
