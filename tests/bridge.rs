@@ -520,7 +520,7 @@ fn no_loop(misconfigured: bool) {
     if misconfigured {
         // What it sent to ZeroMQ and read back from its own socket.
         let stats = bridge.wait_stats(BRIDGE_STATS, "its own messages back", CROSS, |s| {
-            s.get("zmq_to_amqp.received") >= 2 * one_way + 1
+            s.get("zmq_to_amqp.received") > 2 * one_way
         });
         assert_eq!(
             stats.get("zmq_to_amqp.refused.sent_the_other_way"),
@@ -554,7 +554,7 @@ fn no_loop(misconfigured: bool) {
         // consumer settled those copies as duplicates (handled once, counted
         // above), and nothing went further.
         let own_socket = others[1].wait_stats(BRIDGE_STATS, "everything sent", CROSS, |s| {
-            s.get("zmq_to_amqp.received") >= one_way + 1
+            s.get("zmq_to_amqp.received") > one_way
         });
         assert_eq!(
             own_socket.get("zmq_to_amqp.received"),
