@@ -56,6 +56,11 @@ struct Rig {
 impl Rig {
     fn new(vhost: &str, names: &[&str]) -> Option<Rig> {
         let bus = AmqpBus::start(bins!(), vhost, names)?;
+        Some(Rig::with(bus))
+    }
+
+    /// On a bus of the test's own (a node it may restart).
+    fn with(bus: AmqpBus) -> Rig {
         let mut relay = Command::new(bins!().relay);
         relay.args([
             "--inbound",
@@ -67,12 +72,12 @@ impl Rig {
         let line = relay.expect_stderr("gilmsg-relay: ready", READY);
         let relay_in = field(&line, "inbound").expect("inbound").to_owned();
         let relay_out = field(&line, "outbound").expect("outbound").to_owned();
-        Some(Rig {
+        Rig {
             bus,
             _relay: relay,
             relay_in,
             relay_out,
-        })
+        }
     }
 
     /// `gilmsg-bridge <args> --config <bus>`; returns it and its ready line.
@@ -1380,5 +1385,75 @@ fn usage_errors_exit_2() {
             assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
             assert_eq!(out.stderr_lines().len(), 1, "{args:?}: {out:?}");
         }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A broker restart: both directions reconnect (with back-off, up to
+// reconnect_max) and carry acknowledged publishes again.
+
+#[test]
+fn both_directions_reconnect_after_a_broker_restart() {
+    within(LIMIT, || {
+        // Its own node: restarting the shared one would disturb the others.
+        if !gilmsg_testkit::amqp::available() {
+            return;
+        }
+        let own: &'static gilmsg_testkit::rabbit::Rabbit = Box::leak(Box::new(
+            gilmsg_testkit::rabbit::Rabbit::start(None, Duration::from_secs(90))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ));
+        let bus = AmqpBus::on(
+            own,
+            bins!(),
+            "bridge-broker-restart",
+            &["zmq-consumer", "amqp-consumer", "bridge"],
+            "",
+        );
+        let rig = Rig::with(bus);
+        let (bridge, bridge_pub) = rig.both("bridge");
+        let zmq_toml = rig.zmq_config("zmq.toml", &[&bridge_pub]);
+        let amqp_toml = rig.amqp_both_exchanges("amqp-consumer.toml");
+        let _zmq_consumer = consumer("zmq-consumer", &zmq_toml, &[]);
+        let amqp_consumer = consumer("amqp-consumer", &amqp_toml, &[]);
+        let across = |round: &str| {
+            for (config, recipient) in [
+                (&zmq_toml, "amqp-consumer"),
+                (&rig.bus.config_path, "zmq-consumer"),
+            ] {
+                let out = rig.logger(
+                    config,
+                    &[
+                        "--topic",
+                        "restart",
+                        "--recipients",
+                        recipient,
+                        "--ack-timeout",
+                        "30",
+                        "--print-receipt",
+                        "--message",
+                        round,
+                    ],
+                    "",
+                );
+                assert_eq!(out.status, Some(0), "{round}, to {recipient}: {out:?}");
+                assert_eq!(acked_by(&receipt(&out)), [recipient]);
+            }
+        };
+        across("before");
+        own.restart(Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stats = bridge.wait_stats(BRIDGE_STATS, "both reconnected", CROSS, |s| {
+            s.get("connection.reconnected") >= 2
+        });
+        assert_eq!(stats.get("connection.lost"), 2, "{stats}");
+        amqp_consumer.wait_stats(
+            "gilmsg-consumer: stats",
+            "the consumer reconnected",
+            CROSS,
+            |s| s.get("connection.reconnected") >= 1,
+        );
+        across("after");
+        own.stop_node();
     });
 }

@@ -189,6 +189,7 @@ impl Out {
                         Ok(l) => {
                             live = Some(l);
                             retry = Retry { at: None, attempt: 0 };
+                            self.setup.counters.link.reconnected.bump();
                             tracing::info!("zmq_to_amqp: reconnected to the broker");
                         }
                         Err(e) => {
@@ -215,6 +216,7 @@ impl Out {
 
     fn lost(&mut self, live: &mut Option<OutLive>, retry: &mut Retry, why: &str) {
         if live.take().is_some() {
+            self.setup.counters.link.lost.bump();
             tracing::warn!("zmq_to_amqp: lost the broker ({why}); reconnecting");
             retry.attempt = 0;
             retry.after_failure(&self.setup.broker);
@@ -531,6 +533,7 @@ impl In {
                         Ok(l) => {
                             live = Some(l);
                             retry = Retry { at: None, attempt: 0 };
+                            self.setup.counters.link.reconnected.bump();
                             tracing::info!("amqp_to_zmq: reconnected to the broker");
                         }
                         Err(e) => {
@@ -549,6 +552,7 @@ impl In {
 
     fn lost(&mut self, live: &mut Option<InLive>, retry: &mut Retry, why: &str) {
         if live.take().is_some() {
+            self.setup.counters.link.lost.bump();
             tracing::warn!("amqp_to_zmq: lost the broker ({why}); reconnecting");
             retry.attempt = 0;
             retry.after_failure(&self.setup.broker);
