@@ -94,11 +94,8 @@ impl Role {
                 common::init_logging_as(args.common.log_format);
                 report(crate::tail::run(args))
             }
-            Role::Bridge => {
-                let args = crate::bridge::Args::parse_from(argv);
-                common::init_logging_as(args.run_args().common.log_format);
-                report(crate::bridge::run(args))
-            }
+            // Its `verify` sub-command has exit statuses of its own.
+            Role::Bridge => crate::bridge::main(argv),
         }
     }
 }

@@ -110,22 +110,53 @@ pub struct RunArgs {
     pub common: CommonArgs,
 }
 
-impl Args {
-    /// The flags every direction shares (for logging set-up).
-    pub fn run_args(&self) -> &RunArgs {
-        match &self.command {
-            Command::ZmqToAmqp(a) | Command::AmqpToZmq(a) | Command::Both(a) => a,
-        }
-    }
+/// `gilmsg-bridge ARGS` (program name first): parses, sets up logging by
+/// `--log-format`, runs, and returns the exit status.
+pub fn main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    let (directions, args) = match Args::parse_from(argv).command {
+        Command::ZmqToAmqp(a) => (Directions::ZMQ_TO_AMQP, a),
+        Command::AmqpToZmq(a) => (Directions::AMQP_TO_ZMQ, a),
+        Command::Both(a) => (Directions::BOTH, a),
+        // Wired at merge: `Command::Verify(a) => return crate::bridge_verify::run(a),`
+        // (the checker sets up its own logging and exit statuses).
+    };
+    common::init_logging_as(args.common.log_format);
+    common::report("gilmsg-bridge", run(directions, args))
 }
 
-/// Runs the bridge until a signal.
-pub fn run(args: Args) -> Result<(), Failure> {
-    let (zmq_to_amqp, amqp_to_zmq, args) = match args.command {
-        Command::ZmqToAmqp(a) => (true, false, a),
-        Command::AmqpToZmq(a) => (false, true, a),
-        Command::Both(a) => (true, true, a),
+/// Which directions a bridge process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Directions {
+    /// ZeroMQ -> AMQP.
+    pub zmq_to_amqp: bool,
+    /// AMQP -> ZeroMQ.
+    pub amqp_to_zmq: bool,
+}
+
+impl Directions {
+    /// `zmq_to_amqp` alone.
+    pub const ZMQ_TO_AMQP: Directions = Directions {
+        zmq_to_amqp: true,
+        amqp_to_zmq: false,
     };
+    /// `amqp_to_zmq` alone.
+    pub const AMQP_TO_ZMQ: Directions = Directions {
+        zmq_to_amqp: false,
+        amqp_to_zmq: true,
+    };
+    /// `both`.
+    pub const BOTH: Directions = Directions {
+        zmq_to_amqp: true,
+        amqp_to_zmq: true,
+    };
+}
+
+/// Runs the bridge's `directions` until a signal.
+pub fn run(directions: Directions, args: RunArgs) -> Result<(), Failure> {
+    let Directions {
+        zmq_to_amqp,
+        amqp_to_zmq,
+    } = directions;
     let runtime = common::runtime()?;
     runtime.block_on(async {
         let mut signals = Signals::install()?;
