@@ -14,6 +14,7 @@
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
+//! - [`bridge`]: `gilmsg-bridge`, the ZeroMQ <-> AMQP migration bridges.
 //! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 //! - [`rabbit`]: a throwaway RabbitMQ node (the demo's `--transport amqp`,
@@ -30,6 +31,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod common;
 pub mod consumer;
 pub mod demo;

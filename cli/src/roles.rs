@@ -38,6 +38,8 @@ pub enum Role {
     Tail,
     /// `gilmsg-firehose`: see [`crate::firehose`].
     Firehose,
+    /// `gilmsg-bridge`: see [`crate::bridge`].
+    Bridge,
 }
 
 impl Role {
@@ -55,6 +57,7 @@ impl Role {
             Role::Status => "gilmsg-status",
             Role::Tail => "gilmsg-tail",
             Role::Firehose => "gilmsg-firehose",
+            Role::Bridge => "gilmsg-bridge",
         }
     }
 
@@ -99,6 +102,8 @@ impl Role {
                 common::init_logging_as(args.common.log_format);
                 report(crate::firehose::run(args))
             }
+            // Its `verify` sub-command has exit statuses of its own.
+            Role::Bridge => crate::bridge::main(argv),
         }
     }
 }

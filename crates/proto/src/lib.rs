@@ -36,6 +36,7 @@
 
 pub mod ack;
 pub mod auth;
+pub mod bridge;
 pub mod canonical;
 pub mod consumer;
 pub mod dedupe;
