@@ -43,6 +43,7 @@ use gilmsg_testkit::memory;
 
 mod amqp;
 mod cpu;
+mod firehose;
 mod python_anchor;
 mod targets;
 
@@ -123,6 +124,9 @@ enum Section {
     Oneshot,
     /// The Python anchor.
     Python,
+    /// `gilmsg-firehose` forwarding to mosquitto, and its effect on bus
+    /// latency (firehose.rs).
+    Firehose,
     /// The memory soak (length from `--soak`, default 10 minutes).
     Soak,
     /// The AMQP runs, on a RabbitMQ node of their own (amqp.rs).
@@ -147,7 +151,7 @@ impl Args {
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
 fn main() -> std::process::ExitCode {
-    if let Some(status) = roles::dispatch_reexec() {
+    if let Some(status) = roles::dispatch_reexec().or_else(firehose::dispatch_reexec) {
         return status;
     }
     common::init_logging();
@@ -382,6 +386,10 @@ fn run(args: Args) -> Result<(), Failure> {
                 &args.out,
             )?,
         );
+    }
+    if args.runs(Section::Firehose) {
+        let section = firehose::section(&exe, work.path(), samples, messages);
+        report.json.insert("firehose", section);
     }
     if args.runs(Section::Amqp) {
         let (message, ack) = signed_sample(&ssldir)?;
@@ -665,6 +673,11 @@ impl DirectBus {
         processes
     }
 
+    /// The config file of `name` on the bus of `k` consumers in `dir`.
+    fn config_path(dir: &Path, k: usize, name: &str) -> PathBuf {
+        dir.join(format!("direct-{k}-{name}.toml"))
+    }
+
     /// `extra` goes into every config file as is (TOML lines).
     fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
@@ -684,7 +697,7 @@ impl DirectBus {
             for (n, e) in &endpoints {
                 let _ = writeln!(text, "\"{n}\" = [\"{e}\"]");
             }
-            let path = dir.join(format!("direct-{k}-{name}.toml"));
+            let path = DirectBus::config_path(dir, k, name);
             std::fs::write(&path, text).map_err(|e| fail(e.to_string()))?;
             Ok(path)
         };
@@ -1034,6 +1047,9 @@ fn markdown(report: &Report) -> String {
         md.push_str(&targets::markdown(&j));
     }
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(section) = j.get("firehose") {
+        md.push_str(&firehose::markdown(section));
+    }
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
     }

@@ -183,6 +183,11 @@ impl Mosquitto {
         }
     }
 
+    /// The running broker's process id (for a benchmark's CPU figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.server.lock().ok()?.as_ref().map(Child::id)
+    }
+
     /// Stops the broker by PID (SIGTERM, then SIGKILL after 5 s) and waits
     /// for it to exit.
     pub fn stop(&self) {
