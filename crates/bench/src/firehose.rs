@@ -94,8 +94,7 @@ fn bench(exe: &Path, dir: &Path, samples: usize, messages: usize) -> Result<Valu
     let _ = writeln!(text, "\"bench-flood\" = [\"{}\"]", flood.endpoint);
     std::fs::write(&firehose_config, text).map_err(|e| fail(e.to_string()))?;
     let password = dir.join("mqtt-password");
-    std::fs::write(&password, format!("{}\n", broker.password))
-        .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&password, format!("{}\n", broker.password)).map_err(|e| fail(e.to_string()))?;
     let launcher = Launcher {
         exe: exe.to_owned(),
         config: firehose_config,
@@ -198,10 +197,17 @@ fn latency_rounds(
         };
         subscriber.drain();
         let summary = runtime.block_on(bus.latency(&recipients, samples))?;
-        let counters = firehose.map(stop);
         // What reached the subscriber: the round's messages and ACKs, and
-        // their receipt events (none without a firehose).
-        let seen = subscriber.drain();
+        // their receipt events (waiting, acked, complete; none without a
+        // firehose), once the firehose has caught up.
+        let publishes = samples + super::latency_warmup(samples);
+        let seen = match firehose.is_some() {
+            true => subscriber.until(IDLE, |s| {
+                s.messages >= 2 * publishes && s.receipts >= 3 * publishes
+            }),
+            false => subscriber.drain(),
+        };
+        let counters = firehose.map(stop);
         let kind = if with { "with" } else { "without" };
         progress(format!(
             "firehose latency round {round} {kind} firehose: p50 {:.1} us p99 {:.1} us, {} MQTT messages and {} receipt events at the subscriber",
@@ -275,7 +281,8 @@ fn throughput(
     progress(format!(
         "firehose throughput: signing {messages} messages for the flood"
     ));
-    let publisher = Identity::load(&dir.join("pki"), "bench-pub").map_err(|e| fail(e.to_string()))?;
+    let publisher =
+        Identity::load(&dir.join("pki"), "bench-pub").map_err(|e| fail(e.to_string()))?;
     let frames = (0..messages)
         .map(|seq| {
             gilmsg_testkit::forge::message(
@@ -291,6 +298,7 @@ fn throughput(
     // Room for the whole flood at every stage, so that what is measured is
     // the firehose's pace, not its drops.
     let room = messages.max(10_000).to_string();
+    flood.forget_subscriptions()?;
     let firehose = launcher.start(&[
         "--buffer",
         &room,
@@ -322,7 +330,12 @@ fn throughput(
     let firehose_us = cpu
         .pointer("/by_thread_us_per_msg/firehose")
         .and_then(Value::as_object)
-        .map(|threads| threads.values().filter_map(Value::as_f64).collect::<Vec<_>>())
+        .map(|threads| {
+            threads
+                .values()
+                .filter_map(Value::as_f64)
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let firehose_total: f64 = firehose_us.iter().sum();
     let busiest = firehose_us.iter().copied().fold(0.0, f64::max);
@@ -372,6 +385,19 @@ impl Flood {
             .map_err(zmq_fail)?
             .map_err(|_| fail("flood socket: endpoint is not UTF-8"))?;
         Ok(Flood { socket, endpoint })
+    }
+
+    /// Forgets the subscriptions of earlier firehoses (the latency
+    /// rounds' ones connected here too), so that [`Flood::wait_subscribed`]
+    /// waits for the next one's.
+    fn forget_subscriptions(&self) -> Result<(), Failure> {
+        loop {
+            match self.socket.recv_bytes(zmq::DONTWAIT) {
+                Ok(_) => continue,
+                Err(zmq::Error::EAGAIN) => return Ok(()),
+                Err(e) => return Err(fail(format!("flood socket: {e}"))),
+            }
+        }
     }
 
     /// Waits for the firehose's subscription (XPUB hands it over).
@@ -478,11 +504,19 @@ impl Subscriber {
 
     /// Takes what has arrived so far, counted.
     fn drain(&self) -> Seen {
+        self.until(Duration::ZERO, |_| false)
+    }
+
+    /// Counts arrivals until `done` holds, or none came for `idle`.
+    fn until(&self, idle: Duration, done: impl Fn(&Seen) -> bool) -> Seen {
         let mut seen = Seen {
             messages: 0,
             receipts: 0,
         };
-        for arrival in self.arrivals.try_iter() {
+        while !done(&seen) {
+            let Ok(arrival) = self.arrivals.recv_timeout(idle) else {
+                break;
+            };
             if arrival.topic.starts_with(RECEIPT_PREFIX) {
                 seen.receipts += 1;
             } else {
@@ -573,7 +607,7 @@ pub(crate) fn markdown(section: &Value) -> String {
     );
     let _ = writeln!(
         md,
-        "| firehose CPU by thread (µs per message); mosquitto | {} |",
+        "| CPU by thread (µs per message; the firehose is this executable re-run, hence its threads' names) | {} |",
         super::cpu_by_thread(&section["throughput"]["cpu"]),
     );
     let _ = writeln!(
