@@ -576,47 +576,64 @@ pub(crate) fn markdown(section: &Value) -> String {
         t("/messages"),
         t("/sent_in_s"),
     );
-    let _ = writeln!(
-        md,
-        "| at the independent MQTT subscriber (verdict valid) | {:.0} ({:.0}) in {:.2} s: **{:.0} msgs/s** |",
-        t("/at_subscriber"),
-        t("/valid_at_subscriber"),
-        t("/elapsed_s"),
-        t("/msgs_per_s"),
-    );
-    let _ = writeln!(
-        md,
-        "| firehose counters: received, forwarded, written to mosquitto | {}, {}, {} |",
-        counter("firehose.message.received"),
-        counter("firehose.message.forwarded"),
-        counter("firehose.mqtt.sent"),
-    );
-    let _ = writeln!(
-        md,
-        "| dropped: queue full (bus side), buffer full, client full, too large | {}, {}, {}, {} |",
-        counter("dropped.queue_full"),
-        counter("firehose.dropped.buffer_full"),
-        counter("firehose.dropped.client_full"),
-        counter("firehose.dropped.too_large"),
-    );
-    let _ = writeln!(
-        md,
-        "| firehose CPU per message (all threads; busiest thread) | {:.1} µs; {:.1} µs |",
-        t("/firehose_cpu_us_per_msg"),
-        t("/firehose_busiest_thread_us_per_msg"),
-    );
-    let _ = writeln!(
-        md,
-        "| CPU by thread (µs per message; the firehose is this executable re-run, hence its threads' names) | {} |",
-        super::cpu_by_thread(&section["throughput"]["cpu"]),
-    );
-    let _ = writeln!(
-        md,
-        "| rate that CPU allows with the {:.0} cores to itself; its busiest thread's cap | {:.0} msgs/s; {:.0} msgs/s |",
-        t("/cores"),
-        t("/cpu_bound_per_s"),
-        t("/busiest_thread_bound_per_s"),
-    );
+    let rows = [
+        (
+            "at the independent MQTT subscriber (verdict valid)".to_owned(),
+            format!(
+                "{:.0} ({:.0}) in {:.2} s: **{:.0} msgs/s**",
+                t("/at_subscriber"),
+                t("/valid_at_subscriber"),
+                t("/elapsed_s"),
+                t("/msgs_per_s")
+            ),
+        ),
+        (
+            "firehose counters: received, forwarded, written to mosquitto".to_owned(),
+            ["firehose.message.received", "firehose.message.forwarded", "firehose.mqtt.sent"]
+                .map(counter)
+                .map(|n| n.to_string())
+                .join(", "),
+        ),
+        (
+            "dropped: queue full (bus side), buffer full, client full, too large".to_owned(),
+            [
+                "dropped.queue_full",
+                "firehose.dropped.buffer_full",
+                "firehose.dropped.client_full",
+                "firehose.dropped.too_large",
+            ]
+            .map(counter)
+            .map(|n| n.to_string())
+            .join(", "),
+        ),
+        (
+            "firehose CPU per message (all threads; busiest thread)".to_owned(),
+            format!(
+                "{:.1} µs; {:.1} µs",
+                t("/firehose_cpu_us_per_msg"),
+                t("/firehose_busiest_thread_us_per_msg")
+            ),
+        ),
+        (
+            "CPU by thread, µs per message (the firehose is this executable re-run, hence its threads' names)"
+                .to_owned(),
+            super::cpu_by_thread(&section["throughput"]["cpu"]),
+        ),
+        (
+            format!(
+                "rate that CPU allows with the {:.0} cores to itself; its busiest thread's cap",
+                t("/cores")
+            ),
+            format!(
+                "{:.0} msgs/s; {:.0} msgs/s",
+                t("/cpu_bound_per_s"),
+                t("/busiest_thread_bound_per_s")
+            ),
+        ),
+    ];
+    for (label, value) in rows {
+        let _ = writeln!(md, "| {label} | {value} |");
+    }
     let l = |p: &str| get(section, &format!("/latency{p}"));
     let _ = writeln!(
         md,
