@@ -196,6 +196,13 @@ fn latency_rounds(
             None
         };
         subscriber.drain();
+        // The firehose's CPU per publish: what it takes from the cores the
+        // publisher and the consumer share with it.
+        let processes: Vec<(String, u32)> = firehose
+            .iter()
+            .map(|f| ("firehose".to_owned(), f.pid()))
+            .collect();
+        let before = cpu::Snapshot::take(&processes);
         let summary = runtime.block_on(bus.latency(&recipients, samples))?;
         // What reached the subscriber: the round's messages and ACKs, and
         // their receipt events (waiting, acked, complete; none without a
@@ -207,6 +214,7 @@ fn latency_rounds(
             }),
             false => subscriber.drain(),
         };
+        let firehose_cpu = before.per_message(&cpu::Snapshot::take(&processes), publishes);
         let counters = firehose.map(stop);
         let kind = if with { "with" } else { "without" };
         progress(format!(
@@ -221,6 +229,7 @@ fn latency_rounds(
         row["mqtt_messages_at_subscriber"] = json!(seen.messages);
         row["receipt_events_at_subscriber"] = json!(seen.receipts);
         row["firehose_counters"] = json!(counters);
+        row["firehose_cpu_us_per_publish"] = firehose_cpu["total_us_per_msg"].clone();
         rounds.push(row);
         pooled[usize::from(with)].extend(summary.samples);
     }
@@ -637,7 +646,7 @@ pub(crate) fn markdown(section: &Value) -> String {
     let l = |p: &str| get(section, &format!("/latency{p}"));
     let _ = writeln!(
         md,
-        "\n| acknowledged publish, 1 recipient, {:.0} samples a round | p50 | p99 | MQTT messages (receipt events) at the subscriber |\n|---|---|---|---|",
+        "\n| acknowledged publish, 1 recipient, {:.0} samples a round | p50 | p99 | MQTT messages (receipt events) at the subscriber; firehose CPU per publish |\n|---|---|---|---|",
         l("/samples_per_round"),
     );
     for (i, round) in section
@@ -650,13 +659,14 @@ pub(crate) fn markdown(section: &Value) -> String {
         let with = round["firehose"].as_bool().unwrap_or(false);
         let _ = writeln!(
             md,
-            "| round {}, {} firehose | {:.1} µs | {:.1} µs | {} ({}) |",
+            "| round {}, {} firehose | {:.1} µs | {:.1} µs | {} ({}); {:.0} µs |",
             i + 1,
             if with { "with" } else { "without" },
             get(round, "/p50_us"),
             get(round, "/p99_us"),
             round["mqtt_messages_at_subscriber"],
             round["receipt_events_at_subscriber"],
+            get(round, "/firehose_cpu_us_per_publish"),
         );
     }
     for p in ["p50", "p99"] {
