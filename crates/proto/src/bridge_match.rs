@@ -97,27 +97,19 @@ pub fn body_digest(msg: &Value) -> Result<Digest, CanonicalError> {
     canonical::to_string(msg).map(|text| Digest::of_bytes(text.as_bytes()))
 }
 
-/// The envelope field the AMQP -> ZeroMQ bridge adds when it wraps an
-/// unsigned fedora-messaging message in an envelope of its own (signed by
-/// the bridge, so validating fedmsg consumers accept it, and marked so that
-/// nobody takes it for the original sender's): an object whose `msg_id`
-/// is the original message's id.
+/// The id a sighting is matched by: its `msg_id` (on AMQP the
+/// `message_id` property, which gilmsg's AMQP adapter and fedora-messaging
+/// set to it).
 ///
-/// Provisional: the bridge (issue 12, items 1 and 3) had not fixed its
-/// marker when this was written; [`match_id`] is the one place to adapt.
-pub const BRIDGED_FIELD: &str = "gilmsg_bridged";
-
-/// The id a sighting is matched by: the original message's id for an
-/// envelope the bridge re-signed ([`BRIDGED_FIELD`]`.msg_id`), otherwise
-/// its `msg_id` (on AMQP the `message_id` property, which gilmsg's AMQP
-/// adapter and fedora-messaging set to it).
+/// An unsigned fedora-messaging message that the AMQP -> ZeroMQ bridge
+/// wraps in an envelope of its own (signed by the bridge and marked as
+/// bridged, so that nobody takes it for the original sender's) keeps the
+/// original `msg_id` and `msg` (`bridge::wrap_unsigned` in the bridge's
+/// branch, issue 12), so it matches by the same id and compares by the
+/// same body. This is the one place to adapt should a bridge ever give
+/// the wrapped envelope an id of its own.
 pub fn match_id(envelope: &Envelope) -> &str {
-    envelope
-        .body()
-        .get(BRIDGED_FIELD)
-        .and_then(|marker| marker.get("msg_id"))
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| envelope.msg_id())
+    envelope.msg_id()
 }
 
 /// One message seen on one side.
@@ -1012,28 +1004,31 @@ mod tests {
     }
 
     #[test]
-    fn the_match_id_of_a_bridged_envelope_is_the_original_id() {
-        let plain = crate::Draft {
+    fn a_wrapped_envelope_matches_its_original_by_id_and_body() {
+        // As the AMQP -> ZeroMQ bridge wraps an unsigned fedora-messaging
+        // message: same msg_id and msg (numbers brought to canonical text),
+        // a new username, i and a signed mark.
+        let original = crate::Draft {
             topic: T.into(),
-            msg: json!({}),
+            msg: serde_json::from_str(r#"{"version": 1.10, "name": "x"}"#).unwrap(),
             msg_id: "2026-original".into(),
-            i: 1,
+            i: 0,
             timestamp: 1,
-            username: "u".into(),
+            username: "fedora-messaging".into(),
             wants_ack: false,
         }
         .build(None)
         .expect("message");
-        assert_eq!(match_id(&plain), "2026-original");
-        let mut body = plain.body().clone();
-        body.insert("msg_id".into(), json!("2026-bridge-own"));
-        body.insert(BRIDGED_FIELD.into(), json!({"msg_id": "2026-original"}));
-        let bridged = Envelope::from_body(body).expect("envelope");
-        assert_eq!(match_id(&bridged), "2026-original");
-        // A marker of the wrong shape is ignored, not trusted.
-        let mut body = plain.body().clone();
-        body.insert(BRIDGED_FIELD.into(), json!({"msg_id": 5}));
-        let odd = Envelope::from_body(body).expect("envelope");
-        assert_eq!(match_id(&odd), "2026-original");
+        let mut body = original.body().clone();
+        body.insert("username".into(), json!("amqp-bridge"));
+        body.insert("i".into(), json!(7));
+        body.insert("gilmsg_bridged".into(), json!({"from": "amqp", "by": "bridge"}));
+        body.insert("msg".into(), json!({"name": "x", "version": 1.1}));
+        let wrapped = Envelope::from_body(body).expect("envelope");
+        assert_eq!(match_id(&wrapped), match_id(&original));
+        assert_eq!(
+            body_digest(wrapped.msg()).unwrap(),
+            body_digest(original.msg()).unwrap()
+        );
     }
 }
