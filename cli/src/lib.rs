@@ -22,6 +22,8 @@
 //!   endpoint, systemd notify and watchdog, heartbeats.
 //! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
 //! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
+//! - [`bridge_verify`]: `gilmsg-bridge verify`, the checker that compares
+//!   the two sides of a ZeroMQ <-> AMQP bridge.
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -29,6 +31,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge_verify;
 pub mod common;
 pub mod consumer;
 pub mod demo;

@@ -1022,7 +1022,10 @@ mod tests {
         let mut body = original.body().clone();
         body.insert("username".into(), json!("amqp-bridge"));
         body.insert("i".into(), json!(7));
-        body.insert("gilmsg_bridged".into(), json!({"from": "amqp", "by": "bridge"}));
+        body.insert(
+            "gilmsg_bridged".into(),
+            json!({"from": "amqp", "by": "bridge"}),
+        );
         body.insert("msg".into(), json!({"name": "x", "version": 1.1}));
         let wrapped = Envelope::from_body(body).expect("envelope");
         assert_eq!(match_id(&wrapped), match_id(&original));
