@@ -45,7 +45,7 @@ impl Setup {
     /// Starts verify with `args` on both sides and waits for its ready
     /// line and its ZeroMQ subscription; `None` when RabbitMQ is skipped.
     async fn start(vhost: &str, args: &[&str]) -> Option<Setup> {
-        let bus = AmqpBus::start(bins!(), vhost, &[])?;
+        let bus = AmqpBus::start(bins!(), vhost, &["bridge"])?;
         let context = zmq::Context::new();
         let (xpub, endpoint) = raw::bind_xpub(&context);
         let mut command = Command::new(bridge());
@@ -183,6 +183,51 @@ impl Setup {
         ids
     }
 
+    /// An unsigned fedora-messaging message on `amq.topic`, and on ZeroMQ
+    /// the envelope the AMQP -> ZeroMQ bridge wraps it in: the same
+    /// `msg_id` and `msg`, signed by the bridge and marked as bridged
+    /// (`gilmsg_proto::bridge::wrap_unsigned` on the bridge's branch).
+    async fn wrapped_unsigned(&self) -> String {
+        let msg_id = gilmsg_proto::envelope::new_msg_id(2026);
+        let topic = self.bus.topic("fedora-messaging");
+        let msg = json!({"package": "gilmsg", "version": "1.0"});
+        let now = forge::unix_now();
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_message_id(msg_id.as_str().into())
+            .with_timestamp(u64::try_from(now).expect("after 1970"));
+        self.peer
+            .channel
+            .basic_publish(
+                "amq.topic".into(),
+                topic.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                msg.to_string().as_bytes(),
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let mut body = serde_json::Map::new();
+        body.insert("topic".into(), json!(topic));
+        body.insert("msg".into(), msg);
+        body.insert("msg_id".into(), json!(msg_id));
+        body.insert("i".into(), json!(1));
+        body.insert("timestamp".into(), json!(now));
+        body.insert("username".into(), json!("amqp-bridge"));
+        body.insert(
+            "gilmsg_bridged".into(),
+            json!({"from": "amqp", "by": "bridge"}),
+        );
+        let mut wrapped = Envelope::from_body(body).expect("envelope");
+        wrapped
+            .sign(&self.bus.identity("bridge"))
+            .expect("signed by the bridge");
+        self.on_zmq(&forge::frames(&wrapped));
+        msg_id
+    }
+
     /// Waits for verify to exit by itself; returns its status and stdout.
     fn exit(&mut self, limit: Duration) -> (Option<i32>, Vec<String>) {
         let status = self
@@ -280,6 +325,7 @@ fn check_exits_2_naming_the_lost_and_the_changed_messages() {
         };
         let (lost, changed, intact) = setup.broken_bridge().await;
         let (status, lines) = setup.exit(WAIT);
+        eprintln!("{}", lines.join("\n"));
         assert_eq!(status, Some(2), "{lines:?}");
         let summary = &lines[0];
         assert!(
@@ -318,7 +364,8 @@ fn check_exits_0_when_nothing_was_lost_or_changed() {
         else {
             return;
         };
-        let ids = setup.perfect_bridge(5).await;
+        let mut ids = setup.perfect_bridge(5).await;
+        ids.push(setup.wrapped_unsigned().await);
         let (status, lines) = setup.exit(WAIT);
         assert_eq!(status, Some(0), "{lines:?}");
         assert_eq!(lines.len(), 1, "{lines:?}");
@@ -329,8 +376,8 @@ fn check_exits_0_when_nothing_was_lost_or_changed() {
             ids.len() as u64,
             "{summary}"
         );
-        assert_eq!(summary["counters"]["seen.zmq"], 10, "{summary}");
-        assert_eq!(summary["counters"]["seen.amqp"], 10, "{summary}");
+        assert_eq!(summary["counters"]["seen.zmq"], 11, "{summary}");
+        assert_eq!(summary["counters"]["seen.amqp"], 11, "{summary}");
         assert_eq!(summary["findings"], json!([]), "{summary}");
     });
 }
