@@ -986,7 +986,11 @@ mod tests {
                         let side = if r & 1 == 0 { Side::Zmq } else { Side::Amqp };
                         let id = ((r >> 8) % 7).to_string();
                         let body = digest(json!((r >> 16) % 2));
-                        let topic = if (r >> 20) % 5 == 0 { "t2" } else { "t1" };
+                        let topic = if (r >> 20).is_multiple_of(5) {
+                            "t2"
+                        } else {
+                            "t1"
+                        };
                         m.observe(seen(side, &id, topic, body, at));
                     }
                 }
