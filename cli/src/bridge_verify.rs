@@ -178,30 +178,8 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
         return Err(Failure::usage("error: --check must be longer than 0s"));
     }
     let mut sides = subscribe(args, &config, &file)?;
-    let (zmq_ready, amqp_ready) = {
-        let both = async { (sides.zmq.ready().await, sides.amqp.ready().await) };
-        let limit = if args.check.is_some() {
-            READY_LIMIT
-        } else {
-            gilmsg::MAX_TIMEOUT
-        };
-        tokio::select! {
-            ready = tokio::time::timeout(limit, both) => match ready {
-                Ok(ready) => ready,
-                Err(_) => return Err(Failure {
-                    status: EXIT_BUS,
-                    message: format!("error: the subscriptions did not come up within {}", common::show_duration(limit)),
-                }),
-            },
-            event = signals.next() => {
-                if event == SignalEvent::Exit {
-                    return Err(Failure { status: EXIT_BUS, message: "error: stopped before ready".into() });
-                }
-                (sides.zmq.ready().await, sides.amqp.ready().await)
-            }
-        }
-    };
-    let _ = amqp_ready;
+    let limit = args.check.map(|_| READY_LIMIT);
+    let zmq_ready = wait_ready(&mut sides, &mut signals, limit).await?;
     if zmq_ready.connected == 0 {
         return Err(Failure {
             status: EXIT_BUS,
@@ -247,12 +225,12 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
     let window_end = args.check.map(|d| started + d);
     let stop_at = args.check.map(|d| started + d.saturating_add(args.grace));
     let mut interrupted = false;
+    let mut window_open = window_end.is_some();
     loop {
         let wake = watch
             .matcher
             .next_deadline()
             .map(tokio::time::Instant::from_std);
-        let closing = window_end.is_some_and(|end| tokio::time::Instant::now() >= end);
         tokio::select! {
             delivery = sides.zmq.next() => match delivery {
                 Some(d) => watch.observe(Side::Zmq, d)?,
@@ -267,10 +245,11 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
                     watch.found(&finding)?;
                 }
             }
-            () = sleep_until(window_end), if window_end.is_some() && !closing => {
+            () = sleep_until(window_end), if window_open => {
                 // The window is over: only counterparts of what was seen
                 // in it count from now on.
                 watch.matcher.stop_accepting();
+                window_open = false;
             }
             () = sleep_until(stop_at), if stop_at.is_some() => {
                 for finding in watch.matcher.expire(Instant::now()) {
@@ -289,6 +268,9 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
     }
     watch.print_stats(&sides);
     let counters = watch.matcher.counters();
+    // Exact copies never reach the matcher: each consumer's memory
+    // recognises them first (`duplicate.*` of its counters).
+    let copies = sides.zmq.stats().sum("duplicate.") + sides.amqp.stats().sum("duplicate.");
     sides.zmq.close().await;
     sides.amqp.close().await;
     match args.check {
@@ -297,7 +279,67 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
             status: EXIT_BUS,
             message: "error: interrupted before the check was over".into(),
         }),
-        Some(window) => Ok(watch.summary(&counters, window)),
+        Some(window) => Ok(watch.summary(&counters, copies, window)),
+    }
+}
+
+/// Waits until both sides are subscribed (for at most `limit`), printing
+/// the consumers' counters on SIGUSR1 meanwhile; returns the ZeroMQ
+/// side's readiness (which endpoints are up).
+async fn wait_ready(
+    sides: &mut Sides,
+    signals: &mut Signals,
+    limit: Option<Duration>,
+) -> Result<gilmsg::Readiness, Failure> {
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    let mut zmq_ready = None;
+    let mut amqp_ready = false;
+    loop {
+        if amqp_ready {
+            if let Some(ready) = zmq_ready.take() {
+                return Ok(ready);
+            }
+        }
+        tokio::select! {
+            ready = sides.zmq.ready(), if zmq_ready.is_none() => zmq_ready = Some(ready),
+            _ = sides.amqp.ready(), if !amqp_ready => amqp_ready = true,
+            () = sleep_until(deadline) => {
+                let missing = match (zmq_ready.is_some(), amqp_ready) {
+                    (false, false) => "ZeroMQ and AMQP",
+                    (false, true) => "ZeroMQ",
+                    _ => "AMQP",
+                };
+                return Err(Failure {
+                    status: EXIT_BUS,
+                    message: format!(
+                        "error: the {missing} subscription did not come up within {}",
+                        common::show_duration(limit.unwrap_or_default())
+                    ),
+                });
+            }
+            event = signals.next() => match event {
+                SignalEvent::Stats => {
+                    let mut counters = BTreeMap::new();
+                    add_side_stats(&mut counters, sides);
+                    eprintln!("{}", common::stats_line(PROGRAM, &gilmsg::Stats { counters }));
+                }
+                SignalEvent::Exit => {
+                    return Err(Failure {
+                        status: EXIT_BUS,
+                        message: "error: stopped before both sides were subscribed".into(),
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Each side's consumer counters, under `zmq.` and `amqp.`.
+fn add_side_stats(counters: &mut BTreeMap<String, u64>, sides: &Sides) {
+    for (prefix, consumer) in [("zmq", &sides.zmq), ("amqp", &sides.amqp)] {
+        for (k, v) in consumer.stats().counters {
+            counters.insert(format!("{prefix}.{k}"), v);
+        }
     }
 }
 
@@ -499,11 +541,7 @@ impl Watch<'_> {
         for (k, v) in &self.skipped {
             counters.insert((*k).to_owned(), *v);
         }
-        for (prefix, consumer) in [("zmq", &sides.zmq), ("amqp", &sides.amqp)] {
-            for (k, v) in consumer.stats().counters {
-                counters.insert(format!("{prefix}.{k}"), v);
-            }
-        }
+        add_side_stats(&mut counters, sides);
         gilmsg::Stats { counters }
     }
 
@@ -517,7 +555,7 @@ impl Watch<'_> {
 
     /// Prints the `--check` summary (and the findings) and returns the
     /// status.
-    fn summary(&self, counters: &MatchCounters, window: Duration) -> u8 {
+    fn summary(&self, counters: &MatchCounters, copies: u64, window: Duration) -> u8 {
         let missing = counters.missing_zmq + counters.missing_amqp;
         let (status, word) = if missing + counters.changed > 0 {
             (EXIT_CRITICAL, "CRITICAL")
@@ -526,7 +564,8 @@ impl Watch<'_> {
         };
         let grace = self.args.grace;
         if self.args.json {
-            let named: BTreeMap<&str, u64> = counters.named().into_iter().collect();
+            let mut named: BTreeMap<&str, u64> = counters.named().into_iter().collect();
+            named.insert("copies", copies);
             let mut body = json!({
                 "status": word,
                 "exit": status,
@@ -550,7 +589,7 @@ impl Watch<'_> {
             counters.missing_zmq,
             counters.missing_amqp,
             counters.late_zmq + counters.late_amqp,
-            counters.duplicate_zmq + counters.duplicate_amqp,
+            counters.duplicate_zmq + counters.duplicate_amqp + copies,
             counters.evicted
         );
         let mut parts = Vec::new();
