@@ -264,6 +264,7 @@ fn verify_reports_exactly_the_lost_and_the_changed_messages() {
         let stats = setup.verify.wait_stats(STATS, "the counts", WAIT, |s| {
             s.get("matched") + s.get("changed") + s.get("missing.amqp") + s.get("missing.zmq") >= 9
         });
+        eprintln!("{STATS} {stats}");
         for (counter, expected) in [
             ("seen.zmq", 9),
             ("seen.amqp", 7),
