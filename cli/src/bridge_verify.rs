@@ -207,6 +207,7 @@ async fn verify(args: &VerifyArgs) -> Result<u8, Failure> {
     let mut watch = Watch {
         matcher,
         args,
+        prefixes: prefixes(args),
         skipped: BTreeMap::new(),
         kept: Vec::new(),
         dropped_findings: 0,
@@ -360,16 +361,7 @@ fn subscribe(args: &VerifyArgs, config: &gilmsg::Config, file: &str) -> Result<S
             "error: config {file}: key endpoints: lists nothing, and no --zmq-endpoint was given"
         )));
     }
-    // Everything, or the prefixes asked for: on ZeroMQ a subscription
-    // prefix, on AMQP the binding keys the library derives from it.
-    let prefixes: Vec<String> = if args.topics.is_empty() {
-        vec![String::new()]
-    } else {
-        args.topics
-            .iter()
-            .map(|t| if t == "#" { String::new() } else { t.clone() })
-            .collect()
-    };
+    let prefixes = prefixes(args);
 
     // The ZeroMQ side: the same file without the broker, subscribed to
     // the endpoints alone, binding nothing, sending nothing.
@@ -427,6 +419,34 @@ fn side_failed(side: &str, e: gilmsg::Error) -> Failure {
     }
 }
 
+/// The topic prefixes compared: everything (`""`), or those asked for
+/// (`#` meaning everything). On ZeroMQ a subscription prefix, on AMQP the
+/// binding keys the library derives from it.
+fn prefixes(args: &VerifyArgs) -> Vec<String> {
+    if args.topics.iter().any(|t| t == "#" || t.is_empty()) || args.topics.is_empty() {
+        return vec![String::new()];
+    }
+    args.topics.clone()
+}
+
+/// Whether both sides deliver `topic` for `prefixes`: a ZeroMQ prefix
+/// `a.b` also matches `a.bc`, which no AMQP binding key can, so only the
+/// topics an AMQP binding gets too (`a.b` itself and under `a.b.`) are
+/// compared; the rest would look missing on AMQP.
+fn compared(prefixes: &[String], topic: &str) -> bool {
+    prefixes.iter().any(|prefix| {
+        let word = prefix.trim_end_matches('.');
+        if word.is_empty() {
+            return true;
+        }
+        let under = topic
+            .strip_prefix(word)
+            .is_some_and(|rest| rest.starts_with('.'));
+        // `a.b.` is what is under `a.b`; `a.b` is also `a.b` itself.
+        under || (topic == word && !prefix.ends_with('.'))
+    })
+}
+
 /// The two AMQP exchanges compared: AMQP publishers' and the bridge's.
 fn exchanges(args: &VerifyArgs, config: &gilmsg::Config) -> Vec<String> {
     let amqp_exchange = args.amqp_exchange.clone().unwrap_or_else(|| {
@@ -461,6 +481,7 @@ fn housekeeping(topic: &str) -> Option<&'static str> {
 struct Watch<'a> {
     matcher: BridgeMatcher,
     args: &'a VerifyArgs,
+    prefixes: Vec<String>,
     skipped: BTreeMap<&'static str, u64>,
     kept: Vec<Finding>,
     dropped_findings: u64,
@@ -469,7 +490,9 @@ struct Watch<'a> {
 impl Watch<'_> {
     fn observe(&mut self, side: Side, delivery: Delivery) -> Result<(), Failure> {
         let message = delivery.message();
-        if let Some(kind) = housekeeping(message.topic()) {
+        let kind = housekeeping(message.topic())
+            .or_else(|| (!compared(&self.prefixes, message.topic())).then_some("skipped.topic"));
+        if let Some(kind) = kind {
             *self.skipped.entry(kind).or_default() += 1;
             let _ = delivery.ack();
             return Ok(());
@@ -772,6 +795,19 @@ mod tests {
         );
         assert_eq!(housekeeping("org.x.dev.bodhi.update"), None);
         assert_eq!(housekeeping("org.x.dev.gilmsg.acknowledged"), None);
+    }
+
+    #[test]
+    fn only_topics_both_sides_deliver_are_compared() {
+        let all = vec![String::new()];
+        assert!(compared(&all, "anything.at.all"));
+        let some = vec!["org.x.a".to_owned(), "org.y.".to_owned()];
+        assert!(compared(&some, "org.x.a"));
+        assert!(compared(&some, "org.x.a.b"));
+        assert!(!compared(&some, "org.x.ab"), "a ZeroMQ prefix match only");
+        assert!(compared(&some, "org.y.z"));
+        assert!(!compared(&some, "org.yz"));
+        assert!(!compared(&some, "org.y"), "not under org.y. on ZeroMQ");
     }
 
     #[test]
