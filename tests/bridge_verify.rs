@@ -311,8 +311,18 @@ fn verify_reports_exactly_the_lost_and_the_changed_messages() {
         }
         // Stopped by a signal: exit 0, with the counters.
         let mut verify = setup.verify;
+        let stats_lines = |lines: &[String]| lines.iter().filter(|l| l.starts_with(STATS)).count();
+        let before = stats_lines(&verify.stderr_so_far());
         let status = verify.terminate(Duration::from_secs(10));
         assert_eq!(status.and_then(|s| s.code()), Some(0));
+        let after = verify.stderr_until_closed(Duration::from_secs(5));
+        assert_eq!(stats_lines(&after), before + 1, "{after:?}");
+        assert!(
+            after
+                .iter()
+                .any(|l| l.starts_with(STATS) && l.contains(" missing.amqp=2 ")),
+            "{after:?}"
+        );
     });
 }
 
