@@ -194,6 +194,18 @@ fn ack_by(bus: &AmqpBus, body: AckBody, signer: &str) -> Vec<Vec<u8>> {
     ))
 }
 
+/// The honest ACK of the message, signed by `signer` (honest or not, its
+/// certificate valid or not).
+fn honest_by(signer: &'static str) -> Forgery {
+    Box::new(move |bus, m| {
+        forge::frames(&forge::honest_ack(
+            &bus.ack_topic(),
+            m,
+            &bus.identity(signer),
+        ))
+    })
+}
+
 #[test]
 fn every_forged_ack_class_is_refused() {
     within_async(LIMIT, || async {
@@ -209,13 +221,7 @@ fn every_forged_ack_class_is_refused() {
         // The test is the recipient: a raw queue bound to the topic.
         let peer = RawPeer::connect(&bus.url).await;
         let mut inbox = peer.listen("fake-recipient", &bus.topic("forged")).await;
-        let honest: Forgery = Box::new(|bus, m| {
-            forge::frames(&forge::honest_ack(
-                &bus.ack_topic(),
-                m,
-                &bus.identity("rcpt"),
-            ))
-        });
+        let honest = honest_by("rcpt");
         let classes: Vec<(&str, &str, bool, Forgery, &str)> = vec![
             (
                 "signed by the wrong signer's view",
@@ -248,26 +254,14 @@ fn every_forged_ack_class_is_refused() {
                 "by a valid identity that is not a recipient",
                 "rcpt",
                 false,
-                Box::new(|bus, m| {
-                    forge::frames(&forge::honest_ack(
-                        &bus.ack_topic(),
-                        m,
-                        &bus.identity("intruder"),
-                    ))
-                }),
+                honest_by("intruder"),
                 "ack.not_a_recipient",
             ),
             (
                 "by a revoked identity",
                 "gone",
                 false,
-                Box::new(|bus, m| {
-                    forge::frames(&forge::honest_ack(
-                        &bus.ack_topic(),
-                        m,
-                        &bus.identity("gone"),
-                    ))
-                }),
+                honest_by("gone"),
                 "ack.rejected.revoked_certificate",
             ),
             (
@@ -283,13 +277,7 @@ fn every_forged_ack_class_is_refused() {
                 "by an expired certificate",
                 "old",
                 false,
-                Box::new(|bus, m| {
-                    forge::frames(&forge::honest_ack(
-                        &bus.ack_topic(),
-                        m,
-                        &bus.identity("old"),
-                    ))
-                }),
+                honest_by("old"),
                 "ack.rejected.expired_certificate",
             ),
             (

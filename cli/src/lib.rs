@@ -14,6 +14,7 @@
 //! - [`logger`]: `gilmsg-logger`, flag-compatible with fedmsg/gilmsg-logger.
 //! - [`consumer`]: `gilmsg-consumer`, the ACK-sending consumer for shells.
 //! - [`relay`]: `gilmsg-relay`, the forwarder.
+//! - [`bridge`]: `gilmsg-bridge`, the ZeroMQ <-> AMQP migration bridges.
 //! - [`pki`]: `gilmsg-pki`, the bus's CA, identities and CRL.
 //! - [`demo`]: `gilmsg-demo`, the self-contained loopback demonstration.
 //! - [`rabbit`]: a throwaway RabbitMQ node (the demo's `--transport amqp`,
@@ -22,6 +23,7 @@
 //!   endpoint, systemd notify and watchdog, heartbeats.
 //! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
 //! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
+//! - [`firehose`]: `gilmsg-firehose`, the bus on MQTT and a live web view.
 //! - [`bridge_verify`]: `gilmsg-bridge verify`, the checker that compares
 //!   the two sides of a ZeroMQ <-> AMQP bridge.
 //!
@@ -31,10 +33,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod bridge_verify;
 pub mod common;
 pub mod consumer;
 pub mod demo;
+pub mod firehose;
 pub mod logger;
 pub mod pki;
 pub mod procs;

@@ -267,9 +267,16 @@ impl Rabbit {
             .map(|p| format!("amqps://guest:guest@localhost:{p}/{vhost}"))
     }
 
+    /// The PID of the node's Erlang VM (`beam.smp`), from its pid file,
+    /// while it runs (the benchmark reads its CPU time).
+    pub fn broker_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    }
+
     fn kill_server(&self) {
-        let beam = fs::read_to_string(self.dir.path().join("pid")).ok();
-        if let Some(pid) = beam.and_then(|t| t.trim().parse::<i32>().ok()) {
+        if let Some(pid) = self.broker_pid().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,

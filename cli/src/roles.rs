@@ -36,6 +36,10 @@ pub enum Role {
     Status,
     /// `gilmsg-tail`: see [`crate::tail`].
     Tail,
+    /// `gilmsg-firehose`: see [`crate::firehose`].
+    Firehose,
+    /// `gilmsg-bridge`: see [`crate::bridge`].
+    Bridge,
 }
 
 impl Role {
@@ -52,6 +56,8 @@ impl Role {
             Role::Pki => "gilmsg-pki",
             Role::Status => "gilmsg-status",
             Role::Tail => "gilmsg-tail",
+            Role::Firehose => "gilmsg-firehose",
+            Role::Bridge => "gilmsg-bridge",
         }
     }
 
@@ -91,6 +97,13 @@ impl Role {
                 common::init_logging_as(args.common.log_format);
                 report(crate::tail::run(args))
             }
+            Role::Firehose => {
+                let args = crate::firehose::Args::parse_from(argv);
+                common::init_logging_as(args.common.log_format);
+                report(crate::firehose::run(args))
+            }
+            // Its `verify` sub-command has exit statuses of its own.
+            Role::Bridge => crate::bridge::main(argv),
         }
     }
 }

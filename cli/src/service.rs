@@ -91,6 +91,22 @@ impl Service {
         }
     }
 
+    /// Watches one more loop of a component whose counters were added
+    /// already ([`Service::add_metrics`]): a component with several loops
+    /// (the bridge's sockets and connections).
+    pub fn watch_loop(&mut self, name: &str, health: gilmsg::health::Health) {
+        self.health.watch(name, health);
+    }
+
+    /// Adds counters to `/metrics` without watching a loop: a tool's own
+    /// (the firehose's) or a component's whose loops are watched one by one
+    /// ([`Service::watch_loop`]).
+    pub fn add_metrics(&mut self, metrics: ComponentMetrics) {
+        if let Some(all) = &mut self.metrics {
+            all.add(metrics);
+        }
+    }
+
     /// Starts publishing signed heartbeats every `heartbeat_interval` (if
     /// set) as `certname` (default: the config's certname rules), through
     /// `relay_inbound` on ZeroMQ, through the broker on AMQP; the

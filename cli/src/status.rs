@@ -89,14 +89,30 @@ pub struct Args {
 
 /// One expected identity's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum State {
+    /// Its newest heartbeat is at most `late_after` old.
     Alive,
+    /// Heard, but its newest heartbeat is older than that.
     Late,
+    /// Never heard.
     Silent,
 }
 
 impl State {
-    fn as_str(self) -> &'static str {
+    /// The verdict on an identity whose newest verified heartbeat was
+    /// signed at `newest` (seconds since the epoch; `None`: never heard),
+    /// judged at `now`: the one rule of this check, which the firehose's
+    /// web view applies too.
+    pub fn judge(newest: Option<i64>, now: f64, late_after: Duration) -> State {
+        match newest {
+            None => State::Silent,
+            Some(t) if now - t as f64 <= late_after.as_secs_f64() => State::Alive,
+            Some(_) => State::Late,
+        }
+    }
+
+    /// `alive`, `late` or `silent`.
+    pub fn as_str(self) -> &'static str {
         match self {
             State::Alive => "alive",
             State::Late => "late",
@@ -199,11 +215,7 @@ fn run(args: &Args) -> Result<(u8, String), (u8, String)> {
     let mut rows = Vec::new();
     for name in &expected {
         let seen = heard.get(name).copied();
-        let state = match seen {
-            None => State::Silent,
-            Some(h) if now - h.newest as f64 <= late_after.as_secs_f64() => State::Alive,
-            Some(_) => State::Late,
-        };
+        let state = State::judge(seen.map(|h| h.newest), now, late_after);
         rows.push((name.clone(), state, seen));
     }
     let unexpected: Vec<&String> = heard.keys().filter(|k| !expected.contains(k)).collect();

@@ -104,15 +104,15 @@ pub struct Args {
     pub common: CommonArgs,
 }
 
-/// One topic filter.
+/// One topic filter (also the firehose's allow and deny lists).
 #[derive(Debug, Clone)]
-enum Filter {
+pub(crate) enum Filter {
     Prefix(String),
     Glob(glob::Pattern),
 }
 
 impl Filter {
-    fn parse(text: &str) -> Result<Filter, Failure> {
+    pub(crate) fn parse(text: &str) -> Result<Filter, Failure> {
         if text.contains(['*', '?', '[']) {
             glob::Pattern::new(text)
                 .map(Filter::Glob)
@@ -123,7 +123,7 @@ impl Filter {
     }
 
     /// What to subscribe to: the literal text before the first wildcard.
-    fn subscription(&self) -> String {
+    pub(crate) fn subscription(&self) -> String {
         match self {
             Filter::Prefix(p) => p.clone(),
             Filter::Glob(g) => {
@@ -134,7 +134,7 @@ impl Filter {
         }
     }
 
-    fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         match self {
             Filter::Prefix(p) => topic.starts_with(p.as_str()),
             Filter::Glob(g) => g.matches(topic),
@@ -220,7 +220,7 @@ impl Verdict {
 }
 
 /// Escapes control characters (terminal escapes included) in text from the bus.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
             if c.is_control() && c != '\n' {

@@ -124,6 +124,9 @@ pub const IDENTITIES: &[&str] = &[
     "py-revoked",
     "rust-pub",
     "rust-consumer",
+    // tests/bridge.rs: the bridge's own identity, and a consumer on AMQP.
+    "bridge",
+    "amqp-consumer",
 ];
 
 impl World {

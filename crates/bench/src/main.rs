@@ -384,10 +384,32 @@ fn run(args: Args) -> Result<(), Failure> {
         );
     }
     if args.runs(Section::Amqp) {
-        let body_size = signed_body_size(&ssldir)?;
+        let (message, ack) = signed_sample(&ssldir)?;
+        let sample = amqp::SignedSample::new(&message, &ack)?;
+        // The floor is the raw round trip plus the crypto floor:
+        // this run's, or measured now for a run without that section.
+        let crypto = match report.json.get("crypto") {
+            Some(crypto) => crypto.clone(),
+            None => {
+                progress("crypto: sign/verify per operation (the AMQP floor's share)");
+                crypto_costs(&ssldir, if args.short { 500 } else { 5000 })?
+            }
+        };
+        let crypto_floor = amqp::CryptoFloor {
+            sign_us: get(&crypto, "/ed25519/sign_raw_us"),
+            verify_us: get(&crypto, "/ed25519/verify_raw_us"),
+        };
         report.json.insert(
             "amqp",
-            amqp::section(&exe, work.path(), body_size, samples, messages, &args),
+            amqp::section(
+                &exe,
+                work.path(),
+                &sample,
+                crypto_floor,
+                samples,
+                messages,
+                &args,
+            ),
         );
     }
     report
@@ -425,9 +447,14 @@ fn machine() -> Value {
            "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)})
 }
 
-/// The size of a typical signed body, so the floor moves the same bytes.
-fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
-    let identity = Identity::load(ssldir, "bench-pub").map_err(|e| fail(e.to_string()))?;
+/// A typical signed message of the bench (the publisher's identity, the
+/// latency loop's body) and its signed ACK by `consumer-0`, so that the
+/// floors move the same bytes as an acknowledged publish.
+fn signed_sample(
+    ssldir: &Path,
+) -> Result<(gilmsg_proto::Envelope, gilmsg_proto::Envelope), Failure> {
+    let load = |name: &str| Identity::load(ssldir, name).map_err(|e| fail(e.to_string()));
+    let (publisher, consumer) = (load("bench-pub")?, load("consumer-0")?);
     let draft = gilmsg_proto::Draft {
         topic: "org.gilmsg.bench.dev.bench.latency".into(),
         msg: json!({"seq": 1, "payload": "x".repeat(64)}),
@@ -437,10 +464,29 @@ fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
         username: "bench".into(),
         wants_ack: true,
     };
-    let envelope = draft
-        .build(Some(&identity))
+    let message = draft
+        .build(Some(&publisher))
         .map_err(|e| fail(e.to_string()))?;
-    Ok(envelope.encode().map_err(|e| fail(e.to_string()))?[1].len())
+    let body =
+        gilmsg_proto::ack::AckBody::for_message(&message).map_err(|e| fail(e.to_string()))?;
+    let ack = gilmsg_proto::Draft {
+        topic: "org.gilmsg.bench.dev.gilmsg.ack".into(),
+        msg: body.to_msg(),
+        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+        i: 1,
+        timestamp: 0,
+        username: "bench".into(),
+        wants_ack: false,
+    }
+    .build(Some(&consumer))
+    .map_err(|e| fail(e.to_string()))?;
+    Ok((message, ack))
+}
+
+/// The size of a typical signed body (ZeroMQ's second frame).
+fn signed_body_size(ssldir: &Path) -> Result<usize, Failure> {
+    let (message, _) = signed_sample(ssldir)?;
+    Ok(message.encode().map_err(|e| fail(e.to_string()))?[1].len())
 }
 
 /// The raw ZeroMQ echo role: SUB connected to `in`, XPUB bound on `out`;
@@ -969,12 +1015,43 @@ fn markdown(report: &Report) -> String {
         machine("libzmq").as_str().unwrap_or("?"),
         machine("load_average_1m_at_start"),
     );
+    // A run of other sections only (`--only amqp`) prints no ZeroMQ tables.
+    let zeromq_ran = [
+        "floor_zmq_rtt",
+        "latency_warm_publish",
+        "throughput",
+        "crypto",
+        "oneshot_logger",
+        "soak",
+    ]
+    .iter()
+    .any(|k| {
+        j.get(k)
+            .is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+    });
+    if zeromq_ran {
+        zeromq_tables(&j, floor, &mut md);
+        md.push_str(&targets::markdown(&j));
+    }
+    md.push_str(&python_anchor::markdown(&j));
+    if let Some(section) = j.get("amqp") {
+        md.push_str(&amqp::markdown(section));
+    }
+    md
+}
+
+/// The ZeroMQ tables: latency, throughput, CPU, crypto, memory, soak.
+fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     let _ = writeln!(
         md,
         "| measure | p50 | p90 | p99 | max | vs floor (p50) |\n|---|---|---|---|---|---|"
     );
+    // Sections a run left out (`--only`) print no rows.
     let row = |md: &mut String, name: &str, base: &str| {
         let p50 = get(&j, &format!("{base}/p50_us"));
+        if p50.is_nan() {
+            return;
+        }
         let _ = writeln!(
             md,
             "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× |",
@@ -986,31 +1063,34 @@ fn markdown(report: &Report) -> String {
         );
     };
     row(
-        &mut md,
+        md,
         "raw ZeroMQ round trip (floor)",
         "/floor_zmq_rtt/latency",
     );
     for k in [1, 3, 10] {
         row(
-            &mut md,
+            md,
             &format!("warm publish, {k} recipient(s)"),
             &format!("/latency_warm_publish/{k}_recipients"),
         );
     }
     row(
-        &mut md,
+        md,
         "plain publish, no recipients (sign, hand-off to the socket thread, send, answer back)",
         "/latency_warm_publish/plain_publish",
     );
     for k in [1, 3] {
         row(
-            &mut md,
+            md,
             &format!("one-shot gilmsg-logger, {k} recipient(s)"),
             &format!("/oneshot_logger/{k}_recipients"),
         );
     }
     let _ = writeln!(md, "\n| throughput | msgs/s | window |\n|---|---|---|");
     for k in [1, 10] {
+        if get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {k} recipient(s) | {:.0} | {} |",
@@ -1086,12 +1166,6 @@ fn markdown(report: &Report) -> String {
             get(&j, "/soak/consumer_dedupe_evicted"),
         );
     }
-    md.push_str(&targets::markdown(&j));
-    md.push_str(&python_anchor::markdown(&j));
-    if let Some(section) = j.get("amqp") {
-        md.push_str(&amqp::markdown(section));
-    }
-    md
 }
 
 /// `process: thread µs, ...; ...` from a [`cpu::Snapshot::per_message`].

@@ -225,7 +225,10 @@ pub fn markdown(report: &Value) -> String {
             text("verdict"),
         );
     }
-    let _ = writeln!(
+    // A run without the latency section (`--only amqp`, say) has no
+    // decomposition to print.
+    if get(t, "/one_recipient_p50/p50_us").is_finite() {
+        let _ = writeln!(
         md,
         "\n1 recipient, p50 {:.0} µs = RTT {:.0} + 2S + 2V {:.0} + two thread hand-offs ≈ {:.0} (plain publish p50 less one signature) + the rest {:.0} µs.",
         get(t, "/one_recipient_p50/p50_us"),
@@ -234,8 +237,12 @@ pub fn markdown(report: &Value) -> String {
         get(t, "/one_recipient_p50/handoffs_us"),
         get(t, "/one_recipient_p50/rest_us"),
     );
+    }
     for (k, floor) in [(1, "floor_1"), (10, "floor_10")] {
         let base = format!("/throughput_cpu_bound/{k}_recipients");
+        if !get(t, &format!("{base}/cpu_us_per_msg")).is_finite() {
+            continue;
+        }
         let _ = writeln!(
             md,
             "\nThroughput, {k} recipient(s), if the run had had the cores to itself: {:.0} µs of CPU per message (all threads of all processes) allows {:.0} msgs/s, {:.2}× the floor.",

@@ -388,7 +388,7 @@ impl Bus {
         // body on the wire all come from it. The topic's schema, if it has
         // one, is named in the signed body.
         let schema = self.inner.schemas.schema_for(&full_topic);
-        let sealed = draft.seal_with_schema(schema, self.inner.signer.as_deref())?;
+        let sealed = draft.seal_with(schema, &recipients, self.inner.signer.as_deref())?;
         // Checked on the sealed `msg` (numbers in their canonical text):
         // exactly what consumers will check.
         if let SchemaVerdict::Failed(violation) = self

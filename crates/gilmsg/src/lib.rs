@@ -21,6 +21,7 @@
 //! - [`blocking`]: the same for non-async producers.
 //! - [`consumer`]: [`Consumer`] and [`Delivery`], the ACK-sending consumer.
 //! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
+//! - [`bridge`]: [`bridge::Bridge`], the ZeroMQ <-> AMQP bridges.
 //! - [`error`]: the crate's [`Error`].
 //! - `transport`: the seam between the rules and the transports: the
 //!   drivers around `gilmsg-proto`'s state machines (verification,
@@ -50,6 +51,7 @@
 
 mod amqp;
 pub mod blocking;
+pub mod bridge;
 pub mod bus;
 pub mod consumer;
 pub mod error;

@@ -65,6 +65,38 @@ impl ComponentMetrics {
     }
 }
 
+/// Counters a tool keeps itself (the firehose's), for
+/// [`ComponentMetrics::from_source`]: each one by its dotted stats name, as
+/// the tool's stats line prints it.
+pub trait CounterSource: Send + Sync + fmt::Debug {
+    /// Every counter now: `(stats name, help, value)`.
+    fn counters(&self) -> Vec<(String, &'static str, u64)>;
+}
+
+#[derive(Debug)]
+struct SourceExport(Arc<dyn CounterSource>);
+
+impl ExportAll for SourceExport {
+    fn export_all(&self, out: &mut DescriptorEncoder) -> fmt::Result {
+        for (name, help, value) in self.0.counters() {
+            let metric = prometheus_client::metrics::counter::ConstCounter::new(value);
+            let name = name.replace(['.', '-'], "_");
+            metric.encode(out.encode_descriptor(&name, help, None, MetricType::Counter)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl ComponentMetrics {
+    /// A tool's own counters under `gilmsg_<component>_<stats name with _>_total`.
+    pub fn from_source(component: &'static str, source: Arc<dyn CounterSource>) -> Self {
+        ComponentMetrics {
+            component,
+            source: Arc::new(SourceExport(source)),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ComponentCollector(Arc<dyn ExportAll>);
 

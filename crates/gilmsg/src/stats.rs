@@ -505,6 +505,36 @@ counters! {
     }
 }
 
+counters! {
+    /// What a bridge counts (`zmq_to_amqp.*`, `amqp_to_zmq.*`).
+    BridgeCounters in "bridge" {
+        /// ZeroMQ messages read.
+        zmq_received: Counter = "zmq_to_amqp.received",
+        /// Published to AMQP and confirmed by the broker.
+        zmq_confirmed: Counter = "zmq_to_amqp.confirmed",
+        /// ACKs published to the AMQP publisher that asked (its `reply_to`).
+        zmq_acks_routed: Counter = "zmq_to_amqp.acks_routed",
+        /// Not carried: loop marks and malformed messages, by reason.
+        zmq_refused: Family = "zmq_to_amqp.refused",
+        /// Lost: backlog full, no broker, not confirmed, by reason.
+        zmq_dropped: Family = "zmq_to_amqp.dropped",
+        /// AMQP deliveries read.
+        amqp_received: Counter = "amqp_to_zmq.received",
+        /// Sent on the ZeroMQ socket (then acknowledged to the broker).
+        amqp_sent: Counter = "amqp_to_zmq.sent",
+        /// Unsigned messages wrapped and signed by the bridge.
+        amqp_wrapped: Counter = "amqp_to_zmq.wrapped",
+        /// Not carried: loop marks and malformed messages, by reason.
+        amqp_refused: Family = "amqp_to_zmq.refused",
+        /// Not carried on purpose (ACKs routed to an AMQP publisher).
+        amqp_skipped: Family = "amqp_to_zmq.skipped",
+        /// Given back to the broker (requeued), by reason.
+        amqp_requeued: Family = "amqp_to_zmq.requeued",
+        /// Subscriptions seen on the ZeroMQ socket.
+        zmq_subscriptions: Gauge = "amqp_to_zmq.subscriptions",
+    }
+}
+
 /// A snapshot of a component's counters, keyed `group.name`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -44,6 +44,15 @@ pub const UNSIGNED_FIELDS: [&str; 2] = ["signature", "certificate"];
 pub const GILMSG_VERSION_FIELD: &str = "gilmsg_version";
 /// The `gilmsg_version` value this implementation writes.
 pub const GILMSG_VERSION: &str = concat!("gilmsg-rs/", env!("CARGO_PKG_VERSION"));
+/// Signed field naming the recipients an acknowledged message must be
+/// acked by (a list of certificate names), written by gilmsg-rs beside
+/// `gilmsg_version`: what lets a watcher that is not the publisher (the
+/// firehose's receipt events, `docs/firehose.md`) know whom to wait for.
+/// Optional: Python gilmsg does not write it, and no consumer needs it.
+pub const RECIPIENTS_FIELD: &str = "gilmsg_recipients";
+/// The most names [`Envelope::recipients`] reads from one message; a
+/// longer list is read as absent (a watcher's memory per message is bounded).
+pub const MAX_RECIPIENTS: usize = 1024;
 
 /// Why a received message was not accepted as an envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -239,8 +248,20 @@ impl Draft {
     /// optional, so it is an argument here rather than a field of every
     /// `Draft`; checking `msg` is the caller's (see [`crate::schema`]).
     pub fn seal_with_schema(
+        self,
+        schema: Option<&str>,
+        signer: Option<&dyn Signer>,
+    ) -> Result<Sealed, BuildError> {
+        self.seal_with(schema, &[], signer)
+    }
+
+    /// [`Draft::seal_with_schema`], also naming `recipients` in the signed
+    /// field [`RECIPIENTS_FIELD`] when the message asks for ACKs and the
+    /// list is not empty (what `Bus::publish` sends).
+    pub fn seal_with(
         mut self,
         schema: Option<&str>,
+        recipients: &[String],
         signer: Option<&dyn Signer>,
     ) -> Result<Sealed, BuildError> {
         for (field, value) in [
@@ -268,6 +289,9 @@ impl Draft {
                 GILMSG_VERSION_FIELD.into(),
                 Value::String(GILMSG_VERSION.into()),
             );
+            if !recipients.is_empty() {
+                body.insert(RECIPIENTS_FIELD.into(), Value::from(recipients.to_vec()));
+            }
         }
         let signed = match signer {
             Some(signer) => sign_in_place(&mut body, signer)?,
@@ -606,6 +630,19 @@ impl Envelope {
         self.str_field(SCHEMA_FIELD)
     }
 
+    /// The recipients the sender named in the signed [`RECIPIENTS_FIELD`]:
+    /// `None` when absent (Python gilmsg, a plain message) or not a list of
+    /// at most [`MAX_RECIPIENTS`] non-empty strings.
+    pub fn recipients(&self) -> Option<Vec<&str>> {
+        let list = self.body.get(RECIPIENTS_FIELD)?.as_array()?;
+        if list.is_empty() || list.len() > MAX_RECIPIENTS {
+            return None;
+        }
+        list.iter()
+            .map(|v| v.as_str().filter(|s| !s.is_empty()))
+            .collect()
+    }
+
     /// Whether the sender asked for ACKs.
     pub fn wants_ack(&self) -> bool {
         self.body.contains_key(GILMSG_VERSION_FIELD)
@@ -753,6 +790,34 @@ mod tests {
         let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
         assert_eq!(decoded, envelope);
         assert_eq!(decoded.signed_part().unwrap(), signed);
+    }
+
+    #[test]
+    fn recipients_are_signed_beside_gilmsg_version_and_read_back() {
+        let names = vec!["ledger".to_owned(), "mailer".to_owned()];
+        let sealed = draft().seal_with(None, &names, Some(&FakeSigner)).unwrap();
+        assert!(sealed
+            .signed_part()
+            .as_str()
+            .contains(r#""gilmsg_recipients":["ledger","mailer"]"#));
+        let frames = sealed.envelope().encode().unwrap();
+        let decoded = Envelope::decode(&frames, 1 << 20).unwrap();
+        assert_eq!(decoded.recipients(), Some(vec!["ledger", "mailer"]));
+        // Not written for a plain message, nor read from a malformed list.
+        let mut plain = draft();
+        plain.wants_ack = false;
+        let plain = plain.seal_with(None, &names, None).unwrap();
+        assert_eq!(plain.envelope().recipients(), None);
+        for odd in [
+            json!("ledger"),
+            json!([]),
+            json!(["a", 1]),
+            json!(["a", ""]),
+        ] {
+            let mut body = decoded.body().clone();
+            body.insert(RECIPIENTS_FIELD.into(), odd);
+            assert_eq!(Envelope::from_body(body).unwrap().recipients(), None);
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`publisher`]: [`PublisherState`], every
 //!   decision of a publisher (readiness, ACK matching, re-sends, deadlines)
 //!   as a pure state machine whose wake-ups cost what is due.
+//! - [`receipts`]: [`ReceiptWatch`](receipts::ReceiptWatch), receipts as a
+//!   watcher (the firehose) sees them, bounded in memory.
 //! - [`retransmit`]: RFC 6298 re-send timing.
 //! - [`dedupe`]: the consumer's bounded, time-windowed memory of the
 //!   messages it accepted, with per-signer replay floors.
@@ -37,6 +39,7 @@
 
 pub mod ack;
 pub mod auth;
+pub mod bridge;
 pub mod bridge_match;
 pub mod canonical;
 pub mod consumer;
@@ -45,6 +48,7 @@ pub mod digest;
 pub mod envelope;
 pub mod policy;
 pub mod publisher;
+pub mod receipts;
 pub mod redelivery;
 pub mod retransmit;
 pub mod schema;

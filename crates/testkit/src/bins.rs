@@ -28,6 +28,8 @@ pub struct Bins {
     pub status: &'static Path,
     /// `gilmsg-tail`.
     pub tail: &'static Path,
+    /// `gilmsg-bridge`.
+    pub bridge: &'static Path,
 }
 
 impl Bins {
@@ -43,6 +45,7 @@ impl Bins {
             "gilmsg-pki" => self.pki,
             "gilmsg-status" => self.status,
             "gilmsg-tail" => self.tail,
+            "gilmsg-bridge" => self.bridge,
             other => panic!("{other}: not a gilmsg-cli tool the tests run"),
         }
     }
@@ -81,6 +84,7 @@ macro_rules! bins {
             pki: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-pki")),
             status: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-status")),
             tail: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-tail")),
+            bridge: ::std::path::Path::new(env!("CARGO_BIN_EXE_gilmsg-bridge")),
         }
     };
 }

@@ -32,6 +32,11 @@
 //! - [`rabbit`]: a throwaway RabbitMQ node (own dirs, ports, epmd; stopped
 //!   by PID through a watchdog even if the test process dies) and TLS
 //!   certificates for it.
+//! - [`mosquitto`]: a throwaway mosquitto broker (loopback, TCP and
+//!   websockets listeners, anonymous read-only, one publishing user),
+//!   stopped by PID even if the test process dies.
+//! - [`browser`]: headless Debian chromium driven by chromedriver
+//!   (WebDriver), for the web pages the tools serve.
 //! - [`python`]: the Python peers' `fedmsg.d/` and a clean environment.
 //!
 //! Child processes are [`Proc`]s, the type the demo starts its roles with
@@ -46,12 +51,14 @@
 
 pub mod amqp;
 pub mod bins;
+pub mod browser;
 pub mod child;
 pub mod fixture;
 pub mod forge;
 pub mod guard;
 pub mod memory;
 pub mod monitoring;
+pub mod mosquitto;
 pub mod python;
 pub mod rabbit;
 pub mod raw;

@@ -231,10 +231,20 @@ impl WireFormat for Amqp {
 /// header are each canonical JSON: the signed part is the canonical JSON of
 /// their union with the topic, which every receiver recomputes.
 fn encode(message: &Sealed) -> AmqpMessage {
-    let envelope = message.envelope();
+    encode_envelope(message.envelope(), None)
+}
+
+/// [`encode`] for any envelope (a received one too: the bridge carries
+/// ZeroMQ messages to AMQP with it, signed fields untouched), with one more
+/// (unsigned) header if `extra` names one.
+pub(crate) fn encode_envelope(
+    envelope: &gilmsg_proto::Envelope,
+    extra: Option<(&str, &str)>,
+) -> AmqpMessage {
     let body = envelope.body();
     let msg_text = gilmsg_proto::canonical::to_string(envelope.msg())
-        // Sealed messages are canonical already; never here.
+        // Sealed messages are canonical already, and the bridge checks a
+        // received one first (its signed part); never here.
         .unwrap_or_else(|_| "null".to_owned());
     let header = gilmsg_proto::canonical::object_to_string_without(body, &["topic", "msg"])
         .unwrap_or_else(|_| "{}".to_owned());
@@ -249,6 +259,9 @@ fn encode(message: &Sealed) -> AmqpMessage {
         AMQPValue::LongString(LongString::from(schema)),
     );
     headers.insert(SEVERITY_HEADER.into(), AMQPValue::LongInt(20));
+    if let Some((name, value)) = extra {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
     let timestamp = envelope.timestamp();
     if let Some(text) = timestamp.and_then(sent_at) {
         headers.insert(
@@ -277,7 +290,7 @@ fn encode(message: &Sealed) -> AmqpMessage {
 }
 
 /// Rebuilds the fedmsg envelope of a received message (see the module doc).
-fn decode(wire: &AmqpMessage, max_size: usize) -> Result<Envelope, DecodeError> {
+pub(crate) fn decode(wire: &AmqpMessage, max_size: usize) -> Result<Envelope, DecodeError> {
     let headers = wire.properties.headers().clone().unwrap_or_default();
     let envelope_text = header_text(&headers, ENVELOPE_HEADER);
     let size = wire.body.len() + envelope_text.as_ref().map_or(0, Vec::len);
