@@ -1223,6 +1223,14 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
             verify.expect_stderr(VERIFY_READY, READY);
             verify
         };
+        // Verify's subscription on the bridge's socket counted before the
+        // others start: the warm-up below proves theirs, so the count read
+        // after it is every subscriber (the restarted bridge waits for
+        // that many; read too low, it would send before the consumer is
+        // back and lose what it sent).
+        bridge.wait_stats(BRIDGE_STATS, "verify subscribed", CROSS, |s| {
+            s.get("amqp_to_zmq.subscriptions") >= 1
+        });
         let zmq_toml = rig.zmq_config("zmq.toml", &[&pub_endpoint]);
         let amqp_toml = rig.amqp_both_exchanges("amqp-consumer.toml");
         let zmq_consumer = consumer("zmq-consumer", &zmq_toml, &[]);
