@@ -1048,7 +1048,7 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     );
     // Sections a run left out (`--only`) print no rows.
     let row = |md: &mut String, name: &str, base: &str| {
-        let p50 = get(&j, &format!("{base}/p50_us"));
+        let p50 = get(j, &format!("{base}/p50_us"));
         if p50.is_nan() {
             return;
         }
@@ -1056,9 +1056,9 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
             md,
             "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× |",
             p50,
-            get(&j, &format!("{base}/p90_us")),
-            get(&j, &format!("{base}/p99_us")),
-            get(&j, &format!("{base}/max_us")),
+            get(j, &format!("{base}/p90_us")),
+            get(j, &format!("{base}/p99_us")),
+            get(j, &format!("{base}/max_us")),
             p50 / floor
         );
     };
@@ -1088,14 +1088,14 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     }
     let _ = writeln!(md, "\n| throughput | msgs/s | window |\n|---|---|---|");
     for k in [1, 10] {
-        if get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
+        if get(j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
             continue;
         }
         let _ = writeln!(
             md,
             "| {k} recipient(s) | {:.0} | {} |",
-            get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")),
-            get(&j, &format!("/throughput/{k}_recipients/window"))
+            get(j, &format!("/throughput/{k}_recipients/msgs_per_s")),
+            get(j, &format!("/throughput/{k}_recipients/window"))
         );
     }
     let _ = writeln!(
@@ -1130,11 +1130,11 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     let _ = writeln!(
         md,
         "\n| crypto (Ed25519) | µs/op |\n|---|---|\n| sign, ring alone (S) | {:.1} |\n| verify, ring alone (V) | {:.1} |\n| sign, as gilmsg signs (with base64) | {:.1} |\n| verify through the trust store (warm cache) | {:.1} |\n| verify through the trust store (first, with chain) | {:.1} |",
-        get(&j, "/crypto/ed25519/sign_raw_us"),
-        get(&j, "/crypto/ed25519/verify_raw_us"),
-        get(&j, "/crypto/ed25519/sign_us"),
-        get(&j, "/crypto/ed25519/verify_us_warm"),
-        get(&j, "/crypto/ed25519/verify_us_first_with_chain")
+        get(j, "/crypto/ed25519/sign_raw_us"),
+        get(j, "/crypto/ed25519/verify_raw_us"),
+        get(j, "/crypto/ed25519/sign_us"),
+        get(j, "/crypto/ed25519/verify_us_warm"),
+        get(j, "/crypto/ed25519/verify_us_first_with_chain")
     );
     let _ = writeln!(md, "\n| memory | peak RSS |\n|---|---|");
     for k in [1, 10] {
@@ -1142,28 +1142,28 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
         let _ = writeln!(
             md,
             "| consumer, {k}-recipient throughput run | {:.1} MiB |\n| publisher, up to the {k}-recipient run | {:.1} MiB |",
-            get(&j, &format!("{base}/consumer_peak_rss_kib")) / 1024.0,
-            get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
+            get(j, &format!("{base}/consumer_peak_rss_kib")) / 1024.0,
+            get(j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
     if j.get("soak").is_some() {
         let _ = writeln!(
             md,
             "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
-            get(&j, "/soak/length_s"),
-            get(&j, "/soak/messages"),
-            get(&j, "/soak/msgs_per_s"),
-            get(&j, "/soak/consumer_rss_kib_at_start") / 1024.0,
-            get(&j, "/soak/steady_samples"),
-            get(&j, "/soak/steady_from_s"),
-            get(&j, "/soak/consumer_steady_rss_kib") / 1024.0,
-            get(&j, "/soak/publisher_steady_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_peak_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_dedupe_entries"),
-            get(&j, "/soak/consumer_dedupe_evicted"),
+            get(j, "/soak/length_s"),
+            get(j, "/soak/messages"),
+            get(j, "/soak/msgs_per_s"),
+            get(j, "/soak/consumer_rss_kib_at_start") / 1024.0,
+            get(j, "/soak/steady_samples"),
+            get(j, "/soak/steady_from_s"),
+            get(j, "/soak/consumer_steady_rss_kib") / 1024.0,
+            get(j, "/soak/publisher_steady_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_peak_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_dedupe_entries"),
+            get(j, "/soak/consumer_dedupe_evicted"),
         );
     }
 }
