@@ -39,11 +39,8 @@ where
                 Err(e) => (false, e.into_value(py).into_any()),
             };
             // A closed loop cannot be told; its caller is gone.
-            let _ = loop_ref.call_method1(
-                py,
-                "call_soon_threadsafe",
-                (resolve, future_ref, ok, value),
-            );
+            let _ =
+                loop_ref.call_method1(py, "call_soon_threadsafe", (resolve, future_ref, ok, value));
         });
     });
     future.call_method1(

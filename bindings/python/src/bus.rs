@@ -183,9 +183,8 @@ impl Bus {
             let p = self.convert(py, topic, msg, recipients, ack_timeout)?;
             let rt = runtime()?;
             let bus = &self.inner;
-            let result = py.detach(|| {
-                rt.block_on(bus.publish(&p.topic, p.msg, &p.recipients, p.timeout))
-            });
+            let result =
+                py.detach(|| rt.block_on(bus.publish(&p.topic, p.msg, &p.recipients, p.timeout)));
             result.map(Receipt::from).map_err(|e| errors::to_py(py, e))
         })
     }

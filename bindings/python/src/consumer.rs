@@ -56,7 +56,8 @@ impl Delivery {
 
 /// The next delivery as a Python object (`None`: the consumer stopped).
 fn deliver(py: Python<'_>, next: Option<gilmsg::Delivery>) -> PyResult<Option<Py<Delivery>>> {
-    next.map(|d| Py::new(py, Delivery::wrap(py, d)?)).transpose()
+    next.map(|d| Py::new(py, Delivery::wrap(py, d)?))
+        .transpose()
 }
 
 #[pymethods]
@@ -104,7 +105,9 @@ impl Consumer {
     #[pyo3(signature = (timeout=None))]
     fn wait_ready(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         guard::no_panic(|| {
-            let limit = timeout.map(|t| convert::seconds("timeout", t)).transpose()?;
+            let limit = timeout
+                .map(|t| convert::seconds("timeout", t))
+                .transpose()?;
             let rt = runtime()?;
             let inner = self.inner.clone();
             let ready = py.detach(|| {
@@ -130,7 +133,9 @@ impl Consumer {
     #[pyo3(signature = (timeout=None))]
     fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<Delivery>>> {
         guard::no_panic(|| {
-            let limit = timeout.map(|t| convert::seconds("timeout", t)).transpose()?;
+            let limit = timeout
+                .map(|t| convert::seconds("timeout", t))
+                .transpose()?;
             let deadline = limit.map(|l| tokio::time::Instant::now() + l);
             let rt = runtime()?;
             loop {
@@ -147,7 +152,9 @@ impl Consumer {
                         let Some(consumer) = guard.as_mut() else {
                             return Ok(None);
                         };
-                        tokio::time::timeout(step, consumer.next()).await.map_err(|_| ())
+                        tokio::time::timeout(step, consumer.next())
+                            .await
+                            .map_err(|_| ())
                     })
                 });
                 match got {

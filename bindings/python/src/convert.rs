@@ -35,7 +35,11 @@ pub(crate) fn msg_to_value(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<s
 pub(crate) fn value_to_py(py: Python<'_>, value: &serde_json::Value) -> PyResult<Py<PyAny>> {
     let text = serde_json::to_string(value)
         .map_err(|e| errors::bus_error(format!("cannot encode a received body: {e}")))?;
-    Ok(py.import("json")?.getattr("loads")?.call1((text,))?.unbind())
+    Ok(py
+        .import("json")?
+        .getattr("loads")?
+        .call1((text,))?
+        .unbind())
 }
 
 /// Seconds as a [`Duration`]: negative, NaN, infinite or too large for a
@@ -53,7 +57,10 @@ pub(crate) fn seconds(name: &str, secs: f64) -> PyResult<Duration> {
 /// TOML, fedmsg JSON or fedora-messaging TOML), a dict as
 /// `fedmsg.config.load_config()` returns it, or `None` for
 /// `$GILMSG_CONFIG`, else `/etc/gilmsg/gilmsg.toml`.
-pub(crate) fn config(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<gilmsg::Config> {
+pub(crate) fn config(
+    py: Python<'_>,
+    config: Option<&Bound<'_, PyAny>>,
+) -> PyResult<gilmsg::Config> {
     let loaded = match config {
         None => gilmsg::Config::load(None),
         Some(obj) if obj.is_instance_of::<PyDict>() => {

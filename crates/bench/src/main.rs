@@ -11,9 +11,10 @@
 //! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
 //!    venv is present;
 //! 6. memory: peak RSS of a consumer and of the publisher;
-//! 6b. the Python package (`gilmsg_rs`, bindings/python) when its venv is
-//!    given: `bindings/python/bench.py` as a child publishing on the same
-//!    direct bus to the same consumers, beside the Rust library's numbers;
+//!    and, in the same loop, the Python package (`gilmsg_rs`,
+//!    bindings/python) when its venv is given: `bindings/python/bench.py`
+//!    as a child publishing on the same direct bus to the same consumers,
+//!    beside the Rust library's numbers;
 //! 7. with `--soak`, a memory soak: acknowledged publishes without pause,
 //!    the consumer's RSS sampled as it goes, its steady state the median of
 //!    the second half of the samples.
@@ -284,9 +285,8 @@ fn run(args: Args) -> Result<(), Failure> {
         .or_else(|| std::env::var_os("GILMSG_PYTHON_PACKAGE").map(PathBuf::from))
         .filter(|_| args.runs(Section::PythonPackage));
     let mut package = serde_json::Map::new();
-    let direct = args.runs(Section::Latency)
-        || args.runs(Section::Throughput)
-        || python_package.is_some();
+    let direct =
+        args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
     for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
         let bus = DirectBus::start(&exe, work.path(), k, "")?;
@@ -346,7 +346,9 @@ fn run(args: Args) -> Result<(), Failure> {
         if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
             let result = python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
                 .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
-            progress(format!("python package (gilmsg_rs), {k} recipient(s): {result}"));
+            progress(format!(
+                "python package (gilmsg_rs), {k} recipient(s): {result}"
+            ));
             package.insert(format!("{k}_recipients"), result);
         }
         let stats = bus.bus.stats();

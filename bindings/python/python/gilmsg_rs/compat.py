@@ -13,8 +13,8 @@ share"): each publish has its own ACK state (no success on an earlier
 publish's ACKs), ``Timeout`` names the missing and the acked recipients,
 nothing hangs after a timeout, ``gilmsg_version`` is signed, bind mode
 (``active=False``) works, ACKs from identities that were not named are not
-counted, and ``tail_messages`` ACKs only after the loop body asked for the
-next message (the message was handled), never for a message it drops.
+counted, and ``tail_messages`` ACKs a message only when the loop body asks for
+the next one (the message was handled), never one it raised or broke on.
 
 The ``**config`` keywords are fedmsg's configuration dict (what
 ``fedmsg.config.load_config()`` returns); none at all means
@@ -101,8 +101,8 @@ def tail_messages(
     ``tail_messages`` does (``message`` is the whole envelope: ``msg``,
     ``msg_id``, ``topic``, ...), ACKing each message that asks for one
     *after* the loop body returned for it, i.e. when the next message is
-    asked for or the generator is closed normally. A body that raises
-    leaves its message unacknowledged. ``certname=`` names the identity
+    asked for. A body that raises, or ``break``s, leaves that message
+    unacknowledged (gilmsg 0.1.2 acked before the body ran). ``certname=`` names the identity
     ACKs are signed with (else fedmsg's ``certnames`` rule for
     ``name``)."""
     if passive:
