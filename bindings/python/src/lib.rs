@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod acker;
 mod aio;
 mod bus;
 mod consumer;
@@ -55,6 +56,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<consumer::Consumer>()?;
     m.add_class::<consumer::Delivery>()?;
     m.add_class::<aio::Canceller>()?;
+    m.add_class::<acker::ExternalAcker>()?;
     m.add("MAX_TIMEOUT", gilmsg::MAX_TIMEOUT.as_secs_f64())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1134,6 +1134,27 @@ fn markdown(report: &Report) -> String {
     }
     md.push_str(&targets::markdown(&j));
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(Value::Object(package)) = j.get("python_package") {
+        let _ = writeln!(
+            md,
+            "\n| Python package gilmsg_rs | p50 | Rust library p50 | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
+        );
+        for k in ["1_recipients", "3_recipients"] {
+            let Some(v) = package.get(k) else { continue };
+            let x = |path: &str| v.pointer(path).and_then(Value::as_f64);
+            let f =
+                |o: Option<f64>, digits: usize| o.map_or("–".into(), |v| format!("{v:.digits$}"));
+            let _ = writeln!(
+                md,
+                "| {k} | {} us | {} us | {}× | {}× | {} |",
+                f(x("/p50_us"), 0),
+                f(x("/rust_p50_us"), 0),
+                f(x("/ratio_over_rust_p50"), 2),
+                f(x("/python_gilmsg_p50_over_ours"), 0),
+                f(x("/msgs_per_s"), 0),
+            );
+        }
+    }
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
     }

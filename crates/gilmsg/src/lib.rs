@@ -21,6 +21,8 @@
 //! - [`blocking`]: the same for non-async producers.
 //! - [`consumer`]: [`Consumer`] and [`Delivery`], the ACK-sending consumer.
 //! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
+//! - [`ExternalAcker`]: the signed ACK for a message another AMQP client
+//!   (fedora-messaging) consumed.
 //! - [`error`]: the crate's [`Error`].
 //! - `transport`: the seam between the rules and the transports: the
 //!   drivers around `gilmsg-proto`'s state machines (verification,
@@ -60,6 +62,7 @@ mod stats;
 mod transport;
 mod zeromq;
 
+pub use amqp::external::{AckOutcome, ExternalAcker, Received};
 pub use amqp::BrokerVerdict;
 
 pub use zeromq::relay;

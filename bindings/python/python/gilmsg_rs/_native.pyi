@@ -159,3 +159,20 @@ class Canceller:
     """Internal: aborts the Rust task of a cancelled asyncio future."""
 
     def __call__(self, future: "asyncio.Future[Any]") -> None: ...
+
+class ExternalAcker:
+    """Signed ACKs for messages another AMQP client (fedora-messaging)
+    consumed; see ``gilmsg_rs.fedora_messaging``."""
+
+    def __init__(self, config: ConfigArg, certname: str) -> None: ...
+    def ack(
+        self,
+        routing_key: str,
+        body: bytes,
+        envelope_header: Optional[str] = None,
+        message_id: Optional[str] = None,
+        reply_to: Optional[str] = None,
+    ) -> Optional[str]:
+        """Checks the message, publishes its ACK to ``reply_to`` and waits
+        for the broker's confirm; the acked msg_id, or None when it asked
+        for no ACK. ``MessageError``: refused; ``BusError``: not sent."""
