@@ -19,21 +19,28 @@ pika = pytest.importorskip("pika")
 
 CALLBACK = '''
 import json, os
-from fedora_messaging.exceptions import Drop, Nack
+from fedora_messaging.exceptions import Drop, HaltConsumer, Nack
 from gilmsg_rs.fedora_messaging import acking
-
-seen = {}
 
 def handle(message):
     what = message.body["do"]
-    seen[message.id] = seen.get(message.id, 0) + 1
-    with open(os.environ["GILMSG_FM_OUT"], "a") as out:
-        out.write(json.dumps({"do": what, "id": message.id, "n": seen[message.id]}) + "\\n")
+    path = os.environ["GILMSG_FM_OUT"]
+    before = 0
+    if os.path.exists(path):
+        with open(path) as f:
+            before = sum(1 for line in f if json.loads(line)["id"] == message.id)
+    with open(path, "a") as out:
+        out.write(json.dumps({"do": what, "id": message.id, "n": before + 1}) + "\\n")
+    if before:
+        # A redelivery (after Nack, or of the message whose exception
+        # halted the previous consumer): dropped, so the test ends.
+        raise Drop()
     if what == "drop":
         raise Drop()
     if what == "nack":
-        # Nack requeues; the redelivery is dropped, so the test ends.
-        raise Nack() if seen[message.id] == 1 else Drop()
+        raise Nack()
+    if what == "halt":
+        raise HaltConsumer(exit_code=0, requeue=False)
     if what == "raise":
         raise RuntimeError("the handler failed")
 
@@ -105,5 +112,14 @@ prefetch_count = 1
         wait_record(record, lambda r: r["id"] == caught.value.msg_id)
     # An unexpected exception halts fedora-messaging's consumer (its own
     # rule); the wrapper did not change that.
+    consumer.popen.wait(timeout=60)
+    # HaltConsumer too keeps its meaning: a second consumer halts on it,
+    # and no ACK is sent for it.
+    consumer = procs.start("fedora-messaging consume 2", [fm, "--conf", tmp_path / "fm.toml", "consume"],
+                           cwd=tmp_path, env=env)
+    with pytest.raises(gilmsg_rs.Timeout) as caught:
+        bus.publish("update", {"do": "halt"}, ["py-a"], 5)
+    assert caught.value.missing == ["py-a"]
+    wait_record(record, lambda r: r["id"] == caught.value.msg_id)
     consumer.popen.wait(timeout=60)
     bus.close()
