@@ -158,3 +158,33 @@ def test_config_dict_as_fedmsg_returns_it(zmq_bus):
     with pytest.raises(ConfigError) as caught:
         gilmsg_rs.Bus(bad)
     assert caught.value.key and caught.value.key.startswith("relay_inbound")
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"certname": 1},
+    {"modname": ["billing"]},
+    {"active": "yes"},
+    {"require_ack_digest": 2.5},
+])
+def test_wrong_constructor_types(zmq_bus, kwargs):
+    with pytest.raises(TypeError):
+        gilmsg_rs.Bus(zmq_bus.config_path, **kwargs)
+
+
+def test_wrong_types_async_and_compat(bus, zmq_bus):
+    from gilmsg_rs import compat
+
+    async def main():
+        with pytest.raises(TypeError):
+            bus.publish_async("t", {}, "rust-a", 1)
+        with pytest.raises(MessageError):
+            bus.publish_async("t", {1, 2}, ["rust-a"], 1)
+        with pytest.raises(MessageError):
+            bus.publish_async("t", {}, ["rust-a"], -5)
+
+    asyncio.run(main())
+    with pytest.raises(TypeError):
+        compat.publish(msg={}, recipients=["rust-a"], config_path=str(zmq_bus.config_path))
+    with pytest.raises(MessageError):
+        compat.publish(topic="t", msg=object(), recipients=["rust-a"], ack_timeout=1,
+                       config_path=str(zmq_bus.config_path), certname="py-pub")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,3 +124,48 @@ prefetch_count = 1
     wait_record(record, lambda r: r["id"] == caught.value.msg_id)
     consumer.popen.wait(timeout=60)
     bus.close()
+
+
+def test_external_acker_refuses_what_a_consumer_would(amqp_bus):
+    """The ACK is bound to the body: a body changed after signing is
+    refused (no ACK), a message without gilmsg's envelope asks for none,
+    and the untouched one is acked to its publisher."""
+    from gilmsg_rs._native import ExternalAcker
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_bus.url))
+    channel = connection.channel()
+    channel.queue_declare("raw", durable=False, exclusive=True)
+    channel.queue_bind("raw", "amq.topic", "org.example.dev.billing.#")
+    bus = gilmsg_rs.Bus(amqp_bus.config_path, certname="py-pub", modname="billing")
+    outcome = {}
+    t = threading.Thread(target=lambda: outcome.setdefault(
+        "r", _try(lambda: bus.publish("update", {"n": 1}, ["py-a"], 20))))
+    t.start()
+    deadline = time.monotonic() + 20
+    method = None
+    while method is None and time.monotonic() < deadline:
+        method, properties, body = channel.basic_get("raw", auto_ack=True)
+        if method is None:
+            time.sleep(0.05)  # pacing a bounded poll of the queue
+    assert method is not None, "the message never reached the queue"
+    envelope = properties.headers["gilmsg_envelope"]
+    envelope = envelope.decode() if isinstance(envelope, bytes) else envelope
+    acker = ExternalAcker(str(amqp_bus.config_path), "py-a")
+    with pytest.raises(gilmsg_rs.MessageError, match="refused"):
+        acker.ack(method.routing_key, json.dumps({"n": 2}).encode(), envelope,
+                  properties.message_id, properties.reply_to)
+    assert acker.ack(method.routing_key, body, None, properties.message_id, None) is None
+    acked = acker.ack(method.routing_key, body, envelope, properties.message_id, properties.reply_to)
+    t.join(30)
+    receipt = outcome["r"]
+    assert not isinstance(receipt, Exception), receipt
+    assert acked == receipt.msg_id and receipt.acked == ["py-a"] and receipt.acks[0].digest_checked
+    connection.close()
+    bus.close()
+
+
+def _try(f):
+    try:
+        return f()
+    except Exception as e:  # noqa: BLE001 - returned to the test thread
+        return e
