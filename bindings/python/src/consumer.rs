@@ -22,6 +22,20 @@ type Shared = Arc<tokio::sync::Mutex<Option<gilmsg::Consumer>>>;
 pub(crate) struct Consumer {
     inner: Shared,
     signer_name: Option<String>,
+    /// Set by `close`: a waiting `__anext__` (which holds the lock) gives
+    /// up at once instead of holding `close` back.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// The next delivery, or None once the consumer stopped or `close` began.
+async fn next_or_closed(
+    consumer: &mut gilmsg::Consumer,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> Option<gilmsg::Delivery> {
+    tokio::select! {
+        next = consumer.next() => next,
+        _ = closing.wait_for(|c| *c) => None,
+    }
 }
 
 /// One message, handed over once.
@@ -95,6 +109,7 @@ impl Consumer {
             Ok(Consumer {
                 signer_name: consumer.signer_name().map(str::to_owned),
                 inner: Arc::new(tokio::sync::Mutex::new(Some(consumer))),
+                closing: tokio::sync::watch::channel(false).0,
             })
         })
     }
@@ -146,13 +161,14 @@ impl Consumer {
                     None => SIGNAL_CHECK,
                 };
                 let inner = self.inner.clone();
+                let closing = self.closing.subscribe();
                 let got = py.detach(|| {
                     rt.block_on(async move {
                         let mut guard = inner.lock().await;
                         let Some(consumer) = guard.as_mut() else {
                             return Ok(None);
                         };
-                        tokio::time::timeout(step, consumer.next())
+                        tokio::time::timeout(step, next_or_closed(consumer, closing))
                             .await
                             .map_err(|_| ())
                     })
@@ -186,12 +202,13 @@ impl Consumer {
     fn __anext__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         guard::no_panic(|| {
             let inner = self.inner.clone();
+            let closing = self.closing.subscribe();
             aio::spawn(
                 py,
                 async move {
                     let mut guard = inner.lock().await;
                     match guard.as_mut() {
-                        Some(consumer) => consumer.next().await,
+                        Some(consumer) => next_or_closed(consumer, closing).await,
                         None => None,
                     }
                 },
@@ -230,6 +247,7 @@ impl Consumer {
         guard::no_panic(|| {
             let rt = runtime()?;
             let inner = self.inner.clone();
+            self.closing.send_replace(true);
             Ok(py.detach(|| {
                 rt.block_on(async move {
                     let taken = inner.lock().await.take();

@@ -208,3 +208,19 @@ def test_consumer_async_iteration(any_bus):
     assert all(r.acked == ["rust-c"] for r in receipts)
     consumer.close()
     assert consumer.next(timeout=0.1) is None
+
+
+def test_close_ends_a_waiting_async_iteration(zmq_bus):
+    consumer = gilmsg_rs.Consumer(zmq_bus.config_path, "rust-c")
+    assert consumer.wait_ready(30)
+
+    async def main():
+        async def iterate():
+            return [d async for d in consumer]
+
+        task = asyncio.ensure_future(iterate())
+        await asyncio.sleep(0)  # let the iteration start waiting
+        await asyncio.get_running_loop().run_in_executor(None, consumer.close)
+        return await asyncio.wait_for(task, 10)
+
+    assert asyncio.run(main()) == []
