@@ -289,7 +289,7 @@ fn run(args: Args) -> Result<(), Failure> {
         args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
     for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k, "")?;
+        let bus = DirectBus::start(&exe, work.path(), k, "", python_package.is_some())?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
         if args.runs(Section::Latency) {
             // CPU per publish, by thread, while one publish at a time is in
@@ -653,19 +653,25 @@ impl DirectBus {
     }
 
     /// `extra` goes into every config file as is (TOML lines).
-    fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
-        let mut endpoints = vec![
-            (
-                "bench-pub".to_string(),
-                format!("tcp://127.0.0.1:{}", free_port()?),
-            ),
-            // Where a `gilmsg_rs` publisher (bench.py) binds, if one runs:
-            // the consumers connect to it from the start.
-            (
+    /// `with_py`: an endpoint `bench-py` for a `gilmsg_rs` publisher
+    /// (bench.py), which the consumers connect to from the start.
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        k: usize,
+        extra: &str,
+        with_py: bool,
+    ) -> Result<DirectBus, Failure> {
+        let mut endpoints = vec![(
+            "bench-pub".to_string(),
+            format!("tcp://127.0.0.1:{}", free_port()?),
+        )];
+        if with_py {
+            endpoints.push((
                 "bench-py".to_string(),
                 format!("tcp://127.0.0.1:{}", free_port()?),
-            ),
-        ];
+            ));
+        }
         for i in 0..k {
             endpoints.push((
                 format!("consumer-{i}"),
@@ -901,7 +907,7 @@ fn soak(
         Some(n) => format!("dedupe_capacity = {n}\n"),
         None => String::new(),
     };
-    let bus = DirectBus::start(exe, dir, 1, &extra)?;
+    let bus = DirectBus::start(exe, dir, 1, &extra, false)?;
     let recipients = vec!["consumer-0".to_string()];
     let consumer = &bus.consumers[0];
     let consumer_rss_at_start = memory::kib(consumer.pid(), "VmRSS");
