@@ -11,6 +11,10 @@
 //! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
 //!    venv is present;
 //! 6. memory: peak RSS of a consumer and of the publisher;
+//!    and, in the same loop, the Python package (`gilmsg_rs`,
+//!    bindings/python) when its venv is given: `bindings/python/bench.py`
+//!    as a child publishing on the same direct bus to the same consumers,
+//!    beside the Rust library's numbers;
 //! 7. with `--soak`, a memory soak: acknowledged publishes without pause,
 //!    the consumer's RSS sampled as it goes, its steady state the median of
 //!    the second half of the samples.
@@ -106,6 +110,10 @@ struct Args {
     /// $GILMSG_FEDORA_MESSAGING).
     #[arg(long)]
     pub fedora_messaging: Option<PathBuf>,
+    /// Venv holding the Python package gilmsg_rs (scripts/python-package.sh;
+    /// default: $GILMSG_PYTHON_PACKAGE).
+    #[arg(long)]
+    pub python_package: Option<PathBuf>,
 }
 
 /// A part of the run, for `--only`.
@@ -127,6 +135,8 @@ enum Section {
     Soak,
     /// The AMQP runs, on a RabbitMQ node of their own (amqp.rs).
     Amqp,
+    /// The Python package gilmsg_rs on the direct bus (bindings/python/bench.py).
+    PythonPackage,
 }
 
 impl Args {
@@ -269,10 +279,17 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut latency = serde_json::Map::new();
     let mut throughput = serde_json::Map::new();
     let mut memory = serde_json::Map::new();
-    let direct = args.runs(Section::Latency) || args.runs(Section::Throughput);
+    let python_package = args
+        .python_package
+        .clone()
+        .or_else(|| std::env::var_os("GILMSG_PYTHON_PACKAGE").map(PathBuf::from))
+        .filter(|_| args.runs(Section::PythonPackage));
+    let mut package = serde_json::Map::new();
+    let direct =
+        args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
     for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k, "")?;
+        let bus = DirectBus::start(&exe, work.path(), k, "", python_package.is_some())?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
         if args.runs(Section::Latency) {
             // CPU per publish, by thread, while one publish at a time is in
@@ -326,6 +343,14 @@ fn run(args: Args) -> Result<(), Failure> {
                 }),
             );
         }
+        if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
+            let result = python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
+                .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
+            progress(format!(
+                "python package (gilmsg_rs), {k} recipient(s): {result}"
+            ));
+            package.insert(format!("{k}_recipients"), result);
+        }
         let stats = bus.bus.stats();
         latency.insert(
             format!("{k}_recipients_publisher_counters"),
@@ -370,6 +395,12 @@ fn run(args: Args) -> Result<(), Failure> {
         }
     };
     report.json.insert("python_anchor", anchor);
+    if python_package.is_some() {
+        let so_far = serde_json::to_value(&report.json).unwrap_or_default();
+        report
+            .json
+            .insert("python_package", python_package_ratios(package, &so_far));
+    }
     if args.runs(Section::Soak) {
         let length = args.soak.unwrap_or(Duration::from_secs(600));
         report.json.insert(
@@ -638,6 +669,8 @@ fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
 struct DirectBus {
     bus: gilmsg::Bus,
     consumers: Vec<Proc>,
+    /// The config a second publisher binding `bench-py` uses.
+    py_config: PathBuf,
 }
 
 impl Drop for DirectBus {
@@ -666,11 +699,25 @@ impl DirectBus {
     }
 
     /// `extra` goes into every config file as is (TOML lines).
-    fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
+    /// `with_py`: an endpoint `bench-py` for a `gilmsg_rs` publisher
+    /// (bench.py), which the consumers connect to from the start.
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        k: usize,
+        extra: &str,
+        with_py: bool,
+    ) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
             "bench-pub".to_string(),
             format!("tcp://127.0.0.1:{}", free_port()?),
         )];
+        if with_py {
+            endpoints.push((
+                "bench-py".to_string(),
+                format!("tcp://127.0.0.1:{}", free_port()?),
+            ));
+        }
         for i in 0..k {
             endpoints.push((
                 format!("consumer-{i}"),
@@ -702,7 +749,12 @@ impl DirectBus {
             planned.push((name.clone(), name, path, DIRECT_CONSUMER_ARGS));
         }
         let consumers = start_consumers(planned, exe)?;
-        Ok(DirectBus { bus, consumers })
+        let py_config = write("bench-py")?;
+        Ok(DirectBus {
+            bus,
+            consumers,
+            py_config,
+        })
     }
 
     async fn latency(&self, recipients: &[String], samples: usize) -> Result<Summary, Failure> {
@@ -901,7 +953,7 @@ fn soak(
         Some(n) => format!("dedupe_capacity = {n}\n"),
         None => String::new(),
     };
-    let bus = DirectBus::start(exe, dir, 1, &extra)?;
+    let bus = DirectBus::start(exe, dir, 1, &extra, false)?;
     let recipients = vec!["consumer-0".to_string()];
     let consumer = &bus.consumers[0];
     let consumer_rss_at_start = memory::kib(consumer.pid(), "VmRSS");
@@ -1034,6 +1086,27 @@ fn markdown(report: &Report) -> String {
         md.push_str(&targets::markdown(&j));
     }
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(Value::Object(package)) = j.get("python_package") {
+        let _ = writeln!(
+            md,
+            "\n| Python package gilmsg_rs | p50 | Rust library p50 | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
+        );
+        for k in ["1_recipients", "3_recipients"] {
+            let Some(v) = package.get(k) else { continue };
+            let x = |path: &str| v.pointer(path).and_then(Value::as_f64);
+            let f =
+                |o: Option<f64>, digits: usize| o.map_or("–".into(), |v| format!("{v:.digits$}"));
+            let _ = writeln!(
+                md,
+                "| {k} | {} us | {} us | {}× | {}× | {} |",
+                f(x("/p50_us"), 0),
+                f(x("/rust_p50_us"), 0),
+                f(x("/ratio_over_rust_p50"), 2),
+                f(x("/python_gilmsg_p50_over_ours"), 0),
+                f(x("/msgs_per_s"), 0),
+            );
+        }
+    }
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
     }
@@ -1298,4 +1371,72 @@ async fn publish_window(
         done.map_err(|e| fail(e.to_string()))??;
     }
     Ok(messages as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `bindings/python/bench.py` with the venv's Python, publishing to the
+/// consumers of `bus` from its own endpoint: its JSON line, with the Rust
+/// library's p50 of the same bus and the ratio.
+fn python_package_run(
+    venv: &Path,
+    bus: &DirectBus,
+    k: usize,
+    recipients: &[String],
+    samples: usize,
+    messages: usize,
+    args: &Args,
+) -> Result<Value, Failure> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings/python/bench.py");
+    let window = args.windows.iter().copied().max().unwrap_or(128);
+    let flood = if k == 1 { messages } else { 0 };
+    let mut command = Command::new(venv.join("bin/python"));
+    command
+        .arg(&script)
+        .arg(&bus.py_config)
+        .args(["bench-pub", "bench", &recipients.join(",")])
+        .arg(samples.to_string())
+        .arg(flood.to_string())
+        .arg(window.to_string())
+        .current_dir(bus.py_config.parent().unwrap_or(Path::new(".")))
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("PYTHONPATH");
+    let mut proc = Proc::spawn("python bench.py", command).map_err(|e| fail(e.to_string()))?;
+    let limit = Duration::from_secs(600);
+    let line = proc.wait_stdout("{", limit).map_err(|e| {
+        fail(format!(
+            "bench.py: {e}; stderr: {}",
+            proc.stderr_so_far().join(" | ")
+        ))
+    })?;
+    let _ = proc.wait_timeout(Duration::from_secs(30));
+    serde_json::from_str(&line).map_err(|e| fail(format!("bench.py printed {line:?}: {e}")))
+}
+
+/// The package's numbers with their ratios: p50 over the Rust library's
+/// warm p50 (same bus, same consumers), and Python gilmsg's in-process
+/// p50 over ours (the anchor, default settings), when both were measured.
+fn python_package_ratios(mut package: serde_json::Map<String, Value>, report: &Value) -> Value {
+    for (key, value) in package.iter_mut() {
+        let p50 = get(value, "/p50_us");
+        let rust = get(report, &format!("/latency_warm_publish/{key}/p50_us"));
+        let anchor = get(
+            report,
+            &format!("/python_anchor/python_publish_in_process/default/{key}/p50_us"),
+        );
+        if let Value::Object(map) = value {
+            map.insert("rust_p50_us".into(), json!(rust));
+            map.insert(
+                "ratio_over_rust_p50".into(),
+                json!((rust > 0.0).then(|| p50 / rust)),
+            );
+            map.insert(
+                "python_gilmsg_p50_over_ours".into(),
+                json!((anchor > 0.0 && p50 > 0.0).then(|| anchor / p50)),
+            );
+        }
+    }
+    package.insert(
+        "build".into(),
+        json!("the extension as scripts/python-package.sh built it (GILMSG_PYTHON_PROFILE, default dev)"),
+    );
+    Value::Object(package)
 }
