@@ -419,6 +419,32 @@ pub(crate) fn lapin_fail(what: &str) -> impl Fn(lapin::Error) -> Failure + '_ {
     move |e| fail(format!("{what}: {e}"))
 }
 
+/// Declares the durable queue `name` (as a service's queue is).
+pub(crate) async fn declare_durable(ch: &lapin::Channel, name: &str) -> Result<(), Failure> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(name.into(), durable, FieldTable::default())
+        .await
+        .map(drop)
+        .map_err(lapin_fail("declare"))
+}
+
+/// Consumes `queue` without acks (the broker forgets a message once sent).
+pub(crate) async fn consume_no_ack(
+    ch: &lapin::Channel,
+    queue: &str,
+) -> Result<lapin::Consumer, Failure> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    ch.basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .map_err(lapin_fail("consume"))
+}
+
 /// The crypto floor (Ed25519 alone, this run): an acknowledged publish to
 /// one recipient signs twice (message, ACK) and verifies twice.
 #[derive(Clone, Copy)]
@@ -543,13 +569,7 @@ impl FloorRig {
         echo.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(lapin_fail("confirms"))?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        echo.queue_declare(ping_key.into(), durable, FieldTable::default())
-            .await
-            .map_err(lapin_fail("declare"))?;
+        declare_durable(&echo, ping_key).await?;
         if same_work {
             echo.queue_bind(
                 ping_key.into(),
@@ -607,18 +627,7 @@ impl FloorRig {
         } else {
             pong_queue.name().to_string()
         };
-        let pongs = ch
-            .basic_consume(
-                pong_queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(lapin_fail("consume"))?;
+        let pongs = consume_no_ack(&ch, pong_queue.name().as_str()).await?;
         let echo_task = tokio::spawn(async move {
             while let Some(Ok(ping)) = pings.next().await {
                 // The pong is published at once; its confirm (and, for the

@@ -31,10 +31,7 @@ use gilmsg_cli::common::{self, Failure};
 use gilmsg_cli::procs::{field, Proc};
 use gilmsg_cli::rabbit::Rabbit;
 use gilmsg_crypto::Identity;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
 use lapin::types::FieldTable;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -424,13 +421,7 @@ impl ToAmqp {
         let conn = connect(url).await?;
         let ch = conn.create_channel().await.map_err(lapin_fail("channel"))?;
         let queue = "bench.bridge.zmq_to_amqp";
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        ch.queue_declare(queue.into(), durable, FieldTable::default())
-            .await
-            .map_err(lapin_fail("declare"))?;
+        amqp::declare_durable(&ch, queue).await?;
         ch.queue_bind(
             queue.into(),
             gilmsg::bridge::DEFAULT_ZMQ_EXCHANGE.into(),
@@ -440,18 +431,7 @@ impl ToAmqp {
         )
         .await
         .map_err(lapin_fail("bind"))?;
-        let mut deliveries = ch
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(lapin_fail("consume"))?;
+        let mut deliveries = amqp::consume_no_ack(&ch, queue).await?;
         let (count, arrived) = watch::channel(0usize);
         tokio::spawn(async move {
             while let Some(Ok(_)) = deliveries.next().await {
@@ -460,7 +440,11 @@ impl ToAmqp {
         });
         let context = zmq::Context::new();
         let xpub = context.socket(zmq::XPUB).map_err(|e| fail(e.to_string()))?;
-        xpub.bind(endpoint).map_err(|e| fail(e.to_string()))?;
+        // Room for the largest window: PUB drops past its high-water mark,
+        // and what the bench loses on its own side is not the bridge's.
+        xpub.set_sndhwm(4 * THROUGHPUT_WINDOWS[THROUGHPUT_WINDOWS.len() - 1] as i32)
+            .and_then(|()| xpub.bind(endpoint))
+            .map_err(|e| fail(e.to_string()))?;
         // The bridge's subscription: from now on it gets what is sent.
         xpub.set_rcvtimeo(READY.as_millis() as i32)
             .map_err(|e| fail(e.to_string()))?;
@@ -665,27 +649,33 @@ pub(crate) fn markdown(section: &Value) -> String {
         md,
         "| throughput | msgs/s (window) | arrived / sent | bridge CPU µs/msg | CPU-bound msgs/s (busiest thread's bound) | all processes' CPU µs/msg | target ≥ 5,000 |\n|---|---|---|---|---|---|---|"
     );
+    let row = |md: &mut String, cells: &[String]| {
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    };
     for (label, dir) in [
         ("ZeroMQ -> AMQP", "zmq_to_amqp"),
         ("AMQP -> ZeroMQ", "amqp_to_zmq"),
     ] {
-        let base = format!("/throughput_{dir}");
-        let _ = writeln!(
-            md,
-            "| {label} | {:.0} ({}) | {} / {} | {:.1} | {:.0} ({:.0}, {}) | {:.1} | {} |",
-            get(&format!("{base}/per_s")),
-            get(&format!("{base}/window")),
-            get(&format!("{base}/arrived")),
-            get(&format!("{base}/sent")),
-            get(&format!("{base}/cpu/total_us_per_msg")),
-            get(&format!("{base}/cpu_bound_per_s")),
-            get(&format!("{base}/busiest_thread/bound_per_s")),
-            section
-                .pointer(&format!("{base}/busiest_thread/name"))
-                .and_then(Value::as_str)
-                .unwrap_or("?"),
-            get(&format!("{base}/all_processes_cpu/total_us_per_msg")),
-            met(&format!("/targets/msgs_per_s_{dir}/met")),
+        let at = |key: &str| get(&format!("/throughput_{dir}/{key}"));
+        let busiest = section
+            .pointer(&format!("/throughput_{dir}/busiest_thread/name"))
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        row(
+            &mut md,
+            &[
+                label.to_owned(),
+                format!("{:.0} ({})", at("per_s"), at("window")),
+                format!("{} / {}", at("arrived"), at("sent")),
+                format!("{:.1}", at("cpu/total_us_per_msg")),
+                format!(
+                    "{:.0} ({:.0}, {busiest})",
+                    at("cpu_bound_per_s"),
+                    at("busiest_thread/bound_per_s")
+                ),
+                format!("{:.1}", at("all_processes_cpu/total_us_per_msg")),
+                met(&format!("/targets/msgs_per_s_{dir}/met")).to_owned(),
+            ],
         );
     }
     let _ = writeln!(
@@ -702,18 +692,20 @@ pub(crate) fn markdown(section: &Value) -> String {
             "amqp_to_zmq",
         ),
     ] {
-        let base = format!("/latency_{dir}");
-        let _ = writeln!(
-            md,
-            "| {label} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {} |",
-            get(&format!("{base}/bridged/p50_us")),
-            get(&format!("{base}/bridged/p99_us")),
-            get(&format!("{base}/alone/p50_us")),
-            get(&format!("{base}/alone/p99_us")),
-            get(&format!("{base}/added_p50_us")),
-            get(&format!("{base}/added_p99_us")),
-            met(&format!("/targets/added_p50_{dir}/met")),
+        let mut cells = vec![label.to_owned()];
+        cells.extend(
+            [
+                "bridged/p50_us",
+                "bridged/p99_us",
+                "alone/p50_us",
+                "alone/p99_us",
+                "added_p50_us",
+                "added_p99_us",
+            ]
+            .map(|key| format!("{:.0} µs", get(&format!("/latency_{dir}/{key}")))),
         );
+        cells.push(met(&format!("/targets/added_p50_{dir}/met")).to_owned());
+        row(&mut md, &cells);
     }
     let _ = writeln!(
         md,
