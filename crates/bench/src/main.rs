@@ -421,7 +421,7 @@ fn run(args: Args) -> Result<(), Failure> {
     if args.runs(Section::Bridge) {
         report.json.insert(
             "bridge",
-            bridge::section(&exe, work.path(), &ssldir, samples, messages),
+            bridge::section(&exe, work.path(), &ssldir, samples, messages, args.short),
         );
     }
     report
