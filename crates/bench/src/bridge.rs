@@ -367,7 +367,7 @@ async fn best_window<R: Rig>(
             cpu::Snapshot::take(bridge_only),
             cpu::Snapshot::take(processes),
         );
-        let (sent, arrived, elapsed) = windowed(rig, pool, window).await?;
+        let (sent, arrived, elapsed) = windowed(rig, pool, window, STALL).await?;
         let cpu = before.per_message(&cpu::Snapshot::take(bridge_only), arrived);
         let all_cpu = before_all.per_message(&cpu::Snapshot::take(processes), arrived);
         let per_s = arrived as f64 / elapsed.as_secs_f64();
@@ -389,12 +389,13 @@ async fn best_window<R: Rig>(
 }
 
 /// Pushes every message of `pool` with at most `window` in flight; stops
-/// early when nothing arrives for [`STALL`] (the rest is lost). Returns
+/// early when nothing arrives for `stall` (the rest is lost). Returns
 /// sent, arrived, and the time to the last arrival.
 async fn windowed<R: Rig>(
     rig: &mut R,
     pool: &[R::Message],
     window: usize,
+    stall: Duration,
 ) -> Result<(usize, usize, Duration), Failure> {
     let base = *rig.arrived().borrow_and_update();
     let (mut sent, mut arrived) = (0, 0);
@@ -405,7 +406,7 @@ async fn windowed<R: Rig>(
             rig.push(&pool[sent]).await?;
             sent += 1;
         }
-        match tokio::time::timeout(STALL, rig.arrived().changed()).await {
+        match tokio::time::timeout(stall, rig.arrived().changed()).await {
             Ok(Ok(())) => {
                 arrived = rig.arrived().borrow_and_update().saturating_sub(base);
                 last = Instant::now();
@@ -722,4 +723,103 @@ pub(crate) fn markdown(section: &Value) -> String {
         "\nAdded = bridged less alone, p50 from p50 and p99 from p99. ZeroMQ -> AMQP, against AMQP alone: two bridge transits (the message in, its ACK out) and the ZeroMQ hops to and from the bridge, in place of the AMQP publisher's own publish and ACK queue. AMQP -> ZeroMQ, against ZeroMQ alone: two bridge transits and two broker hops (the message into the bridge's queue, the ACK into the publisher's), in place of ZeroMQ's direct hops: a broker round trip as well as the bridge."
     );
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Delivers what it is given at once, but loses the messages `false`.
+    struct Lossy {
+        count: watch::Sender<usize>,
+        arrived: watch::Receiver<usize>,
+        most_in_flight: usize,
+        pushed: usize,
+    }
+
+    impl Rig for Lossy {
+        type Message = bool;
+        async fn push(&mut self, delivered: &bool) -> Result<(), Failure> {
+            self.pushed += 1;
+            let in_flight = self.pushed - *self.count.borrow();
+            self.most_in_flight = self.most_in_flight.max(in_flight);
+            if *delivered {
+                self.count.send_modify(|n| *n += 1);
+            }
+            Ok(())
+        }
+        async fn settle(&mut self) -> Result<(), Failure> {
+            Ok(())
+        }
+        fn arrived(&mut self) -> &mut watch::Receiver<usize> {
+            &mut self.arrived
+        }
+    }
+
+    fn lossy() -> Lossy {
+        let (count, arrived) = watch::channel(0);
+        Lossy {
+            count,
+            arrived,
+            most_in_flight: 0,
+            pushed: 0,
+        }
+    }
+
+    fn run(rig: &mut Lossy, pool: &[bool], window: usize) -> (usize, usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (sent, arrived, _) = runtime
+            .block_on(windowed(rig, pool, window, Duration::from_millis(50)))
+            .unwrap();
+        (sent, arrived)
+    }
+
+    #[test]
+    fn a_run_without_loss_counts_everything_within_its_window() {
+        let mut rig = lossy();
+        assert_eq!(run(&mut rig, &[true; 100], 8), (100, 100));
+        assert!(rig.most_in_flight <= 8);
+    }
+
+    #[test]
+    fn lost_messages_end_the_run_and_are_reported() {
+        // Every fourth message lost: the window fills with lost ones, the
+        // far side goes silent, and the run reports what it saw.
+        let pool: Vec<bool> = (0..100).map(|i| i % 4 != 3).collect();
+        let mut rig = lossy();
+        let (sent, arrived) = run(&mut rig, &pool, 4);
+        assert!(sent < 100, "a stalled run stops sending: {sent}");
+        assert_eq!(sent - arrived, 4, "the lost messages fill the window");
+        // A later run of the same rig counts from where it is.
+        assert_eq!(run(&mut rig, &[true; 10], 4), (10, 10));
+    }
+
+    #[test]
+    fn targets_say_met_or_missed_and_the_markdown_shows_them() {
+        let mut section = json!({
+            "cores": 2.0,
+            "throughput_zmq_to_amqp": {"per_s": 6000.0, "cpu_bound_per_s": 9000.0, "window": 256, "sent": 10, "arrived": 10},
+            "throughput_amqp_to_zmq": {"per_s": 4000.0, "cpu_bound_per_s": 7000.0, "window": 64, "sent": 10, "arrived": 9},
+            "latency_zmq_to_amqp": {"added_p50_us": 800.0},
+            "latency_amqp_to_zmq": {"added_p50_us": 1200.0},
+        });
+        add_targets(&mut section);
+        assert_eq!(section["targets"]["msgs_per_s_zmq_to_amqp"]["met"], true);
+        assert_eq!(section["targets"]["msgs_per_s_amqp_to_zmq"]["met"], false);
+        assert_eq!(section["targets"]["added_p50_zmq_to_amqp"]["met"], true);
+        assert_eq!(section["targets"]["added_p50_amqp_to_zmq"]["met"], false);
+        let md = markdown(&section);
+        assert!(
+            md.contains("| ZeroMQ -> AMQP | 6000 (256) | 10 / 10 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 9 / 10 |") && md.contains("| missed |"),
+            "{md}"
+        );
+        assert!(markdown(&json!({"status": "skipped: no rabbitmq"})).contains("skipped"));
+    }
 }
