@@ -46,6 +46,7 @@ use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
 mod amqp;
+mod bridge;
 mod cpu;
 mod python_anchor;
 mod targets;
@@ -103,7 +104,8 @@ struct Args {
     /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
     #[arg(long)]
     pub python_peers: Option<PathBuf>,
-    /// Skip the AMQP runs (they start a RabbitMQ node; see amqp.rs).
+    /// Skip the AMQP and bridge runs (each starts a RabbitMQ node; see
+    /// amqp.rs, bridge.rs).
     #[arg(long)]
     pub no_amqp: bool,
     /// fedora-messaging venv for the AMQP Python anchor (default:
@@ -137,6 +139,9 @@ enum Section {
     Amqp,
     /// The Python package gilmsg_rs on the direct bus (bindings/python/bench.py).
     PythonPackage,
+    /// `gilmsg-bridge` throughput and added latency, on a RabbitMQ node of
+    /// their own (bridge.rs).
+    Bridge,
 }
 
 impl Args {
@@ -149,7 +154,7 @@ impl Args {
             Section::Throughput => !self.no_throughput,
             Section::Oneshot => !self.no_oneshot,
             Section::Soak => self.soak.is_some(),
-            Section::Amqp => !self.no_amqp,
+            Section::Amqp | Section::Bridge => !self.no_amqp,
             _ => true,
         }
     }
@@ -245,6 +250,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let ssldir = work.path().join("pki");
     let mut names = vec!["bench-pub".to_string()];
     names.extend((0..10).map(|i| format!("consumer-{i}")));
+    names.push("bridge".into());
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     ed25519_pki(&ssldir, "bench CA", &names).map_err(fail)?;
     let mut report = Report {
@@ -443,6 +449,12 @@ fn run(args: Args) -> Result<(), Failure> {
             ),
         );
     }
+    if args.runs(Section::Bridge) {
+        report.json.insert(
+            "bridge",
+            bridge::section(&exe, work.path(), &ssldir, samples, messages, args.short),
+        );
+    }
     report
         .json
         .insert("elapsed_s", json!(started.elapsed().as_secs()));
@@ -486,18 +498,7 @@ fn signed_sample(
 ) -> Result<(gilmsg_proto::Envelope, gilmsg_proto::Envelope), Failure> {
     let load = |name: &str| Identity::load(ssldir, name).map_err(|e| fail(e.to_string()));
     let (publisher, consumer) = (load("bench-pub")?, load("consumer-0")?);
-    let draft = gilmsg_proto::Draft {
-        topic: "org.gilmsg.bench.dev.bench.latency".into(),
-        msg: json!({"seq": 1, "payload": "x".repeat(64)}),
-        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
-        i: 1,
-        timestamp: 0,
-        username: "bench".into(),
-        wants_ack: true,
-    };
-    let message = draft
-        .build(Some(&publisher))
-        .map_err(|e| fail(e.to_string()))?;
+    let message = signed_message(&publisher, "org.gilmsg.bench.dev.bench.latency", 1)?;
     let body =
         gilmsg_proto::ack::AckBody::for_message(&message).map_err(|e| fail(e.to_string()))?;
     let ack = gilmsg_proto::Draft {
@@ -512,6 +513,26 @@ fn signed_sample(
     .build(Some(&consumer))
     .map_err(|e| fail(e.to_string()))?;
     Ok((message, ack))
+}
+
+/// A message of the latency loop's shape (`seq`, a 64-byte payload, wants
+/// ACKs), signed by `signer` for `topic`, with a fresh `msg_id`.
+fn signed_message(
+    signer: &Identity,
+    topic: &str,
+    seq: usize,
+) -> Result<gilmsg_proto::Envelope, Failure> {
+    gilmsg_proto::Draft {
+        topic: topic.into(),
+        msg: json!({"seq": seq, "payload": "x".repeat(64)}),
+        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+        i: 1,
+        timestamp: 0,
+        username: "bench".into(),
+        wants_ack: true,
+    }
+    .build(Some(signer))
+    .map_err(|e| fail(e.to_string()))
 }
 
 /// The size of a typical signed body (ZeroMQ's second frame).
@@ -1109,6 +1130,9 @@ fn markdown(report: &Report) -> String {
     }
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
+    }
+    if let Some(section) = j.get("bridge") {
+        md.push_str(&bridge::markdown(section));
     }
     md
 }
