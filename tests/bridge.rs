@@ -39,6 +39,9 @@ const PREFIX: &str = "org.gilmsg.test";
 /// The bridge's ready line.
 const BRIDGE_READY: &str = "gilmsg-bridge: ready";
 const BRIDGE_STATS: &str = "gilmsg-bridge: stats";
+/// The checker's ready and stats lines.
+const VERIFY_READY: &str = "gilmsg-bridge verify: ready";
+const VERIFY_STATS: &str = "gilmsg-bridge verify: stats";
 
 fn bridge_bin() -> &'static Path {
     bins!().bridge
@@ -1110,6 +1113,8 @@ fn restart_publishes() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000)
 }
+/// Plain messages published on ZeroMQ while the bridge is down.
+const WHILE_DOWN: u64 = 5;
 /// Publishes in flight at once per direction.
 const IN_FLIGHT: usize = 16;
 
@@ -1202,6 +1207,30 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
         let first_args = strs(&args("1"));
         let first_refs: Vec<&str> = first_args.iter().map(String::as_str).collect();
         let (mut bridge, _) = rig.bridge("bridge", &first_refs);
+        // The checker, on both sides from the start: the relay and the
+        // bridge's socket on ZeroMQ, amq.topic and zmq.topic on AMQP. Its
+        // grace outlasts the restart, so what crossed late still matches.
+        let verify = {
+            let mut command = Command::new(bridge_bin());
+            command
+                .args(["verify", "--zmq-endpoint", &rig.relay_out])
+                .args(["--zmq-endpoint", &pub_endpoint])
+                .args(["--grace", "20s", "--json", "--config"])
+                .arg(&rig.bus.config_path)
+                .env("GILMSG_LOG", "warn")
+                .stdin(Stdio::null());
+            let verify = Running::spawn("gilmsg-bridge verify", command);
+            verify.expect_stderr(VERIFY_READY, READY);
+            verify
+        };
+        // Verify's subscription on the bridge's socket counted before the
+        // others start: the warm-up below proves theirs, so the count read
+        // after it is every subscriber (the restarted bridge waits for
+        // that many; read too low, it would send before the consumer is
+        // back and lose what it sent).
+        bridge.wait_stats(BRIDGE_STATS, "verify subscribed", CROSS, |s| {
+            s.get("amqp_to_zmq.subscriptions") >= 1
+        });
         let zmq_toml = rig.zmq_config("zmq.toml", &[&pub_endpoint]);
         let amqp_toml = rig.amqp_both_exchanges("amqp-consumer.toml");
         let zmq_consumer = consumer("zmq-consumer", &zmq_toml, &[]);
@@ -1255,6 +1284,22 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
                 .unwrap();
             let at = (*a2z_seen.borrow(), *z2a_seen.borrow());
             bridge.kill();
+            // Plain messages on ZeroMQ while no bridge runs: nothing will
+            // ever carry them (no re-sends without recipients); verify
+            // must name exactly these.
+            let mut dropped = Vec::new();
+            for n in 0..WHILE_DOWN {
+                let receipt = zmq_pub
+                    .publish(
+                        "while_down",
+                        json!({"n": n}),
+                        &[] as &[&str],
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("while_down #{n}: {e}"));
+                dropped.push(receipt.msg_id);
+            }
             // The same endpoint; it consumes once the subscribers it had are
             // back (what it sent earlier would reach nobody).
             let again = strs(&args(&subscriptions.to_string()));
@@ -1262,10 +1307,14 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
                 let refs: Vec<&str> = again.iter().map(String::as_str).collect();
                 rig.bridge("bridge (restarted)", &refs)
             });
-            (a2z.await.unwrap(), z2a.await.unwrap(), (restarted, at))
+            (
+                a2z.await.unwrap(),
+                z2a.await.unwrap(),
+                (restarted, at, dropped),
+            )
         });
         let elapsed = started.elapsed();
-        let ((bridge, _), killed_at) = restarted;
+        let ((bridge, _), killed_at, dropped) = restarted;
         let zmq_handled = handled_ids(&zmq_consumer);
         let amqp_handled = handled_ids(&amqp_consumer);
         let mut report = Vec::new();
@@ -1314,6 +1363,47 @@ fn bridge_killed_and_restarted_under_acknowledged_load() {
             restart_publishes(),
             report.join("; ")
         );
+        // verify reports exactly what the ZeroMQ side lost: the plain
+        // messages sent while the bridge was down and the zmq_to_amqp
+        // publishes no AMQP consumer ever got (down for every copy), on AMQP; nothing on ZeroMQ (the durable queue kept
+        // what AMQP publishers sent meanwhile), nothing changed.
+        let lost: std::collections::BTreeSet<&str> = z2a
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !amqp_handled.contains(*id))
+            .chain(dropped.iter().map(String::as_str))
+            .collect();
+        let counts = verify.wait_stats(
+            VERIFY_STATS,
+            "every id judged",
+            Duration::from_secs(90),
+            |s| s.get("pending") == 0,
+        );
+        let mut reported = std::collections::BTreeSet::new();
+        while let Some(line) = verify.next_stdout(Duration::from_secs(2)) {
+            let finding: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if finding["event"] == "stats" {
+                continue;
+            }
+            assert_eq!(finding["event"], "missing", "{finding}");
+            assert_eq!(finding["missing_on"], "amqp", "{finding}");
+            reported.insert(finding["msg_id"].as_str().unwrap_or_default().to_owned());
+        }
+        let reported: std::collections::BTreeSet<&str> =
+            reported.iter().map(String::as_str).collect();
+        assert_eq!(reported, lost, "verify: {counts}");
+        assert_eq!(counts.get("missing.amqp"), lost.len() as u64, "{counts}");
+        assert_eq!(counts.get("missing.zmq"), 0, "{counts}");
+        assert_eq!(counts.get("changed"), 0, "{counts}");
+        // Both warm-ups and every publish, each way, seen on both sides.
+        let published = 2 * restart_publishes() as u64 + 2 + WHILE_DOWN;
+        assert_eq!(
+            counts.get("matched") + lost.len() as u64,
+            published,
+            "{counts}"
+        );
+        eprintln!("bridge restart: verify {counts}");
     });
 }
 

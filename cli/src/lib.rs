@@ -24,6 +24,8 @@
 //! - [`status`]: `gilmsg-status`, the heartbeat check (nagios exit codes).
 //! - [`tail`]: `gilmsg-tail`, the validating, non-ACKing tail.
 //! - [`firehose`]: `gilmsg-firehose`, the bus on MQTT and a live web view.
+//! - [`bridge_verify`]: `gilmsg-bridge verify`, the checker that compares
+//!   the two sides of a ZeroMQ <-> AMQP bridge.
 //!
 //! The benchmark is the `gilmsg-bench` package (`crates/bench`); the
 //! integration tests' kit is `gilmsg-testkit` (`crates/testkit`).
@@ -32,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod bridge;
+pub mod bridge_verify;
 pub mod common;
 pub mod consumer;
 pub mod demo;

@@ -3,7 +3,7 @@
 //! Each binary of `src/bin/` runs one [`Role`]. The demo and the benchmark
 //! also run the relay and the consumer as separate processes by re-running
 //! their own executable with a role marker first (`<exe> __relay ARGS`,
-//! `<exe> __consumer ARGS`, see [`dispatch_reexec`]), so one file is a whole
+//! `<exe> __consumer ARGS`, `<exe> __bridge ARGS`, see [`dispatch_reexec`]), so one file is a whole
 //! bus and nothing else needs to be installed. Either way a role starts the
 //! same: its command line is parsed, logging is set up by its
 //! `--log-format`, it runs, and a failure is printed as one line.
@@ -44,8 +44,11 @@ pub enum Role {
 
 impl Role {
     /// The roles another executable may be re-run in, by their markers.
-    const REEXEC: [(&'static str, Role); 2] =
-        [("__relay", Role::Relay), ("__consumer", Role::Consumer)];
+    const REEXEC: [(&'static str, Role); 3] = [
+        ("__relay", Role::Relay),
+        ("__consumer", Role::Consumer),
+        ("__bridge", Role::Bridge),
+    ];
 
     /// The program name its messages start with.
     pub fn program(self) -> &'static str {

@@ -57,8 +57,9 @@ pub enum Command {
     /// Both directions in one process (ACKs from ZeroMQ then reach AMQP
     /// publishers).
     Both(RunArgs),
-    // `verify` (the bridge checker) is gilmsg_cli::bridge_verify, wired in
-    // here as `Verify(crate::bridge_verify::VerifyArgs)`.
+    /// Compare the messages on both sides: report those seen on one side
+    /// only and those changed across the bridge (`--check` for nagios).
+    Verify(crate::bridge_verify::VerifyArgs),
 }
 
 /// The flags of a running bridge.
@@ -117,8 +118,8 @@ pub fn main(argv: impl IntoIterator<Item = std::ffi::OsString>) -> std::process:
         Command::ZmqToAmqp(a) => (Directions::ZMQ_TO_AMQP, a),
         Command::AmqpToZmq(a) => (Directions::AMQP_TO_ZMQ, a),
         Command::Both(a) => (Directions::BOTH, a),
-        // Wired at merge: `Command::Verify(a) => return crate::bridge_verify::run(a),`
-        // (the checker sets up its own logging and exit statuses).
+        // The checker sets up its own logging and exit statuses.
+        Command::Verify(a) => return crate::bridge_verify::run(a),
     };
     common::init_logging_as(args.common.log_format);
     common::report("gilmsg-bridge", run(directions, args))

@@ -51,7 +51,7 @@ pub(crate) struct Options {
 }
 
 /// The consumers' topic and arguments.
-const TOPIC_PREFIX: &str = "org.gilmsg.bench.dev";
+pub(crate) const TOPIC_PREFIX: &str = "org.gilmsg.bench.dev";
 
 /// The `amqp` section of results.json: the benchmark, or why it did not
 /// run (no `rabbitmq-server`, or a failure, said in `status`).
@@ -138,14 +138,7 @@ pub(crate) fn bench(
     }
 
     let config_path = dir.join("amqp.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "amqp_url = \"{url}\"\ntopic_prefix = \"{TOPIC_PREFIX}\"\nssldir = \"pki\"\n\
-             ack_timeout = \"10s\"\ndedupe_capacity = 32768\n\n[qos]\nprefetch_count = 256\n"
-        ),
-    )
-    .map_err(|e| fail(e.to_string()))?;
+    write_config(&config_path, &url, "")?;
     let config = gilmsg::Config::from_path(&config_path).map_err(Failure::from)?;
     let mut latency = serde_json::Map::new();
     let mut throughput = serde_json::Map::new();
@@ -238,6 +231,19 @@ pub(crate) fn bench(
     add_targets(&mut section);
     drop(node);
     Ok(section)
+}
+
+/// Writes the consumers' and publishers' config for the node at `url`
+/// (ed25519 identities in `pki` beside it), with `extra` TOML at the end.
+pub(crate) fn write_config(path: &Path, url: &str, extra: &str) -> Result<(), Failure> {
+    std::fs::write(
+        path,
+        format!(
+            "amqp_url = \"{url}\"\ntopic_prefix = \"{TOPIC_PREFIX}\"\nssldir = \"pki\"\n\
+             ack_timeout = \"10s\"\ndedupe_capacity = 32768\n\n[qos]\nprefetch_count = 256\n{extra}"
+        ),
+    )
+    .map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
 /// The issue's targets, met or not.
@@ -403,14 +409,40 @@ pub(crate) fn markdown(section: &Value) -> String {
     md
 }
 
-async fn connect(url: &str) -> Result<Connection, Failure> {
+pub(crate) async fn connect(url: &str) -> Result<Connection, Failure> {
     Connection::connect(url, ConnectionProperties::default())
         .await
         .map_err(|e| fail(format!("AMQP connect: {e}")))
 }
 
-fn lapin_fail(what: &str) -> impl Fn(lapin::Error) -> Failure + '_ {
+pub(crate) fn lapin_fail(what: &str) -> impl Fn(lapin::Error) -> Failure + '_ {
     move |e| fail(format!("{what}: {e}"))
+}
+
+/// Declares the durable queue `name` (as a service's queue is).
+pub(crate) async fn declare_durable(ch: &lapin::Channel, name: &str) -> Result<(), Failure> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(name.into(), durable, FieldTable::default())
+        .await
+        .map(drop)
+        .map_err(lapin_fail("declare"))
+}
+
+/// Consumes `queue` without acks (the broker forgets a message once sent).
+pub(crate) async fn consume_no_ack(
+    ch: &lapin::Channel,
+    queue: &str,
+) -> Result<lapin::Consumer, Failure> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    ch.basic_consume(queue.into(), "".into(), options, FieldTable::default())
+        .await
+        .map_err(lapin_fail("consume"))
 }
 
 /// The crypto floor (Ed25519 alone, this run): an acknowledged publish to
@@ -537,13 +569,7 @@ impl FloorRig {
         echo.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(lapin_fail("confirms"))?;
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        echo.queue_declare(ping_key.into(), durable, FieldTable::default())
-            .await
-            .map_err(lapin_fail("declare"))?;
+        declare_durable(&echo, ping_key).await?;
         if same_work {
             echo.queue_bind(
                 ping_key.into(),
@@ -601,18 +627,7 @@ impl FloorRig {
         } else {
             pong_queue.name().to_string()
         };
-        let pongs = ch
-            .basic_consume(
-                pong_queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(lapin_fail("consume"))?;
+        let pongs = consume_no_ack(&ch, pong_queue.name().as_str()).await?;
         let echo_task = tokio::spawn(async move {
             while let Some(Ok(ping)) = pings.next().await {
                 // The pong is published at once; its confirm (and, for the
@@ -770,14 +785,14 @@ async fn floor_rate(
 
 /// The best window of a throughput run, with the CPU per message it took
 /// (every thread of the bench, the broker and the consumers).
-struct Rate {
-    per_s: f64,
-    window: usize,
-    cpu: Value,
+pub(crate) struct Rate {
+    pub(crate) per_s: f64,
+    pub(crate) window: usize,
+    pub(crate) cpu: Value,
 }
 
 impl Rate {
-    fn better(best: Option<Rate>, this: Rate) -> Option<Rate> {
+    pub(crate) fn better(best: Option<Rate>, this: Rate) -> Option<Rate> {
         match best {
             Some(b) if b.per_s >= this.per_s => Some(b),
             _ => Some(this),
@@ -786,7 +801,7 @@ impl Rate {
 
     /// The rate this CPU per message would allow with every core of the
     /// machine to itself: a figure a busy machine does not skew.
-    fn cpu_bound(&self, cores: f64) -> f64 {
+    pub(crate) fn cpu_bound(&self, cores: f64) -> f64 {
         let per_message = self
             .cpu
             .get("total_us_per_msg")
@@ -795,7 +810,7 @@ impl Rate {
         cores * 1e6 / per_message
     }
 
-    fn json(&self, messages: usize, cores: f64) -> Value {
+    pub(crate) fn json(&self, messages: usize, cores: f64) -> Value {
         json!({
             "per_s": self.per_s,
             "window": self.window,
@@ -808,9 +823,11 @@ impl Rate {
 }
 
 /// The windows (publishes in flight) the throughput runs try.
-const THROUGHPUT_WINDOWS: [usize; 3] = [64, 256, 1024];
+pub(crate) const THROUGHPUT_WINDOWS: [usize; 3] = [64, 256, 1024];
 
-async fn publish_latency(
+/// Acknowledged publishes to `recipients` one at a time on a warm handle
+/// (whatever its transport), after a warm-up: their latency.
+pub(crate) async fn publish_latency(
     bus: &gilmsg::Bus,
     topic: &str,
     recipients: &[String],

@@ -82,7 +82,7 @@ pub(crate) fn section(exe: &Path, dir: &Path, samples: usize, messages: usize) -
 fn bench(exe: &Path, dir: &Path, samples: usize, messages: usize) -> Result<Value, Failure> {
     progress("firehose: starting mosquitto and a direct bus with 1 consumer");
     let broker = Mosquitto::start(READY).map_err(fail)?;
-    let bus = DirectBus::start(exe, dir, 1, "")?;
+    let bus = DirectBus::start(exe, dir, 1, "", false)?;
     let context = zmq::Context::new();
     let flood = Flood::bind(&context)?;
     let firehose_config = dir.join("firehose.toml");

@@ -11,6 +11,10 @@
 //! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
 //!    venv is present;
 //! 6. memory: peak RSS of a consumer and of the publisher;
+//!    and, in the same loop, the Python package (`gilmsg_rs`,
+//!    bindings/python) when its venv is given: `bindings/python/bench.py`
+//!    as a child publishing on the same direct bus to the same consumers,
+//!    beside the Rust library's numbers;
 //! 7. with `--soak`, a memory soak: acknowledged publishes without pause,
 //!    the consumer's RSS sampled as it goes, its steady state the median of
 //!    the second half of the samples.
@@ -42,6 +46,7 @@ use gilmsg_testkit::fixture::ed25519_pki;
 use gilmsg_testkit::memory;
 
 mod amqp;
+mod bridge;
 mod cpu;
 mod firehose;
 mod python_anchor;
@@ -100,13 +105,18 @@ struct Args {
     /// Python interop venv for the anchor (default: $GILMSG_PYTHON_PEERS).
     #[arg(long)]
     pub python_peers: Option<PathBuf>,
-    /// Skip the AMQP runs (they start a RabbitMQ node; see amqp.rs).
+    /// Skip the AMQP and bridge runs (each starts a RabbitMQ node; see
+    /// amqp.rs, bridge.rs).
     #[arg(long)]
     pub no_amqp: bool,
     /// fedora-messaging venv for the AMQP Python anchor (default:
     /// $GILMSG_FEDORA_MESSAGING).
     #[arg(long)]
     pub fedora_messaging: Option<PathBuf>,
+    /// Venv holding the Python package gilmsg_rs (scripts/python-package.sh;
+    /// default: $GILMSG_PYTHON_PACKAGE).
+    #[arg(long)]
+    pub python_package: Option<PathBuf>,
 }
 
 /// A part of the run, for `--only`.
@@ -131,6 +141,11 @@ enum Section {
     Soak,
     /// The AMQP runs, on a RabbitMQ node of their own (amqp.rs).
     Amqp,
+    /// The Python package gilmsg_rs on the direct bus (bindings/python/bench.py).
+    PythonPackage,
+    /// `gilmsg-bridge` throughput and added latency, on a RabbitMQ node of
+    /// their own (bridge.rs).
+    Bridge,
 }
 
 impl Args {
@@ -143,7 +158,7 @@ impl Args {
             Section::Throughput => !self.no_throughput,
             Section::Oneshot => !self.no_oneshot,
             Section::Soak => self.soak.is_some(),
-            Section::Amqp => !self.no_amqp,
+            Section::Amqp | Section::Bridge => !self.no_amqp,
             _ => true,
         }
     }
@@ -239,6 +254,7 @@ fn run(args: Args) -> Result<(), Failure> {
     let ssldir = work.path().join("pki");
     let mut names = vec!["bench-pub".to_string()];
     names.extend((0..10).map(|i| format!("consumer-{i}")));
+    names.push("bridge".into());
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     ed25519_pki(&ssldir, "bench CA", &names).map_err(fail)?;
     let mut report = Report {
@@ -273,10 +289,17 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut latency = serde_json::Map::new();
     let mut throughput = serde_json::Map::new();
     let mut memory = serde_json::Map::new();
-    let direct = args.runs(Section::Latency) || args.runs(Section::Throughput);
+    let python_package = args
+        .python_package
+        .clone()
+        .or_else(|| std::env::var_os("GILMSG_PYTHON_PACKAGE").map(PathBuf::from))
+        .filter(|_| args.runs(Section::PythonPackage));
+    let mut package = serde_json::Map::new();
+    let direct =
+        args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
     for &k in args.recipients.iter().filter(|_| direct) {
         progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k, "")?;
+        let bus = DirectBus::start(&exe, work.path(), k, "", python_package.is_some())?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
         if args.runs(Section::Latency) {
             // CPU per publish, by thread, while one publish at a time is in
@@ -330,6 +353,14 @@ fn run(args: Args) -> Result<(), Failure> {
                 }),
             );
         }
+        if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
+            let result = python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
+                .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
+            progress(format!(
+                "python package (gilmsg_rs), {k} recipient(s): {result}"
+            ));
+            package.insert(format!("{k}_recipients"), result);
+        }
         let stats = bus.bus.stats();
         latency.insert(
             format!("{k}_recipients_publisher_counters"),
@@ -374,6 +405,12 @@ fn run(args: Args) -> Result<(), Failure> {
         }
     };
     report.json.insert("python_anchor", anchor);
+    if python_package.is_some() {
+        let so_far = serde_json::to_value(&report.json).unwrap_or_default();
+        report
+            .json
+            .insert("python_package", python_package_ratios(package, &so_far));
+    }
     if args.runs(Section::Soak) {
         let length = args.soak.unwrap_or(Duration::from_secs(600));
         report.json.insert(
@@ -420,6 +457,12 @@ fn run(args: Args) -> Result<(), Failure> {
             ),
         );
     }
+    if args.runs(Section::Bridge) {
+        report.json.insert(
+            "bridge",
+            bridge::section(&exe, work.path(), &ssldir, samples, messages, args.short),
+        );
+    }
     report
         .json
         .insert("elapsed_s", json!(started.elapsed().as_secs()));
@@ -463,18 +506,7 @@ fn signed_sample(
 ) -> Result<(gilmsg_proto::Envelope, gilmsg_proto::Envelope), Failure> {
     let load = |name: &str| Identity::load(ssldir, name).map_err(|e| fail(e.to_string()));
     let (publisher, consumer) = (load("bench-pub")?, load("consumer-0")?);
-    let draft = gilmsg_proto::Draft {
-        topic: "org.gilmsg.bench.dev.bench.latency".into(),
-        msg: json!({"seq": 1, "payload": "x".repeat(64)}),
-        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
-        i: 1,
-        timestamp: 0,
-        username: "bench".into(),
-        wants_ack: true,
-    };
-    let message = draft
-        .build(Some(&publisher))
-        .map_err(|e| fail(e.to_string()))?;
+    let message = signed_message(&publisher, "org.gilmsg.bench.dev.bench.latency", 1)?;
     let body =
         gilmsg_proto::ack::AckBody::for_message(&message).map_err(|e| fail(e.to_string()))?;
     let ack = gilmsg_proto::Draft {
@@ -489,6 +521,26 @@ fn signed_sample(
     .build(Some(&consumer))
     .map_err(|e| fail(e.to_string()))?;
     Ok((message, ack))
+}
+
+/// A message of the latency loop's shape (`seq`, a 64-byte payload, wants
+/// ACKs), signed by `signer` for `topic`, with a fresh `msg_id`.
+fn signed_message(
+    signer: &Identity,
+    topic: &str,
+    seq: usize,
+) -> Result<gilmsg_proto::Envelope, Failure> {
+    gilmsg_proto::Draft {
+        topic: topic.into(),
+        msg: json!({"seq": seq, "payload": "x".repeat(64)}),
+        msg_id: gilmsg_proto::envelope::new_msg_id(2026),
+        i: 1,
+        timestamp: 0,
+        username: "bench".into(),
+        wants_ack: true,
+    }
+    .build(Some(signer))
+    .map_err(|e| fail(e.to_string()))
 }
 
 /// The size of a typical signed body (ZeroMQ's second frame).
@@ -646,6 +698,8 @@ fn crypto_costs(ssldir: &Path, iterations: usize) -> Result<Value, Failure> {
 struct DirectBus {
     bus: gilmsg::Bus,
     consumers: Vec<Proc>,
+    /// The config a second publisher binding `bench-py` uses.
+    py_config: PathBuf,
 }
 
 impl Drop for DirectBus {
@@ -679,11 +733,25 @@ impl DirectBus {
     }
 
     /// `extra` goes into every config file as is (TOML lines).
-    fn start(exe: &Path, dir: &Path, k: usize, extra: &str) -> Result<DirectBus, Failure> {
+    /// `with_py`: an endpoint `bench-py` for a `gilmsg_rs` publisher
+    /// (bench.py), which the consumers connect to from the start.
+    fn start(
+        exe: &Path,
+        dir: &Path,
+        k: usize,
+        extra: &str,
+        with_py: bool,
+    ) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
             "bench-pub".to_string(),
             format!("tcp://127.0.0.1:{}", free_port()?),
         )];
+        if with_py {
+            endpoints.push((
+                "bench-py".to_string(),
+                format!("tcp://127.0.0.1:{}", free_port()?),
+            ));
+        }
         for i in 0..k {
             endpoints.push((
                 format!("consumer-{i}"),
@@ -715,7 +783,12 @@ impl DirectBus {
             planned.push((name.clone(), name, path, DIRECT_CONSUMER_ARGS));
         }
         let consumers = start_consumers(planned, exe)?;
-        Ok(DirectBus { bus, consumers })
+        let py_config = write("bench-py")?;
+        Ok(DirectBus {
+            bus,
+            consumers,
+            py_config,
+        })
     }
 
     async fn latency(&self, recipients: &[String], samples: usize) -> Result<Summary, Failure> {
@@ -914,7 +987,7 @@ fn soak(
         Some(n) => format!("dedupe_capacity = {n}\n"),
         None => String::new(),
     };
-    let bus = DirectBus::start(exe, dir, 1, &extra)?;
+    let bus = DirectBus::start(exe, dir, 1, &extra, false)?;
     let recipients = vec!["consumer-0".to_string()];
     let consumer = &bus.consumers[0];
     let consumer_rss_at_start = memory::kib(consumer.pid(), "VmRSS");
@@ -1047,11 +1120,35 @@ fn markdown(report: &Report) -> String {
         md.push_str(&targets::markdown(&j));
     }
     md.push_str(&python_anchor::markdown(&j));
+    if let Some(Value::Object(package)) = j.get("python_package") {
+        let _ = writeln!(
+            md,
+            "\n| Python package gilmsg_rs | p50 | Rust library p50 | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
+        );
+        for k in ["1_recipients", "3_recipients"] {
+            let Some(v) = package.get(k) else { continue };
+            let x = |path: &str| v.pointer(path).and_then(Value::as_f64);
+            let f =
+                |o: Option<f64>, digits: usize| o.map_or("–".into(), |v| format!("{v:.digits$}"));
+            let _ = writeln!(
+                md,
+                "| {k} | {} us | {} us | {}× | {}× | {} |",
+                f(x("/p50_us"), 0),
+                f(x("/rust_p50_us"), 0),
+                f(x("/ratio_over_rust_p50"), 2),
+                f(x("/python_gilmsg_p50_over_ours"), 0),
+                f(x("/msgs_per_s"), 0),
+            );
+        }
+    }
     if let Some(section) = j.get("firehose") {
         md.push_str(&firehose::markdown(section));
     }
     if let Some(section) = j.get("amqp") {
         md.push_str(&amqp::markdown(section));
+    }
+    if let Some(section) = j.get("bridge") {
+        md.push_str(&bridge::markdown(section));
     }
     md
 }
@@ -1064,7 +1161,7 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     );
     // Sections a run left out (`--only`) print no rows.
     let row = |md: &mut String, name: &str, base: &str| {
-        let p50 = get(&j, &format!("{base}/p50_us"));
+        let p50 = get(j, &format!("{base}/p50_us"));
         if p50.is_nan() {
             return;
         }
@@ -1072,9 +1169,9 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
             md,
             "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs | {:.2}× |",
             p50,
-            get(&j, &format!("{base}/p90_us")),
-            get(&j, &format!("{base}/p99_us")),
-            get(&j, &format!("{base}/max_us")),
+            get(j, &format!("{base}/p90_us")),
+            get(j, &format!("{base}/p99_us")),
+            get(j, &format!("{base}/max_us")),
             p50 / floor
         );
     };
@@ -1104,14 +1201,14 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     }
     let _ = writeln!(md, "\n| throughput | msgs/s | window |\n|---|---|---|");
     for k in [1, 10] {
-        if get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
+        if get(j, &format!("/throughput/{k}_recipients/msgs_per_s")).is_nan() {
             continue;
         }
         let _ = writeln!(
             md,
             "| {k} recipient(s) | {:.0} | {} |",
-            get(&j, &format!("/throughput/{k}_recipients/msgs_per_s")),
-            get(&j, &format!("/throughput/{k}_recipients/window"))
+            get(j, &format!("/throughput/{k}_recipients/msgs_per_s")),
+            get(j, &format!("/throughput/{k}_recipients/window"))
         );
     }
     let _ = writeln!(
@@ -1146,11 +1243,11 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     let _ = writeln!(
         md,
         "\n| crypto (Ed25519) | µs/op |\n|---|---|\n| sign, ring alone (S) | {:.1} |\n| verify, ring alone (V) | {:.1} |\n| sign, as gilmsg signs (with base64) | {:.1} |\n| verify through the trust store (warm cache) | {:.1} |\n| verify through the trust store (first, with chain) | {:.1} |",
-        get(&j, "/crypto/ed25519/sign_raw_us"),
-        get(&j, "/crypto/ed25519/verify_raw_us"),
-        get(&j, "/crypto/ed25519/sign_us"),
-        get(&j, "/crypto/ed25519/verify_us_warm"),
-        get(&j, "/crypto/ed25519/verify_us_first_with_chain")
+        get(j, "/crypto/ed25519/sign_raw_us"),
+        get(j, "/crypto/ed25519/verify_raw_us"),
+        get(j, "/crypto/ed25519/sign_us"),
+        get(j, "/crypto/ed25519/verify_us_warm"),
+        get(j, "/crypto/ed25519/verify_us_first_with_chain")
     );
     let _ = writeln!(md, "\n| memory | peak RSS |\n|---|---|");
     for k in [1, 10] {
@@ -1158,28 +1255,28 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
         let _ = writeln!(
             md,
             "| consumer, {k}-recipient throughput run | {:.1} MiB |\n| publisher, up to the {k}-recipient run | {:.1} MiB |",
-            get(&j, &format!("{base}/consumer_peak_rss_kib")) / 1024.0,
-            get(&j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
+            get(j, &format!("{base}/consumer_peak_rss_kib")) / 1024.0,
+            get(j, &format!("{base}/publisher_peak_rss_kib")) / 1024.0
         );
     }
     if j.get("soak").is_some() {
         let _ = writeln!(
             md,
             "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
-            get(&j, "/soak/length_s"),
-            get(&j, "/soak/messages"),
-            get(&j, "/soak/msgs_per_s"),
-            get(&j, "/soak/consumer_rss_kib_at_start") / 1024.0,
-            get(&j, "/soak/steady_samples"),
-            get(&j, "/soak/steady_from_s"),
-            get(&j, "/soak/consumer_steady_rss_kib") / 1024.0,
-            get(&j, "/soak/publisher_steady_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
-            get(&j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_peak_rss_kib") / 1024.0,
-            get(&j, "/soak/consumer_dedupe_entries"),
-            get(&j, "/soak/consumer_dedupe_evicted"),
+            get(j, "/soak/length_s"),
+            get(j, "/soak/messages"),
+            get(j, "/soak/msgs_per_s"),
+            get(j, "/soak/consumer_rss_kib_at_start") / 1024.0,
+            get(j, "/soak/steady_samples"),
+            get(j, "/soak/steady_from_s"),
+            get(j, "/soak/consumer_steady_rss_kib") / 1024.0,
+            get(j, "/soak/publisher_steady_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_rss_anon_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_rss_file_kib") / 1024.0,
+            get(j, "/soak/consumer_steady_max_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_peak_rss_kib") / 1024.0,
+            get(j, "/soak/consumer_dedupe_entries"),
+            get(j, "/soak/consumer_dedupe_evicted"),
         );
     }
 }
@@ -1314,4 +1411,72 @@ async fn publish_window(
         done.map_err(|e| fail(e.to_string()))??;
     }
     Ok(messages as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `bindings/python/bench.py` with the venv's Python, publishing to the
+/// consumers of `bus` from its own endpoint: its JSON line, with the Rust
+/// library's p50 of the same bus and the ratio.
+fn python_package_run(
+    venv: &Path,
+    bus: &DirectBus,
+    k: usize,
+    recipients: &[String],
+    samples: usize,
+    messages: usize,
+    args: &Args,
+) -> Result<Value, Failure> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings/python/bench.py");
+    let window = args.windows.iter().copied().max().unwrap_or(128);
+    let flood = if k == 1 { messages } else { 0 };
+    let mut command = Command::new(venv.join("bin/python"));
+    command
+        .arg(&script)
+        .arg(&bus.py_config)
+        .args(["bench-pub", "bench", &recipients.join(",")])
+        .arg(samples.to_string())
+        .arg(flood.to_string())
+        .arg(window.to_string())
+        .current_dir(bus.py_config.parent().unwrap_or(Path::new(".")))
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("PYTHONPATH");
+    let mut proc = Proc::spawn("python bench.py", command).map_err(|e| fail(e.to_string()))?;
+    let limit = Duration::from_secs(600);
+    let line = proc.wait_stdout("{", limit).map_err(|e| {
+        fail(format!(
+            "bench.py: {e}; stderr: {}",
+            proc.stderr_so_far().join(" | ")
+        ))
+    })?;
+    let _ = proc.wait_timeout(Duration::from_secs(30));
+    serde_json::from_str(&line).map_err(|e| fail(format!("bench.py printed {line:?}: {e}")))
+}
+
+/// The package's numbers with their ratios: p50 over the Rust library's
+/// warm p50 (same bus, same consumers), and Python gilmsg's in-process
+/// p50 over ours (the anchor, default settings), when both were measured.
+fn python_package_ratios(mut package: serde_json::Map<String, Value>, report: &Value) -> Value {
+    for (key, value) in package.iter_mut() {
+        let p50 = get(value, "/p50_us");
+        let rust = get(report, &format!("/latency_warm_publish/{key}/p50_us"));
+        let anchor = get(
+            report,
+            &format!("/python_anchor/python_publish_in_process/default/{key}/p50_us"),
+        );
+        if let Value::Object(map) = value {
+            map.insert("rust_p50_us".into(), json!(rust));
+            map.insert(
+                "ratio_over_rust_p50".into(),
+                json!((rust > 0.0).then(|| p50 / rust)),
+            );
+            map.insert(
+                "python_gilmsg_p50_over_ours".into(),
+                json!((anchor > 0.0 && p50 > 0.0).then(|| anchor / p50)),
+            );
+        }
+    }
+    package.insert(
+        "build".into(),
+        json!("the extension as scripts/python-package.sh built it (GILMSG_PYTHON_PROFILE, default dev)"),
+    );
+    Value::Object(package)
 }

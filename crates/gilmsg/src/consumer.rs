@@ -94,6 +94,7 @@ pub struct ConsumerBuilder {
     deliver_acks: bool,
     deliver_heartbeats: bool,
     private_queue: bool,
+    private_exchanges: Vec<String>,
     queue: usize,
 }
 
@@ -124,6 +125,20 @@ impl ConsumerBuilder {
     /// its own copy anyway.
     pub fn private_queue(mut self, private: bool) -> Self {
         self.private_queue = private;
+        self
+    }
+
+    /// The exchanges a [`ConsumerBuilder::private_queue`] is bound to,
+    /// each for every topic (default: the config's `publish_exchange`
+    /// alone). For a watcher of both sides of a bridged bus
+    /// (`gilmsg-bridge verify`: `amq.topic` and `zmq.topic`). An exchange
+    /// that may not exist yet belongs in the config's `[exchanges]`, so
+    /// that it is declared before the queue is bound to it.
+    pub fn private_queue_exchanges<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        exchanges: I,
+    ) -> Self {
+        self.private_exchanges = exchanges.into_iter().map(Into::into).collect();
         self
     }
 
@@ -189,6 +204,7 @@ impl ConsumerBuilder {
             deliver_acks,
             deliver_heartbeats,
             private_queue,
+            private_exchanges,
             queue,
         } = self;
         config.validate()?;
@@ -267,7 +283,7 @@ impl ConsumerBuilder {
             Some(amqp_config) => {
                 let identity = acker.as_ref().map(|a| a.signer.name().to_owned());
                 let queues = if private_queue {
-                    private_amqp_queue(amqp_config, &topics, scheme.ack_topic())
+                    private_amqp_queue(amqp_config, &private_exchanges, &topics, scheme.ack_topic())
                 } else {
                     amqp_queues(
                         amqp_config,
@@ -381,6 +397,7 @@ impl Consumer {
             deliver_acks: false,
             deliver_heartbeats: false,
             private_queue: false,
+            private_exchanges: Vec::new(),
             queue: 1024,
         }
     }
@@ -591,9 +608,11 @@ impl Drop for Delivery {
 }
 
 /// A watcher's queue (see [`ConsumerBuilder::private_queue`]): one
-/// server-named, exclusive, auto-delete queue bound to `topics` alone.
+/// server-named, exclusive, auto-delete queue bound to `topics` alone, on
+/// each of `exchanges` (none given: the publish exchange).
 fn private_amqp_queue(
     amqp_config: &AmqpConfig,
+    exchanges: &[String],
     topics: &[String],
     ack_topic: String,
 ) -> amqp::consumer::Queues {
@@ -602,13 +621,21 @@ fn private_amqp_queue(
     declaration.exclusive = true;
     declaration.auto_delete = true;
     let keys: Vec<String> = topics.iter().flat_map(|t| amqp::binding_keys(t)).collect();
-    amqp::consumer::Queues {
-        queues: vec![(String::new(), declaration)],
-        bindings: vec![BindingConfig::new(
+    let bindings = if exchanges.is_empty() {
+        vec![BindingConfig::new(
             String::new(),
             amqp_config.publish_exchange.clone(),
             keys,
-        )],
+        )]
+    } else {
+        exchanges
+            .iter()
+            .map(|exchange| BindingConfig::new(String::new(), exchange.clone(), keys.clone()))
+            .collect()
+    };
+    amqp::consumer::Queues {
+        queues: vec![(String::new(), declaration)],
+        bindings,
         ack_topic,
     }
 }

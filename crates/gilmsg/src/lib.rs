@@ -22,6 +22,8 @@
 //! - [`consumer`]: [`Consumer`] and [`Delivery`], the ACK-sending consumer.
 //! - [`relay`]: [`Relay`], the fedmsg-relay-compatible forwarder.
 //! - [`bridge`]: [`bridge::Bridge`], the ZeroMQ <-> AMQP bridges.
+//! - [`ExternalAcker`]: the signed ACK for a message another AMQP client
+//!   (fedora-messaging) consumed.
 //! - [`error`]: the crate's [`Error`].
 //! - `transport`: the seam between the rules and the transports: the
 //!   drivers around `gilmsg-proto`'s state machines (verification,
@@ -62,6 +64,7 @@ mod stats;
 mod transport;
 mod zeromq;
 
+pub use amqp::external::{AckOutcome, ExternalAcker, Received};
 pub use amqp::BrokerVerdict;
 
 pub use zeromq::relay;

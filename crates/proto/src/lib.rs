@@ -28,6 +28,9 @@
 //!   decision of an ACK-sending consumer as a pure state machine.
 //! - [`redelivery`]: how often a failed message is requeued (AMQP).
 //! - [`digest`]: [`Digest`], the SHA-256 of a signed part that ACKs name.
+//! - [`bridge_match`]: pairing the sightings of one message on the two sides
+//!   of a ZeroMQ <-> AMQP bridge (`gilmsg-bridge verify`): missing, changed,
+//!   late and duplicate copies, in bounded memory.
 //! - [`schema`]: the message-schema rule and the [`SchemaCheck`] trait a
 //!   JSON Schema implementation provides (no JSON Schema library here).
 
@@ -37,6 +40,7 @@
 pub mod ack;
 pub mod auth;
 pub mod bridge;
+pub mod bridge_match;
 pub mod canonical;
 pub mod consumer;
 pub mod dedupe;

@@ -33,6 +33,7 @@
 
 pub(crate) mod connect;
 pub(crate) mod consumer;
+pub(crate) mod external;
 pub(crate) mod publisher;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

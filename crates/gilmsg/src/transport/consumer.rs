@@ -33,15 +33,22 @@ pub(crate) struct Acker {
 impl Acker {
     /// One signed ACK for every entry of `batch` (at most `MAX_ACK_BATCH`).
     fn seal(&self, batch: &[PendingAck]) -> Result<gilmsg_proto::Sealed> {
+        self.seal_bodies(
+            batch
+                .iter()
+                .map(|p| AckBody {
+                    ack_msg_id: p.msg_id.clone(),
+                    ack_digest: Some(p.digest),
+                    ack_signer: p.signer.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// One signed ACK message carrying `bodies` (the consumer's batches,
+    /// or the single ACK of `amqp::external`).
+    pub(crate) fn seal_bodies(&self, bodies: Vec<AckBody>) -> Result<gilmsg_proto::Sealed> {
         let (timestamp, year) = setup::now_secs_and_year();
-        let bodies: Vec<AckBody> = batch
-            .iter()
-            .map(|p| AckBody {
-                ack_msg_id: p.msg_id.clone(),
-                ack_digest: Some(p.digest),
-                ack_signer: p.signer.clone(),
-            })
-            .collect();
         let Some((first, rest)) = bodies.split_first() else {
             return Err(crate::Error::InvalidArgument("empty ACK batch".into()));
         };

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Set up the Python virtualenv the tests of the Python package (issue 13,
+# bindings/python) run in: pytest, SQLAlchemy, fedora-messaging 3.9.1 (the
+# callback wrapper's host) and maturin, plus the package itself, gilmsg_rs,
+# built from this checkout.
+#
+# Usage: scripts/python-package.sh [VENV_DIR]
+#   VENV_DIR defaults to <repo>/target/python-package.
+#   The interpreter can be overridden with PYTHON=/path/to/python3.
+#   GILMSG_PYTHON_PROFILE=release builds the extension optimised (default:
+#   dev, which reuses the debug build of `cargo build` in target/debug).
+#
+# Idempotent: the pinned dependencies are installed once (a stamp file
+# records them); the package is rebuilt every time, which costs a cargo
+# freshness check when nothing changed. The build shares this checkout's
+# target/ (CARGO_TARGET_DIR), so it compiles only the binding crate. The
+# absolute venv path is printed on the last line of stdout; everything else
+# goes to stderr.
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "${script_dir}/.." && pwd)"
+venv_dir="${1:-${repo_root}/target/python-package}"
+python_bin="${PYTHON:-python3}"
+profile="${GILMSG_PYTHON_PROFILE:-dev}"
+
+pins=(maturin==1.16.0 pytest==9.2.0 SQLAlchemy==2.1.9 fedora-messaging==3.9.1)
+stamp_content="stamp=1
+pins=${pins[*]}"
+
+log() { printf 'python-package: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
+command -v cargo >/dev/null 2>&1 || die "cargo not found (the package is built from source)"
+mkdir -p "$(dirname "${venv_dir}")"
+venv_dir="$(cd "$(dirname "${venv_dir}")" && pwd)/$(basename "${venv_dir}")"
+stamp_file="${venv_dir}/.python-package-stamp"
+venv_py="${venv_dir}/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+if [[ -x "${venv_py}" && -f "${stamp_file}" && "$(cat "${stamp_file}")" == "${stamp_content}" ]]; then
+    log "dependencies already installed"
+else
+    if [[ -e "${venv_dir}" && ! -f "${venv_dir}/pyvenv.cfg" && -n "$(ls -A "${venv_dir}")" ]]; then
+        die "${venv_dir} exists and is not a virtualenv; refusing to touch it"
+    fi
+    log "creating venv in ${venv_dir}"
+    "${python_bin}" -m venv --clear "${venv_dir}"
+    "${venv_py}" -m pip install --quiet "${pins[@]}" >&2
+    printf '%s\n' "${stamp_content}" > "${stamp_file}"
+fi
+
+# The package: maturin from the venv (no isolated build environment to
+# download each time), into this checkout's target/.
+log "building gilmsg_rs (profile ${profile})"
+PATH="${venv_dir}/bin:${PATH}" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${repo_root}/target}" \
+MATURIN_PEP517_ARGS="--profile ${profile}" \
+    "${venv_py}" -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
+    "${repo_root}/bindings/python" >&2
+"${venv_py}" -c 'import gilmsg_rs, gilmsg_rs.compat' >/dev/null \
+    || die "smoke test failed: gilmsg_rs does not import in ${venv_dir}"
+log "installed"
+printf '%s\n' "${venv_dir}"
