@@ -233,23 +233,27 @@ fn latency_rounds(
         rounds.push(row);
         pooled[usize::from(with)].extend(summary.samples);
     }
+    let mut out = compare_rounds(&rounds, pooled);
+    out["samples_per_round"] = json!(samples);
+    out["rounds"] = json!(rounds);
+    Ok(out)
+}
+
+/// The pooled percentiles of each kind of round (`pooled[0]` without a
+/// firehose, `[1]` with), their difference, and the run's own noise: the
+/// largest spread between rounds of one kind (`firehose` false or true
+/// in each of `rounds`).
+fn compare_rounds(rounds: &[Value], pooled: [Vec<f64>; 2]) -> Value {
     let [without, with] = pooled.map(Summary::new);
-    // The run's own noise: how far rounds of one kind fall apart.
     let spread = |pointer: &str| {
-        let values = |kind: bool| -> Vec<f64> {
-            rounds
-                .iter()
-                .filter(|r| r["firehose"] == json!(kind))
-                .map(|r| get(r, pointer))
-                .collect()
-        };
         [false, true]
             .map(|kind| {
-                let v = values(kind);
-                let (lo, hi) = v
+                let (lo, hi) = rounds
                     .iter()
+                    .filter(|r| r["firehose"] == json!(kind))
+                    .map(|r| get(r, pointer))
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-                        (lo.min(*x), hi.max(*x))
+                        (lo.min(x), hi.max(x))
                     });
                 hi - lo
             })
@@ -268,14 +272,12 @@ fn latency_rounds(
             "within_noise": difference.abs() <= noise,
         })
     };
-    Ok(json!({
-        "samples_per_round": samples,
-        "rounds": rounds,
+    json!({
         "without": without.json(),
         "with": with.json(),
         "p50": compare(50.0, "/p50_us"),
         "p99": compare(99.0, "/p99_us"),
-    }))
+    })
 }
 
 /// Forwarding throughput: a flood of pre-built signed messages.
@@ -690,4 +692,49 @@ pub(crate) fn markdown(section: &Value) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(with: bool, p50: f64) -> Value {
+        json!({"firehose": with, "p50_us": p50, "p99_us": p50 * 2.0})
+    }
+
+    #[test]
+    fn a_difference_larger_than_the_spread_of_rounds_is_beyond_the_noise() {
+        let rounds = [
+            round(false, 100.0),
+            round(true, 300.0),
+            round(false, 110.0),
+            round(true, 320.0),
+        ];
+        let out = compare_rounds(&rounds, [vec![100.0, 110.0], vec![300.0, 320.0]]);
+        assert_eq!(
+            out["p50"]["spread_between_rounds_of_one_kind_us"],
+            json!(20.0)
+        );
+        assert_eq!(out["p50"]["within_noise"], json!(false));
+        assert!(get(&out, "/p50/difference_us") > 150.0);
+    }
+
+    #[test]
+    fn a_difference_smaller_than_the_spread_of_rounds_is_within_the_noise() {
+        let rounds = [
+            round(false, 100.0),
+            round(true, 150.0),
+            round(false, 300.0),
+            round(true, 160.0),
+        ];
+        let out = compare_rounds(&rounds, [vec![100.0, 300.0], vec![150.0, 160.0]]);
+        assert_eq!(out["p50"]["within_noise"], json!(true));
+    }
+
+    #[test]
+    fn a_skipped_section_says_why() {
+        let md = markdown(&json!({"status": "skipped: mosquitto is not installed"}));
+        assert!(md.contains("skipped: mosquitto is not installed"));
+        assert!(!md.contains("msgs/s"));
+    }
 }
