@@ -702,33 +702,22 @@ mod tests {
         json!({"firehose": with, "p50_us": p50, "p99_us": p50 * 2.0})
     }
 
+    /// Rounds without at 100 and `other` µs, with at 300 and 320: the
+    /// difference (about 200 µs) against the larger spread of one kind.
     #[test]
-    fn a_difference_larger_than_the_spread_of_rounds_is_beyond_the_noise() {
-        let rounds = [
-            round(false, 100.0),
-            round(true, 300.0),
-            round(false, 110.0),
-            round(true, 320.0),
-        ];
-        let out = compare_rounds(&rounds, [vec![100.0, 110.0], vec![300.0, 320.0]]);
-        assert_eq!(
-            out["p50"]["spread_between_rounds_of_one_kind_us"],
-            json!(20.0)
-        );
-        assert_eq!(out["p50"]["within_noise"], json!(false));
-        assert!(get(&out, "/p50/difference_us") > 150.0);
-    }
-
-    #[test]
-    fn a_difference_smaller_than_the_spread_of_rounds_is_within_the_noise() {
-        let rounds = [
-            round(false, 100.0),
-            round(true, 150.0),
-            round(false, 300.0),
-            round(true, 160.0),
-        ];
-        let out = compare_rounds(&rounds, [vec![100.0, 300.0], vec![150.0, 160.0]]);
-        assert_eq!(out["p50"]["within_noise"], json!(true));
+    fn a_difference_is_within_the_noise_only_when_rounds_of_one_kind_differ_as_much() {
+        for (other, within) in [(110.0, false), (400.0, true)] {
+            let rounds = [
+                round(false, 100.0),
+                round(true, 300.0),
+                round(false, other),
+                round(true, 320.0),
+            ];
+            let out = compare_rounds(&rounds, [vec![100.0, other], vec![300.0, 320.0]]);
+            let spread = get(&out, "/p50/spread_between_rounds_of_one_kind_us");
+            assert_eq!(spread, (other - 100.0_f64).max(20.0));
+            assert_eq!(out["p50"]["within_noise"], json!(within), "{out}");
+        }
     }
 
     #[test]
