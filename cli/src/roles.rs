@@ -44,10 +44,11 @@ pub enum Role {
 
 impl Role {
     /// The roles another executable may be re-run in, by their markers.
-    const REEXEC: [(&'static str, Role); 3] = [
+    const REEXEC: [(&'static str, Role); 4] = [
         ("__relay", Role::Relay),
         ("__consumer", Role::Consumer),
         ("__bridge", Role::Bridge),
+        ("__firehose", Role::Firehose),
     ];
 
     /// The program name its messages start with.

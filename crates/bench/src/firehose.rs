@@ -2,7 +2,7 @@
 //! what it costs the bus, on the bench's direct ZeroMQ bus, a mosquitto
 //! broker of the test kit's (the deployment's config and ACL, loopback)
 //! and a real firehose process (this executable re-run as
-//! `gilmsg-firehose`, see [`dispatch_reexec`]):
+//! `gilmsg-firehose` through `roles`' `__firehose` marker):
 //!
 //! 1. **forwarding throughput**: a flood of pre-built signed messages on a
 //!    bench XPUB the firehose subscribes to (an extra `[endpoints]` entry
@@ -25,13 +25,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gilmsg_cli::common::{self, Failure};
 use gilmsg_cli::procs::Proc;
-use gilmsg_cli::roles::Role;
 use gilmsg_crypto::Identity;
 use gilmsg_testkit::mosquitto::{self, Mosquitto, FIREHOSE_USER};
 use serde_json::{json, Value};
@@ -58,17 +57,6 @@ const RECEIPT_PREFIX: &str = "gilmsg-receipts/";
 /// How long the flood may go without a message reaching the subscriber
 /// before the count is taken as final (the firehose dropped the rest).
 const IDLE: Duration = Duration::from_secs(10);
-
-/// When this process was started as `<exe> __firehose ARGS...`, runs
-/// `gilmsg-firehose ARGS...` and returns its exit status.
-pub(crate) fn dispatch_reexec() -> Option<ExitCode> {
-    let mut argv = std::env::args_os();
-    let program = argv.next()?;
-    if argv.next()? != MARKER {
-        return None;
-    }
-    Some(Role::Firehose.main(std::iter::once(program).chain(argv)))
-}
 
 /// The `firehose` section of results.json, or why it did not run.
 pub(crate) fn section(exe: &Path, dir: &Path, samples: usize, messages: usize) -> Value {

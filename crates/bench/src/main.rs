@@ -166,7 +166,7 @@ impl Args {
 
 /// Entry point: runs the benchmark, or a role when re-executed by it.
 fn main() -> std::process::ExitCode {
-    if let Some(status) = roles::dispatch_reexec().or_else(firehose::dispatch_reexec) {
+    if let Some(status) = roles::dispatch_reexec() {
         return status;
     }
     common::init_logging();
