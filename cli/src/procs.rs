@@ -227,3 +227,31 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
             .and_then(|rest| rest.strip_prefix('='))
     })
 }
+
+/// A watchdog for a server a test or the bench starts (RabbitMQ, mosquitto):
+/// a shell that waits for its stdin to close (this process ended, even by
+/// a panic or a kill), then sends SIGTERM to every PID listed in
+/// `<dir>/pids`, SIGKILL `grace_secs` later, and removes `dir`. Keep the
+/// returned pipe open as long as the server should live.
+pub fn server_watchdog(
+    dir: &std::path::Path,
+    grace_secs: u32,
+) -> Result<(Child, std::process::ChildStdin), String> {
+    let script = format!(
+        "read _ignored; for p in $(cat {pids} 2>/dev/null); do kill -TERM $p 2>/dev/null; done; \
+         sleep {grace_secs}; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; \
+         rm -rf -- '{dir}'",
+        pids = dir.join("pids").display(),
+        dir = dir.display()
+    );
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("watchdog: {e}"))?;
+    let pipe = watchdog.stdin.take().ok_or("watchdog: no stdin")?;
+    Ok((watchdog, pipe))
+}

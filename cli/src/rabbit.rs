@@ -98,22 +98,7 @@ impl Rabbit {
             ));
         }
         fs::write(d.join("rabbitmq.conf"), conf).map_err(|e| e.to_string())?;
-        let watchdog_script = format!(
-            "read _ignored; for p in $(cat {pids} 2>/dev/null); do kill -TERM $p 2>/dev/null; done; \
-             sleep 3; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; \
-             rm -rf -- '{dir}'",
-            pids = d.join("pids").display(),
-            dir = d.display()
-        );
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(watchdog_script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("watchdog: {e}"))?;
-        let pipe = watchdog.stdin.take().ok_or("watchdog: no stdin")?;
+        let (watchdog, pipe) = crate::procs::server_watchdog(d, 3)?;
         let rabbit = Rabbit {
             node: format!("gilmsgtest-{}-{port}@localhost", std::process::id()),
             port,

@@ -91,22 +91,7 @@ impl Mosquitto {
         fs::write(d.join("acl"), CONTRIB_ACL).map_err(|e| e.to_string())?;
         fs::write(d.join("mosquitto.conf"), config(d, port, ws_port)?)
             .map_err(|e| e.to_string())?;
-        let watchdog_script = format!(
-            "read _ignored; for p in $(cat {pids} 2>/dev/null); do kill -TERM $p 2>/dev/null; done; \
-             sleep 2; for p in $(cat {pids} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; \
-             rm -rf -- '{dir}'",
-            pids = d.join("pids").display(),
-            dir = d.display()
-        );
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(watchdog_script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("watchdog: {e}"))?;
-        let pipe = watchdog.stdin.take().ok_or("watchdog: no stdin")?;
+        let (watchdog, pipe) = gilmsg_cli::procs::server_watchdog(d, 2)?;
         let broker = Mosquitto {
             dir,
             port,
