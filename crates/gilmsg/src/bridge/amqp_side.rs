@@ -1,6 +1,6 @@
 //! The bridge's AMQP connections, each owned by one task on a thread of its
 //! own (`connect::spawn_task`), reconnecting with back-off after a lost
-//! connection (`connect::backoff`):
+//! connection (`connect::Supervised`):
 //!
 //! - **out** (ZeroMQ -> AMQP): takes frames from the SUB thread, applies
 //!   the loop rules, writes the AMQP form and publishes it to the ZeroMQ
@@ -30,7 +30,7 @@ use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 
 use super::zmq_side::{Delivered, Outgoing};
 use super::{lock, Settings, Shared, BRIDGED_FROM_HEADER};
-use crate::amqp::connect::{backoff, beating, spawn_task, Broker};
+use crate::amqp::connect::{sleep_until, spawn_task, Broker, Supervised};
 use crate::amqp::{decode, encode_envelope, AmqpMessage, ENVELOPE_HEADER};
 use crate::error::Result;
 use crate::health::{Health, Pulse, PULSE_EVERY};
@@ -69,48 +69,20 @@ pub(crate) struct InSetup {
 
 type Started = (tokio::sync::oneshot::Receiver<()>, Health);
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A reconnection schedule: when to try next, how many tries so far.
-struct Retry {
-    at: Option<tokio::time::Instant>,
-    attempt: u32,
-}
-
-impl Retry {
-    fn after_failure(&mut self, broker: &Broker) {
-        let wait = backoff(self.attempt, broker.config.reconnect_max);
-        self.attempt = self.attempt.saturating_add(1);
-        self.at = Some(tokio::time::Instant::now() + wait);
-    }
-}
-
 // ---------------------------------------------------------------- out
 
 /// Starts the ZeroMQ -> AMQP task; returns once connected (and the
 /// ZeroMQ exchange declared).
 pub(crate) fn start_out(setup: OutSetup) -> Result<Started> {
     spawn_task("gilmsg-bridge-amqp-out", move |started, pulse| async move {
+        let mut conn = Supervised::new("zmq_to_amqp", &setup.broker, setup.counters.link.clone());
         let mut task = Out {
             setup,
             generation: 0,
         };
-        let live = match task.open().await {
-            Ok(live) => {
-                let _ = started.send(Ok(()));
-                live
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
-        task.run(Some(live), &pulse).await;
+        if conn.first(task.open(), &started).await {
+            task.run(conn, &pulse).await;
+        }
     })
 }
 
@@ -140,24 +112,21 @@ impl Out {
         })
     }
 
-    async fn run(mut self, mut live: Option<OutLive>, pulse: &Pulse) {
+    async fn run(mut self, mut conn: Supervised<OutLive>, pulse: &Pulse) {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        let mut retry = Retry {
-            at: None,
-            attempt: 0,
-        };
         let mut every = tokio::time::interval(PULSE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             pulse.beat();
-            if live
-                .as_ref()
+            if conn
+                .live()
                 .is_some_and(|l| !l.connection.status().connected())
             {
-                self.lost(&mut live, &mut retry, "the connection closed");
+                conn.lost("the connection closed");
             }
-            pulse.connected(live.is_some());
+            pulse.connected(conn.is_live());
             let room = confirms.len() < self.setup.in_flight;
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = every.tick() => {}
                 frames = self.setup.inbox.recv(), if room => {
@@ -170,8 +139,8 @@ impl Out {
                         }
                     }
                     for frames in batch {
-                        if let Err(why) = self.forward(&frames, live.as_ref(), &mut confirms).await {
-                            self.lost(&mut live, &mut retry, &why);
+                        if let Err(why) = self.forward(&frames, conn.live(), &mut confirms).await {
+                            conn.lost(&why);
                         }
                     }
                 }
@@ -184,20 +153,7 @@ impl Out {
                         Err(_) => self.setup.counters.zmq_dropped.bump("unconfirmed"),
                     }
                 }
-                () = sleep_until(retry.at), if live.is_none() => {
-                    match beating(self.open(), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry = Retry { at: None, attempt: 0 };
-                            self.setup.counters.link.reconnected.bump();
-                            tracing::info!("zmq_to_amqp: reconnected to the broker");
-                        }
-                        Err(e) => {
-                            tracing::debug!("zmq_to_amqp: reconnecting failed: {e}");
-                            retry.after_failure(&self.setup.broker);
-                        }
-                    }
-                }
+                () = sleep_until(retry_at) => conn.reconnect(self.open(), pulse).await,
             }
         }
         // Let the last confirms come in (bounded), then close.
@@ -209,17 +165,8 @@ impl Out {
                 () = &mut linger => break,
             }
         }
-        if let Some(l) = live {
+        if let Some(l) = conn.into_live() {
             let _ = l.connection.close(200, "bridge stopping".into()).await;
-        }
-    }
-
-    fn lost(&mut self, live: &mut Option<OutLive>, retry: &mut Retry, why: &str) {
-        if live.take().is_some() {
-            self.setup.counters.link.lost.bump();
-            tracing::warn!("zmq_to_amqp: lost the broker ({why}); reconnecting");
-            retry.attempt = 0;
-            retry.after_failure(&self.setup.broker);
         }
     }
 
@@ -355,22 +302,15 @@ async fn declare_topic_exchange(broker: &Broker, channel: &Channel, name: &str) 
 /// bound (it consumes once the XPUB has seen its subscribers).
 pub(crate) fn start_in(setup: InSetup) -> Result<Started> {
     spawn_task("gilmsg-bridge-amqp-in", move |started, pulse| async move {
+        let mut conn = Supervised::new("amqp_to_zmq", &setup.broker, setup.counters.link.clone());
         let mut task = In {
             setup,
             generation: 0,
             sequence: 0,
         };
-        let live = match task.open(false).await {
-            Ok(live) => {
-                let _ = started.send(Ok(()));
-                live
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
-        task.run(live, &pulse).await;
+        if conn.first(task.open(false), &started).await {
+            task.run(conn, &pulse).await;
+        }
     })
 }
 
@@ -467,12 +407,7 @@ impl In {
         Ok(())
     }
 
-    async fn run(mut self, first: InLive, pulse: &Pulse) {
-        let mut live = Some(first);
-        let mut retry = Retry {
-            at: None,
-            attempt: 0,
-        };
+    async fn run(mut self, mut conn: Supervised<InLive>, pulse: &Pulse) {
         let mut every = tokio::time::interval(PULSE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let wake = self.setup.wake.clone();
@@ -481,81 +416,55 @@ impl In {
             if self.setup.stop.load(Ordering::Acquire) {
                 break;
             }
-            if live
-                .as_ref()
+            if conn
+                .live()
                 .is_some_and(|l| !l.connection.status().connected())
             {
-                self.lost(&mut live, &mut retry, "the connection closed");
+                conn.lost("the connection closed");
             }
-            pulse.connected(live.is_some());
+            pulse.connected(conn.is_live());
             // Consume once the ZeroMQ side has its subscribers: what is sent
             // before reaches nobody, and the queue keeps it meanwhile.
-            if let Some(l) = live.as_mut() {
+            if let Some(l) = conn.live_mut() {
                 if l.deliveries.is_none()
                     && *self.setup.subscribed.borrow() >= self.setup.await_subscriptions
                 {
                     if let Err(e) = self.consume(l).await {
-                        let why = e.to_string();
-                        self.lost(&mut live, &mut retry, &why);
+                        conn.lost(&e.to_string());
                     }
                 }
             }
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = every.tick() => {}
                 () = wake.notified() => {}
                 _ = self.setup.subscribed.changed() => {}
-                delivery = next_delivery(&mut live) => match delivery {
+                delivery = next_delivery(conn.live_mut()) => match delivery {
                     Some(Ok(d)) => {
-                        if let Err(why) = self.carry(d, live.as_ref()).await {
-                            self.lost(&mut live, &mut retry, &why);
+                        if let Err(why) = self.carry(d, conn.live()).await {
+                            conn.lost(&why);
                         }
                     }
-                    Some(Err(e)) => {
-                        let why = e.to_string();
-                        self.lost(&mut live, &mut retry, &why);
-                    }
-                    None => self.lost(&mut live, &mut retry, "the consumer was cancelled"),
+                    Some(Err(e)) => conn.lost(&e.to_string()),
+                    None => conn.lost("the consumer was cancelled"),
                 },
                 Some(done) = self.setup.sent.recv() => {
-                    if let Some(l) = live.as_ref() {
+                    if let Some(l) = conn.live() {
                         // A delivery of a lost connection is redelivered by
                         // the broker; its tag means nothing on this one.
                         if done.generation == self.generation {
                             if let Err(e) = l.channel.basic_ack(done.tag, BasicAckOptions::default()).await {
-                                let why = e.to_string();
-                                self.lost(&mut live, &mut retry, &why);
+                                conn.lost(&e.to_string());
                             }
                         }
                     }
                 }
-                () = sleep_until(retry.at), if live.is_none() => {
-                    match beating(self.open(false), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry = Retry { at: None, attempt: 0 };
-                            self.setup.counters.link.reconnected.bump();
-                            tracing::info!("amqp_to_zmq: reconnected to the broker");
-                        }
-                        Err(e) => {
-                            tracing::debug!("amqp_to_zmq: reconnecting failed: {e}");
-                            retry.after_failure(&self.setup.broker);
-                        }
-                    }
-                }
+                () = sleep_until(retry_at) => conn.reconnect(self.open(false), pulse).await,
             }
         }
-        if let Some(l) = live {
+        if let Some(l) = conn.into_live() {
             // Deliveries not yet acknowledged go back to the queue.
             let _ = l.connection.close(200, "bridge stopping".into()).await;
-        }
-    }
-
-    fn lost(&mut self, live: &mut Option<InLive>, retry: &mut Retry, why: &str) {
-        if live.take().is_some() {
-            self.setup.counters.link.lost.bump();
-            tracing::warn!("amqp_to_zmq: lost the broker ({why}); reconnecting");
-            retry.attempt = 0;
-            retry.after_failure(&self.setup.broker);
         }
     }
 
@@ -713,9 +622,9 @@ async fn settle(channel: &Channel, tag: u64, how: Settle) -> std::result::Result
 }
 
 async fn next_delivery(
-    live: &mut Option<InLive>,
+    live: Option<&mut InLive>,
 ) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live.as_mut().and_then(|l| l.deliveries.as_mut()) {
+    match live.and_then(|l| l.deliveries.as_mut()) {
         Some(d) => d.next().await,
         None => std::future::pending().await,
     }
