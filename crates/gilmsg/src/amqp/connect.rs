@@ -3,12 +3,18 @@
 //! the `[tls]` CA bundle and client certificate, fedora-messaging's
 //! `[client_properties]`, the `[exchanges]`, the back-off between
 //! reconnection attempts, the [`Supervised`] connection every AMQP task
-//! keeps (lost, retried, counted and logged the same way everywhere), and
-//! the thread each connection's task runs on.
+//! keeps (lost, retried, counted and logged the same way everywhere), the
+//! thread each connection's task runs on and the steps every such task's
+//! loop takes alike (its pulse, a burst of commands, the next delivery, the
+//! last confirms).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
 
 use gilmsg_config::amqp::redact_url;
 use gilmsg_config::{AmqpConfig, ExchangeConfig};
@@ -22,6 +28,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::health::Pulse;
 use crate::stats::LinkCounters;
+use crate::transport::Flow;
 
 /// The first wait before reconnecting; it doubles up to `reconnect_max`.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -173,12 +180,73 @@ pub(crate) async fn beating<F: std::future::Future>(
     pulse: &crate::health::Pulse,
 ) -> F::Output {
     tokio::pin!(work);
-    let mut every = tokio::time::interval(crate::health::PULSE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut every = pulse_ticker();
     loop {
         tokio::select! {
             out = &mut work => return out,
             _ = every.tick() => pulse.beat(),
+        }
+    }
+}
+
+/// Ticks every [`PULSE_EVERY`](crate::health::PULSE_EVERY), a late tick
+/// delaying the next rather than bursting: a task's loop turns at least
+/// this often, idle or not, to beat.
+pub(crate) fn pulse_ticker() -> tokio::time::Interval {
+    let mut every = tokio::time::interval(crate::health::PULSE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every
+}
+
+/// Handles `first`, then every command already waiting in `inbox` (the
+/// burst is taken before the loop sends anything), until one says stop.
+pub(crate) async fn take_burst<C>(
+    first: C,
+    inbox: &mut tokio::sync::mpsc::UnboundedReceiver<C>,
+    mut handle: impl AsyncFnMut(C) -> Flow,
+) -> Flow {
+    if handle(first).await == Flow::Stop {
+        return Flow::Stop;
+    }
+    while let Ok(command) = inbox.try_recv() {
+        if handle(command).await == Flow::Stop {
+            return Flow::Stop;
+        }
+    }
+    Flow::Continue
+}
+
+/// The next delivery of `consumer` (never, without one), or why there is
+/// none: the consumer failed, or ended (`ended` says what that means).
+pub(crate) async fn next_delivery<S>(
+    consumer: Option<&mut S>,
+    ended: &str,
+) -> std::result::Result<lapin::message::Delivery, String>
+where
+    S: Stream<Item = lapin::Result<lapin::message::Delivery>> + Unpin,
+{
+    let Some(consumer) = consumer else {
+        return std::future::pending().await;
+    };
+    match consumer.next().await {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(ended.to_owned()),
+    }
+}
+
+/// Lets the confirms still awaited come in, each handed to `each`, for a
+/// second at most: as ZeroMQ's linger lets queued messages leave, bounded.
+pub(crate) async fn linger<F: Future>(
+    confirms: &mut FuturesUnordered<F>,
+    mut each: impl AsyncFnMut(F::Output),
+) {
+    let deadline = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(deadline);
+    while !confirms.is_empty() {
+        tokio::select! {
+            Some(confirmed) = confirms.next() => each(confirmed).await,
+            () = &mut deadline => break,
         }
     }
 }
@@ -451,6 +519,7 @@ where
 mod tests {
     use super::*;
     use crate::stats::Record;
+    use futures_util::FutureExt;
 
     #[test]
     fn backoff_doubles_to_its_bound() {
@@ -545,6 +614,49 @@ mod tests {
         assert!(matches!(told.try_recv(), Ok(Err(Error::Closed))));
         assert!(!conn.is_live());
         assert_eq!(conn.retry_at(), None);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_taken_until_a_command_says_stop() {
+        let (tx, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        for command in [2, 3, 0, 4] {
+            tx.send(command).unwrap();
+        }
+        let mut seen = Vec::new();
+        let handle = async |command: u32| {
+            seen.push(command);
+            if command == 0 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        };
+        assert_eq!(take_burst(1, &mut inbox, handle).await, Flow::Stop);
+        assert_eq!(seen, [1, 2, 3, 0]);
+        // What came after the stop is left in the inbox.
+        assert_eq!(inbox.try_recv().ok(), Some(4));
+        let mut seen = Vec::new();
+        let handle = async |command: u32| {
+            seen.push(command);
+            Flow::Continue
+        };
+        assert_eq!(take_burst(5, &mut inbox, handle).await, Flow::Continue);
+        assert_eq!(seen, [5]);
+    }
+
+    #[tokio::test]
+    async fn linger_takes_what_comes_and_gives_up_after_a_second() {
+        let mut confirms = FuturesUnordered::new();
+        confirms.push(std::future::ready(1).boxed());
+        confirms.push(std::future::pending().boxed());
+        confirms.push(std::future::ready(2).boxed());
+        let mut seen = Vec::new();
+        let began = Instant::now();
+        linger(&mut confirms, async |n| seen.push(n)).await;
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2]);
+        assert!(began.elapsed() >= Duration::from_secs(1));
+        assert_eq!(confirms.len(), 1);
     }
 
     #[test]

@@ -43,11 +43,13 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::connect::{field_table, sleep_until, Broker, Supervised};
+use super::connect::{
+    field_table, linger, next_delivery, pulse_ticker, sleep_until, take_burst, Broker, Supervised,
+};
 use super::{Amqp, AmqpMessage};
 use crate::consumer::Readiness;
 use crate::error::{Error, Result};
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::transport::consumer::Disposition;
 use crate::transport::{
     ConsumerCommand, ConsumerDriver, ConsumerLink, ConsumerParts, Flow, Settle,
@@ -145,9 +147,7 @@ impl Task {
             return;
         }
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        // The loop turns at least this often, idle or not, to beat.
-        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
-        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulse_every = pulse_ticker();
         loop {
             pulse.beat();
             pulse.connected(conn.is_live());
@@ -156,22 +156,16 @@ impl Task {
                 _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
-                    if self.command(command, conn.live()).await == Flow::Stop {
-                        break;
-                    }
-                    let mut stop = false;
-                    while let Ok(command) = inbox.try_recv() {
-                        if self.command(command, conn.live()).await == Flow::Stop {
-                            stop = true;
-                            break;
-                        }
-                    }
-                    if stop {
+                    let handle = async |command| self.command(command, conn.live()).await;
+                    if take_burst(command, &mut inbox, handle).await == Flow::Stop {
                         break;
                     }
                 }
-                delivery = next_delivery(conn.live_mut()) => match delivery {
-                    Some(Ok(d)) => {
+                delivery = next_delivery(
+                    conn.live_mut().map(|l| &mut l.deliveries),
+                    "the broker cancelled the consumer",
+                ) => match delivery {
+                    Ok(d) => {
                         self.delivered(d, conn.live()).await;
                         // The rest of the burst, then its ACKs.
                         for _ in 1..ACK_BURST {
@@ -182,13 +176,7 @@ impl Task {
                             }
                         }
                     }
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "the broker cancelled the consumer".into(),
-                        };
-                        conn.lost(&why);
-                    }
+                    Err(why) => conn.lost(&why),
                 },
                 Some((keys, generation, confirmed)) = confirms.next(), if !confirms.is_empty() => {
                     self.ack_confirmed(&keys, generation, confirmed, conn.live()).await;
@@ -200,16 +188,11 @@ impl Task {
         // ACKs already queued go out, and their deliveries are settled
         // when confirmed (bounded): what is not is redelivered later.
         self.flush(&mut conn, &mut confirms).await;
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                Some((keys, generation, confirmed)) = confirms.next() => {
-                    self.ack_confirmed(&keys, generation, confirmed, conn.live()).await;
-                }
-                () = &mut linger => break,
-            }
-        }
+        linger(&mut confirms, async |(keys, generation, confirmed)| {
+            self.ack_confirmed(&keys, generation, confirmed, conn.live())
+                .await;
+        })
+        .await;
         if let Some(l) = conn.into_live() {
             let _ = l.connection.close(200, "bye".into()).await;
         }
@@ -505,12 +488,5 @@ impl Task {
 
     fn driver_counters_ack_confirmed(&self) {
         self.driver.counters().ack_confirmed.bump();
-    }
-}
-
-async fn next_delivery(live: Option<&mut Live>) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live {
-        Some(l) => l.deliveries.next().await,
-        None => std::future::pending().await,
     }
 }

@@ -28,10 +28,12 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::connect::{sleep_until, Broker, Supervised};
+use super::connect::{
+    linger, next_delivery, pulse_ticker, sleep_until, take_burst, Broker, Supervised,
+};
 use super::{Amqp, AmqpMessage};
 use crate::error::{Error, Result};
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::stats::PublisherCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
@@ -155,9 +157,7 @@ impl Task {
             return;
         }
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        // The loop turns at least this often, idle or not, to beat.
-        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
-        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulse_every = pulse_ticker();
         loop {
             pulse.beat();
             pulse.connected(conn.is_live());
@@ -171,23 +171,16 @@ impl Task {
                 _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
-                    if self.driver.on_command(command, Instant::now()) == Flow::Stop {
-                        break;
-                    }
-                    // Take the burst before sending.
-                    let mut stop = false;
-                    while let Ok(command) = inbox.try_recv() {
-                        if self.driver.on_command(command, Instant::now()) == Flow::Stop {
-                            stop = true;
-                            break;
-                        }
-                    }
-                    if stop {
+                    let handle = async |command| self.driver.on_command(command, Instant::now());
+                    if take_burst(command, &mut inbox, handle).await == Flow::Stop {
                         break;
                     }
                 }
-                delivery = next_ack(conn.live_mut()) => match delivery {
-                    Some(Ok(d)) => {
+                delivery = next_delivery(
+                    conn.live_mut().map(|l| &mut l.acks),
+                    "the ACK consumer was cancelled",
+                ) => match delivery {
+                    Ok(d) => {
                         let wire = AmqpMessage::received(
                             d.routing_key.to_string(),
                             d.data,
@@ -196,13 +189,7 @@ impl Task {
                         );
                         self.driver.on_ack(&Arc::new(wire), Instant::now());
                     }
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "the ACK consumer was cancelled".into(),
-                        };
-                        conn.lost(&why);
-                    }
+                    Err(why) => conn.lost(&why),
                 },
                 Some((wire, generation, result)) = confirms.next(), if !confirms.is_empty() => {
                     self.on_confirm(&wire, generation, result);
@@ -214,14 +201,10 @@ impl Task {
         // Plain messages were answered when sent: let their confirms come
         // in (bounded), as ZeroMQ's linger lets queued messages leave.
         self.pump(&mut conn, &mut confirms).await;
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                Some((wire, generation, result)) = confirms.next() => self.on_confirm(&wire, generation, result),
-                () = &mut linger => break,
-            }
-        }
+        linger(&mut confirms, async |(wire, generation, result)| {
+            self.on_confirm(&wire, generation, result)
+        })
+        .await;
         self.driver.close();
         if let Some(live) = conn.into_live() {
             let _ = live.connection.close(200, "bye".into()).await;
@@ -390,12 +373,5 @@ impl Task {
             Ok(Confirmation::NotRequested) => {}
             Err(e) => tracing::debug!(msg_id, "no confirm: {e}"),
         }
-    }
-}
-
-async fn next_ack(live: Option<&mut Live>) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live {
-        Some(l) => l.acks.next().await,
-        None => std::future::pending().await,
     }
 }

@@ -30,10 +30,12 @@ use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 
 use super::zmq_side::{Delivered, Outgoing};
 use super::{lock, Settings, Shared, BRIDGED_FROM_HEADER};
-use crate::amqp::connect::{sleep_until, spawn_task, Broker, Supervised};
+use crate::amqp::connect::{
+    linger, next_delivery, pulse_ticker, sleep_until, spawn_task, Broker, Supervised,
+};
 use crate::amqp::{decode, encode_envelope, AmqpMessage, ENVELOPE_HEADER};
 use crate::error::Result;
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::stats::BridgeCounters;
 
 /// The ZeroMQ -> AMQP task's parts.
@@ -114,8 +116,7 @@ impl Out {
 
     async fn run(mut self, mut conn: Supervised<OutLive>, pulse: &Pulse) {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        let mut every = tokio::time::interval(PULSE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = pulse_ticker();
         loop {
             pulse.beat();
             if conn
@@ -157,14 +158,8 @@ impl Out {
             }
         }
         // Let the last confirms come in (bounded), then close.
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                _ = confirms.next() => self.setup.counters.zmq_confirmed.bump(),
-                () = &mut linger => break,
-            }
-        }
+        let counters = &self.setup.counters;
+        linger(&mut confirms, async |_| counters.zmq_confirmed.bump()).await;
         if let Some(l) = conn.into_live() {
             let _ = l.connection.close(200, "bridge stopping".into()).await;
         }
@@ -408,8 +403,7 @@ impl In {
     }
 
     async fn run(mut self, mut conn: Supervised<InLive>, pulse: &Pulse) {
-        let mut every = tokio::time::interval(PULSE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = pulse_ticker();
         let wake = self.setup.wake.clone();
         loop {
             pulse.beat();
@@ -439,14 +433,16 @@ impl In {
                 _ = every.tick() => {}
                 () = wake.notified() => {}
                 _ = self.setup.subscribed.changed() => {}
-                delivery = next_delivery(conn.live_mut()) => match delivery {
-                    Some(Ok(d)) => {
+                delivery = next_delivery(
+                    conn.live_mut().and_then(|l| l.deliveries.as_mut()),
+                    "the consumer was cancelled",
+                ) => match delivery {
+                    Ok(d) => {
                         if let Err(why) = self.carry(d, conn.live()).await {
                             conn.lost(&why);
                         }
                     }
-                    Some(Err(e)) => conn.lost(&e.to_string()),
-                    None => conn.lost("the consumer was cancelled"),
+                    Err(why) => conn.lost(&why),
                 },
                 Some(done) = self.setup.sent.recv() => {
                     if let Some(l) = conn.live() {
@@ -619,15 +615,6 @@ async fn settle(channel: &Channel, tag: u64, how: Settle) -> std::result::Result
         }
     };
     result.map_err(|e| e.to_string())
-}
-
-async fn next_delivery(
-    live: Option<&mut InLive>,
-) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live.and_then(|l| l.deliveries.as_mut()) {
-        Some(d) => d.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn unix_now() -> i64 {
