@@ -43,11 +43,13 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::connect::{backoff, field_table, Broker};
+use super::connect::{
+    field_table, linger, next_delivery, pulse_ticker, sleep_until, take_burst, Broker, Supervised,
+};
 use super::{Amqp, AmqpMessage};
 use crate::consumer::Readiness;
 use crate::error::{Error, Result};
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::transport::consumer::Disposition;
 use crate::transport::{
     ConsumerCommand, ConsumerDriver, ConsumerLink, ConsumerParts, Flow, Settle,
@@ -140,106 +142,58 @@ impl Task {
         started: std::sync::mpsc::Sender<Result<()>>,
         pulse: &Pulse,
     ) {
-        let mut live = match self.open().await {
-            Ok(l) => {
-                let _ = started.send(Ok(()));
-                Some(l)
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
+        let mut conn = Supervised::new("consumer", &self.broker, self.driver.link_counters());
+        if !conn.first(self.open(), &started).await {
+            return;
+        }
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        let mut attempt = 0u32;
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        // The loop turns at least this often, idle or not, to beat.
-        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
-        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulse_every = pulse_ticker();
         loop {
             pulse.beat();
-            pulse.connected(live.is_some());
+            pulse.connected(conn.is_live());
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
-                    if self.command(command, &live).await == Flow::Stop {
-                        break;
-                    }
-                    let mut stop = false;
-                    while let Ok(command) = inbox.try_recv() {
-                        if self.command(command, &live).await == Flow::Stop {
-                            stop = true;
-                            break;
-                        }
-                    }
-                    if stop {
+                    let handle = async |command| self.command(command, conn.live()).await;
+                    if take_burst(command, &mut inbox, handle).await == Flow::Stop {
                         break;
                     }
                 }
-                delivery = next_delivery(&mut live) => match delivery {
-                    Some(Ok(d)) => {
-                        self.delivered(d, &live).await;
+                delivery = next_delivery(
+                    conn.live_mut().map(|l| &mut l.deliveries),
+                    "the broker cancelled the consumer",
+                ) => match delivery {
+                    Ok(d) => {
+                        self.delivered(d, conn.live()).await;
                         // The rest of the burst, then its ACKs.
                         for _ in 1..ACK_BURST {
-                            let Some(l) = live.as_mut() else { break };
+                            let Some(l) = conn.live_mut() else { break };
                             match futures_util::FutureExt::now_or_never(l.deliveries.next()) {
-                                Some(Some(Ok(d))) => self.delivered(d, &live).await,
+                                Some(Some(Ok(d))) => self.delivered(d, conn.live()).await,
                                 _ => break,
                             }
                         }
                     }
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "the broker cancelled the consumer".into(),
-                        };
-                        self.lost(&mut live, &why);
-                    }
+                    Err(why) => conn.lost(&why),
                 },
                 Some((keys, generation, confirmed)) = confirms.next(), if !confirms.is_empty() => {
-                    self.ack_confirmed(&keys, generation, confirmed, &live).await;
+                    self.ack_confirmed(&keys, generation, confirmed, conn.live()).await;
                 }
-                () = sleep_until(retry_at), if live.is_none() => {
-                    match super::connect::beating(self.open(), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry_at = None;
-                            attempt = 0;
-                            self.driver.link_counters().reconnected.bump();
-                            tracing::info!(broker = %self.broker.shown(), "reconnected to the broker");
-                        }
-                        Err(e) => {
-                            let wait = backoff(attempt, self.broker.config.reconnect_max);
-                            tracing::debug!("reconnecting failed, again in {wait:?}: {e}");
-                            attempt = attempt.saturating_add(1);
-                            retry_at = Some(tokio::time::Instant::now() + wait);
-                        }
-                    }
-                }
+                () = sleep_until(retry_at) => conn.reconnect(self.open(), pulse).await,
             }
-            self.flush(&mut live, &mut confirms).await;
-            if live.is_none() && retry_at.is_none() {
-                retry_at = Some(
-                    tokio::time::Instant::now() + backoff(0, self.broker.config.reconnect_max),
-                );
-                attempt = 1;
-            }
+            self.flush(&mut conn, &mut confirms).await;
         }
         // ACKs already queued go out, and their deliveries are settled
         // when confirmed (bounded): what is not is redelivered later.
-        self.flush(&mut live, &mut confirms).await;
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                Some((keys, generation, confirmed)) = confirms.next() => {
-                    self.ack_confirmed(&keys, generation, confirmed, &live).await;
-                }
-                () = &mut linger => break,
-            }
-        }
-        if let Some(l) = live {
+        self.flush(&mut conn, &mut confirms).await;
+        linger(&mut confirms, async |(keys, generation, confirmed)| {
+            self.ack_confirmed(&keys, generation, confirmed, conn.live())
+                .await;
+        })
+        .await;
+        if let Some(l) = conn.into_live() {
             let _ = l.connection.close(200, "bye".into()).await;
         }
     }
@@ -336,14 +290,7 @@ impl Task {
         })
     }
 
-    fn lost(&mut self, live: &mut Option<Live>, why: &str) {
-        if live.take().is_some() {
-            self.driver.link_counters().lost.bump();
-            tracing::warn!(broker = %self.broker.shown(), "connection to the broker lost: {why}; reconnecting");
-        }
-    }
-
-    async fn command(&mut self, command: ConsumerCommand, live: &Option<Live>) -> Flow {
+    async fn command(&mut self, command: ConsumerCommand, live: Option<&Live>) -> Flow {
         match command {
             ConsumerCommand::Settle(settle) => {
                 let key = settle.ticket.key();
@@ -357,7 +304,7 @@ impl Task {
     }
 
     /// One delivery from the broker.
-    async fn delivered(&mut self, d: lapin::message::Delivery, live: &Option<Live>) {
+    async fn delivered(&mut self, d: lapin::message::Delivery, live: Option<&Live>) {
         let tag = d.delivery_tag;
         let wire = AmqpMessage::received(
             d.routing_key.to_string(),
@@ -389,7 +336,7 @@ impl Task {
     }
 
     /// What the rules decided for one copy, applied to its deliveries.
-    async fn apply(&mut self, key: CopyKey, disposition: Disposition, live: &Option<Live>) {
+    async fn apply(&mut self, key: CopyKey, disposition: Disposition, live: Option<&Live>) {
         match disposition {
             Disposition::Waiting(_) | Disposition::AwaitAck(_) => {}
             other => {
@@ -406,7 +353,7 @@ impl Task {
         &self,
         tags: &[(u64, u64)],
         disposition: Disposition,
-        live: &Option<Live>,
+        live: Option<&Live>,
     ) {
         let Some(l) = live else { return };
         for &(generation, tag) in tags {
@@ -449,7 +396,7 @@ impl Task {
     /// and queues their confirms.
     async fn flush(
         &mut self,
-        live: &mut Option<Live>,
+        conn: &mut Supervised<Live>,
         confirms: &mut FuturesUnordered<Confirming>,
     ) {
         let mut signed: Vec<(Arc<AmqpMessage>, Vec<CopyKey>)> = Vec::new();
@@ -460,7 +407,7 @@ impl Task {
         if signed.is_empty() {
             return;
         }
-        let Some(l) = live.as_ref() else {
+        let Some(l) = conn.live() else {
             // Not published: their deliveries go back to the queue with the
             // lost connection, and are re-acked when redelivered.
             return;
@@ -511,7 +458,7 @@ impl Task {
             }));
         }
         if let Some(why) = failed {
-            self.lost(live, &why);
+            conn.lost(&why);
         }
     }
 
@@ -522,7 +469,7 @@ impl Task {
         keys: &[CopyKey],
         generation: u64,
         confirmed: bool,
-        live: &Option<Live>,
+        live: Option<&Live>,
     ) {
         if confirmed {
             self.driver_counters_ack_confirmed();
@@ -541,19 +488,5 @@ impl Task {
 
     fn driver_counters_ack_confirmed(&self) {
         self.driver.counters().ack_confirmed.bump();
-    }
-}
-
-async fn next_delivery(live: &mut Option<Live>) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live {
-        Some(l) => l.deliveries.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

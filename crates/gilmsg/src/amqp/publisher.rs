@@ -28,10 +28,12 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::connect::{backoff, Broker};
+use super::connect::{
+    linger, next_delivery, pulse_ticker, sleep_until, take_burst, Broker, Supervised,
+};
 use super::{Amqp, AmqpMessage};
 use crate::error::{Error, Result};
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::stats::PublisherCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
@@ -150,51 +152,35 @@ impl Task {
         started: std::sync::mpsc::Sender<Result<()>>,
         pulse: &Pulse,
     ) {
-        let mut live = match self.open().await {
-            Ok(live) => {
-                let _ = started.send(Ok(()));
-                Some(live)
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
+        let mut conn = Supervised::new("publisher", &self.broker, self.counters.link.clone());
+        if !conn.first(self.open(), &started).await {
+            return;
+        }
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        let mut attempt = 0u32;
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        // The loop turns at least this often, idle or not, to beat.
-        let mut pulse_every = tokio::time::interval(PULSE_EVERY);
-        pulse_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pulse_every = pulse_ticker();
         loop {
             pulse.beat();
-            pulse.connected(live.is_some());
-            self.pump(&mut live, &mut confirms).await;
+            pulse.connected(conn.is_live());
+            self.pump(&mut conn, &mut confirms).await;
             let wake = self
                 .driver
                 .next_wakeup()
                 .map(tokio::time::Instant::from_std);
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = pulse_every.tick() => {}
                 command = inbox.recv() => {
                     let Some(command) = command else { break };
-                    if self.driver.on_command(command, Instant::now()) == Flow::Stop {
-                        break;
-                    }
-                    // Take the burst before sending.
-                    let mut stop = false;
-                    while let Ok(command) = inbox.try_recv() {
-                        if self.driver.on_command(command, Instant::now()) == Flow::Stop {
-                            stop = true;
-                            break;
-                        }
-                    }
-                    if stop {
+                    let handle = async |command| self.driver.on_command(command, Instant::now());
+                    if take_burst(command, &mut inbox, handle).await == Flow::Stop {
                         break;
                     }
                 }
-                delivery = next_ack(&mut live) => match delivery {
-                    Some(Ok(d)) => {
+                delivery = next_delivery(
+                    conn.live_mut().map(|l| &mut l.acks),
+                    "the ACK consumer was cancelled",
+                ) => match delivery {
+                    Ok(d) => {
                         let wire = AmqpMessage::received(
                             d.routing_key.to_string(),
                             d.data,
@@ -203,58 +189,24 @@ impl Task {
                         );
                         self.driver.on_ack(&Arc::new(wire), Instant::now());
                     }
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => e.to_string(),
-                            _ => "the ACK consumer was cancelled".into(),
-                        };
-                        self.lost(&mut live, &why);
-                        retry_at = Some(tokio::time::Instant::now() + backoff(0, self.broker.config.reconnect_max));
-                        attempt = 1;
-                    }
+                    Err(why) => conn.lost(&why),
                 },
                 Some((wire, generation, result)) = confirms.next(), if !confirms.is_empty() => {
                     self.on_confirm(&wire, generation, result);
                 }
                 () = sleep_until(wake) => {}
-                () = sleep_until(retry_at), if live.is_none() => {
-                    match super::connect::beating(self.open(), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry_at = None;
-                            attempt = 0;
-                            self.counters.link.reconnected.bump();
-                            tracing::info!(broker = %self.broker.shown(), "reconnected to the broker");
-                        }
-                        Err(e) => {
-                            let wait = backoff(attempt, self.broker.config.reconnect_max);
-                            tracing::debug!("reconnecting failed, again in {wait:?}: {e}");
-                            attempt = attempt.saturating_add(1);
-                            retry_at = Some(tokio::time::Instant::now() + wait);
-                        }
-                    }
-                }
-            }
-            if live.is_none() && retry_at.is_none() {
-                retry_at = Some(
-                    tokio::time::Instant::now() + backoff(0, self.broker.config.reconnect_max),
-                );
-                attempt = 1;
+                () = sleep_until(retry_at) => conn.reconnect(self.open(), pulse).await,
             }
         }
         // Plain messages were answered when sent: let their confirms come
         // in (bounded), as ZeroMQ's linger lets queued messages leave.
-        self.pump(&mut live, &mut confirms).await;
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                Some((wire, generation, result)) = confirms.next() => self.on_confirm(&wire, generation, result),
-                () = &mut linger => break,
-            }
-        }
+        self.pump(&mut conn, &mut confirms).await;
+        linger(&mut confirms, async |(wire, generation, result)| {
+            self.on_confirm(&wire, generation, result)
+        })
+        .await;
         self.driver.close();
-        if let Some(live) = live {
+        if let Some(live) = conn.into_live() {
             let _ = live.connection.close(200, "bye".into()).await;
         }
     }
@@ -318,19 +270,16 @@ impl Task {
         })
     }
 
-    fn lost(&mut self, live: &mut Option<Live>, why: &str) {
-        if live.take().is_some() {
-            self.counters.link.lost.bump();
-            tracing::warn!(broker = %self.broker.shown(), "connection to the broker lost: {why}; reconnecting");
-        }
-    }
-
     /// Sends what the rules say (new messages once connected, re-sends of
     /// messages the broker does not hold), then publishes it.
-    async fn pump(&mut self, live: &mut Option<Live>, confirms: &mut FuturesUnordered<Confirming>) {
+    async fn pump(
+        &mut self,
+        conn: &mut Supervised<Live>,
+        confirms: &mut FuturesUnordered<Confirming>,
+    ) {
         let mut outbox: Vec<Arc<AmqpMessage>> = Vec::new();
         let now = Instant::now();
-        let connected = live.is_some();
+        let connected = conn.is_live();
         let generation = self.generation;
         if self.driver.has_waiting() && connected {
             self.driver.send_ready(
@@ -353,7 +302,7 @@ impl Task {
             },
             Vec::new,
         );
-        let Some(l) = live.as_ref() else {
+        let Some(l) = conn.live() else {
             return;
         };
         let exchange = self.broker.config.publish_exchange.as_str();
@@ -389,7 +338,7 @@ impl Task {
             }
         }
         if let Some(why) = failed {
-            self.lost(live, &why);
+            conn.lost(&why);
         }
     }
 
@@ -424,19 +373,5 @@ impl Task {
             Ok(Confirmation::NotRequested) => {}
             Err(e) => tracing::debug!(msg_id, "no confirm: {e}"),
         }
-    }
-}
-
-async fn next_ack(live: &mut Option<Live>) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live {
-        Some(l) => l.acks.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

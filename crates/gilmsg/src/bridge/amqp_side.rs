@@ -1,6 +1,6 @@
 //! The bridge's AMQP connections, each owned by one task on a thread of its
 //! own (`connect::spawn_task`), reconnecting with back-off after a lost
-//! connection (`connect::backoff`):
+//! connection (`connect::Supervised`):
 //!
 //! - **out** (ZeroMQ -> AMQP): takes frames from the SUB thread, applies
 //!   the loop rules, writes the AMQP form and publishes it to the ZeroMQ
@@ -30,10 +30,12 @@ use lapin::{Channel, Confirmation, Connection, ExchangeKind};
 
 use super::zmq_side::{Delivered, Outgoing};
 use super::{lock, Settings, Shared, BRIDGED_FROM_HEADER};
-use crate::amqp::connect::{backoff, beating, spawn_task, Broker};
+use crate::amqp::connect::{
+    linger, next_delivery, pulse_ticker, sleep_until, spawn_task, Broker, Supervised,
+};
 use crate::amqp::{decode, encode_envelope, AmqpMessage, ENVELOPE_HEADER};
 use crate::error::Result;
-use crate::health::{Health, Pulse, PULSE_EVERY};
+use crate::health::{Health, Pulse};
 use crate::stats::BridgeCounters;
 
 /// The ZeroMQ -> AMQP task's parts.
@@ -69,48 +71,20 @@ pub(crate) struct InSetup {
 
 type Started = (tokio::sync::oneshot::Receiver<()>, Health);
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A reconnection schedule: when to try next, how many tries so far.
-struct Retry {
-    at: Option<tokio::time::Instant>,
-    attempt: u32,
-}
-
-impl Retry {
-    fn after_failure(&mut self, broker: &Broker) {
-        let wait = backoff(self.attempt, broker.config.reconnect_max);
-        self.attempt = self.attempt.saturating_add(1);
-        self.at = Some(tokio::time::Instant::now() + wait);
-    }
-}
-
 // ---------------------------------------------------------------- out
 
 /// Starts the ZeroMQ -> AMQP task; returns once connected (and the
 /// ZeroMQ exchange declared).
 pub(crate) fn start_out(setup: OutSetup) -> Result<Started> {
     spawn_task("gilmsg-bridge-amqp-out", move |started, pulse| async move {
+        let mut conn = Supervised::new("zmq_to_amqp", &setup.broker, setup.counters.link.clone());
         let mut task = Out {
             setup,
             generation: 0,
         };
-        let live = match task.open().await {
-            Ok(live) => {
-                let _ = started.send(Ok(()));
-                live
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
-        task.run(Some(live), &pulse).await;
+        if conn.first(task.open(), &started).await {
+            task.run(conn, &pulse).await;
+        }
     })
 }
 
@@ -140,24 +114,20 @@ impl Out {
         })
     }
 
-    async fn run(mut self, mut live: Option<OutLive>, pulse: &Pulse) {
+    async fn run(mut self, mut conn: Supervised<OutLive>, pulse: &Pulse) {
         let mut confirms: FuturesUnordered<Confirming> = FuturesUnordered::new();
-        let mut retry = Retry {
-            at: None,
-            attempt: 0,
-        };
-        let mut every = tokio::time::interval(PULSE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = pulse_ticker();
         loop {
             pulse.beat();
-            if live
-                .as_ref()
+            if conn
+                .live()
                 .is_some_and(|l| !l.connection.status().connected())
             {
-                self.lost(&mut live, &mut retry, "the connection closed");
+                conn.lost("the connection closed");
             }
-            pulse.connected(live.is_some());
+            pulse.connected(conn.is_live());
             let room = confirms.len() < self.setup.in_flight;
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = every.tick() => {}
                 frames = self.setup.inbox.recv(), if room => {
@@ -170,8 +140,8 @@ impl Out {
                         }
                     }
                     for frames in batch {
-                        if let Err(why) = self.forward(&frames, live.as_ref(), &mut confirms).await {
-                            self.lost(&mut live, &mut retry, &why);
+                        if let Err(why) = self.forward(&frames, conn.live(), &mut confirms).await {
+                            conn.lost(&why);
                         }
                     }
                 }
@@ -184,42 +154,14 @@ impl Out {
                         Err(_) => self.setup.counters.zmq_dropped.bump("unconfirmed"),
                     }
                 }
-                () = sleep_until(retry.at), if live.is_none() => {
-                    match beating(self.open(), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry = Retry { at: None, attempt: 0 };
-                            self.setup.counters.link.reconnected.bump();
-                            tracing::info!("zmq_to_amqp: reconnected to the broker");
-                        }
-                        Err(e) => {
-                            tracing::debug!("zmq_to_amqp: reconnecting failed: {e}");
-                            retry.after_failure(&self.setup.broker);
-                        }
-                    }
-                }
+                () = sleep_until(retry_at) => conn.reconnect(self.open(), pulse).await,
             }
         }
         // Let the last confirms come in (bounded), then close.
-        let linger = tokio::time::sleep(std::time::Duration::from_secs(1));
-        tokio::pin!(linger);
-        while !confirms.is_empty() {
-            tokio::select! {
-                _ = confirms.next() => self.setup.counters.zmq_confirmed.bump(),
-                () = &mut linger => break,
-            }
-        }
-        if let Some(l) = live {
+        let counters = &self.setup.counters;
+        linger(&mut confirms, async |_| counters.zmq_confirmed.bump()).await;
+        if let Some(l) = conn.into_live() {
             let _ = l.connection.close(200, "bridge stopping".into()).await;
-        }
-    }
-
-    fn lost(&mut self, live: &mut Option<OutLive>, retry: &mut Retry, why: &str) {
-        if live.take().is_some() {
-            self.setup.counters.link.lost.bump();
-            tracing::warn!("zmq_to_amqp: lost the broker ({why}); reconnecting");
-            retry.attempt = 0;
-            retry.after_failure(&self.setup.broker);
         }
     }
 
@@ -355,22 +297,15 @@ async fn declare_topic_exchange(broker: &Broker, channel: &Channel, name: &str) 
 /// bound (it consumes once the XPUB has seen its subscribers).
 pub(crate) fn start_in(setup: InSetup) -> Result<Started> {
     spawn_task("gilmsg-bridge-amqp-in", move |started, pulse| async move {
+        let mut conn = Supervised::new("amqp_to_zmq", &setup.broker, setup.counters.link.clone());
         let mut task = In {
             setup,
             generation: 0,
             sequence: 0,
         };
-        let live = match task.open(false).await {
-            Ok(live) => {
-                let _ = started.send(Ok(()));
-                live
-            }
-            Err(e) => {
-                let _ = started.send(Err(e));
-                return;
-            }
-        };
-        task.run(live, &pulse).await;
+        if conn.first(task.open(false), &started).await {
+            task.run(conn, &pulse).await;
+        }
     })
 }
 
@@ -467,95 +402,65 @@ impl In {
         Ok(())
     }
 
-    async fn run(mut self, first: InLive, pulse: &Pulse) {
-        let mut live = Some(first);
-        let mut retry = Retry {
-            at: None,
-            attempt: 0,
-        };
-        let mut every = tokio::time::interval(PULSE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn run(mut self, mut conn: Supervised<InLive>, pulse: &Pulse) {
+        let mut every = pulse_ticker();
         let wake = self.setup.wake.clone();
         loop {
             pulse.beat();
             if self.setup.stop.load(Ordering::Acquire) {
                 break;
             }
-            if live
-                .as_ref()
+            if conn
+                .live()
                 .is_some_and(|l| !l.connection.status().connected())
             {
-                self.lost(&mut live, &mut retry, "the connection closed");
+                conn.lost("the connection closed");
             }
-            pulse.connected(live.is_some());
+            pulse.connected(conn.is_live());
             // Consume once the ZeroMQ side has its subscribers: what is sent
             // before reaches nobody, and the queue keeps it meanwhile.
-            if let Some(l) = live.as_mut() {
+            if let Some(l) = conn.live_mut() {
                 if l.deliveries.is_none()
                     && *self.setup.subscribed.borrow() >= self.setup.await_subscriptions
                 {
                     if let Err(e) = self.consume(l).await {
-                        let why = e.to_string();
-                        self.lost(&mut live, &mut retry, &why);
+                        conn.lost(&e.to_string());
                     }
                 }
             }
+            let retry_at = conn.retry_at();
             tokio::select! {
                 _ = every.tick() => {}
                 () = wake.notified() => {}
                 _ = self.setup.subscribed.changed() => {}
-                delivery = next_delivery(&mut live) => match delivery {
-                    Some(Ok(d)) => {
-                        if let Err(why) = self.carry(d, live.as_ref()).await {
-                            self.lost(&mut live, &mut retry, &why);
+                delivery = next_delivery(
+                    conn.live_mut().and_then(|l| l.deliveries.as_mut()),
+                    "the consumer was cancelled",
+                ) => match delivery {
+                    Ok(d) => {
+                        if let Err(why) = self.carry(d, conn.live()).await {
+                            conn.lost(&why);
                         }
                     }
-                    Some(Err(e)) => {
-                        let why = e.to_string();
-                        self.lost(&mut live, &mut retry, &why);
-                    }
-                    None => self.lost(&mut live, &mut retry, "the consumer was cancelled"),
+                    Err(why) => conn.lost(&why),
                 },
                 Some(done) = self.setup.sent.recv() => {
-                    if let Some(l) = live.as_ref() {
+                    if let Some(l) = conn.live() {
                         // A delivery of a lost connection is redelivered by
                         // the broker; its tag means nothing on this one.
                         if done.generation == self.generation {
                             if let Err(e) = l.channel.basic_ack(done.tag, BasicAckOptions::default()).await {
-                                let why = e.to_string();
-                                self.lost(&mut live, &mut retry, &why);
+                                conn.lost(&e.to_string());
                             }
                         }
                     }
                 }
-                () = sleep_until(retry.at), if live.is_none() => {
-                    match beating(self.open(false), pulse).await {
-                        Ok(l) => {
-                            live = Some(l);
-                            retry = Retry { at: None, attempt: 0 };
-                            self.setup.counters.link.reconnected.bump();
-                            tracing::info!("amqp_to_zmq: reconnected to the broker");
-                        }
-                        Err(e) => {
-                            tracing::debug!("amqp_to_zmq: reconnecting failed: {e}");
-                            retry.after_failure(&self.setup.broker);
-                        }
-                    }
-                }
+                () = sleep_until(retry_at) => conn.reconnect(self.open(false), pulse).await,
             }
         }
-        if let Some(l) = live {
+        if let Some(l) = conn.into_live() {
             // Deliveries not yet acknowledged go back to the queue.
             let _ = l.connection.close(200, "bridge stopping".into()).await;
-        }
-    }
-
-    fn lost(&mut self, live: &mut Option<InLive>, retry: &mut Retry, why: &str) {
-        if live.take().is_some() {
-            self.setup.counters.link.lost.bump();
-            tracing::warn!("amqp_to_zmq: lost the broker ({why}); reconnecting");
-            retry.attempt = 0;
-            retry.after_failure(&self.setup.broker);
         }
     }
 
@@ -710,15 +615,6 @@ async fn settle(channel: &Channel, tag: u64, how: Settle) -> std::result::Result
         }
     };
     result.map_err(|e| e.to_string())
-}
-
-async fn next_delivery(
-    live: &mut Option<InLive>,
-) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match live.as_mut().and_then(|l| l.deliveries.as_mut()) {
-        Some(d) => d.next().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn unix_now() -> i64 {
