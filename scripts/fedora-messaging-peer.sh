@@ -22,13 +22,10 @@ pins=(fedora-messaging==3.9.1)
 stamp_content="stamp=1
 pins=${pins[*]}"
 
-log() { printf 'fedora-messaging-peer: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
+log_name=fedora-messaging-peer
 # shellcheck source=lib/venv.sh
 source "${script_dir}/lib/venv.sh"
-venv_dir="$(venv_abspath "${venv_dir}")"
+venv_start
 
 smoke_test() {
     "${venv_py}" -c 'import fedora_messaging.api, fedora_messaging.message' >/dev/null 2>&1 \
@@ -37,9 +34,4 @@ smoke_test() {
 
 ensure_venv --check smoke_test --what "fedora-messaging does not import" \
     "${venv_dir}" .fedora-messaging-stamp "${stamp_content}" "${pins[@]}"
-if [[ "${venv_reused}" == 1 ]]; then
-    log "already installed"
-else
-    log "installed"
-fi
-printf '%s\n' "${venv_dir}"
+venv_done

@@ -28,14 +28,11 @@ pins=(maturin==1.16.0 pytest==9.2.0 SQLAlchemy==2.1.9 fedora-messaging==3.9.1)
 stamp_content="stamp=1
 pins=${pins[*]}"
 
-log() { printf 'python-package: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
-command -v cargo >/dev/null 2>&1 || die "cargo not found (the package is built from source)"
+log_name=python-package
 # shellcheck source=lib/venv.sh
 source "${script_dir}/lib/venv.sh"
-venv_dir="$(venv_abspath "${venv_dir}")"
+venv_start
+command -v cargo >/dev/null 2>&1 || die "cargo not found (the package is built from source)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 ensure_venv "${venv_dir}" .python-package-stamp "${stamp_content}" "${pins[@]}"

@@ -27,14 +27,10 @@ stamp_content="stamp=${stamp_version}
 main=${pip_main[*]}
 nodeps=${pip_nodeps[*]}"
 
-log() { printf 'python-peers: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
-
+log_name=python-peers
 # shellcheck source=lib/venv.sh
 source "${script_dir}/lib/venv.sh"
-venv_dir="$(venv_abspath "${venv_dir}")"
+venv_start
 
 # Compatibility shims for running these old packages on a modern Python 3.
 # site imports sitecustomize in every interpreter started from the venv, so
@@ -79,9 +75,4 @@ install_rest() {
 ensure_venv --prepare write_sitecustomize --check smoke_test \
     --what "fedmsg/gilmsg do not import" --then install_rest \
     "${venv_dir}" .python-peers-stamp "${stamp_content}" "${pip_main[@]}"
-if [[ "${venv_reused}" == 1 ]]; then
-    log "already installed"
-else
-    log "installed"
-fi
-printf '%s\n' "${venv_dir}"
+venv_done

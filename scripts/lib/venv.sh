@@ -4,8 +4,21 @@
 # scripts/python-peers.sh, scripts/fedora-messaging-peer.sh and
 # scripts/python-package.sh: three separate venvs, because their pinned sets
 # conflict (fedmsg's old pyOpenSSL and cryptography, fedora-messaging's
-# recent Twisted). The sourcing script defines `log` and `die`, and sets
-# `python_bin` (the interpreter that creates the venv).
+# recent Twisted). The sourcing script sets `log_name` (its messages'
+# prefix), `python_bin` (the interpreter that creates the venv) and
+# `venv_dir` before it sources this file.
+
+# log MESSAGE: to stderr (stdout carries only the venv path).
+log() { printf '%s: %s\n' "${log_name}" "$*" >&2; }
+# die MESSAGE: log it as an error and exit 1.
+die() { log "error: $*"; exit 1; }
+
+# venv_start: checks that the interpreter is there and makes `venv_dir`
+# absolute (its parent created).
+venv_start() {
+    command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
+    venv_dir="$(venv_abspath "${venv_dir}")"
+}
 
 # venv_abspath DIR: DIR as an absolute path (its parent is created).
 venv_abspath() {
@@ -63,4 +76,16 @@ ensure_venv() {
     "${prepare}"
     "${check}" || die "smoke test failed: ${what} in ${dir}"
     printf '%s\n' "${stamp_content}" > "${stamp_file}"
+}
+
+# venv_done: says whether `ensure_venv` found the venv ready or installed
+# it, and prints the venv's absolute path as the last line of stdout (what
+# scripts/test and the tests read).
+venv_done() {
+    if [[ "${venv_reused}" == 1 ]]; then
+        log "already installed"
+    else
+        log "installed"
+    fi
+    printf '%s\n' "${venv_dir}"
 }
