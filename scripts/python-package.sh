@@ -28,27 +28,16 @@ pins=(maturin==1.16.0 pytest==9.2.0 SQLAlchemy==2.1.9 fedora-messaging==3.9.1)
 stamp_content="stamp=1
 pins=${pins[*]}"
 
-log() { printf 'python-package: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
+log_name=python-package
+# shellcheck source=lib/venv.sh
+source "${script_dir}/lib/venv.sh"
+venv_start
 command -v cargo >/dev/null 2>&1 || die "cargo not found (the package is built from source)"
-mkdir -p "$(dirname "${venv_dir}")"
-venv_dir="$(cd "$(dirname "${venv_dir}")" && pwd)/$(basename "${venv_dir}")"
-stamp_file="${venv_dir}/.python-package-stamp"
-venv_py="${venv_dir}/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if [[ -x "${venv_py}" && -f "${stamp_file}" && "$(cat "${stamp_file}")" == "${stamp_content}" ]]; then
+ensure_venv "${venv_dir}" .python-package-stamp "${stamp_content}" "${pins[@]}"
+if [[ "${venv_reused}" == 1 ]]; then
     log "dependencies already installed"
-else
-    if [[ -e "${venv_dir}" && ! -f "${venv_dir}/pyvenv.cfg" && -n "$(ls -A "${venv_dir}")" ]]; then
-        die "${venv_dir} exists and is not a virtualenv; refusing to touch it"
-    fi
-    log "creating venv in ${venv_dir}"
-    "${python_bin}" -m venv --clear "${venv_dir}"
-    "${venv_py}" -m pip install --quiet "${pins[@]}" >&2
-    printf '%s\n' "${stamp_content}" > "${stamp_file}"
 fi
 
 # The package: maturin from the venv (no isolated build environment to

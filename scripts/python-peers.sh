@@ -27,15 +27,10 @@ stamp_content="stamp=${stamp_version}
 main=${pip_main[*]}
 nodeps=${pip_nodeps[*]}"
 
-log() { printf 'python-peers: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-command -v "${python_bin}" >/dev/null 2>&1 || die "${python_bin} not found"
-
-mkdir -p "$(dirname "${venv_dir}")"
-venv_dir="$(cd "$(dirname "${venv_dir}")" && pwd)/$(basename "${venv_dir}")"
-stamp_file="${venv_dir}/.python-peers-stamp"
-venv_py="${venv_dir}/bin/python"
+log_name=python-peers
+# shellcheck source=lib/venv.sh
+source "${script_dir}/lib/venv.sh"
+venv_start
 
 # Compatibility shims for running these old packages on a modern Python 3.
 # site imports sitecustomize in every interpreter started from the venv, so
@@ -68,42 +63,16 @@ assert hasattr(threading.Thread, "isAlive")
 PY
 }
 
-if [[ -x "${venv_py}" && -f "${stamp_file}" ]] \
-    && [[ "$(cat "${stamp_file}")" == "${stamp_content}" ]]; then
-    write_sitecustomize
-    if smoke_test; then
-        log "already installed"
-        printf '%s\n' "${venv_dir}"
-        exit 0
+# After the main set: gilmsg without its (unpinnable) dependencies, and
+# pkg_resources where the interpreter did not bring it.
+install_rest() {
+    "${venv_py}" -m pip install --quiet --no-deps "${pip_nodeps[@]}" >&2
+    if ! "${venv_py}" -c 'import pkg_resources' >/dev/null 2>&1; then
+        "${venv_py}" -m pip install --quiet "${pip_fallback_setuptools}" >&2
     fi
-    log "existing venv fails its smoke test; rebuilding"
-fi
+}
 
-if [[ -e "${venv_dir}" ]]; then
-    if [[ -f "${venv_dir}/pyvenv.cfg" ]]; then
-        venv_args=(--clear)
-    elif [[ -z "$(ls -A "${venv_dir}")" ]]; then
-        venv_args=()
-    else
-        die "${venv_dir} exists and is not a virtualenv; refusing to touch it"
-    fi
-else
-    venv_args=()
-fi
-
-log "creating venv in ${venv_dir}"
-"${python_bin}" -m venv ${venv_args[@]+"${venv_args[@]}"} "${venv_dir}"
-
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-"${venv_py}" -m pip install --quiet "${pip_main[@]}" >&2
-"${venv_py}" -m pip install --quiet --no-deps "${pip_nodeps[@]}" >&2
-if ! "${venv_py}" -c 'import pkg_resources' >/dev/null 2>&1; then
-    "${venv_py}" -m pip install --quiet "${pip_fallback_setuptools}" >&2
-fi
-
-write_sitecustomize
-smoke_test || die "smoke test failed: fedmsg/gilmsg do not import in ${venv_dir}"
-
-printf '%s\n' "${stamp_content}" > "${stamp_file}"
-log "installed"
-printf '%s\n' "${venv_dir}"
+ensure_venv --prepare write_sitecustomize --check smoke_test \
+    --what "fedmsg/gilmsg do not import" --then install_rest \
+    "${venv_dir}" .python-peers-stamp "${stamp_content}" "${pip_main[@]}"
+venv_done

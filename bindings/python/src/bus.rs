@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::{aio, convert, errors, guard, runtime};
+use crate::{aio, build_detached, convert, errors, guard, runtime};
 
 /// One recipient's ACK, as counted by the publisher.
 #[pyclass(module = "gilmsg_rs._native", frozen, get_all, from_py_object)]
@@ -107,7 +107,18 @@ struct Publish {
     timeout: Duration,
 }
 
+impl Publish {
+    /// Publishes these arguments on `bus` (what `publish` blocks on and
+    /// `publish_async` spawns).
+    async fn on(self, bus: &gilmsg::Bus) -> gilmsg::Result<gilmsg::Receipt> {
+        bus.publish(&self.topic, self.msg, &self.recipients, self.timeout)
+            .await
+    }
+}
+
 impl Bus {
+    /// The arguments of `publish` and `publish_async` (the same Python
+    /// signature), converted once for both.
     fn convert(
         &self,
         py: Python<'_>,
@@ -156,13 +167,7 @@ impl Bus {
             if let Some(required) = require_ack_digest {
                 builder = builder.require_ack_digest(required);
             }
-            let rt = runtime()?;
-            // Building connects (AMQP: to the broker); the GIL is not needed.
-            let built = py.detach(|| {
-                let _entered = rt.enter();
-                builder.build()
-            });
-            let inner = built.map_err(|e| errors::to_py(py, e))?;
+            let inner = build_detached(py, || builder.build())?;
             Ok(Bus {
                 inner,
                 default_timeout,
@@ -183,8 +188,7 @@ impl Bus {
             let p = self.convert(py, topic, msg, recipients, ack_timeout)?;
             let rt = runtime()?;
             let bus = &self.inner;
-            let result =
-                py.detach(|| rt.block_on(bus.publish(&p.topic, p.msg, &p.recipients, p.timeout)));
+            let result = py.detach(|| rt.block_on(p.on(bus)));
             result.map(Receipt::from).map_err(|e| errors::to_py(py, e))
         })
     }
@@ -207,7 +211,7 @@ impl Bus {
             let bus = self.inner.clone();
             aio::spawn(
                 py,
-                async move { bus.publish(&p.topic, p.msg, &p.recipients, p.timeout).await },
+                async move { p.on(&bus).await },
                 |py, result| match result {
                     Ok(receipt) => Ok(Py::new(py, Receipt::from(receipt))?.into_any()),
                     Err(e) => Err(errors::to_py(py, e)),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 
-use crate::{aio, convert, errors, guard, runtime};
+use crate::{aio, build_detached, convert, errors, guard, runtime};
 
 /// How often a blocking wait comes back for Python's signal handlers.
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
@@ -100,12 +100,7 @@ impl Consumer {
             if let Some(topics) = topics {
                 builder = builder.topics(topics);
             }
-            let rt = runtime()?;
-            let built = py.detach(|| {
-                let _entered = rt.enter();
-                builder.build()
-            });
-            let consumer = built.map_err(|e| errors::to_py(py, e))?;
+            let consumer = build_detached(py, || builder.build())?;
             Ok(Consumer {
                 signer_name: consumer.signer_name().map(str::to_owned),
                 inner: Arc::new(tokio::sync::Mutex::new(Some(consumer))),

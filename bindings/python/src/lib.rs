@@ -47,6 +47,24 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
         .map_err(|e| errors::bus_error(e.clone()))
 }
 
+/// Runs `build` (a `gilmsg` Bus or Consumer builder's `build`) with the GIL
+/// released, inside the shared [`runtime`] (building starts socket threads
+/// and, for AMQP, connects to the broker, which needs a tokio context but
+/// not the GIL); a failure becomes the matching `gilmsg_rs.errors`
+/// exception.
+pub(crate) fn build_detached<T, F>(py: Python<'_>, build: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> gilmsg::Result<T> + Send,
+{
+    let rt = runtime()?;
+    let built = py.detach(|| {
+        let _entered = rt.enter();
+        build()
+    });
+    built.map_err(|e| errors::to_py(py, e))
+}
+
 /// The extension module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -38,7 +38,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{json, Value};
 
-use super::{cpu, fail, micros, progress, start_consumers, Summary};
+use super::{cpu, fail, micros, progress, publish_latency, start_consumers, Summary};
 
 /// What to run.
 pub(crate) struct Options {
@@ -824,32 +824,6 @@ impl Rate {
 
 /// The windows (publishes in flight) the throughput runs try.
 pub(crate) const THROUGHPUT_WINDOWS: [usize; 3] = [64, 256, 1024];
-
-/// Acknowledged publishes to `recipients` one at a time on a warm handle
-/// (whatever its transport), after a warm-up: their latency.
-pub(crate) async fn publish_latency(
-    bus: &gilmsg::Bus,
-    topic: &str,
-    recipients: &[String],
-    samples: usize,
-) -> Result<Summary, Failure> {
-    let warmup = (samples / 10).max(20);
-    let mut results = Vec::with_capacity(samples);
-    for i in 0..samples + warmup {
-        let start = Instant::now();
-        bus.publish(
-            topic,
-            json!({"seq": i, "payload": "x".repeat(64)}),
-            recipients,
-            Duration::from_secs(10),
-        )
-        .await?;
-        if i >= warmup {
-            results.push(micros(start.elapsed()));
-        }
-    }
-    Ok(Summary::new(results))
-}
 
 /// fedora-messaging's `api.publish` (blocking, confirms, not mandatory)
 /// timed in Python, to a topic a durable queue is bound to (so the broker

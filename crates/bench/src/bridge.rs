@@ -37,7 +37,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::amqp::{self, connect, lapin_fail, Rate, THROUGHPUT_WINDOWS, TOPIC_PREFIX};
-use super::{cpu, fail, free_port, progress, start_consumers, DirectBus, Summary, READY};
+use super::{
+    cpu, fail, free_port, progress, publish_latency, start_consumers, DirectBus, Summary, READY,
+};
 
 /// Topics under `<prefix>.bench.`: the throughput messages, and each
 /// latency scenario's.
@@ -252,7 +254,7 @@ fn bench(
         .certname("bench-pub")
         .build()?;
     let latency = |bus: &gilmsg::Bus, sub: &str, to: &str| {
-        runtime.block_on(amqp::publish_latency(bus, sub, &[to.to_owned()], samples))
+        runtime.block_on(publish_latency(bus, sub, &[to.to_owned()], samples))
     };
     // Each bridged run right before its baseline, so both see the same
     // machine.
@@ -271,7 +273,7 @@ fn bench(
     runtime.block_on(amqp_bus.close());
     drop(consumers);
     let direct = DirectBus::start(exe, dir, 1, "", false)?;
-    let zmq_alone = runtime.block_on(amqp::publish_latency(
+    let zmq_alone = runtime.block_on(publish_latency(
         &direct.bus,
         "latency",
         &["consumer-0".to_owned()],

@@ -792,23 +792,7 @@ impl DirectBus {
     }
 
     async fn latency(&self, recipients: &[String], samples: usize) -> Result<Summary, Failure> {
-        let warmup = latency_warmup(samples);
-        let mut results = Vec::with_capacity(samples);
-        for i in 0..(samples + warmup) {
-            let start = Instant::now();
-            self.bus
-                .publish(
-                    "latency",
-                    json!({"seq": i, "payload": "x".repeat(64)}),
-                    recipients,
-                    Duration::from_secs(10),
-                )
-                .await?;
-            if i >= warmup {
-                results.push(micros(start.elapsed()));
-            }
-        }
-        Ok(Summary::new(results))
+        publish_latency(&self.bus, "latency", recipients, samples).await
     }
 
     /// Tries a few in-flight windows; returns the best rate and its window.
@@ -1367,6 +1351,32 @@ fn svg(curves: &[(String, Summary)]) -> String {
     let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">latency (log scale), cumulative fraction of samples</text>", w / 2.0, h - 8.0);
     s.push_str("</svg>\n");
     s
+}
+
+/// Acknowledged publishes to `recipients` one at a time on a warm handle
+/// (whatever its transport), after a warm-up: their latency.
+async fn publish_latency(
+    bus: &gilmsg::Bus,
+    topic: &str,
+    recipients: &[String],
+    samples: usize,
+) -> Result<Summary, Failure> {
+    let warmup = latency_warmup(samples);
+    let mut results = Vec::with_capacity(samples);
+    for i in 0..samples + warmup {
+        let start = Instant::now();
+        bus.publish(
+            topic,
+            json!({"seq": i, "payload": "x".repeat(64)}),
+            recipients,
+            Duration::from_secs(10),
+        )
+        .await?;
+        if i >= warmup {
+            results.push(micros(start.elapsed()));
+        }
+    }
+    Ok(Summary::new(results))
 }
 
 /// Acknowledged publishes to `recipients` with at most `window` in flight

@@ -19,10 +19,10 @@ use gilmsg_crypto::Identity;
 use tempfile::TempDir;
 
 use crate::child::{run_tool, ToolOutput};
-use crate::fixture::{ed25519_pki, Consumer};
+use crate::fixture::{self, ed25519_pki, Consumer};
 use crate::guard::{self, Registry};
 use crate::rabbit::{self, Rabbit, Tls};
-use crate::{Bins, Running, MODNAME, PUBLISHER, TOPIC_PREFIX};
+use crate::{Bins, Running, PUBLISHER, TOPIC_PREFIX};
 
 /// The client names the shared node's TLS material has certificates for.
 pub const TLS_CLIENTS: &[&str] = &["publisher", "ledger"];
@@ -213,12 +213,12 @@ reconnect_max = "500ms"
 
     /// `<prefix>.<env>.<MODNAME>.<sub>`: the topic `publisher().publish(sub, ..)` uses.
     pub fn topic(&self, sub: &str) -> String {
-        format!("{TOPIC_PREFIX}.{}.{MODNAME}.{sub}", crate::ENVIRONMENT)
+        fixture::publisher_topic(sub)
     }
 
     /// The ACK topic.
     pub fn ack_topic(&self) -> String {
-        format!("{TOPIC_PREFIX}.{}.gilmsg.ack", crate::ENVIRONMENT)
+        fixture::ack_topic()
     }
 
     /// An in-process publisher signing as [`PUBLISHER`].
@@ -228,12 +228,7 @@ reconnect_max = "500ms"
 
     /// An in-process publisher built from a (modified) config.
     pub fn publisher_from(&self, config: &gilmsg::Config) -> gilmsg::Bus {
-        gilmsg::Bus::builder(config)
-            .modname(MODNAME)
-            .certname(PUBLISHER)
-            .active(true)
-            .build()
-            .unwrap_or_else(|e| panic!("build publisher: {e}"))
+        fixture::build_publisher(config)
     }
 
     /// Starts `gilmsg-consumer --config <bus> --certname <name> --json
@@ -295,25 +290,9 @@ impl RawPeer {
     /// Declares the queue `name` (non-durable) bound to `binding_key` on
     /// `amq.topic`, and consumes it (no_ack).
     pub async fn listen(&self, name: &str, binding_key: &str) -> lapin::Consumer {
-        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-        self.channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions::default(),
-                Default::default(),
-            )
-            .await
-            .expect("declare");
-        self.channel
-            .queue_bind(
-                name.into(),
-                "amq.topic".into(),
-                binding_key.into(),
-                QueueBindOptions::default(),
-                Default::default(),
-            )
-            .await
-            .expect("bind");
+        use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+        self.bound_queue(name, binding_key, QueueDeclareOptions::default())
+            .await;
         self.channel
             .basic_consume(
                 name.into(),
@@ -332,16 +311,24 @@ impl RawPeer {
     /// declares its queues) bound to `binding_key` on `amq.topic`, so that
     /// messages wait in it before its consumer starts.
     pub async fn durable_queue(&self, name: &str, binding_key: &str) {
-        use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+        use lapin::options::QueueDeclareOptions;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.bound_queue(name, binding_key, durable).await;
+    }
+
+    /// Declares the queue `name` with `options` and binds it to
+    /// `binding_key` on `amq.topic`.
+    async fn bound_queue(
+        &self,
+        name: &str,
+        binding_key: &str,
+        options: lapin::options::QueueDeclareOptions,
+    ) {
         self.channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                Default::default(),
-            )
+            .queue_declare(name.into(), options, Default::default())
             .await
             .expect("declare");
         self.channel
@@ -349,7 +336,7 @@ impl RawPeer {
                 name.into(),
                 "amq.topic".into(),
                 binding_key.into(),
-                QueueBindOptions::default(),
+                lapin::options::QueueBindOptions::default(),
                 Default::default(),
             )
             .await

@@ -47,6 +47,29 @@ impl std::fmt::Debug for Bus {
     }
 }
 
+/// `<prefix>.<env>.<MODNAME>.<sub>`: the topic an in-process publisher's
+/// `publish(sub, ..)` uses on every test bus (ZeroMQ [`Bus`] and
+/// [`crate::amqp::AmqpBus`] alike).
+pub(crate) fn publisher_topic(sub: &str) -> String {
+    format!("{TOPIC_PREFIX}.{ENVIRONMENT}.{MODNAME}.{sub}")
+}
+
+/// The ACK topic of every test bus.
+pub(crate) fn ack_topic() -> String {
+    format!("{TOPIC_PREFIX}.{ENVIRONMENT}.gilmsg.ack")
+}
+
+/// An in-process publisher from `config`: modname [`MODNAME`], signing as
+/// [`PUBLISHER`], active (it connects, as a test publisher on any bus).
+pub(crate) fn build_publisher(config: &gilmsg::Config) -> gilmsg::Bus {
+    gilmsg::Bus::builder(config)
+        .modname(MODNAME)
+        .certname(PUBLISHER)
+        .active(true)
+        .build()
+        .unwrap_or_else(|e| panic!("build publisher: {e}"))
+}
+
 impl Bus {
     /// A bus with identities for [`PUBLISHER`] and each of `names`, whose
     /// processes are the `bins` of this test run (`bins!()`).
@@ -194,7 +217,7 @@ relay_outbound = {outbound_value}
 
     /// `<prefix>.<env>.<MODNAME>.<sub>`: the topic `publisher().publish(sub, ..)` uses.
     pub fn topic(&self, sub: &str) -> String {
-        format!("{TOPIC_PREFIX}.{ENVIRONMENT}.{MODNAME}.{sub}")
+        publisher_topic(sub)
     }
 
     /// `<prefix>.<env>.`: what every consumer subscribes to by default.
@@ -204,7 +227,7 @@ relay_outbound = {outbound_value}
 
     /// The ACK topic.
     pub fn ack_topic(&self) -> String {
-        format!("{TOPIC_PREFIX}.{ENVIRONMENT}.gilmsg.ack")
+        ack_topic()
     }
 
     /// An in-process publisher signing as [`PUBLISHER`], through the relay.
@@ -214,12 +237,7 @@ relay_outbound = {outbound_value}
 
     /// An in-process publisher built from a (modified) config.
     pub fn publisher_from(&self, config: &gilmsg::Config) -> gilmsg::Bus {
-        gilmsg::Bus::builder(config)
-            .modname(MODNAME)
-            .certname(PUBLISHER)
-            .active(true)
-            .build()
-            .expect("build publisher")
+        build_publisher(config)
     }
 
     /// Starts `gilmsg-consumer --config <bus> --certname <name> --json <args>`
