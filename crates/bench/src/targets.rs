@@ -155,8 +155,18 @@ pub fn evaluate(report: &Value) -> Value {
         );
         json!({"cpu_us_per_msg": per_message, "msgs_per_s": rate(per_message)})
     };
+    // What the raw transport costs per message on its own (pipelined round
+    // trips, no crypto, no JSON): added to S + V it bounds the 1-recipient
+    // rate any implementation on libzmq could reach here.
+    let transport = get(report, "/floor_zmq_rtt/rate/cpu/total_us_per_msg");
     json!({
         "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
+        "transport_floor": {
+            "msgs_per_s": get(report, "/floor_zmq_rtt/rate/msgs_per_s"),
+            "cpu_us_per_msg": transport,
+            "with_crypto_msgs_per_s": rate(transport + s + v),
+            "target_1_msgs_per_s": 0.65 * rate(s + v),
+        },
         "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         "one_recipient_p50": {
             "p50_us": p50,
@@ -237,6 +247,17 @@ pub fn markdown(report: &Value) -> String {
         get(t, "/one_recipient_p50/handoffs_us"),
         get(t, "/one_recipient_p50/rest_us"),
     );
+    }
+    if get(t, "/transport_floor/cpu_us_per_msg").is_finite() {
+        let _ = writeln!(
+            md,
+            "\nRaw ZeroMQ pipelined (the message out, the same bytes back; no crypto, no JSON): {:.0} round trips/s, {:.1} µs of CPU each (both processes, all threads). With S + V added, the cores allow {:.0} msgs/s: the 1-recipient throughput target ({:.0} msgs/s) is {:.2}× that.",
+            get(t, "/transport_floor/msgs_per_s"),
+            get(t, "/transport_floor/cpu_us_per_msg"),
+            get(t, "/transport_floor/with_crypto_msgs_per_s"),
+            get(t, "/transport_floor/target_1_msgs_per_s"),
+            get(t, "/transport_floor/target_1_msgs_per_s") / get(t, "/transport_floor/with_crypto_msgs_per_s"),
+        );
     }
     for (k, floor) in [(1, "floor_1"), (10, "floor_10")] {
         let base = format!("/throughput_cpu_bound/{k}_recipients");

@@ -438,18 +438,42 @@ impl Marker<'_> {
     }
 }
 
+/// Which bytes a JSON string literal carries as they are: printable ASCII
+/// except `"` and `\`. Every other byte (control, non-ASCII) starts a
+/// character that is escaped.
+const PLAIN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = b' ';
+    while b <= b'~' {
+        table[b as usize] = b != b'"' && b != b'\\';
+        b += 1;
+    }
+    table
+};
+
 /// Appends `s` as a Python `ensure_ascii` JSON string literal.
+///
+/// Scans bytes, not chars: nearly every string (topics, ids, base64
+/// certificates and signatures) is printable ASCII, copied in one run;
+/// only a byte that is not plain is decoded as the character it starts.
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, ch) in s.char_indices() {
-        let plain = (' '..='~').contains(&ch) && ch != '"' && ch != '\\';
-        if plain {
+    let mut i = 0;
+    while i < bytes.len() {
+        if PLAIN_BYTES[usize::from(bytes[i])] {
+            i += 1;
             continue;
         }
+        // `i` is where a character starts: plain bytes are single-byte
+        // characters, and escaped ones are skipped whole.
+        let Some(ch) = s.get(i..).and_then(|rest| rest.chars().next()) else {
+            break;
+        };
         out.push_str(&s[start..i]);
-        start = i + ch.len_utf8();
+        i += ch.len_utf8();
+        start = i;
         match ch {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -466,7 +490,7 @@ pub fn write_str(out: &mut String, s: &str) {
             }
         }
     }
-    out.push_str(&s[start..bytes.len()]);
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -641,6 +665,47 @@ mod tests {
             to_string(&value).unwrap(),
             r#""\u00e9\ud83d\ude00\"\\\n\r\t\b\f\u0001\u007f/<>""#
         );
+    }
+
+    /// `write_str` as it was written first, by char: the byte scan must
+    /// give the same text.
+    fn write_str_by_char(s: &str) -> String {
+        let mut out = String::from('"');
+        for ch in s.chars() {
+            match ch {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                ' '..='~' => out.push(ch),
+                _ => {
+                    let mut units = [0u16; 2];
+                    for unit in ch.encode_utf16(&mut units) {
+                        push_u_escape(&mut out, *unit);
+                    }
+                }
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn the_byte_scan_escapes_every_character_as_the_char_scan_did() {
+        let mut texts: Vec<String> = (0u32..0x800)
+            .chain([0xfffd, 0xffff, 0x1_0000, 0x1_f600, 0x10_ffff])
+            .filter_map(char::from_u32)
+            .map(|c| format!("{c}a{c}{c}\"b"))
+            .collect();
+        texts.extend(["", "plain", "é", "ab\u{1F600}", "\u{7f}x", "x\u{80}"].map(String::from));
+        for text in texts {
+            let mut out = String::new();
+            write_str(&mut out, &text);
+            assert_eq!(out, write_str_by_char(&text), "{text:?}");
+        }
     }
 
     #[test]

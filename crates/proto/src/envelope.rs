@@ -667,6 +667,21 @@ impl Envelope {
 /// user use it too, so that they accept exactly what consumers accept.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
     use serde::Deserialize;
+    // Fast path: serde_json's own recursion limit (a fixed 128, below
+    // MAX_DEPTH) bounds the stack on its own, so the bracket pre-scan (an
+    // eighth of a consumer's decoding, per byte of a body mostly made of a
+    // certificate) is only needed for a body nested deeper. A body parsed
+    // here is the value the unbounded parse below gives, and nests within
+    // MAX_DEPTH; any error goes the whole way below, so what is refused,
+    // and as which kind, is unchanged.
+    const _: () = assert!(SERDE_JSON_DEPTH <= canonical::MAX_DEPTH);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    if let Ok(value) = Value::deserialize(&mut deserializer).and_then(|v| {
+        deserializer.end()?;
+        Ok(v)
+    }) {
+        return Ok(value);
+    }
     let limit = canonical::MAX_DEPTH;
     if !nesting_within(bytes, limit) {
         return Err(DecodeError::TooDeep { limit });
@@ -695,6 +710,10 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, DecodeError> {
         }
     })
 }
+
+/// serde_json's fixed recursion limit (arrays and objects), which
+/// [`parse_json`]'s fast path relies on.
+const SERDE_JSON_DEPTH: usize = 128;
 
 /// Whether arrays and objects in `bytes` nest at most `limit` deep: a
 /// single pass that counts brackets outside strings. It does not validate
@@ -971,6 +990,35 @@ mod tests {
             "[".repeat(msg_depth),
             "]".repeat(msg_depth)
         )
+    }
+
+    #[test]
+    fn bodies_around_serde_jsons_own_limit_decode_the_same_and_deep_broken_ones_are_too_deep() {
+        // parse_json's fast path stops at serde_json's limit; the body
+        // nesting just past it takes the unbounded path and decodes too.
+        for depth in SERDE_JSON_DEPTH - 3..SERDE_JSON_DEPTH + 3 {
+            let text = deep_body(depth);
+            let parsed = parse_json(text.as_bytes()).unwrap_or_else(|e| panic!("{depth}: {e}"));
+            let expected = json!({"topic": "a.b", "msg_id": "m", "msg": nested(depth)});
+            assert_eq!(parsed, expected, "depth {depth}");
+        }
+        // Too deep and broken: refused as too deep, as before the fast path
+        // (which fails on the syntax first).
+        let broken = format!(r#"{{"topic":x,"msg":{}}}"#, "[".repeat(600));
+        assert_eq!(
+            parse_json(broken.as_bytes()).unwrap_err().kind(),
+            "too_deep"
+        );
+        let broken = format!(r#"{{"topic":x,"msg":{}}}"#, "[".repeat(200));
+        assert_eq!(
+            parse_json(broken.as_bytes()).unwrap_err().kind(),
+            "not_json"
+        );
+    }
+
+    /// `1` inside `depth` arrays.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(json!(1), |inner, _| Value::Array(vec![inner]))
     }
 
     #[test]
