@@ -359,8 +359,21 @@ fn run(args: Args) -> Result<(), Failure> {
             );
         }
         if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
-            let result = python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
-                .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
+            // The Rust library's p50 on the same bus just before and just
+            // after the Python run (the main latency run above came before
+            // the throughput flood, minutes earlier): the ratio compares
+            // moments of the same machine state.
+            let rust_before = runtime.block_on(bus.latency(&recipients, samples))?;
+            let mut result =
+                python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
+                    .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
+            let rust_after = runtime.block_on(bus.latency(&recipients, samples))?;
+            if let Value::Object(map) = &mut result {
+                map.insert(
+                    "rust_p50_us_around".into(),
+                    json!([rust_before.pct(50.0), rust_after.pct(50.0)]),
+                );
+            }
             progress(format!(
                 "python package (gilmsg_rs), {k} recipient(s): {result}"
             ));
@@ -1171,7 +1184,7 @@ fn markdown(report: &Report) -> String {
     if let Some(Value::Object(package)) = j.get("python_package") {
         let _ = writeln!(
             md,
-            "\n| Python package gilmsg_rs | p50 | Rust library p50 | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
+            "\n| Python package gilmsg_rs | p50 | Rust library p50 (same bus, mean of the runs just before and after) | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
         );
         for k in ["1_recipients", "3_recipients"] {
             let Some(v) = package.get(k) else { continue };
@@ -1531,7 +1544,16 @@ fn python_package_run(
 fn python_package_ratios(mut package: serde_json::Map<String, Value>, report: &Value) -> Value {
     for (key, value) in package.iter_mut() {
         let p50 = get(value, "/p50_us");
-        let rust = get(report, &format!("/latency_warm_publish/{key}/p50_us"));
+        // The Rust runs bracketing the Python one, else the main run's.
+        let around = [
+            get(value, "/rust_p50_us_around/0"),
+            get(value, "/rust_p50_us_around/1"),
+        ];
+        let rust = if around.iter().all(|x| x.is_finite()) {
+            (around[0] + around[1]) / 2.0
+        } else {
+            get(report, &format!("/latency_warm_publish/{key}/p50_us"))
+        };
         let anchor = get(
             report,
             &format!("/python_anchor/python_publish_in_process/default/{key}/p50_us"),
