@@ -160,7 +160,8 @@ pub fn spawn_relay(name: &str, exe: &Path, timeout: Duration) -> Result<Loopback
 }
 
 /// Starts `exe __consumer --config <config> --certname <certname> <args>`
-/// as the process `name`, without waiting: start every consumer first,
+/// (without `__consumer` when `exe` is `gilmsg-consumer` itself) as the
+/// process `name`, without waiting: start every consumer first,
 /// then [`wait_consumer_ready`] for each, so they come up side by side.
 pub fn spawn_consumer(
     name: &str,
@@ -170,8 +171,12 @@ pub fn spawn_consumer(
     args: &[&str],
 ) -> Result<Proc, String> {
     let mut command = Command::new(exe);
+    // `gilmsg-consumer` itself takes no role; any other binary of ours
+    // runs its consumer role.
+    if exe.file_stem() != Some(std::ffi::OsStr::new("gilmsg-consumer")) {
+        command.arg("__consumer");
+    }
     command
-        .arg("__consumer")
         .arg("--config")
         .arg(config)
         .args(["--certname", certname])

@@ -86,6 +86,12 @@ struct Args {
     /// default (the RSS target is for the default).
     #[arg(long)]
     pub soak_dedupe_capacity: Option<usize>,
+
+    /// The soak's consumer runs this `gilmsg-consumer` binary instead of the
+    /// bench's own consumer role, so that its RSS is the shipped binary's
+    /// (the bench's binary holds every tool and maps more of itself)
+    #[arg(long, value_name = "PATH")]
+    pub consumer_exe: Option<PathBuf>,
     /// Run only these sections (comma-separated; default: all, the soak
     /// only with `--soak`).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -434,7 +440,7 @@ fn run(args: Args) -> Result<(), Failure> {
         report.json.insert(
             "soak",
             soak(
-                &exe,
+                args.consumer_exe.as_deref().unwrap_or(&exe),
                 work.path(),
                 length,
                 args.soak_dedupe_capacity,
@@ -1106,6 +1112,7 @@ fn soak(
     Ok(json!({
         "length_s": start.elapsed().as_secs(),
         "dedupe_capacity": dedupe_capacity,
+        "consumer_exe": exe.display().to_string(),
         "messages": sent,
         "samples": rows.len(),
         "msgs_per_s": sent as f64 / start.elapsed().as_secs_f64(),
@@ -1323,7 +1330,7 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
     if j.get("soak").is_some() {
         let _ = writeln!(
             md,
-            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |",
+            "\n| soak ({:.0} s, {:.0} messages, {:.0} msgs/s) | consumer | publisher |\n|---|---|---|\n| RSS at start | {:.1} MiB | |\n| steady-state RSS (median of {:.0} samples from {:.0} s on, dedupe cache full) | {:.1} MiB | {:.1} MiB |\n| of which allocated (RssAnon) / executable and libraries (RssFile) | {:.1} / {:.1} MiB | |\n| steady-state RSS, largest sample | {:.1} MiB | |\n| peak RSS (VmHWM, whole run) | {:.1} MiB | |\n| dedupe entries at the end (evicted so far) | {:.0} ({:.0}) | |\n| the consumer's binary | `{}` | |",
             get(j, "/soak/length_s"),
             get(j, "/soak/messages"),
             get(j, "/soak/msgs_per_s"),
@@ -1338,6 +1345,10 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
             get(j, "/soak/consumer_peak_rss_kib") / 1024.0,
             get(j, "/soak/consumer_dedupe_entries"),
             get(j, "/soak/consumer_dedupe_evicted"),
+            j.pointer("/soak/consumer_exe")
+                .and_then(Value::as_str)
+                .and_then(|p| Path::new(p).file_name())
+                .map_or_else(|| "?".into(), |n| n.to_string_lossy()),
         );
     }
 }
