@@ -130,6 +130,22 @@ struct Heard {
 }
 
 /// A failure of the check itself: UNKNOWN.
+/// The identities whose heartbeats are expected: `--expect`, or else
+/// every name of the config's `[endpoints]` but `relay_outbound` (as
+/// `docs/running-a-bus.md` says); `gilmsg-firehose`'s web view uses the
+/// same list.
+pub(crate) fn expected_identities(expect: &[String], config: &gilmsg::Config) -> Vec<String> {
+    if !expect.is_empty() {
+        return expect.to_vec();
+    }
+    config
+        .endpoints
+        .keys()
+        .filter(|k| k.as_str() != gilmsg::relay::RELAY_OUTBOUND)
+        .cloned()
+        .collect()
+}
+
 fn unknown(message: impl std::fmt::Display) -> (u8, String) {
     (EXIT_UNKNOWN, format!("GILMSG STATUS UNKNOWN - {message}"))
 }
@@ -192,16 +208,7 @@ fn run(args: &Args) -> Result<(u8, String), (u8, String)> {
     let late_after = args
         .late_after
         .unwrap_or(interval * 2 + Duration::from_secs(1));
-    let expected: Vec<String> = if args.expect.is_empty() {
-        config
-            .endpoints
-            .keys()
-            .filter(|k| k.as_str() != gilmsg::relay::RELAY_OUTBOUND)
-            .cloned()
-            .collect()
-    } else {
-        args.expect.clone()
-    };
+    let expected = expected_identities(&args.expect, &config);
     if expected.is_empty() {
         return Err(unknown(
             "nobody to expect: give --expect NAME or list names under [endpoints]",

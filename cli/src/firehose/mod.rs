@@ -594,16 +594,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         let interval = config.heartbeat_interval;
         let mut heartbeats = Heartbeats {
             topic: scheme.topic(HEARTBEAT_MODNAME, HEARTBEAT_TOPIC),
-            expected: if args.expect.is_empty() {
-                config
-                    .endpoints
-                    .keys()
-                    .filter(|k| k.as_str() != gilmsg::relay::RELAY_OUTBOUND)
-                    .cloned()
-                    .collect()
-            } else {
-                args.expect.clone()
-            },
+            expected: crate::status::expected_identities(&args.expect, &config),
             newest: BTreeMap::new(),
             late_after: args
                 .late_after
