@@ -365,23 +365,12 @@ fn run(args: Args) -> Result<(), Failure> {
             );
         }
         if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
-            // The Rust library's p50 on the same bus just before and just
-            // after the Python run (the main latency run above came before
-            // the throughput flood, minutes earlier): the ratio compares
-            // moments of the same machine state.
-            let rust_before = runtime.block_on(bus.latency(&recipients, samples))?;
-            let mut result =
-                python_package_run(venv, &bus, k, &recipients, samples, messages, &args)
+            let result =
+                python_package_run(venv, &bus, &runtime, &recipients, samples, messages, &args)
                     .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
-            let rust_after = runtime.block_on(bus.latency(&recipients, samples))?;
-            if let Value::Object(map) = &mut result {
-                map.insert(
-                    "rust_p50_us_around".into(),
-                    json!([rust_before.pct(50.0), rust_after.pct(50.0)]),
-                );
-            }
             progress(format!(
-                "python package (gilmsg_rs), {k} recipient(s): {result}"
+                "python package (gilmsg_rs), {k} recipient(s): {}",
+                brief_package_result(&result)
             ));
             package.insert(format!("{k}_recipients"), result);
         }
@@ -1191,7 +1180,7 @@ fn markdown(report: &Report) -> String {
     if let Some(Value::Object(package)) = j.get("python_package") {
         let _ = writeln!(
             md,
-            "\n| Python package gilmsg_rs | p50 | Rust library p50 (same bus, mean of the runs just before and after) | ratio | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|"
+            "\n| Python package gilmsg_rs | p50 | Rust library p50 (same bus, in blocks of 50 interleaved with the Python ones) | ratio | median of the block ratios | Python gilmsg p50 / ours | asyncio msg/s |\n|---|---|---|---|---|---|---|"
         );
         for k in ["1_recipients", "3_recipients"] {
             let Some(v) = package.get(k) else { continue };
@@ -1200,10 +1189,11 @@ fn markdown(report: &Report) -> String {
                 |o: Option<f64>, digits: usize| o.map_or("–".into(), |v| format!("{v:.digits$}"));
             let _ = writeln!(
                 md,
-                "| {k} | {} us | {} us | {}× | {}× | {} |",
+                "| {k} | {} us | {} us | {}× | {}× | {}× | {} |",
                 f(x("/p50_us"), 0),
                 f(x("/rust_p50_us"), 0),
                 f(x("/ratio_over_rust_p50"), 2),
+                f(x("/median_of_block_ratios"), 2),
                 f(x("/python_gilmsg_p50_over_ours"), 0),
                 f(x("/msgs_per_s"), 0),
             );
@@ -1449,9 +1439,22 @@ async fn publish_latency(
     recipients: &[String],
     samples: usize,
 ) -> Result<Summary, Failure> {
-    let warmup = latency_warmup(samples);
-    let mut results = Vec::with_capacity(samples);
-    for i in 0..samples + warmup {
+    timed_publishes(bus, topic, recipients, latency_warmup(samples)).await?;
+    Ok(Summary::new(
+        timed_publishes(bus, topic, recipients, samples).await?,
+    ))
+}
+
+/// `n` acknowledged publishes to `recipients`, one at a time: the latency
+/// of each, in µs.
+async fn timed_publishes(
+    bus: &gilmsg::Bus,
+    topic: &str,
+    recipients: &[String],
+    n: usize,
+) -> Result<Vec<f64>, Failure> {
+    let mut results = Vec::with_capacity(n);
+    for i in 0..n {
         let start = Instant::now();
         bus.publish(
             topic,
@@ -1460,11 +1463,9 @@ async fn publish_latency(
             Duration::from_secs(10),
         )
         .await?;
-        if i >= warmup {
-            results.push(micros(start.elapsed()));
-        }
+        results.push(micros(start.elapsed()));
     }
-    Ok(Summary::new(results))
+    Ok(results)
 }
 
 /// Acknowledged publishes to `recipients` with at most `window` in flight
@@ -1514,10 +1515,20 @@ async fn publish_window(
 /// `bindings/python/bench.py` with the venv's Python, publishing to the
 /// consumers of `bus` from its own endpoint: its JSON line, with the Rust
 /// library's p50 of the same bus and the ratio.
+/// Publishes per block of the interleaved Python/Rust latency comparison.
+const PACKAGE_BLOCK: usize = 50;
+
+/// The Python package on `bus` (bindings/python/bench.py): its warm
+/// `publish` latency, timed in blocks of [`PACKAGE_BLOCK`] interleaved with
+/// blocks of the Rust library's on the same bus (which goes first
+/// alternates), so both are measured in the same moments: this VM's speed
+/// drifts by a third within minutes, and a Rust run minutes apart (or even
+/// just before and after) compared a different machine. Then, for one
+/// recipient, the asyncio flood.
 fn python_package_run(
     venv: &Path,
     bus: &DirectBus,
-    k: usize,
+    runtime: &tokio::runtime::Runtime,
     recipients: &[String],
     samples: usize,
     messages: usize,
@@ -1525,7 +1536,7 @@ fn python_package_run(
 ) -> Result<Value, Failure> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bindings/python/bench.py");
     let window = args.windows.iter().copied().max().unwrap_or(128);
-    let flood = if k == 1 { messages } else { 0 };
+    let flood = if recipients.len() == 1 { messages } else { 0 };
     let mut command = Command::new(venv.join("bin/python"));
     command
         .arg(&script)
@@ -1535,18 +1546,105 @@ fn python_package_run(
         .arg(flood.to_string())
         .arg(window.to_string())
         .current_dir(bus.py_config.parent().unwrap_or(Path::new(".")))
+        .stdin(std::process::Stdio::piped())
         .env_remove("VIRTUAL_ENV")
         .env_remove("PYTHONPATH");
     let mut proc = Proc::spawn("python bench.py", command).map_err(|e| fail(e.to_string()))?;
+    let mut stdin = proc
+        .take_stdin()
+        .ok_or_else(|| fail("bench.py: no stdin pipe"))?;
     let limit = Duration::from_secs(600);
-    let line = proc.wait_stdout("{", limit).map_err(|e| {
+    let failed = |proc: &Proc, e: String| {
         fail(format!(
             "bench.py: {e}; stderr: {}",
             proc.stderr_so_far().join(" | ")
         ))
-    })?;
+    };
+    proc.wait_stdout("\"ready\"", limit)
+        .map_err(|e| failed(&proc, e))?;
+    runtime.block_on(timed_publishes(
+        &bus.bus,
+        "latency",
+        recipients,
+        latency_warmup(samples),
+    ))?;
+    let (mut python, mut rust) = (Vec::new(), Vec::new());
+    let mut round_ratios = Vec::new();
+    let rounds = samples.div_ceil(PACKAGE_BLOCK).max(1);
+    for round in 0..rounds {
+        let mut python_block = || -> Result<Vec<f64>, Failure> {
+            use std::io::Write as _;
+            writeln!(stdin, "block {PACKAGE_BLOCK}")
+                .map_err(|e| failed(&proc, format!("cannot write to its stdin: {e}")))?;
+            let line = proc
+                .wait_stdout("\"block\"", limit)
+                .map_err(|e| failed(&proc, e))?;
+            let parsed: Value = serde_json::from_str(&line)
+                .map_err(|e| failed(&proc, format!("printed {line:?}: {e}")))?;
+            parsed
+                .get("block")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .ok_or_else(|| failed(&proc, format!("printed {line:?}")))
+        };
+        let rust_block = || {
+            runtime.block_on(timed_publishes(
+                &bus.bus,
+                "latency",
+                recipients,
+                PACKAGE_BLOCK,
+            ))
+        };
+        let (p, r) = if round % 2 == 0 {
+            let p = python_block()?;
+            (p, rust_block()?)
+        } else {
+            let r = rust_block()?;
+            (python_block()?, r)
+        };
+        round_ratios.push(Summary::new(p.clone()).pct(50.0) / Summary::new(r.clone()).pct(50.0));
+        python.extend(p);
+        rust.extend(r);
+    }
+    {
+        use std::io::Write as _;
+        writeln!(stdin, "end")
+            .map_err(|e| failed(&proc, format!("cannot write to its stdin: {e}")))?;
+    }
+    drop(stdin);
+    let line = proc.wait_stdout("{", limit).map_err(|e| failed(&proc, e))?;
     let _ = proc.wait_timeout(Duration::from_secs(30));
-    serde_json::from_str(&line).map_err(|e| fail(format!("bench.py printed {line:?}: {e}")))
+    let mut result: Value =
+        serde_json::from_str(&line).map_err(|e| failed(&proc, format!("printed {line:?}: {e}")))?;
+    let (python, rust) = (Summary::new(python), Summary::new(rust));
+    if let Value::Object(map) = &mut result {
+        map.insert("samples".into(), json!(python.samples.len()));
+        map.insert("block".into(), json!(PACKAGE_BLOCK));
+        map.insert("p50_us".into(), json!(python.pct(50.0)));
+        map.insert("p90_us".into(), json!(python.pct(90.0)));
+        map.insert("p99_us".into(), json!(python.pct(99.0)));
+        map.insert("rust_interleaved".into(), rust.json());
+        map.insert(
+            "median_of_block_ratios".into(),
+            json!(Summary::new(round_ratios).pct(50.0)),
+        );
+    }
+    Ok(result)
+}
+
+/// One line for the progress log: the package's p50 against the Rust
+/// library's interleaved with it.
+fn brief_package_result(result: &Value) -> String {
+    if let Some(status) = result.get("status").and_then(Value::as_str) {
+        return status.to_owned();
+    }
+    format!(
+        "p50 {:.0} us, Rust interleaved {:.0} us (median of block ratios {:.2}), asyncio {:.0} msg/s",
+        get(result, "/p50_us"),
+        get(result, "/rust_interleaved/p50_us"),
+        get(result, "/median_of_block_ratios"),
+        get(result, "/msgs_per_s"),
+    )
 }
 
 /// The package's numbers with their ratios: p50 over the Rust library's
@@ -1555,13 +1653,11 @@ fn python_package_run(
 fn python_package_ratios(mut package: serde_json::Map<String, Value>, report: &Value) -> Value {
     for (key, value) in package.iter_mut() {
         let p50 = get(value, "/p50_us");
-        // The Rust runs bracketing the Python one, else the main run's.
-        let around = [
-            get(value, "/rust_p50_us_around/0"),
-            get(value, "/rust_p50_us_around/1"),
-        ];
-        let rust = if around.iter().all(|x| x.is_finite()) {
-            (around[0] + around[1]) / 2.0
+        // The Rust blocks interleaved with the Python ones, else the main
+        // run's.
+        let interleaved = get(value, "/rust_interleaved/p50_us");
+        let rust = if interleaved.is_finite() {
+            interleaved
         } else {
             get(report, &format!("/latency_warm_publish/{key}/p50_us"))
         };
