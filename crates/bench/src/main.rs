@@ -1512,9 +1512,6 @@ async fn publish_window(
     Ok(messages as f64 / start.elapsed().as_secs_f64())
 }
 
-/// `bindings/python/bench.py` with the venv's Python, publishing to the
-/// consumers of `bus` from its own endpoint: its JSON line, with the Rust
-/// library's p50 of the same bus and the ratio.
 /// Publishes per block of the interleaved Python/Rust latency comparison.
 const PACKAGE_BLOCK: usize = 50;
 
@@ -1524,7 +1521,8 @@ const PACKAGE_BLOCK: usize = 50;
 /// alternates), so both are measured in the same moments: this VM's speed
 /// drifts by a third within minutes, and a Rust run minutes apart (or even
 /// just before and after) compared a different machine. Then, for one
-/// recipient, the asyncio flood.
+/// recipient, the asyncio flood. `bench.py` runs with the venv's Python
+/// and publishes to the consumers of `bus` from its own endpoint.
 fn python_package_run(
     venv: &Path,
     bus: &DirectBus,
@@ -1560,6 +1558,11 @@ fn python_package_run(
             proc.stderr_so_far().join(" | ")
         ))
     };
+    let tell = |stdin: &mut std::process::ChildStdin, proc: &Proc, line: &str| {
+        use std::io::Write as _;
+        writeln!(stdin, "{line}")
+            .map_err(|e| failed(proc, format!("cannot write to its stdin: {e}")))
+    };
     proc.wait_stdout("\"ready\"", limit)
         .map_err(|e| failed(&proc, e))?;
     runtime.block_on(timed_publishes(
@@ -1573,9 +1576,7 @@ fn python_package_run(
     let rounds = samples.div_ceil(PACKAGE_BLOCK).max(1);
     for round in 0..rounds {
         let mut python_block = || -> Result<Vec<f64>, Failure> {
-            use std::io::Write as _;
-            writeln!(stdin, "block {PACKAGE_BLOCK}")
-                .map_err(|e| failed(&proc, format!("cannot write to its stdin: {e}")))?;
+            tell(&mut stdin, &proc, &format!("block {PACKAGE_BLOCK}"))?;
             let line = proc
                 .wait_stdout("\"block\"", limit)
                 .map_err(|e| failed(&proc, e))?;
@@ -1602,15 +1603,11 @@ fn python_package_run(
             let r = rust_block()?;
             (python_block()?, r)
         };
-        round_ratios.push(Summary::new(p.clone()).pct(50.0) / Summary::new(r.clone()).pct(50.0));
-        python.extend(p);
-        rust.extend(r);
+        python.extend_from_slice(&p);
+        rust.extend_from_slice(&r);
+        round_ratios.push(Summary::new(p).pct(50.0) / Summary::new(r).pct(50.0));
     }
-    {
-        use std::io::Write as _;
-        writeln!(stdin, "end")
-            .map_err(|e| failed(&proc, format!("cannot write to its stdin: {e}")))?;
-    }
+    tell(&mut stdin, &proc, "end")?;
     drop(stdin);
     let line = proc.wait_stdout("{", limit).map_err(|e| failed(&proc, e))?;
     let _ = proc.wait_timeout(Duration::from_secs(30));
