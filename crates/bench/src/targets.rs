@@ -239,14 +239,14 @@ pub fn markdown(report: &Value) -> String {
     // decomposition to print.
     if get(t, "/one_recipient_p50/p50_us").is_finite() {
         let _ = writeln!(
-        md,
-        "\n1 recipient, p50 {:.0} µs = RTT {:.0} + 2S + 2V {:.0} + two thread hand-offs ≈ {:.0} (plain publish p50 less one signature) + the rest {:.0} µs.",
-        get(t, "/one_recipient_p50/p50_us"),
-        get(t, "/one_recipient_p50/rtt_us"),
-        get(t, "/one_recipient_p50/crypto_us"),
-        get(t, "/one_recipient_p50/handoffs_us"),
-        get(t, "/one_recipient_p50/rest_us"),
-    );
+            md,
+            "\n1 recipient, p50 {:.0} µs = RTT {:.0} + 2S + 2V {:.0} + two thread hand-offs ≈ {:.0} (plain publish p50 less one signature) + the rest {:.0} µs.",
+            get(t, "/one_recipient_p50/p50_us"),
+            get(t, "/one_recipient_p50/rtt_us"),
+            get(t, "/one_recipient_p50/crypto_us"),
+            get(t, "/one_recipient_p50/handoffs_us"),
+            get(t, "/one_recipient_p50/rest_us"),
+        );
     }
     if get(t, "/transport_floor/cpu_us_per_msg").is_finite() {
         let _ = writeln!(
