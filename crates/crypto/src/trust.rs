@@ -60,8 +60,8 @@ use std::sync::{Arc, Mutex, RwLock, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use gilmsg_proto::{Digest, VerifiedSigner, Verifier, VerifyError};
-use ring::signature::{UnparsedPublicKey, ED25519, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
+use gilmsg_proto::{Digest, SignedItem, VerifiedSigner, Verifier, VerifyError};
+use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY};
 use x509_parser::num_bigint::BigUint;
 use x509_parser::oid_registry::{OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519};
 use x509_parser::prelude::FromDer as _;
@@ -107,9 +107,10 @@ impl TrustedCa {
     }
 }
 
-/// The public key of a validated certificate, ready for ring.
+/// The public key of a validated certificate, ready to verify with.
 enum PublicKey {
-    Ed25519(Vec<u8>),
+    /// Decompressed once, when the chain is validated (about 5 us a time).
+    Ed25519(ed25519_dalek::VerifyingKey),
     /// DER `RSAPublicKey`, as ring's RSA verifiers take it.
     Rsa(Vec<u8>),
     Unsupported(String),
@@ -541,7 +542,7 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
     let spki = cert.public_key();
     let key_bytes = spki.subject_public_key.data.to_vec();
     let key = if spki.algorithm.algorithm == OID_SIG_ED25519 {
-        PublicKey::Ed25519(key_bytes)
+        ed25519_key(&key_bytes)
     } else if spki.algorithm.algorithm == OID_PKCS1_RSAENCRYPTION {
         match spki.parsed() {
             Ok(x509_parser::public_key::PublicKey::RSA(rsa))
@@ -566,6 +567,19 @@ fn validate(cas: &[TrustedCa], der: &[u8]) -> std::result::Result<Validated, Ver
         serial: cert.serial.to_bytes_be(),
         key,
     })
+}
+
+/// A certificate's Ed25519 key, or why no signature by it is accepted: not
+/// a point on the curve, or a point of small order (with such a key, one
+/// signature verifies for every message, so anyone could forge one).
+fn ed25519_key(bytes: &[u8]) -> PublicKey {
+    match ed25519_dalek::VerifyingKey::try_from(bytes) {
+        Ok(key) if key.is_weak() => {
+            PublicKey::Unsupported("an Ed25519 key of small order (weak)".to_owned())
+        }
+        Ok(key) => PublicKey::Ed25519(key),
+        Err(_) => PublicKey::Unsupported("an Ed25519 key that is not a curve point".to_owned()),
+    }
 }
 
 /// The issuer through which the certificate is valid at `now` (the first
@@ -799,10 +813,80 @@ impl TrustStore {
         canonical: &[u8],
         now: SystemTime,
     ) -> std::result::Result<VerifiedSigner, VerifyError> {
+        self.refresh_crl_if_due();
+        let pending = self.prepare(scheme, certificate, signature, now)?;
+        if pending.check.verifies(canonical) {
+            Ok(self.accept(pending, certificate))
+        } else {
+            Err(VerifyError::BadSignature(pending.v.name.clone()))
+        }
+    }
+
+    /// [`Verifier::verify_many`] as of `now` rather than the system clock.
+    ///
+    /// Every certificate is checked as [`TrustStore::verify_at`] checks it;
+    /// the Ed25519 signatures among them are then checked together, with
+    /// one batch verification (ed25519-dalek's `verify_batch`: about 22 us
+    /// a signature for 8 or more, against 40 one at a time). When the batch
+    /// fails, each is checked alone, so one bad signature costs the batch,
+    /// never a good neighbour's verdict. A batch accepts what a single
+    /// check accepts, except signatures made with torsion components,
+    /// which only the key's holder can make: it cannot be forged into.
+    pub fn verify_many_at(
+        &self,
+        items: &[SignedItem<'_>],
+        now: SystemTime,
+    ) -> Vec<std::result::Result<VerifiedSigner, VerifyError>> {
+        self.refresh_crl_if_due();
+        let pending: Vec<_> = items
+            .iter()
+            .map(|i| self.prepare(i.scheme, i.certificate, i.signature, now))
+            .collect();
+        let mut messages = Vec::new();
+        let mut signatures = Vec::new();
+        let mut keys = Vec::new();
+        for (item, pending) in items.iter().zip(&pending) {
+            if let Ok(Pending {
+                check: Check::Ed25519(key, signature),
+                ..
+            }) = pending
+            {
+                messages.push(item.canonical);
+                signatures.push(*signature);
+                keys.push(*key);
+            }
+        }
+        let batch_verified =
+            keys.len() >= 2 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+        items
+            .iter()
+            .zip(pending)
+            .map(|(item, pending)| {
+                let pending = pending?;
+                let batched = batch_verified && matches!(pending.check, Check::Ed25519(..));
+                if batched || pending.check.verifies(item.canonical) {
+                    Ok(self.accept(pending, item.certificate))
+                } else {
+                    Err(VerifyError::BadSignature(pending.v.name.clone()))
+                }
+            })
+            .collect()
+    }
+
+    /// Everything about a signature but the signature itself: the scheme,
+    /// the certificate (its chain, from the caches when it proved itself
+    /// before), its validity now and its revocation, and the signature's
+    /// encoding.
+    fn prepare(
+        &self,
+        scheme: &str,
+        certificate: &str,
+        signature: &str,
+        now: SystemTime,
+    ) -> std::result::Result<Pending, VerifyError> {
         if scheme != SCHEME_ED25519 && scheme != SCHEME_X509 {
             return Err(VerifyError::UnknownScheme(scheme.to_owned()));
         }
-        self.refresh_crl_if_due();
         // `Some(key)` when the certificate came the long way and its text
         // is to be remembered once the signature verifies; `fresh` when its
         // chain was validated just now.
@@ -825,44 +909,82 @@ impl TrustStore {
         self.check_revocation(&v, issuer.ca, now)?;
 
         let sig = decode_b64(signature).map_err(|e| malformed_sig(format!("bad base64: {e}")))?;
-        let ok = match (scheme, &v.key) {
-            (SCHEME_ED25519, PublicKey::Ed25519(pk)) => {
-                if sig.len() != 64 {
-                    return Err(malformed_sig(format!(
-                        "Ed25519 signature is {} bytes, not 64",
-                        sig.len()
-                    )));
-                }
-                UnparsedPublicKey::new(&ED25519, pk)
-                    .verify(canonical, &sig)
-                    .is_ok()
+        let check = match (scheme, &v.key) {
+            (SCHEME_ED25519, PublicKey::Ed25519(key)) => {
+                let sig = <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| {
+                    malformed_sig(format!("Ed25519 signature is {} bytes, not 64", sig.len()))
+                })?;
+                Check::Ed25519(*key, ed25519_dalek::Signature::from_bytes(&sig))
             }
-            (SCHEME_X509, PublicKey::Rsa(pk)) => {
-                UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, pk)
-                    .verify(canonical, &sig)
-                    .is_ok()
-            }
+            (SCHEME_X509, PublicKey::Rsa(_)) => Check::Rsa(Arc::clone(&v), sig),
             (_, PublicKey::Unsupported(what)) => {
                 return Err(malformed_cert(format!("unsupported public key: {what}")))
             }
             // The scheme and the certificate's key kind disagree: no
             // signature can be valid.
-            _ => false,
+            _ => Check::Mismatch,
         };
-        if !ok {
-            return Err(VerifyError::BadSignature(v.name.clone()));
-        }
-        // Only now has the certificate proved itself: a forged message
-        // carrying someone's certificate never gets it cached.
-        if let Some(key) = long_way {
-            if fresh {
-                self.cache.insert(key, Arc::clone(&v));
-            }
-            self.by_text.insert(certificate.to_owned(), Arc::clone(&v));
-        }
-        Ok(VerifiedSigner {
-            name: v.name.clone(),
+        Ok(Pending {
+            v,
+            long_way,
+            fresh,
+            check,
         })
+    }
+
+    /// A signature that verified: its certificate is remembered (only now
+    /// has it proved itself: a forged message carrying someone's
+    /// certificate never gets it cached), and its signer named.
+    fn accept(&self, pending: Pending, certificate: &str) -> VerifiedSigner {
+        if let Some(key) = pending.long_way {
+            if pending.fresh {
+                self.cache.insert(key, Arc::clone(&pending.v));
+            }
+            self.by_text
+                .insert(certificate.to_owned(), Arc::clone(&pending.v));
+        }
+        VerifiedSigner {
+            name: pending.v.name.clone(),
+        }
+    }
+}
+
+/// A signature whose certificate checked out, not yet checked itself.
+struct Pending {
+    v: Arc<Validated>,
+    /// The certificate's cache key, when it came the long way.
+    long_way: Option<Digest>,
+    /// Whether its chain was validated just now.
+    fresh: bool,
+    check: Check,
+}
+
+/// The one check left: the signature against the certificate's key.
+enum Check {
+    Ed25519(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature),
+    /// RSA-SHA1 (fedmsg's `x509`), by the certificate's key.
+    Rsa(Arc<Validated>, Vec<u8>),
+    /// The scheme and the key's kind disagree: nothing verifies.
+    Mismatch,
+}
+
+impl Check {
+    /// Whether the signature is good over `canonical`.
+    fn verifies(&self, canonical: &[u8]) -> bool {
+        match self {
+            Check::Ed25519(key, signature) => {
+                ed25519_dalek::Verifier::verify(key, canonical, signature).is_ok()
+            }
+            Check::Rsa(v, signature) => match &v.key {
+                PublicKey::Rsa(pk) => {
+                    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, pk)
+                        .verify(canonical, signature)
+                        .is_ok()
+                }
+                _ => false,
+            },
+            Check::Mismatch => false,
+        }
     }
 }
 
@@ -875,5 +997,12 @@ impl Verifier for TrustStore {
         canonical: &[u8],
     ) -> std::result::Result<VerifiedSigner, VerifyError> {
         self.verify_at(scheme, certificate, signature, canonical, SystemTime::now())
+    }
+
+    fn verify_many(
+        &self,
+        items: &[SignedItem<'_>],
+    ) -> Vec<std::result::Result<VerifiedSigner, VerifyError>> {
+        self.verify_many_at(items, SystemTime::now())
     }
 }

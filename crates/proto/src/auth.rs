@@ -3,7 +3,7 @@
 //! The protocol core decides *what* is signed (the canonical JSON of a body
 //! without `signature` and `certificate`) and what a verified signer may do; it
 //! does not know how keys or certificates work. Those live behind [`Signer`]
-//! and [`Verifier`], implemented by `gilmsg-crypto` (Ed25519 with ring, and
+//! and [`Verifier`], implemented by `gilmsg-crypto` (Ed25519, and
 //! fedmsg's RSA/X.509 scheme). Keeping the traits here lets this crate be
 //! tested and fuzzed with no key material at all.
 
@@ -33,6 +33,38 @@ pub trait Verifier: Send + Sync {
         signature: &str,
         canonical: &[u8],
     ) -> Result<VerifiedSigner, VerifyError>;
+
+    /// [`Verifier::verify`] for several signatures at once, one result per
+    /// item, in order, each what `verify` would have said of it. A verifier
+    /// that can check many signatures for less than one each (Ed25519 batch
+    /// verification) overrides this; the default checks them in turn.
+    fn verify_many(&self, items: &[SignedItem<'_>]) -> Vec<Result<VerifiedSigner, VerifyError>> {
+        items
+            .iter()
+            .map(|item| {
+                self.verify(
+                    item.scheme,
+                    item.certificate,
+                    item.signature,
+                    item.canonical,
+                )
+            })
+            .collect()
+    }
+}
+
+/// One signature to check with [`Verifier::verify_many`]: the arguments of
+/// [`Verifier::verify`].
+#[derive(Debug, Clone, Copy)]
+pub struct SignedItem<'a> {
+    /// The value of the body's `crypto` field.
+    pub scheme: &'a str,
+    /// The value of the body's `certificate` field.
+    pub certificate: &'a str,
+    /// The value of the body's `signature` field.
+    pub signature: &'a str,
+    /// The bytes that were signed.
+    pub canonical: &'a [u8],
 }
 
 /// A signer whose signature and certificate checked out.

@@ -57,7 +57,7 @@ mod testing;
 pub mod validate;
 
 pub use ack::{AckBody, AckCollector, AckEntry, AckOutcome, AckRecord, DigestClaim};
-pub use auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
+pub use auth::{SignError, SignedItem, Signer, VerifiedSigner, Verifier, VerifyError};
 pub use consumer::{Arrival, ConsumerSettings, ConsumerState, Outcome};
 pub use digest::Digest;
 pub use envelope::{DecodeError, Draft, Envelope, Sealed, SignedPart, TopicScheme};

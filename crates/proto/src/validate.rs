@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::auth::{Verifier, VerifyError};
+use crate::auth::{SignedItem, VerifiedSigner, Verifier, VerifyError};
 use crate::canonical::CanonicalError;
 use crate::envelope::{Envelope, SignedPart};
 use crate::policy::{PolicyError, RoutingPolicy};
@@ -111,38 +111,108 @@ impl Validator {
         message: &Envelope,
         signed: &SignedPart,
     ) -> Result<Validated, Rejection> {
-        let (Some(scheme), Some(signature), Some(certificate)) = (
-            message.crypto(),
-            message.str_field("signature"),
-            message.str_field("certificate"),
-        ) else {
-            return Err(Rejection::Unsigned);
-        };
-        let (signer, unsigned_gilmsg_version) =
-            match self
-                .verifier
-                .verify(scheme, certificate, signature, signed.as_str().as_bytes())
+        let item = signed_item(message, signed)?;
+        let verdict = self.verifier.verify(
+            item.scheme,
+            item.certificate,
+            item.signature,
+            item.canonical,
+        );
+        self.settle(message, signed, &item, verdict)
+    }
+
+    /// [`Validator::validate_signed`] for several messages at once, one
+    /// verdict per message, in order, each what `validate_signed` would
+    /// have said of it. The signatures go to the verifier together
+    /// ([`Verifier::verify_many`]), which checks a batch of Ed25519
+    /// signatures for about half the cost of checking them one by one.
+    pub fn validate_many(
+        &self,
+        messages: &[(&Envelope, &SignedPart)],
+    ) -> Vec<Result<Validated, Rejection>> {
+        let items: Vec<_> = messages
+            .iter()
+            .map(|(message, signed)| signed_item(message, signed))
+            .collect();
+        let signed_items: Vec<SignedItem<'_>> = items
+            .iter()
+            .filter_map(|item| item.as_ref().ok())
+            .copied()
+            .collect();
+        let mut verdicts = self.verifier.verify_many(&signed_items).into_iter();
+        messages
+            .iter()
+            .zip(items)
+            .map(|((message, signed), item)| {
+                let item = item?;
+                // A verifier that answered fewer items than asked is
+                // asked again, one at a time, for the rest.
+                let verdict = verdicts.next().unwrap_or_else(|| {
+                    self.verifier.verify(
+                        item.scheme,
+                        item.certificate,
+                        item.signature,
+                        item.canonical,
+                    )
+                });
+                self.settle(message, signed, &item, verdict)
+            })
+            .collect()
+    }
+
+    /// A verifier's verdict on `message` made final: the one retry Python
+    /// gilmsg's unsigned `gilmsg_version` needs, then the routing policy.
+    fn settle(
+        &self,
+        message: &Envelope,
+        signed: &SignedPart,
+        item: &SignedItem<'_>,
+        verdict: Result<VerifiedSigner, VerifyError>,
+    ) -> Result<Validated, Rejection> {
+        let (signer, unsigned_gilmsg_version) = match verdict {
+            Ok(signer) => (signer, false),
+            Err(VerifyError::BadSignature(who))
+                if self.accept_unsigned_gilmsg_version && message.wants_ack() =>
             {
-                Ok(signer) => (signer, false),
-                Err(VerifyError::BadSignature(who))
-                    if self.accept_unsigned_gilmsg_version && message.wants_ack() =>
-                {
-                    let legacy = signed.without_gilmsg_version();
-                    match self
-                        .verifier
-                        .verify(scheme, certificate, signature, legacy.as_bytes())
-                    {
-                        Ok(signer) => (signer, true),
-                        Err(_) => return Err(VerifyError::BadSignature(who).into()),
-                    }
+                let legacy = signed.without_gilmsg_version();
+                match self.verifier.verify(
+                    item.scheme,
+                    item.certificate,
+                    item.signature,
+                    legacy.as_bytes(),
+                ) {
+                    Ok(signer) => (signer, true),
+                    Err(_) => return Err(VerifyError::BadSignature(who).into()),
                 }
-                Err(e) => return Err(e.into()),
-            };
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.policy.check(message.topic(), &signer.name)?;
         Ok(Validated {
             signer: Some(signer.name),
             unsigned_gilmsg_version,
         })
+    }
+}
+
+/// What a verifier needs of a message: its `crypto`, `signature` and
+/// `certificate` fields and its signed text, or [`Rejection::Unsigned`].
+fn signed_item<'a>(
+    message: &'a Envelope,
+    signed: &'a SignedPart,
+) -> Result<SignedItem<'a>, Rejection> {
+    match (
+        message.crypto(),
+        message.str_field("signature"),
+        message.str_field("certificate"),
+    ) {
+        (Some(scheme), Some(signature), Some(certificate)) => Ok(SignedItem {
+            scheme,
+            certificate,
+            signature,
+            canonical: signed.as_str().as_bytes(),
+        }),
+        _ => Err(Rejection::Unsigned),
     }
 }
 
@@ -246,5 +316,88 @@ mod tests {
             validator(false).validate(&tampered).unwrap_err().kind(),
             "bad_signature"
         );
+    }
+
+    /// `validate_many` says of each message what `validate_signed` says
+    /// of it alone, in order, whatever its neighbours: good, refused by
+    /// policy, unsigned, Python gilmsg's unsigned `gilmsg_version`,
+    /// tampered. Also with a verifier that answers fewer items than asked.
+    #[test]
+    fn validate_many_answers_each_as_validate_signed_does() {
+        let legacy = {
+            let mut body = message(false, Some(&Toy("alice"))).to_value();
+            body["gilmsg_version"] = json!("0.1.2");
+            let frames = [b"t.a".to_vec(), serde_json::to_vec(&body).unwrap()];
+            Envelope::decode(&frames, 1 << 20).unwrap()
+        };
+        let tampered = {
+            let mut body = message(true, Some(&Toy("alice"))).to_value();
+            body["msg"] = json!({"x": 22});
+            let frames = [b"t.a".to_vec(), serde_json::to_vec(&body).unwrap()];
+            Envelope::decode(&frames, 1 << 20).unwrap()
+        };
+        let messages = [
+            message(true, Some(&Toy("alice"))),
+            message(true, Some(&Toy("bob"))),
+            message(true, None),
+            legacy,
+            tampered,
+            message(false, Some(&Toy("alice"))),
+        ];
+        let signed: Vec<_> = messages.iter().map(|m| m.signed_part().unwrap()).collect();
+        let pairs: Vec<_> = messages.iter().zip(&signed).collect();
+
+        /// Answers only the first item of a batch.
+        struct Terse;
+        impl Verifier for Terse {
+            fn verify(
+                &self,
+                scheme: &str,
+                cert: &str,
+                sig: &str,
+                canonical: &[u8],
+            ) -> Result<VerifiedSigner, VerifyError> {
+                ToyVerifier.verify(scheme, cert, sig, canonical)
+            }
+            fn verify_many(
+                &self,
+                items: &[SignedItem<'_>],
+            ) -> Vec<Result<VerifiedSigner, VerifyError>> {
+                let first = items
+                    .first()
+                    .map(|i| self.verify(i.scheme, i.certificate, i.signature, i.canonical));
+                first.into_iter().collect()
+            }
+        }
+        let rules = HashMap::from([("t.a".to_string(), vec!["alice".to_string()])]);
+        let terse = Validator::new(Arc::new(Terse), RoutingPolicy::new(rules, false));
+        for v in [validator(false), terse] {
+            let many = v.validate_many(&pairs);
+            let one: Vec<_> = pairs.iter().map(|(m, s)| v.validate_signed(m, s)).collect();
+            assert_eq!(many, one);
+            let kinds: Vec<_> = many
+                .iter()
+                .map(|r| {
+                    r.as_ref().map_or_else(Rejection::kind, |ok| {
+                        if ok.unsigned_gilmsg_version {
+                            "legacy"
+                        } else {
+                            "ok"
+                        }
+                    })
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    "ok",
+                    "policy_not_allowed",
+                    "unsigned",
+                    "legacy",
+                    "bad_signature",
+                    "ok"
+                ]
+            );
+        }
     }
 }
