@@ -9,6 +9,7 @@ use gilmsg_testkit::bins;
 use gilmsg_testkit::fixture::wait_publisher;
 use gilmsg_testkit::raw::RawPub;
 use gilmsg_testkit::{forge, within_async, Bus};
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -275,4 +276,97 @@ fn control_characters_surrogates_and_deep_bodies_are_refused_each_with_its_reaso
         );
         assert_eq!(consumer.next_stdout(Duration::from_millis(200)), None);
     })
+}
+
+/// A consumer that takes a burst of messages off its socket at once checks
+/// their signatures in one batch; each message still gets the verdict it
+/// would get alone. The consumers are paused (SIGSTOP) while the burst is
+/// sent, so that it waits for them whole: forged messages among good ones
+/// are refused alone, the good ones around them delivered, a copy sent
+/// twice in the burst delivered once.
+#[test]
+fn forged_messages_in_a_burst_are_refused_alone_and_their_neighbours_delivered() {
+    within_async(LIMIT, || async {
+        let bus = Bus::start(bins!(), &NAMES);
+        let consumers = bus.consumers(&NAMES, &[]);
+        let publisher = bus.publisher();
+        publish_to_all(&bus, &publisher, 1).await;
+        let forwarded = bus.relay_stats().get("relay.forwarded");
+        for c in &consumers {
+            signal(c, Signal::SIGSTOP);
+        }
+
+        let raw = RawPub::connect(&bus.inbound);
+        let topic = bus.topic("burst");
+        let signer = bus.identity("c1");
+        let good: Vec<_> = (0..8)
+            .map(|n| forge::message(&topic, json!({"n": n}), true, Some(&signer)))
+            .collect();
+        let forged = |n: usize| {
+            forge::tampered(&good[n], |b| {
+                b["msg"] = json!({"n": 100 + n});
+            })
+        };
+        let unsigned = forge::message(&topic, json!({"n": -1}), true, None);
+        let burst = [
+            forge::frames(&good[0]),
+            forge::frames(&good[1]),
+            forged(1),
+            forge::frames(&good[2]),
+            forge::frames(&unsigned),
+            forge::frames(&good[3]),
+            forge::frames(&good[0]),
+            forged(4),
+            forge::frames(&good[4]),
+            forge::frames(&good[5]),
+            forge::frames(&good[6]),
+            forge::frames(&good[7]),
+        ];
+        for frames in &burst {
+            raw.send(frames);
+        }
+        let sent = burst.len() as u64;
+        bus.relay().wait_stats(
+            "gilmsg-relay: stats",
+            "the burst relayed",
+            Duration::from_secs(10),
+            |s| s.get("relay.forwarded") >= forwarded + sent,
+        );
+        for c in &consumers {
+            signal(c, Signal::SIGCONT);
+        }
+
+        for c in &consumers {
+            // Every message of the burst decided (ACKs of the other
+            // consumer count as received too).
+            let stats = c.wait_stats("the burst", Duration::from_secs(10), |s| {
+                s.get("message.delivered") + s.sum("rejected.") + s.sum("duplicate.") > sent
+            });
+            assert_eq!(
+                stats.get("rejected.bad_signature"),
+                2,
+                "{}: {stats}",
+                c.name
+            );
+            assert_eq!(stats.get("rejected.unsigned"), 1, "{}: {stats}", c.name);
+            assert_eq!(stats.sum("duplicate."), 1, "{}: {stats}", c.name);
+            // The first publish and the eight good ones.
+            assert_eq!(stats.get("message.delivered"), 9, "{}: {stats}", c.name);
+            // The burst was checked in batches, not one by one.
+            assert!(
+                stats.get("signature.batched") >= 2,
+                "{}: no batch in {stats}",
+                c.name
+            );
+            for message in &good {
+                c.wait_stdout(message.msg_id(), Duration::from_secs(5));
+            }
+        }
+    })
+}
+
+/// Sends `sig` to a consumer process.
+fn signal(consumer: &gilmsg_testkit::Consumer, sig: Signal) {
+    let pid = nix::unistd::Pid::from_raw(consumer.pid() as i32);
+    nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("{sig} to {}: {e}", consumer.name));
 }

@@ -815,7 +815,7 @@ impl TrustStore {
     ) -> std::result::Result<VerifiedSigner, VerifyError> {
         self.refresh_crl_if_due();
         let pending = self.prepare(scheme, certificate, signature, now)?;
-        if pending.check.verifies(canonical) {
+        if pending.verifies(canonical) {
             Ok(self.accept(pending, certificate))
         } else {
             Err(VerifyError::BadSignature(pending.v.name.clone()))
@@ -847,13 +847,16 @@ impl TrustStore {
         let mut keys = Vec::new();
         for (item, pending) in items.iter().zip(&pending) {
             if let Ok(Pending {
-                check: Check::Ed25519(key, signature),
+                v,
+                check: Check::Ed25519(signature),
                 ..
             }) = pending
             {
-                messages.push(item.canonical);
-                signatures.push(*signature);
-                keys.push(*key);
+                if let PublicKey::Ed25519(key) = &v.key {
+                    messages.push(item.canonical);
+                    signatures.push(*signature);
+                    keys.push(*key);
+                }
             }
         }
         let batch_verified =
@@ -864,7 +867,7 @@ impl TrustStore {
             .map(|(item, pending)| {
                 let pending = pending?;
                 let batched = batch_verified && matches!(pending.check, Check::Ed25519(..));
-                if batched || pending.check.verifies(item.canonical) {
+                if batched || pending.verifies(item.canonical) {
                     Ok(self.accept(pending, item.certificate))
                 } else {
                     Err(VerifyError::BadSignature(pending.v.name.clone()))
@@ -910,13 +913,13 @@ impl TrustStore {
 
         let sig = decode_b64(signature).map_err(|e| malformed_sig(format!("bad base64: {e}")))?;
         let check = match (scheme, &v.key) {
-            (SCHEME_ED25519, PublicKey::Ed25519(key)) => {
+            (SCHEME_ED25519, PublicKey::Ed25519(_)) => {
                 let sig = <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| {
                     malformed_sig(format!("Ed25519 signature is {} bytes, not 64", sig.len()))
                 })?;
-                Check::Ed25519(*key, ed25519_dalek::Signature::from_bytes(&sig))
+                Check::Ed25519(ed25519_dalek::Signature::from_bytes(&sig))
             }
-            (SCHEME_X509, PublicKey::Rsa(_)) => Check::Rsa(Arc::clone(&v), sig),
+            (SCHEME_X509, PublicKey::Rsa(_)) => Check::Rsa(sig),
             (_, PublicKey::Unsupported(what)) => {
                 return Err(malformed_cert(format!("unsupported public key: {what}")))
             }
@@ -959,31 +962,29 @@ struct Pending {
     check: Check,
 }
 
-/// The one check left: the signature against the certificate's key.
+/// The one check left: the signature, by the certificate's key.
 enum Check {
-    Ed25519(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature),
-    /// RSA-SHA1 (fedmsg's `x509`), by the certificate's key.
-    Rsa(Arc<Validated>, Vec<u8>),
+    /// Ed25519 (the certificate's key is Ed25519).
+    Ed25519(ed25519_dalek::Signature),
+    /// RSA-SHA1, fedmsg's `x509` (the certificate's key is RSA).
+    Rsa(Vec<u8>),
     /// The scheme and the key's kind disagree: nothing verifies.
     Mismatch,
 }
 
-impl Check {
-    /// Whether the signature is good over `canonical`.
+impl Pending {
+    /// Whether the signature is good over `canonical`, checked alone.
     fn verifies(&self, canonical: &[u8]) -> bool {
-        match self {
-            Check::Ed25519(key, signature) => {
+        match (&self.check, &self.v.key) {
+            (Check::Ed25519(signature), PublicKey::Ed25519(key)) => {
                 ed25519_dalek::Verifier::verify(key, canonical, signature).is_ok()
             }
-            Check::Rsa(v, signature) => match &v.key {
-                PublicKey::Rsa(pk) => {
-                    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, pk)
-                        .verify(canonical, signature)
-                        .is_ok()
-                }
-                _ => false,
-            },
-            Check::Mismatch => false,
+            (Check::Rsa(signature), PublicKey::Rsa(key)) => {
+                UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY, key)
+                    .verify(canonical, signature)
+                    .is_ok()
+            }
+            _ => false,
         }
     }
 }

@@ -63,15 +63,12 @@ impl Case {
     }
 }
 
+/// The signer named, or why not, for each case.
+type Verdicts = Vec<Result<String, VerifyError>>;
+
 /// What `verify_many` says of `cases` on a store that has not seen them,
 /// and what `verify` says of each on another such store.
-fn both_ways(
-    p: &Pki,
-    cases: &[Case],
-) -> (
-    Vec<Result<String, VerifyError>>,
-    Vec<Result<String, VerifyError>>,
-) {
+fn both_ways(p: &Pki, cases: &[Case]) -> (Verdicts, Verdicts) {
     let load = || TrustStore::load(&p.dir.join("ca.crt"), Some(&p.dir.join("crl.pem"))).unwrap();
     let items: Vec<_> = cases.iter().map(Case::item).collect();
     let many = load()

@@ -460,6 +460,9 @@ counters! {
         /// Heartbeats not handed to the application.
         heartbeat_skipped: Counter = "message.heartbeat_skipped",
         legacy_unsigned_gilmsg_version: Counter = "message.legacy_unsigned_gilmsg_version",
+        /// Signatures checked together with others of their burst, in
+        /// one batch (the rest were checked one at a time).
+        signature_batched: Counter = "signature.batched",
         /// Delivered messages whose `msg` passed their topic's schema.
         schema_checked: Counter = "schema.checked",
         /// Delivered messages naming (`fedora_messaging_schema`) a schema

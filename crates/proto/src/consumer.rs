@@ -70,7 +70,7 @@ use std::time::Instant;
 use crate::ack::MAX_ACK_BATCH;
 use crate::dedupe::{CopyKey, DedupeCache, ReackPolicy, Refused, Retention, Seen, Stale};
 use crate::digest::Digest;
-use crate::envelope::{DecodeError, Envelope, GILMSG_VERSION_FIELD};
+use crate::envelope::{DecodeError, Envelope, SignedPart, GILMSG_VERSION_FIELD};
 use crate::schema::{self, SchemaCheck, SchemaNote, SchemaViolation};
 use crate::validate::{Rejection, Verify};
 
@@ -360,7 +360,47 @@ impl ConsumerState {
         if self.skips(topic) {
             return Outcome::Skipped;
         }
-        self.decided(decode(self.settings.max_message_size), at, verify)
+        self.decided(decode(self.settings.max_message_size), None, at, verify)
+    }
+
+    /// [`ConsumerState::on_received`] for a message the transport decoded
+    /// and whose [`Envelope::signed_part`] it computed already (to ask
+    /// [`ConsumerState::would_verify`]), so that canonical JSON is computed
+    /// once per message. The transport has asked
+    /// [`ConsumerState::skips`] first.
+    pub fn on_signed_message<V: Verify>(
+        &mut self,
+        message: Envelope,
+        signed: SignedPart,
+        at: Arrival,
+        verify: V,
+    ) -> Outcome {
+        self.decided(Ok(message), Some(signed), at, verify)
+    }
+
+    /// The largest body [`ConsumerState::on_received`] lets a transport
+    /// decode (`max_message_size`), for a transport that decodes first.
+    pub fn max_message_size(&self) -> usize {
+        self.settings.max_message_size
+    }
+
+    /// Whether [`ConsumerState::on_received`] would check the signature
+    /// of `message` (whose signed part is `signed`) if it came now: the
+    /// rules before verification pass (not a copy already remembered, not
+    /// stale, room for it). Read-only. A transport that checks a burst's
+    /// signatures ahead of the rules, on more than one thread, asks this
+    /// first, so that work done ahead keeps rule 2's promise: a copy
+    /// already remembered is never verified again.
+    pub fn would_verify(&self, message: &Envelope, signed: &SignedPart, at: &Arrival) -> bool {
+        let key = self
+            .cache
+            .copy_key(signed.digest(), message.str_field("certificate"));
+        self.cache.get(&key).is_none()
+            && self
+                .cache
+                .check_age(message.timestamp(), at.wall_now)
+                .is_ok()
+            && at.room
     }
 
     /// [`ConsumerState::on_received`] for a message the transport has
@@ -391,6 +431,7 @@ impl ConsumerState {
     fn decided<V: Verify>(
         &mut self,
         decoded: Result<Envelope, DecodeError>,
+        signed: Option<SignedPart>,
         at: Arrival,
         verify: V,
     ) -> Outcome {
@@ -414,7 +455,7 @@ impl ConsumerState {
             msg_id: Some(message.msg_id().to_owned()),
             signer: None,
         };
-        let signed = match message.signed_part() {
+        let signed = match signed.map_or_else(|| message.signed_part(), Ok) {
             Ok(s) => s,
             Err(e) => return refuse(Refusal::Invalid(DecodeError::Canonical(e)), &message),
         };
@@ -589,7 +630,6 @@ impl ConsumerState {
 mod tests {
     use super::*;
     use crate::envelope::Draft;
-    use crate::envelope::SignedPart;
     use crate::testing::{check_named, Named};
     use crate::validate::Validated;
     use serde_json::json;
@@ -672,6 +712,42 @@ mod tests {
             Outcome::Refused { refusal, .. } => refusal.counter(),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// `would_verify` (asked by transports that verify a burst ahead)
+    /// says yes exactly when `on_frames` then calls the verifier: a new
+    /// body, a copy already remembered (handled, in progress, failed), a
+    /// stale one, one without room.
+    #[test]
+    fn would_verify_answers_as_the_rules_then_decide() {
+        let t0 = Instant::now();
+        let mut state = ConsumerState::new(settings(8), t0);
+        let fresh = message("alice", "m-1", json!({"n": 1}), NOW);
+        let stale = message("alice", "m-2", json!({"n": 2}), NOW - 3600);
+        let failed = message("alice", "m-3", json!({"n": 3}), NOW);
+        let check = |state: &mut ConsumerState, e: &Envelope, room: bool| {
+            let at = arrival(t0, NOW, room);
+            let said = state.would_verify(e, &e.signed_part().unwrap(), &at);
+            let calls = Cell::new(0);
+            let outcome = state.on_frames(&frames(e), at, verifier(&calls));
+            assert_eq!(said, calls.get() == 1, "{:?}: {outcome:?}", e.msg_id());
+            (said, outcome)
+        };
+        // New: verified, then remembered in progress, then handled.
+        let (said, outcome) = check(&mut state, &fresh, true);
+        assert!(said);
+        let ticket = deliver(outcome).ticket;
+        assert!(!check(&mut state, &fresh, true).0, "in progress");
+        state.settle(ticket, true, t0);
+        assert!(!check(&mut state, &fresh, true).0, "handled");
+        // Stale, and no room: refused before any verification.
+        assert!(!check(&mut state, &stale, true).0);
+        assert!(!check(&mut state, &failed, false).0);
+        // Failed: never verified again.
+        let ticket = deliver(check(&mut state, &failed, true).1).ticket;
+        state.settle(ticket, false, t0);
+        assert!(!check(&mut state, &failed, true).0, "failed");
+        assert_eq!(state.max_message_size(), 1 << 20);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The consumer's socket thread: one SUB for messages, one XPUB for ACKs.
 //!
 //! The thread owns both sockets. It receives frames in bursts of at most
-//! [`ACK_BURST`], hands each to the [`ConsumerDriver`] (which applies every
-//! rule and hands deliveries over), sends the signed ACKs the driver yields
+//! [`ACK_BURST`], hands each burst to the [`ConsumerDriver`] (which checks
+//! its signatures together, applies every rule in order
+//! and hands deliveries over), sends the signed ACKs the driver yields
 //! after each burst, and reports readiness from the sockets' monitors.
 
 use std::sync::Arc;
@@ -235,12 +236,15 @@ impl Actor for ConsumerThread {
             self.driver.report_readiness(self.readiness(now));
         }
         if ready.has(Slot::Messages) {
-            // A bounded burst, then the ACKs for it go out (ACK_BURST).
-            for _ in 0..ACK_BURST {
+            // A bounded burst, taken off the socket first so that the
+            // driver can check its signatures in one batch, then the ACKs
+            // for it go out (ACK_BURST).
+            let mut burst = Vec::new();
+            while burst.len() < ACK_BURST {
                 // Three frames kept: enough to count a message with too
                 // many, without copying the rest.
                 match socket::try_recv_bounded(&self.sub, 3) {
-                    Ok(Some(frames)) => self.driver.on_wire(&frames, Instant::now()),
+                    Ok(Some(frames)) => burst.push(frames),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!("receive failed: {e}");
@@ -248,6 +252,7 @@ impl Actor for ConsumerThread {
                     }
                 }
             }
+            self.driver.on_burst(&burst);
         }
         self.flush_acks();
     }
