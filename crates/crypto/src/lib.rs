@@ -2,8 +2,10 @@
 //!
 //! gilmsg signs the canonical JSON of each message as fedmsg does; the
 //! protocol crate (`gilmsg-proto`) only sees the [`Signer`] and [`Verifier`]
-//! traits. This crate implements them with `ring` (signatures, digests),
-//! `openssl` (RSA-SHA1 signing for fedmsg's `"x509"` scheme only), `rcgen`
+//! traits. This crate implements them with `ring` (signing, RSA
+//! verification, digests), `ed25519-dalek` (Ed25519 verification, one
+//! signature or a batch), `openssl` (RSA-SHA1 signing for fedmsg's `"x509"`
+//! scheme only), `rcgen`
 //! (certificate and CRL generation) and `x509-parser` (parsing and chain
 //! signature checks). No cryptography is implemented here.
 //!
