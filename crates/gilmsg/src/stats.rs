@@ -434,6 +434,9 @@ counters! {
         confirmed: Counter = "publish.confirmed",
         cancelled: Counter = "publish.cancelled",
         ack_received: Counter = "ack.received",
+        /// ACK signatures checked together with others of their burst, in
+        /// one batch (the rest were checked one at a time).
+        signature_batched: Counter = "signature.batched",
         ack_batches: Counter = "ack.batches",
         ack_counted: Counter = "ack.counted",
         /// Entries judged and not counted (`ack.not_a_recipient`, ...) and

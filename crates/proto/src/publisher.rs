@@ -74,7 +74,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ack::{AckCollector, AckEntry, AckOutcome};
-use crate::envelope::{DecodeError, Envelope};
+use crate::envelope::{DecodeError, Envelope, SignedPart};
 use crate::retransmit::{RetransmitPolicy, RttEstimator};
 use crate::validate::{Rejection, Validated, Verify};
 
@@ -445,6 +445,44 @@ impl<T> PublisherState<T> {
         now: Instant,
         verify: V,
     ) -> AckVerdict<T> {
+        self.ack_decided(decoded, None, now, verify)
+    }
+
+    /// [`PublisherState::on_ack_message`] for an ACK the transport decoded
+    /// and whose [`Envelope::signed_part`] it computed already (to check a
+    /// burst of ACKs' signatures together), so that canonical JSON is
+    /// computed once per ACK.
+    pub fn on_signed_ack_message<V: Verify>(
+        &mut self,
+        envelope: Envelope,
+        signed: SignedPart,
+        now: Instant,
+        verify: V,
+    ) -> AckVerdict<T> {
+        self.ack_decided(Ok(envelope), Some(signed), now, verify)
+    }
+
+    /// Whether [`PublisherState::on_ack_message`] would check the
+    /// signature of `envelope` if it came now: it is on the ACK topic, its
+    /// entries are well formed, and one of them names a message in flight.
+    /// Read-only. A transport that checks a burst of ACKs' signatures
+    /// together asks this first, so that ACKs for nothing in flight (other
+    /// publishers' ACKs, on a shared bus) are never verified.
+    pub fn would_verify_ack(&self, envelope: &Envelope) -> bool {
+        envelope.topic() == self.settings.ack_topic
+            && AckEntry::all_from_msg(envelope.msg())
+                .is_ok_and(|entries| entries.iter().any(|e| self.contains(&e.ack_msg_id)))
+    }
+
+    /// The rules of [`PublisherState::on_ack_message`], with the signed
+    /// part when the transport computed it.
+    fn ack_decided<V: Verify>(
+        &mut self,
+        decoded: Result<Envelope, DecodeError>,
+        signed: Option<SignedPart>,
+        now: Instant,
+        verify: V,
+    ) -> AckVerdict<T> {
         let refuse = AckVerdict::Refused;
         let envelope = match decoded {
             Ok(e) => e,
@@ -461,7 +499,7 @@ impl<T> PublisherState<T> {
         if !entries.iter().any(|e| self.contains(&e.ack_msg_id)) {
             return refuse(AckRefusal::UnknownMsgId);
         }
-        let signed = match envelope.signed_part() {
+        let signed = match signed.map_or_else(|| envelope.signed_part(), Ok) {
             Ok(s) => s,
             Err(e) => return refuse(AckRefusal::Rejected(Rejection::Canonical(e))),
         };
@@ -1027,6 +1065,45 @@ mod tests {
             AckVerdict::Refused(r) => r.counter(),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    /// `would_verify_ack` (asked by transports that check a burst of ACKs
+    /// together) says yes exactly when `on_ack_message` then calls the
+    /// verifier, and `on_signed_ack_message` decides as `on_ack_message`.
+    #[test]
+    fn would_verify_ack_answers_as_the_rules_then_decide() {
+        let t0 = Instant::now();
+        let mut t = state();
+        insert(&mut t, "m1", &["rcpt"], t0 + Duration::from_secs(5));
+        insert(&mut t, "m2", &["rcpt"], t0 + Duration::from_secs(5));
+        send_all(&mut t, t0);
+        let acks = [
+            ack_message("t.dev.gilmsg.ack.more", &[body("m1")], Some("rcpt")),
+            ack_message(ACK_TOPIC, &[body("elsewhere")], Some("rcpt")),
+            ack_message(ACK_TOPIC, &[body("elsewhere"), body("m1")], Some("rcpt")),
+            ack_message(ACK_TOPIC, &[body("m1")], Some("rcpt")),
+            ack_message(ACK_TOPIC, &[body("m2")], None),
+        ];
+        let mut said = Vec::new();
+        for (n, ack) in acks.into_iter().enumerate() {
+            let asked = t.would_verify_ack(&ack);
+            let calls = std::cell::Cell::new(0);
+            let counted = |m: &Envelope, s: &SignedPart| {
+                calls.set(calls.get() + 1);
+                verify(m, s)
+            };
+            let signed = ack.signed_part().unwrap();
+            let outcome = if n % 2 == 0 {
+                t.on_signed_ack_message(ack, signed, t0, counted)
+            } else {
+                t.on_ack_message(Ok(ack), t0, counted)
+            };
+            assert_eq!(asked, calls.get() == 1, "ACK {n}: {outcome:?}");
+            said.push(asked);
+        }
+        // The third completes m1: the fourth then names nothing in flight.
+        assert_eq!(said, [false, false, true, false, true]);
+        assert!(!t.is_empty(), "m2 waits: its ACK was unsigned");
     }
 
     #[test]

@@ -12,11 +12,11 @@ use gilmsg_proto::consumer::{
     Accepted, Arrival, ConsumerState, Duplicate, Outcome, PendingAck, Refusal, Ticket,
 };
 use gilmsg_proto::dedupe::CopyKey;
-use gilmsg_proto::envelope::DecodeError;
 use gilmsg_proto::redelivery::{AfterFailure, Redeliveries};
 use gilmsg_proto::{Draft, Envelope, Rejection, SignedPart, Signer, Validated, Validator};
 use tokio::sync::{mpsc, watch};
 
+use super::verify_ahead::{Ahead, VerifyAhead};
 use super::{ConsumerCommand, ConsumerLink, Flow, Settle, WireFormat};
 use crate::consumer::{Delivery, InlineHandler, Readiness};
 use crate::error::Result;
@@ -146,7 +146,21 @@ impl<W: WireFormat> ConsumerDriver<W> {
     /// of Ed25519 signatures checks for about half the cost of checking
     /// each alone (`docs/benchmarks.md`). A busy consumer gets bursts.
     pub(crate) fn on_burst(&mut self, wires: &[W::Wire]) {
-        let mut ahead = VerifyAhead::prepare::<W>(&self.parts, wires);
+        let parts = &self.parts;
+        let at = Arrival {
+            now: Instant::now(),
+            wall_now: setup::unix_now(),
+            room: has_room(parts),
+        };
+        let state = &parts.state;
+        let mut ahead = VerifyAhead::prepare::<W>(
+            parts.validator.as_deref(),
+            wires,
+            state.max_message_size(),
+            |topic| state.skips(topic),
+            |message, signed| state.would_verify(message, signed, &at),
+            &parts.counters.signature_batched,
+        );
         for (i, wire) in wires.iter().enumerate() {
             let done = ahead.take(i);
             self.on_wire_checked(wire, done, Instant::now(), None);
@@ -551,107 +565,5 @@ fn check_signature(
             signer: None,
             unsigned_gilmsg_version: false,
         }),
-    }
-}
-
-/// A burst's messages decoded, and the signatures the rules will ask for
-/// checked ahead of them, in one batch ([`Validator::validate_many`]).
-///
-/// Only messages that [`ConsumerState::would_verify`] says the rules would
-/// check are checked, each distinct copy once: work done ahead keeps the
-/// rule that a copy already remembered is never verified again, so a burst
-/// of replays costs no more than before. A copy the rules end up not
-/// checking (an earlier one of the burst was admitted first) wastes one
-/// verification, never a verdict: the rules decide as without it.
-pub(crate) struct VerifyAhead {
-    done: Vec<Ahead>,
-}
-
-/// What was done ahead for one message of a burst.
-enum Ahead {
-    /// Nothing: the rules decode it and check it themselves.
-    Nothing,
-    /// Decoded, with no signed part to go on: it did not decode, or has no
-    /// canonical form (the rules find out again and refuse it).
-    Decoded(std::result::Result<Envelope, DecodeError>),
-    /// Decoded, its signed part computed, and its signature checked if the
-    /// rules will ask for it.
-    Signed(
-        Envelope,
-        SignedPart,
-        Option<std::result::Result<Validated, Rejection>>,
-    ),
-}
-
-impl VerifyAhead {
-    /// Fewer checks than this in a burst are left to the rules: a batch of
-    /// one is a single verification.
-    const MIN_CHECKS: usize = 2;
-
-    fn prepare<W: WireFormat>(parts: &ConsumerParts, wires: &[W::Wire]) -> VerifyAhead {
-        let mut ahead = VerifyAhead { done: Vec::new() };
-        let Some(validator) = parts.validator.as_deref() else {
-            return ahead;
-        };
-        if wires.len() < Self::MIN_CHECKS {
-            return ahead;
-        }
-        let state = &parts.state;
-        let at = Arrival {
-            now: Instant::now(),
-            wall_now: setup::unix_now(),
-            room: has_room(parts),
-        };
-        ahead.done = wires
-            .iter()
-            .map(|wire| {
-                if state.skips(W::topic(wire)) {
-                    return Ahead::Nothing;
-                }
-                match W::decode(wire, state.max_message_size()) {
-                    Ok(message) => match message.signed_part() {
-                        Ok(signed) => Ahead::Signed(message, signed, None),
-                        Err(_) => Ahead::Decoded(Ok(message)),
-                    },
-                    Err(e) => Ahead::Decoded(Err(e)),
-                }
-            })
-            .collect();
-        // The burst's messages whose signature the rules will check, one
-        // per copy.
-        let mut seen = std::collections::HashSet::new();
-        let jobs: Vec<_> = ahead
-            .done
-            .iter()
-            .enumerate()
-            .filter_map(|(i, done)| match done {
-                Ahead::Signed(message, signed, _) => {
-                    let copy = (signed.digest(), message.str_field("certificate"));
-                    (state.would_verify(message, signed, &at) && seen.insert(copy))
-                        .then_some((i, (message, signed)))
-                }
-                _ => None,
-            })
-            .collect();
-        if jobs.len() < Self::MIN_CHECKS {
-            return ahead;
-        }
-        let pairs: Vec<_> = jobs.iter().map(|(_, pair)| *pair).collect();
-        let verdicts = validator.validate_many(&pairs);
-        parts.counters.signature_batched.add(pairs.len() as u64);
-        let indices: Vec<_> = jobs.iter().map(|(i, _)| *i).collect();
-        for (i, verdict) in indices.into_iter().zip(verdicts) {
-            if let Some(Ahead::Signed(_, _, slot)) = ahead.done.get_mut(i) {
-                *slot = Some(verdict);
-            }
-        }
-        ahead
-    }
-
-    /// What was done ahead for the burst's `i`-th message.
-    fn take(&mut self, i: usize) -> Ahead {
-        self.done.get_mut(i).map_or(Ahead::Nothing, |done| {
-            std::mem::replace(done, Ahead::Nothing)
-        })
     }
 }

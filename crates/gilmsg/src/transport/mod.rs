@@ -11,7 +11,7 @@
 //! | a transport... | through |
 //! |---|---|
 //! | writes a message on its wire and reads one back | [`WireFormat`] |
-//! | delivers what it receives into the rules | [`ConsumerDriver::on_burst`], [`ConsumerDriver::on_wire_with`], [`PublisherDriver::on_ack`] |
+//! | delivers what it receives into the rules | [`ConsumerDriver::on_burst`], [`PublisherDriver::on_acks`] (a burst: signatures checked together, see [`verify_ahead`]); [`ConsumerDriver::on_wire_with`], [`PublisherDriver::on_ack`] (one message) |
 //! | sends the bytes the rules say to send | the `send` closures it passes to [`PublisherDriver::send_ready`], [`PublisherDriver::fire_timers`], [`ConsumerDriver::flush_acks`] |
 //! | reports its readiness signals | the `ready` closure of [`PublisherDriver::send_ready`], [`ConsumerDriver::report_readiness`] |
 //! | wakes up when the rules need it | [`PublisherDriver::next_wakeup`] |
@@ -30,6 +30,7 @@
 
 pub(crate) mod consumer;
 pub(crate) mod publisher;
+pub(crate) mod verify_ahead;
 
 use std::time::Duration;
 

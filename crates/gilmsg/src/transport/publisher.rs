@@ -9,9 +9,10 @@ use gilmsg_proto::publisher::{
     AckEffect, AckRefusal, AckVerdict, Finished, PublisherSettings, PublisherState, Sendable,
     TimerEvent,
 };
-use gilmsg_proto::{AckOutcome, Validator};
+use gilmsg_proto::{AckOutcome, Envelope, SignedPart, Validator};
 use tokio::sync::oneshot;
 
+use super::verify_ahead::{Ahead, VerifyAhead};
 use super::{Flow, PublisherCommand, Queued, WireFormat};
 use crate::error::{Error, Result, TimeoutError};
 use crate::stats::PublisherCounters;
@@ -243,19 +244,53 @@ impl<W: WireFormat> PublisherDriver<W> {
 
     /// One message received on the ACK topic.
     pub(crate) fn on_ack(&mut self, wire: &W::Wire, now: Instant) {
-        self.judge_ack(wire, now);
+        self.judge_ack(wire, Ahead::Nothing, now);
         self.publish_depth();
     }
 
-    fn judge_ack(&mut self, wire: &W::Wire, now: Instant) {
+    /// A burst of messages received on the ACK topic, in the order they
+    /// came: as [`PublisherDriver::on_ack`] on each, except that the
+    /// signatures the rules will check are checked first, together
+    /// ([`VerifyAhead`]: with ten recipients, ten ACKs often come at once).
+    pub(crate) fn on_acks(&mut self, wires: &[W::Wire]) {
+        let state = &self.state;
+        let mut ahead = VerifyAhead::prepare::<W>(
+            Some(&self.validator),
+            wires,
+            self.max_message_size,
+            |_| false,
+            |envelope, _| state.would_verify_ack(envelope),
+            &self.counters.signature_batched,
+        );
+        for (i, wire) in wires.iter().enumerate() {
+            let done = ahead.take(i);
+            self.judge_ack(wire, done, Instant::now());
+        }
+        self.publish_depth();
+    }
+
+    /// The rules' verdict on one ACK message, with what [`VerifyAhead`]
+    /// did for it, counted, logged and applied.
+    fn judge_ack(&mut self, wire: &W::Wire, done: Ahead, now: Instant) {
         self.counters.ack_received.bump();
-        let decoded = W::decode(wire, self.max_message_size);
         let validator = &self.validator;
+        let (decoded, verdict) = match done {
+            Ahead::Signed(envelope, signed, verdict) => (Ok((envelope, signed)), verdict),
+            Ahead::Decoded(decoded) => (Err(decoded), None),
+            Ahead::Nothing => (Err(W::decode(wire, self.max_message_size)), None),
+        };
         // Signature and certificate only: see `setup::ack_validator`
         // for why the routing policy does not apply to ACKs.
-        let verdict = self.state.on_ack_message(decoded, now, |envelope, signed| {
-            validator.validate_signed(envelope, signed)
-        });
+        let verify = |envelope: &Envelope, signed: &SignedPart| match verdict {
+            Some(verdict) => verdict,
+            None => validator.validate_signed(envelope, signed),
+        };
+        let verdict = match decoded {
+            Ok((envelope, signed)) => self
+                .state
+                .on_signed_ack_message(envelope, signed, now, verify),
+            Err(decoded) => self.state.on_ack_message(decoded, now, verify),
+        };
         let (signer, batch, effects) = match verdict {
             AckVerdict::Refused(refusal) => {
                 let (group, kind) = refusal.counter();

@@ -25,6 +25,10 @@ use crate::error::Result;
 use crate::stats::LinkCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
+/// ACK messages taken off the socket at once and handed to the driver as
+/// one burst (their signatures checked together); at most 1024 per turn.
+const ACKS_PER_BURST: usize = 64;
+
 /// How long to wait for every ACK endpoint's handshake before settling for
 /// some of them. Only matters when an endpoint gives no verdict at start-up
 /// (a refused one is settled at once); the re-send timer covers recipients
@@ -160,16 +164,29 @@ impl PublisherThread {
     }
 
     fn read_acks(&mut self) {
-        // Bounded batch: keep the mailbox and timers responsive under a flood.
-        for _ in 0..1024 {
-            // Three frames kept: enough to count a message with too many.
-            match socket::try_recv_bounded(&self.acks, 3) {
-                Ok(Some(frames)) => self.driver.on_ack(&frames, Instant::now()),
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!("ACK receive failed: {e}");
-                    break;
+        // Bounded bursts, each taken off the socket first so that the
+        // driver can check its signatures together; bounded in all to keep
+        // the mailbox and timers responsive under a flood.
+        let mut burst = Vec::new();
+        for _ in 0..1024 / ACKS_PER_BURST {
+            burst.clear();
+            while burst.len() < ACKS_PER_BURST {
+                // Three frames kept: enough to count a message with too many.
+                match socket::try_recv_bounded(&self.acks, 3) {
+                    Ok(Some(frames)) => burst.push(frames),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("ACK receive failed: {e}");
+                        break;
+                    }
                 }
+            }
+            if burst.is_empty() {
+                break;
+            }
+            self.driver.on_acks(&burst);
+            if burst.len() < ACKS_PER_BURST {
+                break;
             }
         }
     }

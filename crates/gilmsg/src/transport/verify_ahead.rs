@@ -1,0 +1,120 @@
+//! Checking the signatures of a burst of received messages together, ahead
+//! of the rules that will ask for them, one burst at a time.
+//!
+//! A transport that takes several messages off its socket at once (a
+//! consumer's messages, a publisher's ACKs) hands the whole burst to its
+//! driver. The driver asks the pure state machine which of them the rules
+//! will check the signature of (read-only: `ConsumerState::would_verify`,
+//! `PublisherState::would_verify_ack`), and this checks those together
+//! with [`Validator::validate_many`]: a batch of Ed25519 signatures checks
+//! for about half the cost of checking each alone. The rules then run in
+//! order, as for single messages, and take each verdict as if they had
+//! asked for it then; each message's signed part is computed once.
+//!
+//! What is done ahead never changes a decision. A message the rules do not
+//! ask about after all (an earlier one of the burst settled it) wastes one
+//! verification; one they ask about that was not checked ahead is checked
+//! then, alone. Each distinct copy (same signed part, same certificate) is
+//! checked once, so a burst of replays costs one verification.
+
+use std::collections::HashSet;
+
+use gilmsg_proto::{DecodeError, Envelope, Rejection, SignedPart, Validated, Validator};
+
+use super::WireFormat;
+use crate::stats::Counter;
+
+/// A burst's messages decoded, with their signed parts, and the
+/// signatures the rules will ask for checked (see the module doc).
+pub(crate) struct VerifyAhead {
+    done: Vec<Ahead>,
+}
+
+/// What was done ahead for one message of a burst.
+pub(crate) enum Ahead {
+    /// Nothing: the rules decode it and check it themselves.
+    Nothing,
+    /// Decoded, with no signed part to go on: it did not decode, or has no
+    /// canonical form (the rules find out again and refuse it).
+    Decoded(Result<Envelope, DecodeError>),
+    /// Decoded, its signed part computed, and its signature checked if the
+    /// rules will ask for it.
+    Signed(Envelope, SignedPart, Option<Result<Validated, Rejection>>),
+}
+
+impl VerifyAhead {
+    /// Fewer checks than this in a burst are left to the rules: a batch of
+    /// one is a single verification.
+    const MIN_CHECKS: usize = 2;
+
+    /// Decodes `wires` (within `limit`; not those whose routing topic
+    /// `skips`), and checks together the signatures of those the rules
+    /// `will_verify`, with `validator` (none: signatures are not checked,
+    /// and nothing is done ahead). Counts the signatures checked in a
+    /// batch in `batched`.
+    pub(crate) fn prepare<W: WireFormat>(
+        validator: Option<&Validator>,
+        wires: &[W::Wire],
+        limit: usize,
+        skips: impl Fn(&[u8]) -> bool,
+        will_verify: impl Fn(&Envelope, &SignedPart) -> bool,
+        batched: &Counter,
+    ) -> VerifyAhead {
+        let mut ahead = VerifyAhead { done: Vec::new() };
+        let Some(validator) = validator else {
+            return ahead;
+        };
+        if wires.len() < Self::MIN_CHECKS {
+            return ahead;
+        }
+        ahead.done = wires
+            .iter()
+            .map(|wire| {
+                if skips(W::topic(wire)) {
+                    return Ahead::Nothing;
+                }
+                match W::decode(wire, limit) {
+                    Ok(message) => match message.signed_part() {
+                        Ok(signed) => Ahead::Signed(message, signed, None),
+                        Err(_) => Ahead::Decoded(Ok(message)),
+                    },
+                    Err(e) => Ahead::Decoded(Err(e)),
+                }
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        let jobs: Vec<_> = ahead
+            .done
+            .iter()
+            .enumerate()
+            .filter_map(|(i, done)| match done {
+                Ahead::Signed(message, signed, _) => {
+                    let copy = (signed.digest(), message.str_field("certificate"));
+                    (will_verify(message, signed) && seen.insert(copy))
+                        .then_some((i, (message, signed)))
+                }
+                _ => None,
+            })
+            .collect();
+        if jobs.len() < Self::MIN_CHECKS {
+            return ahead;
+        }
+        let pairs: Vec<_> = jobs.iter().map(|(_, pair)| *pair).collect();
+        let verdicts = validator.validate_many(&pairs);
+        batched.add(pairs.len() as u64);
+        let indices: Vec<_> = jobs.iter().map(|(i, _)| *i).collect();
+        for (i, verdict) in indices.into_iter().zip(verdicts) {
+            if let Some(Ahead::Signed(_, _, slot)) = ahead.done.get_mut(i) {
+                *slot = Some(verdict);
+            }
+        }
+        ahead
+    }
+
+    /// What was done ahead for the burst's `i`-th message.
+    pub(crate) fn take(&mut self, i: usize) -> Ahead {
+        self.done.get_mut(i).map_or(Ahead::Nothing, |done| {
+            std::mem::replace(done, Ahead::Nothing)
+        })
+    }
+}
