@@ -112,12 +112,7 @@ impl Validator {
         signed: &SignedPart,
     ) -> Result<Validated, Rejection> {
         let item = signed_item(message, signed)?;
-        let verdict = self.verifier.verify(
-            item.scheme,
-            item.certificate,
-            item.signature,
-            item.canonical,
-        );
+        let verdict = self.verify_item(&item, item.canonical);
         self.settle(message, signed, &item, verdict)
     }
 
@@ -147,17 +142,22 @@ impl Validator {
                 let item = item?;
                 // A verifier that answered fewer items than asked is
                 // asked again, one at a time, for the rest.
-                let verdict = verdicts.next().unwrap_or_else(|| {
-                    self.verifier.verify(
-                        item.scheme,
-                        item.certificate,
-                        item.signature,
-                        item.canonical,
-                    )
-                });
+                let verdict = verdicts
+                    .next()
+                    .unwrap_or_else(|| self.verify_item(&item, item.canonical));
                 self.settle(message, signed, &item, verdict)
             })
             .collect()
+    }
+
+    /// The verifier's verdict on `item`'s signature over `canonical`.
+    fn verify_item(
+        &self,
+        item: &SignedItem<'_>,
+        canonical: &[u8],
+    ) -> Result<VerifiedSigner, VerifyError> {
+        self.verifier
+            .verify(item.scheme, item.certificate, item.signature, canonical)
     }
 
     /// A verifier's verdict on `message` made final: the one retry Python
@@ -175,12 +175,7 @@ impl Validator {
                 if self.accept_unsigned_gilmsg_version && message.wants_ack() =>
             {
                 let legacy = signed.without_gilmsg_version();
-                match self.verifier.verify(
-                    item.scheme,
-                    item.certificate,
-                    item.signature,
-                    legacy.as_bytes(),
-                ) {
+                match self.verify_item(item, legacy.as_bytes()) {
                     Ok(signer) => (signer, true),
                     Err(_) => return Err(VerifyError::BadSignature(who).into()),
                 }

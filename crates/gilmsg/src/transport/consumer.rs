@@ -199,11 +199,7 @@ impl<W: WireFormat> ConsumerDriver<W> {
             wall_now: setup::unix_now(),
             room,
         };
-        let (decoded, verdict) = match done {
-            Ahead::Signed(message, signed, verdict) => (Some(Ok((message, signed))), verdict),
-            Ahead::Decoded(decoded) => (Some(Err(decoded)), None),
-            Ahead::Nothing => (None, None),
-        };
+        let (decoded, verdict) = done.split();
         let verify = |message: &Envelope, signed: &SignedPart| match verdict {
             Some(verdict) => verdict,
             None => check_signature(validator, message, signed),

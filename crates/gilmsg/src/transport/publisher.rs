@@ -274,11 +274,8 @@ impl<W: WireFormat> PublisherDriver<W> {
     fn judge_ack(&mut self, wire: &W::Wire, done: Ahead, now: Instant) {
         self.counters.ack_received.bump();
         let validator = &self.validator;
-        let (decoded, verdict) = match done {
-            Ahead::Signed(envelope, signed, verdict) => (Ok((envelope, signed)), verdict),
-            Ahead::Decoded(decoded) => (Err(decoded), None),
-            Ahead::Nothing => (Err(W::decode(wire, self.max_message_size)), None),
-        };
+        let (decoded, verdict) = done.split();
+        let decoded = decoded.unwrap_or_else(|| Err(W::decode(wire, self.max_message_size)));
         // Signature and certificate only: see `setup::ack_validator`
         // for why the routing policy does not apply to ACKs.
         let verify = |envelope: &Envelope, signed: &SignedPart| match verdict {

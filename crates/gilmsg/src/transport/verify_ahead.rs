@@ -42,6 +42,25 @@ pub(crate) enum Ahead {
     Signed(Envelope, SignedPart, Option<Result<Validated, Rejection>>),
 }
 
+/// A message of a burst as the rules take it: decoded with its signed
+/// part, or only decoded (`Err`), or not yet decoded (`None`); and its
+/// signature's verdict if it was checked ahead.
+pub(crate) type Split = (
+    Option<Result<(Envelope, SignedPart), Result<Envelope, DecodeError>>>,
+    Option<Result<Validated, Rejection>>,
+);
+
+impl Ahead {
+    /// What was done, taken apart for the rules (see [`Split`]).
+    pub(crate) fn split(self) -> Split {
+        match self {
+            Ahead::Signed(message, signed, verdict) => (Some(Ok((message, signed))), verdict),
+            Ahead::Decoded(decoded) => (Some(Err(decoded)), None),
+            Ahead::Nothing => (None, None),
+        }
+    }
+}
+
 impl VerifyAhead {
     /// Fewer checks than this in a burst are left to the rules: a batch of
     /// one is a single verification.
