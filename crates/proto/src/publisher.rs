@@ -37,7 +37,11 @@
 //! deferred by one timeout. It goes out when there is evidence of loss (the
 //! recipient acked a message sent later) or when the recipient has gone
 //! quiet (no ACK from it for a whole timeout: lost, slow-joined, or down).
-//! Like TCP's fast retransmit, but keyed on what the ACKs say.
+//! Like TCP's fast retransmit, but keyed on what the ACKs say. "Sent
+//! before" is the order of first sends, counted, not their instants: a
+//! wake-up sends many messages with one `now`, and comparing instants made
+//! an ACK for the first of them look like evidence that the rest were lost
+//! (thousands of needless re-sends per 20,000 messages at 10 recipients).
 //!
 //! ## Cost of a wake-up
 //!
@@ -207,8 +211,9 @@ pub enum AckVerdict<T> {
 /// What the ACKs of one recipient say about its progress.
 #[derive(Debug, Clone, Copy)]
 struct Progress {
-    /// The latest first-send time of a message it acked.
-    latest_acked_send: Instant,
+    /// The latest first-send position ([`Entry::first_send_order`]) of a
+    /// message it acked.
+    latest_acked_send: u64,
     /// When its last counted ACK arrived.
     last_ack_at: Instant,
 }
@@ -226,6 +231,11 @@ struct Entry<T> {
     deadline: Instant,
     next_resend: Option<Instant>,
     first_sent: Option<Instant>,
+    /// The position of its first send among all first sends of this
+    /// publisher (0, 1, 2, ...). Progress is judged on this order, not on
+    /// `first_sent`: messages sent in one wake-up share an instant, and a
+    /// recipient that acked one of them has not skipped the others.
+    first_send_order: Option<u64>,
     sends: u32,
     /// Generation of the entry's one live timer.
     timer_gen: u64,
@@ -267,6 +277,8 @@ pub struct PublisherState<T> {
     waiting: VecDeque<MsgId>,
     rtt: RttEstimator,
     progress: HashMap<String, Progress>,
+    /// First sends recorded so far: the next [`Entry::first_send_order`].
+    first_sends: u64,
     examined: u64,
 }
 
@@ -281,6 +293,7 @@ impl<T> PublisherState<T> {
             generation: 0,
             waiting: VecDeque::new(),
             progress: HashMap::new(),
+            first_sends: 0,
             examined: 0,
         }
     }
@@ -351,6 +364,7 @@ impl<T> PublisherState<T> {
             deadline,
             next_resend: None,
             first_sent: None,
+            first_send_order: None,
             sends: 0,
             timer_gen: 0,
             waiting: true,
@@ -411,6 +425,10 @@ impl<T> PublisherState<T> {
         };
         entry.sends += 1;
         entry.first_sent.get_or_insert(now);
+        if entry.first_send_order.is_none() {
+            entry.first_send_order = Some(self.first_sends);
+            self.first_sends += 1;
+        }
         if let Some(collector) = &mut entry.collector {
             collector.mark_sent(now);
         }
@@ -541,7 +559,7 @@ impl<T> PublisherState<T> {
         let outcome = collector.on_ack(signer, ack, now);
         if let AckOutcome::Counted { complete } = outcome {
             // From the first send, whichever copy was acked: see the module doc.
-            if let Some(first) = entry.first_sent {
+            if let (Some(first), Some(order)) = (entry.first_sent, entry.first_send_order) {
                 self.rtt.sample(now.saturating_duration_since(first));
                 if self.progress.len() >= MAX_TRACKED_RECIPIENTS
                     && !self.progress.contains_key(signer)
@@ -549,10 +567,10 @@ impl<T> PublisherState<T> {
                     self.progress.clear();
                 }
                 let p = self.progress.entry(signer.to_owned()).or_insert(Progress {
-                    latest_acked_send: first,
+                    latest_acked_send: order,
                     last_ack_at: now,
                 });
-                p.latest_acked_send = p.latest_acked_send.max(first);
+                p.latest_acked_send = p.latest_acked_send.max(order);
                 p.last_ack_at = now;
             }
             if complete {
@@ -625,7 +643,7 @@ impl<T> PublisherState<T> {
     /// messages sent before it (see the module doc): then a re-send would
     /// only add to its backlog.
     fn is_just_behind(&self, entry: &Entry<T>, now: Instant) -> bool {
-        let (Some(first), Some(collector)) = (entry.first_sent, &entry.collector) else {
+        let (Some(first), Some(collector)) = (entry.first_send_order, &entry.collector) else {
             return false;
         };
         let quiet_after = self.rtt.rto();
@@ -847,7 +865,9 @@ mod tests {
         // A message re-sent and acked late raises the estimate (measured
         // from its first send): re-sends back off instead of piling up.
         send_all(&mut t, t0);
-        let events = t.poll_timers(t0 + ms(10));
+        // Polled once "a" has been quiet for a timeout (its last ACK at
+        // 2 ms), so the re-send is not deferred as "just behind".
+        let events = t.poll_timers(t0 + ms(12));
         assert!(matches!(&events[..], [TimerEvent::Resend(id)] if &**id == "r"));
         t.on_ack("a", &ack("r"), t0 + ms(200));
         let raised = t.rtt().srtt().unwrap();
@@ -889,6 +909,26 @@ mod tests {
         let events = t.poll_timers(next);
         assert!(
             matches!(&events[..], [TimerEvent::Resend(id)] if &**id == "m1"),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn messages_sent_at_one_instant_are_ordered_for_the_behind_rule() {
+        // One wake-up sends a window at one `now`; the recipient works
+        // through it in order. An ACK for the first is no evidence that the
+        // second was lost.
+        let t0 = Instant::now();
+        let mut t = state();
+        let deadline = t0 + Duration::from_secs(10);
+        insert(&mut t, "m0", &["a"], deadline);
+        insert(&mut t, "m1", &["a"], deadline);
+        assert_eq!(send_all(&mut t, t0), ["m0", "m1"]);
+        t.on_ack("a", &ack("m0"), t0 + ms(99));
+        let due = t.next_wakeup().unwrap();
+        let events = t.poll_timers(due);
+        assert!(
+            matches!(&events[..], [TimerEvent::Deferred(id)] if &**id == "m1"),
             "{events:?}"
         );
     }
