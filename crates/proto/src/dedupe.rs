@@ -160,6 +160,21 @@ impl Stale {
     }
 }
 
+/// What identifies a `certificate` field's text: its bytes between runs of
+/// ASCII whitespace, which base64 may carry anywhere without changing the
+/// certificate. Every check that two copies carry the same certificate
+/// (the dedupe cache's [`DedupeCache::copy_key`], a consumer's burst
+/// checked ahead) goes through this.
+///
+/// By byte, not by char: the same chunks (ASCII whitespace never occurs
+/// inside a multi-byte UTF-8 character) without decoding UTF-8, which cost
+/// more than the hashing.
+pub fn certificate_chunks(text: &str) -> impl Iterator<Item = &[u8]> {
+    text.as_bytes()
+        .split(u8::is_ascii_whitespace)
+        .filter(|chunk| !chunk.is_empty())
+}
+
 /// What a copy of a remembered message is recognised by before it is
 /// verified: the digest of its signed part and a keyed hash of the
 /// certificate text it carries ([`DedupeCache::copy_key`]).
@@ -382,10 +397,7 @@ impl DedupeCache {
             None => hasher.write_u8(0),
             Some(text) => {
                 hasher.write_u8(1);
-                // By byte, not by char: the same chunks (ASCII whitespace
-                // never occurs inside a multi-byte UTF-8 character) without
-                // decoding UTF-8, which cost more than the hashing.
-                for chunk in text.as_bytes().split(u8::is_ascii_whitespace) {
+                for chunk in certificate_chunks(text) {
                     hasher.write(chunk);
                 }
             }

@@ -14,11 +14,13 @@
 //! What is done ahead never changes a decision. A message the rules do not
 //! ask about after all (an earlier one of the burst settled it) wastes one
 //! verification; one they ask about that was not checked ahead is checked
-//! then, alone. Each distinct copy (same signed part, same certificate) is
+//! then, alone. Each distinct copy (same signed part, same certificate,
+//! however its base64 is wrapped: what the dedupe cache calls a copy) is
 //! checked once, so a burst of replays costs one verification.
 
 use std::collections::HashSet;
 
+use gilmsg_proto::dedupe::certificate_chunks;
 use gilmsg_proto::{DecodeError, Envelope, Rejection, SignedPart, Validated, Validator};
 
 use super::WireFormat;
@@ -108,7 +110,12 @@ impl VerifyAhead {
             .enumerate()
             .filter_map(|(i, done)| match done {
                 Ahead::Signed(message, signed, _) => {
-                    let copy = (signed.digest(), message.str_field("certificate"));
+                    // A copy as the dedupe cache knows one: the same
+                    // certificate however its base64 is wrapped.
+                    let certificate: Option<Vec<u8>> = message
+                        .str_field("certificate")
+                        .map(|text| certificate_chunks(text).flatten().copied().collect());
+                    let copy = (signed.digest(), certificate);
                     (will_verify(message, signed) && seen.insert(copy))
                         .then_some((i, (message, signed)))
                 }
@@ -135,5 +142,95 @@ impl VerifyAhead {
         self.done.get_mut(i).map_or(Ahead::Nothing, |done| {
             std::mem::replace(done, Ahead::Nothing)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zeromq::Frames;
+    use gilmsg_proto::auth::{SignError, Signer, VerifiedSigner, Verifier, VerifyError};
+    use gilmsg_proto::policy::RoutingPolicy;
+    use gilmsg_proto::Draft;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Signs as "a" with its certificate text written as given.
+    struct Wrapped(&'static str);
+
+    impl Signer for Wrapped {
+        fn name(&self) -> &str {
+            "a"
+        }
+        fn scheme(&self) -> &str {
+            "toy"
+        }
+        fn certificate(&self) -> &str {
+            self.0
+        }
+        fn sign(&self, _: &[u8]) -> Result<String, SignError> {
+            Ok("by a".into())
+        }
+    }
+
+    /// Accepts every signature, counting the ones it is asked about.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Verifier for Counting {
+        fn verify(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &[u8],
+        ) -> Result<VerifiedSigner, VerifyError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(VerifiedSigner { name: "a".into() })
+        }
+    }
+
+    fn message(msg_id: &str, signer: &Wrapped) -> Vec<Vec<u8>> {
+        let draft = Draft {
+            topic: "a.b.c".into(),
+            msg: serde_json::json!({"n": 1}),
+            msg_id: msg_id.into(),
+            i: 1,
+            timestamp: 1_700_000_000,
+            username: "u".into(),
+            wants_ack: true,
+        };
+        Frames::encode(draft.seal(Some(signer as &dyn Signer)).expect("seal"))
+    }
+
+    #[test]
+    fn a_replay_with_its_certificate_wrapped_otherwise_is_checked_once() {
+        // Three copies of one message, the certificate's base64 wrapped three
+        // ways (one copy to the dedupe cache), and one other message.
+        let burst = [
+            message("m1", &Wrapped("QUJD\nREVG")),
+            message("m1", &Wrapped("QUJDREVG")),
+            message("m1", &Wrapped("QU JD\r\nRE VG\n")),
+            message("m2", &Wrapped("QUJDREVG")),
+        ];
+        let verifier = Arc::new(Counting::default());
+        let validator = Validator::new(
+            verifier.clone(),
+            RoutingPolicy::new(Default::default(), false),
+        );
+        let batched = Counter::default();
+        let mut ahead = VerifyAhead::prepare::<Frames>(
+            Some(&validator),
+            &burst,
+            1 << 20,
+            |_| false,
+            |_, _| true,
+            &batched,
+        );
+        assert_eq!(verifier.0.load(Ordering::SeqCst), 2, "one check per copy");
+        let checked: Vec<bool> = (0..burst.len())
+            .map(|i| matches!(ahead.take(i), Ahead::Signed(_, _, Some(Ok(_)))))
+            .collect();
+        assert_eq!(checked, [true, false, false, true]);
     }
 }
