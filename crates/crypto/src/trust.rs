@@ -577,6 +577,16 @@ fn ed25519_key(bytes: &[u8]) -> PublicKey {
         Ok(key) if key.is_weak() => {
             PublicKey::Unsupported("an Ed25519 key of small order (weak)".to_owned())
         }
+        // A key made the usual way (the secret times the base point) lies in
+        // the prime-order subgroup. Under one with a small-order component,
+        // the single check refuses most of its holder's own signatures and
+        // a batch accepts about 1 in 8 of those: verdicts that depend on
+        // which messages arrive together. Refused; checked once per
+        // certificate (what a batch still differs on: `verify_many_at`).
+        Ok(key) if !key.to_edwards().is_torsion_free() => PublicKey::Unsupported(
+            "an Ed25519 key with a small-order component (not in the prime-order subgroup)"
+                .to_owned(),
+        ),
         Ok(key) => PublicKey::Ed25519(key),
         Err(_) => PublicKey::Unsupported("an Ed25519 key that is not a curve point".to_owned()),
     }
@@ -830,8 +840,16 @@ impl TrustStore {
     /// a signature for 8 or more, against 40 one at a time). When the batch
     /// fails, each is checked alone, so one bad signature costs the batch,
     /// never a good neighbour's verdict. A batch accepts what a single
-    /// check accepts, except signatures made with torsion components,
-    /// which only the key's holder can make: it cannot be forged into.
+    /// check accepts, and one more kind of signature: one whose `R` the
+    /// key's holder built with a small-order component or wrote in a
+    /// non-canonical encoding (the single check compares `R`'s bytes, the
+    /// batch equation only the points' prime-order parts). Only the holder
+    /// of the key can build one, so nothing is forged through it; it makes
+    /// the verdict on such a signature depend on whether it came in a
+    /// burst. Refusing it exactly would cost a scalar multiplication per
+    /// signature (about what the batch saves). Keys with a small-order
+    /// component, which would make this happen to honest signatures, are
+    /// refused at the certificate.
     pub fn verify_many_at(
         &self,
         items: &[SignedItem<'_>],

@@ -203,6 +203,28 @@ impl rcgen::PublicKeyData for RawEd25519Key {
 
 #[test]
 fn a_certificate_with_a_small_order_ed25519_key_verifies_nothing() {
+    let mut forged = IDENTITY_POINT.to_vec();
+    forged.extend([0u8; 32]);
+    refused_at_the_certificate(IDENTITY_POINT, &forged, "small order");
+}
+
+/// A key with a small-order component: a proper public key (a scalar times
+/// the base point) plus a point of order 8. Its holder's signatures verify
+/// alone 1 time in 8 and in a batch another 1 time in 8, so it is refused.
+#[test]
+fn a_certificate_with_a_mixed_order_ed25519_key_is_refused() {
+    use curve25519_dalek::constants::EIGHT_TORSION;
+    use curve25519_dalek::{EdwardsPoint, Scalar};
+    let proper = EdwardsPoint::mul_base(&Scalar::from(0x1234_5678_u64));
+    let mixed = (proper + EIGHT_TORSION[1]).compress().to_bytes();
+    assert!(ed25519_dalek::VerifyingKey::from_bytes(&mixed).is_ok_and(|k| !k.is_weak()));
+    refused_at_the_certificate(mixed, &[7u8; 64], "small-order component");
+}
+
+/// Issues a certificate for the raw Ed25519 `key` from a CA that checks
+/// nothing, and asserts that the trust store refuses it before looking at
+/// `signature`, alone and in a batch, with `reason` in the detail.
+fn refused_at_the_certificate(key: [u8; 32], signature: &[u8], reason: &str) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let mut ca_params = CertificateParams::default();
@@ -217,7 +239,7 @@ fn a_certificate_with_a_small_order_ed25519_key_verifies_nothing() {
         .distinguished_name
         .push(DnType::CommonName, "weak");
     let leaf = leaf_params
-        .signed_by(&RawEd25519Key(IDENTITY_POINT), &ca, &ca_key)
+        .signed_by(&RawEd25519Key(key), &ca, &ca_key)
         .unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
@@ -225,13 +247,11 @@ fn a_certificate_with_a_small_order_ed25519_key_verifies_nothing() {
     std::fs::write(&ca_path, ca.pem()).unwrap();
     let store = TrustStore::load(&ca_path, None).unwrap();
     let certificate = B64.encode(leaf.pem());
-    let mut forged = IDENTITY_POINT.to_vec();
-    forged.extend([0u8; 32]);
-    let forged = B64.encode(forged);
+    let forged = B64.encode(signature);
     let refused = |r: Result<_, VerifyError>| match r {
         Err(VerifyError::Malformed { field, detail }) => {
             assert_eq!(field, "certificate");
-            assert!(detail.contains("small order"), "{detail}");
+            assert!(detail.contains(reason), "{detail}");
         }
         other => panic!("accepted or wrongly refused: {other:?}"),
     };
