@@ -73,5 +73,6 @@ pub use error::{Error, Result};
 pub use gilmsg_proto::{Signer, Verifier};
 pub use identity::{Identity, SCHEME_ED25519, SCHEME_X509};
 pub use trust::{
-    CrlReloadStats, IdentityStanding, TrustStore, CACHE_CAPACITY, DEFAULT_CRL_CHECK_INTERVAL,
+    CrlReloadStats, IdentityStanding, TrustStore, BATCHES_PAUSED_AFTER_A_FAILURE, CACHE_CAPACITY,
+    DEFAULT_CRL_CHECK_INTERVAL,
 };

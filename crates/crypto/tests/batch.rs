@@ -158,6 +158,42 @@ fn each_bad_item_of_a_batch_fails_alone_and_its_good_neighbours_pass() {
 }
 
 #[test]
+fn after_a_failed_batch_the_next_few_are_checked_one_at_a_time_with_the_same_verdicts() {
+    use gilmsg_crypto::BATCHES_PAUSED_AFTER_A_FAILURE;
+    let p = new_pki("Test CA");
+    let alice = issue(&p, "alice");
+    let store = TrustStore::load(&p.dir.join("ca.crt"), None).unwrap();
+    let good = [
+        Case::signed(&alice, r#"{"i":1}"#),
+        Case::signed(&alice, r#"{"i":2}"#),
+    ];
+    let mut bad = Case::signed(&alice, r#"{"i":3}"#);
+    bad.canonical = br#"{"i":4}"#.to_vec();
+    let with_bad = [Case::signed(&alice, r#"{"i":1}"#), bad];
+    let names = |cases: &[Case]| -> Vec<String> {
+        let items: Vec<_> = cases.iter().map(Case::item).collect();
+        store
+            .verify_many(&items)
+            .into_iter()
+            .map(|r| r.map_or_else(|e| e.kind().to_owned(), |s| s.name))
+            .collect()
+    };
+    assert_eq!(names(&good), ["alice", "alice"]);
+    assert_eq!(store.batches_paused(), 0, "a good batch pauses nothing");
+    assert_eq!(names(&with_bad), ["alice", "bad_signature"]);
+    assert_eq!(store.batches_paused(), BATCHES_PAUSED_AFTER_A_FAILURE);
+    for left in (0..BATCHES_PAUSED_AFTER_A_FAILURE).rev() {
+        assert_eq!(names(&good), ["alice", "alice"]);
+        assert_eq!(store.batches_paused(), left);
+    }
+    // The pause over: batched again, and a failure pauses again.
+    assert_eq!(names(&good), ["alice", "alice"]);
+    assert_eq!(store.batches_paused(), 0);
+    assert_eq!(names(&with_bad), ["alice", "bad_signature"]);
+    assert_eq!(store.batches_paused(), BATCHES_PAUSED_AFTER_A_FAILURE);
+}
+
+#[test]
 fn a_revoked_signer_in_a_batch_is_refused_and_the_rest_verify() {
     let p = new_pki("Test CA");
     let alice = issue(&p, "alice");
