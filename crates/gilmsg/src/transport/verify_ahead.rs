@@ -19,6 +19,7 @@
 //! checked once, so a burst of replays costs one verification.
 
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hasher};
 
 use gilmsg_proto::dedupe::certificate_chunks;
 use gilmsg_proto::{DecodeError, Envelope, Rejection, SignedPart, Validated, Validator};
@@ -111,10 +112,14 @@ impl VerifyAhead {
             .filter_map(|(i, done)| match done {
                 Ahead::Signed(message, signed, _) => {
                     // A copy as the dedupe cache knows one: the same
-                    // certificate however its base64 is wrapped.
-                    let certificate: Option<Vec<u8>> = message
-                        .str_field("certificate")
-                        .map(|text| certificate_chunks(text).flatten().copied().collect());
+                    // certificate however its base64 is wrapped. Hashed: two
+                    // certificates that collide only lose the second its
+                    // check ahead (the rules then check it alone).
+                    let certificate = message.str_field("certificate").map(|text| {
+                        let mut hasher = DefaultHasher::new();
+                        certificate_chunks(text).for_each(|chunk| hasher.write(chunk));
+                        hasher.finish()
+                    });
                     let copy = (signed.digest(), certificate);
                     (will_verify(message, signed) && seen.insert(copy))
                         .then_some((i, (message, signed)))
