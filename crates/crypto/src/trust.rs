@@ -893,15 +893,14 @@ impl TrustStore {
                 }
             }
         }
-        let batch_verified = keys.len() >= 2
-            && !self.pause_one_batch()
-            && if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-                true
-            } else {
+        let batch_verified = keys.len() >= 2 && !self.pause_one_batch() && {
+            let verified = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+            if !verified {
                 self.batches_paused
                     .store(BATCHES_PAUSED_AFTER_A_FAILURE, Ordering::Relaxed);
-                false
-            };
+            }
+            verified
+        };
         items
             .iter()
             .zip(pending)
