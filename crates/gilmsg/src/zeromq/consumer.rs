@@ -240,18 +240,7 @@ impl Actor for ConsumerThread {
             // driver can check its signatures in one batch, then the ACKs
             // for it go out (ACK_BURST).
             let mut burst = Vec::new();
-            while burst.len() < ACK_BURST {
-                // Three frames kept: enough to count a message with too
-                // many, without copying the rest.
-                match socket::try_recv_bounded(&self.sub, 3) {
-                    Ok(Some(frames)) => burst.push(frames),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!("receive failed: {e}");
-                        break;
-                    }
-                }
-            }
+            socket::recv_burst(&self.sub, ACK_BURST, &mut burst, "message");
             self.driver.on_burst(&burst);
         }
         self.flush_acks();

@@ -169,18 +169,7 @@ impl PublisherThread {
         // the mailbox and timers responsive under a flood.
         let mut burst = Vec::new();
         for _ in 0..1024 / ACKS_PER_BURST {
-            burst.clear();
-            while burst.len() < ACKS_PER_BURST {
-                // Three frames kept: enough to count a message with too many.
-                match socket::try_recv_bounded(&self.acks, 3) {
-                    Ok(Some(frames)) => burst.push(frames),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!("ACK receive failed: {e}");
-                        break;
-                    }
-                }
-            }
+            socket::recv_burst(&self.acks, ACKS_PER_BURST, &mut burst, "ACK");
             if burst.is_empty() {
                 break;
             }

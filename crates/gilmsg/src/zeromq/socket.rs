@@ -174,6 +174,30 @@ pub(crate) fn try_recv_bounded(socket: &zmq::Socket, keep: usize) -> Result<Opti
     }
 }
 
+/// Takes up to `limit` queued messages off `socket` into `burst` (cleared
+/// first), without waiting, each as [`try_recv_bounded`] keeps it with three
+/// frames: enough to count a message with too many without copying the
+/// rest. Stops early when nothing more is queued, or at a receive error,
+/// logged with `what` (the next wake-up tries again).
+pub(crate) fn recv_burst(
+    socket: &zmq::Socket,
+    limit: usize,
+    burst: &mut Vec<Vec<Vec<u8>>>,
+    what: &str,
+) {
+    burst.clear();
+    while burst.len() < limit {
+        match try_recv_bounded(socket, 3) {
+            Ok(Some(frames)) => burst.push(frames),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("{what} receive failed: {e}");
+                break;
+            }
+        }
+    }
+}
+
 /// Sends a message's frames (`[topic, body]`). On a PUB/XPUB this never
 /// blocks: with no matching subscriber or a full queue, libzmq drops the
 /// message (that is what re-sends are for).
