@@ -34,8 +34,8 @@
 //! only make a new message look like one already handled with another body:
 //! refused, never acked, a timeout (the safe side); an accidental
 //! certificate collision needs the same digest as well. The names of the
-//! signers of remembered messages are kept once per signer. About 110 bytes
-//! an entry in all (one 80-byte slot, two 4-byte table buckets at most half
+//! signers of remembered messages are kept once per signer. About 100 bytes
+//! an entry in all (one 72-byte slot, two 4-byte table buckets at most half
 //! full, the order queue).
 //!
 //! ## Time, capacity and the replay floor
@@ -216,20 +216,90 @@ pub const MAX_SIGNER_FLOORS: usize = 4096;
 /// Up to this capacity the tables are sized for it from the start.
 const PRESIZED: usize = 1 << 20;
 
-/// `last_ack_ms` before any ACK was sent.
-const NEVER: u64 = u64::MAX;
-
 #[derive(Debug, Clone)]
 struct Entry {
     identity: u64,
     signer: u64,
     timestamp: i64,
-    /// Milliseconds since `epoch` of the last ACK sent; [`NEVER`] before one.
-    last_ack_ms: u64,
-    reacks: u32,
-    state: Seen,
-    /// The publisher reads batched ACKs (decided when it was verified).
-    batchable: bool,
+    handling: Handling,
+}
+
+/// How a remembered message has been handled and acked, in one word: the
+/// milliseconds since the cache's `epoch` of its last ACK (48 bits, enough
+/// for 8,900 years; all ones before any ACK), how many times it was
+/// re-acked (8 bits, saturating: the spacing stops doubling at 16), its
+/// [`Seen`] state (2 bits) and whether its ACKs may be batched (1 bit).
+///
+/// Packed because the cache holds one per entry: as four separate fields
+/// they padded a slot from 72 bytes to 80, 256 KiB of the consumer's
+/// steady-state RSS at the default 32,768 entries (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handling(u64);
+
+impl Handling {
+    const MILLIS_BITS: u32 = 48;
+    /// The last-ACK field before any ACK was sent.
+    const NEVER: u64 = (1 << Self::MILLIS_BITS) - 1;
+    /// The latest instant the last-ACK field can hold.
+    const LATEST: u64 = Self::NEVER - 1;
+    const REACKS_SHIFT: u32 = Self::MILLIS_BITS;
+    const STATE_SHIFT: u32 = Self::REACKS_SHIFT + 8;
+    const BATCHABLE_BIT: u64 = 1 << (Self::STATE_SHIFT + 2);
+
+    /// A message just admitted: being handled, never acked.
+    fn admitted(batchable: bool) -> Self {
+        let word = Self::NEVER | Self::state_bits(Seen::InProgress);
+        Handling(if batchable { word | Self::BATCHABLE_BIT } else { word })
+    }
+
+    fn state_bits(state: Seen) -> u64 {
+        let code: u64 = match state {
+            Seen::InProgress => 0,
+            Seen::Done { acked: false } => 1,
+            Seen::Done { acked: true } => 2,
+            Seen::Failed => 3,
+        };
+        code << Self::STATE_SHIFT
+    }
+
+    fn state(self) -> Seen {
+        match (self.0 >> Self::STATE_SHIFT) & 3 {
+            0 => Seen::InProgress,
+            1 => Seen::Done { acked: false },
+            2 => Seen::Done { acked: true },
+            _ => Seen::Failed,
+        }
+    }
+
+    fn set_state(&mut self, state: Seen) {
+        self.0 = (self.0 & !(3 << Self::STATE_SHIFT)) | Self::state_bits(state);
+    }
+
+    fn batchable(self) -> bool {
+        self.0 & Self::BATCHABLE_BIT != 0
+    }
+
+    fn reacks(self) -> u32 {
+        ((self.0 >> Self::REACKS_SHIFT) & 0xff) as u32
+    }
+
+    /// Milliseconds since `epoch` of the last ACK; `None` before one.
+    fn last_ack_ms(self) -> Option<u64> {
+        let millis = self.0 & Self::NEVER;
+        (millis != Self::NEVER).then_some(millis)
+    }
+
+    /// Records an ACK sent at `millis` (clamped to what the field holds).
+    fn set_last_ack(&mut self, millis: u64) {
+        self.0 = (self.0 & !Self::NEVER) | millis.min(Self::LATEST);
+    }
+
+    /// Records a re-ACK sent at `millis`.
+    fn reacked(&mut self, millis: u64) {
+        let reacks = (self.reacks() + 1).min(0xff) as u64;
+        self.0 = (self.0 & !(0xff << Self::REACKS_SHIFT)) | (reacks << Self::REACKS_SHIFT);
+        self.set_last_ack(millis);
+    }
 }
 
 /// A remembered message, as [`DedupeCache::get`] shows it.
@@ -253,8 +323,8 @@ struct Slot {
 /// The bounded memory described in the module doc.
 ///
 /// The entries live once, in `slots`, and two tables of slot numbers find
-/// them by copy key and by identity: 80 bytes an entry plus 4 a bucket in
-/// each table, about 3.5 MiB at the default 32 768 entries. (Two
+/// them by copy key and by identity: 72 bytes an entry plus 4 a bucket in
+/// each table, about 3.2 MiB at the default 32 768 entries. (Two
 /// `HashMap`s holding the keys themselves took 9 MiB there, with more
 /// left behind by each doubling: the consumer's steady-state RSS was 19.5
 /// MiB in `gilmsg-bench --soak`, 13-14 MiB with this layout.)
@@ -294,14 +364,15 @@ impl DedupeCache {
             },
             keys: RandomState::new(),
             // Sized for the capacity at once (up to a bound), so the tables
-            // never double on the way there: each doubling left the old
-            // table's memory behind in the allocator. Pages of `slots` are
-            // touched only as it fills.
+            // and the order queue never double on the way there: each
+            // doubling left the old buffer's memory behind in the
+            // allocator. Pages of `slots` and `order` are touched only as
+            // they fill.
             slots: Vec::with_capacity(capacity.min(PRESIZED)),
             free: Vec::new(),
             by_copy: HashTable::with_capacity(capacity.min(PRESIZED)),
             by_identity: HashTable::with_capacity(capacity.min(PRESIZED)),
-            order: VecDeque::with_capacity(capacity.min(4096)),
+            order: VecDeque::with_capacity(capacity.min(PRESIZED)),
             names: HashMap::new(),
             floors: HashMap::new(),
             common_floor: i64::MIN,
@@ -440,8 +511,8 @@ impl DedupeCache {
     pub fn get(&self, key: &CopyKey) -> Option<Remembered> {
         let e = &self.slots[self.find_copy(key)?].entry;
         Some(Remembered {
-            state: e.state,
-            batchable: e.batchable,
+            state: e.handling.state(),
+            batchable: e.handling.batchable(),
             signer: self.names.get(&e.signer).map(|(name, _)| Arc::clone(name)),
         })
     }
@@ -477,7 +548,7 @@ impl DedupeCache {
                 key: earlier,
                 entry,
             } = &self.slots[earlier];
-            let state = entry.state;
+            let state = entry.handling.state();
             return Err(if earlier.digest == key.digest {
                 Refused::OtherCertificate(state)
             } else {
@@ -487,7 +558,7 @@ impl DedupeCache {
         if let Some(entry) = self.find_copy(&key).map(|i| &self.slots[i].entry) {
             // Not reached when the caller looked `key` up first (the same
             // certificate verifies as the same signer); never overwrite.
-            return Err(Refused::OtherCertificate(entry.state));
+            return Err(Refused::OtherCertificate(entry.handling.state()));
         }
         let floor = self.floor(signer);
         if timestamp <= floor {
@@ -510,10 +581,7 @@ impl DedupeCache {
                 identity,
                 signer,
                 timestamp,
-                state: Seen::InProgress,
-                batchable,
-                reacks: 0,
-                last_ack_ms: NEVER,
+                handling: Handling::admitted(batchable),
             },
         );
         self.order.push_back(identity);
@@ -526,9 +594,9 @@ impl DedupeCache {
         let at = self.millis(now);
         if let Some(index) = self.find_copy(key) {
             let entry = &mut self.slots[index].entry;
-            entry.state = state;
+            entry.handling.set_state(state);
             if state == (Seen::Done { acked: true }) {
-                entry.last_ack_ms = at;
+                entry.handling.set_last_ack(at);
             }
         }
     }
@@ -541,11 +609,10 @@ impl DedupeCache {
             return false;
         };
         let entry = &mut self.slots[index].entry;
-        let last = entry.last_ack_ms;
-        if last == NEVER {
+        let Some(last) = entry.handling.last_ack_ms() else {
             return false;
-        }
-        let doublings = entry.reacks.min(16);
+        };
+        let doublings = entry.handling.reacks().min(16);
         let spacing = policy
             .first
             .saturating_mul(1u32 << doublings)
@@ -554,8 +621,7 @@ impl DedupeCache {
         if at.saturating_sub(last) < spacing_ms {
             return false;
         }
-        entry.reacks = entry.reacks.saturating_add(1);
-        entry.last_ack_ms = at;
+        entry.handling.reacked(at);
         true
     }
 
@@ -598,8 +664,8 @@ impl DedupeCache {
 
     fn millis(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(NEVER - 1)
-            .min(NEVER - 1)
+            .unwrap_or(Handling::LATEST)
+            .min(Handling::LATEST)
     }
 
     /// One fewer remembered message of `signer`: its name goes with its last.
@@ -632,7 +698,7 @@ impl DedupeCache {
                 self.order.pop_front();
                 continue;
             };
-            if entry.timestamp >= oldest || entry.state == Seen::InProgress {
+            if entry.timestamp >= oldest || entry.handling.state() == Seen::InProgress {
                 break;
             }
             self.order.pop_front();
@@ -647,7 +713,7 @@ impl DedupeCache {
         for _ in 0..self.order.len() {
             let front = self
                 .front()
-                .map(|(identity, key, e)| (identity, key, e.state));
+                .map(|(identity, key, e)| (identity, key, e.handling.state()));
             self.order.pop_front();
             match front {
                 None => continue,
@@ -709,11 +775,43 @@ mod tests {
 
     #[test]
     fn an_entry_stays_small() {
-        // Copy key (40) + entry in one slot; a slot number in each of two
-        // tables; the order queue: about 110 bytes an entry with the
+        // Copy key (40) + entry (32) in one slot; a slot number in each of
+        // two tables; the order queue: about 100 bytes an entry with the
         // tables' slack.
-        assert!(std::mem::size_of::<Entry>() <= 40);
-        assert!(std::mem::size_of::<Slot>() <= 80);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 72);
+    }
+
+    #[test]
+    fn a_handling_word_keeps_each_field_apart() {
+        let states = [
+            Seen::InProgress,
+            Seen::Done { acked: false },
+            Seen::Done { acked: true },
+            Seen::Failed,
+        ];
+        for batchable in [false, true] {
+            let mut h = Handling::admitted(batchable);
+            assert_eq!(
+                (h.state(), h.batchable(), h.reacks(), h.last_ack_ms()),
+                (Seen::InProgress, batchable, 0, None)
+            );
+            for (i, state) in states.into_iter().enumerate() {
+                h.set_state(state);
+                h.set_last_ack(i as u64 * 1_000);
+                assert_eq!(h.state(), state);
+                assert_eq!(h.batchable(), batchable);
+                assert_eq!(h.last_ack_ms(), Some(i as u64 * 1_000));
+            }
+            for n in 1..=300u32 {
+                h.reacked(u64::MAX);
+                assert_eq!(h.reacks(), n.min(255));
+                // A time past the field's range is held as its latest, never
+                // as "no ACK yet".
+                assert_eq!(h.last_ack_ms(), Some(Handling::LATEST));
+                assert_eq!((h.state(), h.batchable()), (Seen::Failed, batchable));
+            }
+        }
     }
 
     #[test]
