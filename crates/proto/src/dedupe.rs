@@ -249,7 +249,11 @@ impl Handling {
     /// A message just admitted: being handled, never acked.
     fn admitted(batchable: bool) -> Self {
         let word = Self::NEVER | Self::state_bits(Seen::InProgress);
-        Handling(if batchable { word | Self::BATCHABLE_BIT } else { word })
+        Handling(if batchable {
+            word | Self::BATCHABLE_BIT
+        } else {
+            word
+        })
     }
 
     fn state_bits(state: Seen) -> u64 {
