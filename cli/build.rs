@@ -1,25 +1,61 @@
 //! Link flags for the installed tools.
 //!
-//! On glibc targets the executables are linked with packed relative
-//! relocations (`-z pack-relative-relocs`, DT_RELR). They are
-//! position-independent, so the loader rewrites every pointer in their
-//! read-only data at start-up; as plain RELA entries those instructions
-//! took 456 KiB of `gilmsg-consumer` (`dist` build), all of it read once
-//! and then resident for the process's life, about 3 % of the consumer's
-//! steady-state RSS (docs/benchmarks.md, the soak). Packed, they take
-//! 12 KiB. Linking needs binutils >= 2.38 (an older `ld` warns and ignores
-//! the flag); running needs glibc >= 2.36, which the loader checks by
-//! symbol version (`GLIBC_ABI_DT_RELR`) and refuses cleanly below. To build
-//! executables for an older glibc on a newer system, set
-//! `GILMSG_NO_PACKED_RELOCS=1`.
+//! Where the C library they link against can load them, the executables
+//! are linked with packed relative relocations (`-z pack-relative-relocs`,
+//! DT_RELR). They are position-independent, so the loader rewrites every
+//! pointer in their read-only data at start-up; as plain RELA entries those
+//! instructions took 456 KiB of `gilmsg-consumer` (`dist` build), all of it
+//! read once and then resident for the process's life, about 3 % of the
+//! consumer's steady-state RSS (docs/benchmarks.md, the soak). Packed, they
+//! take 12 KiB.
+//!
+//! A linker that knows the flag (GNU ld >= 2.38, lld) marks the executable
+//! as needing the `GLIBC_ABI_DT_RELR` symbol version, which only glibc >=
+//! 2.36 has: on an older glibc every tool would refuse to start, tests
+//! included. So the flag is passed only when the `libc.so.6` the linker
+//! would use defines that version (found with `<linker>
+//! -print-file-name=libc.so.6`), and never when that cannot be told.
+//! `GILMSG_NO_PACKED_RELOCS=1` leaves it out anyway, for executables meant
+//! for an older glibc than the build machine's.
+
+#![forbid(unsafe_code)]
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=GILMSG_NO_PACKED_RELOCS");
-    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-    let opted_out = std::env::var_os("GILMSG_NO_PACKED_RELOCS").is_some_and(|v| v != "0");
-    if os == "linux" && env == "gnu" && !opted_out {
+    let target = |key: &str| env::var(key).unwrap_or_default();
+    let glibc = target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu";
+    let opted_out =
+        env::var_os("GILMSG_NO_PACKED_RELOCS").is_some_and(|v| !v.is_empty() && v != "0");
+    if glibc && !opted_out && linked_libc_loads_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+}
+
+/// Whether the `libc.so.6` the link would use defines `GLIBC_ABI_DT_RELR`.
+fn linked_libc_loads_relr() -> bool {
+    // Cargo passes a configured linker on; rustc's default for -gnu is `cc`.
+    let linker = env::var_os("RUSTC_LINKER").unwrap_or_else(|| "cc".into());
+    let Ok(output) = Command::new(&linker)
+        .arg("-print-file-name=libc.so.6")
+        .output()
+    else {
+        return false;
+    };
+    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    // Without a full path the driver did not find it: cannot tell.
+    if !output.status.success() || !path.is_absolute() {
+        return false;
+    }
+    // A glibc upgraded (or downgraded) under the target directory decides anew.
+    println!("cargo:rerun-if-changed={}", path.display());
+    let Ok(bytes) = std::fs::read(&path) else {
+        return false;
+    };
+    let needle = b"GLIBC_ABI_DT_RELR";
+    bytes.windows(needle.len()).any(|w| w == needle)
 }
