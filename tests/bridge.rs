@@ -632,7 +632,7 @@ fn no_loop_with_misconfigured_bridges_beside() {
 /// endpoints (`fedmsg.d/zz-bridge.py`, merged into `endpoints`).
 struct PyRig {
     world: support::World,
-    _relay: Running,
+    relay: Running,
     url: String,
     amqp_toml: PathBuf,
     bridge: Running,
@@ -711,7 +711,7 @@ routing_keys = ["{PY_PREFIX}.#"]
         std::fs::write(&world.toml, config.to_toml_string()).unwrap();
         Some(PyRig {
             world,
-            _relay: relay,
+            relay,
             url,
             amqp_toml,
             bridge,
@@ -750,7 +750,16 @@ routing_keys = ["{PY_PREFIX}.#"]
                 }
             }
         }
-        panic!("no probe crossed the bridge in 90 s");
+        // What each of our processes on the path said, for the next look
+        // at a run where the path never came up (seen once in CI).
+        let said = |proc: &Running| proc.stderr_so_far().join("\n");
+        panic!(
+            "no probe crossed the bridge in 90 s ({attempt} tries)\n\
+             bridge stderr:\n{}\nrelay stderr:\n{}\nconsumer stderr:\n{}",
+            said(&self.bridge),
+            said(&self.relay),
+            said(consumer),
+        );
     }
 
     /// Our `gilmsg-logger` on the AMQP side, signing as `rust-pub`.
