@@ -1,22 +1,27 @@
 //! Link flags for the installed tools.
 //!
-//! Where the C library they link against can load them, the executables
-//! are linked with packed relative relocations (`-z pack-relative-relocs`,
-//! DT_RELR). They are position-independent, so the loader rewrites every
-//! pointer in their read-only data at start-up; as plain RELA entries those
-//! instructions took 456 KiB of `gilmsg-consumer` (`dist` build), all of it
-//! read once and then resident for the process's life, about 3 % of the
-//! consumer's steady-state RSS (docs/benchmarks.md, the soak). Packed, they
-//! take 12 KiB.
+//! With `GILMSG_PACKED_RELOCS=1`, and where the C library they link against
+//! can load them, the executables are linked with packed relative
+//! relocations (`-z pack-relative-relocs`, DT_RELR). They are
+//! position-independent, so the loader rewrites every pointer in their
+//! read-only data at start-up; as plain RELA entries those instructions
+//! took 456 KiB of `gilmsg-consumer` (`dist` build), all of it read once
+//! and then resident for the process's life, about 3 % of the consumer's
+//! steady-state RSS (docs/benchmarks.md, the soak). Packed, they take
+//! 12 KiB.
+//!
+//! Off by default: with it on, one bridge test
+//! (`python_gilmsg_logger_is_acked_by_our_amqp_consumer_across_the_bridge`)
+//! failed every time it ran after the abuse, ACK, adversary and AMQP test
+//! files (3 runs of 3), and passed every time without it (3 of 3) or on
+//! its own. The cause is not found; until it is, the flag is an experiment.
 //!
 //! A linker that knows the flag (GNU ld >= 2.38, lld) marks the executable
 //! as needing the `GLIBC_ABI_DT_RELR` symbol version, which only glibc >=
-//! 2.36 has: on an older glibc every tool would refuse to start, tests
-//! included. So the flag is passed only when the `libc.so.6` the linker
+//! 2.36 has: on an older glibc every tool would refuse to start. So even
+//! when asked for, the flag is passed only when the `libc.so.6` the linker
 //! would use defines that version (found with `<linker>
 //! -print-file-name=libc.so.6`), and never when that cannot be told.
-//! `GILMSG_NO_PACKED_RELOCS=1` leaves it out anyway, for executables meant
-//! for an older glibc than the build machine's.
 
 #![forbid(unsafe_code)]
 
@@ -26,12 +31,11 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=GILMSG_NO_PACKED_RELOCS");
+    println!("cargo:rerun-if-env-changed=GILMSG_PACKED_RELOCS");
     let target = |key: &str| env::var(key).unwrap_or_default();
     let glibc = target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu";
-    let opted_out =
-        env::var_os("GILMSG_NO_PACKED_RELOCS").is_some_and(|v| !v.is_empty() && v != "0");
-    if glibc && !opted_out && linked_libc_loads_relr() {
+    let asked = env::var_os("GILMSG_PACKED_RELOCS").is_some_and(|v| !v.is_empty() && v != "0");
+    if glibc && asked && linked_libc_loads_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
