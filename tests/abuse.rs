@@ -22,6 +22,9 @@ const LIMIT: Duration = Duration::from_secs(300);
 const MAX: usize = 4096;
 /// Generous bound on a consumer's peak resident memory.
 const CONSUMER_MEMORY_BOUND: u64 = 64 << 20;
+/// Bound on what a garbage flood adds to a consumer's resident memory
+/// (measured: 32.6-33.2 MiB with the default high-water mark).
+const FLOOD_GROWTH_BOUND: u64 = 36 << 20;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -240,9 +243,14 @@ fn garbage_flood(extra_toml: &'static str) {
             stats.get("message.received") - base <= frames + 1,
             "nothing else arrived: {stats}"
         );
+        // Bounded by what the flood added: the resident pages of the
+        // (debug) binary before it differ by ~2 MiB between machines and
+        // page-cache states (29.5 MiB here, 31.2 MiB in one CI run that
+        // peaked at 64.3 MiB with the same 33 MiB of growth).
         assert!(
-            hwm < CONSUMER_MEMORY_BOUND,
-            "consumer peaked at {}",
+            hwm.saturating_sub(rss_before) < FLOOD_GROWTH_BOUND,
+            "consumer grew by {} (peak {})",
+            mib(hwm.saturating_sub(rss_before)),
             mib(hwm)
         );
 
