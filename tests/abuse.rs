@@ -38,13 +38,13 @@ fn memory(pid: &str) -> (u64, u64) {
     (memory::resident(pid), memory::peak(pid))
 }
 
-fn print_consumer_memory(rss_before: u64, rss_after: u64, hwm: u64) {
+/// `bound` says which bound the test holds the numbers to.
+fn print_consumer_memory(rss_before: u64, rss_after: u64, hwm: u64, bound: &str) {
     println!(
-        "consumer memory: VmRSS {} before, {} after, VmHWM {} (bound {})",
+        "consumer memory: VmRSS {} before, {} after, VmHWM {} ({bound})",
         mib(rss_before),
         mib(rss_after),
         mib(hwm),
-        mib(CONSUMER_MEMORY_BOUND)
     );
 }
 
@@ -220,7 +220,12 @@ fn garbage_flood(extra_toml: &'static str) {
             sending.as_secs_f64(),
             drained.as_secs_f64()
         );
-        print_consumer_memory(rss_before, rss_after, hwm);
+        print_consumer_memory(
+            rss_before,
+            rss_after,
+            hwm,
+            &format!("bound on growth {}", mib(FLOOD_GROWTH_BOUND)),
+        );
         let mut table: Vec<_> = expected.iter().collect();
         table.sort();
         for (counter, n) in table {
@@ -376,7 +381,12 @@ fn a_flood_of_valid_messages_faster_than_the_handler_is_dropped_and_bounded() {
             stats.get("dedupe.evicted"),
             stats.get("handler.ok"),
         );
-        print_consumer_memory(rss_before, rss_after, hwm);
+        print_consumer_memory(
+            rss_before,
+            rss_after,
+            hwm,
+            &format!("bound on the peak {}", mib(CONSUMER_MEMORY_BOUND)),
+        );
         println!("publisher: {}", publisher.stats());
         assert!(stats.get("dropped.queue_full") > 0, "{stats}");
         assert!(stats.get("dedupe.entries") <= DEDUPE, "{stats}");

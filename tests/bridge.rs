@@ -751,7 +751,8 @@ routing_keys = ["{PY_PREFIX}.#"]
             }
         }
         // What each of our processes on the path said, for the next look
-        // at a run where the path never came up (seen once in CI).
+        // at a run where the path never came up (seen in CI with packed
+        // relocations on, `cli/build.rs`; the cause is not found).
         let said = |proc: &Running| proc.stderr_so_far().join("\n");
         panic!(
             "no probe crossed the bridge in 90 s ({attempt} tries)\n\
