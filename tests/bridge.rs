@@ -693,7 +693,9 @@ routing_keys = ["{PY_PREFIX}.#"]
                 "--config",
             ])
             .arg(&amqp_toml)
-            .env("GILMSG_LOG", "warn")
+            // Its refusals (debug level) reach the probe's panic message,
+            // should the path never come up again.
+            .env("GILMSG_LOG", "warn,gilmsg::bridge=debug")
             .stdin(Stdio::null());
         let bridge = Running::spawn("gilmsg-bridge", command);
         let line = bridge.expect_stderr(BRIDGE_READY, READY);

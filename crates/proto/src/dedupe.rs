@@ -36,7 +36,7 @@
 //! certificate collision needs the same digest as well. The names of the
 //! signers of remembered messages are kept once per signer. About 100 bytes
 //! an entry in all (one 72-byte slot, two 4-byte table buckets at most half
-//! full, the order queue).
+//! full, a 4-byte slot number in the order queue).
 //!
 //! ## Time, capacity and the replay floor
 //!
@@ -328,7 +328,7 @@ struct Slot {
 ///
 /// The entries live once, in `slots`, and two tables of slot numbers find
 /// them by copy key and by identity: 72 bytes an entry plus 4 a bucket in
-/// each table, about 3.1 MiB at the default 32 768 entries. (Two
+/// each table and 4 in the order queue, about 3.0 MiB at the default 32 768 entries. (Two
 /// `HashMap`s holding the keys themselves took 9 MiB there, with more
 /// left behind by each doubling: the consumer's steady-state RSS was 19.5
 /// MiB in `gilmsg-bench --soak`, 13-14 MiB with this layout.)
@@ -346,8 +346,12 @@ pub struct DedupeCache {
     by_identity: HashTable<u32>,
     /// The name of each signer with remembered messages, and how many.
     names: HashMap<u64, (Arc<str>, usize)>,
-    /// Identities in insertion order, oldest first.
-    order: VecDeque<u64>,
+    /// Slot numbers in insertion order, oldest first. A slot number, not
+    /// the identity: 4 bytes an entry, not 8 (128 KiB at the default
+    /// capacity). It never names a reused slot: a slot is freed only by
+    /// `take`, and every `take` drops its number from here too (`expire`
+    /// and `evict_one` pop it first, `forget` filters it out).
+    order: VecDeque<u32>,
     floors: HashMap<u64, i64>,
     /// Applies to every signer (floors folded in past `MAX_SIGNER_FLOORS`).
     common_floor: i64,
@@ -373,7 +377,7 @@ impl DedupeCache {
             // allocator. Pages of `slots` are touched only as it fills;
             // the tables' and the order queue's (a ring: its front walks
             // the whole buffer) all in time, even in a quiet consumer:
-            // about 0.9 MiB at the default capacity.
+            // about 0.75 MiB at the default capacity.
             slots: Vec::with_capacity(capacity.min(PRESIZED)),
             free: Vec::new(),
             by_copy: HashTable::with_capacity(capacity.min(PRESIZED)),
@@ -405,8 +409,8 @@ impl DedupeCache {
             .map(|&i| i as usize)
     }
 
-    /// Remembers `entry` under `key` and its identity.
-    fn insert(&mut self, key: CopyKey, entry: Entry) {
+    /// Remembers `entry` under `key` and its identity; returns its slot.
+    fn insert(&mut self, key: CopyKey, entry: Entry) -> u32 {
         let identity = entry.identity;
         let slot = Slot { key, entry };
         let index = match self.free.pop() {
@@ -434,6 +438,7 @@ impl DedupeCache {
             keys.hash_one(slots[i as usize].key)
         });
         by_identity.insert_unique(identity, index, |&i| slots[i as usize].entry.identity);
+        index
     }
 
     /// Forgets the message in slot `index` from both tables; returns it.
@@ -581,7 +586,7 @@ impl DedupeCache {
                 .or_insert_with(|| (Arc::from(name), 0))
                 .1 += 1;
         }
-        self.insert(
+        let index = self.insert(
             key,
             Entry {
                 identity,
@@ -590,7 +595,7 @@ impl DedupeCache {
                 handling: Handling::admitted(batchable),
             },
         );
-        self.order.push_back(identity);
+        self.order.push_back(index);
         Ok(())
     }
 
@@ -639,7 +644,7 @@ impl DedupeCache {
             let entry = self.take(index);
             self.release_name(entry.signer);
             // Linear, but only on a rare path (the consumer closing).
-            self.order.retain(|id| *id != entry.identity);
+            self.order.retain(|&slot| slot as usize != index);
         }
     }
 
@@ -684,11 +689,13 @@ impl DedupeCache {
         }
     }
 
-    /// The key and entry of the identity at the front of the order.
-    fn front(&self) -> Option<(u64, CopyKey, &Entry)> {
-        let identity = *self.order.front()?;
-        let Slot { key, entry } = &self.slots[self.find_identity(identity)?];
-        Some((identity, *key, entry))
+    /// The slot number, key and entry at the front of the order; `None`
+    /// when the order is empty or (which the invariant on `order` rules
+    /// out) its front names a slot no table leads to.
+    fn front(&self) -> Option<(u32, CopyKey, &Entry)> {
+        let index = *self.order.front()?;
+        let Slot { key, entry } = self.slots.get(index as usize)?;
+        (self.find_copy(key) == Some(index as usize)).then_some((index, *key, entry))
     }
 
     /// Forgets entries from the front whose timestamp has left the window.
@@ -719,11 +726,11 @@ impl DedupeCache {
         for _ in 0..self.order.len() {
             let front = self
                 .front()
-                .map(|(identity, key, e)| (identity, key, e.handling.state()));
+                .map(|(index, key, e)| (index, key, e.handling.state()));
             self.order.pop_front();
             match front {
                 None => continue,
-                Some((identity, _, Seen::InProgress)) => self.order.push_back(identity),
+                Some((index, _, Seen::InProgress)) => self.order.push_back(index),
                 Some((_, key, _)) => {
                     self.remove(&key);
                     self.evicted += 1;
