@@ -22,9 +22,10 @@ for tool in perf readelf nm python3; do
     command -v "$tool" >/dev/null || { echo "text-order: needs $tool" >&2; exit 1; }
 done
 
+target_dir="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p gilmsg-bench
 cargo build --profile dist -p gilmsg-cli --bin gilmsg-consumer
-consumer="$PWD/target/dist/gilmsg-consumer"
+consumer="$(realpath "$target_dir")/dist/gilmsg-consumer"
 work="$(mktemp -d)"
 
 device="$(df --output=source "$consumer" | tail -n 1)"
@@ -43,7 +44,7 @@ python3 -c 'import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$consumer"
 
-target/release/gilmsg-bench --only soak --soak "${seconds}s" --consumer-exe "$consumer" \
+"$target_dir"/release/gilmsg-bench --only soak --soak "${seconds}s" --consumer-exe "$consumer" \
     --out "$work/soak" > "$work/bench.log" 2>&1 &
 bench_pid=$!
 pid=""
