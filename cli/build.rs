@@ -1,25 +1,31 @@
 //! Link flags for the installed tools.
 //!
-//! ## Hot text first (on by default where the linker is Rust's own lld)
+//! ## Hot text first (on by default where the linker is lld)
 //!
 //! The functions a running consumer executes are spread over its 9.8 MiB
 //! of machine code, and every page of code it touches brings its
-//! neighbours into its page tables too (the kernel maps up to 64 KiB
-//! around a fault from what the disk's read-ahead already cached). On the
-//! benchmark machine 2.3 MiB of touched code cost 6.3 MiB of resident text,
-//! about 40 % of the consumer's steady-state RSS (docs/benchmarks.md, "Hot
-//! text first"). `cli/text-order.txt` lists the functions a consumer
-//! executes (sampled and page-touched, from `scripts/text-order.sh`), and
-//! the linker puts them first (`--symbol-ordering-file`): they then share
-//! their pages, and the cold code (AMQP, TLS, x509 parsing, errors) stays
-//! out of memory. Only placement changes, never code; a name the build no
-//! longer has is skipped, so a stale list costs memory, not correctness.
+//! neighbours into its page tables too: the kernel maps up to 64 KiB
+//! around a fault from what the disk's read-ahead already cached. On the
+//! benchmark machine (8 MiB read-ahead) the consumer's code mapping held
+//! 6.1 MiB resident for 2.3 MiB of touched pages, over a third of its
+//! steady-state RSS (docs/benchmarks.md, "Hot text first").
+//! `cli/text-order.txt` lists the functions a consumer executes (sampled
+//! and page-touched, from `scripts/text-order.sh`), and the linker puts
+//! them first (`--symbol-ordering-file`): they then share their pages, and
+//! the cold code (AMQP, TLS, x509 parsing, errors) stays out of memory.
+//! Only placement changes, never code; a name the build lacks is skipped,
+//! so a stale list costs memory, not correctness.
 //!
-//! The option is lld's. Rust >= 1.90 links x86_64 Linux executables with
-//! its own lld by default, so the list is passed only there: on that
-//! target, with such a rustc, when the rustc's lld says it knows the
-//! option, and when nothing in the flags or the configured linker chooses
-//! another linker. `GILMSG_NO_TEXT_ORDER=1` leaves it out anyway.
+//! Rust symbol names carry hashes that change with the compiler, so the
+//! list fits the rustc recorded in `cli/text-order.rustc`; with another,
+//! the build says so (a `cargo:warning`) and most of the list is skipped.
+//!
+//! The option is lld's (rustup's Rust >= 1.90 links x86_64 Linux
+//! executables with its own lld). Whether this build's link takes it is
+//! tried, not guessed: an empty program is linked with the same rustc,
+//! target, flags and configured linker plus the option, and only if that
+//! succeeds are the tools linked with it. `GILMSG_NO_TEXT_ORDER=1` leaves
+//! it out anyway.
 //!
 //! ## Packed relocations (opt-in)
 //!
@@ -52,32 +58,40 @@
 #![forbid(unsafe_code)]
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The functions to place first, one mangled name a line.
 const TEXT_ORDER: &str = "text-order.txt";
+/// `rustc -V` of the toolchain the list was read from: Rust symbol names
+/// carry hashes that change with the compiler.
+const TEXT_ORDER_RUSTC: &str = "text-order.rustc";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={TEXT_ORDER}");
-    println!("cargo:rerun-if-env-changed=GILMSG_PACKED_RELOCS");
-    println!("cargo:rerun-if-env-changed=GILMSG_NO_TEXT_ORDER");
+    println!("cargo:rerun-if-changed={TEXT_ORDER_RUSTC}");
+    for var in [
+        "GILMSG_PACKED_RELOCS",
+        "GILMSG_NO_TEXT_ORDER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER",
+        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     let target = |key: &str| env::var(key).unwrap_or_default();
     let glibc = target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu";
-    if glibc && !flag("GILMSG_NO_TEXT_ORDER") && target("CARGO_CFG_TARGET_ARCH") == "x86_64" {
-        let order = PathBuf::from(target("CARGO_MANIFEST_DIR")).join(TEXT_ORDER);
-        if order.is_file() && links_with_rusts_lld() {
-            println!(
-                "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-                order.display()
-            );
-            // Names of another build's list that this build lacks (other
-            // inlining, another dependency version) are expected.
-            println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
-            // For tests/layout.rs: the binaries were linked in this order.
-            println!("cargo:rustc-env=GILMSG_TEXT_ORDERED=1");
+    let manifest_dir = PathBuf::from(target("CARGO_MANIFEST_DIR"));
+    let order = manifest_dir.join(TEXT_ORDER);
+    if !flag("GILMSG_NO_TEXT_ORDER") && order.is_file() && links_with_ordering(&order) {
+        for arg in ordering_args(&order) {
+            println!("cargo:rustc-link-arg-bins={arg}");
         }
+        // For tests/layout.rs: the binaries were linked in this order.
+        println!("cargo:rustc-env=GILMSG_TEXT_ORDERED=1");
+        warn_if_other_rustc(&manifest_dir.join(TEXT_ORDER_RUSTC));
     }
     if glibc && flag("GILMSG_PACKED_RELOCS") && linked_libc_loads_relr() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
@@ -89,45 +103,75 @@ fn flag(name: &str) -> bool {
     env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Whether rustc will link the binaries with its own lld, and that lld
-/// knows `--symbol-ordering-file`: rustc >= 1.90 does so by default on
-/// x86_64-unknown-linux-gnu, unless told otherwise (a linker flavor, a
-/// self-contained setting, linker features, `-fuse-ld` in the flags, or a
-/// configured linker, which this cannot see through: then no).
-fn links_with_rusts_lld() -> bool {
-    if env::var("TARGET").ok().as_deref() != Some("x86_64-unknown-linux-gnu") {
+/// The linker arguments that place the functions of `order` first. As
+/// `-Xlinker` pairs, not `-Wl,`, which would split a path at its commas.
+/// Names of the list that a build lacks (other inlining, another
+/// dependency version) are expected, so not warned about.
+fn ordering_args(order: &Path) -> Vec<String> {
+    vec![
+        "-Xlinker".into(),
+        format!("--symbol-ordering-file={}", order.display()),
+        "-Xlinker".into(),
+        "--no-warn-symbol-ordering".into(),
+    ]
+}
+
+/// Whether the binaries' link accepts the ordering: an empty program is
+/// linked with the same rustc, target, flags and configured linker, and
+/// the ordering arguments. Only lld knows them (rustup's Rust >= 1.90 links
+/// x86_64 Linux executables with its own); GNU ld refuses them, and then
+/// the tools are linked as before.
+fn links_with_ordering(order: &Path) -> bool {
+    let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         return false;
-    }
-    if env::var_os("RUSTC_LINKER").is_some() {
-        return false;
-    }
-    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    let chooses_linker = ["linker", "link-self-contained", "fuse-ld"];
-    if chooses_linker.iter().any(|word| flags.contains(word)) {
+    };
+    let program = out_dir.join("order_probe.rs");
+    if std::fs::write(&program, "fn main() {}\n").is_err() {
         return false;
     }
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Some(version) = run(Command::new(&rustc).arg("-vV")) else {
-        return false;
-    };
-    let release = version
-        .lines()
-        .find_map(|line| line.strip_prefix("release: "))
-        .unwrap_or_default();
-    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    if (major, minor) < (1, 90) {
-        return false;
+    let mut command = Command::new(rustc);
+    command
+        .arg("--crate-name=order_probe")
+        .arg("--edition=2021")
+        .arg("-o")
+        .arg(out_dir.join("order_probe"))
+        .arg(&program);
+    if let Ok(target) = env::var("TARGET") {
+        command.arg(format!("--target={target}"));
     }
-    let Some(sysroot) = run(Command::new(&rustc).args(["--print", "sysroot"])) else {
-        return false;
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    command.args(flags.split('\x1f').filter(|flag| !flag.is_empty()));
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        let mut arg = std::ffi::OsString::from("-Clinker=");
+        arg.push(linker);
+        command.arg(arg);
+    }
+    for arg in ordering_args(order) {
+        command.arg(format!("-Clink-arg={arg}"));
+    }
+    command.output().is_ok_and(|output| output.status.success())
+}
+
+/// A `cargo:warning` when this rustc is not the one the list was read
+/// from: most Rust names will not match, and the code is then laid out
+/// almost as without the list (the consumer's RSS with it, docs/benchmarks.md).
+fn warn_if_other_rustc(stamp: &Path) {
+    let Ok(expected) = std::fs::read_to_string(stamp) else {
+        return;
     };
-    let lld =
-        PathBuf::from(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld");
-    run(Command::new(lld).args(["-flavor", "gnu", "--help"]))
-        .is_some_and(|help| help.contains("--symbol-ordering-file"))
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Some(actual) = run(Command::new(rustc).arg("-V")) else {
+        return;
+    };
+    let (expected, actual) = (expected.trim(), actual.trim());
+    if expected != actual {
+        println!(
+            "cargo:warning=cli/{TEXT_ORDER} was read from a build by `{expected}`, this is \
+             `{actual}`: its Rust names will mostly not match, and the consumer will hold more \
+             of its code in memory; regenerate it with scripts/text-order.sh"
+        );
+    }
 }
 
 /// What `command` printed, when it ran and succeeded.

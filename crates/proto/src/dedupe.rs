@@ -695,7 +695,8 @@ impl DedupeCache {
     fn front(&self) -> Option<(u32, CopyKey, &Entry)> {
         let index = *self.order.front()?;
         let Slot { key, entry } = self.slots.get(index as usize)?;
-        (self.find_copy(key) == Some(index as usize)).then_some((index, *key, entry))
+        // By identity: its own hash, so the check costs no hashing.
+        (self.find_identity(entry.identity) == Some(index as usize)).then_some((index, *key, entry))
     }
 
     /// Forgets entries from the front whose timestamp has left the window.
@@ -764,6 +765,7 @@ impl DedupeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -965,6 +967,32 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_entry_forgotten_leaves_the_order_with_its_slot() {
+        // 1 is being handled when the cache is full: the eviction skips it
+        // (to the back of the order) and takes 2. Forgetting 1 then frees
+        // its slot, which 4 reuses: the order must name 3 and 4 once each.
+        // (One second apart, so an eviction's floor never refuses the next.)
+        let mut c = DedupeCache::new(retention(2), Instant::now());
+        let t0 = Instant::now();
+        admit(&mut c, "a", 1, NOW + 1).unwrap();
+        admit(&mut c, "a", 2, NOW + 2).unwrap();
+        c.settle(&d(2), Seen::Done { acked: true }, t0);
+        admit(&mut c, "a", 3, NOW + 3).unwrap();
+        assert_eq!(c.get(&d(2)), None);
+        c.forget(&d(1));
+        c.settle(&d(3), Seen::Done { acked: true }, t0);
+        admit(&mut c, "a", 4, NOW + 4).unwrap();
+        assert_eq!(c.order.len(), 2);
+        let named: Vec<CopyKey> = c.order.iter().map(|&i| c.slots[i as usize].key).collect();
+        assert_eq!(named, [d(3), d(4)]);
+        // The next eviction takes the oldest, 3, and never the reused slot.
+        c.settle(&d(4), Seen::Done { acked: true }, t0);
+        admit(&mut c, "a", 5, NOW + 5).unwrap();
+        assert_eq!(c.get(&d(3)), None);
+        assert!(c.get(&d(4)).is_some() && c.get(&d(5)).is_some());
+    }
+
+    #[test]
     fn entries_leave_once_out_of_the_window_and_memory_follows_traffic() {
         let mut c = DedupeCache::new(retention(1000), Instant::now());
         let t0 = Instant::now();
@@ -1013,6 +1041,10 @@ mod tests {
                 c.forget(&d(gone));
             }
             assert_eq!(c.len(), model.len(), "after {i}");
+            // The order names each remembered slot once, and nothing else.
+            assert_eq!(c.order.len(), c.len(), "after {i}");
+            let named: HashSet<u32> = c.order.iter().copied().collect();
+            assert_eq!(named.len(), c.order.len(), "a slot named twice after {i}");
             if i % 97 == 0 {
                 for j in 0..=i {
                     assert_eq!(c.get(&d(j)).is_some(), model.contains(&j), "{j} after {i}");
