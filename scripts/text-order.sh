@@ -77,11 +77,12 @@ done
 [[ -n "$pid" ]] || { cat "$work/bench.log" >&2; die "the soak's consumer never started"; }
 # Half the run in the steady state, sampled; then the pages it has touched.
 perf record -q -F 4999 -p "$pid" -o "$work/perf.data" -- sleep "$((seconds / 2))"
-python3 scripts/lib/text_order.py touched "$pid" "$consumer" > "$work/touched.txt"
 # With read-ahead really off, about as many pages are cached as the
 # consumer touched (code, read-only data, data); many more mean a
 # read-ahead this did not turn off, and a list padded with neighbours.
+# (Counted before text_order.py reads the symbol table, which caches more.)
 echo "text-order: $(fincore --noheadings --raw --output PAGES "$consumer") pages of the consumer cached" >&2
+python3 scripts/lib/text_order.py touched "$pid" "$consumer" > "$work/touched.txt"
 perf report -i "$work/perf.data" --no-demangle --stdio --sort sym --dsos gilmsg-consumer \
     -F overhead,sym 2>/dev/null \
     | awk '/%/ && $NF !~ /^0x/ { sub("%", "", $1); print $1, $NF }' \
