@@ -219,13 +219,15 @@ pub fn run(args: Args) -> Result<(), Failure> {
         } else {
             format!(" down={}", readiness.down.join(","))
         };
+        // Ready before the line says so: whoever acts on the line (a test,
+        // a supervisor polling /ready) must find /ready 200 already.
+        service.ready();
         eprintln!(
             "{READY_LINE} certname={} endpoints={}/{}{down}",
             consumer.signer_name().unwrap_or("-"),
             readiness.connected,
             readiness.expected
         );
-        service.ready();
         let result = match &args.exec {
             Some(command) => {
                 let stop = StopPolicy {
