@@ -129,8 +129,7 @@ fn links_with_ordering(order: &Path) -> bool {
     if std::fs::write(&program, "fn main() {}\n").is_err() {
         return false;
     }
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let mut command = Command::new(rustc);
+    let mut command = Command::new(rustc());
     command
         .arg("--crate-name=order_probe")
         .arg("--edition=2021")
@@ -150,7 +149,7 @@ fn links_with_ordering(order: &Path) -> bool {
     for arg in ordering_args(order) {
         command.arg(format!("-Clink-arg={arg}"));
     }
-    command.output().is_ok_and(|output| output.status.success())
+    run(&mut command).is_some()
 }
 
 /// A `cargo:warning` when this rustc is not the one the list was read
@@ -160,8 +159,7 @@ fn warn_if_other_rustc(stamp: &Path) {
     let Ok(expected) = std::fs::read_to_string(stamp) else {
         return;
     };
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let Some(actual) = run(Command::new(rustc).arg("-V")) else {
+    let Some(actual) = run(Command::new(rustc()).arg("-V")) else {
         return;
     };
     let (expected, actual) = (expected.trim(), actual.trim());
@@ -172,6 +170,11 @@ fn warn_if_other_rustc(stamp: &Path) {
              of its code in memory; regenerate it with scripts/text-order.sh"
         );
     }
+}
+
+/// The rustc cargo builds with.
+fn rustc() -> std::ffi::OsString {
+    env::var_os("RUSTC").unwrap_or_else(|| "rustc".into())
 }
 
 /// What `command` printed, when it ran and succeeded.
@@ -187,15 +190,12 @@ fn run(command: &mut Command) -> Option<String> {
 fn linked_libc_loads_relr() -> bool {
     // Cargo passes a configured linker on; rustc's default for -gnu is `cc`.
     let linker = env::var_os("RUSTC_LINKER").unwrap_or_else(|| "cc".into());
-    let Ok(output) = Command::new(&linker)
-        .arg("-print-file-name=libc.so.6")
-        .output()
-    else {
+    let Some(printed) = run(Command::new(&linker).arg("-print-file-name=libc.so.6")) else {
         return false;
     };
-    let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    let path = PathBuf::from(printed.trim());
     // Without a full path the driver did not find it: cannot tell.
-    if !output.status.success() || !path.is_absolute() {
+    if !path.is_absolute() {
         return false;
     }
     // A glibc upgraded (or downgraded) under the target directory decides anew.

@@ -219,15 +219,12 @@ pub fn run(args: Args) -> Result<(), Failure> {
         } else {
             format!(" down={}", readiness.down.join(","))
         };
-        // Ready before the line says so: whoever acts on the line (a test,
-        // a supervisor polling /ready) must find /ready 200 already.
-        service.ready();
-        eprintln!(
+        service.ready_and_say(format_args!(
             "{READY_LINE} certname={} endpoints={}/{}{down}",
             consumer.signer_name().unwrap_or("-"),
             readiness.connected,
             readiness.expected
-        );
+        ));
         let result = match &args.exec {
             Some(command) => {
                 let stop = StopPolicy {

@@ -100,13 +100,11 @@ pub fn run(args: Args) -> Result<(), Failure> {
         );
         service.start_heartbeat(&own, None)?;
         service.start()?;
-        // Ready before the line says so (see the consumer).
-        service.ready();
-        eprintln!(
+        service.ready_and_say(format_args!(
             "{READY_LINE} inbound={} outbound={}",
             relay.inbound_endpoints().join(","),
             relay.outbound_endpoints().join(",")
-        );
+        ));
         while signals.next().await == SignalEvent::Stats {
             eprintln!("{}", common::stats_line("gilmsg-relay", &relay.stats()));
         }

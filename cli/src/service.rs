@@ -213,6 +213,14 @@ impl Service {
         notify(&[NotifyState::Ready]);
     }
 
+    /// [`ready`](Self::ready), then `line` on stderr. In that order:
+    /// whoever acts on the ready line (a supervisor, a test polling
+    /// `/ready`) must find the process ready already.
+    pub fn ready_and_say(&self, line: std::fmt::Arguments<'_>) {
+        self.ready();
+        eprintln!("{line}");
+    }
+
     /// A stop began: `/ready` turns 503, systemd gets `STOPPING=1`, the
     /// heartbeats and the watchdog pings stop.
     pub fn stopping(&mut self) {

@@ -248,13 +248,11 @@ pub fn run(directions: Directions, args: RunArgs) -> Result<(), Failure> {
                 "off".to_owned()
             }
         };
-        // Ready before the line says so (see the consumer).
-        service.ready();
-        eprintln!(
+        service.ready_and_say(format_args!(
             "{READY_LINE} zmq_to_amqp={} amqp_to_zmq={}",
             shown(zmq_to_amqp, &options.zmq_endpoints),
             shown(amqp_to_zmq, bridge.publish_endpoints())
-        );
+        ));
         while signals.next().await == SignalEvent::Stats {
             eprintln!("{}", common::stats_line("gilmsg-bridge", &bridge.stats()));
         }

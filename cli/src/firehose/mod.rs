@@ -627,8 +627,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
                 return Ok(());
             },
         }
-        service.ready();
-        eprintln!("{READY_LINE}");
+        service.ready_and_say(format_args!("{READY_LINE}"));
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_status: Option<Instant> = None;
