@@ -286,6 +286,23 @@ fn run(args: Args) -> Result<(), Failure> {
         report
             .curves
             .push(("raw ZeroMQ round trip".into(), floor.clone()));
+        let mut fanout = serde_json::Map::new();
+        for &k in args.recipients.iter().filter(|&&k| k > 1) {
+            progress(format!("floor: raw ZeroMQ fan-out round trip, {k} echo processes"));
+            let (summary, cpu) = floor_fanout(&exe, k, samples, body_size)?;
+            progress(format!(
+                "fan-out floor, {k} echoes: p50 {:.1} us, CPU {:.1} us each",
+                summary.pct(50.0),
+                get(&cpu, "/total_us_per_msg"),
+            ));
+            fanout.insert(
+                format!("{k}_echoes"),
+                json!({"latency": summary.json(), "cpu": cpu}),
+            );
+        }
+        if !fanout.is_empty() {
+            report.json.insert("floor_zmq_fanout", Value::Object(fanout));
+        }
     }
 
     if args.runs(Section::Crypto) {
@@ -640,6 +657,82 @@ fn floor_zmq(
     let rate =
         json!({"window": FLOOR_WINDOW, "messages": messages, "msgs_per_s": rate, "cpu": cpu});
     Ok((Summary::new(results), rate))
+}
+
+/// The raw fan-out round trip: one message out to `k` echo processes (as
+/// a publish goes out to `k` consumers), timed until all `k` echoes are
+/// back (as the publisher waits for `k` ACKs), one at a time; and the CPU
+/// each round trip took in all processes. No crypto, no JSON: what ZeroMQ
+/// and `k` processes on these cores cost before any work is done.
+fn floor_fanout(
+    exe: &Path,
+    k: usize,
+    samples: usize,
+    body_size: usize,
+) -> Result<(Summary, Value), Failure> {
+    let ctx = zmq::Context::new();
+    let out = floor_socket(&ctx, zmq::XPUB)?;
+    // Every echo's subscription is the same (""): only a verbose XPUB
+    // reports each.
+    out.set_xpub_verbose(true)
+        .map_err(|e| fail(e.to_string()))?;
+    let port_out = free_port()?;
+    out.bind(&format!("tcp://127.0.0.1:{port_out}"))
+        .map_err(|e| fail(e.to_string()))?;
+    let back = floor_socket(&ctx, zmq::SUB)?;
+    back.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
+    back.set_rcvtimeo(10_000).map_err(|e| fail(e.to_string()))?;
+    let mut echoes = Vec::with_capacity(k);
+    for i in 0..k {
+        let port_back = free_port()?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "__echo",
+            &format!("tcp://127.0.0.1:{port_out}"),
+            &format!("tcp://127.0.0.1:{port_back}"),
+        ]);
+        echoes.push(Proc::spawn(&format!("echo-{i}"), cmd).map_err(|e| fail(e.to_string()))?);
+        back.connect(&format!("tcp://127.0.0.1:{port_back}"))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    for _ in 0..k {
+        out.recv_bytes(0).map_err(|e| fail(e.to_string()))?;
+    }
+    for echo in &echoes {
+        echo.wait_stderr("ready", READY).map_err(fail)?;
+    }
+    let topic = b"org.gilmsg.bench.dev.bench.latency".to_vec();
+    let body = vec![b'x'; body_size];
+    let mut processes = vec![("bench".to_owned(), std::process::id())];
+    processes.extend(
+        echoes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("echo-{i}"), e.pid())),
+    );
+    let warmup = samples / 10;
+    let mut results = Vec::with_capacity(samples);
+    let mut before = None;
+    for i in 0..(samples + warmup) {
+        if i == warmup {
+            before = Some(cpu::Snapshot::take(&processes));
+        }
+        let start = Instant::now();
+        out.send(&topic[..], zmq::SNDMORE)
+            .and_then(|()| out.send(&body[..], 0))
+            .map_err(|e| fail(e.to_string()))?;
+        for got in 0..k {
+            back.recv_multipart(0)
+                .map_err(|e| fail(format!("fan-out floor: echo {got} of {k}: {e}")))?;
+        }
+        if i >= warmup {
+            results.push(micros(start.elapsed()));
+        }
+    }
+    let cpu = before
+        .map(|b| b.per_message(&cpu::Snapshot::take(&processes), samples))
+        .unwrap_or(Value::Null);
+    Ok((Summary::new(results), cpu))
 }
 
 /// A socket of the raw floor, with the high-water mark gilmsg's sockets
@@ -1307,6 +1400,13 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
         "raw ZeroMQ round trip (floor)",
         "/floor_zmq_rtt/latency",
     );
+    for k in [3, 10] {
+        row(
+            md,
+            &format!("raw ZeroMQ fan-out round trip, {k} echo processes"),
+            &format!("/floor_zmq_fanout/{k}_echoes/latency"),
+        );
+    }
     for k in [1, 3, 10] {
         row(
             md,

@@ -162,6 +162,12 @@ pub fn evaluate(report: &Value) -> Value {
     // trips, no crypto, no JSON): added to S + V it bounds the 1-recipient
     // rate any implementation on libzmq could reach here.
     let transport = get(report, "/floor_zmq_rtt/rate/cpu/total_us_per_msg");
+    // The 10-recipient floor counts the transport once (RTT). Ten consumer
+    // processes on these cores cost more than one: the raw fan-out round
+    // trip to ten echo processes (no crypto, no JSON) is that cost alone.
+    let rtt10 = get(report, "/floor_zmq_fanout/10_echoes/latency/p50_us");
+    let ten_fanout = rtt10 + s + 10.0 * v + (10.0 * v + 10.0 * s) / cores;
+    let p50_10 = get(report, "/latency_warm_publish/10_recipients/p50_us");
     json!({
         "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
         "transport_floor": {
@@ -177,6 +183,13 @@ pub fn evaluate(report: &Value) -> Value {
             "crypto_us": 2.0 * s + 2.0 * v,
             "handoffs_us": handoffs,
             "rest_us": p50 - one - handoffs,
+        },
+        "ten_recipients_fanout": {
+            "rtt10_us": rtt10,
+            "rtt10_cpu_us": get(report, "/floor_zmq_fanout/10_echoes/cpu/total_us_per_msg"),
+            "floor_us": ten_fanout,
+            "p50_us": p50_10,
+            "ratio": p50_10 / ten_fanout,
         },
         "throughput_cpu_bound": {
             "1_recipients": cpu_bound(1),
@@ -249,6 +262,18 @@ pub fn markdown(report: &Value) -> String {
             get(t, "/one_recipient_p50/crypto_us"),
             get(t, "/one_recipient_p50/handoffs_us"),
             get(t, "/one_recipient_p50/rest_us"),
+        );
+    }
+    if get(t, "/ten_recipients_fanout/ratio").is_finite() {
+        let _ = writeln!(
+            md,
+            "\n10 recipients against the raw fan-out round trip to 10 echo processes, RTT10 = {:.0} µs ({:.1}× RTT; {:.0} µs of CPU each, all processes): RTT10 + S + 10V + (10V + 10S) / cores = {:.0} µs, and p50 {:.0} µs is {:.2}× that. The target's floor counts the transport once (RTT).",
+            get(t, "/ten_recipients_fanout/rtt10_us"),
+            get(t, "/ten_recipients_fanout/rtt10_us") / get(t, "/floors/rtt_us"),
+            get(t, "/ten_recipients_fanout/rtt10_cpu_us"),
+            get(t, "/ten_recipients_fanout/floor_us"),
+            get(t, "/ten_recipients_fanout/p50_us"),
+            get(t, "/ten_recipients_fanout/ratio"),
         );
     }
     if get(t, "/transport_floor/cpu_us_per_msg").is_finite() {
