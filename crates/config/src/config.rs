@@ -18,12 +18,6 @@ use crate::error::{join, ConfigError};
 use crate::keys::UnknownKey;
 use crate::schemas::Schemas;
 
-/// `publisher_spin`'s default.
-pub const DEFAULT_PUBLISHER_SPIN: Duration = Duration::from_micros(50);
-
-/// The longest `publisher_spin` accepted.
-pub const MAX_PUBLISHER_SPIN: Duration = Duration::from_millis(1);
-
 /// The longest `ack_timeout` or re-send delay accepted (365 days), from a
 /// file or from the library API. Far beyond any useful wait; it exists so
 /// that a deadline `now + timeout` can never overflow.
@@ -209,15 +203,6 @@ pub struct Config {
     /// Turn on TCP keepalive on our sockets. Default `false`. fedmsg writes
     /// it as an integer (0/1); both forms are accepted.
     pub zmq_tcp_keepalive: bool,
-    /// How long a ZeroMQ publisher's socket thread keeps watching for the
-    /// next publish, spinning on a core, after it has answered a caller,
-    /// before it sleeps. A caller that publishes again at once (a loop, a
-    /// sequence) then finds the thread awake: one wake-up less per publish
-    /// (about 12 µs of latency on a 2-core VM, `docs/benchmarks.md`). The
-    /// price is up to this much CPU per answered publish when no publish
-    /// follows. Default 50 µs; at most 1 ms; 0 turns it off; never on a
-    /// machine with one core. Bare numbers are **milliseconds**.
-    pub publisher_spin: Duration,
     /// fedmsg's `post_init_sleep` (seconds). Accepted so fedmsg configs load,
     /// but **unused**: gilmsg waits for subscriptions to be ready instead of
     /// sleeping and hoping.
@@ -294,7 +279,6 @@ impl Default for Config {
             zmq_reconnect_ivl: Duration::from_millis(100),
             zmq_reconnect_ivl_max: Duration::from_secs(2),
             zmq_tcp_keepalive: false,
-            publisher_spin: DEFAULT_PUBLISHER_SPIN,
             post_init_sleep: None,
             monitoring: None,
             heartbeat_interval: None,
@@ -612,16 +596,6 @@ impl Config {
         if self.max_message_age.is_zero() {
             return bad("max_message_age", "must be greater than 0".into());
         }
-        if self.publisher_spin > MAX_PUBLISHER_SPIN {
-            return bad(
-                "publisher_spin",
-                format!(
-                    "{} is longer than the maximum, {} (a spinning thread holds a core)",
-                    show(self.publisher_spin),
-                    show(MAX_PUBLISHER_SPIN)
-                ),
-            );
-        }
         if let Some(interval) = self.heartbeat_interval {
             if let Err(r) = check::heartbeat_interval(interval) {
                 return bad("heartbeat_interval", r);
@@ -750,7 +724,6 @@ impl Config {
             "zmq_tcp_keepalive".into(),
             Value::Boolean(self.zmq_tcp_keepalive),
         );
-        t.insert("publisher_spin".into(), d(self.publisher_spin));
         if let Some(v) = self.post_init_sleep {
             t.insert("post_init_sleep".into(), d(v));
         }

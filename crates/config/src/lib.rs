@@ -67,7 +67,7 @@ mod parse;
 mod schemas;
 
 pub use amqp::{AmqpConfig, AmqpTls, BindingConfig, ExchangeConfig, QueueConfig};
-pub use config::{Config, Monitoring, DEFAULT_PUBLISHER_SPIN, MAX_PUBLISHER_SPIN, MAX_TIMEOUT};
+pub use config::{Config, Monitoring, MAX_TIMEOUT};
 pub use error::ConfigError;
 pub use keys::{UnknownKey, FEDMSG_ONLY};
 pub use load::{Format, DEFAULT_PATH, ENV_VAR};

@@ -310,7 +310,6 @@ fn from_map(
         zmq_reconnect_ivl: Millis,
         zmq_reconnect_ivl_max: Millis,
         zmq_tcp_keepalive: Flag,
-        publisher_spin: Millis,
     );
     // The rules' ranges fit the field types, so the conversions below
     // cannot fail; they keep their error path rather than a panic.
@@ -969,26 +968,6 @@ mod tests {
         assert_eq!(c.zmq_reconnect_ivl, Duration::from_micros(100_500));
         assert_eq!(c.zmq_reconnect_ivl_max, Duration::from_secs(3));
         assert_eq!(c.post_init_sleep, Some(Duration::from_millis(500)));
-    }
-
-    #[test]
-    fn publisher_spin_is_a_short_duration() {
-        assert_eq!(
-            toml("").unwrap().publisher_spin,
-            crate::DEFAULT_PUBLISHER_SPIN
-        );
-        let c = toml("publisher_spin = \"120us\"").unwrap();
-        assert_eq!(c.publisher_spin, Duration::from_micros(120));
-        // A bare number is milliseconds, as for the zmq_* keys.
-        let c = toml("publisher_spin = 0.2").unwrap();
-        assert_eq!(c.publisher_spin, Duration::from_micros(200));
-        assert!(toml("publisher_spin = 0").unwrap().publisher_spin.is_zero());
-        for text in ["publisher_spin = \"2ms\"", "publisher_spin = 1e12", "publisher_spin = -1"] {
-            let e = toml(text).unwrap_err();
-            assert_eq!(e.key(), Some("publisher_spin"), "{text}: {e}");
-        }
-        let e = toml("publisher_spin = \"5ms\"").unwrap_err();
-        assert!(e.to_string().contains("longer than the maximum, 1ms"), "{e}");
     }
 
     #[test]

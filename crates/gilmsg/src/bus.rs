@@ -161,7 +161,6 @@ impl BusBuilder {
                     },
                     ack_endpoints: ack_endpoints.clone(),
                     ack_topic: scheme.ack_topic(),
-                    spin: config.publisher_spin,
                 };
                 // Sockets are created on the thread that will own them; the
                 // result of that set-up comes back before `build` returns.

@@ -35,8 +35,6 @@ pub(crate) struct PublisherDriver<W: WireFormat> {
     validator: Arc<Validator>,
     max_message_size: usize,
     counters: Arc<PublisherCounters>,
-    /// An ACK completed a publish since `take_answered` was last called.
-    answered: bool,
 }
 
 impl<W: WireFormat> PublisherDriver<W> {
@@ -52,7 +50,6 @@ impl<W: WireFormat> PublisherDriver<W> {
             validator,
             max_message_size,
             counters,
-            answered: false,
         }
     }
 
@@ -265,19 +262,11 @@ impl<W: WireFormat> PublisherDriver<W> {
             |envelope, _| state.would_verify_ack(envelope),
             &self.counters.signature_batched,
         );
-        let before = self.state.len();
         for (i, wire) in wires.iter().enumerate() {
             let done = ahead.take(i);
             self.judge_ack(wire, done, Instant::now());
         }
-        self.answered |= self.state.len() < before;
         self.publish_depth();
-    }
-
-    /// Whether a caller was answered (an ACK completed its publish) since
-    /// the last call.
-    pub(crate) fn take_answered(&mut self) -> bool {
-        std::mem::take(&mut self.answered)
     }
 
     /// The rules' verdict on one ACK message, with what [`VerifyAhead`]

@@ -20,7 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -95,12 +95,6 @@ pub(crate) trait Actor: Send + 'static {
     fn on_wakeup(&mut self, ready: Ready, now: Instant);
     /// Once, after the loop ends.
     fn on_stop(&mut self) {}
-    /// After a turn: how long to keep watching the inbox, spinning, before
-    /// sleeping, because a command is likely to come within that time
-    /// (see `publisher_spin` in the config). `None`: sleep at once.
-    fn spin(&mut self) -> Option<Duration> {
-        None
-    }
 }
 
 /// The loop every socket thread runs, until a command says stop or every
@@ -115,9 +109,6 @@ fn run<A: Actor>(mut actor: A, mut inbox: Inbox<A::Command>, name: &str, pulse: 
             t if t < 0 || t > pulse_ms => pulse_ms,
             t => t,
         };
-        if let Some(spin) = actor.spin() {
-            inbox.watch(spin);
-        }
         let mut set = PollSet {
             items: vec![zmq::PollItem::from_fd(inbox.fd(), zmq::POLLIN)],
             slots: Vec::new(),
@@ -255,17 +246,6 @@ impl<C> Inbox<C> {
         self.reader.as_raw_fd()
     }
 
-    /// Spins until a command is queued or `spin` has passed, never
-    /// sleeping: a command that comes meanwhile is taken without the
-    /// thread having slept and been woken (the poll that follows returns
-    /// at once).
-    fn watch(&self, spin: Duration) {
-        let until = Instant::now() + spin;
-        while !self.waker.pending.load(Ordering::SeqCst) && Instant::now() < until {
-            std::hint::spin_loop();
-        }
-    }
-
     /// Takes every queued command. Returns `Err` when every sender is gone.
     fn drain(&mut self, into: &mut Vec<C>) -> std::result::Result<(), ()> {
         // Order matters: empty the pipe, *then* clear `pending`, then read the
@@ -336,30 +316,6 @@ mod tests {
         assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
         drop(tx);
         assert!(rx.drain(&mut got).is_err());
-    }
-
-    #[test]
-    fn watching_the_inbox_ends_when_a_command_comes_or_the_spin_is_over() {
-        let (tx, rx) = mailbox::<u32>().unwrap();
-        // Nothing comes: the spin ends by itself.
-        rx.watch(Duration::from_millis(1));
-        // A command already queued: returns at once, however long the spin.
-        tx.send(1).unwrap();
-        let started = Instant::now();
-        rx.watch(Duration::from_secs(60));
-        assert!(started.elapsed() < Duration::from_secs(30));
-        // A command sent while it spins ends the spin.
-        let mut got = Vec::new();
-        let mut rx = rx;
-        rx.drain(&mut got).unwrap();
-        let other = tx.clone();
-        let sender = std::thread::spawn(move || other.send(2).unwrap());
-        let started = Instant::now();
-        rx.watch(Duration::from_secs(60));
-        assert!(started.elapsed() < Duration::from_secs(30));
-        sender.join().unwrap();
-        rx.drain(&mut got).unwrap();
-        assert_eq!(got, vec![1, 2]);
     }
 
     #[derive(Clone, Copy)]

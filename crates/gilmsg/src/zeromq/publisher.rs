@@ -46,9 +46,6 @@ pub(crate) struct Sockets {
     pub(crate) ack_endpoints: Vec<String>,
     /// The ACK topic, to subscribe to.
     pub(crate) ack_topic: String,
-    /// How long to watch for the next publish after answering a caller
-    /// (`publisher_spin`; zero: not at all).
-    pub(crate) spin: Duration,
 }
 
 /// A started publisher thread.
@@ -117,9 +114,6 @@ struct PublisherThread {
     subscriptions: Subscriptions,
     driver: PublisherDriver<Frames>,
     link_counters: Arc<LinkCounters>,
-    /// `Sockets::spin`, or `None` when it is zero or the machine has one
-    /// core (the thread would spin on the core its caller needs).
-    spin: Option<Duration>,
     /// Each socket holds the context too: libzmq terminates it, waiting up
     /// to `zmq_linger` for queued messages to leave, once the last is
     /// dropped (a one-shot logger must not exit with its message queued).
@@ -156,7 +150,6 @@ impl PublisherThread {
         )?;
         ack_monitor.connect(&acks, &setup.ack_endpoints)?;
 
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let thread = PublisherThread {
             out,
             out_monitor,
@@ -165,7 +158,6 @@ impl PublisherThread {
             subscriptions: Subscriptions::new(tuning),
             driver,
             link_counters,
-            spin: Some(setup.spin).filter(|spin| !spin.is_zero() && cores > 1),
             _context: context,
         };
         Ok((thread, bound))
@@ -273,13 +265,5 @@ impl Actor for PublisherThread {
 
     fn on_stop(&mut self) {
         self.driver.close();
-    }
-
-    /// Why: a caller that was just answered often publishes again at once,
-    /// and a sleeping thread costs it a wake-up (on a VM, often a halted
-    /// core's); a thread still awake takes the publish at once.
-    fn spin(&mut self) -> Option<Duration> {
-        let answered = self.driver.take_answered();
-        self.spin.filter(|_| answered)
     }
 }
