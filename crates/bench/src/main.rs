@@ -3,7 +3,9 @@
 //! One invocation on 127.0.0.1, consumers as separate processes (this
 //! executable re-run in a role, like the demo):
 //! 1. the floor: a raw ZeroMQ PUB -> SUB -> PUB -> SUB round trip with frames
-//!    of the same size as a signed message, and sign/verify cost per scheme;
+//!    of the same size as a signed message, the same out to k echo processes
+//!    for each recipient count k > 1 (the fan-out floor), and sign/verify
+//!    cost per scheme;
 //! 2. warm latency of acknowledged `publish` on a long-lived handle, 1/3/10
 //!    recipients (p50, p90, p99, max);
 //! 3. throughput with many publishes in flight, and the window that did it;
@@ -288,7 +290,9 @@ fn run(args: Args) -> Result<(), Failure> {
             .push(("raw ZeroMQ round trip".into(), floor.clone()));
         let mut fanout = serde_json::Map::new();
         for &k in args.recipients.iter().filter(|&&k| k > 1) {
-            progress(format!("floor: raw ZeroMQ fan-out round trip, {k} echo processes"));
+            progress(format!(
+                "floor: raw ZeroMQ fan-out round trip, {k} echo processes"
+            ));
             let (summary, cpu) = floor_fanout(&exe, k, samples, body_size)?;
             progress(format!(
                 "fan-out floor, {k} echoes: p50 {:.1} us, CPU {:.1} us each",
@@ -301,7 +305,9 @@ fn run(args: Args) -> Result<(), Failure> {
             );
         }
         if !fanout.is_empty() {
-            report.json.insert("floor_zmq_fanout", Value::Object(fanout));
+            report
+                .json
+                .insert("floor_zmq_fanout", Value::Object(fanout));
         }
     }
 

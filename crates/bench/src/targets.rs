@@ -22,6 +22,11 @@
 //! - throughput on one handle: ≥ 0.65 × cores / (S + V) with 1 recipient,
 //!   ≥ 0.65 × cores / (S + 10V) with 10;
 //! - the consumer's steady-state RSS over the soak ≤ 16 MiB.
+//!
+//! Beside them, not a target: the 10-recipient p50 against the same floor
+//! with `RTT10` (`floor_zmq_fanout`, the raw round trip to ten echo
+//! processes) in place of `RTT`, because ten processes on these cores cost
+//! the transport several times one round trip.
 
 use std::fmt::Write as _;
 
@@ -328,5 +333,38 @@ mod tests {
         assert_eq!(rows[4]["verdict"], "not measured");
         assert_eq!(rows[5]["verdict"], "not measured");
         assert!(markdown(&json!({ "targets": t })).contains("| missed |"));
+        // No fan-out floor in that run: no line for it.
+        assert!(!markdown(&json!({ "targets": t })).contains("RTT10"));
+    }
+
+    #[test]
+    fn the_ten_recipient_p50_is_also_read_against_the_fan_out_floor() {
+        // RTT10 300, S 20, V 30, 2 cores: 300 + 20 + 300 + (300 + 200) / 2 = 870.
+        let report = json!({
+            "machine": {"cores": 2},
+            "floor_zmq_rtt": {"latency": {"p50_us": 100.0}},
+            "floor_zmq_fanout": {"10_echoes": {
+                "latency": {"p50_us": 300.0},
+                "cpu": {"total_us_per_msg": 450.0},
+            }},
+            "crypto": {"ed25519": {"sign_raw_us": 20.0, "verify_raw_us": 30.0}},
+            "latency_warm_publish": {"10_recipients": {"p50_us": 1044.0}},
+        });
+        let t = evaluate(&report);
+        let fanout = &t["ten_recipients_fanout"];
+        assert!((fanout["floor_us"].as_f64().unwrap() - 870.0).abs() < 1e-9);
+        assert!((fanout["ratio"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        // The target itself still uses RTT: 100 + 20 + 300 + 250 = 670.
+        let rows = t["targets"].as_array().unwrap();
+        assert!((rows[2]["floor"].as_f64().unwrap() - 670.0).abs() < 1e-9);
+        let md = markdown(&json!({ "targets": t }));
+        assert!(
+            md.contains("RTT10 = 300 µs (3.0× RTT; 450 µs of CPU"),
+            "{md}"
+        );
+        assert!(
+            md.contains("= 870 µs, and p50 1044 µs is 1.20× that"),
+            "{md}"
+        );
     }
 }
