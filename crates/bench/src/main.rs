@@ -697,7 +697,7 @@ fn floor_fanout(
             &format!("tcp://127.0.0.1:{port_out}"),
             &format!("tcp://127.0.0.1:{port_back}"),
         ]);
-        echoes.push(Proc::spawn(&format!("echo-{i}"), cmd).map_err(|e| fail(e.to_string()))?);
+        echoes.push(Proc::spawn(format!("echo-{i}"), cmd).map_err(|e| fail(e.to_string()))?);
         back.connect(&format!("tcp://127.0.0.1:{port_back}"))
             .map_err(|e| fail(e.to_string()))?;
     }
