@@ -359,6 +359,22 @@ fn run(args: Args) -> Result<(), Failure> {
                     plain.pct(50.0)
                 ));
                 latency.insert("plain_publish".into(), plain.json());
+                let echo = RawEchoes::start(&exe, 1, signed_body_size(&ssldir)?)?;
+                let (publishes, rtts) =
+                    runtime.block_on(interleaved_latency(&bus.bus, &echo, &recipients, samples))?;
+                progress(format!(
+                    "latency 1 recipient, interleaved with the raw round trip: p50 {:.1} us, RTT p50 {:.1} us",
+                    publishes.pct(50.0),
+                    rtts.pct(50.0)
+                ));
+                latency.insert(
+                    "1_recipient_interleaved".into(),
+                    json!({
+                        "block": INTERLEAVE_BLOCK,
+                        "publish": publishes.json(),
+                        "rtt": rtts.json(),
+                    }),
+                );
             }
             report
                 .curves
@@ -618,48 +634,21 @@ fn floor_zmq(
     messages: usize,
     body_size: usize,
 ) -> Result<(Summary, Value), Failure> {
-    let ctx = zmq::Context::new();
-    let out = floor_socket(&ctx, zmq::XPUB)?;
-    let port_out = free_port()?;
-    let port_back = free_port()?;
-    out.bind(&format!("tcp://127.0.0.1:{port_out}"))
-        .map_err(|e| fail(e.to_string()))?;
-    let back = floor_socket(&ctx, zmq::SUB)?;
-    back.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "__echo",
-        &format!("tcp://127.0.0.1:{port_out}"),
-        &format!("tcp://127.0.0.1:{port_back}"),
-    ]);
-    let echo = Proc::spawn("echo", cmd).map_err(|e| fail(e.to_string()))?;
-    back.connect(&format!("tcp://127.0.0.1:{port_back}"))
-        .map_err(|e| fail(e.to_string()))?;
-    out.recv_bytes(0).map_err(|e| fail(e.to_string()))?; // the echo's subscription
-    echo.wait_stderr("ready", READY).map_err(fail)?;
-    let topic = b"org.gilmsg.bench.dev.bench.latency".to_vec();
-    let body = vec![b'x'; body_size];
+    let echo = RawEchoes::start(exe, 1, body_size)?;
+    let warmup = samples / 10;
     let mut results = Vec::with_capacity(samples);
-    for i in 0..(samples + samples / 10) {
-        let start = Instant::now();
-        out.send(&topic[..], zmq::SNDMORE)
-            .and_then(|()| out.send(&body[..], 0))
-            .map_err(|e| fail(e.to_string()))?;
-        back.recv_multipart(0).map_err(|e| fail(e.to_string()))?;
-        if i >= samples / 10 {
-            results.push(micros(start.elapsed()));
+    for i in 0..(samples + warmup) {
+        let rtt = echo.round_trip()?;
+        if i >= warmup {
+            results.push(rtt);
         }
     }
-    let processes = vec![
-        ("bench".to_owned(), std::process::id()),
-        ("echo".to_owned(), echo.pid()),
-    ];
+    let processes = echo.processes();
     let before = cpu::Snapshot::take(&processes);
     let started = Instant::now();
-    pipelined_round_trips(&out, &back, &topic, &body, messages, FLOOR_WINDOW)?;
+    pipelined_round_trips(&echo, messages, FLOOR_WINDOW)?;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
     let cpu = before.per_message(&cpu::Snapshot::take(&processes), messages);
-    drop(echo);
     let rate =
         json!({"window": FLOOR_WINDOW, "messages": messages, "msgs_per_s": rate, "cpu": cpu});
     Ok((Summary::new(results), rate))
@@ -676,46 +665,8 @@ fn floor_fanout(
     samples: usize,
     body_size: usize,
 ) -> Result<(Summary, Value), Failure> {
-    let ctx = zmq::Context::new();
-    let out = floor_socket(&ctx, zmq::XPUB)?;
-    // Every echo's subscription is the same (""): only a verbose XPUB
-    // reports each.
-    out.set_xpub_verbose(true)
-        .map_err(|e| fail(e.to_string()))?;
-    let port_out = free_port()?;
-    out.bind(&format!("tcp://127.0.0.1:{port_out}"))
-        .map_err(|e| fail(e.to_string()))?;
-    let back = floor_socket(&ctx, zmq::SUB)?;
-    back.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
-    back.set_rcvtimeo(10_000).map_err(|e| fail(e.to_string()))?;
-    let mut echoes = Vec::with_capacity(k);
-    for i in 0..k {
-        let port_back = free_port()?;
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "__echo",
-            &format!("tcp://127.0.0.1:{port_out}"),
-            &format!("tcp://127.0.0.1:{port_back}"),
-        ]);
-        echoes.push(Proc::spawn(format!("echo-{i}"), cmd).map_err(|e| fail(e.to_string()))?);
-        back.connect(&format!("tcp://127.0.0.1:{port_back}"))
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    for _ in 0..k {
-        out.recv_bytes(0).map_err(|e| fail(e.to_string()))?;
-    }
-    for echo in &echoes {
-        echo.wait_stderr("ready", READY).map_err(fail)?;
-    }
-    let topic = b"org.gilmsg.bench.dev.bench.latency".to_vec();
-    let body = vec![b'x'; body_size];
-    let mut processes = vec![("bench".to_owned(), std::process::id())];
-    processes.extend(
-        echoes
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (format!("echo-{i}"), e.pid())),
-    );
+    let echoes = RawEchoes::start(exe, k, body_size)?;
+    let processes = echoes.processes();
     let warmup = samples / 10;
     let mut results = Vec::with_capacity(samples);
     let mut before = None;
@@ -723,22 +674,115 @@ fn floor_fanout(
         if i == warmup {
             before = Some(cpu::Snapshot::take(&processes));
         }
-        let start = Instant::now();
-        out.send(&topic[..], zmq::SNDMORE)
-            .and_then(|()| out.send(&body[..], 0))
-            .map_err(|e| fail(e.to_string()))?;
-        for got in 0..k {
-            back.recv_multipart(0)
-                .map_err(|e| fail(format!("fan-out floor: echo {got} of {k}: {e}")))?;
-        }
+        let rtt = echoes.round_trip()?;
         if i >= warmup {
-            results.push(micros(start.elapsed()));
+            results.push(rtt);
         }
     }
     let cpu = before
         .map(|b| b.per_message(&cpu::Snapshot::take(&processes), samples))
         .unwrap_or(Value::Null);
     Ok((Summary::new(results), cpu))
+}
+
+/// Raw ZeroMQ echo processes (the `__echo` role) and the bench's two
+/// sockets to them: an XPUB out, to which every echo's SUB connects, and a
+/// SUB back, connected to every echo's XPUB. What the floors measure.
+struct RawEchoes {
+    out: zmq::Socket,
+    back: zmq::Socket,
+    echoes: Vec<Proc>,
+    topic: Vec<u8>,
+    body: Vec<u8>,
+    /// Dropped after the sockets (fields drop in order).
+    _context: zmq::Context,
+}
+
+impl RawEchoes {
+    /// Starts `k` echo processes and returns once each is subscribed both
+    /// ways. Messages are `[topic, body]` with a body of `body_size` bytes.
+    fn start(exe: &Path, k: usize, body_size: usize) -> Result<Self, Failure> {
+        let context = zmq::Context::new();
+        let out = floor_socket(&context, zmq::XPUB)?;
+        // Every echo's subscription is the same (""): only a verbose XPUB
+        // reports each.
+        out.set_xpub_verbose(true)
+            .map_err(|e| fail(e.to_string()))?;
+        let port_out = free_port()?;
+        out.bind(&format!("tcp://127.0.0.1:{port_out}"))
+            .map_err(|e| fail(e.to_string()))?;
+        let back = floor_socket(&context, zmq::SUB)?;
+        back.set_subscribe(b"").map_err(|e| fail(e.to_string()))?;
+        // A lost echo fails the run instead of hanging it.
+        back.set_rcvtimeo(10_000).map_err(|e| fail(e.to_string()))?;
+        let mut echoes = Vec::with_capacity(k);
+        for i in 0..k {
+            let port_back = free_port()?;
+            let mut cmd = Command::new(exe);
+            cmd.args([
+                "__echo",
+                &format!("tcp://127.0.0.1:{port_out}"),
+                &format!("tcp://127.0.0.1:{port_back}"),
+            ]);
+            let name = if k == 1 {
+                "echo".to_owned()
+            } else {
+                format!("echo-{i}")
+            };
+            echoes.push(Proc::spawn(name, cmd).map_err(|e| fail(e.to_string()))?);
+            back.connect(&format!("tcp://127.0.0.1:{port_back}"))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        for _ in 0..k {
+            out.recv_bytes(0).map_err(|e| fail(e.to_string()))?;
+        }
+        for echo in &echoes {
+            echo.wait_stderr("ready", READY).map_err(fail)?;
+        }
+        Ok(RawEchoes {
+            out,
+            back,
+            echoes,
+            topic: b"org.gilmsg.bench.dev.bench.latency".to_vec(),
+            body: vec![b'x'; body_size],
+            _context: context,
+        })
+    }
+
+    /// Sends one message.
+    fn send(&self) -> Result<(), Failure> {
+        self.out
+            .send(&self.topic[..], zmq::SNDMORE)
+            .and_then(|()| self.out.send(&self.body[..], 0))
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    /// Receives one echo, waiting for it (10 s at most).
+    fn receive(&self, flags: i32) -> zmq::Result<Vec<Vec<u8>>> {
+        self.back.recv_multipart(flags)
+    }
+
+    /// One message out, every echo of it back: how long it took, in µs.
+    fn round_trip(&self) -> Result<f64, Failure> {
+        let start = Instant::now();
+        self.send()?;
+        for got in 0..self.echoes.len() {
+            self.receive(0).map_err(|e| {
+                fail(format!(
+                    "raw floor: echo {got} of {}: {e}",
+                    self.echoes.len()
+                ))
+            })?;
+        }
+        Ok(micros(start.elapsed()))
+    }
+
+    /// This process and the echoes, labelled for [`cpu::Snapshot`].
+    fn processes(&self) -> Vec<(String, u32)> {
+        let mut processes = vec![("bench".to_owned(), std::process::id())];
+        processes.extend(self.echoes.iter().map(|e| (e.name().to_owned(), e.pid())));
+        processes
+    }
 }
 
 /// A socket of the raw floor, with the high-water mark gilmsg's sockets
@@ -765,31 +809,21 @@ const FLOOR_HIGH_WATER_MARK: i32 = 10_000;
 /// high-water mark ([`floor_socket`]), so nothing is dropped.
 const FLOOR_WINDOW: usize = 128;
 
-/// Sends `messages` copies of `[topic, body]` on `out`, at most `window`
-/// ahead of the echoes read back on `back`; fails if an echo is missing for
-/// 10 s (a lost message would otherwise hang the bench).
-fn pipelined_round_trips(
-    out: &zmq::Socket,
-    back: &zmq::Socket,
-    topic: &[u8],
-    body: &[u8],
-    messages: usize,
-    window: usize,
-) -> Result<(), Failure> {
-    back.set_rcvtimeo(10_000).map_err(|e| fail(e.to_string()))?;
+/// Sends `messages` messages to one echo, at most `window` ahead of the
+/// echoes read back; fails if an echo is missing for 10 s (a lost message
+/// would otherwise hang the bench).
+fn pipelined_round_trips(echo: &RawEchoes, messages: usize, window: usize) -> Result<(), Failure> {
     let (mut sent, mut echoed) = (0, 0);
     while echoed < messages {
         while sent < messages && sent - echoed < window {
-            out.send(topic, zmq::SNDMORE)
-                .and_then(|()| out.send(body, 0))
-                .map_err(|e| fail(e.to_string()))?;
+            echo.send()?;
             sent += 1;
         }
-        back.recv_multipart(0)
+        echo.receive(0)
             .map_err(|e| fail(format!("raw rate floor: echo {echoed} of {messages}: {e}")))?;
         echoed += 1;
         while echoed < sent {
-            match back.recv_multipart(zmq::DONTWAIT) {
+            match echo.receive(zmq::DONTWAIT) {
                 Ok(_) => echoed += 1,
                 Err(zmq::Error::EAGAIN) => break,
                 Err(e) => return Err(fail(e.to_string())),
@@ -1634,6 +1668,35 @@ async fn publish_latency(
     Ok(Summary::new(
         timed_publishes(bus, topic, recipients, samples).await?,
     ))
+}
+
+/// Publishes, then raw round trips, per block of the interleaved
+/// 1-recipient latency.
+const INTERLEAVE_BLOCK: usize = 50;
+
+/// The 1-recipient latency measured in blocks of [`INTERLEAVE_BLOCK`]
+/// publishes, each block followed by as many raw round trips to an echo
+/// beside the bus: the publishes and their floor from the same seconds.
+/// Why: the raw floor, measured once before the latency runs, moved
+/// between 72 and 115 µs from one run to the next minutes later, and the
+/// ratio with it; a machine that slows down or speeds up during a run
+/// moves both halves of this one alike.
+async fn interleaved_latency(
+    bus: &gilmsg::Bus,
+    echo: &RawEchoes,
+    recipients: &[String],
+    samples: usize,
+) -> Result<(Summary, Summary), Failure> {
+    let blocks = samples.div_ceil(INTERLEAVE_BLOCK).max(1);
+    let mut publishes = Vec::with_capacity(blocks * INTERLEAVE_BLOCK);
+    let mut rtts = Vec::with_capacity(blocks * INTERLEAVE_BLOCK);
+    for _ in 0..blocks {
+        publishes.extend(timed_publishes(bus, "latency", recipients, INTERLEAVE_BLOCK).await?);
+        for _ in 0..INTERLEAVE_BLOCK {
+            rtts.push(echo.round_trip()?);
+        }
+    }
+    Ok((Summary::new(publishes), Summary::new(rtts)))
 }
 
 /// `n` acknowledged publishes to `recipients`, one at a time: the latency

@@ -173,6 +173,15 @@ pub fn evaluate(report: &Value) -> Value {
     let rtt10 = get(report, "/floor_zmq_fanout/10_echoes/latency/p50_us");
     let ten_fanout = rtt10 + s + 10.0 * v + (10.0 * v + 10.0 * s) / cores;
     let p50_10 = get(report, "/latency_warm_publish/10_recipients/p50_us");
+    // The 1-recipient latency against a raw round trip measured in the
+    // same seconds (blocks of publishes and round trips, interleaved).
+    let interleaved = |path: &str| {
+        get(
+            report,
+            &format!("/latency_warm_publish/1_recipient_interleaved/{path}"),
+        )
+    };
+    let one_interleaved = interleaved("rtt/p50_us") + 2.0 * s + 2.0 * v;
     json!({
         "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
         "transport_floor": {
@@ -188,6 +197,15 @@ pub fn evaluate(report: &Value) -> Value {
             "crypto_us": 2.0 * s + 2.0 * v,
             "handoffs_us": handoffs,
             "rest_us": p50 - one - handoffs,
+        },
+        "one_recipient_interleaved": {
+            "rtt_us": interleaved("rtt/p50_us"),
+            "floor_us": one_interleaved,
+            "p50_us": interleaved("publish/p50_us"),
+            "p99_us": interleaved("publish/p99_us"),
+            "p50_ratio": interleaved("publish/p50_us") / one_interleaved,
+            "p99_ratio": interleaved("publish/p99_us") / one_interleaved,
+            "block": interleaved("block"),
         },
         "ten_recipients_fanout": {
             "rtt10_us": rtt10,
@@ -269,6 +287,20 @@ pub fn markdown(report: &Value) -> String {
             get(t, "/one_recipient_p50/rest_us"),
         );
     }
+    if get(t, "/one_recipient_interleaved/p50_ratio").is_finite() {
+        let _ = writeln!(
+            md,
+            "\n1 recipient, interleaved with the raw round trip (blocks of {:.0} publishes, then {:.0} round trips, so both from the same seconds): RTT {:.1} µs, RTT + 2S + 2V = {:.1} µs; p50 {:.1} µs is {:.2}× that (target 1.3×), p99 {:.1} µs is {:.2}× (target 2×).",
+            get(t, "/one_recipient_interleaved/block"),
+            get(t, "/one_recipient_interleaved/block"),
+            get(t, "/one_recipient_interleaved/rtt_us"),
+            get(t, "/one_recipient_interleaved/floor_us"),
+            get(t, "/one_recipient_interleaved/p50_us"),
+            get(t, "/one_recipient_interleaved/p50_ratio"),
+            get(t, "/one_recipient_interleaved/p99_us"),
+            get(t, "/one_recipient_interleaved/p99_ratio"),
+        );
+    }
     if get(t, "/ten_recipients_fanout/ratio").is_finite() {
         let _ = writeln!(
             md,
@@ -333,8 +365,9 @@ mod tests {
         assert_eq!(rows[4]["verdict"], "not measured");
         assert_eq!(rows[5]["verdict"], "not measured");
         assert!(markdown(&json!({ "targets": t })).contains("| missed |"));
-        // No fan-out floor in that run: no line for it.
+        // No fan-out floor nor interleaved run in that run: no lines for them.
         assert!(!markdown(&json!({ "targets": t })).contains("RTT10"));
+        assert!(!markdown(&json!({ "targets": t })).contains("interleaved"));
     }
 
     #[test]
@@ -364,6 +397,31 @@ mod tests {
         );
         assert!(
             md.contains("= 870 µs, and p50 1044 µs is 1.20× that"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_interleaved_one_recipient_run_has_its_own_floor() {
+        // RTT 80 in the same seconds, S 20, V 30: floor 180; p50 234 = 1.3×.
+        let report = json!({
+            "machine": {"cores": 2},
+            "floor_zmq_rtt": {"latency": {"p50_us": 120.0}},
+            "crypto": {"ed25519": {"sign_raw_us": 20.0, "verify_raw_us": 30.0}},
+            "latency_warm_publish": {"1_recipient_interleaved": {
+                "block": 50,
+                "publish": {"p50_us": 234.0, "p99_us": 360.0},
+                "rtt": {"p50_us": 80.0},
+            }},
+        });
+        let t = evaluate(&report);
+        let view = &t["one_recipient_interleaved"];
+        assert!((view["floor_us"].as_f64().unwrap() - 180.0).abs() < 1e-9);
+        assert!((view["p50_ratio"].as_f64().unwrap() - 1.3).abs() < 1e-9);
+        assert!((view["p99_ratio"].as_f64().unwrap() - 2.0).abs() < 1e-9);
+        let md = markdown(&json!({ "targets": t }));
+        assert!(
+            md.contains("RTT 80.0 µs, RTT + 2S + 2V = 180.0 µs; p50 234.0 µs is 1.30× that"),
             "{md}"
         );
     }
