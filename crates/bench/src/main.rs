@@ -7,7 +7,8 @@
 //!    for each recipient count k > 1 (the fan-out floor), and sign/verify
 //!    cost per scheme;
 //! 2. warm latency of acknowledged `publish` on a long-lived handle, 1/3/10
-//!    recipients (p50, p90, p99, max);
+//!    recipients (p50, p90, p99, max); with 1, once more in blocks
+//!    interleaved with raw round trips (a floor from the same seconds);
 //! 3. throughput with many publishes in flight, and the window that did it;
 //! 4. one-shot `gilmsg-logger` wall time through a running relay;
 //! 5. the Python anchor (`gilmsg-logger`, `gilmsg.publish`) when the interop
@@ -361,7 +362,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 latency.insert("plain_publish".into(), plain.json());
                 let echo = RawEchoes::start(&exe, 1, signed_body_size(&ssldir)?)?;
                 let (publishes, rtts) =
-                    runtime.block_on(interleaved_latency(&bus.bus, &echo, &recipients, samples))?;
+                    interleaved_latency(&runtime, &bus.bus, &echo, &recipients, samples)?;
                 progress(format!(
                     "latency 1 recipient, interleaved with the raw round trip: p50 {:.1} us, RTT p50 {:.1} us",
                     publishes.pct(50.0),
@@ -733,8 +734,12 @@ impl RawEchoes {
             back.connect(&format!("tcp://127.0.0.1:{port_back}"))
                 .map_err(|e| fail(e.to_string()))?;
         }
-        for _ in 0..k {
-            out.recv_bytes(0).map_err(|e| fail(e.to_string()))?;
+        // An echo that dies before subscribing fails the run, not hangs it.
+        out.set_rcvtimeo(i32::try_from(READY.as_millis()).unwrap_or(i32::MAX))
+            .map_err(|e| fail(e.to_string()))?;
+        for got in 0..k {
+            out.recv_bytes(0)
+                .map_err(|e| fail(format!("raw floor: subscription {got} of {k}: {e}")))?;
         }
         for echo in &echoes {
             echo.wait_stderr("ready", READY).map_err(fail)?;
@@ -794,9 +799,12 @@ impl RawEchoes {
 /// ~380,000 msgs/s it counts a pipe as full long before it is, and drops.
 fn floor_socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket, Failure> {
     let socket = ctx.socket(kind).map_err(|e| fail(e.to_string()))?;
+    // Linger 0: a subscription still queued for an echo that never came up
+    // must not hold the context's drop (libzmq's default is to wait forever).
     socket
         .set_sndhwm(FLOOR_HIGH_WATER_MARK)
         .and_then(|()| socket.set_rcvhwm(FLOOR_HIGH_WATER_MARK))
+        .and_then(|()| socket.set_linger(0))
         .map_err(|e| fail(e.to_string()))?;
     Ok(socket)
 }
@@ -1440,11 +1448,23 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
         "raw ZeroMQ round trip (floor)",
         "/floor_zmq_rtt/latency",
     );
-    for k in [3, 10] {
+    let mut fanouts = j
+        .get("floor_zmq_fanout")
+        .and_then(Value::as_object)
+        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    // "10_echoes" sorts before "3_echoes" as text.
+    fanouts.sort_by_key(|key| {
+        key.trim_end_matches("_echoes")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
+    for key in fanouts {
+        let k = key.trim_end_matches("_echoes");
         row(
             md,
             &format!("raw ZeroMQ fan-out round trip, {k} echo processes"),
-            &format!("/floor_zmq_fanout/{k}_echoes/latency"),
+            &format!("/floor_zmq_fanout/{key}/latency"),
         );
     }
     for k in [1, 3, 10] {
@@ -1675,25 +1695,46 @@ async fn publish_latency(
 const INTERLEAVE_BLOCK: usize = 50;
 
 /// The 1-recipient latency measured in blocks of [`INTERLEAVE_BLOCK`]
-/// publishes, each block followed by as many raw round trips to an echo
-/// beside the bus: the publishes and their floor from the same seconds.
+/// publishes and as many raw round trips to an echo beside the bus, the
+/// two in turns (which goes first alternates), after one untimed block of
+/// each: the publishes and their floor from the same seconds.
 /// Why: the raw floor, measured once before the latency runs, moved
 /// between 72 and 115 µs from one run to the next minutes later, and the
 /// ratio with it; a machine that slows down or speeds up during a run
 /// moves both halves of this one alike.
-async fn interleaved_latency(
+fn interleaved_latency(
+    runtime: &tokio::runtime::Runtime,
     bus: &gilmsg::Bus,
     echo: &RawEchoes,
     recipients: &[String],
     samples: usize,
 ) -> Result<(Summary, Summary), Failure> {
+    let publish_block = || {
+        runtime.block_on(timed_publishes(
+            bus,
+            "latency",
+            recipients,
+            INTERLEAVE_BLOCK,
+        ))
+    };
+    let echo_block = || {
+        (0..INTERLEAVE_BLOCK)
+            .map(|_| echo.round_trip())
+            .collect::<Result<Vec<_>, _>>()
+    };
+    // A fresh echo's connection is cold.
+    publish_block()?;
+    echo_block()?;
     let blocks = samples.div_ceil(INTERLEAVE_BLOCK).max(1);
     let mut publishes = Vec::with_capacity(blocks * INTERLEAVE_BLOCK);
     let mut rtts = Vec::with_capacity(blocks * INTERLEAVE_BLOCK);
-    for _ in 0..blocks {
-        publishes.extend(timed_publishes(bus, "latency", recipients, INTERLEAVE_BLOCK).await?);
-        for _ in 0..INTERLEAVE_BLOCK {
-            rtts.push(echo.round_trip()?);
+    for block in 0..blocks {
+        if block % 2 == 0 {
+            publishes.extend(publish_block()?);
+            rtts.extend(echo_block()?);
+        } else {
+            rtts.extend(echo_block()?);
+            publishes.extend(publish_block()?);
         }
     }
     Ok((Summary::new(publishes), Summary::new(rtts)))
