@@ -18,9 +18,10 @@
 //!    bindings/python) when its venv is given: `bindings/python/bench.py`
 //!    as a child publishing on the same direct bus to the same consumers,
 //!    beside the Rust library's numbers;
-//! 7. with `--soak`, a memory soak: acknowledged publishes without pause,
-//!    the consumer's RSS sampled as it goes, its steady state the median of
-//!    the second half of the samples.
+//! 7. with `--soak`, a memory soak: acknowledged publishes as fast as the
+//!    consumer's `dedupe_capacity` allows ([`SoakPace`]), the consumer's RSS
+//!    sampled as it goes, its steady state the median of the samples once
+//!    its dedupe cache is full.
 //!
 //! Results are ratios inside one run (the machines are shared and noisy),
 //! written as JSON and Markdown plus an SVG latency plot, with the speed
@@ -81,8 +82,9 @@ struct Args {
     #[arg(long)]
     pub oneshot_runs: Option<usize>,
     /// Also run a memory soak of this length (e.g. 10m), after the other
-    /// sections: throughput without pause, RSS and dedupe state sampled
-    /// every 20,000 messages (`--only soak` for the soak alone).
+    /// sections: acknowledged publishes paced to 80 % of the consumer's
+    /// dedupe_capacity per second, RSS and dedupe state sampled every
+    /// 10,000 messages (`--only soak` for the soak alone).
     #[arg(long, value_parser = common::parse_duration)]
     pub soak: Option<Duration>,
     /// The soak's consumer with this `dedupe_capacity` instead of the
@@ -1072,6 +1074,8 @@ impl DirectBus {
         let mut best = (0.0, 0, Value::Null, Value::Null);
         let processes = self.processes();
         for &window in windows {
+            // See QUIET_BEFORE_WINDOW.
+            tokio::time::sleep(QUIET_BEFORE_WINDOW).await;
             let before = cpu::Snapshot::take(&processes);
             let counted = self.bus.stats();
             let rate = self.run_window(recipients, messages, window).await?;
@@ -1233,8 +1237,65 @@ fn oneshot(exe: &Path, dir: &Path, runs: usize) -> Result<Value, Failure> {
 /// Acknowledged messages between two samples of the soak.
 const SOAK_STEP: usize = 10_000;
 
+/// A consumer refuses the rest of a second's messages from one signer once
+/// more than its `dedupe_capacity` of them are stamped within that second
+/// (the replay floor: timestamps are whole seconds; `docs/security.md`).
+/// The publisher then times out, by design. At the default capacity that is
+/// ~32,000 msgs/s from one signer, which this machine's throughput run just
+/// stays under and a faster one would not. So each throughput window (fewer
+/// messages than the capacity, 20,000 by default) starts after a second
+/// without publishes, when everything the consumer could evict is stamped
+/// in an earlier second than anything the window sends.
+const QUIET_BEFORE_WINDOW: Duration = Duration::from_millis(1100);
+
+/// The soak's pace, whose RSS target is for the default capacity: it sends
+/// in chunks of a tenth of its consumer's `dedupe_capacity`, none before
+/// its turn at 80 % of the capacity per second. Any one second then holds
+/// at most 90 % of the capacity (the rate, plus one chunk across the
+/// second's edge), and the consumer's replay floor stays in an earlier
+/// second than what it receives ([`QUIET_BEFORE_WINDOW`] says why).
+struct SoakPace {
+    started: Instant,
+    sent: usize,
+    chunk: usize,
+    per_second: f64,
+}
+
+impl SoakPace {
+    fn new(dedupe_capacity: usize) -> Self {
+        let capacity = dedupe_capacity.max(10);
+        SoakPace {
+            started: Instant::now(),
+            sent: 0,
+            chunk: (capacity / 10).min(SOAK_STEP),
+            per_second: 0.8 * capacity as f64,
+        }
+    }
+
+    /// Sends `n` messages through `send`, a chunk at a time, each chunk
+    /// waiting for its turn.
+    fn send(
+        &mut self,
+        n: usize,
+        mut send: impl FnMut(usize) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(self.chunk);
+            let turn = Duration::from_secs_f64(self.sent as f64 / self.per_second);
+            if let Some(wait) = turn.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            send(chunk)?;
+            self.sent += chunk;
+            left -= chunk;
+        }
+        Ok(())
+    }
+}
+
 /// The memory soak: one consumer with the default configuration,
-/// acknowledged publishes without pause (window 128) for `length`, a
+/// acknowledged publishes (window 128, paced by [`SoakPace`]) for `length`, a
 /// sample every [`SOAK_STEP`] messages. Writes `soak.json` (every sample)
 /// and returns the summary: the consumer's steady state is the samples
 /// after warm-up (once its dedupe cache is full, which takes its capacity
@@ -1260,8 +1321,16 @@ fn soak(
     let start = Instant::now();
     let mut rows = Vec::new();
     let mut sent = 0usize;
+    let mut pace =
+        SoakPace::new(dedupe_capacity.unwrap_or(gilmsg::Config::default().dedupe_capacity));
     while start.elapsed() < length {
-        let rate = runtime.block_on(bus.run_window(&recipients, SOAK_STEP, 128))?;
+        let step_started = Instant::now();
+        pace.send(SOAK_STEP, |n| {
+            runtime
+                .block_on(bus.run_window(&recipients, n, 128))
+                .map(|_| ())
+        })?;
+        let rate = SOAK_STEP as f64 / step_started.elapsed().as_secs_f64();
         sent += SOAK_STEP;
         let _ = consumer.signal(nix::sys::signal::Signal::SIGUSR1);
         let stats = consumer
@@ -1974,4 +2043,36 @@ fn python_package_ratios(mut package: serde_json::Map<String, Value>, report: &V
         json!("the extension as scripts/python-package.sh built it (GILMSG_PYTHON_PROFILE, default dev)"),
     );
     Value::Object(package)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soak_sends_in_chunks_of_a_tenth_of_the_capacity_each_at_its_turn() {
+        // Capacity 1,000: chunks of 100, at 800 per second.
+        let mut pace = SoakPace::new(1_000);
+        let started = pace.started;
+        let mut chunks = Vec::new();
+        pace.send(250, |n| {
+            chunks.push((n, started.elapsed()));
+            Ok(())
+        })
+        .unwrap();
+        let sizes: Vec<usize> = chunks.iter().map(|(n, _)| *n).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+        // The third chunk waited for its turn: 200 sent at 800 a second.
+        // (A lower bound only: a sleep is never shorter.)
+        assert!(chunks[2].1 >= Duration::from_millis(250), "{chunks:?}");
+        // The count carries over: the next chunk's turn is 250 / 800 s.
+        let mut later = Vec::new();
+        pace.send(10, |n| {
+            later.push(n);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(later, vec![10]);
+        assert!(pace.started.elapsed() >= Duration::from_millis(312));
+    }
 }
