@@ -1249,26 +1249,28 @@ const SOAK_STEP: usize = 10_000;
 const QUIET_BEFORE_WINDOW: Duration = Duration::from_millis(1100);
 
 /// The soak's pace, whose RSS target is for the default capacity: it sends
-/// in chunks of a tenth of its consumer's `dedupe_capacity`, none before
-/// its turn at 80 % of the capacity per second. Any one second then holds
-/// at most 90 % of the capacity (the rate, plus one chunk across the
-/// second's edge), and the consumer's replay floor stays in an earlier
+/// in chunks of a tenth of its consumer's `dedupe_capacity`, each starting
+/// no sooner than a chunk's time at 80 % of the capacity per second after
+/// the one before (time lost is not made up in a burst). Any one second
+/// then holds at most 90 % of the capacity (the rate, plus one chunk across
+/// the second's edge), and the consumer's replay floor stays in an earlier
 /// second than what it receives ([`QUIET_BEFORE_WINDOW`] says why).
 struct SoakPace {
-    started: Instant,
-    sent: usize,
+    /// When the next chunk may start.
+    next: Instant,
     chunk: usize,
-    per_second: f64,
+    /// How long a chunk takes at the pace.
+    chunk_time: Duration,
 }
 
 impl SoakPace {
     fn new(dedupe_capacity: usize) -> Self {
         let capacity = dedupe_capacity.max(10);
+        let chunk = (capacity / 10).min(SOAK_STEP);
         SoakPace {
-            started: Instant::now(),
-            sent: 0,
-            chunk: (capacity / 10).min(SOAK_STEP),
-            per_second: 0.8 * capacity as f64,
+            next: Instant::now(),
+            chunk,
+            chunk_time: Duration::from_secs_f64(chunk as f64 / (0.8 * capacity as f64)),
         }
     }
 
@@ -1282,12 +1284,13 @@ impl SoakPace {
         let mut left = n;
         while left > 0 {
             let chunk = left.min(self.chunk);
-            let turn = Duration::from_secs_f64(self.sent as f64 / self.per_second);
-            if let Some(wait) = turn.checked_sub(self.started.elapsed()) {
+            let now = Instant::now();
+            if let Some(wait) = self.next.checked_duration_since(now) {
                 std::thread::sleep(wait);
             }
+            let started = self.next.max(now);
+            self.next = started + self.chunk_time.mul_f64(chunk as f64 / self.chunk as f64);
             send(chunk)?;
-            self.sent += chunk;
             left -= chunk;
         }
         Ok(())
@@ -2052,8 +2055,8 @@ mod tests {
     #[test]
     fn the_soak_sends_in_chunks_of_a_tenth_of_the_capacity_each_at_its_turn() {
         // Capacity 1,000: chunks of 100, at 800 per second.
+        let started = Instant::now();
         let mut pace = SoakPace::new(1_000);
-        let started = pace.started;
         let mut chunks = Vec::new();
         pace.send(250, |n| {
             chunks.push((n, started.elapsed()));
@@ -2065,14 +2068,25 @@ mod tests {
         // The third chunk waited for its turn: 200 sent at 800 a second.
         // (A lower bound only: a sleep is never shorter.)
         assert!(chunks[2].1 >= Duration::from_millis(250), "{chunks:?}");
-        // The count carries over: the next chunk's turn is 250 / 800 s.
+        // The pace carries over: after 250, the next chunk starts no
+        // sooner than 250 / 800 s.
         let mut later = Vec::new();
-        pace.send(10, |n| {
-            later.push(n);
+        pace.send(10, |_| {
+            later.push(started.elapsed());
             Ok(())
         })
         .unwrap();
-        assert_eq!(later, vec![10]);
-        assert!(pace.started.elapsed() >= Duration::from_millis(312));
+        assert!(later[0] >= Duration::from_millis(312), "{later:?}");
+        // Time lost is not made up in a burst: after a pause, the chunks
+        // that follow are still a chunk's time apart.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut after_pause = Vec::new();
+        pace.send(200, |n| {
+            after_pause.push((n, Instant::now()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(after_pause.len(), 2);
+        assert!(after_pause[1].1 - after_pause[0].1 >= Duration::from_millis(125));
     }
 }
