@@ -638,14 +638,8 @@ fn floor_zmq(
     body_size: usize,
 ) -> Result<(Summary, Value), Failure> {
     let echo = RawEchoes::start(exe, 1, body_size)?;
-    let warmup = samples / 10;
-    let mut results = Vec::with_capacity(samples);
-    for i in 0..(samples + warmup) {
-        let rtt = echo.round_trip()?;
-        if i >= warmup {
-            results.push(rtt);
-        }
-    }
+    echo.round_trips(samples / 10)?;
+    let results = echo.round_trips(samples)?;
     let processes = echo.processes();
     let before = cpu::Snapshot::take(&processes);
     let started = Instant::now();
@@ -670,21 +664,10 @@ fn floor_fanout(
 ) -> Result<(Summary, Value), Failure> {
     let echoes = RawEchoes::start(exe, k, body_size)?;
     let processes = echoes.processes();
-    let warmup = samples / 10;
-    let mut results = Vec::with_capacity(samples);
-    let mut before = None;
-    for i in 0..(samples + warmup) {
-        if i == warmup {
-            before = Some(cpu::Snapshot::take(&processes));
-        }
-        let rtt = echoes.round_trip()?;
-        if i >= warmup {
-            results.push(rtt);
-        }
-    }
-    let cpu = before
-        .map(|b| b.per_message(&cpu::Snapshot::take(&processes), samples))
-        .unwrap_or(Value::Null);
+    echoes.round_trips(samples / 10)?;
+    let before = cpu::Snapshot::take(&processes);
+    let results = echoes.round_trips(samples)?;
+    let cpu = before.per_message(&cpu::Snapshot::take(&processes), samples);
     Ok((Summary::new(results), cpu))
 }
 
@@ -782,6 +765,11 @@ impl RawEchoes {
             })?;
         }
         Ok(micros(start.elapsed()))
+    }
+
+    /// `n` round trips, one after the other: how long each took, in µs.
+    fn round_trips(&self, n: usize) -> Result<Vec<f64>, Failure> {
+        (0..n).map(|_| self.round_trip()).collect()
     }
 
     /// This process and the echoes, labelled for [`cpu::Snapshot`].
@@ -1520,19 +1508,22 @@ fn zeromq_tables(j: &Value, floor: f64, md: &mut String) {
         "raw ZeroMQ round trip (floor)",
         "/floor_zmq_rtt/latency",
     );
-    let mut fanouts = j
+    // By k: "10_echoes" sorts before "3_echoes" as text.
+    let mut fanouts: Vec<(usize, &String)> = j
         .get("floor_zmq_fanout")
         .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect::<Vec<_>>())
-        .unwrap_or_default();
-    // "10_echoes" sorts before "3_echoes" as text.
-    fanouts.sort_by_key(|key| {
-        key.trim_end_matches("_echoes")
-            .parse::<usize>()
-            .unwrap_or(usize::MAX)
-    });
-    for key in fanouts {
-        let k = key.trim_end_matches("_echoes");
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .map(|key| {
+            let k = key
+                .trim_end_matches("_echoes")
+                .parse()
+                .unwrap_or(usize::MAX);
+            (k, key)
+        })
+        .collect();
+    fanouts.sort();
+    for (k, key) in fanouts {
         row(
             md,
             &format!("raw ZeroMQ fan-out round trip, {k} echo processes"),
@@ -1789,11 +1780,7 @@ fn interleaved_latency(
             INTERLEAVE_BLOCK,
         ))
     };
-    let echo_block = || {
-        (0..INTERLEAVE_BLOCK)
-            .map(|_| echo.round_trip())
-            .collect::<Result<Vec<_>, _>>()
-    };
+    let echo_block = || echo.round_trips(INTERLEAVE_BLOCK);
     // A fresh echo's connection is cold.
     publish_block()?;
     echo_block()?;
