@@ -122,6 +122,30 @@ fn positive_control_the_honest_ack_completes_the_publish() {
 }
 
 #[test]
+fn on_the_callers_runtime_the_honest_ack_completes_the_publish_and_a_forged_one_does_not() {
+    within_async(LIMIT, || async {
+        let honest = answer_publisher_with(
+            "rcpt",
+            |_| {},
+            Bus::publisher_on_runtime,
+            |bus, message| bus.honest_ack(message, "rcpt"),
+        )
+        .await;
+        let receipt = honest.result.expect("the honest ACK counts");
+        assert_eq!(receipt.acks[0].recipient, "rcpt");
+        assert!(receipt.acks[0].digest_checked);
+        let forged = answer_publisher_with(
+            "rcpt",
+            |_| {},
+            Bus::publisher_on_runtime,
+            ack_naming("intruder"),
+        )
+        .await;
+        assert_refused(forged, "rcpt", "ack.signer_mismatch");
+    })
+}
+
+#[test]
 fn positive_control_an_ack_without_digest_counts_unchecked() {
     // Python gilmsg sends no ack_digest; such an ACK is accepted, flagged.
     within_async(LIMIT, || async {

@@ -42,13 +42,27 @@ fn publish_to_three_consumers_returns_a_receipt_naming_all_three() {
 
 #[test]
 fn timeout_names_exactly_the_recipient_that_is_not_running() {
-    within_async(LIMIT, || async {
+    within_async(LIMIT, || timeout_names_the_one_not_running(Bus::publisher))
+}
+
+#[test]
+fn on_the_callers_runtime_timeout_names_exactly_the_recipient_that_is_not_running() {
+    within_async(LIMIT, || {
+        timeout_names_the_one_not_running(Bus::publisher_on_runtime)
+    })
+}
+
+/// Three of four recipients running: the publish (from the handle
+/// `publisher` builds) is re-sent while it waits, then times out naming the
+/// fourth.
+async fn timeout_names_the_one_not_running(publisher: fn(&Bus) -> gilmsg::Bus) {
+    {
         let bus = Bus::start(
             bins!(),
             &["consumer-a", "consumer-b", "consumer-c", "consumer-d"],
         );
         let _consumers = bus.consumers(&NAMES, &[]);
-        let publisher = bus.publisher();
+        let publisher = publisher(&bus);
         let everyone = ["consumer-a", "consumer-b", "consumer-c", "consumer-d"];
         let err = publisher
             .publish(
@@ -76,7 +90,7 @@ fn timeout_names_exactly_the_recipient_that_is_not_running() {
         );
         let stats = publisher.stats();
         assert_eq!(stats.get("publish.timed_out"), 1, "{stats}");
-    })
+    }
 }
 
 // Regression: the consumer and the relay used to print their ready line

@@ -1,5 +1,6 @@
 //! The library API against real consumer processes: many publishes in
-//! flight on one handle, the blocking facade, and plain (un-ACKed) publish.
+//! flight on one handle (with the socket loop on its own thread and on the
+//! caller's runtime), the blocking facade, and plain (un-ACKed) publish.
 
 #![forbid(unsafe_code)]
 
@@ -16,10 +17,21 @@ const IN_FLIGHT: u64 = 200;
 
 #[test]
 fn many_publishes_in_flight_on_one_handle_each_get_their_own_receipt() {
-    within_async(LIMIT, || async {
+    within_async(LIMIT, || many_in_flight(Bus::publisher))
+}
+
+#[test]
+fn on_the_callers_runtime_many_publishes_in_flight_each_get_their_own_receipt() {
+    within_async(LIMIT, || many_in_flight(Bus::publisher_on_runtime))
+}
+
+/// `IN_FLIGHT` publishes at once on one handle built by `publisher`, each
+/// to both consumers: every receipt is for its own message.
+async fn many_in_flight(publisher: fn(&Bus) -> gilmsg::Bus) {
+    {
         let bus = Bus::start(bins!(), &NAMES);
         let consumers = bus.consumers(&NAMES, &[]);
-        let publisher = bus.publisher();
+        let publisher = publisher(&bus);
         let mut tasks = tokio::task::JoinSet::new();
         for k in 0..IN_FLIGHT {
             let handle = publisher.clone();
@@ -66,7 +78,7 @@ fn many_publishes_in_flight_on_one_handle_each_get_their_own_receipt() {
         assert_eq!(stats.get("publish.acked"), IN_FLIGHT, "{stats}");
         assert_eq!(stats.get("ack.counted"), 2 * IN_FLIGHT, "{stats}");
         assert_eq!(stats.get("publish.timed_out"), 0, "{stats}");
-    })
+    }
 }
 
 #[test]
@@ -228,5 +240,87 @@ fn an_ack_timeout_longer_than_max_message_age_is_refused_at_once() {
             .await
             .expect("up to max_message_age is fine");
         assert_eq!(receipt.acks[0].recipient, "c1");
+    })
+}
+
+#[test]
+fn on_the_callers_runtime_is_refused_where_the_loop_could_stall() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &NAMES);
+        let refused = |built: gilmsg::Result<gilmsg::Bus>, why: &str| match built {
+            Ok(_) => panic!("built where it must be refused ({why})"),
+            Err(gilmsg::Error::InvalidArgument(text)) => {
+                assert!(text.starts_with("run_on_current_runtime: "), "{text}");
+                assert!(text.contains(why), "{text}");
+            }
+            Err(e) => panic!("refused with the wrong error: {e}"),
+        };
+        let on_runtime =
+            || gilmsg_testkit::publisher_builder(&bus.config()).run_on_current_runtime(true);
+        // No runtime at all.
+        refused(on_runtime().build(), "there is none here");
+        // A current-thread runtime.
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        refused(
+            current.block_on(async { on_runtime().build() }),
+            "not multi-thread",
+        );
+        // An AMQP config (refused before any broker is asked).
+        let mut amqp = bus.config();
+        amqp.amqp = Some(gilmsg_config::AmqpConfig::new("amqp://127.0.0.1:1/%2F"));
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        refused(
+            multi.block_on(async {
+                gilmsg_testkit::publisher_builder(&amqp)
+                    .run_on_current_runtime(true)
+                    .build()
+            }),
+            "AMQP",
+        );
+    })
+}
+
+#[test]
+fn on_the_callers_runtime_a_handle_outliving_its_runtime_fails_instead_of_hanging() {
+    within(LIMIT, || {
+        let bus = Bus::start(bins!(), &["c1"]);
+        let _c1 = bus.consumer("c1", &[]);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let publisher = runtime.block_on(async { bus.publisher_on_runtime() });
+        let receipt = runtime
+            .block_on(publisher.publish(
+                "outlived",
+                json!({"n": 1}),
+                &["c1"],
+                Duration::from_secs(10),
+            ))
+            .expect("c1 acks while the runtime runs");
+        assert_eq!(receipt.acks[0].recipient, "c1");
+        drop(runtime);
+        // The loop went with its runtime: a publish is refused at once.
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let err = other
+            .block_on(publisher.publish(
+                "outlived",
+                json!({"n": 2}),
+                &["c1"],
+                Duration::from_secs(10),
+            ))
+            .expect_err("nobody runs the loop any more");
+        assert!(matches!(err, gilmsg::Error::Closed), "{err}");
     })
 }

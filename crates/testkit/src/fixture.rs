@@ -62,12 +62,18 @@ pub(crate) fn ack_topic() -> String {
 /// An in-process publisher from `config`: modname [`MODNAME`], signing as
 /// [`PUBLISHER`], active (it connects, as a test publisher on any bus).
 pub(crate) fn build_publisher(config: &gilmsg::Config) -> gilmsg::Bus {
+    publisher_builder(config)
+        .build()
+        .unwrap_or_else(|e| panic!("build publisher: {e}"))
+}
+
+/// The builder of the tests' in-process publisher: [`PUBLISHER`] through
+/// the relay.
+pub fn publisher_builder(config: &gilmsg::Config) -> gilmsg::BusBuilder {
     gilmsg::Bus::builder(config)
         .modname(MODNAME)
         .certname(PUBLISHER)
         .active(true)
-        .build()
-        .unwrap_or_else(|e| panic!("build publisher: {e}"))
 }
 
 impl Bus {
@@ -238,6 +244,16 @@ relay_outbound = {outbound_value}
     /// An in-process publisher built from a (modified) config.
     pub fn publisher_from(&self, config: &gilmsg::Config) -> gilmsg::Bus {
         build_publisher(config)
+    }
+
+    /// [`Bus::publisher`] with its socket loop as a task on the current
+    /// (multi-thread) tokio runtime
+    /// ([`gilmsg::BusBuilder::run_on_current_runtime`]).
+    pub fn publisher_on_runtime(&self) -> gilmsg::Bus {
+        publisher_builder(&self.config())
+            .run_on_current_runtime(true)
+            .build()
+            .unwrap_or_else(|e| panic!("build publisher on the runtime: {e}"))
     }
 
     /// Starts `gilmsg-consumer --config <bus> --certname <name> --json <args>`

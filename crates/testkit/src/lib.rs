@@ -66,7 +66,7 @@ pub mod rsa_pki;
 
 pub use bins::Bins;
 pub use child::{run_tool, Running, ToolOutput};
-pub use fixture::{parse_stats, Bus, Consumer};
+pub use fixture::{parse_stats, publisher_builder, Bus, Consumer};
 pub use gilmsg_cli::procs::{field, wait_timeout, Proc};
 pub use guard::{within, within_async};
 

@@ -13,6 +13,12 @@
 //! and endpoints with no verdict only for a short grace period. Whatever
 //! still goes missing (a subscriber that joins late, a lost ACK) is
 //! recovered by re-sending the same bytes until every recipient has acked.
+//!
+//! Where the loop runs is the caller's choice ([`SocketOwner`]): a thread of
+//! its own (the default), or a task on the caller's multi-thread tokio
+//! runtime, which saves the two thread hand-offs of every acknowledged
+//! publish (`BusBuilder::run_on_current_runtime`). Either way it is the
+//! sockets' only owner, and the handles reach it through its mailbox.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +32,17 @@ use crate::stats::LinkCounters;
 use crate::transport::{Flow, Outgoing, PublisherCommand, PublisherDriver, PublisherLink};
 
 /// ACK messages taken off the socket at once and handed to the driver as
-/// one burst (their signatures checked together); at most 1024 per turn.
+/// one burst (their signatures checked together).
 const ACKS_PER_BURST: usize = 64;
+
+/// Bursts per turn on a thread of its own: at most 1024 ACKs, to keep the
+/// mailbox and timers responsive under a flood.
+const ACK_BURSTS_PER_TURN_ON_THREAD: usize = 1024 / ACKS_PER_BURST;
+
+/// Bursts per turn as a task on the caller's runtime: one (64 ACKs, about a
+/// millisecond of verification here), so the task gives its worker back
+/// between bursts, as tasks on a shared runtime should.
+const ACK_BURSTS_PER_TURN_ON_RUNTIME: usize = 1;
 
 /// How long to wait for every ACK endpoint's handshake before settling for
 /// some of them. Only matters when an endpoint gives no verdict at start-up
@@ -48,7 +63,16 @@ pub(crate) struct Sockets {
     pub(crate) ack_topic: String,
 }
 
-/// A started publisher thread.
+/// Who runs the publisher's socket loop.
+#[derive(Debug, Clone)]
+pub(crate) enum SocketOwner {
+    /// A thread of its own, `gilmsg-publisher`.
+    Thread,
+    /// A task on this runtime, which must be multi-thread.
+    Runtime(tokio::runtime::Handle),
+}
+
+/// A started publisher thread (or task).
 pub(crate) struct Running {
     pub(crate) link: Box<dyn PublisherLink>,
     pub(crate) bound: Vec<String>,
@@ -58,15 +82,34 @@ pub(crate) struct Running {
 
 type Command = PublisherCommand<Vec<Vec<u8>>>;
 
-/// Starts the thread; returns once its sockets are bound and connected.
+/// Starts the loop on `owner`; returns once its sockets are bound and
+/// connected.
 pub(crate) fn start(
     sockets: Sockets,
     driver: PublisherDriver<Frames>,
     link_counters: Arc<LinkCounters>,
+    owner: SocketOwner,
 ) -> Result<Running> {
-    let started = actor::start("publisher", move |_own: Mailbox<Command>| {
-        PublisherThread::new(sockets, driver, link_counters)
-    })?;
+    let started = match owner {
+        SocketOwner::Thread => actor::start("publisher", move |_own: Mailbox<Command>| {
+            PublisherThread::new(
+                sockets,
+                driver,
+                link_counters,
+                ACK_BURSTS_PER_TURN_ON_THREAD,
+            )
+        })?,
+        SocketOwner::Runtime(runtime) => {
+            actor::start_on_runtime("publisher", &runtime, move |_own: Mailbox<Command>| {
+                PublisherThread::new(
+                    sockets,
+                    driver,
+                    link_counters,
+                    ACK_BURSTS_PER_TURN_ON_RUNTIME,
+                )
+            })?
+        }
+    };
     Ok(Running {
         link: Box::new(started.mailbox),
         bound: started.bound,
@@ -114,6 +157,8 @@ struct PublisherThread {
     subscriptions: Subscriptions,
     driver: PublisherDriver<Frames>,
     link_counters: Arc<LinkCounters>,
+    /// How many bursts of ACKs one turn reads at most.
+    ack_bursts_per_turn: usize,
     /// Each socket holds the context too: libzmq terminates it, waiting up
     /// to `zmq_linger` for queued messages to leave, once the last is
     /// dropped (a one-shot logger must not exit with its message queued).
@@ -126,6 +171,7 @@ impl PublisherThread {
         setup: Sockets,
         driver: PublisherDriver<Frames>,
         link_counters: Arc<LinkCounters>,
+        ack_bursts_per_turn: usize,
     ) -> Result<(Self, Vec<String>)> {
         let context = zmq::Context::new();
         let tuning = &setup.tuning;
@@ -158,6 +204,7 @@ impl PublisherThread {
             subscriptions: Subscriptions::new(tuning),
             driver,
             link_counters,
+            ack_bursts_per_turn,
             _context: context,
         };
         Ok((thread, bound))
@@ -166,9 +213,11 @@ impl PublisherThread {
     fn read_acks(&mut self) {
         // Bounded bursts, each taken off the socket first so that the
         // driver can check its signatures together; bounded in all to keep
-        // the mailbox and timers responsive under a flood.
+        // the mailbox and timers (and, on a runtime, other tasks)
+        // responsive under a flood. What is left is read next turn: the
+        // socket stays readable.
         let mut burst = Vec::new();
-        for _ in 0..1024 / ACKS_PER_BURST {
+        for _ in 0..self.ack_bursts_per_turn {
             socket::recv_burst(&self.acks, ACKS_PER_BURST, &mut burst, "ACK");
             if burst.is_empty() {
                 break;
