@@ -38,6 +38,22 @@ impl Bus {
         Ok(Bus { inner, runtime })
     }
 
+    /// Builds `builder`'s handle with its ZeroMQ socket loop on this
+    /// facade's own runtime
+    /// ([`run_on_current_runtime`](crate::BusBuilder::run_on_current_runtime)):
+    /// each publish then runs on the calling thread from start to receipt,
+    /// with no hand-off to a socket thread (the fastest way to publish one
+    /// message at a time, docs/benchmarks.md). Between calls the loop does
+    /// not run, so [`crate::Bus::health`] reports it stale.
+    pub fn on_own_runtime(builder: crate::BusBuilder) -> Result<Bus> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::os("cannot start runtime", e))?;
+        let inner = runtime.block_on(async { builder.run_on_current_runtime(true).build() })?;
+        Ok(Bus { inner, runtime })
+    }
+
     /// See [`crate::Bus::publish`].
     pub fn publish<S: AsRef<str>>(
         &self,

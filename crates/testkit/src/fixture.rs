@@ -247,7 +247,7 @@ relay_outbound = {outbound_value}
     }
 
     /// [`Bus::publisher`] with its socket loop as a task on the current
-    /// (multi-thread) tokio runtime
+    /// tokio runtime
     /// ([`gilmsg::BusBuilder::run_on_current_runtime`]).
     pub fn publisher_on_runtime(&self) -> gilmsg::Bus {
         publisher_builder(&self.config())

@@ -55,7 +55,8 @@ impl Readiness {
     }
 
     /// Watches any fd (for instance the read end of a wake-up socketpair).
-    /// Call inside a tokio runtime with I/O enabled; fails outside one.
+    /// Call inside a tokio runtime with I/O enabled; fails (does not
+    /// panic) outside one or in one without I/O.
     pub fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Readiness> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other(
@@ -63,12 +64,23 @@ impl Readiness {
             ));
         }
         let owned = fd.try_clone_to_owned()?;
-        #[allow(unsafe_code)]
-        // SAFETY: `owned` is moved into the registration, which closes it
-        // only when it is dropped, after deregistering it: the fd is open
-        // for the registration's whole life.
-        let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        // tokio panics, rather than failing, in a runtime built without
+        // `enable_io`, and offers no way to ask first.
+        let registering = std::panic::catch_unwind(move || {
+            #[allow(unsafe_code)]
+            // SAFETY: `owned` is moved into the registration, which closes
+            // it only when it is dropped, after deregistering it: the fd is
+            // open for the registration's whole life.
+            unsafe {
+                AsyncFd::register_with_interest(owned, Interest::READABLE)
+            }
+        });
+        let registered = match registering {
+            Ok(registered) => registered.map_err(|e| e.into_parts().1)?,
+            Err(_) => return Err(io::Error::other(
+                "the tokio runtime has no I/O driver (build it with `enable_io` or `enable_all`)",
+            )),
+        };
         Ok(Readiness { registered })
     }
 
@@ -204,6 +216,18 @@ mod tests {
         // Both signals were taken: a second wait finds nothing new.
         let again = tokio::time::timeout(Duration::from_millis(50), any_readable(&watched)).await;
         assert!(again.is_err(), "no signal is left over");
+    }
+
+    #[test]
+    fn a_runtime_without_io_is_an_error_not_a_panic() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (read, _write) = std::os::unix::net::UnixStream::pair().unwrap();
+        let _inside = runtime.enter();
+        let err = Readiness::of_fd(read.as_fd()).unwrap_err();
+        assert!(err.to_string().contains("no I/O driver"), "{err}");
     }
 
     #[test]

@@ -15,12 +15,13 @@
 //! over, then let the actor do what the wake-up brought.
 //!
 //! [`start_on_runtime`] runs the same actor as a task on the caller's
-//! multi-thread tokio runtime instead (the publisher, when asked): its
+//! tokio runtime instead (the publisher, when asked): its
 //! sockets' `ZMQ_FD`s and the mailbox's socketpair sit on the runtime's
 //! reactor ([`gilmsg_zmq_readiness`]), and [`run_on_runtime`] reads
 //! `ZMQ_EVENTS` before every wait. Each turn is the same [`turn`] as on a
-//! thread; only the waiting differs. What that saves: the two thread
-//! hand-offs of an acknowledged publish (docs/benchmarks.md).
+//! thread; only the waiting differs. What that saves, on a current-thread
+//! runtime: the two thread hand-offs of an acknowledged publish
+//! (docs/benchmarks.md).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -314,8 +315,8 @@ where
 /// (libzmq lets a socket move to another thread between uses; the spawn is
 /// the memory barrier it asks for), and its sockets are put on `on`'s
 /// reactor before this returns, so a failure to do so is this call's error.
-/// `on` must be a multi-thread runtime: a current-thread one runs the task
-/// only while its owner drives it (the caller checks).
+/// The task runs only while `on` runs (on a current-thread runtime: while
+/// its owner drives it); its health pulse says so.
 pub(crate) fn start_on_runtime<A, B, F>(
     what: &str,
     on: &tokio::runtime::Handle,
@@ -329,6 +330,13 @@ where
     let (actor, bound) = build(mailbox.clone())?;
     let watched = {
         let _inside = on.enter();
+        // The loop's deadlines need the time driver; tokio panics, rather
+        // than failing, where there is none, and offers no way to ask.
+        if std::panic::catch_unwind(|| tokio::time::sleep(std::time::Duration::ZERO)).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "the {what} cannot run on a tokio runtime without a timer (build it with `enable_all`)"
+            )));
+        }
         PollSet::of(&actor)
             .readiness(&inbox)
             .map_err(|e| Error::os(format!("cannot watch the {what} sockets"), e))?

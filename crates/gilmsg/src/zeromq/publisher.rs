@@ -15,9 +15,9 @@
 //! recovered by re-sending the same bytes until every recipient has acked.
 //!
 //! Where the loop runs is the caller's choice ([`SocketOwner`]): a thread of
-//! its own (the default), or a task on the caller's multi-thread tokio
-//! runtime, which saves the two thread hand-offs of every acknowledged
-//! publish (`BusBuilder::run_on_current_runtime`). Either way it is the
+//! its own (the default), or a task on the caller's tokio runtime, which on
+//! a current-thread runtime saves the two thread hand-offs of every
+//! acknowledged publish (`BusBuilder::run_on_current_runtime`). Either way it is the
 //! sockets' only owner, and the handles reach it through its mailbox.
 
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub(crate) struct Sockets {
 pub(crate) enum SocketOwner {
     /// A thread of its own, `gilmsg-publisher`.
     Thread,
-    /// A task on this runtime, which must be multi-thread.
+    /// A task on this runtime.
     Runtime(tokio::runtime::Handle),
 }
 
