@@ -104,6 +104,17 @@ struct Args {
     /// Recipient counts for the latency runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
     pub recipients: Vec<usize>,
+    /// Where the publisher's socket loop runs in the latency and
+    /// throughput runs, each measured in turn: `thread` (its own, the
+    /// default of the library) and `runtime` (a task on the bench's
+    /// current-thread runtime, `BusBuilder::run_on_current_runtime`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "thread,runtime"
+    )]
+    pub publisher_loops: Vec<PublisherLoop>,
     /// Skip the throughput runs.
     #[arg(long)]
     pub no_throughput: bool,
@@ -128,6 +139,16 @@ struct Args {
     /// default: $GILMSG_PYTHON_PACKAGE).
     #[arg(long)]
     pub python_package: Option<PathBuf>,
+}
+
+/// Where a direct bus's publisher runs its socket loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PublisherLoop {
+    /// A thread of its own (the library's default).
+    Thread,
+    /// A task on the bench's current-thread runtime (its results under
+    /// `latency_warm_publish_on_runtime` and `throughput_on_runtime`).
+    Runtime,
 }
 
 /// A part of the run, for `--only`.
@@ -334,95 +355,86 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut package = serde_json::Map::new();
     let direct =
         args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
+    let mut on_runtime = DirectResults::default();
     for &k in args.recipients.iter().filter(|_| direct) {
-        progress(format!("direct topology with {k} consumer process(es)"));
-        let bus = DirectBus::start(&exe, work.path(), k, "", python_package.is_some())?;
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
-        if args.runs(Section::Latency) {
-            // CPU per publish, by thread, while one publish at a time is in
-            // flight: what the critical path computes; the rest of the wall
-            // time is waiting (wake-ups, hand-offs, the other processes).
-            let before = cpu::Snapshot::take(&bus.processes());
-            let summary = runtime.block_on(bus.latency(&recipients, samples))?;
-            let publishes = samples + latency_warmup(samples);
-            let cpu = before.per_message(&cpu::Snapshot::take(&bus.processes()), publishes);
+        for &publisher_loop in &args.publisher_loops {
             progress(format!(
-                "latency {k} recipients: p50 {:.1} us p99 {:.1} us, CPU {:.1} us/publish",
-                summary.pct(50.0),
-                summary.pct(99.0),
-                get(&cpu, "/total_us_per_msg")
+                "direct topology with {k} consumer process(es), the publisher's loop on {}",
+                match publisher_loop {
+                    PublisherLoop::Thread => "its own thread",
+                    PublisherLoop::Runtime => "the caller's current-thread runtime",
+                }
             ));
-            let mut json = summary.json();
-            json["cpu"] = cpu;
-            latency.insert(format!("{k}_recipients"), json);
-            if k == 1 {
-                let plain = runtime.block_on(bus.plain_latency(samples))?;
-                progress(format!(
-                    "plain publish (sign, hand-offs, send): p50 {:.1} us",
-                    plain.pct(50.0)
-                ));
-                latency.insert("plain_publish".into(), plain.json());
-                let echo = RawEchoes::start(&exe, 1, signed_body_size(&ssldir)?)?;
-                let (publishes, rtts) =
-                    interleaved_latency(&runtime, &bus.bus, &echo, &recipients, samples)?;
-                progress(format!(
-                    "latency 1 recipient, interleaved with the raw round trip: p50 {:.1} us, RTT p50 {:.1} us",
-                    publishes.pct(50.0),
-                    rtts.pct(50.0)
-                ));
-                latency.insert(
-                    "1_recipient_interleaved".into(),
+            let bus = DirectBus::start_with_loop(
+                &exe,
+                work.path(),
+                k,
+                "",
+                python_package.is_some() && publisher_loop == PublisherLoop::Thread,
+                (publisher_loop == PublisherLoop::Runtime).then_some(&runtime),
+            )?;
+            let mut results = DirectResults {
+                latency: std::mem::take(&mut latency),
+                throughput: std::mem::take(&mut throughput),
+            };
+            if publisher_loop == PublisherLoop::Runtime {
+                std::mem::swap(&mut results, &mut on_runtime);
+            }
+            measure_direct(
+                &bus,
+                &recipients,
+                &runtime,
+                &args,
+                (samples, messages),
+                (&exe, &ssldir),
+                &mut results,
+            )?;
+            if publisher_loop == PublisherLoop::Runtime {
+                std::mem::swap(&mut results, &mut on_runtime);
+            }
+            latency = results.latency;
+            throughput = results.throughput;
+            if publisher_loop != PublisherLoop::Thread {
+                continue;
+            }
+            if k != 3 && args.runs(Section::Throughput) {
+                let consumer_peak = bus
+                    .consumers
+                    .iter()
+                    .filter_map(|c| memory::kib(c.pid(), "VmHWM"))
+                    .max();
+                memory.insert(
+                    format!("after_throughput_{k}_recipients"),
                     json!({
-                        "block": INTERLEAVE_BLOCK,
-                        "publish": publishes.json(),
-                        "rtt": rtts.json(),
+                        "consumer_peak_rss_kib": consumer_peak,
+                        "publisher_peak_rss_kib": memory::kib(std::process::id(), "VmHWM"),
                     }),
                 );
             }
-            report
-                .curves
-                .push((format!("publish, {k} recipient(s)"), summary));
+            if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
+                let result =
+                    python_package_run(venv, &bus, &runtime, &recipients, samples, messages, &args)
+                        .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
+                progress(format!(
+                    "python package (gilmsg_rs), {k} recipient(s): {}",
+                    brief_package_result(&result)
+                ));
+                package.insert(format!("{k}_recipients"), result);
+            }
         }
-        if k != 3 && args.runs(Section::Throughput) {
-            let (rate, window, cpu, counters) =
-                runtime.block_on(bus.throughput(&recipients, messages, &args.windows))?;
-            progress(format!(
-                "throughput {k} recipients: {rate:.0} msg/s (window {window})"
-            ));
-            throughput.insert(
-                format!("{k}_recipients"),
-                json!({"msgs_per_s": rate, "window": window, "messages": messages, "cpu": cpu,
-                       "publisher_counters": counters}),
-            );
-            let consumer_peak = bus
-                .consumers
-                .iter()
-                .filter_map(|c| memory::kib(c.pid(), "VmHWM"))
-                .max();
-            memory.insert(
-                format!("after_throughput_{k}_recipients"),
-                json!({
-                    "consumer_peak_rss_kib": consumer_peak,
-                    "publisher_peak_rss_kib": memory::kib(std::process::id(), "VmHWM"),
-                }),
-            );
-        }
-        if let (Some(venv), true) = (&python_package, k == 1 || k == 3) {
-            let result =
-                python_package_run(venv, &bus, &runtime, &recipients, samples, messages, &args)
-                    .unwrap_or_else(|f| json!({"status": format!("failed: {}", f.message)}));
-            progress(format!(
-                "python package (gilmsg_rs), {k} recipient(s): {}",
-                brief_package_result(&result)
-            ));
-            package.insert(format!("{k}_recipients"), result);
-        }
-        let stats = bus.bus.stats();
-        latency.insert(
-            format!("{k}_recipients_publisher_counters"),
-            json!(stats.counters),
+    }
+    if !on_runtime.latency.is_empty() {
+        report.json.insert(
+            "latency_warm_publish_on_runtime",
+            Value::Object(on_runtime.latency),
         );
-        drop(bus);
+    }
+    if !on_runtime.throughput.is_empty() {
+        report.json.insert(
+            "throughput_on_runtime",
+            Value::Object(on_runtime.throughput),
+        );
     }
     report
         .json
@@ -997,6 +1009,19 @@ impl DirectBus {
         extra: &str,
         with_py: bool,
     ) -> Result<DirectBus, Failure> {
+        DirectBus::start_with_loop(exe, dir, k, extra, with_py, None)
+    }
+
+    /// [`DirectBus::start`], the publisher's socket loop a task on
+    /// `on_runtime` if given (`BusBuilder::run_on_current_runtime`).
+    fn start_with_loop(
+        exe: &Path,
+        dir: &Path,
+        k: usize,
+        extra: &str,
+        with_py: bool,
+        on_runtime: Option<&tokio::runtime::Runtime>,
+    ) -> Result<DirectBus, Failure> {
         let mut endpoints = vec![(
             "bench-pub".to_string(),
             format!("tcp://127.0.0.1:{}", free_port()?),
@@ -1026,10 +1051,12 @@ impl DirectBus {
         };
         let pub_config = write("bench-pub")?;
         let config = gilmsg::Config::from_path(&pub_config).map_err(Failure::from)?;
+        let _inside = on_runtime.map(tokio::runtime::Runtime::enter);
         let bus = gilmsg::Bus::builder(&config)
             .modname("bench")
             .certname("bench-pub")
             .active(false)
+            .run_on_current_runtime(on_runtime.is_some())
             .build()?;
         let mut planned = Vec::new();
         for i in 0..k {
@@ -2076,4 +2103,87 @@ mod tests {
         assert_eq!(after_pause.len(), 2);
         assert!(after_pause[1].1 - after_pause[0].1 >= Duration::from_millis(125));
     }
+}
+
+/// What the latency and throughput runs of one publisher loop measured,
+/// keyed as in results.json.
+#[derive(Default)]
+struct DirectResults {
+    latency: serde_json::Map<String, Value>,
+    throughput: serde_json::Map<String, Value>,
+}
+
+/// The latency runs (with, for 1 recipient, the plain publish and the run
+/// interleaved with the raw round trip) and the throughput runs of `bus`,
+/// into `results`.
+fn measure_direct(
+    bus: &DirectBus,
+    recipients: &[String],
+    runtime: &tokio::runtime::Runtime,
+    args: &Args,
+    (samples, messages): (usize, usize),
+    (exe, ssldir): (&Path, &Path),
+    results: &mut DirectResults,
+) -> Result<(), Failure> {
+    let k = recipients.len();
+    if args.runs(Section::Latency) {
+        // CPU per publish, by thread, while one publish at a time is in
+        // flight: what the critical path computes; the rest of the wall
+        // time is waiting (wake-ups, hand-offs, the other processes).
+        let before = cpu::Snapshot::take(&bus.processes());
+        let summary = runtime.block_on(bus.latency(recipients, samples))?;
+        let publishes = samples + latency_warmup(samples);
+        let cpu = before.per_message(&cpu::Snapshot::take(&bus.processes()), publishes);
+        progress(format!(
+            "latency {k} recipients: p50 {:.1} us p99 {:.1} us, CPU {:.1} us/publish",
+            summary.pct(50.0),
+            summary.pct(99.0),
+            get(&cpu, "/total_us_per_msg")
+        ));
+        let mut json = summary.json();
+        json["cpu"] = cpu;
+        results.latency.insert(format!("{k}_recipients"), json);
+        if k == 1 {
+            let plain = runtime.block_on(bus.plain_latency(samples))?;
+            progress(format!(
+                "plain publish (sign, hand-offs, send): p50 {:.1} us",
+                plain.pct(50.0)
+            ));
+            results.latency.insert("plain_publish".into(), plain.json());
+            let echo = RawEchoes::start(exe, 1, signed_body_size(ssldir)?)?;
+            let (publishes, rtts) =
+                interleaved_latency(runtime, &bus.bus, &echo, recipients, samples)?;
+            progress(format!(
+                "latency 1 recipient, interleaved with the raw round trip: p50 {:.1} us, RTT p50 {:.1} us",
+                publishes.pct(50.0),
+                rtts.pct(50.0)
+            ));
+            results.latency.insert(
+                "1_recipient_interleaved".into(),
+                json!({
+                    "block": INTERLEAVE_BLOCK,
+                    "publish": publishes.json(),
+                    "rtt": rtts.json(),
+                }),
+            );
+        }
+    }
+    if k != 3 && args.runs(Section::Throughput) {
+        let (rate, window, cpu, counters) =
+            runtime.block_on(bus.throughput(recipients, messages, &args.windows))?;
+        progress(format!(
+            "throughput {k} recipients: {rate:.0} msg/s (window {window})"
+        ));
+        results.throughput.insert(
+            format!("{k}_recipients"),
+            json!({"msgs_per_s": rate, "window": window, "messages": messages, "cpu": cpu,
+                   "publisher_counters": counters}),
+        );
+    }
+    let stats = bus.bus.stats();
+    results.latency.insert(
+        format!("{k}_recipients_publisher_counters"),
+        json!(stats.counters),
+    );
+    Ok(())
 }

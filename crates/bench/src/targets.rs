@@ -100,59 +100,82 @@ pub fn evaluate(report: &Value) -> Value {
     let one = rtt + 2.0 * s + 2.0 * v;
     let ten = rtt + s + 10.0 * v + (10.0 * v + 10.0 * s) / cores;
     let rate = |per_message_us: f64| cores * 1e6 / per_message_us;
-    let targets = [
-        Target {
-            name: "warm latency, 1 recipient, p50".into(),
-            formula: "1.3 × (RTT + 2S + 2V)".into(),
-            unit: "µs",
-            floor: one,
-            bound: Bound::AtMost(1.3),
-            measured: get(report, "/latency_warm_publish/1_recipients/p50_us"),
-        },
-        Target {
-            name: "warm latency, 1 recipient, p99".into(),
-            formula: "2 × (RTT + 2S + 2V)".into(),
-            unit: "µs",
-            floor: one,
-            bound: Bound::AtMost(2.0),
-            measured: get(report, "/latency_warm_publish/1_recipients/p99_us"),
-        },
-        Target {
-            name: "warm latency, 10 recipients, p50".into(),
-            formula: format!("1.3 × (RTT + S + 10V + (10V + 10S) / {cores})"),
-            unit: "µs",
-            floor: ten,
-            bound: Bound::AtMost(1.3),
-            measured: get(report, "/latency_warm_publish/10_recipients/p50_us"),
-        },
-        Target {
-            name: "throughput, 1 recipient".into(),
-            formula: format!("0.65 × {cores} cores / (S + V)"),
-            unit: "msgs/s",
-            floor: rate(s + v),
-            bound: Bound::AtLeast(0.65),
-            measured: get(report, "/throughput/1_recipients/msgs_per_s"),
-        },
-        Target {
-            name: "throughput, 10 recipients".into(),
-            formula: format!("0.65 × {cores} cores / (S + 10V)"),
-            unit: "msgs/s",
-            floor: rate(s + 10.0 * v),
-            bound: Bound::AtLeast(0.65),
-            measured: get(report, "/throughput/10_recipients/msgs_per_s"),
-        },
-        Target {
-            name: match report.pointer("/soak/dedupe_capacity").and_then(Value::as_u64) {
-                Some(n) => format!("consumer steady-state RSS over the soak (dedupe_capacity {n}, not the default)"),
-                None => "consumer steady-state RSS over the soak (default dedupe_capacity)".into(),
+    // The latency and throughput targets of one publisher loop: its own
+    // thread (the library's default; keys without suffix), or a task on the
+    // caller's runtime (`_on_runtime`, `BusBuilder::run_on_current_runtime`).
+    let of_loop = |suffix: &str, label: &str| {
+        let latency = |path: &str| get(report, &format!("/latency_warm_publish{suffix}/{path}"));
+        let throughput = |k: u32| {
+            get(
+                report,
+                &format!("/throughput{suffix}/{k}_recipients/msgs_per_s"),
+            )
+        };
+        [
+            Target {
+                name: format!("warm latency, 1 recipient, p50{label}"),
+                formula: "1.3 × (RTT + 2S + 2V)".into(),
+                unit: "µs",
+                floor: one,
+                bound: Bound::AtMost(1.3),
+                measured: latency("1_recipients/p50_us"),
             },
-            formula: format!("{RSS_LIMIT_MIB} MiB"),
-            unit: "MiB",
-            floor: RSS_LIMIT_MIB,
-            bound: Bound::AtMost(1.0),
-            measured: get(report, "/soak/consumer_steady_rss_kib") / 1024.0,
+            Target {
+                name: format!("warm latency, 1 recipient, p99{label}"),
+                formula: "2 × (RTT + 2S + 2V)".into(),
+                unit: "µs",
+                floor: one,
+                bound: Bound::AtMost(2.0),
+                measured: latency("1_recipients/p99_us"),
+            },
+            Target {
+                name: format!("warm latency, 10 recipients, p50{label}"),
+                formula: format!("1.3 × (RTT + S + 10V + (10V + 10S) / {cores})"),
+                unit: "µs",
+                floor: ten,
+                bound: Bound::AtMost(1.3),
+                measured: latency("10_recipients/p50_us"),
+            },
+            Target {
+                name: format!("throughput, 1 recipient{label}"),
+                formula: format!("0.65 × {cores} cores / (S + V)"),
+                unit: "msgs/s",
+                floor: rate(s + v),
+                bound: Bound::AtLeast(0.65),
+                measured: throughput(1),
+            },
+            Target {
+                name: format!("throughput, 10 recipients{label}"),
+                formula: format!("0.65 × {cores} cores / (S + 10V)"),
+                unit: "msgs/s",
+                floor: rate(s + 10.0 * v),
+                bound: Bound::AtLeast(0.65),
+                measured: throughput(10),
+            },
+        ]
+    };
+    let mut targets = Vec::from(of_loop("", ""));
+    if report.get("latency_warm_publish_on_runtime").is_some()
+        || report.get("throughput_on_runtime").is_some()
+    {
+        targets.extend(of_loop("_on_runtime", ", loop on the caller's runtime"));
+    }
+    targets.push(Target {
+        name: match report
+            .pointer("/soak/dedupe_capacity")
+            .and_then(Value::as_u64)
+        {
+            Some(n) => format!(
+                "consumer steady-state RSS over the soak (dedupe_capacity {n}, not the default)"
+            ),
+            None => "consumer steady-state RSS over the soak (default dedupe_capacity)".into(),
         },
-    ];
+        formula: format!("{RSS_LIMIT_MIB} MiB"),
+        unit: "MiB",
+        floor: RSS_LIMIT_MIB,
+        bound: Bound::AtMost(1.0),
+        measured: get(report, "/soak/consumer_steady_rss_kib") / 1024.0,
+    });
     // Two views that do not depend on how busy the machine was: the
     // 1-recipient p50 taken apart, and the throughput the measured CPU per
     // message would allow if this run had the cores to itself.
@@ -177,14 +200,26 @@ pub fn evaluate(report: &Value) -> Value {
     let ten_fanout = rtt10 + s + 10.0 * v + (10.0 * v + 10.0 * s) / cores;
     let p50_10 = get(report, "/latency_warm_publish/10_recipients/p50_us");
     // The 1-recipient latency against a raw round trip measured in the
-    // same seconds (blocks of publishes and round trips, interleaved).
-    let interleaved = |path: &str| {
-        get(
-            report,
-            &format!("/latency_warm_publish/1_recipient_interleaved/{path}"),
-        )
+    // same seconds (blocks of publishes and round trips, interleaved), for
+    // each publisher loop.
+    let interleaved_of = |suffix: &str| {
+        let interleaved = |path: &str| {
+            get(
+                report,
+                &format!("/latency_warm_publish{suffix}/1_recipient_interleaved/{path}"),
+            )
+        };
+        let floor = interleaved("rtt/p50_us") + 2.0 * s + 2.0 * v;
+        json!({
+            "rtt_us": interleaved("rtt/p50_us"),
+            "floor_us": floor,
+            "p50_us": interleaved("publish/p50_us"),
+            "p99_us": interleaved("publish/p99_us"),
+            "p50_ratio": interleaved("publish/p50_us") / floor,
+            "p99_ratio": interleaved("publish/p99_us") / floor,
+            "block": interleaved("block"),
+        })
     };
-    let one_interleaved = interleaved("rtt/p50_us") + 2.0 * s + 2.0 * v;
     json!({
         "floors": {"rtt_us": rtt, "sign_us": s, "verify_us": v, "cores": cores},
         "transport_floor": {
@@ -201,15 +236,8 @@ pub fn evaluate(report: &Value) -> Value {
             "handoffs_us": handoffs,
             "rest_us": p50 - one - handoffs,
         },
-        "one_recipient_interleaved": {
-            "rtt_us": interleaved("rtt/p50_us"),
-            "floor_us": one_interleaved,
-            "p50_us": interleaved("publish/p50_us"),
-            "p99_us": interleaved("publish/p99_us"),
-            "p50_ratio": interleaved("publish/p50_us") / one_interleaved,
-            "p99_ratio": interleaved("publish/p99_us") / one_interleaved,
-            "block": interleaved("block"),
-        },
+        "one_recipient_interleaved": interleaved_of(""),
+        "one_recipient_interleaved_on_runtime": interleaved_of("_on_runtime"),
         "ten_recipients_fanout": {
             "rtt10_us": rtt10,
             "rtt10_cpu_us": get(report, "/floor_zmq_fanout/10_echoes/cpu/total_us_per_msg"),
@@ -290,18 +318,28 @@ pub fn markdown(report: &Value) -> String {
             get(t, "/one_recipient_p50/rest_us"),
         );
     }
-    if get(t, "/one_recipient_interleaved/p50_ratio").is_finite() {
+    for (key, label) in [
+        ("one_recipient_interleaved", ""),
+        (
+            "one_recipient_interleaved_on_runtime",
+            ", the publisher's loop on the caller's runtime",
+        ),
+    ] {
+        let at = |path: &str| get(t, &format!("/{key}/{path}"));
+        if !at("p50_ratio").is_finite() {
+            continue;
+        }
         let _ = writeln!(
             md,
-            "\n1 recipient, interleaved with the raw round trip (blocks of {:.0} publishes and {:.0} round trips in turns, so both from the same seconds): RTT {:.1} µs, RTT + 2S + 2V = {:.1} µs; p50 {:.1} µs is {:.2}× that (target 1.3×), p99 {:.1} µs is {:.2}× (target 2×).",
-            get(t, "/one_recipient_interleaved/block"),
-            get(t, "/one_recipient_interleaved/block"),
-            get(t, "/one_recipient_interleaved/rtt_us"),
-            get(t, "/one_recipient_interleaved/floor_us"),
-            get(t, "/one_recipient_interleaved/p50_us"),
-            get(t, "/one_recipient_interleaved/p50_ratio"),
-            get(t, "/one_recipient_interleaved/p99_us"),
-            get(t, "/one_recipient_interleaved/p99_ratio"),
+            "\n1 recipient{label}, interleaved with the raw round trip (blocks of {:.0} publishes and {:.0} round trips in turns, so both from the same seconds): RTT {:.1} µs, RTT + 2S + 2V = {:.1} µs; p50 {:.1} µs is {:.2}× that (target 1.3×), p99 {:.1} µs is {:.2}× (target 2×).",
+            at("block"),
+            at("block"),
+            at("rtt_us"),
+            at("floor_us"),
+            at("p50_us"),
+            at("p50_ratio"),
+            at("p99_us"),
+            at("p99_ratio"),
         );
     }
     if get(t, "/ten_recipients_fanout/ratio").is_finite() {
@@ -427,5 +465,59 @@ mod tests {
             md.contains("RTT 80.0 µs, RTT + 2S + 2V = 180.0 µs; p50 234.0 µs is 1.30× that"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn the_loop_on_the_callers_runtime_gets_its_own_rows_beside_the_default() {
+        // Floor 120 + 40 + 60 = 220: 264 is 1.2× (met), 308 is 1.4× (missed).
+        let report = json!({
+            "machine": {"cores": 2},
+            "floor_zmq_rtt": {"latency": {"p50_us": 120.0}},
+            "crypto": {"ed25519": {"sign_raw_us": 20.0, "verify_raw_us": 30.0}},
+            "latency_warm_publish": {"1_recipients": {"p50_us": 308.0, "p99_us": 400.0}},
+            "latency_warm_publish_on_runtime": {
+                "1_recipients": {"p50_us": 264.0, "p99_us": 390.0},
+                "1_recipient_interleaved": {
+                    "block": 50,
+                    "publish": {"p50_us": 234.0, "p99_us": 360.0},
+                    "rtt": {"p50_us": 80.0},
+                },
+            },
+        });
+        let t = evaluate(&report);
+        let rows = t["targets"].as_array().unwrap();
+        let verdict = |name: &str| {
+            rows.iter()
+                .find(|r| r["target"] == name)
+                .unwrap_or_else(|| panic!("no row {name}: {rows:?}"))["verdict"]
+                .clone()
+        };
+        assert_eq!(verdict("warm latency, 1 recipient, p50"), "missed");
+        assert_eq!(
+            verdict("warm latency, 1 recipient, p50, loop on the caller's runtime"),
+            "met"
+        );
+        assert_eq!(
+            verdict("throughput, 1 recipient, loop on the caller's runtime"),
+            "not measured"
+        );
+        let view = &t["one_recipient_interleaved_on_runtime"];
+        assert!((view["p50_ratio"].as_f64().unwrap() - 1.3).abs() < 1e-9);
+        let md = markdown(&json!({ "targets": t }));
+        assert!(
+            md.contains("| warm latency, 1 recipient, p50, loop on the caller's runtime | ≤ 1.3 × (RTT + 2S + 2V) | 220.0 µs | 286.0 µs | 264.0 µs | 1.20× (limit 1.30×) | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("1 recipient, the publisher's loop on the caller's runtime, interleaved"),
+            "{md}"
+        );
+        // A run without the runtime's rows prints none.
+        let without = evaluate(&json!({"latency_warm_publish": {}}));
+        assert!(!without["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["target"].as_str().unwrap().contains("runtime")));
     }
 }
