@@ -16,9 +16,9 @@
 //!
 //! [`start_on_runtime`] runs the same actor as a task on the caller's
 //! tokio runtime instead (the publisher, when asked): its
-//! sockets' `ZMQ_FD`s and the mailbox's socketpair sit on the runtime's
-//! reactor ([`gilmsg_zmq_readiness`]), and [`run_on_runtime`] reads
-//! `ZMQ_EVENTS` before every wait. Each turn is the same [`turn`] as on a
+//! sockets' `ZMQ_FD`s sit on the runtime's reactor
+//! ([`gilmsg_zmq_readiness`]), a command wakes the task directly (no
+//! socketpair), and [`run_on_runtime`] reads `ZMQ_EVENTS` before every wait. Each turn is the same [`turn`] as on a
 //! thread; only the waiting differs. What that saves, on a current-thread
 //! runtime: the two thread hand-offs of an acknowledged publish
 //! (docs/benchmarks.md).
@@ -31,6 +31,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::task::AtomicWaker;
 use gilmsg_zmq_readiness::{any_readable, Readiness};
 use tokio::sync::oneshot;
 
@@ -117,14 +118,12 @@ impl<'a, S: PollSlot> PollSet<'a, S> {
         Ok(ready)
     }
 
-    /// Puts every socket's `ZMQ_FD` and the inbox on the current runtime's
-    /// reactor.
-    fn readiness<C>(&self, inbox: &Inbox<C>) -> std::io::Result<Vec<Readiness>> {
-        let mut watched = vec![Readiness::of_fd(std::os::fd::AsFd::as_fd(&inbox.reader))?];
-        for (socket, _) in &self.sockets {
-            watched.push(Readiness::of_socket(socket)?);
-        }
-        Ok(watched)
+    /// Puts every socket's `ZMQ_FD` on the current runtime's reactor.
+    fn readiness(&self) -> std::io::Result<Vec<Readiness>> {
+        self.sockets
+            .iter()
+            .map(|(socket, _)| Readiness::of_socket(socket))
+            .collect()
     }
 }
 
@@ -201,7 +200,7 @@ fn turn<A: Actor>(
 }
 
 /// [`run`] as a task: the same turns, waiting on the runtime's reactor
-/// (`watched`: the inbox and every socket's `ZMQ_FD`) or the next deadline
+/// (`watched`: every socket's `ZMQ_FD`), a command, or the next deadline
 /// instead of in `zmq_poll`.
 ///
 /// libzmq's `ZMQ_FD` is edge-triggered and says only that something *may*
@@ -217,7 +216,8 @@ async fn run_on_runtime<A: Actor>(
     name: String,
     pulse: Pulse,
 ) -> A {
-    let mut commands = Vec::new();
+    let mut queued = Vec::new();
+    let commands = inbox.waker();
     loop {
         pulse.beat();
         let ready = match PollSet::of(&actor).ready_now(&inbox) {
@@ -241,12 +241,13 @@ async fn run_on_runtime<A: Actor>(
                     // Read the events again: a signal is not an event.
                     continue;
                 }
+                () = commands.commands_queued() => continue,
                 () = tokio::time::sleep_until(wake_by.into()) => ready,
             }
         } else {
             ready
         };
-        if turn(&mut actor, &mut inbox, ready, &mut commands) == Flow::Stop {
+        if turn(&mut actor, &mut inbox, ready, &mut queued) == Flow::Stop {
             break;
         }
         tokio::task::coop::consume_budget().await;
@@ -275,7 +276,7 @@ where
     B: Send + 'static,
     F: FnOnce(Mailbox<A::Command>) -> Result<(A, B)> + Send + 'static,
 {
-    let (mailbox, inbox) = mailbox()?;
+    let (mailbox, inbox) = mailbox(Wake::Socketpair)?;
     let own = mailbox.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done) = oneshot::channel();
@@ -326,7 +327,7 @@ where
     A: Actor,
     F: FnOnce(Mailbox<A::Command>) -> Result<(A, B)>,
 {
-    let (mailbox, inbox) = mailbox()?;
+    let (mailbox, inbox) = mailbox(Wake::Task)?;
     let (actor, bound) = build(mailbox.clone())?;
     let watched = {
         let _inside = on.enter();
@@ -338,7 +339,7 @@ where
             )));
         }
         PollSet::of(&actor)
-            .readiness(&inbox)
+            .readiness()
             .map_err(|e| Error::os(format!("cannot watch the {what} sockets"), e))?
     };
     let (done_tx, done) = oneshot::channel();
@@ -383,17 +384,53 @@ impl<C> Mailbox<C> {
     }
 }
 
+/// How a command wakes the actor.
+#[derive(Clone, Copy)]
+enum Wake {
+    /// A byte on the socketpair in its thread's poll set.
+    Socketpair,
+    /// Its task's waker: the runtime schedules it directly (from one of its
+    /// own workers: on that worker, with no other thread involved).
+    Task,
+}
+
 struct Waker {
     writer: UnixStream,
     pending: AtomicBool,
+    /// The actor's task, when it runs as one.
+    task: Option<AtomicWaker>,
 }
 
 impl Waker {
+    /// Resolves once a command is queued (at once if one is); never for a
+    /// mailbox woken by its socketpair. Registering before looking at
+    /// `pending` is what makes a sender's wake-up impossible to miss: it
+    /// sets `pending` and then wakes whatever was registered.
+    async fn commands_queued(&self) {
+        let Some(task) = &self.task else {
+            return std::future::pending().await;
+        };
+        std::future::poll_fn(|cx| {
+            task.register(cx.waker());
+            if self.pending.load(Ordering::SeqCst) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+
     fn wake(&self) {
-        // One byte per burst of commands (see `Inbox::drain` for why this
-        // cannot lose a wake-up).
+        // One wake-up per burst of commands (see `Inbox::drain` for why
+        // this cannot lose one).
         if !self.pending.swap(true, Ordering::SeqCst) {
-            let _ = (&self.writer).write(&[1]);
+            match &self.task {
+                Some(task) => task.wake(),
+                None => {
+                    let _ = (&self.writer).write(&[1]);
+                }
+            }
         }
     }
 }
@@ -415,6 +452,12 @@ impl<C> Inbox<C> {
     /// wake-up byte may still be on its way).
     fn pending(&self) -> bool {
         self.waker.pending.load(Ordering::SeqCst)
+    }
+
+    /// What a command's wake-up sets and wakes (shareable across threads,
+    /// unlike the inbox, whose channel end is not).
+    fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
     }
 
     /// Takes every queued command. Returns `Err` when every sender is gone.
@@ -443,8 +486,8 @@ impl<C> Inbox<C> {
     }
 }
 
-/// A connected mailbox pair.
-fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
+/// A connected mailbox pair, woken as `wake` says.
+fn mailbox<C>(wake: Wake) -> Result<(Mailbox<C>, Inbox<C>)> {
     let (reader, writer) =
         UnixStream::pair().map_err(|e| Error::os("cannot create wake-up socketpair", e))?;
     reader
@@ -455,6 +498,10 @@ fn mailbox<C>() -> Result<(Mailbox<C>, Inbox<C>)> {
     let waker = Arc::new(Waker {
         writer,
         pending: AtomicBool::new(false),
+        task: match wake {
+            Wake::Socketpair => None,
+            Wake::Task => Some(AtomicWaker::new()),
+        },
     });
     Ok((
         Mailbox {
@@ -475,7 +522,7 @@ mod tests {
 
     #[test]
     fn mailbox_wakes_and_drains() {
-        let (tx, mut rx) = mailbox::<u32>().unwrap();
+        let (tx, mut rx) = mailbox::<u32>(Wake::Socketpair).unwrap();
         tx.send(1).unwrap();
         tx.send(2).unwrap();
         let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
@@ -487,6 +534,42 @@ mod tests {
         assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
         drop(tx);
         assert!(rx.drain(&mut got).is_err());
+    }
+
+    #[test]
+    fn a_task_mailbox_wakes_its_task_without_the_socketpair() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mailbox::<u32>(Wake::Task).unwrap();
+        let queued = |rx: &Inbox<u32>| {
+            let waker = rx.waker();
+            runtime.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(5), waker.commands_queued())
+                    .await
+                    .expect("woken within 5 s");
+            });
+        };
+        for round in 0..50u32 {
+            let sender = tx.clone();
+            // Sent from another thread while the task waits (even rounds)
+            // or before it starts waiting (odd ones).
+            let sending = std::thread::spawn(move || sender.send(round).unwrap());
+            if round % 2 == 1 {
+                sending.join().unwrap();
+                queued(&rx);
+            } else {
+                queued(&rx);
+                sending.join().unwrap();
+            }
+            let mut got = Vec::new();
+            rx.drain(&mut got).unwrap();
+            assert_eq!(got, vec![round]);
+        }
+        // No byte went through the socketpair.
+        let mut items = [zmq::PollItem::from_fd(rx.fd(), zmq::POLLIN)];
+        assert_eq!(zmq::poll(&mut items, 0).unwrap(), 0);
     }
 
     #[derive(Clone, Copy)]
