@@ -327,6 +327,21 @@ fn on_the_blocking_facades_own_runtime_driven_only_during_calls_publishes_still_
         let stats = publisher.stats();
         assert_eq!(stats.get("publish.acked"), 2, "{stats}");
         publisher.close();
+        // Dropped without `close`, a second handle's loop ends and the drop
+        // returns.
+        let dropped =
+            gilmsg::blocking::Bus::on_own_runtime(gilmsg_testkit::publisher_builder(&bus.config()))
+                .expect("another blocking bus");
+        dropped
+            .publish("driven", json!({"n": 4}), &["c1"], Duration::from_secs(10))
+            .expect("c1 acks");
+        let health = dropped.health();
+        drop(dropped);
+        assert_eq!(
+            health.state(),
+            gilmsg::health::LoopState::Ended,
+            "the loop ended with the handle"
+        );
     })
 }
 

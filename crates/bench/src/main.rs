@@ -381,7 +381,7 @@ fn run(args: Args) -> Result<(), Failure> {
             if publisher_loop == PublisherLoop::Runtime {
                 std::mem::swap(&mut results, &mut on_runtime);
             }
-            measure_direct(
+            let curve = measure_direct(
                 &bus,
                 &recipients,
                 &runtime,
@@ -395,7 +395,17 @@ fn run(args: Args) -> Result<(), Failure> {
             }
             latency = results.latency;
             throughput = results.throughput;
+            if let Some(summary) = curve {
+                let label = match publisher_loop {
+                    PublisherLoop::Thread => format!("publish, {k} recipient(s)"),
+                    PublisherLoop::Runtime => format!("publish, {k} recipient(s), loop on runtime"),
+                };
+                report.curves.push((label, summary));
+            }
             if publisher_loop != PublisherLoop::Thread {
+                // Its loop runs on `runtime`: closed there, not inside the
+                // next measurement's `block_on`.
+                runtime.block_on(bus.bus.clone().close());
                 continue;
             }
             if k != 3 && args.runs(Section::Throughput) {
@@ -2115,7 +2125,7 @@ struct DirectResults {
 
 /// The latency runs (with, for 1 recipient, the plain publish and the run
 /// interleaved with the raw round trip) and the throughput runs of `bus`,
-/// into `results`.
+/// into `results`; returns the latency run's samples (for latency.svg).
 fn measure_direct(
     bus: &DirectBus,
     recipients: &[String],
@@ -2124,8 +2134,9 @@ fn measure_direct(
     (samples, messages): (usize, usize),
     (exe, ssldir): (&Path, &Path),
     results: &mut DirectResults,
-) -> Result<(), Failure> {
+) -> Result<Option<Summary>, Failure> {
     let k = recipients.len();
+    let mut curve = None;
     if args.runs(Section::Latency) {
         // CPU per publish, by thread, while one publish at a time is in
         // flight: what the critical path computes; the rest of the wall
@@ -2143,6 +2154,7 @@ fn measure_direct(
         let mut json = summary.json();
         json["cpu"] = cpu;
         results.latency.insert(format!("{k}_recipients"), json);
+        curve = Some(summary);
         if k == 1 {
             let plain = runtime.block_on(bus.plain_latency(samples))?;
             progress(format!(
@@ -2185,5 +2197,5 @@ fn measure_direct(
         format!("{k}_recipients_publisher_counters"),
         json!(stats.counters),
     );
-    Ok(())
+    Ok(curve)
 }

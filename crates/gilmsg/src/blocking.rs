@@ -15,6 +15,18 @@ use crate::{Receipt, Stats};
 pub struct Bus {
     inner: crate::Bus,
     runtime: tokio::runtime::Runtime,
+    /// Whether the socket loop is a task on `runtime` (`on_own_runtime`):
+    /// dropping the handle then closes it first, since the runtime, dropped
+    /// right after, would otherwise never run the loop's stop.
+    loop_on_runtime: bool,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        if self.loop_on_runtime {
+            self.runtime.block_on(self.inner.clone().close());
+        }
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -35,7 +47,11 @@ impl Bus {
             .enable_time()
             .build()
             .map_err(|e| Error::os("cannot start runtime", e))?;
-        Ok(Bus { inner, runtime })
+        Ok(Bus {
+            inner,
+            runtime,
+            loop_on_runtime: false,
+        })
     }
 
     /// Builds `builder`'s handle with its ZeroMQ socket loop on this
@@ -44,14 +60,20 @@ impl Bus {
     /// each publish then runs on the calling thread from start to receipt,
     /// with no hand-off to a socket thread (the fastest way to publish one
     /// message at a time, docs/benchmarks.md). Between calls the loop does
-    /// not run, so [`crate::Bus::health`] reports it stale.
+    /// not run, so [`crate::Bus::health`] reports it stale. Dropping the
+    /// handle closes it (as [`Bus::close`] does: queued messages get up to
+    /// `zmq_linger` to leave).
     pub fn on_own_runtime(builder: crate::BusBuilder) -> Result<Bus> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::os("cannot start runtime", e))?;
         let inner = runtime.block_on(async { builder.run_on_current_runtime(true).build() })?;
-        Ok(Bus { inner, runtime })
+        Ok(Bus {
+            inner,
+            runtime,
+            loop_on_runtime: true,
+        })
     }
 
     /// See [`crate::Bus::publish`].
@@ -76,9 +98,15 @@ impl Bus {
         self.inner.stats()
     }
 
+    /// See [`crate::Bus::health`]. With [`Bus::on_own_runtime`] the loop
+    /// turns only during calls, so between them it reads as stuck after
+    /// [`crate::health::STUCK_AFTER`].
+    pub fn health(&self) -> crate::health::Health {
+        self.inner.health()
+    }
+
     /// See [`crate::Bus::close`].
     pub fn close(self) {
-        let Bus { inner, runtime } = self;
-        runtime.block_on(inner.close());
+        self.runtime.block_on(self.inner.clone().close());
     }
 }

@@ -60,24 +60,30 @@ impl BusBuilder {
     /// What it buys, on a current-thread runtime: the publish, the loop and
     /// the ACK's arrival all happen on the caller's thread, so an
     /// acknowledged publish no longer crosses to another thread and back.
-    /// Measured on a 2-core machine: 1-recipient p50 244 -> 203 µs,
-    /// throughput on one handle +20 % (docs/benchmarks.md). On a
-    /// multi-thread runtime it works the same but measured no faster: the
-    /// loop and the caller run on different workers.
+    /// Measured on a 2-core machine (docs/benchmarks.md, stop 26): 1-recipient
+    /// p50 199 µs against 242 in the same run, throughput on one handle
+    /// +10 %. On a multi-thread runtime it works the same but measured no
+    /// faster: the loop and the caller run on different workers.
     ///
     /// What it costs: the loop runs only while the runtime runs. On a
     /// current-thread runtime that is while its owner is in `block_on` (or
-    /// `#[tokio::main]`'s task awaits); in between, ACKs and subscriptions
-    /// wait in libzmq's queues (nothing is lost, and ACKs already there
-    /// are counted before a deadline is judged) and the health pulse goes
-    /// stale. ACK signatures are checked on the runtime's thread, at most
-    /// 64 a turn (about a millisecond).
+    /// `#[tokio::main]`'s task awaits). In between, ACKs and subscriptions
+    /// wait in libzmq's queues (ACKs beyond the high-water mark are dropped
+    /// and recovered by re-sends; up to 1,024 waiting ACKs are counted
+    /// before any deadline is judged), the health pulse goes stale, and a
+    /// publish awaited from another runtime does not time out until this one
+    /// runs again (its deadlines are the loop's). ACK signatures are checked
+    /// on the runtime's thread, 64 a turn (about a millisecond), yielding
+    /// between turns while more wait.
     ///
     /// [`build`](Self::build) must be called inside the runtime, which must
-    /// outlive the handle (publishes fail with [`Error::Closed`] after it
-    /// is gone). Refused with no runtime, and for an AMQP config, whose
-    /// publisher always has a runtime of its own. Nothing changes on the
-    /// wire.
+    /// outlive the handle (publishes fail with [`Error::Closed`] once it is
+    /// gone; dropping the runtime first drops the loop inside it, and
+    /// libzmq then waits up to `zmq_linger` there for queued messages).
+    /// Refused with no runtime, a runtime without its I/O driver or timer
+    /// (tokio would panic; its message still reaches the panic hook, and a
+    /// `panic = "abort"` build aborts), and an AMQP config, whose publisher
+    /// always has a runtime of its own. Nothing changes on the wire.
     pub fn run_on_current_runtime(mut self, on_runtime: bool) -> Self {
         self.run_on_current_runtime = on_runtime;
         self

@@ -55,8 +55,11 @@ impl Readiness {
     }
 
     /// Watches any fd (for instance the read end of a wake-up socketpair).
-    /// Call inside a tokio runtime with I/O enabled; fails (does not
-    /// panic) outside one or in one without I/O.
+    /// Call inside a tokio runtime with I/O enabled; fails outside one or
+    /// in one without I/O (tokio panics there; the panic is caught, but its
+    /// message still reaches the panic hook, and a `panic = "abort"` build
+    /// aborts). A peer's hang-up on such an fd keeps it readable for good:
+    /// stop waiting on an fd whose peer is gone. (`ZMQ_FD` never hangs up.)
     pub fn of_fd(fd: BorrowedFd<'_>) -> io::Result<Readiness> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other(

@@ -29,7 +29,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use gilmsg_zmq_readiness::{any_readable, Readiness};
@@ -143,6 +143,11 @@ pub(crate) trait Actor: Send + 'static {
     /// After every wake-up (readable sockets, commands handled, or a
     /// deadline): do what is due.
     fn on_wakeup(&mut self, ready: Ready, now: Instant);
+    /// Whether the last wake-up stopped at a bound with work left (on a
+    /// runtime the loop then yields its worker before going on).
+    fn backlogged(&self) -> bool {
+        false
+    }
     /// Once, after the loop ends.
     fn on_stop(&mut self) {}
 }
@@ -215,6 +220,7 @@ async fn run_on_runtime<A: Actor>(
     watched: Vec<Readiness>,
     name: String,
     pulse: Pulse,
+    longest_wait: Duration,
 ) -> A {
     let mut queued = Vec::new();
     let commands = inbox.waker();
@@ -231,7 +237,7 @@ async fn run_on_runtime<A: Actor>(
             let now = Instant::now();
             let wake_by = actor
                 .next_deadline(now)
-                .map_or(now + PULSE_EVERY, |d| d.min(now + PULSE_EVERY));
+                .map_or(now + longest_wait, |d| d.min(now + longest_wait));
             tokio::select! {
                 signalled = any_readable(&watched) => {
                     if let Err(e) = signalled {
@@ -250,7 +256,11 @@ async fn run_on_runtime<A: Actor>(
         if turn(&mut actor, &mut inbox, ready, &mut queued) == Flow::Stop {
             break;
         }
-        tokio::task::coop::consume_budget().await;
+        if actor.backlogged() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::task::coop::consume_budget().await;
+        }
     }
     actor.on_stop();
     drop(watched);
@@ -327,17 +337,41 @@ where
     A: Actor,
     F: FnOnce(Mailbox<A::Command>) -> Result<(A, B)>,
 {
+    start_on_runtime_waiting(what, on, build, PULSE_EVERY)
+}
+
+/// [`start_on_runtime`], the loop waking by itself at least every
+/// `longest_wait` (the health pulse's period; the tests make it long, so
+/// that only a signal can wake the loop).
+fn start_on_runtime_waiting<A, B, F>(
+    what: &str,
+    on: &tokio::runtime::Handle,
+    build: F,
+    longest_wait: Duration,
+) -> Result<Started<A::Command, B>>
+where
+    A: Actor,
+    F: FnOnce(Mailbox<A::Command>) -> Result<(A, B)>,
+{
     let (mailbox, inbox) = mailbox(Wake::Task)?;
-    let (actor, bound) = build(mailbox.clone())?;
-    let watched = {
+    // Can `on` run the loop? Asked before any socket is bound. tokio
+    // panics, rather than failing, in a runtime without the I/O driver or
+    // the timer, and offers no way to ask first: `Readiness::of_fd` and
+    // this probe catch the panic (its message still reaches the panic hook,
+    // and a `panic = "abort"` build would abort).
+    {
         let _inside = on.enter();
-        // The loop's deadlines need the time driver; tokio panics, rather
-        // than failing, where there is none, and offers no way to ask.
-        if std::panic::catch_unwind(|| tokio::time::sleep(std::time::Duration::ZERO)).is_err() {
+        Readiness::of_fd(std::os::fd::AsFd::as_fd(&inbox.reader))
+            .map_err(|e| Error::os(format!("the {what} cannot run on this runtime"), e))?;
+        if std::panic::catch_unwind(|| tokio::time::sleep(Duration::ZERO)).is_err() {
             return Err(Error::InvalidArgument(format!(
                 "the {what} cannot run on a tokio runtime without a timer (build it with `enable_all`)"
             )));
         }
+    }
+    let (actor, bound) = build(mailbox.clone())?;
+    let watched = {
+        let _inside = on.enter();
         PollSet::of(&actor)
             .readiness()
             .map_err(|e| Error::os(format!("cannot watch the {what} sockets"), e))?
@@ -346,7 +380,7 @@ where
     let name = format!("gilmsg-{what}");
     let (pulse, health) = Health::new();
     on.spawn(async move {
-        let actor = run_on_runtime(actor, inbox, watched, name, pulse).await;
+        let actor = run_on_runtime(actor, inbox, watched, name, pulse, longest_wait).await;
         // Closing the sockets' context waits up to `linger` for queued
         // messages to leave: not on a runtime worker.
         let _ = tokio::task::spawn_blocking(move || drop(actor)).await;
@@ -470,9 +504,10 @@ impl<C> Inbox<C> {
         // the byte of a sender racing the clear was swallowed here while
         // `pending` stayed set, and later commands never woke the actor.)
         let mut sink = [0u8; 64];
-        while let Ok(n) = (&self.reader).read(&mut sink) {
-            if n < sink.len() {
-                break;
+        while self.waker.task.is_none() {
+            match (&self.reader).read(&mut sink) {
+                Ok(n) if n == sink.len() => {}
+                _ => break,
             }
         }
         self.waker.pending.store(false, Ordering::SeqCst);
@@ -656,5 +691,77 @@ mod tests {
         // A set-up that fails is reported, and nothing runs.
         let failed = start::<Echo, (), _>("test", |_| Err(Error::Closed));
         assert!(matches!(failed, Err(Error::Closed)));
+    }
+
+    #[test]
+    fn on_a_runtime_an_actor_is_woken_by_its_socket_and_its_mailbox_not_by_a_timer() {
+        // The loop's own wake-up is an hour away and the actor has no
+        // deadline: only a signal can wake it within the 5 s each step
+        // waits. (With the pulse's 500 ms, a lost wake-up would pass as
+        // latency.)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let context = zmq::Context::new();
+        let address = format!("inproc://actor-runtime-test-{}", std::process::id());
+        let pair = context.socket(zmq::PAIR).unwrap();
+        pair.bind(&address).unwrap();
+        let peer = context.socket(zmq::PAIR).unwrap();
+        peer.connect(&address).unwrap();
+        let unused = context.socket(zmq::PAIR).unwrap();
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let started = start_on_runtime_waiting(
+            "test",
+            runtime.handle(),
+            move |_own| {
+                let echo = Echo {
+                    pair,
+                    _peer: unused,
+                    seen: seen_tx,
+                };
+                Ok((echo, "bound"))
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(started.bound, "bound");
+        let wait = Duration::from_secs(5);
+        for round in 1..=20u32 {
+            peer.send(format!("message {round}").as_bytes(), 0).unwrap();
+            assert_eq!(
+                seen.recv_timeout(wait).expect("woken by the socket"),
+                format!("message {round}")
+            );
+            started.mailbox.send(round).unwrap();
+            assert_eq!(
+                seen.recv_timeout(wait).expect("woken by the mailbox"),
+                format!("command {round}")
+            );
+        }
+        started.mailbox.send(0).unwrap();
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "command 0");
+        assert_eq!(seen.recv_timeout(wait).unwrap(), "stopped");
+        runtime
+            .block_on(async { tokio::time::timeout(wait, started.done).await })
+            .expect("the task finished")
+            .expect("done sent");
+    }
+
+    #[test]
+    fn on_a_runtime_without_a_timer_nothing_is_built() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let failed = start_on_runtime::<Echo, (), _>("test", runtime.handle(), |_| {
+            panic!("built although the runtime cannot run the loop")
+        });
+        assert!(
+            matches!(&failed, Err(Error::InvalidArgument(why)) if why.contains("without a timer")),
+            "{:?}",
+            failed.err()
+        );
     }
 }

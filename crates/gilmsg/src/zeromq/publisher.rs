@@ -40,9 +40,15 @@ const ACKS_PER_BURST: usize = 64;
 const ACK_BURSTS_PER_TURN_ON_THREAD: usize = 1024 / ACKS_PER_BURST;
 
 /// Bursts per turn as a task on the caller's runtime: one (64 ACKs, about a
-/// millisecond of verification here), so the task gives its worker back
-/// between bursts, as tasks on a shared runtime should.
+/// millisecond of verification here); the loop then yields its worker
+/// before the next turn reads on (`Actor::backlogged`).
 const ACK_BURSTS_PER_TURN_ON_RUNTIME: usize = 1;
+
+/// Bursts read before deadlines are judged, whatever the bursts per turn:
+/// ACKs that wait on the socket when a deadline comes (on a runtime that
+/// was not driven for a while, say) are counted first, up to 1024 of them,
+/// as on the thread; beyond that a flood cannot hold the timers back.
+const ACK_BURSTS_BEFORE_TIMERS: usize = 1024 / ACKS_PER_BURST;
 
 /// How long to wait for every ACK endpoint's handshake before settling for
 /// some of them. Only matters when an endpoint gives no verdict at start-up
@@ -159,6 +165,9 @@ struct PublisherThread {
     link_counters: Arc<LinkCounters>,
     /// How many bursts of ACKs one turn reads at most.
     ack_bursts_per_turn: usize,
+    /// Full bursts read in a row, turn after turn, since the timers last
+    /// ran (0: the ACK socket was emptied).
+    ack_backlog: usize,
     /// Each socket holds the context too: libzmq terminates it, waiting up
     /// to `zmq_linger` for queued messages to leave, once the last is
     /// dropped (a one-shot logger must not exit with its message queued).
@@ -205,11 +214,14 @@ impl PublisherThread {
             driver,
             link_counters,
             ack_bursts_per_turn,
+            ack_backlog: 0,
             _context: context,
         };
         Ok((thread, bound))
     }
 
+    /// Reads up to `ack_bursts_per_turn` bursts of ACKs; notes in
+    /// `ack_backlog` whether it stopped at that bound with more to read.
     fn read_acks(&mut self) {
         // Bounded bursts, each taken off the socket first so that the
         // driver can check its signatures together; bounded in all to keep
@@ -220,12 +232,15 @@ impl PublisherThread {
         for _ in 0..self.ack_bursts_per_turn {
             socket::recv_burst(&self.acks, ACKS_PER_BURST, &mut burst, "ACK");
             if burst.is_empty() {
-                break;
+                self.ack_backlog = 0;
+                return;
             }
             self.driver.on_acks(&burst);
             if burst.len() < ACKS_PER_BURST {
-                break;
+                self.ack_backlog = 0;
+                return;
             }
+            self.ack_backlog += 1;
         }
     }
 }
@@ -291,6 +306,8 @@ impl Actor for PublisherThread {
         }
         if ready.has(Slot::Acks) {
             self.read_acks();
+        } else {
+            self.ack_backlog = 0;
         }
         self.ack_monitor.tick(&self.acks, now);
         self.out_monitor.tick(&self.out, now);
@@ -308,8 +325,18 @@ impl Actor for PublisherThread {
                 send,
             );
         }
-        let ack_monitor = &self.ack_monitor;
-        self.driver.fire_timers(now, send, || ack_monitor.missing());
+        // With ACKs still waiting (a full burst read, fewer than
+        // ACK_BURSTS_BEFORE_TIMERS in a row), the next turn reads them
+        // before any deadline is judged.
+        if self.ack_backlog == 0 || self.ack_backlog >= ACK_BURSTS_BEFORE_TIMERS {
+            self.ack_backlog = 0;
+            let ack_monitor = &self.ack_monitor;
+            self.driver.fire_timers(now, send, || ack_monitor.missing());
+        }
+    }
+
+    fn backlogged(&self) -> bool {
+        self.ack_backlog > 0
     }
 
     fn on_stop(&mut self) {
