@@ -841,11 +841,7 @@ fn the_blocking_library_works_on_amqp() {
                 Duration::from_millis(800),
             )
             .expect_err("offline never acks");
-        let timeout = err
-            .as_timeout()
-            .unwrap_or_else(|| panic!("not a timeout: {err}"));
-        assert_eq!(timeout.missing, ["offline"]);
-        assert_eq!(timeout.acked_names(), ["c1"]);
+        gilmsg_testkit::timed_out(&err, &["offline"], &["c1"]);
         assert_eq!(publisher.stats().get("publish.acked"), 1);
         publisher.close();
         c1.stop();

@@ -104,11 +104,7 @@ fn blocking_facade_publishes_and_times_out() {
                 Duration::from_millis(500),
             )
             .expect_err("offline never acks");
-        let timeout = err
-            .as_timeout()
-            .unwrap_or_else(|| panic!("not a timeout: {err}"));
-        assert_eq!(timeout.missing, ["offline"]);
-        assert_eq!(timeout.acked_names(), ["c1"]);
+        gilmsg_testkit::timed_out(&err, &["offline"], &["c1"]);
         assert_eq!(publisher.stats().get("publish.acked"), 1);
         publisher.close();
     })
@@ -254,44 +250,36 @@ fn on_the_callers_runtime_is_refused_where_no_runtime_can_drive_it() {
                 "refused for another reason: {e}"
             ),
         };
-        let on_runtime =
-            || gilmsg_testkit::publisher_builder(&bus.config()).run_on_current_runtime(true);
+        let config = bus.config();
+        let on_runtime = |config: &gilmsg::Config| {
+            gilmsg_testkit::publisher_builder(config).run_on_current_runtime(true)
+        };
         // No runtime at all.
         refused(
-            on_runtime().build(),
+            on_runtime(&config).build(),
             "run_on_current_runtime: build the Bus inside a tokio runtime",
         );
+        let built_inside = |runtime: std::io::Result<tokio::runtime::Runtime>,
+                            config: &gilmsg::Config| {
+            let runtime = runtime.expect("runtime");
+            runtime.block_on(async { on_runtime(config).build() })
+        };
+        let current = tokio::runtime::Builder::new_current_thread;
         // Runtimes without the reactor or the timer the loop waits on: an
         // error, not tokio's panic.
-        let no_io = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
         refused(
-            no_io.block_on(async { on_runtime().build() }),
+            built_inside(current().enable_time().build(), &config),
             "no I/O driver",
         );
-        let no_time = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
         refused(
-            no_time.block_on(async { on_runtime().build() }),
+            built_inside(current().enable_io().build(), &config),
             "without a timer",
         );
         // An AMQP config (refused before any broker is asked).
         let mut amqp = bus.config();
         amqp.amqp = Some(gilmsg_config::AmqpConfig::new("amqp://127.0.0.1:1/%2F"));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         refused(
-            runtime.block_on(async {
-                gilmsg_testkit::publisher_builder(&amqp)
-                    .run_on_current_runtime(true)
-                    .build()
-            }),
+            built_inside(current().enable_all().build(), &amqp),
             "run_on_current_runtime: the AMQP publisher",
         );
     })
@@ -319,11 +307,7 @@ fn on_the_blocking_facades_own_runtime_driven_only_during_calls_publishes_still_
         assert_eq!(receipt.acks.len(), 2);
         let err = publish(3, &["c1", "offline"], Duration::from_millis(500))
             .expect_err("offline never acks");
-        let timeout = err
-            .as_timeout()
-            .unwrap_or_else(|| panic!("not a timeout: {err}"));
-        assert_eq!(timeout.missing, ["offline"]);
-        assert_eq!(timeout.acked_names(), ["c1"]);
+        gilmsg_testkit::timed_out(&err, &["offline"], &["c1"]);
         let stats = publisher.stats();
         assert_eq!(stats.get("publish.acked"), 2, "{stats}");
         publisher.close();
@@ -356,14 +340,15 @@ fn on_the_callers_runtime_a_handle_outliving_its_runtime_fails_instead_of_hangin
             .build()
             .expect("runtime");
         let publisher = runtime.block_on(async { bus.publisher_on_runtime() });
-        let receipt = runtime
-            .block_on(publisher.publish(
+        let publish = |on: &tokio::runtime::Runtime, n: u32| {
+            on.block_on(publisher.publish(
                 "outlived",
-                json!({"n": 1}),
+                json!({ "n": n }),
                 &["c1"],
                 Duration::from_secs(10),
             ))
-            .expect("c1 acks while the runtime runs");
+        };
+        let receipt = publish(&runtime, 1).expect("c1 acks while the runtime runs");
         assert_eq!(receipt.acks[0].recipient, "c1");
         drop(runtime);
         // The loop went with its runtime: a publish is refused at once.
@@ -371,14 +356,7 @@ fn on_the_callers_runtime_a_handle_outliving_its_runtime_fails_instead_of_hangin
             .enable_all()
             .build()
             .expect("runtime");
-        let err = other
-            .block_on(publisher.publish(
-                "outlived",
-                json!({"n": 2}),
-                &["c1"],
-                Duration::from_secs(10),
-            ))
-            .expect_err("nobody runs the loop any more");
+        let err = publish(&other, 2).expect_err("nobody runs the loop any more");
         assert!(matches!(err, gilmsg::Error::Closed), "{err}");
     })
 }
