@@ -83,6 +83,22 @@ pub const MODNAME: &str = "test";
 /// The identity the in-process publisher signs as.
 pub const PUBLISHER: &str = "publisher";
 
+/// `err` as the timeout a publish ends with when exactly `missing` did
+/// not ACK and exactly `acked` did (each in the order they were named);
+/// panics, saying what it got, otherwise.
+pub fn timed_out<'a>(
+    err: &'a gilmsg::Error,
+    missing: &[&str],
+    acked: &[&str],
+) -> &'a gilmsg::TimeoutError {
+    let timeout = err
+        .as_timeout()
+        .unwrap_or_else(|| panic!("not a timeout: {err}"));
+    assert_eq!(timeout.missing, missing, "{err}");
+    assert_eq!(timeout.acked_names(), acked, "{err}");
+    timeout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,20 +120,4 @@ mod tests {
         assert_eq!(stats.sum("invalid."), 1);
         assert_eq!(parse_stats("gilmsg-relay: stats").counters.len(), 0);
     }
-}
-
-/// `err` as the timeout a publish ends with when exactly `missing` did
-/// not ACK and exactly `acked` did (each in the order they were named);
-/// panics, saying what it got, otherwise.
-pub fn timed_out<'a>(
-    err: &'a gilmsg::Error,
-    missing: &[&str],
-    acked: &[&str],
-) -> &'a gilmsg::TimeoutError {
-    let timeout = err
-        .as_timeout()
-        .unwrap_or_else(|| panic!("not a timeout: {err}"));
-    assert_eq!(timeout.missing, missing, "{err}");
-    assert_eq!(timeout.acked_names(), acked, "{err}");
-    timeout
 }
