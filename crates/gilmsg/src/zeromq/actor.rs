@@ -14,14 +14,13 @@
 //! (its slots named by a [`PollSlot`] enum, not indices), hand the commands
 //! over, then let the actor do what the wake-up brought.
 //!
-//! [`start_on_runtime`] runs the same actor as a task on the caller's
-//! tokio runtime instead (the publisher, when asked): its
-//! sockets' `ZMQ_FD`s sit on the runtime's reactor
-//! ([`gilmsg_zmq_readiness`]), a command wakes the task directly (no
-//! socketpair), and [`run_on_runtime`] reads `ZMQ_EVENTS` before every wait. Each turn is the same [`turn`] as on a
-//! thread; only the waiting differs. What that saves, on a current-thread
-//! runtime: the two thread hand-offs of an acknowledged publish
-//! (docs/benchmarks.md).
+//! [`start_on_runtime`] runs the same actor as a task on the caller's tokio
+//! runtime instead (the publisher, when asked): its sockets' `ZMQ_FD`s sit
+//! on the runtime's reactor ([`gilmsg_zmq_readiness`]), a command wakes the
+//! task directly (no socketpair), and [`run_on_runtime`] reads `ZMQ_EVENTS`
+//! before every wait. Each turn is the same [`turn`] as on a thread; only
+//! the waiting differs. What that saves, on a current-thread runtime: the
+//! two thread hand-offs of an acknowledged publish (docs/benchmarks.md).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -211,9 +210,10 @@ fn turn<A: Actor>(
 /// libzmq's `ZMQ_FD` is edge-triggered and says only that something *may*
 /// have changed, so every wait is preceded by reading `ZMQ_EVENTS` of every
 /// socket (after the previous turn's sends and receives), and a signal
-/// only sends the loop back to read them again. A turn that found work
-/// gives the runtime a chance to run other tasks when this one's budget is
-/// spent, so a flood of ACKs cannot hold a worker.
+/// only sends the loop back to read them again. After a turn that stopped
+/// at its bound with work left ([`Actor::backlogged`]: a flood of ACKs) the
+/// task yields its worker; after any other it spends the runtime's
+/// cooperative budget.
 async fn run_on_runtime<A: Actor>(
     mut actor: A,
     mut inbox: Inbox<A::Command>,

@@ -17,8 +17,9 @@
 //! Where the loop runs is the caller's choice ([`SocketOwner`]): a thread of
 //! its own (the default), or a task on the caller's tokio runtime, which on
 //! a current-thread runtime saves the two thread hand-offs of every
-//! acknowledged publish (`BusBuilder::run_on_current_runtime`). Either way it is the
-//! sockets' only owner, and the handles reach it through its mailbox.
+//! acknowledged publish (`BusBuilder::run_on_current_runtime`). Either way
+//! it is the sockets' only owner, and the handles reach it through its
+//! mailbox.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,6 +169,9 @@ struct PublisherThread {
     /// Full bursts read in a row, turn after turn, since the timers last
     /// ran (0: the ACK socket was emptied).
     ack_backlog: usize,
+    /// Whether the last turn stopped reading ACKs at its bound with more
+    /// waiting.
+    acks_left: bool,
     /// Each socket holds the context too: libzmq terminates it, waiting up
     /// to `zmq_linger` for queued messages to leave, once the last is
     /// dropped (a one-shot logger must not exit with its message queued).
@@ -215,6 +219,7 @@ impl PublisherThread {
             link_counters,
             ack_bursts_per_turn,
             ack_backlog: 0,
+            acks_left: false,
             _context: context,
         };
         Ok((thread, bound))
@@ -229,6 +234,7 @@ impl PublisherThread {
         // responsive under a flood. What is left is read next turn: the
         // socket stays readable.
         let mut burst = Vec::new();
+        self.acks_left = false;
         for _ in 0..self.ack_bursts_per_turn {
             socket::recv_burst(&self.acks, ACKS_PER_BURST, &mut burst, "ACK");
             if burst.is_empty() {
@@ -242,6 +248,7 @@ impl PublisherThread {
             }
             self.ack_backlog += 1;
         }
+        self.acks_left = true;
     }
 }
 
@@ -308,6 +315,7 @@ impl Actor for PublisherThread {
             self.read_acks();
         } else {
             self.ack_backlog = 0;
+            self.acks_left = false;
         }
         self.ack_monitor.tick(&self.acks, now);
         self.out_monitor.tick(&self.out, now);
@@ -336,7 +344,7 @@ impl Actor for PublisherThread {
     }
 
     fn backlogged(&self) -> bool {
-        self.ack_backlog > 0
+        self.acks_left
     }
 
     fn on_stop(&mut self) {
