@@ -344,8 +344,9 @@ fn run(args: Args) -> Result<(), Failure> {
     }
 
     let runtime = common::runtime()?;
-    let mut latency = serde_json::Map::new();
-    let mut throughput = serde_json::Map::new();
+    // One set of results per publisher loop.
+    let mut on_thread = DirectResults::default();
+    let mut on_runtime = DirectResults::default();
     let mut memory = serde_json::Map::new();
     let python_package = args
         .python_package
@@ -355,7 +356,6 @@ fn run(args: Args) -> Result<(), Failure> {
     let mut package = serde_json::Map::new();
     let direct =
         args.runs(Section::Latency) || args.runs(Section::Throughput) || python_package.is_some();
-    let mut on_runtime = DirectResults::default();
     for &k in args.recipients.iter().filter(|_| direct) {
         let recipients: Vec<String> = (0..k).map(|i| format!("consumer-{i}")).collect();
         for &publisher_loop in &args.publisher_loops {
@@ -374,13 +374,10 @@ fn run(args: Args) -> Result<(), Failure> {
                 python_package.is_some() && publisher_loop == PublisherLoop::Thread,
                 (publisher_loop == PublisherLoop::Runtime).then_some(&runtime),
             )?;
-            let mut results = DirectResults {
-                latency: std::mem::take(&mut latency),
-                throughput: std::mem::take(&mut throughput),
+            let results = match publisher_loop {
+                PublisherLoop::Thread => &mut on_thread,
+                PublisherLoop::Runtime => &mut on_runtime,
             };
-            if publisher_loop == PublisherLoop::Runtime {
-                std::mem::swap(&mut results, &mut on_runtime);
-            }
             let curve = measure_direct(
                 &bus,
                 &recipients,
@@ -388,13 +385,8 @@ fn run(args: Args) -> Result<(), Failure> {
                 &args,
                 (samples, messages),
                 (&exe, &ssldir),
-                &mut results,
+                results,
             )?;
-            if publisher_loop == PublisherLoop::Runtime {
-                std::mem::swap(&mut results, &mut on_runtime);
-            }
-            latency = results.latency;
-            throughput = results.throughput;
             if let Some(summary) = curve {
                 let label = match publisher_loop {
                     PublisherLoop::Thread => format!("publish, {k} recipient(s)"),
@@ -448,8 +440,10 @@ fn run(args: Args) -> Result<(), Failure> {
     }
     report
         .json
-        .insert("latency_warm_publish", Value::Object(latency));
-    report.json.insert("throughput", Value::Object(throughput));
+        .insert("latency_warm_publish", Value::Object(on_thread.latency));
+    report
+        .json
+        .insert("throughput", Value::Object(on_thread.throughput));
     report.json.insert("memory", Value::Object(memory));
 
     if args.runs(Section::Oneshot) {
